@@ -1,0 +1,1256 @@
+//! Kafka RecordBatch v2 (magic 2): validation, zero-copy reading and building.
+//!
+//! ringbroker stores and serves batches in exactly the byte layout Kafka
+//! producers send, so a later Kafka-protocol front door only translates
+//! request framing; batches go to disk and back to consumers untouched.
+//! The broker assigns offsets by rewriting the 8-byte `baseOffset` in place
+//! ([`set_base_offset`]); that field lies outside the CRC, so assigning
+//! offsets never costs a re-checksum.
+//!
+//! Layout (big-endian, 61-byte header, positions are the `*_POS` constants):
+//!
+//! ```text
+//! baseOffset i64 | batchLength i32 | partitionLeaderEpoch i32 | magic i8 |
+//! crc u32 (CRC-32C of attributes..end) | attributes i16 | lastOffsetDelta i32 |
+//! baseTimestamp i64 | maxTimestamp i64 | producerId i64 | producerEpoch i16 |
+//! baseSequence i32 | recordsCount i32 | records...
+//! ```
+//!
+//! Each record is `length varint | attributes i8 | timestampDelta varlong |
+//! offsetDelta varint | keyLength varint | key | valueLength varint | value |
+//! headersCount varint | headers`, each header `keyLength varint | key |
+//! valueLength varint | value`; a length of -1 means null.
+//!
+//! Everything here is pure: no I/O, and reading never allocates, so a length
+//! field from the network can never make the broker allocate.
+
+use super::varint::{self, VarintError};
+
+/// Bytes of the fixed batch header; records start here.
+pub const HEADER_LEN: usize = 61;
+/// `baseOffset` + `batchLength`: the bytes not counted by `batchLength`.
+pub const LOG_OVERHEAD: usize = 12;
+/// The only batch format this codec accepts.
+pub const MAGIC: i8 = 2;
+/// Smallest legal `batchLength`: a header with no room for records.
+pub const MIN_BATCH_LENGTH: usize = HEADER_LEN - LOG_OVERHEAD;
+
+pub const BASE_OFFSET_POS: usize = 0;
+pub const BATCH_LENGTH_POS: usize = 8;
+pub const PARTITION_LEADER_EPOCH_POS: usize = 12;
+pub const MAGIC_POS: usize = 16;
+pub const CRC_POS: usize = 17;
+/// First byte covered by the CRC.
+pub const ATTRIBUTES_POS: usize = 21;
+pub const LAST_OFFSET_DELTA_POS: usize = 23;
+pub const BASE_TIMESTAMP_POS: usize = 27;
+pub const MAX_TIMESTAMP_POS: usize = 35;
+pub const PRODUCER_ID_POS: usize = 43;
+pub const PRODUCER_EPOCH_POS: usize = 51;
+pub const BASE_SEQUENCE_POS: usize = 53;
+pub const RECORDS_COUNT_POS: usize = 57;
+pub const RECORDS_POS: usize = HEADER_LEN;
+
+/// Attribute bits 0-2: the compression codec.
+pub const COMPRESSION_MASK: i16 = 0x07;
+/// Attribute bit 3: timestamps are log-append time rather than create time.
+pub const TIMESTAMP_TYPE_FLAG: i16 = 0x08;
+/// Attribute bit 4: the batch belongs to a transaction.
+pub const TRANSACTIONAL_FLAG: i16 = 0x10;
+/// Attribute bit 5: the batch holds control records (transaction markers).
+pub const CONTROL_FLAG: i16 = 0x20;
+
+/// `producerId` of a non-idempotent producer.
+pub const NO_PRODUCER_ID: i64 = -1;
+/// `producerEpoch` of a non-idempotent producer.
+pub const NO_PRODUCER_EPOCH: i16 = -1;
+/// `baseSequence` of a non-idempotent producer.
+pub const NO_SEQUENCE: i32 = -1;
+/// `partitionLeaderEpoch` before a broker has stamped one.
+pub const NO_PARTITION_LEADER_EPOCH: i32 = -1;
+
+/// Why a batch was rejected. Each variant carries enough detail to log;
+/// callers that only need to branch use [`BatchError::kind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("bad batch length: {0}")]
+    Length(LengthProblem),
+    #[error("unsupported batch magic {0} (only {MAGIC} is accepted)")]
+    Magic(i8),
+    #[error("batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Crc { stored: u32, computed: u32 },
+    /// `recordsCount` is not positive or disagrees with `lastOffsetDelta`.
+    #[error("bad record count: recordsCount {records_count}, lastOffsetDelta {last_offset_delta}")]
+    Count { records_count: i32, last_offset_delta: i32 },
+    /// Record `index` (0-based) or the record area around it is malformed.
+    #[error("bad record {index}: {problem}")]
+    Records { index: i32, problem: RecordsProblem },
+    /// Records of a compressed batch cannot be read without decompressing.
+    #[error("records are {0:?}-compressed")]
+    Compressed(Compression),
+}
+
+/// The coarse class of a [`BatchError`], for callers that map errors to
+/// protocol error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchErrorKind {
+    Length,
+    Magic,
+    Crc,
+    /// Record count or record encoding; also "records are compressed".
+    Records,
+}
+
+impl BatchError {
+    pub fn kind(&self) -> BatchErrorKind {
+        match self {
+            BatchError::Length(_) => BatchErrorKind::Length,
+            BatchError::Magic(_) => BatchErrorKind::Magic,
+            BatchError::Crc { .. } => BatchErrorKind::Crc,
+            BatchError::Count { .. } | BatchError::Records { .. } | BatchError::Compressed(_) => {
+                BatchErrorKind::Records
+            }
+        }
+    }
+}
+
+/// Detail of a [`BatchError::Length`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LengthProblem {
+    /// The buffer ends before the batch (or its 12-byte length prefix) does.
+    #[error("need {needed} bytes, buffer holds {available}")]
+    Truncated { needed: usize, available: usize },
+    /// `batchLength` cannot even hold the fixed header.
+    #[error("batchLength {0} is below the minimum {MIN_BATCH_LENGTH}")]
+    TooSmall(i32),
+    /// The batch is larger than the caller allows.
+    #[error("batch of {total} bytes exceeds the limit of {max}")]
+    TooLarge { total: usize, max: usize },
+}
+
+/// Detail of a [`BatchError::Records`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordsProblem {
+    #[error("{field}: {error}")]
+    Varint { field: &'static str, error: VarintError },
+    /// A length or count that is negative where it may not be.
+    #[error("{field}: invalid length {len}")]
+    BadLength { field: &'static str, len: i32 },
+    /// A length that runs past the end of its record (or of the batch).
+    #[error("{field}: {len} bytes claimed, {available} left")]
+    Overrun { field: &'static str, len: usize, available: usize },
+    /// The record's fields end before its declared length does.
+    #[error("{bytes} unread bytes at the end of the record")]
+    RecordTrailing { bytes: usize },
+    #[error("offsetDelta {found}, expected {expected}")]
+    OffsetDelta { expected: i32, found: i32 },
+    /// The batch ends before `recordsCount` records were read.
+    #[error("batch holds only {found} of {expected} records")]
+    TooFew { expected: i32, found: i32 },
+    /// Bytes remain after `recordsCount` records.
+    #[error("{bytes} bytes after the last record")]
+    TrailingBytes { bytes: usize },
+}
+
+/// Compression codec from attribute bits 0-2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+    /// Codec ids 5-7, which Kafka does not define.
+    Unknown(u8),
+}
+
+impl Compression {
+    pub fn from_attributes(attributes: i16) -> Self {
+        match attributes & COMPRESSION_MASK {
+            0 => Compression::None,
+            1 => Compression::Gzip,
+            2 => Compression::Snappy,
+            3 => Compression::Lz4,
+            4 => Compression::Zstd,
+            // The mask leaves 0..=7, so the cast is lossless.
+            other => Compression::Unknown(other as u8),
+        }
+    }
+}
+
+/// Copies `N` bytes at `pos`. Callers only pass positions inside a buffer
+/// whose length was already checked, so the slice index cannot fail.
+#[inline]
+fn bytes_at<const N: usize>(buf: &[u8], pos: usize) -> [u8; N] {
+    let mut bytes = [0u8; N];
+    bytes.copy_from_slice(&buf[pos..pos + N]);
+    bytes
+}
+
+fn truncated(needed: usize, available: usize) -> BatchError {
+    BatchError::Length(LengthProblem::Truncated { needed, available })
+}
+
+/// Looks at the first 12 bytes of `buf` (a stream of concatenated batches)
+/// and returns the total length (12 + batchLength) of the batch that starts
+/// there. `Ok(None)` if `buf` has fewer than 12 bytes; `Err(Length)` if
+/// batchLength is too small for a header or the batch would exceed
+/// `max_batch_bytes`. Never looks past `buf`, never allocates, so a reader
+/// can call it before deciding how much to buffer.
+pub fn peek_batch_len(buf: &[u8], max_batch_bytes: usize) -> Result<Option<usize>, BatchError> {
+    if buf.len() < LOG_OVERHEAD {
+        return Ok(None);
+    }
+    let batch_length = i32::from_be_bytes(bytes_at(buf, BATCH_LENGTH_POS));
+    let body = match usize::try_from(batch_length) {
+        Ok(body) if body >= MIN_BATCH_LENGTH => body,
+        _ => return Err(BatchError::Length(LengthProblem::TooSmall(batch_length))),
+    };
+    let total = LOG_OVERHEAD + body;
+    if total > max_batch_bytes {
+        let problem = LengthProblem::TooLarge { total, max: max_batch_bytes };
+        return Err(BatchError::Length(problem));
+    }
+    Ok(Some(total))
+}
+
+/// Rewrites `baseOffset` in place. The field is outside the CRC, so the
+/// batch stays valid without re-checksumming.
+///
+/// # Panics
+/// If `batch.len() < 8`.
+pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
+    batch[BASE_OFFSET_POS..BASE_OFFSET_POS + 8].copy_from_slice(&base_offset.to_be_bytes());
+}
+
+/// A zero-copy, validated view over exactly one batch.
+#[derive(Clone, Copy)]
+pub struct BatchView<'a> {
+    /// Exactly `total_len()` bytes; at least [`HEADER_LEN`].
+    buf: &'a [u8],
+}
+
+// Hand-written so logging a view prints its header, not a megabyte of bytes.
+impl std::fmt::Debug for BatchView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchView")
+            .field("base_offset", &self.base_offset())
+            .field("total_len", &self.total_len())
+            .field("record_count", &self.record_count())
+            .field("compression", &self.compression())
+            .field("crc", &self.crc())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> BatchView<'a> {
+    /// Fully validates the batch at the start of `buf`: length bounds,
+    /// magic, CRC-32C, record count against `lastOffsetDelta`, and for
+    /// uncompressed batches every record (parsed without allocating; they
+    /// must exactly fill the batch with offset deltas `0..count`).
+    /// Compressed records are opaque and are only covered by the CRC.
+    /// Bytes after the batch in `buf` are ignored.
+    pub fn parse(buf: &'a [u8], max_batch_bytes: usize) -> Result<Self, BatchError> {
+        let view = Self::frame(buf, max_batch_bytes)?;
+        // CRC before the count checks: a corrupted batch reports corruption.
+        view.verify_crc()?;
+        view.check_counts()?;
+        if view.compression() == Compression::None {
+            for record in view.record_iter() {
+                record?;
+            }
+        }
+        Ok(view)
+    }
+
+    /// Like [`parse`](Self::parse) without the CRC check and record walk,
+    /// for bytes this broker already validated (e.g. read back from its log).
+    pub fn parse_header(buf: &'a [u8], max_batch_bytes: usize) -> Result<Self, BatchError> {
+        let view = Self::frame(buf, max_batch_bytes)?;
+        view.check_counts()?;
+        Ok(view)
+    }
+
+    /// Length and magic checks shared by both parsers.
+    fn frame(buf: &'a [u8], max_batch_bytes: usize) -> Result<Self, BatchError> {
+        let total = peek_batch_len(buf, max_batch_bytes)?.ok_or_else(|| truncated(LOG_OVERHEAD, buf.len()))?;
+        let batch = buf.get(..total).ok_or_else(|| truncated(total, buf.len()))?;
+        let view = BatchView { buf: batch };
+        // Magic sits at the same position in every Kafka message format, so
+        // an old-format batch is reported as such rather than as garbage.
+        if view.magic() != MAGIC {
+            return Err(BatchError::Magic(view.magic()));
+        }
+        Ok(view)
+    }
+
+    fn check_counts(&self) -> Result<(), BatchError> {
+        let records_count = self.record_count();
+        let last_offset_delta = self.last_offset_delta();
+        let consistent = records_count >= 1
+            && last_offset_delta >= 0
+            && i64::from(records_count) == i64::from(last_offset_delta) + 1;
+        if consistent {
+            Ok(())
+        } else {
+            Err(BatchError::Count { records_count, last_offset_delta })
+        }
+    }
+
+    /// Recomputes the CRC-32C over attributes..end and compares it with the
+    /// stored one; lets a reader of a [`parse_header`](Self::parse_header)
+    /// view scrub it later.
+    pub fn verify_crc(&self) -> Result<(), BatchError> {
+        let stored = self.crc();
+        let computed = crc32c::crc32c(&self.buf[ATTRIBUTES_POS..]);
+        if stored == computed {
+            Ok(())
+        } else {
+            Err(BatchError::Crc { stored, computed })
+        }
+    }
+
+    /// The whole batch, `total_len()` bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.buf
+    }
+
+    /// 12 + batchLength.
+    pub fn total_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn base_offset(&self) -> i64 {
+        i64::from_be_bytes(bytes_at(self.buf, BASE_OFFSET_POS))
+    }
+
+    pub fn batch_length(&self) -> i32 {
+        i32::from_be_bytes(bytes_at(self.buf, BATCH_LENGTH_POS))
+    }
+
+    pub fn partition_leader_epoch(&self) -> i32 {
+        i32::from_be_bytes(bytes_at(self.buf, PARTITION_LEADER_EPOCH_POS))
+    }
+
+    pub fn magic(&self) -> i8 {
+        i8::from_be_bytes(bytes_at(self.buf, MAGIC_POS))
+    }
+
+    /// The stored CRC (not recomputed).
+    pub fn crc(&self) -> u32 {
+        u32::from_be_bytes(bytes_at(self.buf, CRC_POS))
+    }
+
+    pub fn attributes(&self) -> i16 {
+        i16::from_be_bytes(bytes_at(self.buf, ATTRIBUTES_POS))
+    }
+
+    pub fn compression(&self) -> Compression {
+        Compression::from_attributes(self.attributes())
+    }
+
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes() & TIMESTAMP_TYPE_FLAG != 0
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes() & TRANSACTIONAL_FLAG != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes() & CONTROL_FLAG != 0
+    }
+
+    pub fn last_offset_delta(&self) -> i32 {
+        i32::from_be_bytes(bytes_at(self.buf, LAST_OFFSET_DELTA_POS))
+    }
+
+    /// `baseTimestamp`: record timestamps are deltas from it.
+    pub fn first_timestamp(&self) -> i64 {
+        i64::from_be_bytes(bytes_at(self.buf, BASE_TIMESTAMP_POS))
+    }
+
+    pub fn max_timestamp(&self) -> i64 {
+        i64::from_be_bytes(bytes_at(self.buf, MAX_TIMESTAMP_POS))
+    }
+
+    pub fn producer_id(&self) -> i64 {
+        i64::from_be_bytes(bytes_at(self.buf, PRODUCER_ID_POS))
+    }
+
+    pub fn producer_epoch(&self) -> i16 {
+        i16::from_be_bytes(bytes_at(self.buf, PRODUCER_EPOCH_POS))
+    }
+
+    pub fn base_sequence(&self) -> i32 {
+        i32::from_be_bytes(bytes_at(self.buf, BASE_SEQUENCE_POS))
+    }
+
+    pub fn record_count(&self) -> i32 {
+        i32::from_be_bytes(bytes_at(self.buf, RECORDS_COUNT_POS))
+    }
+
+    /// Offset of the last record: `base_offset + last_offset_delta`
+    /// (wrapping, since a hostile base offset must not panic the broker).
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset().wrapping_add(i64::from(self.last_offset_delta()))
+    }
+
+    /// Iterates the records of an uncompressed batch.
+    /// `Err(BatchError::Compressed)` for a compressed one.
+    pub fn records(&self) -> Result<RecordIter<'a>, BatchError> {
+        match self.compression() {
+            Compression::None => Ok(self.record_iter()),
+            other => Err(BatchError::Compressed(other)),
+        }
+    }
+
+    fn record_iter(&self) -> RecordIter<'a> {
+        RecordIter {
+            rest: &self.buf[RECORDS_POS..],
+            base_timestamp: self.first_timestamp(),
+            next_index: 0,
+            // parse_header already rejected counts below 1.
+            count: self.record_count(),
+            done: false,
+        }
+    }
+}
+
+/// Iterator over the records of one uncompressed batch. It checks what
+/// [`BatchView::parse`] checks (each record parses, offset deltas run
+/// `0..count`, records exactly fill the batch) and stops after the first
+/// error, so it is also safe on views from [`BatchView::parse_header`].
+#[derive(Debug, Clone)]
+pub struct RecordIter<'a> {
+    rest: &'a [u8],
+    base_timestamp: i64,
+    next_index: i32,
+    count: i32,
+    done: bool,
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = Result<RecordView<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = self.step();
+        if !matches!(item, Some(Ok(_))) {
+            self.done = true;
+        }
+        item
+    }
+}
+
+impl std::iter::FusedIterator for RecordIter<'_> {}
+
+impl<'a> RecordIter<'a> {
+    fn step(&mut self) -> Option<Result<RecordView<'a>, BatchError>> {
+        let index = self.next_index;
+        let fail = |problem| Some(Err(BatchError::Records { index, problem }));
+        if index == self.count {
+            if self.rest.is_empty() {
+                return None;
+            }
+            return fail(RecordsProblem::TrailingBytes { bytes: self.rest.len() });
+        }
+        if self.rest.is_empty() {
+            return fail(RecordsProblem::TooFew { expected: self.count, found: index });
+        }
+        let record = match read_record(&mut self.rest, self.base_timestamp) {
+            Ok(record) => record,
+            Err(problem) => return fail(problem),
+        };
+        if record.offset_delta != index {
+            return fail(RecordsProblem::OffsetDelta { expected: index, found: record.offset_delta });
+        }
+        self.next_index += 1;
+        Some(Ok(record))
+    }
+}
+
+/// One record, borrowing its key, value and headers from the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub offset_delta: i32,
+    pub timestamp_delta: i64,
+    pub attributes: i8,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// Encoded headers, already validated by `read_record`.
+    headers: &'a [u8],
+    header_count: usize,
+    base_timestamp: i64,
+}
+
+impl<'a> RecordView<'a> {
+    /// Iterates `(key, value)` pairs; a `None` value is a null header value.
+    /// Keys are UTF-8 by the spec but are not checked (Kafka doesn't either),
+    /// so they are returned as bytes.
+    pub fn headers(&self) -> HeaderIter<'a> {
+        HeaderIter { rest: self.headers, remaining: self.header_count, index: self.offset_delta }
+    }
+
+    pub fn header_count(&self) -> usize {
+        self.header_count
+    }
+
+    /// Absolute timestamp: the batch's first timestamp plus this record's
+    /// delta (wrapping, as the encoder does).
+    pub fn timestamp_ms(&self) -> i64 {
+        self.base_timestamp.wrapping_add(self.timestamp_delta)
+    }
+}
+
+/// Iterator over one record's headers; stops after the first error.
+#[derive(Debug, Clone)]
+pub struct HeaderIter<'a> {
+    rest: &'a [u8],
+    remaining: usize,
+    /// Record index, for error reports.
+    index: i32,
+}
+
+/// A header: key bytes and an optional (nullable) value.
+pub type HeaderView<'a> = (&'a [u8], Option<&'a [u8]>);
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = Result<HeaderView<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        match read_header(&mut self.rest) {
+            Ok(header) => {
+                self.remaining -= 1;
+                Some(Ok(header))
+            }
+            Err(problem) => {
+                self.remaining = 0;
+                let index = self.index;
+                Some(Err(BatchError::Records { index, problem }))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.remaining))
+    }
+}
+
+impl std::iter::FusedIterator for HeaderIter<'_> {}
+
+/// Parses one record off the front of `input`, advancing it only on success.
+fn read_record<'a>(input: &mut &'a [u8], base_timestamp: i64) -> Result<RecordView<'a>, RecordsProblem> {
+    let mut rest = *input;
+    let len = read_len(&mut rest, "record length")?;
+    let mut body = take(&mut rest, len, "record length")?;
+    let attributes = i8::from_be_bytes(bytes_at(take(&mut body, 1, "attributes")?, 0));
+    let timestamp_delta = varint::read_varlong(&mut body).map_err(varint_problem("timestamp delta"))?;
+    let offset_delta = varint::read_varint(&mut body).map_err(varint_problem("offset delta"))?;
+    let key = read_nullable(&mut body, "key")?;
+    let value = read_nullable(&mut body, "value")?;
+    let header_count = read_len(&mut body, "header count")?;
+    let headers = body;
+    // Each header consumes at least two bytes or fails, so a huge count on a
+    // short record ends quickly.
+    for _ in 0..header_count {
+        read_header(&mut body)?;
+    }
+    if !body.is_empty() {
+        return Err(RecordsProblem::RecordTrailing { bytes: body.len() });
+    }
+    *input = rest;
+    Ok(RecordView { offset_delta, timestamp_delta, attributes, key, value, headers, header_count, base_timestamp })
+}
+
+#[inline]
+fn read_header<'a>(input: &mut &'a [u8]) -> Result<HeaderView<'a>, RecordsProblem> {
+    let len = read_len(input, "header key length")?;
+    let key = take(input, len, "header key")?;
+    let value = read_nullable(input, "header value")?;
+    Ok((key, value))
+}
+
+#[inline]
+fn varint_problem(field: &'static str) -> impl Fn(VarintError) -> RecordsProblem {
+    move |error| RecordsProblem::Varint { field, error }
+}
+
+/// Reads a varint that must be a non-negative length or count.
+#[inline]
+fn read_len(input: &mut &[u8], field: &'static str) -> Result<usize, RecordsProblem> {
+    let len = varint::read_varint(input).map_err(varint_problem(field))?;
+    usize::try_from(len).map_err(|_| RecordsProblem::BadLength { field, len })
+}
+
+/// Reads a varint length (-1 = null) and the bytes it covers.
+#[inline]
+fn read_nullable<'a>(input: &mut &'a [u8], field: &'static str) -> Result<Option<&'a [u8]>, RecordsProblem> {
+    let len = varint::read_varint(input).map_err(varint_problem(field))?;
+    if len == -1 {
+        return Ok(None);
+    }
+    let len = usize::try_from(len).map_err(|_| RecordsProblem::BadLength { field, len })?;
+    take(input, len, field).map(Some)
+}
+
+/// Splits `len` bytes off the front of `input`, or fails if there are fewer.
+#[inline]
+fn take<'a>(input: &mut &'a [u8], len: usize, field: &'static str) -> Result<&'a [u8], RecordsProblem> {
+    let bytes: &'a [u8] = input;
+    if len > bytes.len() {
+        let available = bytes.len();
+        return Err(RecordsProblem::Overrun { field, len, available });
+    }
+    let (head, tail) = bytes.split_at(len);
+    *input = tail;
+    Ok(head)
+}
+
+/// One record to encode with [`BatchBuilder::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'r> {
+    pub timestamp_ms: i64,
+    pub key: Option<&'r [u8]>,
+    pub value: Option<&'r [u8]>,
+    /// `(key, value)`; a `None` value encodes a null header value.
+    pub headers: &'r [(&'r str, Option<&'r [u8]>)],
+}
+
+/// Header fields a [`BatchBuilder`] writes. `Default` is what a
+/// non-idempotent producer sends before a broker assigns anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOptions {
+    pub base_offset: i64,
+    pub partition_leader_epoch: i32,
+    /// Timestamp-type/transactional/control bits; the compression bits are
+    /// cleared because the builder only writes uncompressed records.
+    pub attributes: i16,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            base_offset: 0,
+            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+            attributes: 0,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            base_sequence: NO_SEQUENCE,
+        }
+    }
+}
+
+/// Builds an uncompressed batch into a caller-provided buffer, so a
+/// producer can reuse one allocation for every batch it sends.
+#[derive(Debug)]
+pub struct BatchBuilder<'b> {
+    out: &'b mut Vec<u8>,
+    first_timestamp: i64,
+    max_timestamp: i64,
+    count: i32,
+}
+
+impl<'b> BatchBuilder<'b> {
+    /// Clears `out` and writes a header with [`BatchOptions::default`].
+    pub fn new(out: &'b mut Vec<u8>, first_timestamp_ms: i64) -> Self {
+        Self::with_options(out, first_timestamp_ms, BatchOptions::default())
+    }
+
+    /// Clears `out` and writes a header with the given fields; record
+    /// timestamps are stored as deltas from `first_timestamp_ms`.
+    pub fn with_options(out: &'b mut Vec<u8>, first_timestamp_ms: i64, options: BatchOptions) -> Self {
+        out.clear();
+        out.resize(HEADER_LEN, 0);
+        let attributes = options.attributes & !COMPRESSION_MASK;
+        put(out, BASE_OFFSET_POS, &options.base_offset.to_be_bytes());
+        put(out, PARTITION_LEADER_EPOCH_POS, &options.partition_leader_epoch.to_be_bytes());
+        put(out, MAGIC_POS, &MAGIC.to_be_bytes());
+        put(out, ATTRIBUTES_POS, &attributes.to_be_bytes());
+        put(out, BASE_TIMESTAMP_POS, &first_timestamp_ms.to_be_bytes());
+        put(out, PRODUCER_ID_POS, &options.producer_id.to_be_bytes());
+        put(out, PRODUCER_EPOCH_POS, &options.producer_epoch.to_be_bytes());
+        put(out, BASE_SEQUENCE_POS, &options.base_sequence.to_be_bytes());
+        BatchBuilder { out, first_timestamp: first_timestamp_ms, max_timestamp: i64::MIN, count: 0 }
+    }
+
+    /// Appends one record with offset delta = records pushed so far.
+    ///
+    /// # Panics
+    /// If a key, value or header is longer than `i32::MAX` bytes, or the
+    /// batch already holds `i32::MAX` records (neither is encodable).
+    pub fn push(&mut self, record: &Record<'_>) {
+        // Wrapping keeps any i64 pair encodable; the reader wraps back.
+        let timestamp_delta = record.timestamp_ms.wrapping_sub(self.first_timestamp);
+        let offset_delta = self.count;
+        let body_len = record_body_len(record, timestamp_delta, offset_delta);
+        let body_len_i32 = encodable_len(body_len);
+        self.out.reserve(varint::varint_len(body_len_i32) + body_len);
+        let out = &mut *self.out;
+        varint::write_varint(out, body_len_i32);
+        out.push(0); // record attributes: unused in v2
+        varint::write_varlong(out, timestamp_delta);
+        varint::write_varint(out, offset_delta);
+        write_nullable(out, record.key);
+        write_nullable(out, record.value);
+        varint::write_varint(out, encodable_len(record.headers.len()));
+        for (key, value) in record.headers {
+            write_nullable(out, Some(key.as_bytes()));
+            write_nullable(out, *value);
+        }
+        self.max_timestamp = self.max_timestamp.max(record.timestamp_ms);
+        self.count = self.count.checked_add(1).expect("batch record count overflows i32");
+    }
+
+    pub fn record_count(&self) -> usize {
+        // count is never negative.
+        self.count as usize
+    }
+
+    /// Current encoded size, header included.
+    pub fn len_bytes(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Fills in lastOffsetDelta, maxTimestamp, recordsCount, batchLength and
+    /// the CRC, and returns the finished batch.
+    ///
+    /// # Panics
+    /// If no record was pushed (Kafka batches are never empty) or the batch
+    /// exceeds `i32::MAX + 12` bytes.
+    pub fn finish(self) -> &'b [u8] {
+        assert!(self.count > 0, "BatchBuilder::finish: no record was pushed");
+        let out = self.out;
+        let batch_length = encodable_len(out.len() - LOG_OVERHEAD);
+        put(out, BATCH_LENGTH_POS, &batch_length.to_be_bytes());
+        put(out, LAST_OFFSET_DELTA_POS, &(self.count - 1).to_be_bytes());
+        put(out, MAX_TIMESTAMP_POS, &self.max_timestamp.to_be_bytes());
+        put(out, RECORDS_COUNT_POS, &self.count.to_be_bytes());
+        let crc = crc32c::crc32c(&out[ATTRIBUTES_POS..]);
+        put(out, CRC_POS, &crc.to_be_bytes());
+        out
+    }
+}
+
+#[inline]
+fn put(out: &mut [u8], pos: usize, bytes: &[u8]) {
+    out[pos..pos + bytes.len()].copy_from_slice(bytes);
+}
+
+/// Converts a length to the i32 the wire format carries.
+#[inline]
+fn encodable_len(len: usize) -> i32 {
+    i32::try_from(len).expect("length exceeds i32::MAX, not encodable in a Kafka batch")
+}
+
+#[inline]
+fn nullable_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => varint::varint_len(-1),
+        Some(bytes) => varint::varint_len(encodable_len(bytes.len())) + bytes.len(),
+    }
+}
+
+#[inline]
+fn write_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => varint::write_varint(out, -1),
+        Some(bytes) => {
+            varint::write_varint(out, encodable_len(bytes.len()));
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// Encoded size of a record after its length prefix, so `push` can write
+/// the prefix first without a scratch buffer.
+fn record_body_len(record: &Record<'_>, timestamp_delta: i64, offset_delta: i32) -> usize {
+    let headers: usize =
+        record.headers.iter().map(|(key, value)| nullable_len(Some(key.as_bytes())) + nullable_len(*value)).sum();
+    1 + varint::varlong_len(timestamp_delta)
+        + varint::varint_len(offset_delta)
+        + nullable_len(record.key)
+        + nullable_len(record.value)
+        + varint::varint_len(encodable_len(record.headers.len()))
+        + headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn build(records: &[Record<'_>], first_ts: i64, options: BatchOptions) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut builder = BatchBuilder::with_options(&mut out, first_ts, options);
+        for record in records {
+            builder.push(record);
+        }
+        builder.finish();
+        out
+    }
+
+    fn simple(value: &[u8]) -> Record<'_> {
+        Record { timestamp_ms: 1_000, key: None, value: Some(value), headers: &[] }
+    }
+
+    /// A batch around a hand-written record area, with consistent counts,
+    /// length and CRC, so only the record walk can reject it.
+    fn with_record_area(area: &[u8], count: i32) -> Vec<u8> {
+        let mut out = build(&[simple(b"x")], 0, BatchOptions::default());
+        out.truncate(HEADER_LEN);
+        out.extend_from_slice(area);
+        let batch_length = (out.len() - LOG_OVERHEAD) as i32;
+        put(&mut out, BATCH_LENGTH_POS, &batch_length.to_be_bytes());
+        put(&mut out, RECORDS_COUNT_POS, &count.to_be_bytes());
+        put(&mut out, LAST_OFFSET_DELTA_POS, &(count - 1).to_be_bytes());
+        fix_crc(&mut out);
+        out
+    }
+
+    fn fix_crc(batch: &mut [u8]) {
+        let crc = crc32c::crc32c(&batch[ATTRIBUTES_POS..]);
+        put(batch, CRC_POS, &crc.to_be_bytes());
+    }
+
+    /// Smallest record: null key and value, no headers; body is 6 bytes.
+    fn tiny_record(offset_delta: u8) -> [u8; 7] {
+        [0x0c, 0, 0, offset_delta * 2, 0x01, 0x01, 0]
+    }
+
+    fn records_problem(batch: &[u8]) -> RecordsProblem {
+        match BatchView::parse(batch, MAX) {
+            Err(BatchError::Records { problem, .. }) => problem,
+            other => panic!("expected a Records error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn builder_round_trips_through_parse() {
+        let headers: &[(&str, Option<&[u8]>)] = &[("trace", Some(b"abc")), ("nil", None)];
+        let records = [
+            Record { timestamp_ms: 1_005, key: Some(b"k1"), value: Some(b"v1"), headers },
+            Record { timestamp_ms: 990, key: None, value: None, headers: &[] },
+        ];
+        let options = BatchOptions {
+            base_offset: 77,
+            partition_leader_epoch: 3,
+            attributes: TRANSACTIONAL_FLAG | COMPRESSION_MASK,
+            producer_id: 42,
+            producer_epoch: 2,
+            base_sequence: 9,
+        };
+        let bytes = build(&records, 1_000, options);
+        let view = BatchView::parse(&bytes, MAX).unwrap();
+        assert_eq!(view.total_len(), bytes.len());
+        assert_eq!(view.batch_length() as usize, bytes.len() - LOG_OVERHEAD);
+        assert_eq!(view.base_offset(), 77);
+        assert_eq!(view.last_offset(), 78);
+        assert_eq!(view.partition_leader_epoch(), 3);
+        assert_eq!(view.magic(), MAGIC);
+        // Compression bits are masked: the builder writes uncompressed records.
+        assert_eq!(view.compression(), Compression::None);
+        assert!(view.is_transactional() && !view.is_control() && !view.is_log_append_time());
+        assert_eq!((view.first_timestamp(), view.max_timestamp()), (1_000, 1_005));
+        assert_eq!((view.producer_id(), view.producer_epoch(), view.base_sequence()), (42, 2, 9));
+        assert_eq!((view.record_count(), view.last_offset_delta()), (2, 1));
+        let got: Vec<_> = view.records().unwrap().map(Result::unwrap).collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].offset_delta, got[0].timestamp_delta), (0, 5));
+        assert_eq!(got[0].timestamp_ms(), 1_005);
+        assert_eq!((got[0].key, got[0].value), (Some(&b"k1"[..]), Some(&b"v1"[..])));
+        let hdrs: Vec<_> = got[0].headers().map(Result::unwrap).collect();
+        assert_eq!(hdrs, [(&b"trace"[..], Some(&b"abc"[..])), (&b"nil"[..], None)]);
+        assert_eq!((got[1].offset_delta, got[1].timestamp_ms()), (1, 990));
+        assert_eq!((got[1].key, got[1].value, got[1].header_count()), (None, None, 0));
+    }
+
+    #[test]
+    fn builder_reuses_buffer_and_reports_size() {
+        let mut out = vec![0xaa; 1000];
+        let mut builder = BatchBuilder::new(&mut out, 5);
+        assert_eq!((builder.len_bytes(), builder.record_count()), (HEADER_LEN, 0));
+        builder.push(&simple(b"hello"));
+        assert_eq!(builder.record_count(), 1);
+        let len = builder.len_bytes();
+        let batch = builder.finish();
+        assert_eq!(batch.len(), len);
+        let view = BatchView::parse(batch, MAX).unwrap();
+        assert_eq!((view.base_offset(), view.partition_leader_epoch()), (0, -1));
+        assert_eq!((view.producer_id(), view.producer_epoch(), view.base_sequence()), (-1, -1, -1));
+    }
+
+    #[test]
+    #[should_panic(expected = "no record was pushed")]
+    fn finishing_an_empty_batch_panics() {
+        let mut out = Vec::new();
+        BatchBuilder::new(&mut out, 0).finish();
+    }
+
+    #[test]
+    fn set_base_offset_keeps_crc_valid() {
+        let mut bytes = build(&[simple(b"a"), simple(b"b")], 0, BatchOptions::default());
+        let crc = BatchView::parse(&bytes, MAX).unwrap().crc();
+        set_base_offset(&mut bytes, 1 << 40);
+        let view = BatchView::parse(&bytes, MAX).unwrap();
+        assert_eq!((view.base_offset(), view.last_offset(), view.crc()), (1 << 40, (1 << 40) + 1, crc));
+    }
+
+    #[test]
+    #[should_panic]
+    fn set_base_offset_panics_on_short_buffer() {
+        set_base_offset(&mut [0u8; 7], 1);
+    }
+
+    #[test]
+    fn peek_batch_len_cases() {
+        let bytes = build(&[simple(b"abc")], 0, BatchOptions::default());
+        assert_eq!(peek_batch_len(&bytes[..11], MAX), Ok(None));
+        assert_eq!(peek_batch_len(&bytes[..12], MAX), Ok(Some(bytes.len())));
+        assert_eq!(peek_batch_len(&bytes, bytes.len()), Ok(Some(bytes.len())));
+        let too_large = LengthProblem::TooLarge { total: bytes.len(), max: bytes.len() - 1 };
+        assert_eq!(peek_batch_len(&bytes, bytes.len() - 1), Err(BatchError::Length(too_large)));
+        let mut small = bytes.clone();
+        for batch_length in [48i32, 0, -1, i32::MIN] {
+            put(&mut small, BATCH_LENGTH_POS, &batch_length.to_be_bytes());
+            let err = BatchError::Length(LengthProblem::TooSmall(batch_length));
+            assert_eq!(peek_batch_len(&small, MAX), Err(err.clone()));
+            assert_eq!(BatchView::parse(&small, MAX).unwrap_err(), err);
+        }
+    }
+
+    #[test]
+    fn stream_of_batches_walks_with_peek_and_ignores_trailing_bytes() {
+        let mut stream = build(&[simple(b"one")], 0, BatchOptions::default());
+        let first_len = stream.len();
+        stream.extend(build(&[simple(b"two"), simple(b"2")], 0, BatchOptions::default()));
+        stream.extend_from_slice(&[0, 0, 0]);
+        let first = BatchView::parse(&stream, MAX).unwrap();
+        assert_eq!(first.as_bytes(), &stream[..first_len]);
+        let rest = &stream[first_len..];
+        let len = peek_batch_len(rest, MAX).unwrap().unwrap();
+        assert_eq!(BatchView::parse(rest, MAX).unwrap().record_count(), 2);
+        assert_eq!(peek_batch_len(&rest[len..], MAX), Ok(None));
+    }
+
+    #[test]
+    fn magic_crc_and_count_errors() {
+        let good = build(&[simple(b"abc")], 0, BatchOptions::default());
+        let mut bad = good.clone();
+        bad[MAGIC_POS] = 1;
+        assert_eq!(BatchView::parse(&bad, MAX).unwrap_err(), BatchError::Magic(1));
+        assert_eq!(BatchView::parse_header(&bad, MAX).unwrap_err().kind(), BatchErrorKind::Magic);
+
+        let mut bad = good.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        let err = BatchView::parse(&bad, MAX).unwrap_err();
+        assert!(matches!(err, BatchError::Crc { .. }), "{err}");
+        // parse_header trusts the CRC; verify_crc can still check it later.
+        let view = BatchView::parse_header(&bad, MAX).unwrap();
+        assert_eq!(view.verify_crc().unwrap_err().kind(), BatchErrorKind::Crc);
+
+        for (count, last_delta) in [(0, -1), (-1, -2), (2, 0), (1, 1), (i32::MIN, i32::MAX)] {
+            let mut bad = good.clone();
+            put(&mut bad, RECORDS_COUNT_POS, &i32::to_be_bytes(count));
+            put(&mut bad, LAST_OFFSET_DELTA_POS, &i32::to_be_bytes(last_delta));
+            fix_crc(&mut bad);
+            let err = BatchView::parse(&bad, MAX).unwrap_err();
+            assert_eq!(err.kind(), BatchErrorKind::Records, "{count}/{last_delta}: {err}");
+            assert_eq!(BatchView::parse_header(&bad, MAX).unwrap_err(), err);
+        }
+    }
+
+    #[test]
+    fn truncated_buffer_is_a_length_error() {
+        let good = build(&[simple(b"abc")], 0, BatchOptions::default());
+        let err = BatchView::parse(&good[..good.len() - 1], MAX).unwrap_err();
+        let problem = LengthProblem::Truncated { needed: good.len(), available: good.len() - 1 };
+        assert_eq!(err, BatchError::Length(problem));
+        assert_eq!(BatchView::parse(&[], MAX).unwrap_err().kind(), BatchErrorKind::Length);
+    }
+
+    #[test]
+    fn hand_written_record_area_is_accepted() {
+        let mut area = tiny_record(0).to_vec();
+        area.extend(tiny_record(1));
+        let batch = with_record_area(&area, 2);
+        let view = BatchView::parse(&batch, MAX).unwrap();
+        assert_eq!(view.records().unwrap().count(), 2);
+    }
+
+    #[test]
+    fn record_walk_errors() {
+        use RecordsProblem::*;
+        let mut two_zeros = tiny_record(0).to_vec();
+        two_zeros.extend(tiny_record(0));
+        let offset = records_problem(&with_record_area(&two_zeros, 2));
+        assert_eq!(offset, OffsetDelta { expected: 1, found: 0 });
+
+        let too_few = records_problem(&with_record_area(&tiny_record(0), 2));
+        assert_eq!(too_few, TooFew { expected: 2, found: 1 });
+
+        let mut trailing = tiny_record(0).to_vec();
+        trailing.push(0);
+        assert_eq!(records_problem(&with_record_area(&trailing, 1)), TrailingBytes { bytes: 1 });
+
+        // Record claims 7 body bytes but its fields use 6.
+        let inner = [0x0e, 0, 0, 0, 0x01, 0x01, 0, 0];
+        assert_eq!(records_problem(&with_record_area(&inner, 1)), RecordTrailing { bytes: 1 });
+
+        let overrun = records_problem(&with_record_area(&[0x7e, 0, 0, 0], 1));
+        assert!(matches!(overrun, Overrun { len: 63, .. }), "{overrun:?}");
+
+        let negative = records_problem(&with_record_area(&[0x03, 0, 0, 0], 1));
+        assert_eq!(negative, BadLength { field: "record length", len: -2 });
+    }
+
+    #[test]
+    fn record_field_errors() {
+        use RecordsProblem::*;
+        let cases: [(&[u8], RecordsProblem); 6] = [
+            // key length -2
+            (&[0x0c, 0, 0, 0, 0x03, 0x01, 0], BadLength { field: "key", len: -2 }),
+            // value length 5 with 1 byte left
+            (&[0x0c, 0, 0, 0, 0x01, 0x0a, 0], Overrun { field: "value", len: 5, available: 1 }),
+            // header count -1
+            (&[0x0c, 0, 0, 0, 0x01, 0x01, 0x01], BadLength { field: "header count", len: -1 }),
+            // a header whose key is null
+            (&[0x10, 0, 0, 0, 0x01, 0x01, 0x02, 0x01, 0x01], BadLength { field: "header key length", len: -1 }),
+            // offset delta varint runs past the record body
+            (&[0x06, 0, 0, 0x80], Varint { field: "offset delta", error: VarintError::Truncated }),
+            // missing attributes byte
+            (&[0x00], Overrun { field: "attributes", len: 1, available: 0 }),
+        ];
+        for (area, expected) in cases {
+            assert_eq!(records_problem(&with_record_area(area, 1)), expected, "{area:02x?}");
+        }
+        let mut overlong = vec![0x1c, 0];
+        overlong.extend([0xff; 10]);
+        overlong.extend([0x01, 0x01, 0]);
+        let problem = records_problem(&with_record_area(&overlong, 1));
+        assert_eq!(problem, Varint { field: "timestamp delta", error: VarintError::Overlong });
+    }
+
+    #[test]
+    fn header_iter_reports_errors_on_unvalidated_views() {
+        let headers: &[(&str, Option<&[u8]>)] = &[("h", Some(b"v"))];
+        let record = Record { headers, ..simple(b"x") };
+        let mut bytes = build(&[record], 0, BatchOptions::default());
+        // Corrupt the header value length (last 2 bytes: len 1, "v") to 2.
+        let len_pos = bytes.len() - 2;
+        bytes[len_pos] = 0x04;
+        let view = BatchView::parse_header(&bytes, MAX).unwrap();
+        let err = view.records().unwrap().next().unwrap().unwrap_err();
+        assert_eq!(err.kind(), BatchErrorKind::Records);
+    }
+
+    #[test]
+    fn compressed_batches_are_opaque() {
+        let mut bytes = with_record_area(b"opaque compressed bytes", 3);
+        put(&mut bytes, ATTRIBUTES_POS, &4i16.to_be_bytes());
+        fix_crc(&mut bytes);
+        let view = BatchView::parse(&bytes, MAX).unwrap();
+        assert_eq!(view.compression(), Compression::Zstd);
+        assert_eq!(view.records().unwrap_err(), BatchError::Compressed(Compression::Zstd));
+        assert_eq!(view.records().unwrap_err().kind(), BatchErrorKind::Records);
+        assert_eq!(Compression::from_attributes(0x0f), Compression::Unknown(7));
+    }
+
+    #[test]
+    fn record_iter_is_fused_after_error() {
+        let batch = with_record_area(&tiny_record(1), 1);
+        let view = BatchView::parse_header(&batch, MAX).unwrap();
+        let mut iter = view.records().unwrap();
+        assert!(iter.next().unwrap().is_err());
+        assert!(iter.next().is_none());
+    }
+
+    #[test]
+    fn every_single_bit_flip_after_magic_is_caught() {
+        let headers: &[(&str, Option<&[u8]>)] = &[("h", Some(b"v"))];
+        let record = Record { headers, ..simple(b"value") };
+        let good = build(&[record, simple(b"2")], 7, BatchOptions::default());
+        for pos in CRC_POS..good.len() {
+            for bit in 0..8 {
+                let mut bad = good.clone();
+                bad[pos] ^= 1 << bit;
+                assert!(BatchView::parse(&bad, MAX).is_err(), "flip {pos}:{bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn error_messages_are_informative() {
+        let err = BatchError::Crc { stored: 1, computed: 2 };
+        assert_eq!(err.to_string(), "batch CRC mismatch: stored 0x00000001, computed 0x00000002");
+        let err = BatchError::Records { index: 3, problem: RecordsProblem::OffsetDelta { expected: 3, found: 5 } };
+        assert_eq!(err.to_string(), "bad record 3: offsetDelta 5, expected 3");
+    }
+
+    // ---- properties ----
+
+    type Header = (String, Option<Vec<u8>>);
+
+    #[derive(Debug, Clone)]
+    struct OwnedRecord {
+        timestamp_ms: i64,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        headers: Vec<Header>,
+    }
+
+    fn bytes(max: usize) -> impl Strategy<Value = Option<Vec<u8>>> {
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..max))
+    }
+
+    fn owned_record() -> impl Strategy<Value = OwnedRecord> {
+        let header = (".{0,8}", bytes(16));
+        let headers = proptest::collection::vec(header, 0..4);
+        (any::<i64>(), bytes(200), bytes(300), headers).prop_map(|(timestamp_ms, key, value, headers)| OwnedRecord {
+            timestamp_ms,
+            key,
+            value,
+            headers,
+        })
+    }
+
+    fn options() -> impl Strategy<Value = BatchOptions> {
+        (any::<i64>(), any::<i32>(), any::<i16>(), any::<i64>(), any::<i16>(), any::<i32>()).prop_map(
+            |(base_offset, partition_leader_epoch, attributes, producer_id, producer_epoch, base_sequence)| {
+                BatchOptions {
+                    base_offset,
+                    partition_leader_epoch,
+                    attributes,
+                    producer_id,
+                    producer_epoch,
+                    base_sequence,
+                }
+            },
+        )
+    }
+
+    fn build_owned(records: &[OwnedRecord], first_ts: i64, options: BatchOptions) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut builder = BatchBuilder::with_options(&mut out, first_ts, options);
+        for r in records {
+            let headers: Vec<(&str, Option<&[u8]>)> =
+                r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+            builder.push(&Record {
+                timestamp_ms: r.timestamp_ms,
+                key: r.key.as_deref(),
+                value: r.value.as_deref(),
+                headers: &headers,
+            });
+        }
+        builder.finish();
+        out
+    }
+
+    fn arbitrary_batch() -> impl Strategy<Value = Vec<u8>> {
+        (proptest::collection::vec(owned_record(), 1..6), any::<i64>(), options())
+            .prop_map(|(records, ts, options)| build_owned(&records, ts, options))
+    }
+
+    /// Exercises every reader on `buf`; only its not panicking matters.
+    fn read_everything(buf: &[u8]) {
+        let _ = peek_batch_len(buf, MAX);
+        let _ = BatchView::parse(buf, MAX);
+        if let Ok(view) = BatchView::parse_header(buf, MAX) {
+            let _ = (view.last_offset(), view.verify_crc(), format!("{view:?}"));
+            for record in view.records().into_iter().flatten() {
+                let Ok(record) = record else { break };
+                let _ = (record.timestamp_ms(), record.headers().count());
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn build_parse_round_trips(
+            records in proptest::collection::vec(owned_record(), 1..12),
+            first_ts: i64,
+            options in options(),
+        ) {
+            let bytes = build_owned(&records, first_ts, options);
+            let view = BatchView::parse(&bytes, MAX).unwrap();
+            prop_assert_eq!(view.total_len(), bytes.len());
+            prop_assert_eq!(view.base_offset(), options.base_offset);
+            prop_assert_eq!(view.partition_leader_epoch(), options.partition_leader_epoch);
+            prop_assert_eq!(view.attributes(), options.attributes & !COMPRESSION_MASK);
+            prop_assert_eq!(view.producer_id(), options.producer_id);
+            prop_assert_eq!(view.producer_epoch(), options.producer_epoch);
+            prop_assert_eq!(view.base_sequence(), options.base_sequence);
+            prop_assert_eq!(view.first_timestamp(), first_ts);
+            let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap();
+            prop_assert_eq!(view.max_timestamp(), max_ts);
+            prop_assert_eq!(view.record_count() as usize, records.len());
+            prop_assert_eq!(view.last_offset_delta() as usize, records.len() - 1);
+            let parsed: Vec<_> = view.records().unwrap().collect::<Result<_, _>>().unwrap();
+            prop_assert_eq!(parsed.len(), records.len());
+            for (i, (got, want)) in parsed.iter().zip(&records).enumerate() {
+                prop_assert_eq!(got.offset_delta as usize, i);
+                prop_assert_eq!(got.timestamp_ms(), want.timestamp_ms);
+                prop_assert_eq!(got.attributes, 0);
+                prop_assert_eq!(got.key, want.key.as_deref());
+                prop_assert_eq!(got.value, want.value.as_deref());
+                let headers: Vec<_> = got.headers().collect::<Result<_, _>>().unwrap();
+                let expected: Vec<_> = want.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_deref())).collect();
+                prop_assert_eq!(headers, expected);
+            }
+        }
+
+        #[test]
+        fn any_single_bit_flip_in_crc_or_covered_bytes_fails(
+            batch in arbitrary_batch(),
+            pos in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let mut bad = batch.clone();
+            let pos = CRC_POS + pos.index(batch.len() - CRC_POS);
+            bad[pos] ^= 1 << bit;
+            prop_assert!(BatchView::parse(&bad, MAX).is_err());
+        }
+
+        #[test]
+        fn truncation_is_always_a_length_error(batch in arbitrary_batch(), cut in any::<prop::sample::Index>()) {
+            let len = cut.index(batch.len());
+            let err = BatchView::parse(&batch[..len], MAX).unwrap_err();
+            prop_assert_eq!(err.kind(), BatchErrorKind::Length);
+            prop_assert_eq!(BatchView::parse_header(&batch[..len], MAX).unwrap_err().kind(), BatchErrorKind::Length);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..300)) {
+            read_everything(&buf);
+        }
+
+        #[test]
+        fn arbitrary_record_area_never_panics_and_parse_agrees_with_iteration(
+            area in proptest::collection::vec(any::<u8>(), 0..200),
+            count in 1i32..6,
+        ) {
+            let batch = with_record_area(&area, count);
+            read_everything(&batch);
+            let view = BatchView::parse_header(&batch, MAX).unwrap();
+            let iterated_ok = view.records().unwrap().all(|r| r.is_ok());
+            prop_assert_eq!(BatchView::parse(&batch, MAX).is_ok(), iterated_ok);
+        }
+
+        #[test]
+        fn set_base_offset_never_invalidates(batch in arbitrary_batch(), base: i64) {
+            let mut batch = batch;
+            set_base_offset(&mut batch, base);
+            prop_assert_eq!(BatchView::parse(&batch, MAX).unwrap().base_offset(), base);
+        }
+    }
+}

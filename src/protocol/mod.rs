@@ -1,0 +1,8 @@
+//! The protocol layer: pure data formats, no I/O.
+//!
+//! Everything here can be tested without a runtime, a disk or a socket:
+//! typed ids and units, and the Kafka RecordBatch v2 codec that is the unit of
+//! data both on the wire and on disk.
+pub mod batch;
+pub mod types;
+pub mod varint;
