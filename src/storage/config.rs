@@ -1,0 +1,117 @@
+//! Settings of one partition log, with their checked ranges.
+
+use super::error::{Result, StorageError};
+use super::io::ALIGN;
+
+/// When the log calls fdatasync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Group commit: each write is followed by an fdatasync; everything
+    /// appended while one write+fdatasync is in flight goes out in the next.
+    EveryBatch,
+    /// Writes go out as soon as data is appended, fdatasync at most every
+    /// `interval_ms`: durability lags by at most that much plus one sync.
+    Interval { interval_ms: u64 },
+}
+
+/// Upper bound on one flush write, and so on the bytes a crash can tear:
+/// recovery treats damage within this distance of the end as a torn tail.
+pub const WRITE_BYTES_LIMIT: usize = 8 << 20;
+
+/// Settings of one partition log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A segment is rolled before it would grow past this size.
+    pub segment_bytes_max: u64,
+    /// A segment older than this is rolled at the next append (`None`: never).
+    pub segment_age_max_ms: Option<u64>,
+    /// One sparse index entry per this many log bytes.
+    pub index_interval_bytes: u32,
+    /// Most bytes one flush writes; appends wait while this much is pending.
+    pub write_bytes_max: usize,
+    /// Largest batch accepted (12-byte log overhead included).
+    pub batch_bytes_max: usize,
+    /// Recent batches kept in memory to serve readers at the tail.
+    pub tail_cache_bytes: usize,
+    pub flush: FlushPolicy,
+    /// Delete old segments while the log is larger than this.
+    pub retention_bytes: Option<u64>,
+    /// Delete segments whose newest record is older than this.
+    pub retention_ms: Option<u64>,
+    /// Reserve each new segment's full size when it is created, so a full
+    /// disk shows at roll time instead of in the middle of an append.
+    pub preallocate: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            segment_bytes_max: 256 << 20,
+            segment_age_max_ms: Some(7 * 24 * 3600 * 1000),
+            index_interval_bytes: 4096,
+            write_bytes_max: 2 << 20,
+            batch_bytes_max: 1 << 20,
+            tail_cache_bytes: 8 << 20,
+            flush: FlushPolicy::EveryBatch,
+            retention_bytes: None,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            preallocate: true,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the settings against each other and against the format's limits.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |message: String| Err(StorageError::Config(message));
+        if self.batch_bytes_max < crate::protocol::batch::HEADER_LEN {
+            return fail(format!("batch_bytes_max {} is below the batch header size", self.batch_bytes_max));
+        }
+        if self.write_bytes_max > WRITE_BYTES_LIMIT {
+            return fail(format!("write_bytes_max {} exceeds {WRITE_BYTES_LIMIT}", self.write_bytes_max));
+        }
+        // One batch plus the carried partial block must fit one write.
+        if self.batch_bytes_max + ALIGN as usize > self.write_bytes_max {
+            return fail(format!(
+                "batch_bytes_max {} must be at least {ALIGN} below write_bytes_max {}",
+                self.batch_bytes_max, self.write_bytes_max
+            ));
+        }
+        // Index entries store positions as u32.
+        if self.segment_bytes_max > u64::from(u32::MAX) || self.segment_bytes_max < self.batch_bytes_max as u64 {
+            return fail(format!(
+                "segment_bytes_max {} must lie between batch_bytes_max and 4 GiB",
+                self.segment_bytes_max
+            ));
+        }
+        if self.index_interval_bytes == 0 {
+            return fail("index_interval_bytes must be positive".into());
+        }
+        if let FlushPolicy::Interval { interval_ms: 0 } = self.flush {
+            return fail("flush interval must be positive (use every-batch instead)".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        LogConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_batch_that_cannot_fit_one_write_is_rejected() {
+        let config = LogConfig { batch_bytes_max: 1 << 20, write_bytes_max: 1 << 20, ..LogConfig::default() };
+        assert!(matches!(config.validate(), Err(StorageError::Config(_))));
+    }
+
+    #[test]
+    fn oversized_segments_are_rejected() {
+        let config = LogConfig { segment_bytes_max: 8 << 30, ..LogConfig::default() };
+        assert!(matches!(config.validate(), Err(StorageError::Config(_))));
+    }
+}

@@ -1,0 +1,859 @@
+//! The partition log: an append-only sequence of record batches in segment
+//! files, with group-committed durability.
+//!
+//! Appending is synchronous bookkeeping: the batch is checked, given its
+//! offsets (by rewriting `baseOffset`, which lies outside the CRC), indexed,
+//! cached for tail readers and queued. A flusher task owned by the log then
+//! copies everything queued into one aligned buffer and writes it with one
+//! O_DIRECT write followed by one fdatasync. Whatever is appended while that
+//! write and sync are in flight goes out in the next one: group commit, so
+//! acknowledgements stay cheap under load.
+//!
+//! O_DIRECT writes must cover whole blocks. The last, partially filled block
+//! of the segment is kept in memory and written again, extended, by the next
+//! flush; sectors are written atomically, so a crash during that rewrite
+//! leaves either the old or the new version of each sector, and both hold the
+//! bytes already acknowledged.
+//!
+//! Readers only ever see the durable prefix of the log: a consumer never sees
+//! an event that a crash could take back.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::future;
+use glommio::TaskQueueHandle;
+
+use crate::protocol::batch::{set_base_offset, BatchView};
+use crate::protocol::types::{AckLevel, Offset, TimestampMs};
+
+use super::config::{FlushPolicy, LogConfig};
+use super::error::{Result, StorageError};
+use super::index::SegmentIndex;
+use super::io::{align_down, align_up, IoBuf, Storage, StorageFile};
+use super::notify::Notify;
+use super::recovery::{self, RecoveryMode};
+use super::segment::{index_path, index_tmp_path, log_path, BatchCursor};
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendReceipt {
+    /// Offset of the batch's first record.
+    pub base: Offset,
+    /// One past the batch's last record.
+    pub next: Offset,
+}
+
+/// What a read returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Bytes of whole batches appended to the output.
+    pub bytes: usize,
+    /// Offset after the last batch returned (the next offset to ask for).
+    pub next_offset: Offset,
+    /// End of the visible (durable) log when the read ran.
+    pub visible_end: Offset,
+    /// First offset still held (older segments may have been deleted).
+    pub log_start: Offset,
+}
+
+/// Counters of one log, for observability.
+#[derive(Debug, Default, Clone)]
+pub struct LogStats {
+    pub appended_batches: u64,
+    pub appended_bytes: u64,
+    pub writes: u64,
+    pub written_bytes: u64,
+    pub fsyncs: u64,
+    pub segments_rolled: u64,
+    pub segments_deleted: u64,
+    pub cache_reads: u64,
+    pub disk_reads: u64,
+}
+
+/// One partition's log. Cheap to clone: clones share the same log.
+#[derive(Debug)]
+pub struct PartitionLog<S: Storage> {
+    inner: Rc<Inner<S>>,
+}
+
+impl<S: Storage> Clone for PartitionLog<S> {
+    fn clone(&self) -> Self {
+        PartitionLog { inner: Rc::clone(&self.inner) }
+    }
+}
+
+/// How the log is opened.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    pub recovery: RecoveryMode,
+    /// Task queue for the flusher (the shard gives flushing fewer shares than
+    /// network work); the current queue when `None`.
+    pub flush_queue: Option<TaskQueueHandle>,
+}
+
+#[derive(Debug)]
+struct Inner<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    config: LogConfig,
+    state: RefCell<State<S>>,
+    /// Signalled when there is new work for the flusher.
+    work: Notify,
+    /// Signalled when appends may proceed or waiters may complete.
+    progress: Notify,
+    stats: RefCell<LogStats>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Segment<F> {
+    pub file: Rc<F>,
+    pub path: PathBuf,
+    pub index: SegmentIndex,
+    /// Bytes of this segment readers may see (all of it once sealed).
+    pub visible_bytes: u64,
+}
+
+#[derive(Debug)]
+struct CachedBatch {
+    base: Offset,
+    next: Offset,
+    bytes: Bytes,
+}
+
+#[derive(Debug)]
+struct State<S: Storage> {
+    /// All segments by base offset; the last one is the active segment.
+    segments: BTreeMap<Offset, Segment<S::File>>,
+    /// The offset the next appended record gets.
+    next_offset: Offset,
+    /// Everything below this has been written to its segment file.
+    written_next: Offset,
+    /// Everything below this is durable, and visible to readers.
+    durable_next: Offset,
+    /// Batches appended but not yet handed to a write.
+    pending: VecDeque<Bytes>,
+    pending_bytes: usize,
+    /// End of the data handed to writes in the active segment.
+    flushed_end: u64,
+    /// Bytes of the active segment from `align_down(flushed_end)` to
+    /// `flushed_end`: the partial block the next write rewrites.
+    tail_block: Vec<u8>,
+    /// Recent batches, oldest first, serving tail readers from memory.
+    cache: VecDeque<CachedBatch>,
+    cache_bytes: usize,
+    poisoned: Option<Rc<StorageError>>,
+    rolling: bool,
+    closing: bool,
+    flusher_done: bool,
+    /// The next flush must fdatasync even under the interval policy.
+    sync_requested: bool,
+    last_sync: Instant,
+    active_created: Instant,
+}
+
+impl<S: Storage> PartitionLog<S> {
+    /// Opens (recovering) or creates the log in `dir`, and starts its flusher.
+    pub async fn open(storage: S, dir: &Path, config: LogConfig, options: OpenOptions) -> Result<Self> {
+        config.validate()?;
+        let recovered = recovery::recover(&storage, dir, &config, options.recovery).await?;
+        let next_offset = recovered.segments.last_key_value().map_or(Offset::ZERO, |(_, seg)| seg.index.next_offset);
+        let flushed_end = recovered.segments.last_key_value().map_or(0, |(_, seg)| seg.index.segment_bytes);
+        let now = Instant::now();
+        let state = State {
+            segments: recovered.segments,
+            next_offset,
+            written_next: next_offset,
+            durable_next: next_offset,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            flushed_end,
+            tail_block: recovered.tail_block,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            poisoned: None,
+            rolling: false,
+            closing: false,
+            flusher_done: false,
+            sync_requested: false,
+            last_sync: now,
+            active_created: now,
+        };
+        let inner = Rc::new(Inner {
+            storage,
+            dir: dir.to_path_buf(),
+            config,
+            state: RefCell::new(state),
+            work: Notify::default(),
+            progress: Notify::default(),
+            stats: RefCell::new(LogStats::default()),
+        });
+        let flusher = run_flusher(Rc::clone(&inner));
+        let task = match options.flush_queue {
+            Some(queue) => glommio::spawn_local_into(flusher, queue)
+                .map_err(|error| StorageError::Config(format!("flush task queue: {error}")))?,
+            None => glommio::spawn_local(flusher),
+        };
+        task.detach();
+        Ok(PartitionLog { inner })
+    }
+
+    /// Validates `batch` (magic, CRC, lengths, record count), assigns its
+    /// offsets and queues it for the flusher. Waits while the log has
+    /// `write_bytes_max` bytes pending (backpressure) or is rolling a
+    /// segment. The returned receipt is what [`PartitionLog::wait`] takes.
+    pub async fn append(&self, mut batch: BytesMut) -> Result<AppendReceipt> {
+        let config = &self.inner.config;
+        if batch.len() > config.batch_bytes_max {
+            return Err(StorageError::BatchTooLarge { len_bytes: batch.len(), max_bytes: config.batch_bytes_max });
+        }
+        let view = BatchView::parse(&batch, config.batch_bytes_max)?;
+        let (total_len, max_timestamp) = (view.total_len(), view.max_timestamp());
+        // Invariant: parse checked last_offset_delta >= 0.
+        let count = u64::from(view.last_offset_delta() as u32) + 1;
+        batch.truncate(total_len);
+        loop {
+            let wait = self.inner.progress.notified();
+            match self.inner.admit(batch.len(), count)? {
+                Admission::Go => break,
+                Admission::Wait => wait.await,
+                Admission::Roll => self.inner.roll().await?,
+            }
+        }
+        Ok(self.inner.push(batch, count, TimestampMs(max_timestamp)))
+    }
+
+    /// Waits until the batch of `receipt` has reached `level`.
+    pub async fn wait(&self, receipt: AppendReceipt, level: AckLevel) -> Result<()> {
+        loop {
+            let wait = self.inner.progress.notified();
+            {
+                let state = self.inner.state.borrow();
+                let reached = match level {
+                    AckLevel::None => return Ok(()),
+                    AckLevel::Written => state.written_next,
+                    AckLevel::Durable => state.durable_next,
+                };
+                if reached >= receipt.next {
+                    return Ok(());
+                }
+                if let Some(error) = &state.poisoned {
+                    return Err(StorageError::Poisoned(Rc::clone(error)));
+                }
+                if state.flusher_done {
+                    return Err(StorageError::Closed);
+                }
+                if level == AckLevel::Durable && !state.sync_requested {
+                    // Interval policy: a durable waiter should not wait for the timer.
+                    drop(state);
+                    self.inner.request_sync();
+                }
+            }
+            wait.await;
+        }
+    }
+
+    /// Appends and waits for `level` in one call.
+    pub async fn append_and_wait(&self, batch: BytesMut, level: AckLevel) -> Result<AppendReceipt> {
+        let receipt = self.append(batch).await?;
+        self.wait(receipt, level).await?;
+        Ok(receipt)
+    }
+
+    /// Appends whole batches, starting with the one that contains `from`, to
+    /// `out` until adding the next would pass `max_bytes` (the first batch is
+    /// returned whole even if it alone is larger). Only durable data is
+    /// returned. An empty result at the end of the log means "wait for more".
+    pub async fn read(&self, from: Offset, max_bytes: usize, out: &mut Vec<u8>) -> Result<ReadOutcome> {
+        let (visible_end, log_start) = self.bounds();
+        let mut outcome = ReadOutcome { bytes: 0, next_offset: from, visible_end, log_start };
+        if from == visible_end {
+            return Ok(outcome);
+        }
+        if from < log_start || from > visible_end {
+            return Err(StorageError::OffsetOutOfRange { requested: from, start: log_start, end: visible_end });
+        }
+        if let Some((bytes, next)) = self.inner.read_cache(from, visible_end, max_bytes, out) {
+            self.inner.stats.borrow_mut().cache_reads += 1;
+            outcome.bytes = bytes;
+            outcome.next_offset = next;
+            return Ok(outcome);
+        }
+        self.inner.stats.borrow_mut().disk_reads += 1;
+        let (bytes, next) = self.inner.read_disk(from, visible_end, max_bytes, out).await?;
+        outcome.bytes = bytes;
+        outcome.next_offset = next;
+        Ok(outcome)
+    }
+
+    /// The first offset of the first batch whose max timestamp is at or after
+    /// `time`, among durable data; `None` if there is none. Batch precision:
+    /// the offset returned may belong to an earlier record of that batch.
+    pub async fn offset_for_time(&self, time: TimestampMs) -> Result<Option<Offset>> {
+        let candidates: Vec<_> = {
+            let state = self.inner.state.borrow();
+            state
+                .segments
+                .values()
+                .filter_map(|seg| {
+                    let pos = seg.index.time_floor_pos(time)?;
+                    Some((Rc::clone(&seg.file), seg.path.clone(), pos, seg.visible_bytes))
+                })
+                .collect()
+        };
+        let durable_next = self.inner.state.borrow().durable_next;
+        for (file, path, pos, limit) in candidates {
+            let mut cursor = BatchCursor::new(&*file, &path, pos, limit, self.inner.config.batch_bytes_max);
+            while let Some((info, _)) = cursor.next().await? {
+                if info.base >= durable_next {
+                    return Ok(None);
+                }
+                if info.max_timestamp >= time {
+                    return Ok(Some(info.base));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole old segments beyond the retention limits (never the
+    /// active one). Returns how many were deleted.
+    pub async fn enforce_retention(&self, now: TimestampMs) -> Result<usize> {
+        let mut deleted = 0;
+        while let Some(victim) = self.inner.take_expired_segment(now) {
+            let Segment { file, path, index, .. } = victim;
+            // Readers holding the file keep it open; the unlink is safe.
+            drop(file);
+            let io = |op, source| StorageError::io(op, &path, source);
+            self.inner.storage.remove(&path).await.map_err(|source| io("removing segment", source))?;
+            let index_file = index_path(&self.inner.dir, index.base);
+            if let Err(error) = self.inner.storage.remove(&index_file).await {
+                tracing::debug!(path = %index_file.display(), %error, "no index file to remove");
+            }
+            deleted += 1;
+            tracing::info!(segment = %path.display(), "retention deleted segment");
+        }
+        if deleted > 0 {
+            let dir = &self.inner.dir;
+            self.inner.storage.sync_dir(dir).await.map_err(|source| StorageError::io("syncing", dir, source))?;
+            self.inner.stats.borrow_mut().segments_deleted += deleted as u64;
+        }
+        Ok(deleted)
+    }
+
+    /// The visible (durable) end and the first offset still held.
+    pub fn bounds(&self) -> (Offset, Offset) {
+        let state = self.inner.state.borrow();
+        (state.durable_next, state.log_start())
+    }
+
+    /// The offset the next append will get (including non-durable appends).
+    pub fn next_offset(&self) -> Offset {
+        self.inner.state.borrow().next_offset
+    }
+
+    /// Completes when the visible end moves past `offset` (or the log fails
+    /// or closes). Long-polling readers park here.
+    pub async fn wait_visible_past(&self, offset: Offset) {
+        loop {
+            let wait = self.inner.progress.notified();
+            {
+                let state = self.inner.state.borrow();
+                if state.durable_next > offset || state.poisoned.is_some() || state.flusher_done {
+                    return;
+                }
+            }
+            wait.await;
+        }
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.inner.stats.borrow().clone()
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.state.borrow().segments.values().map(|seg| seg.index.segment_bytes).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.inner.state.borrow().segments.len()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The error that poisoned the log, if any.
+    pub fn poisoned(&self) -> Option<Rc<StorageError>> {
+        self.inner.state.borrow().poisoned.clone()
+    }
+
+    /// Flushes and syncs everything appended, stops the flusher and closes
+    /// the files. Appends after this fail with [`StorageError::Closed`].
+    pub async fn close(self) -> Result<()> {
+        {
+            let mut state = self.inner.state.borrow_mut();
+            state.closing = true;
+            state.sync_requested = true;
+        }
+        self.inner.work.notify_all();
+        self.inner.progress.notify_all();
+        loop {
+            let wait = self.inner.progress.notified();
+            if self.inner.state.borrow().flusher_done {
+                break;
+            }
+            wait.await;
+        }
+        let poisoned = self.inner.state.borrow().poisoned.clone();
+        let segments = std::mem::take(&mut self.inner.state.borrow_mut().segments);
+        for segment in segments.into_values() {
+            // A file still held by a concurrent reader is closed when dropped.
+            if let Ok(file) = Rc::try_unwrap(segment.file) {
+                file.close().await.map_err(|source| StorageError::io("closing", &segment.path, source))?;
+            }
+        }
+        match poisoned {
+            Some(error) => Err(StorageError::Poisoned(error)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What an append must do before it may push its batch.
+enum Admission {
+    Go,
+    Wait,
+    Roll,
+}
+
+/// One write handed to the flusher.
+struct WriteJob<F, B> {
+    file: Rc<F>,
+    path: PathBuf,
+    buf: B,
+    pos: u64,
+    /// Offsets below this are covered once the write completes.
+    next: Offset,
+    /// Logical end of the active segment after this write.
+    end: u64,
+}
+
+/// What the flusher does next.
+enum FlushWork<F, B> {
+    Write(WriteJob<F, B>),
+    Sync { file: Rc<F>, path: PathBuf, next: Offset, end: u64 },
+    Wait(Option<Duration>),
+    Exit,
+}
+
+impl<S: Storage> State<S> {
+    fn log_start(&self) -> Offset {
+        self.segments.first_key_value().map_or(self.next_offset, |(base, _)| *base)
+    }
+
+    fn active(&self) -> &Segment<S::File> {
+        self.segments.last_key_value().expect("a log always has an active segment").1
+    }
+
+    fn active_mut(&mut self) -> &mut Segment<S::File> {
+        self.segments.last_entry().expect("a log always has an active segment").into_mut()
+    }
+}
+
+impl<S: Storage> Inner<S> {
+    fn admit(&self, len: usize, count: u64) -> Result<Admission> {
+        let state = self.state.borrow();
+        if let Some(error) = &state.poisoned {
+            return Err(StorageError::Poisoned(Rc::clone(error)));
+        }
+        if state.closing {
+            return Err(StorageError::Closed);
+        }
+        if state.rolling {
+            return Ok(Admission::Wait);
+        }
+        let active = state.active();
+        let active_bytes = active.index.segment_bytes;
+        let too_big = active_bytes + len as u64 > self.config.segment_bytes_max;
+        let too_old = self
+            .config
+            .segment_age_max_ms
+            .is_some_and(|age_ms| state.active_created.elapsed() >= Duration::from_millis(age_ms));
+        // Index entries hold offsets relative to the segment base as u32.
+        let offsets_exhausted = state.next_offset.plus(count).distance_from(active.index.base) > u64::from(u32::MAX);
+        if active_bytes > 0 && (too_big || too_old || offsets_exhausted) {
+            return Ok(Admission::Roll);
+        }
+        if state.next_offset.plus(count) == Offset::MAX {
+            return Err(StorageError::Config("the log has used up its offsets".into()));
+        }
+        if state.pending_bytes + len > self.config.write_bytes_max {
+            return Ok(Admission::Wait);
+        }
+        Ok(Admission::Go)
+    }
+
+    /// Assigns offsets and queues the batch. No `.await`: nothing else runs
+    /// between [`Inner::admit`] and this.
+    fn push(&self, mut batch: BytesMut, count: u64, max_timestamp: TimestampMs) -> AppendReceipt {
+        let mut state = self.state.borrow_mut();
+        let base = state.next_offset;
+        let next = base.plus(count);
+        set_base_offset(&mut batch, base.to_wire());
+        let bytes = batch.freeze();
+        let len = bytes.len();
+        state.active_mut().index.push_batch(base, next, len as u64, max_timestamp);
+        state.next_offset = next;
+        state.pending.push_back(bytes.clone());
+        state.pending_bytes += len;
+        state.cache.push_back(CachedBatch { base, next, bytes });
+        state.cache_bytes += len;
+        while state.cache_bytes > self.config.tail_cache_bytes && state.cache.len() > 1 {
+            let evicted = state.cache.pop_front().expect("cache holds more than one batch");
+            state.cache_bytes -= evicted.bytes.len();
+        }
+        drop(state);
+        let mut stats = self.stats.borrow_mut();
+        stats.appended_batches += 1;
+        stats.appended_bytes += len as u64;
+        self.work.notify_all();
+        AppendReceipt { base, next }
+    }
+
+    fn request_sync(&self) {
+        self.state.borrow_mut().sync_requested = true;
+        self.work.notify_all();
+    }
+
+    /// Decides the flusher's next step, taking the pending batches into a
+    /// write buffer if there are any.
+    fn next_work(&self) -> FlushWork<S::File, S::Buf> {
+        let mut state = self.state.borrow_mut();
+        if state.poisoned.is_some() {
+            return FlushWork::Exit;
+        }
+        if !state.pending.is_empty() {
+            return FlushWork::Write(self.take_write(&mut state));
+        }
+        let unsynced = state.written_next > state.durable_next;
+        if unsynced {
+            let due = match self.config.flush {
+                FlushPolicy::EveryBatch => Duration::ZERO,
+                FlushPolicy::Interval { interval_ms } => {
+                    Duration::from_millis(interval_ms).saturating_sub(state.last_sync.elapsed())
+                }
+            };
+            if due.is_zero() || state.sync_requested || state.closing {
+                let active = state.active();
+                return FlushWork::Sync {
+                    file: Rc::clone(&active.file),
+                    path: active.path.clone(),
+                    next: state.written_next,
+                    end: state.flushed_end,
+                };
+            }
+            return FlushWork::Wait(Some(due));
+        }
+        state.sync_requested = false;
+        if state.closing {
+            return FlushWork::Exit;
+        }
+        FlushWork::Wait(None)
+    }
+
+    /// Copies the carried partial block and every pending batch into one
+    /// aligned, zero-padded buffer.
+    fn take_write(&self, state: &mut State<S>) -> WriteJob<S::File, S::Buf> {
+        let pos = align_down(state.flushed_end);
+        let data_len = state.tail_block.len() + state.pending_bytes;
+        let mut buf = self.storage.alloc_buf(align_up(data_len as u64) as usize);
+        let bytes = buf.as_mut_slice();
+        let mut filled = state.tail_block.len();
+        bytes[..filled].copy_from_slice(&state.tail_block);
+        for batch in state.pending.drain(..) {
+            bytes[filled..filled + batch.len()].copy_from_slice(&batch);
+            filled += batch.len();
+        }
+        // Recovery finds the end of the log where the zeros begin.
+        bytes[filled..].fill(0);
+        let end = pos + filled as u64;
+        let carried_from = (align_down(end) - pos) as usize;
+        state.tail_block.clear();
+        state.tail_block.extend_from_slice(&bytes[carried_from..filled]);
+        state.pending_bytes = 0;
+        state.flushed_end = end;
+        let active = state.active();
+        WriteJob { file: Rc::clone(&active.file), path: active.path.clone(), buf, pos, next: state.next_offset, end }
+    }
+
+    fn poison(&self, error: StorageError) {
+        tracing::error!(dir = %self.dir.display(), %error, "partition log poisoned; it accepts nothing more until reopened");
+        self.state.borrow_mut().poisoned = Some(Rc::new(error));
+        self.progress.notify_all();
+    }
+
+    fn mark_written(&self, next: Offset, len: usize) {
+        self.state.borrow_mut().written_next = next;
+        let mut stats = self.stats.borrow_mut();
+        stats.writes += 1;
+        stats.written_bytes += len as u64;
+    }
+
+    fn mark_durable(&self, next: Offset, end: u64) {
+        let mut state = self.state.borrow_mut();
+        state.durable_next = state.durable_next.max(next);
+        state.last_sync = Instant::now();
+        state.active_mut().visible_bytes = end;
+        drop(state);
+        self.stats.borrow_mut().fsyncs += 1;
+    }
+
+    /// Serves a read from the tail cache if it holds `from`.
+    fn read_cache(
+        &self,
+        from: Offset,
+        visible_end: Offset,
+        max_bytes: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<(usize, Offset)> {
+        let state = self.state.borrow();
+        if state.cache.front().is_none_or(|oldest| oldest.base > from) {
+            return None;
+        }
+        let first = state.cache.partition_point(|batch| batch.next <= from);
+        let (mut bytes, mut next) = (0, from);
+        for batch in state.cache.range(first..) {
+            let fits = bytes == 0 || bytes + batch.bytes.len() <= max_bytes;
+            if batch.base >= visible_end || !fits {
+                break;
+            }
+            out.extend_from_slice(&batch.bytes);
+            bytes += batch.bytes.len();
+            next = batch.next;
+        }
+        Some((bytes, next))
+    }
+
+    async fn read_disk(
+        &self,
+        from: Offset,
+        visible_end: Offset,
+        max_bytes: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, Offset)> {
+        let (file, path, start, limit) = {
+            let state = self.state.borrow();
+            let (_, segment) = state.segments.range(..=from).next_back().expect("from >= log start");
+            (Rc::clone(&segment.file), segment.path.clone(), segment.index.floor_pos(from), segment.visible_bytes)
+        };
+        let mut cursor = BatchCursor::new(&*file, &path, start, limit, self.config.batch_bytes_max);
+        let (mut bytes, mut next) = (0, from);
+        while let Some((info, batch)) = cursor.next().await? {
+            if info.next <= from {
+                continue;
+            }
+            let fits = bytes == 0 || bytes + info.len <= max_bytes;
+            if info.base >= visible_end || !fits {
+                break;
+            }
+            out.extend_from_slice(batch);
+            bytes += info.len;
+            next = info.next;
+        }
+        Ok((bytes, next))
+    }
+
+    /// Seals the active segment and starts a new one. Appends wait meanwhile.
+    async fn roll(self: &Rc<Self>) -> Result<()> {
+        self.state.borrow_mut().rolling = true;
+        let result = self.roll_inner().await;
+        self.state.borrow_mut().rolling = false;
+        self.progress.notify_all();
+        result
+    }
+
+    async fn roll_inner(self: &Rc<Self>) -> Result<()> {
+        // Everything in the old segment must be durable before it is sealed.
+        self.request_sync();
+        loop {
+            let wait = self.progress.notified();
+            {
+                let state = self.state.borrow();
+                if let Some(error) = &state.poisoned {
+                    return Err(StorageError::Poisoned(Rc::clone(error)));
+                }
+                if state.durable_next == state.next_offset && state.pending.is_empty() {
+                    break;
+                }
+            }
+            wait.await;
+        }
+        // Create the next segment first: if the disk is full, nothing changes.
+        let base = self.state.borrow().next_offset;
+        let new_segment = create_segment(&self.storage, &self.dir, base, &self.config).await?;
+        let (old_file, old_path, old_index) = {
+            let state = self.state.borrow();
+            let active = state.active();
+            (Rc::clone(&active.file), active.path.clone(), active.index.clone())
+        };
+        seal_segment(&self.storage, &self.dir, &*old_file, &old_path, &old_index).await?;
+        let mut state = self.state.borrow_mut();
+        state.segments.insert(base, new_segment);
+        state.flushed_end = 0;
+        state.tail_block.clear();
+        state.active_created = Instant::now();
+        drop(state);
+        self.stats.borrow_mut().segments_rolled += 1;
+        tracing::debug!(dir = %self.dir.display(), base = %base, "rolled segment");
+        Ok(())
+    }
+
+    fn take_expired_segment(&self, now: TimestampMs) -> Option<Segment<S::File>> {
+        let mut state = self.state.borrow_mut();
+        if state.segments.len() < 2 {
+            return None;
+        }
+        let total: u64 = state.segments.values().map(|seg| seg.index.segment_bytes).sum();
+        let (_, oldest) = state.segments.first_key_value()?;
+        let over_size = self.config.retention_bytes.is_some_and(|limit| total - oldest.index.segment_bytes >= limit);
+        let expired = self.config.retention_ms.is_some_and(|limit_ms| {
+            let limit_ms = i64::try_from(limit_ms).unwrap_or(i64::MAX);
+            oldest.index.max_timestamp.0 < now.0.saturating_sub(limit_ms)
+        });
+        if !over_size && !expired {
+            return None;
+        }
+        let (_, victim) = state.segments.pop_first()?;
+        let start = state.log_start();
+        while state.cache.front().is_some_and(|batch| batch.base < start) {
+            let evicted = state.cache.pop_front().expect("checked non-empty");
+            state.cache_bytes -= evicted.bytes.len();
+        }
+        Some(victim)
+    }
+}
+
+/// The flusher task: one per log, alive until the log closes or fails.
+async fn run_flusher<S: Storage>(inner: Rc<Inner<S>>) {
+    loop {
+        let wait = inner.work.notified();
+        match inner.next_work() {
+            FlushWork::Write(job) => {
+                if let Err(error) = write_and_maybe_sync(&inner, job).await {
+                    inner.poison(error);
+                }
+            }
+            FlushWork::Sync { file, path, next, end } => match file.fdatasync().await {
+                Ok(()) => inner.mark_durable(next, end),
+                Err(source) => inner.poison(StorageError::io("fdatasync", path, source)),
+            },
+            FlushWork::Wait(None) => wait.await,
+            FlushWork::Wait(Some(due)) => {
+                future::or(wait, async {
+                    glommio::timer::sleep(due).await;
+                })
+                .await
+            }
+            FlushWork::Exit => break,
+        }
+        inner.progress.notify_all();
+    }
+    inner.state.borrow_mut().flusher_done = true;
+    inner.progress.notify_all();
+}
+
+async fn write_and_maybe_sync<S: Storage>(inner: &Inner<S>, job: WriteJob<S::File, S::Buf>) -> Result<()> {
+    let WriteJob { file, path, buf, pos, next, end } = job;
+    let len = buf.as_slice().len();
+    file.write_at(buf, pos).await.map_err(|source| StorageError::io("writing", &path, source))?;
+    inner.mark_written(next, len);
+    inner.progress.notify_all();
+    let sync_now = {
+        let state = inner.state.borrow();
+        match inner.config.flush {
+            FlushPolicy::EveryBatch => true,
+            FlushPolicy::Interval { interval_ms } => {
+                state.sync_requested || state.closing || state.last_sync.elapsed() >= Duration::from_millis(interval_ms)
+            }
+        }
+    };
+    if sync_now {
+        // The ack rule: this fdatasync is issued after the write completed.
+        file.fdatasync().await.map_err(|source| StorageError::io("fdatasync", &path, source))?;
+        inner.mark_durable(next, end);
+    }
+    Ok(())
+}
+
+/// Creates, preallocates and makes durable a new empty segment.
+pub(crate) async fn create_segment<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    base: Offset,
+    config: &LogConfig,
+) -> Result<Segment<S::File>> {
+    let path = log_path(dir, base);
+    let io = |op, source| StorageError::io(op, &path, source);
+    let file = storage.create_new(&path).await.map_err(|source| io("creating segment", source))?;
+    let prepared = async {
+        if config.preallocate {
+            file.pre_allocate(config.segment_bytes_max).await.map_err(|source| io("preallocating", source))?;
+            file.fdatasync().await.map_err(|source| io("fdatasync", source))?;
+        }
+        storage.sync_dir(dir).await.map_err(|source| StorageError::io("syncing", dir, source))
+    };
+    if let Err(error) = prepared.await {
+        // Leave nothing half-made behind: a full disk must not leave a segment.
+        let _ = file.close().await;
+        if let Err(remove_error) = storage.remove(&path).await {
+            tracing::warn!(path = %path.display(), %remove_error, "could not remove unfinished segment");
+        }
+        return Err(error);
+    }
+    Ok(Segment {
+        file: Rc::new(file),
+        path,
+        index: SegmentIndex::new(base, config.index_interval_bytes),
+        visible_bytes: 0,
+    })
+}
+
+/// Trims a full segment to its logical size and writes its index file.
+pub(crate) async fn seal_segment<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    file: &S::File,
+    path: &Path,
+    index: &SegmentIndex,
+) -> Result<()> {
+    let io = |op, source| StorageError::io(op, path, source);
+    file.truncate(index.segment_bytes).await.map_err(|source| io("truncating", source))?;
+    file.fdatasync().await.map_err(|source| io("fdatasync", source))?;
+    write_index_file(storage, dir, index).await
+}
+
+/// Writes an index file atomically: temp file, fdatasync, rename, directory sync.
+pub(crate) async fn write_index_file<S: Storage>(storage: &S, dir: &Path, index: &SegmentIndex) -> Result<()> {
+    let encoded = index.encode();
+    let tmp = index_tmp_path(dir, index.base);
+    let io = |op, source| StorageError::io(op, &tmp, source);
+    // A leftover from a crash during an earlier attempt.
+    let _ = storage.remove(&tmp).await;
+    let file = storage.create_new(&tmp).await.map_err(|source| io("creating index", source))?;
+    let mut buf = storage.alloc_buf(align_up(encoded.len() as u64) as usize);
+    buf.as_mut_slice()[..encoded.len()].copy_from_slice(&encoded);
+    buf.as_mut_slice()[encoded.len()..].fill(0);
+    file.write_at(buf, 0).await.map_err(|source| io("writing index", source))?;
+    file.truncate(encoded.len() as u64).await.map_err(|source| io("truncating index", source))?;
+    file.fdatasync().await.map_err(|source| io("fdatasync", source))?;
+    file.close().await.map_err(|source| io("closing index", source))?;
+    let target = index_path(dir, index.base);
+    storage.rename(&tmp, &target).await.map_err(|source| io("renaming index", source))?;
+    storage.sync_dir(dir).await.map_err(|source| StorageError::io("syncing", dir, source))
+}

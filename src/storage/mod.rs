@@ -1,0 +1,28 @@
+//! The storage layer: one durable, append-only log per partition.
+//!
+//! A [`PartitionLog`] stores Kafka RecordBatch v2 batches in segment files
+//! written with O_DIRECT, indexes them sparsely by offset and time, serves
+//! recent data from memory and older data from disk, recovers after a crash
+//! (trimming a torn tail, refusing corruption), and deletes old segments by
+//! size and age. It knows nothing about sockets or other cores.
+//!
+//! Everything runs on one glommio executor thread; the log is generic over
+//! the [`io::Storage`] seam so tests can swap the disk for a simulated one.
+
+pub mod config;
+pub mod dma;
+pub mod error;
+pub mod index;
+pub mod io;
+pub mod lock;
+pub mod log;
+mod notify;
+pub mod recovery;
+mod segment;
+pub mod sim;
+
+pub use config::{FlushPolicy, LogConfig};
+pub use error::StorageError;
+pub use lock::DirLock;
+pub use log::{AppendReceipt, LogStats, OpenOptions, PartitionLog, ReadOutcome};
+pub use recovery::RecoveryMode;

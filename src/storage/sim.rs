@@ -1,0 +1,396 @@
+//! A simulated disk for tests: it keeps written and synced bytes apart, can
+//! inject I/O errors and a full disk, and produces the image a power cut
+//! would leave behind.
+//!
+//! The model, stated so tests can rely on it:
+//! - A write is visible to reads at once, but survives a crash only once an
+//!   `fdatasync` of its file has completed after it.
+//! - A write that was not synced survives a crash as a whole, not at all, or
+//!   torn: an arbitrary subset of its 512-byte sectors (sectors themselves are
+//!   atomic, as on real devices).
+//! - A file created, renamed or removed survives a crash only once its
+//!   directory has been synced; before that the crash may or may not keep it.
+//!   Size changes (truncate, preallocate) are synced by the file's
+//!   `fdatasync`.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use futures_lite::future;
+
+use super::io::{IoBuf, Storage, StorageFile, ALIGN};
+
+/// The unit a torn write is cut into.
+pub const SECTOR_BYTES: usize = 512;
+
+/// A simulated directory tree. Clones share the same disk.
+#[derive(Debug, Clone, Default)]
+pub struct SimStorage {
+    disk: Rc<RefCell<SimDisk>>,
+}
+
+/// Which operation a [`Fault`] hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOp {
+    Write,
+    Sync,
+    Read,
+}
+
+/// An injected failure: the `skip`+1-th operation of kind `op` from now fails
+/// with an I/O error (EIO).
+#[derive(Debug, Clone, Copy)]
+pub struct Fault {
+    pub op: FaultOp,
+    pub skip: u32,
+}
+
+/// What happens to writes that were not synced when the power went out.
+#[derive(Debug, Clone, Copy)]
+pub enum CrashMode {
+    /// Everything not fdatasync'd is lost (the harshest case).
+    LoseUnsynced,
+    /// Each unsynced write survives whole, not at all, or torn at sector
+    /// granularity, decided by a generator seeded with the given value.
+    Torn { seed: u64 },
+    /// Everything survives (a process kill: the kernel still has the data).
+    KeepAll,
+}
+
+#[derive(Debug, Default)]
+struct SimDisk {
+    /// The namespace as processes see it now.
+    files: BTreeMap<PathBuf, Rc<RefCell<SimFile>>>,
+    /// The namespace as of the last sync of each directory.
+    durable_files: BTreeMap<PathBuf, Rc<RefCell<SimFile>>>,
+    dirs: BTreeSet<PathBuf>,
+    faults: Vec<Fault>,
+    /// Bytes that may still be allocated; `None` for unlimited.
+    space_left_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SimFile {
+    data: Vec<u8>,
+    synced: Vec<u8>,
+    /// Writes since the last sync, oldest first: (position, bytes).
+    unsynced_writes: Vec<(u64, Vec<u8>)>,
+}
+
+impl SimStorage {
+    pub fn new() -> SimStorage {
+        SimStorage::default()
+    }
+
+    /// Queues an injected failure.
+    pub fn inject(&self, fault: Fault) {
+        self.disk.borrow_mut().faults.push(fault);
+    }
+
+    /// Limits how many more bytes files may grow by (`None`: unlimited).
+    /// Beyond it, writes and preallocations fail with `StorageFull`.
+    pub fn set_space_left(&self, bytes: Option<u64>) {
+        self.disk.borrow_mut().space_left_bytes = bytes;
+    }
+
+    /// The disk as it would be found after a power cut now: a new, independent
+    /// storage holding only what the model says survives.
+    pub fn crash_image(&self, mode: CrashMode) -> SimStorage {
+        let disk = self.disk.borrow();
+        let mut rng = SplitMix64(match mode {
+            CrashMode::Torn { seed } => seed,
+            _ => 0,
+        });
+        let mut files = BTreeMap::new();
+        for (path, file) in &disk.files {
+            let durable = disk.durable_files.get(path).is_some_and(|durable| Rc::ptr_eq(durable, file));
+            let keep_name = durable || matches!(mode, CrashMode::KeepAll) || rng.next().is_multiple_of(2);
+            if keep_name && !matches!(mode, CrashMode::LoseUnsynced if !durable) {
+                let survived = surviving_contents(&file.borrow(), mode, &mut rng);
+                files.insert(path.clone(), survived);
+            }
+        }
+        // Names removed or renamed away without a directory sync come back.
+        for (path, file) in &disk.durable_files {
+            if !files.contains_key(path) && !disk.files.contains_key(path) {
+                let survived = surviving_contents(&file.borrow(), mode, &mut rng);
+                files.insert(path.clone(), survived);
+            }
+        }
+        let files: BTreeMap<_, _> = files
+            .into_iter()
+            .map(|(path, data)| {
+                let file = SimFile { synced: data.clone(), data, unsynced_writes: Vec::new() };
+                (path, Rc::new(RefCell::new(file)))
+            })
+            .collect();
+        let image = SimDisk {
+            durable_files: files.clone(),
+            files,
+            dirs: disk.dirs.clone(),
+            faults: Vec::new(),
+            space_left_bytes: None,
+        };
+        SimStorage { disk: Rc::new(RefCell::new(image)) }
+    }
+
+    /// The current contents of a file, as reads would see them.
+    pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
+        self.disk.borrow().files.get(path).map(|file| file.borrow().data.clone())
+    }
+
+    /// Replaces a file's contents (for corruption tests); the change counts as synced.
+    pub fn set_contents(&self, path: &Path, data: Vec<u8>) {
+        let file = SimFile { synced: data.clone(), data, unsynced_writes: Vec::new() };
+        let file = Rc::new(RefCell::new(file));
+        let mut disk = self.disk.borrow_mut();
+        disk.files.insert(path.to_path_buf(), Rc::clone(&file));
+        disk.durable_files.insert(path.to_path_buf(), file);
+    }
+
+    fn take_fault(&self, op: FaultOp) -> io::Result<()> {
+        let mut disk = self.disk.borrow_mut();
+        let Some(index) = disk.faults.iter().position(|fault| fault.op == op) else {
+            return Ok(());
+        };
+        if disk.faults[index].skip > 0 {
+            disk.faults[index].skip -= 1;
+            return Ok(());
+        }
+        disk.faults.remove(index);
+        Err(io::Error::other(format!("injected {op:?} failure")))
+    }
+
+    fn reserve_growth(&self, old_len: usize, new_len: usize) -> io::Result<()> {
+        let growth = new_len.saturating_sub(old_len) as u64;
+        let mut disk = self.disk.borrow_mut();
+        if let Some(space_left) = disk.space_left_bytes.as_mut() {
+            if growth > *space_left {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated disk is full"));
+            }
+            *space_left -= growth;
+        }
+        Ok(())
+    }
+}
+
+fn surviving_contents(file: &SimFile, mode: CrashMode, rng: &mut SplitMix64) -> Vec<u8> {
+    let mut image = file.synced.clone();
+    for (pos, bytes) in &file.unsynced_writes {
+        match mode {
+            CrashMode::LoseUnsynced => {}
+            CrashMode::KeepAll => apply(&mut image, *pos, bytes, |_| true),
+            CrashMode::Torn { .. } => match rng.next() % 3 {
+                0 => {}
+                1 => apply(&mut image, *pos, bytes, |_| true),
+                _ => {
+                    let mask = rng.next();
+                    apply(&mut image, *pos, bytes, |sector| mask >> (sector % 64) & 1 == 1)
+                }
+            },
+        }
+    }
+    image
+}
+
+/// Copies the sectors of `bytes` that `keep` selects into `image` at `pos`.
+fn apply(image: &mut Vec<u8>, pos: u64, bytes: &[u8], keep: impl Fn(usize) -> bool) {
+    let pos = pos as usize;
+    for (sector, chunk) in bytes.chunks(SECTOR_BYTES).enumerate() {
+        if !keep(sector) {
+            continue;
+        }
+        let start = pos + sector * SECTOR_BYTES;
+        if image.len() < start + chunk.len() {
+            image.resize(start + chunk.len(), 0);
+        }
+        image[start..start + chunk.len()].copy_from_slice(chunk);
+    }
+}
+
+/// A tiny deterministic generator, so crash images are reproducible from a seed.
+#[derive(Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// A plain heap buffer stands in for an aligned DMA buffer.
+#[derive(Debug)]
+pub struct SimBuf(Vec<u8>);
+
+impl IoBuf for SimBuf {
+    fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+/// An open simulated file.
+#[derive(Debug)]
+pub struct SimStorageFile {
+    storage: SimStorage,
+    file: Rc<RefCell<SimFile>>,
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", path.display()))
+}
+
+impl Storage for SimStorage {
+    type Buf = SimBuf;
+    type File = SimStorageFile;
+
+    fn alloc_buf(&self, len: usize) -> SimBuf {
+        SimBuf(vec![0xAB; len])
+    }
+
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut disk = self.disk.borrow_mut();
+        for ancestor in dir.ancestors() {
+            disk.dirs.insert(ancestor.to_path_buf());
+        }
+        Ok(())
+    }
+
+    async fn open(&self, path: &Path) -> io::Result<SimStorageFile> {
+        let file = self.disk.borrow().files.get(path).cloned().ok_or_else(|| not_found(path))?;
+        Ok(SimStorageFile { storage: self.clone(), file })
+    }
+
+    async fn create_new(&self, path: &Path) -> io::Result<SimStorageFile> {
+        let mut disk = self.disk.borrow_mut();
+        let parent = path.parent().unwrap_or(Path::new(""));
+        if !disk.dirs.contains(parent) {
+            return Err(not_found(parent));
+        }
+        if disk.files.contains_key(path) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}", path.display())));
+        }
+        let file = Rc::new(RefCell::new(SimFile::default()));
+        disk.files.insert(path.to_path_buf(), Rc::clone(&file));
+        Ok(SimStorageFile { storage: self.clone(), file })
+    }
+
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        let removed = self.disk.borrow_mut().files.remove(path);
+        removed.map(drop).ok_or_else(|| not_found(path))
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut disk = self.disk.borrow_mut();
+        let file = disk.files.remove(from).ok_or_else(|| not_found(from))?;
+        disk.files.insert(to.to_path_buf(), file);
+        Ok(())
+    }
+
+    async fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let disk = self.disk.borrow();
+        if !disk.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        let in_dir = |path: &&PathBuf| path.parent() == Some(dir);
+        Ok(disk.files.keys().filter(in_dir).cloned().collect())
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.take_fault(FaultOp::Sync)?;
+        let mut disk = self.disk.borrow_mut();
+        disk.durable_files.retain(|path, _| path.parent() != Some(dir));
+        let current: Vec<_> = disk
+            .files
+            .iter()
+            .filter(|(path, _)| path.parent() == Some(dir))
+            .map(|(path, file)| (path.clone(), Rc::clone(file)))
+            .collect();
+        disk.durable_files.extend(current);
+        Ok(())
+    }
+}
+
+impl StorageFile for SimStorageFile {
+    type Buf = SimBuf;
+
+    async fn write_at(&self, buf: SimBuf, pos: u64) -> io::Result<()> {
+        // Yield so other tasks (and crash images) can run while the write is
+        // "in flight", as with a real device.
+        future::yield_now().await;
+        self.write(buf.as_slice(), pos)
+    }
+
+    async fn read_into(&self, pos: u64, len: usize, out: &mut Vec<u8>) -> io::Result<usize> {
+        self.storage.take_fault(FaultOp::Read)?;
+        let file = self.file.borrow();
+        let start = usize::try_from(pos).unwrap_or(usize::MAX).min(file.data.len());
+        let end = start.saturating_add(len).min(file.data.len());
+        out.extend_from_slice(&file.data[start..end]);
+        Ok(end - start)
+    }
+
+    async fn fdatasync(&self) -> io::Result<()> {
+        future::yield_now().await;
+        self.storage.take_fault(FaultOp::Sync)?;
+        let mut file = self.file.borrow_mut();
+        file.synced = file.data.clone();
+        file.unsynced_writes.clear();
+        Ok(())
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        Ok(self.file.borrow().data.len() as u64)
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let old_len = self.file.borrow().data.len();
+        self.storage.reserve_growth(old_len, len)?;
+        self.file.borrow_mut().data.resize(len, 0);
+        Ok(())
+    }
+
+    async fn pre_allocate(&self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let old_len = self.file.borrow().data.len();
+        if len > old_len {
+            self.storage.reserve_growth(old_len, len)?;
+            self.file.borrow_mut().data.resize(len, 0);
+        }
+        Ok(())
+    }
+
+    async fn close(self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SimStorageFile {
+    fn write(&self, bytes: &[u8], pos: u64) -> io::Result<()> {
+        if !pos.is_multiple_of(ALIGN) || !(bytes.len() as u64).is_multiple_of(ALIGN) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.storage.take_fault(FaultOp::Write)?;
+        let start = usize::try_from(pos).map_err(io::Error::other)?;
+        let end = start + bytes.len();
+        let old_len = self.file.borrow().data.len();
+        self.storage.reserve_growth(old_len, end)?;
+        let mut file = self.file.borrow_mut();
+        if file.data.len() < end {
+            file.data.resize(end, 0);
+        }
+        file.data[start..end].copy_from_slice(bytes);
+        file.unsynced_writes.push((pos, bytes.to_vec()));
+        Ok(())
+    }
+}
