@@ -21,6 +21,8 @@ fn config() -> LogConfig {
         segment_age_max_ms: None,
         index_interval_bytes: 1024,
         write_bytes_max: 16 << 10,
+        // Small requests, so flushes are split into several concurrent writes.
+        write_request_bytes: 4096,
         batch_bytes_max: 8 << 10,
         tail_cache_bytes: 8 << 10,
         flush: FlushPolicy::EveryBatch,

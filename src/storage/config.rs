@@ -29,6 +29,11 @@ pub struct LogConfig {
     pub index_interval_bytes: u32,
     /// Most bytes one flush writes; appends wait while this much is pending.
     pub write_bytes_max: usize,
+    /// Largest single write request; a flush issues its data as several
+    /// requests of this size, all in flight at once. A multiple of 4096.
+    /// Several moderate requests keep the device busier than one huge one
+    /// (fio here: 1 MiB requests beat 8 MiB ones by about 15%).
+    pub write_request_bytes: usize,
     /// Largest batch accepted (12-byte log overhead included).
     pub batch_bytes_max: usize,
     /// Recent batches kept in memory to serve readers at the tail.
@@ -50,6 +55,7 @@ impl Default for LogConfig {
             segment_age_max_ms: Some(7 * 24 * 3600 * 1000),
             index_interval_bytes: 4096,
             write_bytes_max: 2 << 20,
+            write_request_bytes: 1 << 20,
             batch_bytes_max: 1 << 20,
             tail_cache_bytes: 8 << 20,
             flush: FlushPolicy::EveryBatch,
@@ -69,6 +75,12 @@ impl LogConfig {
         }
         if self.write_bytes_max > WRITE_BYTES_LIMIT {
             return fail(format!("write_bytes_max {} exceeds {WRITE_BYTES_LIMIT}", self.write_bytes_max));
+        }
+        if self.write_request_bytes == 0 || !(self.write_request_bytes as u64).is_multiple_of(ALIGN) {
+            return fail(format!(
+                "write_request_bytes {} must be a positive multiple of {ALIGN}",
+                self.write_request_bytes
+            ));
         }
         // One batch plus the carried partial block must fit one write.
         if self.batch_bytes_max + ALIGN as usize > self.write_bytes_max {

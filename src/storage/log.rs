@@ -20,8 +20,11 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -432,11 +435,12 @@ enum Admission {
     Roll,
 }
 
-/// One write handed to the flusher.
+/// One write handed to the flusher: contiguous aligned chunks starting at
+/// `pos`, written concurrently.
 struct WriteJob<F, B> {
     file: Rc<F>,
     path: PathBuf,
-    buf: B,
+    chunks: Vec<B>,
     pos: u64,
     /// Offsets below this are covered once the write completes.
     next: Offset,
@@ -567,29 +571,39 @@ impl<S: Storage> Inner<S> {
         FlushWork::Wait(None)
     }
 
-    /// Copies the carried partial block and every pending batch into one
-    /// aligned, zero-padded buffer.
+    /// Copies the carried partial block and every pending batch into aligned,
+    /// zero-padded chunks of `write_request_bytes`.
     fn take_write(&self, state: &mut State<S>) -> WriteJob<S::File, S::Buf> {
+        let chunk_bytes = self.config.write_request_bytes;
         let pos = align_down(state.flushed_end);
         let data_len = state.tail_block.len() + state.pending_bytes;
-        let mut buf = self.storage.alloc_buf(align_up(data_len as u64) as usize);
-        let bytes = buf.as_mut_slice();
-        let mut filled = state.tail_block.len();
-        bytes[..filled].copy_from_slice(&state.tail_block);
+        let mut left = align_up(data_len as u64) as usize;
+        let mut chunks = Vec::with_capacity(left.div_ceil(chunk_bytes));
+        while left > 0 {
+            let len = left.min(chunk_bytes);
+            chunks.push(self.storage.alloc_buf(len));
+            left -= len;
+        }
+        let mut filled = copy_into_chunks(&mut chunks, chunk_bytes, 0, &state.tail_block);
         for batch in state.pending.drain(..) {
-            bytes[filled..filled + batch.len()].copy_from_slice(&batch);
-            filled += batch.len();
+            filled = copy_into_chunks(&mut chunks, chunk_bytes, filled, &batch);
         }
         // Recovery finds the end of the log where the zeros begin.
-        bytes[filled..].fill(0);
+        let last_start = (chunks.len() - 1) * chunk_bytes;
+        let last = chunks.last_mut().expect("there is data to write");
+        last.as_mut_slice()[filled - last_start..].fill(0);
+        // The block being filled is written again, extended, by the next flush.
         let end = pos + filled as u64;
         let carried_from = (align_down(end) - pos) as usize;
         state.tail_block.clear();
-        state.tail_block.extend_from_slice(&bytes[carried_from..filled]);
+        if carried_from < filled {
+            let chunk = &chunks[carried_from / chunk_bytes].as_slice()[carried_from % chunk_bytes..];
+            state.tail_block.extend_from_slice(&chunk[..filled - carried_from]);
+        }
         state.pending_bytes = 0;
         state.flushed_end = end;
         let active = state.active();
-        WriteJob { file: Rc::clone(&active.file), path: active.path.clone(), buf, pos, next: state.next_offset, end }
+        WriteJob { file: Rc::clone(&active.file), path: active.path.clone(), chunks, pos, next: state.next_offset, end }
     }
 
     fn poison(&self, error: StorageError) {
@@ -769,9 +783,9 @@ async fn run_flusher<S: Storage>(inner: Rc<Inner<S>>) {
 }
 
 async fn write_and_maybe_sync<S: Storage>(inner: &Inner<S>, job: WriteJob<S::File, S::Buf>) -> Result<()> {
-    let WriteJob { file, path, buf, pos, next, end } = job;
-    let len = buf.as_slice().len();
-    file.write_at(buf, pos).await.map_err(|source| StorageError::io("writing", &path, source))?;
+    let WriteJob { file, path, chunks, pos, next, end } = job;
+    let len = chunks.iter().map(|chunk| chunk.as_slice().len()).sum();
+    write_chunks(&*file, chunks, pos).await.map_err(|source| StorageError::io("writing", &path, source))?;
     inner.mark_written(next, len);
     inner.progress.notify_all();
     let sync_now = {
@@ -789,6 +803,52 @@ async fn write_and_maybe_sync<S: Storage>(inner: &Inner<S>, job: WriteJob<S::Fil
         inner.mark_durable(next, end);
     }
     Ok(())
+}
+
+/// Copies `src` into a sequence of `chunk_bytes` chunks at logical position
+/// `at`; returns the position after it.
+fn copy_into_chunks<B: IoBuf>(chunks: &mut [B], chunk_bytes: usize, mut at: usize, mut src: &[u8]) -> usize {
+    while !src.is_empty() {
+        let chunk = chunks[at / chunk_bytes].as_mut_slice();
+        let offset = at % chunk_bytes;
+        let n = src.len().min(chunk.len() - offset);
+        chunk[offset..offset + n].copy_from_slice(&src[..n]);
+        src = &src[n..];
+        at += n;
+    }
+    at
+}
+
+/// Writes consecutive chunks starting at `pos`, all in flight at once (the
+/// device is fastest with several moderate requests queued), and waits for
+/// every one of them before reporting the first error.
+async fn write_chunks<F: StorageFile>(file: &F, chunks: Vec<F::Buf>, pos: u64) -> std::io::Result<()> {
+    let mut chunk_pos = pos;
+    let mut writes: Vec<Pin<Box<dyn Future<Output = std::io::Result<()>> + '_>>> = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let len = chunk.as_slice().len() as u64;
+        writes.push(Box::pin(file.write_at(chunk, chunk_pos)));
+        chunk_pos += len;
+    }
+    let mut first_error = None;
+    future::poll_fn(|cx| {
+        writes.retain_mut(|write| match write.as_mut().poll(cx) {
+            Poll::Ready(result) => {
+                if let Err(error) = result {
+                    first_error.get_or_insert(error);
+                }
+                false
+            }
+            Poll::Pending => true,
+        });
+        if writes.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Creates, preallocates and makes durable a new empty segment.
