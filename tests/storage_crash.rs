@@ -150,13 +150,17 @@ fn every_durably_acknowledged_append_survives_power_cuts() {
     println!("seed {} (rerun with RB_TEST_SEED={})", rng.0, rng.0);
     run(move || async move {
         let mut acked_total = 0;
-        for round in 0..150 {
+        for round in 0..160 {
             let mode = match round % 3 {
                 0 => CrashMode::LoseUnsynced,
                 1 => CrashMode::Torn { seed: rng.next() },
                 _ => CrashMode::KeepAll,
             };
-            let (acked, recovered) = crash_round(&mut rng, mode, AckLevel::Durable, FlushPolicy::EveryBatch).await;
+            // Every fourth round syncs on a timer, so several writes can be
+            // unsynced when the power goes.
+            let policy =
+                if round % 4 == 3 { FlushPolicy::Interval { interval_ms: 1 } } else { FlushPolicy::EveryBatch };
+            let (acked, recovered) = crash_round(&mut rng, mode, AckLevel::Durable, policy).await;
             let problems = check_promise(&acked, &recovered);
             assert!(problems.is_empty(), "round {round}, {mode:?}: {problems:?}");
             acked_total += acked.len();

@@ -14,8 +14,7 @@ pub enum FlushPolicy {
     Interval { interval_ms: u64 },
 }
 
-/// Upper bound on one flush write, and so on the bytes a crash can tear:
-/// recovery treats damage within this distance of the end as a torn tail.
+/// Upper bound on `write_bytes_max`.
 pub const WRITE_BYTES_LIMIT: usize = 8 << 20;
 
 /// Settings of one partition log.
@@ -23,11 +22,14 @@ pub const WRITE_BYTES_LIMIT: usize = 8 << 20;
 pub struct LogConfig {
     /// A segment is rolled before it would grow past this size.
     pub segment_bytes_max: u64,
-    /// A segment older than this is rolled at the next append (`None`: never).
+    /// A segment older than this is rolled at the next append (`None`:
+    /// never). Age counts from when this process created or opened it.
     pub segment_age_max_ms: Option<u64>,
     /// One sparse index entry per this many log bytes.
     pub index_interval_bytes: u32,
-    /// Most bytes one flush writes; appends wait while this much is pending.
+    /// Most bytes of appends pending for the flusher; appends wait while
+    /// this much is pending. Also bounds the bytes written but not yet
+    /// synced, and so the region a crash can tear (see [`LogConfig::torn_window_bytes`]).
     pub write_bytes_max: usize,
     /// Largest single write request; a flush issues its data as several
     /// requests of this size, all in flight at once. A multiple of 4096.
@@ -67,6 +69,16 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// How far past the start of the first damaged batch a crash can have
+    /// left bytes: the unsynced region is at most `write_bytes_max` of new
+    /// data plus the rewritten partial block before it and the zero padding
+    /// after it. Recovery treats damage whose trailing bytes all lie within
+    /// this window as a torn tail. Lowering `write_bytes_max` across a crash
+    /// makes recovery stricter, never looser.
+    pub fn torn_window_bytes(&self) -> u64 {
+        super::io::align_up(self.write_bytes_max as u64) + 2 * ALIGN
+    }
+
     /// Checks the settings against each other and against the format's limits.
     pub fn validate(&self) -> Result<()> {
         let fail = |message: String| Err(StorageError::Config(message));

@@ -20,8 +20,9 @@ pub enum StorageError {
     #[error("no space left on device: {op} {path}")]
     NoSpace { op: &'static str, path: PathBuf },
 
-    /// Bytes on disk are damaged somewhere other than a torn tail. The
-    /// partition is refused (quarantined) until an operator decides.
+    /// Bytes on disk are damaged somewhere other than a torn tail. Found at
+    /// open, the partition is refused (quarantined) until an operator
+    /// decides; found by a read (in a sealed segment), that read fails.
     #[error("corrupt log {path} at {pos} (offset {offset}): {reason}")]
     Corrupt { path: PathBuf, pos: FilePos, offset: Offset, reason: String },
 
@@ -37,6 +38,10 @@ pub enum StorageError {
     /// A batch larger than the configured limit.
     #[error("batch of {len_bytes} bytes exceeds the limit of {max_bytes} bytes")]
     BatchTooLarge { len_bytes: usize, max_bytes: usize },
+
+    /// An append carried more (or other) bytes than the one batch it starts with.
+    #[error("append of {len_bytes} bytes holds a batch of {batch_bytes} bytes and more")]
+    NotOneBatch { len_bytes: usize, batch_bytes: usize },
 
     /// A batch that does not validate.
     #[error("invalid record batch: {0}")]

@@ -4,10 +4,11 @@
 //! Appending is synchronous bookkeeping: the batch is checked, given its
 //! offsets (by rewriting `baseOffset`, which lies outside the CRC), indexed,
 //! cached for tail readers and queued. A flusher task owned by the log then
-//! copies everything queued into one aligned buffer and writes it with one
-//! O_DIRECT write followed by one fdatasync. Whatever is appended while that
-//! write and sync are in flight goes out in the next one: group commit, so
-//! acknowledgements stay cheap under load.
+//! copies everything queued into aligned buffers, writes them with O_DIRECT
+//! (several requests of `write_request_bytes` in flight at once) and follows
+//! with one fdatasync. Whatever is appended while that write and sync are in
+//! flight goes out in the next one: group commit, so acknowledgements stay
+//! cheap under load.
 //!
 //! O_DIRECT writes must cover whole blocks. The last, partially filled block
 //! of the segment is kept in memory and written again, extended, by the next
@@ -97,6 +98,18 @@ pub struct OpenOptions {
     /// Task queue for the flusher (the shard gives flushing fewer shares than
     /// network work); the current queue when `None`.
     pub flush_queue: Option<TaskQueueHandle>,
+    /// Told how long each fdatasync took (the shard keeps a histogram).
+    pub fsync_observer: Option<FsyncObserver>,
+}
+
+/// A callback for fdatasync latencies.
+#[derive(Clone)]
+pub struct FsyncObserver(pub Rc<dyn Fn(Duration)>);
+
+impl std::fmt::Debug for FsyncObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FsyncObserver")
+    }
 }
 
 #[derive(Debug)]
@@ -110,6 +123,7 @@ struct Inner<S: Storage> {
     /// Signalled when appends may proceed or waiters may complete.
     progress: Notify,
     stats: RefCell<LogStats>,
+    fsync_observer: Option<FsyncObserver>,
 }
 
 #[derive(Debug)]
@@ -194,6 +208,7 @@ impl<S: Storage> PartitionLog<S> {
             work: Notify::default(),
             progress: Notify::default(),
             stats: RefCell::new(LogStats::default()),
+            fsync_observer: options.fsync_observer.clone(),
         });
         let flusher = run_flusher(Rc::clone(&inner));
         let task = match options.flush_queue {
@@ -205,20 +220,23 @@ impl<S: Storage> PartitionLog<S> {
         Ok(PartitionLog { inner })
     }
 
-    /// Validates `batch` (magic, CRC, lengths, record count), assigns its
+    /// Validates `batch`, exactly one record batch (magic, CRC, lengths,
+    /// record count), assigns its
     /// offsets and queues it for the flusher. Waits while the log has
     /// `write_bytes_max` bytes pending (backpressure) or is rolling a
     /// segment. The returned receipt is what [`PartitionLog::wait`] takes.
-    pub async fn append(&self, mut batch: BytesMut) -> Result<AppendReceipt> {
+    pub async fn append(&self, batch: BytesMut) -> Result<AppendReceipt> {
         let config = &self.inner.config;
         if batch.len() > config.batch_bytes_max {
             return Err(StorageError::BatchTooLarge { len_bytes: batch.len(), max_bytes: config.batch_bytes_max });
         }
         let view = BatchView::parse(&batch, config.batch_bytes_max)?;
-        let (total_len, max_timestamp) = (view.total_len(), view.max_timestamp());
+        if view.total_len() != batch.len() {
+            return Err(StorageError::NotOneBatch { len_bytes: batch.len(), batch_bytes: view.total_len() });
+        }
         // Invariant: parse checked last_offset_delta >= 0.
         let count = u64::from(view.last_offset_delta() as u32) + 1;
-        batch.truncate(total_len);
+        let max_timestamp = view.max_timestamp();
         loop {
             let wait = self.inner.progress.notified();
             match self.inner.admit(batch.len(), count)? {
@@ -337,13 +355,13 @@ impl<S: Storage> PartitionLog<S> {
             if let Err(error) = self.inner.storage.remove(&index_file).await {
                 tracing::debug!(path = %index_file.display(), %error, "no index file to remove");
             }
-            deleted += 1;
-            tracing::info!(segment = %path.display(), "retention deleted segment");
-        }
-        if deleted > 0 {
+            // One directory sync per segment: a crash must never bring back
+            // an older segment without the newer ones (a gap in the log).
             let dir = &self.inner.dir;
             self.inner.storage.sync_dir(dir).await.map_err(|source| StorageError::io("syncing", dir, source))?;
-            self.inner.stats.borrow_mut().segments_deleted += deleted as u64;
+            deleted += 1;
+            self.inner.stats.borrow_mut().segments_deleted += 1;
+            tracing::info!(segment = %path.display(), "retention deleted segment");
         }
         Ok(deleted)
     }
@@ -542,10 +560,16 @@ impl<S: Storage> Inner<S> {
         if state.poisoned.is_some() {
             return FlushWork::Exit;
         }
-        if !state.pending.is_empty() {
+        let unsynced = state.written_next > state.durable_next;
+        // Bound the bytes written but not synced (the region a crash can
+        // tear, see LogConfig::torn_window_bytes): under the interval policy,
+        // sync before a write would take it past write_bytes_max.
+        let unsynced_bytes = state.flushed_end - state.active().visible_bytes;
+        let must_sync_first =
+            unsynced && unsynced_bytes + state.pending_bytes as u64 > self.config.write_bytes_max as u64;
+        if !state.pending.is_empty() && !must_sync_first {
             return FlushWork::Write(self.take_write(&mut state));
         }
-        let unsynced = state.written_next > state.durable_next;
         if unsynced {
             let due = match self.config.flush {
                 FlushPolicy::EveryBatch => Duration::ZERO,
@@ -553,7 +577,7 @@ impl<S: Storage> Inner<S> {
                     Duration::from_millis(interval_ms).saturating_sub(state.last_sync.elapsed())
                 }
             };
-            if due.is_zero() || state.sync_requested || state.closing {
+            if due.is_zero() || state.sync_requested || state.closing || must_sync_first {
                 let active = state.active();
                 return FlushWork::Sync {
                     file: Rc::clone(&active.file),
@@ -604,6 +628,15 @@ impl<S: Storage> Inner<S> {
         state.flushed_end = end;
         let active = state.active();
         WriteJob { file: Rc::clone(&active.file), path: active.path.clone(), chunks, pos, next: state.next_offset, end }
+    }
+
+    async fn timed_fdatasync(&self, file: &S::File) -> std::io::Result<()> {
+        let started = Instant::now();
+        let result = file.fdatasync().await;
+        if let Some(observer) = &self.fsync_observer {
+            (observer.0)(started.elapsed());
+        }
+        result
     }
 
     fn poison(&self, error: StorageError) {
@@ -716,7 +749,20 @@ impl<S: Storage> Inner<S> {
             let active = state.active();
             (Rc::clone(&active.file), active.path.clone(), active.index.clone())
         };
-        seal_segment(&self.storage, &self.dir, &*old_file, &old_path, &old_index).await?;
+        if let Err(error) = seal_segment(&self.storage, &self.dir, &*old_file, &old_path, &old_index).await {
+            // Leave no stray segment that would make the next roll fail.
+            let new_path = new_segment.path.clone();
+            drop(new_segment);
+            if let Err(remove_error) = self.storage.remove(&new_path).await {
+                tracing::warn!(path = %new_path.display(), %remove_error, "could not remove the unused new segment");
+            }
+            // A full disk is retriable; any other I/O failure here (a failed
+            // fdatasync above all) leaves the file state unknown.
+            if !error.is_retriable() {
+                self.poison(error.clone());
+            }
+            return Err(error);
+        }
         let mut state = self.state.borrow_mut();
         state.segments.insert(base, new_segment);
         state.flushed_end = 0;
@@ -763,7 +809,7 @@ async fn run_flusher<S: Storage>(inner: Rc<Inner<S>>) {
                     inner.poison(error);
                 }
             }
-            FlushWork::Sync { file, path, next, end } => match file.fdatasync().await {
+            FlushWork::Sync { file, path, next, end } => match inner.timed_fdatasync(&*file).await {
                 Ok(()) => inner.mark_durable(next, end),
                 Err(source) => inner.poison(StorageError::io("fdatasync", path, source)),
             },
@@ -799,7 +845,7 @@ async fn write_and_maybe_sync<S: Storage>(inner: &Inner<S>, job: WriteJob<S::Fil
     };
     if sync_now {
         // The ack rule: this fdatasync is issued after the write completed.
-        file.fdatasync().await.map_err(|source| StorageError::io("fdatasync", &path, source))?;
+        inner.timed_fdatasync(&*file).await.map_err(|source| StorageError::io("fdatasync", &path, source))?;
         inner.mark_durable(next, end);
     }
     Ok(())

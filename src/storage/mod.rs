@@ -24,5 +24,5 @@ pub mod sim;
 pub use config::{FlushPolicy, LogConfig};
 pub use error::StorageError;
 pub use lock::DirLock;
-pub use log::{AppendReceipt, LogStats, OpenOptions, PartitionLog, ReadOutcome};
+pub use log::{AppendReceipt, FsyncObserver, LogStats, OpenOptions, PartitionLog, ReadOutcome};
 pub use recovery::RecoveryMode;

@@ -5,10 +5,11 @@
 //! - The last segment is always scanned batch by batch with full validation
 //!   (CRC included) to find the end of the log.
 //! - Where validation stops before the end, the bytes after that point decide
-//!   what happened. One flush writes at most `write_bytes_max` bytes starting
-//!   at or before the damaged batch, so a crash can only have left non-zero
-//!   bytes within that distance of it: damage whose trailing bytes all lie
-//!   within that window is a torn tail, trimmed (and zeroed on disk) with the
+//!   what happened. The log never has more than `write_bytes_max` bytes
+//!   written but unsynced, starting at or before the damaged batch, so a crash
+//!   can only have left non-zero bytes within that distance of it (plus a
+//!   block either side, [`LogConfig::torn_window_bytes`]): damage whose
+//!   trailing bytes all lie within that window is a torn tail, trimmed (and zeroed on disk) with the
 //!   number of bytes dropped logged. Damage in a sealed segment, or with data
 //!   beyond the window, is corruption: the partition is refused with file,
 //!   byte position and offset, unless the operator asked for
@@ -77,6 +78,11 @@ pub(crate) async fn recover<S: Storage>(
             }
             FileKind::Other => {}
         }
+    }
+    for orphan in index_bases.difference(&bases) {
+        // Left by a crash between the two removals of a retention delete.
+        let path = index_path(dir, *orphan);
+        storage.remove(&path).await.map_err(|source| StorageError::io("removing", &path, source))?;
     }
     let mut segments = BTreeMap::new();
     let Some(&last_base) = bases.last() else {
@@ -266,7 +272,7 @@ async fn settle_end<S: Storage>(
         return Ok((index, false));
     };
     let size = file.size().await.map_err(|source| io("stat", source))?;
-    let window = align_up(config.write_bytes_max as u64);
+    let window = config.torn_window_bytes();
     let dirty_end = last_nonzero_end(file, path, pos, size, align_down(pos) + 2 * window).await?;
     let Some(dirty_end) = dirty_end else {
         // Zeros from `pos` on: the clean end of the data.

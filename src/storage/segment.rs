@@ -82,11 +82,14 @@ pub(crate) struct BatchCursor<'f, F: StorageFile> {
     cursor: usize,
     limit: u64,
     batch_bytes_max: usize,
+    /// The offset the next batch must start at (baseOffset is outside the
+    /// CRC, so continuity is checked separately); unknown before the first.
+    expected: Option<Offset>,
 }
 
 impl<'f, F: StorageFile> BatchCursor<'f, F> {
     pub(crate) fn new(file: &'f F, path: &'f Path, start: FilePos, limit: u64, batch_bytes_max: usize) -> Self {
-        BatchCursor { file, path, buf_pos: start.0, buf: Vec::new(), cursor: 0, limit, batch_bytes_max }
+        BatchCursor { file, path, buf_pos: start.0, buf: Vec::new(), cursor: 0, limit, batch_bytes_max, expected: None }
     }
 
     /// The next batch before the limit, header-checked (not CRC-checked:
@@ -98,11 +101,11 @@ impl<'f, F: StorageFile> BatchCursor<'f, F> {
             return Ok(None);
         }
         self.fill(crate::protocol::batch::LOG_OVERHEAD).await?;
-        let path = self.path;
+        let (path, expected) = (self.path, self.expected);
         let corrupt = |reason: String| StorageError::Corrupt {
             path: path.to_path_buf(),
             pos: FilePos(pos),
-            offset: Offset::ZERO,
+            offset: expected.unwrap_or(Offset::ZERO),
             reason,
         };
         let available = &self.buf[self.cursor..];
@@ -122,6 +125,10 @@ impl<'f, F: StorageFile> BatchCursor<'f, F> {
         else {
             return Err(corrupt(format!("negative offset {}", view.base_offset())));
         };
+        if expected.is_some_and(|expected| expected != base) {
+            return Err(corrupt(format!("batch has base offset {base} out of sequence")));
+        }
+        self.expected = Some(last.plus(1));
         let info = BatchInfo { len, base, next: last.plus(1), max_timestamp: TimestampMs(view.max_timestamp()) };
         self.cursor += len;
         Ok(Some((info, bytes)))
