@@ -6,5 +6,6 @@
 //! - [`storage`]: the durable partition log on O_DIRECT segment files.
 //!
 //! See `ARCHITECTURE.md` for the map and the invariants.
+pub mod config;
 pub mod protocol;
 pub mod storage;
