@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// The position of a record in a partition's log: 0 for the first record ever
 /// appended, one more for each record after it. Offsets never repeat and never
 /// go backwards.
@@ -13,8 +15,22 @@ use std::fmt;
 /// Kafka's wire format stores offsets as `i64`; only the non-negative half is
 /// ever used, so `Offset` holds a `u64` below `i64::MAX` and converts at the
 /// edge ([`Offset::from_wire`], [`Offset::to_wire`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
 pub struct Offset(u64);
+
+impl TryFrom<u64> for Offset {
+    type Error = String;
+    fn try_from(value: u64) -> Result<Offset, String> {
+        Offset::new(value).ok_or_else(|| format!("offset {value} exceeds the largest offset"))
+    }
+}
+
+impl From<Offset> for u64 {
+    fn from(offset: Offset) -> u64 {
+        offset.0
+    }
+}
 
 impl Offset {
     /// The largest offset a log may hold (the wire field is a signed 64-bit integer).
@@ -58,6 +74,54 @@ impl fmt::Display for Offset {
     }
 }
 
+/// A partition number within a topic (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PartitionId(pub u32);
+
+impl fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A shard: one executor pinned to one CPU. Shard ids run 0..shard_count
+/// in the order the tuning file lists the CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ShardId(pub u16);
+
+impl ShardId {
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Longest topic name (Kafka's limit, so names stay portable).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Checks a topic name: 1 to 249 characters of `[a-zA-Z0-9._-]`, and not
+/// `.` or `..` (names become directory names).
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(format!("topic name must be 1 to {TOPIC_NAME_BYTES_MAX} characters"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name {name:?} is reserved"));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if let Some(bad) = name.chars().find(|c| !allowed(*c)) {
+        return Err(format!("topic name {name:?} contains {bad:?}; allowed are letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
 /// A byte position inside one segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct FilePos(pub u64);
@@ -69,7 +133,8 @@ impl fmt::Display for FilePos {
 }
 
 /// A timestamp in milliseconds since the Unix epoch, as carried by record batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct TimestampMs(pub i64);
 
 impl TimestampMs {
@@ -81,7 +146,7 @@ impl TimestampMs {
 }
 
 /// How far a produce request waits before it is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub enum AckLevel {
     /// No acknowledgement at all: the producer does not wait.
     None,
@@ -107,5 +172,15 @@ mod tests {
         assert_eq!(Offset::new(7).unwrap().to_wire(), 7);
         assert_eq!(Offset::new(10).unwrap().distance_from(Offset::new(4).unwrap()), 6);
         assert_eq!(Offset::new(4).unwrap().distance_from(Offset::new(10).unwrap()), 0);
+    }
+
+    #[test]
+    fn topic_names_follow_the_portable_rules() {
+        assert!(validate_topic_name("orders.v2_eu-1").is_ok());
+        for bad in ["", ".", "..", "a/b", "with space", "ü"] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_topic_name(&"x".repeat(TOPIC_NAME_BYTES_MAX)).is_ok());
+        assert!(validate_topic_name(&"x".repeat(TOPIC_NAME_BYTES_MAX + 1)).is_err());
     }
 }

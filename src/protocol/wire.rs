@@ -1,0 +1,535 @@
+//! The native wire protocol: frames, requests, responses and error codes.
+//!
+//! Every message is one frame (byte layout in `docs/protocol.md`):
+//!
+//! ```text
+//! 0   u32  frame length: bytes after this field (checked before allocating)
+//! 4   u8   protocol version (1)
+//! 5   u8   kind: 0 request, 1 response
+//! 6   u16  flags (reserved, 0)
+//! 8   u32  request id, echoed by the response (many requests in flight)
+//! 12  u32  header length
+//! 16  ...  header: a postcard-encoded Request or Response
+//! ..  ...  payload: raw record batches (produce, fetch), never re-encoded
+//! ```
+//!
+//! All integers in the frame head are big-endian. Headers use postcard,
+//! whose enum tags are variant positions: variants and fields are only ever
+//! appended, never reordered or removed. Error codes are never reused.
+//! Decoding never panics and never allocates from a length it has not
+//! checked against the bytes actually present.
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use super::types::{AckLevel, Offset, PartitionId, ShardId};
+
+pub const PROTOCOL_VERSION: u8 = 1;
+/// The length prefix.
+pub const FRAME_PREFIX_BYTES: usize = 4;
+/// Version, kind, flags, request id, header length.
+pub const FRAME_HEAD_BYTES: usize = 12;
+/// Largest header accepted; headers describe data, they never carry it.
+pub const HEADER_BYTES_MAX: usize = 1 << 20;
+
+/// Whether a frame carries a request or a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Request,
+    Response,
+}
+
+/// The fixed part of a frame after its length prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    pub kind: FrameKind,
+    pub request_id: u32,
+    pub header_len: usize,
+}
+
+/// What can be wrong with bytes received.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("frame of {len} bytes is shorter than its {FRAME_HEAD_BYTES}-byte head")]
+    FrameTooShort { len: usize },
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("header of {len} bytes does not fit the frame ({available} bytes) or the {HEADER_BYTES_MAX}-byte limit")]
+    BadHeaderLength { len: usize, available: usize },
+    #[error("malformed header: {0}")]
+    Header(String),
+    #[error("payload of {available} bytes does not match the {declared} bytes the header declares")]
+    PayloadMismatch { declared: usize, available: usize },
+}
+
+/// Reads the length prefix and checks it against the limit, before anything
+/// is allocated for the frame.
+pub fn frame_len(prefix: [u8; FRAME_PREFIX_BYTES], max_frame_bytes: usize) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max_frame_bytes {
+        return Err(WireError::FrameTooLarge { len, max: max_frame_bytes });
+    }
+    if len < FRAME_HEAD_BYTES {
+        return Err(WireError::FrameTooShort { len });
+    }
+    Ok(len)
+}
+
+/// Splits a frame body (everything after the length prefix) into its head,
+/// header bytes and payload. The payload stays in the same buffer: record
+/// batches go to the log without a copy.
+pub fn split_frame(mut body: BytesMut) -> Result<(FrameHead, BytesMut, BytesMut), WireError> {
+    if body.len() < FRAME_HEAD_BYTES {
+        return Err(WireError::FrameTooShort { len: body.len() });
+    }
+    let version = body.get_u8();
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::UnsupportedVersion(version));
+    }
+    let kind = match body.get_u8() {
+        0 => FrameKind::Request,
+        1 => FrameKind::Response,
+        other => return Err(WireError::UnknownKind(other)),
+    };
+    let _flags = body.get_u16();
+    let request_id = body.get_u32();
+    let header_len = body.get_u32() as usize;
+    if header_len > body.len() || header_len > HEADER_BYTES_MAX {
+        return Err(WireError::BadHeaderLength { len: header_len, available: body.len() });
+    }
+    let header = body.split_to(header_len);
+    Ok((FrameHead { kind, request_id, header_len }, header, body))
+}
+
+/// Peeks at the head of a frame body without consuming it: enough to answer
+/// a request whose header does not parse with an error carrying its id.
+pub fn peek_request_id(body: &[u8]) -> Option<u32> {
+    let id = body.get(4..8)?;
+    Some(u32::from_be_bytes(id.try_into().ok()?))
+}
+
+/// Appends one whole frame to `out`: prefix, head, encoded `header` and
+/// `payload`.
+pub fn encode_frame<H: Serialize>(
+    out: &mut Vec<u8>,
+    kind: FrameKind,
+    request_id: u32,
+    header: &H,
+    payload: &[u8],
+) -> Result<(), WireError> {
+    let start = out.len();
+    out.put_u32(0);
+    out.put_u8(PROTOCOL_VERSION);
+    out.put_u8(match kind {
+        FrameKind::Request => 0,
+        FrameKind::Response => 1,
+    });
+    out.put_u16(0);
+    out.put_u32(request_id);
+    out.put_u32(0);
+    let header_start = out.len();
+    let encoded =
+        postcard::to_extend(header, std::mem::take(out)).map_err(|error| WireError::Header(error.to_string()));
+    *out = encoded?;
+    let header_len = out.len() - header_start;
+    out[header_start - 4..header_start].copy_from_slice(&(header_len as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    let frame_len = out.len() - start - FRAME_PREFIX_BYTES;
+    out[start..start + 4].copy_from_slice(&(frame_len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Decodes a request or response header.
+pub fn decode_header<'de, T: Deserialize<'de>>(header: &'de [u8]) -> Result<T, WireError> {
+    postcard::from_bytes(header).map_err(|error| WireError::Header(error.to_string()))
+}
+
+/// A stable numeric error code. Codes are never reused; a client that
+/// receives a code it does not know still decodes it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    pub const NONE: ErrorCode = ErrorCode(0);
+    /// An unexpected failure inside the broker.
+    pub const INTERNAL: ErrorCode = ErrorCode(1);
+    pub const UNKNOWN_TOPIC_OR_PARTITION: ErrorCode = ErrorCode(2);
+    /// The request reached a shard that does not own the partition and
+    /// could not forward it; refresh metadata.
+    pub const NOT_OWNER: ErrorCode = ErrorCode(3);
+    pub const INVALID_BATCH: ErrorCode = ErrorCode(4);
+    pub const BATCH_TOO_LARGE: ErrorCode = ErrorCode(5);
+    pub const OFFSET_OUT_OF_RANGE: ErrorCode = ErrorCode(6);
+    pub const TOPIC_EXISTS: ErrorCode = ErrorCode(7);
+    pub const INVALID_REQUEST: ErrorCode = ErrorCode(8);
+    /// The disk is full; retry later.
+    pub const STORAGE_FULL: ErrorCode = ErrorCode(9);
+    /// The partition failed (I/O error or corruption) and is out of service.
+    pub const PARTITION_FAILED: ErrorCode = ErrorCode(10);
+    pub const TIMEOUT: ErrorCode = ErrorCode(11);
+    pub const SHUTTING_DOWN: ErrorCode = ErrorCode(12);
+    pub const FRAME_TOO_LARGE: ErrorCode = ErrorCode(13);
+    pub const UNSUPPORTED_VERSION: ErrorCode = ErrorCode(14);
+    pub const INVALID_TOPIC_NAME: ErrorCode = ErrorCode(15);
+    pub const INVALID_PARTITION_COUNT: ErrorCode = ErrorCode(16);
+
+    pub fn is_ok(self) -> bool {
+        self == ErrorCode::NONE
+    }
+
+    /// Whether the same request may succeed if sent again later.
+    pub fn is_retriable(self) -> bool {
+        matches!(self, ErrorCode::NOT_OWNER | ErrorCode::STORAGE_FULL | ErrorCode::TIMEOUT | ErrorCode::SHUTTING_DOWN)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::NONE => "none",
+            ErrorCode::INTERNAL => "internal",
+            ErrorCode::UNKNOWN_TOPIC_OR_PARTITION => "unknown topic or partition",
+            ErrorCode::NOT_OWNER => "not owner",
+            ErrorCode::INVALID_BATCH => "invalid batch",
+            ErrorCode::BATCH_TOO_LARGE => "batch too large",
+            ErrorCode::OFFSET_OUT_OF_RANGE => "offset out of range",
+            ErrorCode::TOPIC_EXISTS => "topic exists",
+            ErrorCode::INVALID_REQUEST => "invalid request",
+            ErrorCode::STORAGE_FULL => "storage full",
+            ErrorCode::PARTITION_FAILED => "partition failed",
+            ErrorCode::TIMEOUT => "timeout",
+            ErrorCode::SHUTTING_DOWN => "shutting down",
+            ErrorCode::FRAME_TOO_LARGE => "frame too large",
+            ErrorCode::UNSUPPORTED_VERSION => "unsupported version",
+            ErrorCode::INVALID_TOPIC_NAME => "invalid topic name",
+            ErrorCode::INVALID_PARTITION_COUNT => "invalid partition count",
+            _ => "unknown error code",
+        }
+    }
+}
+
+impl fmt::Debug for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.name(), self.0)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (code {})", self.name(), self.0)
+    }
+}
+
+/// A request header. Append new variants at the end only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    Ping,
+    Metadata(MetadataRequest),
+    CreateTopic(CreateTopicRequest),
+    DeleteTopic(DeleteTopicRequest),
+    /// Payload: the batches of each listed partition, in list order.
+    Produce(ProduceRequest),
+    Fetch(FetchRequest),
+    ListOffsets(ListOffsetsRequest),
+    Stats,
+}
+
+/// A response header. Append new variants at the end only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Pong,
+    Metadata(MetadataResponse),
+    CreateTopic(TopicResult),
+    DeleteTopic(TopicResult),
+    Produce(ProduceResponse),
+    /// Payload: the data of each listed partition, in list order.
+    Fetch(FetchResponse),
+    ListOffsets(ListOffsetsResponse),
+    Stats(StatsResponse),
+    /// The request as a whole failed (it did not parse, or the broker could
+    /// not serve it).
+    Error(ErrorResponse),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetadataRequest {
+    /// `None`: every topic.
+    pub topics: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetadataResponse {
+    /// Each shard's own port (on the host the client connected to); 0 when
+    /// the broker has no per-shard ports.
+    pub shards: Vec<ShardEndpoint>,
+    pub topics: Vec<TopicMetadata>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEndpoint {
+    pub shard: ShardId,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicMetadata {
+    pub name: String,
+    pub error: ErrorCode,
+    pub partitions: Vec<PartitionMetadata>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMetadata {
+    pub partition: PartitionId,
+    /// The shard that owns (leads) the partition.
+    pub shard: ShardId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateTopicRequest {
+    pub name: String,
+    /// 0: the broker's default.
+    pub partitions: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeleteTopicRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicResult {
+    pub name: String,
+    pub error: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProduceRequest {
+    pub acks: AckLevel,
+    /// How long the broker may wait for the acks before answering TIMEOUT.
+    pub timeout_ms: u32,
+    pub partitions: Vec<ProducePartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProducePartition {
+    pub topic: String,
+    pub partition: PartitionId,
+    /// Bytes of this partition's batches (one or more, concatenated) in the payload.
+    pub batch_bytes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProduceResponse {
+    pub partitions: Vec<ProducePartitionResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProducePartitionResult {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub error: ErrorCode,
+    /// Offset of the first record appended (meaningless on error).
+    pub base_offset: Offset,
+    /// One past the last record appended.
+    pub next_offset: Offset,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// Long-poll: how long to wait for `min_bytes` to become available.
+    pub max_wait_ms: u32,
+    pub min_bytes: u32,
+    /// Limit over all partitions (the first batch is returned whole even if larger).
+    pub max_bytes: u32,
+    pub partitions: Vec<FetchPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchPartition {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub offset: Offset,
+    pub max_bytes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchResponse {
+    pub partitions: Vec<FetchPartitionResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchPartitionResult {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub error: ErrorCode,
+    /// End of the visible (durable) log.
+    pub high_watermark: Offset,
+    /// First offset still held.
+    pub log_start: Offset,
+    /// Bytes of whole batches for this partition in the payload.
+    pub bytes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListOffsetsRequest {
+    pub partitions: Vec<ListOffsetsPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListOffsetsPartition {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub spec: OffsetSpec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OffsetSpec {
+    Earliest,
+    /// The end of the visible log: the offset the next record will get.
+    Latest,
+    /// The first offset whose batch timestamp is at or after this time (ms).
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListOffsetsResponse {
+    pub partitions: Vec<ListOffsetsResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListOffsetsResult {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub error: ErrorCode,
+    /// `None` for a timestamp later than every record.
+    pub offset: Option<Offset>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsResponse {
+    pub shards: Vec<ShardStats>,
+}
+
+/// Counters of one shard, as name/value pairs so new counters need no
+/// protocol change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardStats {
+    pub shard: ShardId,
+    pub counters: Vec<(String, u64)>,
+    /// fdatasync latency percentiles: (percentile, microseconds).
+    pub fsync_latency_us: Vec<(f64, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn produce() -> Request {
+        Request::Produce(ProduceRequest {
+            acks: AckLevel::Durable,
+            timeout_ms: 5000,
+            partitions: vec![ProducePartition { topic: "orders".into(), partition: PartitionId(3), batch_bytes: 5 }],
+        })
+    }
+
+    fn body(frame: &[u8]) -> BytesMut {
+        BytesMut::from(&frame[FRAME_PREFIX_BYTES..])
+    }
+
+    #[test]
+    fn a_frame_round_trips_with_its_payload() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, FrameKind::Request, 77, &produce(), b"hello").unwrap();
+        let len = frame_len(out[..4].try_into().unwrap(), 1 << 20).unwrap();
+        assert_eq!(len, out.len() - 4);
+        let (head, header, payload) = split_frame(body(&out)).unwrap();
+        assert_eq!(head.kind, FrameKind::Request);
+        assert_eq!(head.request_id, 77);
+        assert_eq!(decode_header::<Request>(&header).unwrap(), produce());
+        assert_eq!(&payload[..], b"hello");
+        assert_eq!(peek_request_id(&body(&out)), Some(77));
+    }
+
+    #[test]
+    fn frames_are_checked_before_anything_is_allocated() {
+        assert_eq!(
+            frame_len(u32::MAX.to_be_bytes(), 1 << 20),
+            Err(WireError::FrameTooLarge { len: u32::MAX as usize, max: 1 << 20 })
+        );
+        assert_eq!(frame_len(3u32.to_be_bytes(), 1 << 20), Err(WireError::FrameTooShort { len: 3 }));
+        let mut out = Vec::new();
+        encode_frame(&mut out, FrameKind::Request, 1, &Request::Ping, &[]).unwrap();
+        let mut bad_version = body(&out);
+        bad_version[0] = 9;
+        assert_eq!(split_frame(bad_version).unwrap_err(), WireError::UnsupportedVersion(9));
+        let mut bad_kind = body(&out);
+        bad_kind[1] = 7;
+        assert_eq!(split_frame(bad_kind).unwrap_err(), WireError::UnknownKind(7));
+        let mut bad_header_len = body(&out);
+        bad_header_len[8..12].copy_from_slice(&1000u32.to_be_bytes());
+        assert!(matches!(split_frame(bad_header_len), Err(WireError::BadHeaderLength { .. })));
+    }
+
+    #[test]
+    fn unknown_error_codes_still_decode() {
+        let response = Response::Error(ErrorResponse { code: ErrorCode(999), message: "future".into() });
+        let bytes = postcard::to_allocvec(&response).unwrap();
+        assert_eq!(decode_header::<Response>(&bytes).unwrap(), response);
+        assert_eq!(ErrorCode(999).name(), "unknown error code");
+        assert!(ErrorCode::STORAGE_FULL.is_retriable());
+        assert!(!ErrorCode::INVALID_BATCH.is_retriable());
+    }
+
+    #[test]
+    fn offsets_beyond_the_wire_range_do_not_decode() {
+        let result =
+            ListOffsetsResult { topic: "t".into(), partition: PartitionId(0), error: ErrorCode::NONE, offset: None };
+        let mut bytes =
+            postcard::to_allocvec(&Response::ListOffsets(ListOffsetsResponse { partitions: vec![result] })).unwrap();
+        // Replace `None` (0) with `Some(u64::MAX)` as a varint.
+        bytes.pop();
+        bytes.push(1);
+        bytes.extend_from_slice(&[0xFF; 9]);
+        bytes.push(0x01);
+        assert!(decode_header::<Response>(&bytes).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_header::<Request>(&bytes);
+            let _ = decode_header::<Response>(&bytes);
+            let _ = split_frame(BytesMut::from(&bytes[..]));
+            let _ = peek_request_id(&bytes);
+            if bytes.len() >= 4 {
+                let _ = frame_len(bytes[..4].try_into().unwrap(), 1 << 20);
+            }
+        }
+
+        #[test]
+        fn mutated_request_frames_never_panic(index in 0usize..64, value in any::<u8>()) {
+            let mut out = Vec::new();
+            encode_frame(&mut out, FrameKind::Request, 5, &produce(), b"abcde").unwrap();
+            let mut body = body(&out);
+            let at = index % body.len();
+            body[at] = value;
+            if let Ok((_, header, _)) = split_frame(body) {
+                let _ = decode_header::<Request>(&header);
+            }
+        }
+    }
+}
