@@ -101,10 +101,18 @@ pub struct ShardsConfig {
     pub io_memory_bytes: usize,
     /// Entries of each io_uring ring: how much I/O one shard can have queued.
     pub ring_depth: usize,
-    /// How often a long-running task queue is asked to yield.
+    /// How often a long-running task queue is asked to yield. Keep it in
+    /// milliseconds: glommio 0.9.0 can park an executor that has runnable
+    /// work if this timer fires while the thread is descheduled (more likely
+    /// the shorter it is), and never wake it.
     pub preempt_timer_us: u64,
     /// Busy-poll this long before sleeping when idle (0: sleep at once).
     pub spin_before_park_us: u64,
+    /// An idle shard wakes at least this often (0: never). glommio 0.9.0
+    /// can miss a wake-up sent from another thread just as an executor goes
+    /// to sleep; this bounds how late such a message (a forwarded request,
+    /// its reply) is noticed, at the cost of this many wake-ups per second.
+    pub wake_interval_us: u64,
     /// Task-queue shares for network work (accept, read, dispatch, reply).
     pub network_shares: usize,
     /// Task-queue shares for flushing and background work (retention).
@@ -187,8 +195,9 @@ impl Default for ShardsConfig {
             cpus: CpuSelection::All,
             io_memory_bytes: 10 << 20,
             ring_depth: 128,
-            preempt_timer_us: 100,
+            preempt_timer_us: 10_000,
             spin_before_park_us: 0,
+            wake_interval_us: 1000,
             network_shares: 1000,
             flush_shares: 250,
         }
@@ -359,6 +368,10 @@ impl ShardsConfig {
     /// How long an idle executor spins before parking; `None`: not at all.
     pub fn spin_before_park(&self) -> Option<Duration> {
         non_zero(self.spin_before_park_us).map(Duration::from_micros)
+    }
+
+    pub fn wake_interval(&self) -> Option<Duration> {
+        non_zero(self.wake_interval_us).map(Duration::from_micros)
     }
 }
 

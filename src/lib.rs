@@ -6,6 +6,9 @@
 //! - [`storage`]: the durable partition log on O_DIRECT segment files.
 //!
 //! See `ARCHITECTURE.md` for the map and the invariants.
+pub mod client;
 pub mod config;
 pub mod protocol;
+pub mod server;
+pub mod shard;
 pub mod storage;

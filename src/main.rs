@@ -1,1 +1,345 @@
-fn main() {}
+//! The `ringbroker` command: the broker (`serve`) and tools for humans
+//! (topics, produce, consume, stats). Errors are one clear line on stderr
+//! and a non-zero exit.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use glommio::{LocalExecutorBuilder, Placement};
+use ringbroker::client::{Client, ClientOptions};
+use ringbroker::config::{CpuSelection, TuningConfig};
+use ringbroker::protocol::batch::{BatchBuilder, BatchView, Record};
+use ringbroker::protocol::types::{AckLevel, Offset, PartitionId, TimestampMs};
+use ringbroker::protocol::wire::OffsetSpec;
+use ringbroker::server::{Broker, ShardPorts};
+
+#[derive(Parser, Debug)]
+#[command(name = "ringbroker", version, about = "A thread-per-core, io_uring message broker")]
+struct Cli {
+    /// Log level or filter (also RUST_LOG), e.g. info, debug, ringbroker=trace.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    /// Address of any shard of the broker (client commands).
+    #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+    broker: SocketAddr,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Create, list, describe or delete topics.
+    Topic {
+        #[command(subcommand)]
+        action: TopicAction,
+    },
+    /// Produce lines from standard input, one event per line.
+    Produce(ProduceArgs),
+    /// Print events of a partition, one per line.
+    Consume(ConsumeArgs),
+    /// Show every shard's counters and fdatasync latency.
+    Stats,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// A tuning file (see tuning/); built-in defaults without one.
+    #[arg(long)]
+    tuning: Option<PathBuf>,
+    /// Data directory (overrides the tuning file).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Shared listen address (overrides the tuning file); port 0 picks one.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Per-shard ports: "none", "auto" (picked by the OS) or a base port.
+    #[arg(long)]
+    shard_ports: Option<String>,
+    /// CPUs to run shards on, e.g. "0,1" or "all" (overrides the tuning file).
+    #[arg(long)]
+    cpus: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TopicAction {
+    Create {
+        name: String,
+        /// 0: the broker's default (one per shard).
+        #[arg(long, default_value_t = 0)]
+        partitions: u32,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Acks {
+    None,
+    Written,
+    Durable,
+}
+
+#[derive(Args, Debug)]
+struct ProduceArgs {
+    topic: String,
+    #[arg(long, default_value_t = 0)]
+    partition: u32,
+    /// Split each line at the first occurrence into key and value.
+    #[arg(long)]
+    key_separator: Option<String>,
+    #[arg(long, value_enum, default_value = "durable")]
+    acks: Acks,
+    /// Events per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+}
+
+#[derive(Args, Debug)]
+struct ConsumeArgs {
+    topic: String,
+    #[arg(long, default_value_t = 0)]
+    partition: u32,
+    /// earliest, latest or an offset.
+    #[arg(long, default_value = "earliest")]
+    from: String,
+    /// Stop after this many events (default: run until interrupted).
+    #[arg(long)]
+    max_events: Option<u64>,
+    /// Stop when nothing arrives for this long (milliseconds; default: never).
+    #[arg(long)]
+    idle_exit_ms: Option<u64>,
+    /// Print the offset and key before each value.
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let broker = cli.broker;
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Topic { action } => with_client(broker, move |client| topic(client, action)),
+        Command::Produce(args) => with_client(broker, move |client| produce(client, args)),
+        Command::Consume(args) => with_client(broker, move |client| consume(client, args)),
+        Command::Stats => with_client(broker, stats),
+    };
+    if let Err(error) = result {
+        eprintln!("ringbroker: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.tuning {
+        Some(path) => TuningConfig::load(path)?,
+        None => TuningConfig::default(),
+    };
+    if let Some(data) = args.data {
+        config.storage.data_dir = data;
+    }
+    if let Some(listen) = args.listen {
+        config.network.listen = listen;
+    }
+    if let Some(cpus) = args.cpus {
+        config.shards.cpus = parse_cpus(&cpus)?;
+    }
+    let shard_ports = match args.shard_ports.as_deref() {
+        None if config.network.shard_port_base == 0 => ShardPorts::Disabled,
+        None => ShardPorts::Base(config.network.shard_port_base),
+        Some("none") => ShardPorts::Disabled,
+        Some("auto") => ShardPorts::Ephemeral,
+        Some(base) => ShardPorts::Base(base.parse().context("--shard-ports takes none, auto or a port")?),
+    };
+    let broker = Broker::start(config, shard_ports)?;
+    let stop = broker.stop_handle();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&stop)).context("installing a signal handler")?;
+    }
+    // One line that scripts and tests wait for.
+    println!(
+        "ringbroker listening on {} shards={} cpus={:?} shard_ports={:?}",
+        broker.addr(),
+        broker.cpus().len(),
+        broker.cpus(),
+        broker.shard_ports()
+    );
+    std::io::stdout().flush()?;
+    broker.wait()?;
+    if stop.load(Ordering::SeqCst) {
+        tracing::info!("stopped cleanly");
+    }
+    Ok(())
+}
+
+fn parse_cpus(text: &str) -> anyhow::Result<CpuSelection> {
+    if text == "all" {
+        return Ok(CpuSelection::All);
+    }
+    let cpus = text.split(',').map(|cpu| cpu.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>();
+    Ok(CpuSelection::List(cpus.with_context(|| format!("--cpus {text:?}: expected \"all\" or a list like 0,1"))?))
+}
+
+/// Runs a client command on a small executor of its own.
+fn with_client<F, Fut>(broker: SocketAddr, command: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(256 << 10)
+        .spawn(move || async move {
+            let client = Client::connect(broker, ClientOptions::default())
+                .await
+                .with_context(|| format!("connecting to {broker}"))?;
+            command(client).await
+        })
+        .map_err(|error| anyhow::anyhow!("starting an executor: {error}"))?
+        .join()
+        .map_err(|error| anyhow::anyhow!("the client executor failed: {error}"))?
+}
+
+async fn topic(client: Client, action: TopicAction) -> anyhow::Result<()> {
+    match action {
+        TopicAction::Create { name, partitions } => {
+            client.create_topic(&name, partitions).await?;
+            let count = client.partitions(&name).await?;
+            println!("created topic {name} with {count} partitions");
+        }
+        TopicAction::Delete { name } => {
+            client.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+        TopicAction::List => {
+            for topic in client.metadata(None).await?.topics {
+                println!("{}\t{} partitions", topic.name, topic.partitions.len());
+            }
+        }
+        TopicAction::Describe { name } => {
+            let metadata = client.metadata(Some(vec![name.clone()])).await?;
+            let Some(topic) = metadata.topics.into_iter().next().filter(|topic| topic.error.is_ok()) else {
+                bail!("topic {name} does not exist");
+            };
+            println!("topic {name}: {} partitions", topic.partitions.len());
+            println!("partition\tshard\tearliest\tlatest");
+            for p in topic.partitions {
+                let earliest = client.list_offsets(&name, p.partition, OffsetSpec::Earliest).await?;
+                let latest = client.list_offsets(&name, p.partition, OffsetSpec::Latest).await?;
+                let show = |offset: Option<Offset>| offset.map_or("-".to_string(), |offset| offset.to_string());
+                println!("{}\t{}\t{}\t{}", p.partition, p.shard, show(earliest), show(latest));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
+    let acks = match args.acks {
+        Acks::None => AckLevel::None,
+        Acks::Written => AckLevel::Written,
+        Acks::Durable => AckLevel::Durable,
+    };
+    let lines: Vec<String> = std::io::stdin().lock().lines().collect::<Result<_, _>>().context("reading stdin")?;
+    let mut produced = 0usize;
+    let mut batch = Vec::new();
+    for chunk in lines.chunks(args.batch.max(1)) {
+        let now = TimestampMs::now().0;
+        let mut builder = BatchBuilder::new(&mut batch, now);
+        for line in chunk {
+            let (key, value) = match args.key_separator.as_deref().and_then(|sep| line.split_once(sep)) {
+                Some((key, value)) => (Some(key.as_bytes()), value.as_bytes()),
+                None => (None, line.as_bytes()),
+            };
+            builder.push(&Record { timestamp_ms: now, key, value: Some(value), headers: &[] });
+        }
+        let bytes = builder.finish();
+        let result = client.produce_raw(&args.topic, PartitionId(args.partition), bytes, acks).await?;
+        if !result.error.is_ok() {
+            bail!("produce to {}-{} failed: {}", args.topic, args.partition, result.error);
+        }
+        produced += chunk.len();
+    }
+    eprintln!("produced {produced} events to {}-{}", args.topic, args.partition);
+    Ok(())
+}
+
+async fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
+    let partition = PartitionId(args.partition);
+    let mut offset = match args.from.as_str() {
+        "earliest" => client.list_offsets(&args.topic, partition, OffsetSpec::Earliest).await?,
+        "latest" => client.list_offsets(&args.topic, partition, OffsetSpec::Latest).await?,
+        number => Offset::new(number.parse().context("--from takes earliest, latest or an offset")?),
+    }
+    .context("no such offset")?;
+    let mut printed = 0u64;
+    let mut idle_since = std::time::Instant::now();
+    let stdout = std::io::stdout();
+    loop {
+        let (result, data) = client.fetch(&args.topic, partition, offset, 1 << 20, 500).await?;
+        if !result.error.is_ok() {
+            bail!("fetch from {}-{} failed: {}", args.topic, args.partition, result.error);
+        }
+        let mut out = stdout.lock();
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let view = BatchView::parse(rest, usize::MAX).context("the broker sent a damaged batch")?;
+            for record in view.records()? {
+                let record = record?;
+                let record_offset = view.base_offset() + i64::from(record.offset_delta);
+                if record_offset < offset.to_wire() {
+                    continue;
+                }
+                let value = String::from_utf8_lossy(record.value.unwrap_or_default());
+                if args.verbose {
+                    let key = String::from_utf8_lossy(record.key.unwrap_or_default());
+                    writeln!(out, "{record_offset}\t{key}\t{value}")?;
+                } else {
+                    writeln!(out, "{value}")?;
+                }
+                printed += 1;
+                if args.max_events.is_some_and(|max| printed >= max) {
+                    return Ok(());
+                }
+            }
+            offset = Offset::from_wire(view.last_offset() + 1).context("offset overflow")?;
+            rest = &rest[view.total_len()..];
+        }
+        out.flush()?;
+        if !data.is_empty() {
+            idle_since = std::time::Instant::now();
+        } else if args.idle_exit_ms.is_some_and(|ms| idle_since.elapsed() >= Duration::from_millis(ms)) {
+            return Ok(());
+        }
+    }
+}
+
+async fn stats(client: Client) -> anyhow::Result<()> {
+    for shard in client.stats().await?.shards {
+        println!("shard {}", shard.shard);
+        for (name, value) in &shard.counters {
+            println!("  {name:<22} {value}");
+        }
+        if !shard.fsync_latency_us.is_empty() {
+            let line: Vec<String> = shard.fsync_latency_us.iter().map(|(p, us)| format!("p{p}={us}us")).collect();
+            println!("  fsync latency          {}", line.join(" "));
+        }
+        for failed in &shard.failed_partitions {
+            println!("  FAILED partition       {failed}");
+        }
+    }
+    Ok(())
+}

@@ -431,6 +431,8 @@ pub struct ShardStats {
     pub counters: Vec<(String, u64)>,
     /// fdatasync latency percentiles: (percentile, microseconds).
     pub fsync_latency_us: Vec<(f64, u64)>,
+    /// Partitions out of service on this shard, as "topic-partition: reason".
+    pub failed_partitions: Vec<String>,
 }
 
 #[cfg(test)]

@@ -28,10 +28,15 @@ pub async fn seed_iopoll_probe(dir: &Path) -> io::Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(PROBE_FILE_NAME);
+    // One file per thread: shards start at the same time, and a probe that
+    // caught another thread's file half-written (empty) would fall into the
+    // very trap this avoids.
+    let thread = format!("{:?}", std::thread::current().id()).replace(|c: char| !c.is_ascii_digit(), "");
+    let path = dir.join(format!("{PROBE_FILE_NAME}-{thread}"));
     std::fs::write(&path, [0u8; ALIGN as usize])?;
     let file = DmaFile::open(&path).await?;
     file.close().await?;
+    std::fs::remove_file(&path)?;
     PROBE_SEEDED.with(|seeded| seeded.set(true));
     Ok(())
 }

@@ -16,7 +16,7 @@ pub mod index;
 pub mod io;
 pub mod lock;
 pub mod log;
-mod notify;
+pub(crate) mod notify;
 pub mod recovery;
 mod segment;
 pub mod sim;

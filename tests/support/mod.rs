@@ -2,6 +2,8 @@
 //! temp dirs on the real disk, and record batch builders.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::future::Future;
 use std::path::PathBuf;
 

@@ -1,0 +1,333 @@
+//! A consumer of one partition: long-poll fetches from a position it keeps.
+//!
+//! Every fetched batch is fully validated, CRC included — the consumer is the
+//! last place corruption (on disk, in memory, on the wire) can be caught
+//! before it reaches the application. Records are handed out as `Bytes`
+//! slices of the fetched payload, so consuming copies nothing.
+//!
+//! A fetch returns whole batches starting with the one containing the
+//! requested offset, so records before the position are skipped here.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::cluster::{duration_ms, Client};
+use super::error::ClientError;
+use crate::protocol::batch::{peek_batch_len, BatchView, Compression};
+use crate::protocol::types::{Offset, PartitionId};
+use crate::protocol::wire::OffsetSpec;
+
+/// Default bytes asked for per fetch.
+const FETCH_BYTES_DEFAULT: u32 = 1 << 20;
+
+/// Where a [`PartitionConsumer`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The first record the partition still holds.
+    Earliest,
+    /// The end of the partition: only records produced from now on.
+    Latest,
+    Offset(Offset),
+}
+
+/// One record as consumed. `key`, `value` and header values share the
+/// fetched payload's memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    pub offset: Offset,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+/// Reads one partition in order from a position it advances.
+#[derive(Debug)]
+pub struct PartitionConsumer {
+    client: Client,
+    topic: String,
+    partition: PartitionId,
+    start: StartPosition,
+    /// `None` until `Earliest`/`Latest` is resolved by the first poll.
+    position: Option<Offset>,
+    max_bytes: u32,
+    high_watermark: Option<Offset>,
+}
+
+impl PartitionConsumer {
+    pub fn new(client: Client, topic: impl Into<String>, partition: PartitionId, start: StartPosition) -> Self {
+        let position = match start {
+            StartPosition::Offset(offset) => Some(offset),
+            StartPosition::Earliest | StartPosition::Latest => None,
+        };
+        PartitionConsumer {
+            client,
+            topic: topic.into(),
+            partition,
+            start,
+            position,
+            max_bytes: FETCH_BYTES_DEFAULT,
+            high_watermark: None,
+        }
+    }
+
+    /// Bytes asked for per fetch (the broker still returns a first batch
+    /// larger than this whole).
+    pub fn with_max_bytes(mut self, max_bytes: u32) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+
+    /// The offset of the next record to return; `None` before the first
+    /// poll resolved `Earliest` or `Latest`.
+    pub fn position(&self) -> Option<Offset> {
+        self.position
+    }
+
+    /// Continues from `offset` on the next poll.
+    pub fn seek(&mut self, offset: Offset) {
+        self.position = Some(offset);
+    }
+
+    /// The end of the visible log at the last fetch.
+    pub fn high_watermark(&self) -> Option<Offset> {
+        self.high_watermark
+    }
+
+    /// Records between the position and the high watermark at the last fetch.
+    pub fn lag(&self) -> Option<u64> {
+        Some(self.high_watermark?.distance_from(self.position?))
+    }
+
+    /// Fetches the records from the position on, waiting up to `max_wait`
+    /// for some to arrive; an empty vector means none came in time. An
+    /// `OFFSET_OUT_OF_RANGE` broker error is returned as is: the caller
+    /// decides whether to [`seek`](Self::seek) to the start or the end.
+    pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ConsumedRecord>, ClientError> {
+        let from = match self.position {
+            Some(offset) => offset,
+            None => self.resolve_start().await?,
+        };
+        let (result, payload) =
+            self.client.fetch(&self.topic, self.partition, from, self.max_bytes, duration_ms(max_wait)).await?;
+        self.high_watermark = Some(result.high_watermark);
+        let mut records = Vec::new();
+        if let Some(next) = decode_records(&payload, from, &mut records)? {
+            // Never move backwards, even if a broker returned only old batches.
+            self.position = Some(next.max(from));
+        }
+        Ok(records)
+    }
+
+    async fn resolve_start(&mut self) -> Result<Offset, ClientError> {
+        let spec = match self.start {
+            StartPosition::Offset(offset) => return Ok(offset),
+            StartPosition::Earliest => OffsetSpec::Earliest,
+            StartPosition::Latest => OffsetSpec::Latest,
+        };
+        let offset = self.client.list_offsets(&self.topic, self.partition, spec).await?.ok_or_else(|| {
+            ClientError::UnexpectedResponse(format!("no {spec:?} offset for {}/{}", self.topic, self.partition))
+        })?;
+        self.position = Some(offset);
+        Ok(offset)
+    }
+}
+
+/// Parses the batches of a fetch payload and appends their records at or
+/// after `from` to `out`. Returns the offset after the last complete batch
+/// (`None` if the payload holds none). Every batch is fully validated, CRC
+/// included; a batch cut off at the end of the payload is ignored (the next
+/// fetch starts at it); compressed batches are refused, as this client does
+/// not decompress.
+pub fn decode_records(
+    payload: &Bytes,
+    from: Offset,
+    out: &mut Vec<ConsumedRecord>,
+) -> Result<Option<Offset>, ClientError> {
+    let mut rest: &[u8] = payload;
+    let mut next = None;
+    while !rest.is_empty() {
+        // No limit of its own: the frame limit already bounded the payload.
+        let total = match peek_batch_len(rest, usize::MAX) {
+            Ok(Some(total)) if total <= rest.len() => total,
+            Ok(_) => break,
+            Err(error) => return Err(corrupt(next.unwrap_or(from), &error)),
+        };
+        let view = BatchView::parse(&rest[..total], total).map_err(|error| corrupt(next.unwrap_or(from), &error))?;
+        let base = Offset::from_wire(view.base_offset()).ok_or_else(|| {
+            ClientError::UnexpectedResponse(format!("batch with negative base offset {}", view.base_offset()))
+        })?;
+        if view.compression() != Compression::None {
+            return Err(ClientError::UnexpectedResponse("compressed batches are not supported by this client".into()));
+        }
+        // Control batches (transaction markers) hold no application records.
+        if !view.is_control() {
+            push_records(payload, &view, base, from, out)?;
+        }
+        // parse checked last_offset_delta >= 0.
+        next = Some(base.plus(u64::from(view.last_offset_delta().unsigned_abs()) + 1));
+        rest = &rest[total..];
+    }
+    Ok(next)
+}
+
+fn push_records(
+    payload: &Bytes,
+    view: &BatchView<'_>,
+    base: Offset,
+    from: Offset,
+    out: &mut Vec<ConsumedRecord>,
+) -> Result<(), ClientError> {
+    let records = view.records().map_err(|error| corrupt(base, &error))?;
+    for record in records {
+        let record = record.map_err(|error| corrupt(base, &error))?;
+        // parse checked offset deltas run 0..count.
+        let offset = base.plus(u64::from(record.offset_delta.unsigned_abs()));
+        if offset < from {
+            continue;
+        }
+        let mut headers = Vec::with_capacity(record.header_count());
+        for header in record.headers() {
+            let (key, value) = header.map_err(|error| corrupt(offset, &error))?;
+            headers.push((String::from_utf8_lossy(key).into_owned(), value.map(|value| payload.slice_ref(value))));
+        }
+        out.push(ConsumedRecord {
+            offset,
+            timestamp_ms: record.timestamp_ms(),
+            key: record.key.map(|key| payload.slice_ref(key)),
+            value: record.value.map(|value| payload.slice_ref(value)),
+            headers,
+        });
+    }
+    Ok(())
+}
+
+fn corrupt(offset: Offset, error: &dyn std::fmt::Display) -> ClientError {
+    ClientError::UnexpectedResponse(format!("invalid batch at or after offset {offset}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::fake_broker::{executor, FakeBroker};
+    use crate::client::{ClientOptions, Producer, ProducerConfig, ProducerRecord};
+    use crate::protocol::batch::{set_base_offset, BatchBuilder, Record, ATTRIBUTES_POS, CRC_POS};
+    use crate::protocol::types::AckLevel;
+
+    fn batch(base: i64, values: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let headers: &[(&str, Option<&[u8]>)] = &[("h", Some(b"hv")), ("null", None)];
+        let mut builder = BatchBuilder::new(&mut out, 5_000);
+        for (index, value) in values.iter().enumerate() {
+            let key = format!("k{index}");
+            let record = Record {
+                timestamp_ms: 5_000 + index as i64,
+                key: Some(key.as_bytes()),
+                value: Some(value.as_bytes()),
+                headers,
+            };
+            builder.push(&record);
+        }
+        builder.finish();
+        set_base_offset(&mut out, base);
+        out
+    }
+
+    fn offset(value: u64) -> Offset {
+        Offset::new(value).unwrap()
+    }
+
+    #[test]
+    fn records_before_the_position_are_skipped_and_values_are_slices() {
+        let mut payload = batch(10, &["a", "b", "c"]);
+        payload.extend(batch(13, &["d", "e"]));
+        let payload = Bytes::from(payload);
+        let mut records = Vec::new();
+        let next = decode_records(&payload, offset(11), &mut records).unwrap();
+        assert_eq!(next, Some(offset(15)));
+        let offsets: Vec<u64> = records.iter().map(|record| record.offset.get()).collect();
+        assert_eq!(offsets, [11, 12, 13, 14]);
+        let first = &records[0];
+        assert_eq!(first.value.as_deref(), Some(&b"b"[..]));
+        assert_eq!(first.key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(first.timestamp_ms, 5_001);
+        assert_eq!(first.headers, vec![("h".to_string(), Some(Bytes::from_static(b"hv"))), ("null".to_string(), None)]);
+        // Zero-copy: the value points into the payload.
+        let value = first.value.as_ref().unwrap();
+        let inside = payload.as_ptr_range();
+        assert!(inside.contains(&value.as_ptr()));
+    }
+
+    #[test]
+    fn a_batch_cut_off_at_the_end_is_left_for_the_next_fetch() {
+        let mut payload = batch(0, &["a"]);
+        let second = batch(1, &["b", "c"]);
+        payload.extend_from_slice(&second[..second.len() - 3]);
+        let mut records = Vec::new();
+        assert_eq!(decode_records(&Bytes::from(payload), offset(0), &mut records).unwrap(), Some(offset(1)));
+        assert_eq!(records.len(), 1);
+        let mut none = Vec::new();
+        assert_eq!(decode_records(&Bytes::new(), offset(0), &mut none).unwrap(), None);
+    }
+
+    #[test]
+    fn corrupt_and_compressed_batches_are_refused() {
+        let mut corrupted = batch(0, &["payload"]);
+        let last = corrupted.len() - 1;
+        corrupted[last] ^= 0xff;
+        let error = decode_records(&Bytes::from(corrupted), offset(0), &mut Vec::new()).unwrap_err();
+        assert!(error.to_string().contains("CRC") || error.to_string().contains("crc"), "{error}");
+
+        // Mark the batch gzip-compressed and fix the CRC so only the codec is wrong.
+        let mut compressed = batch(0, &["payload"]);
+        compressed[ATTRIBUTES_POS + 1] |= 1;
+        let crc = crc32c::crc32c(&compressed[ATTRIBUTES_POS..]);
+        compressed[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+        match decode_records(&Bytes::from(compressed), offset(0), &mut Vec::new()) {
+            Err(ClientError::UnexpectedResponse(message)) => assert!(message.contains("compressed"), "{message}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn produced_records_come_back_in_order() {
+        executor().run(async {
+            let broker = FakeBroker::start(&[("events", 1)]);
+            let client = crate::client::Client::connect(broker.addr(), ClientOptions::default()).await.unwrap();
+            let config = ProducerConfig { batch_bytes: 256, acks: AckLevel::Written, ..ProducerConfig::default() };
+            let producer = Producer::new(client.clone(), config).unwrap();
+            let mut futures = Vec::new();
+            for index in 0..50u32 {
+                let value = index.to_be_bytes();
+                futures.push(producer.send(ProducerRecord::new("events", &value)).await.unwrap());
+            }
+            producer.flush().await;
+            let mut consumer =
+                PartitionConsumer::new(client, "events", PartitionId(0), StartPosition::Earliest).with_max_bytes(300);
+            let mut seen = Vec::new();
+            while seen.len() < 50 {
+                let records = consumer.poll(Duration::from_millis(10)).await.unwrap();
+                assert!(!records.is_empty(), "stalled at {:?}", consumer.position());
+                seen.extend(records);
+            }
+            for (index, record) in seen.iter().enumerate() {
+                assert_eq!(record.offset.get(), index as u64);
+                assert_eq!(record.value.as_deref(), Some(&(index as u32).to_be_bytes()[..]));
+            }
+            assert_eq!(consumer.position(), Some(offset(50)));
+            assert_eq!(consumer.lag(), Some(0));
+            consumer.seek(offset(51));
+            let error = consumer.poll(Duration::from_millis(10)).await.unwrap_err();
+            assert_eq!(error.code(), Some(crate::protocol::wire::ErrorCode::OFFSET_OUT_OF_RANGE));
+        });
+    }
+}

@@ -1,0 +1,822 @@
+//! The batching producer.
+//!
+//! `send` appends a record, synchronously, to the open batch of its
+//! (topic, partition) and returns a future for the record's offset. A batch
+//! is sealed and sent when the next record would overflow `batch_bytes`, when
+//! it reaches `batch_bytes`, or `linger` after its first record, whichever
+//! comes first. Batching is where the throughput comes from: one produce
+//! request, one CRC and one log append for many records.
+//!
+//! Memory and work are bounded: at most `max_in_flight` produce requests are
+//! outstanding (a semaphore), and once `max_in_flight * batch_bytes` bytes are
+//! buffered (open batches plus sealed ones not yet answered) `send` waits.
+//! No allocation per record once warm: records are encoded straight into the
+//! batch buffer (buffers are recycled), and every record future of a batch
+//! shares one `Rc<BatchOutcome>`.
+//!
+//! Ordering: records of one partition are sent in order and, while requests
+//! are pipelined, arrive in order; a request that is retried after a
+//! `NOT_OWNER` answer may land after a later one (as in Kafka with more than
+//! one request in flight and no idempotence).
+//!
+//! Partitioning: an explicit partition wins; else the key's FNV-1a hash picks
+//! one (stable forever, so a key's records stay in order in one partition);
+//! else records go round-robin by batch — the "sticky" choice: keyless
+//! records fill one partition's batch until it is sealed, then move to the
+//! next partition, so they batch as well as keyed ones.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use glommio::sync::Semaphore;
+
+use super::accumulator::{is_full, must_seal_before, partition_for_key, OpenBatch};
+use super::cluster::Client;
+use super::error::ClientError;
+use crate::protocol::batch::{Record, HEADER_LEN};
+use crate::protocol::types::{AckLevel, Offset, PartitionId, TimestampMs};
+
+/// A new batch buffer starts this large and grows to what batches need;
+/// buffers are recycled, so this only matters while warming up.
+const INITIAL_BATCH_CAPACITY: usize = 16 << 10;
+
+/// How a [`Producer`] batches and acknowledges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerConfig {
+    /// A batch is sent once it holds this many bytes.
+    pub batch_bytes: usize,
+    /// A batch is sent at the latest this long after its first record.
+    pub linger: Duration,
+    /// Produce requests outstanding at once.
+    pub max_in_flight: usize,
+    pub acks: AckLevel,
+    /// How long the broker may take to reach `acks` before answering TIMEOUT.
+    pub timeout_ms: u32,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            batch_bytes: 64 << 10,
+            linger: Duration::from_millis(1),
+            max_in_flight: 16,
+            acks: AckLevel::Durable,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+/// One record to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerRecord<'a> {
+    pub topic: &'a str,
+    /// `None`: chosen from the key, or round-robin without a key.
+    pub partition: Option<PartitionId>,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: &'a [(&'a str, Option<&'a [u8]>)],
+    /// `None`: the time of `send`.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl<'a> ProducerRecord<'a> {
+    /// A record with a value only.
+    pub fn new(topic: &'a str, value: &'a [u8]) -> ProducerRecord<'a> {
+        ProducerRecord { topic, partition: None, key: None, value: Some(value), headers: &[], timestamp_ms: None }
+    }
+
+    pub fn with_key(self, key: &'a [u8]) -> ProducerRecord<'a> {
+        ProducerRecord { key: Some(key), ..self }
+    }
+
+    pub fn with_partition(self, partition: PartitionId) -> ProducerRecord<'a> {
+        ProducerRecord { partition: Some(partition), ..self }
+    }
+}
+
+/// A batching producer on one executor. Call [`flush`](Self::flush) (or
+/// [`close`](Self::close)) before dropping it: records still buffered when it
+/// is dropped fail with [`ClientError::Closed`]; requests already sent
+/// complete normally.
+pub struct Producer {
+    shared: Rc<Shared>,
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("config", &self.shared.config)
+            .field("buffered_bytes", &self.buffered_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// Starts a producer (and its linger task) on the current executor.
+    pub fn new(client: Client, config: ProducerConfig) -> Result<Producer, ClientError> {
+        if config.batch_bytes == 0 || config.max_in_flight == 0 {
+            return Err(ClientError::InvalidArgument(format!("producer limits out of range: {config:?}")));
+        }
+        let buffer_bytes_max = config.max_in_flight.saturating_mul(config.batch_bytes);
+        let record_bytes_max = client.options().max_frame_bytes.saturating_sub(HEADER_LEN);
+        let shared = Rc::new(Shared {
+            client,
+            in_flight: Rc::new(Semaphore::new(config.max_in_flight as u64)),
+            buffer_bytes_max,
+            record_bytes_max,
+            config,
+            state: RefCell::new(State::default()),
+        });
+        glommio::spawn_local(linger_loop(shared.clone())).detach();
+        Ok(Producer { shared })
+    }
+
+    /// Appends a record to its partition's batch. Waits only when the
+    /// producer's buffer is full or the topic's partition count is not yet
+    /// known. The returned future resolves to the record's offset (`None`
+    /// with [`AckLevel::None`]) once the broker acknowledged its batch.
+    pub async fn send(&self, record: ProducerRecord<'_>) -> Result<SendFuture, ClientError> {
+        let client = &self.shared.client;
+        let partitions = match client.cached_partitions(record.topic) {
+            Some(count) => count,
+            None => client.partitions(record.topic).await?,
+        };
+        if partitions == 0 {
+            return Err(ClientError::NoSuchTopic(record.topic.to_owned()));
+        }
+        let target = match (record.partition, record.key) {
+            (Some(partition), _) if partition.0 < partitions => Target::Partition(partition.0),
+            (Some(partition), _) => {
+                let topic = record.topic;
+                let message =
+                    format!("partition {partition} does not exist: topic {topic} has {partitions} partitions");
+                return Err(ClientError::InvalidArgument(message));
+            }
+            (None, Some(key)) => Target::Partition(partition_for_key(key, partitions)),
+            (None, None) => Target::Sticky,
+        };
+        let timestamp_ms = record.timestamp_ms.unwrap_or_else(|| TimestampMs::now().0);
+        let encoded = Record { timestamp_ms, key: record.key, value: record.value, headers: record.headers };
+        self.wait_for_space().await?;
+        self.shared.append(record.topic, partitions, target, &encoded)
+    }
+
+    /// Sends everything buffered now and waits until every batch sent so far
+    /// is answered. Results are reported through each record's future.
+    pub async fn flush(&self) {
+        self.shared.seal_all();
+        let outstanding: Vec<Rc<BatchOutcome>> =
+            self.shared.state.borrow().ledger.outstanding.values().cloned().collect();
+        for outcome in outstanding {
+            poll_fn(|cx| outcome.poll_done(cx)).await;
+        }
+    }
+
+    /// Flushes, then drops the producer.
+    pub async fn close(self) {
+        self.flush().await;
+    }
+
+    /// Bytes in open batches plus sealed batches not yet answered.
+    pub fn buffered_bytes(&self) -> usize {
+        self.shared.state.borrow().ledger.buffered_bytes
+    }
+
+    pub fn config(&self) -> &ProducerConfig {
+        &self.shared.config
+    }
+
+    /// Waits until the buffer has room. A full buffer of open batches is
+    /// sealed at once rather than after `linger`: nothing else will free it.
+    async fn wait_for_space(&self) -> Result<(), ClientError> {
+        let mut sealed_for_space = false;
+        poll_fn(|cx| {
+            let mut state = self.shared.state.borrow_mut();
+            if state.ledger.closed {
+                return Poll::Ready(Err(ClientError::Closed));
+            }
+            if state.ledger.buffered_bytes < self.shared.buffer_bytes_max {
+                return Poll::Ready(Ok(()));
+            }
+            state.ledger.space_waiters.push(cx.waker().clone());
+            drop(state);
+            if !sealed_for_space {
+                sealed_for_space = true;
+                self.shared.seal_all();
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+/// Resolves to one record's offset once its batch is answered.
+#[must_use = "the record's result is only known by awaiting its future"]
+pub struct SendFuture {
+    outcome: Rc<BatchOutcome>,
+    index: u32,
+}
+
+impl fmt::Debug for SendFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendFuture").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+impl Future for SendFuture {
+    /// `Ok(Some(offset))`, or `Ok(None)` with [`AckLevel::None`].
+    type Output = Result<Option<Offset>, ClientError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.outcome.poll_record(self.index, cx)
+    }
+}
+
+/// The result of one batch, shared by the futures of all its records.
+struct BatchOutcome {
+    state: RefCell<Outcome>,
+}
+
+enum Outcome {
+    Pending(Vec<Waker>),
+    /// The batch's base offset (`None` with acks = none), or its error.
+    Done(Result<Option<Offset>, ClientError>),
+}
+
+impl BatchOutcome {
+    fn new() -> BatchOutcome {
+        BatchOutcome { state: RefCell::new(Outcome::Pending(Vec::new())) }
+    }
+
+    fn complete(&self, result: Result<Option<Offset>, ClientError>) {
+        let previous = std::mem::replace(&mut *self.state.borrow_mut(), Outcome::Done(result));
+        if let Outcome::Pending(wakers) = previous {
+            wakers.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    fn poll_record(&self, index: u32, cx: &mut Context<'_>) -> Poll<Result<Option<Offset>, ClientError>> {
+        match &mut *self.state.borrow_mut() {
+            Outcome::Done(Ok(base)) => Poll::Ready(Ok(base.map(|base| base.plus(u64::from(index))))),
+            Outcome::Done(Err(error)) => Poll::Ready(Err(error.clone())),
+            Outcome::Pending(wakers) => {
+                register(wakers, cx.waker());
+                Poll::Pending
+            }
+        }
+    }
+
+    fn poll_done(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut *self.state.borrow_mut() {
+            Outcome::Done(_) => Poll::Ready(()),
+            Outcome::Pending(wakers) => {
+                register(wakers, cx.waker());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Adds a waker unless it is the one added last: a task that polls the same
+/// future again must not grow the list, and checking only the last entry
+/// keeps registration O(1) for a batch of thousands of records.
+fn register(wakers: &mut Vec<Waker>, waker: &Waker) {
+    if !wakers.last().is_some_and(|last| last.will_wake(waker)) {
+        wakers.push(waker.clone());
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Partition(u32),
+    /// The topic's current round-robin partition.
+    Sticky,
+}
+
+struct Shared {
+    client: Client,
+    config: ProducerConfig,
+    in_flight: Rc<Semaphore>,
+    /// `send` waits while this many bytes are buffered.
+    buffer_bytes_max: usize,
+    /// A record that cannot fit a frame even alone is refused at `send`.
+    record_bytes_max: usize,
+    state: RefCell<State>,
+}
+
+#[derive(Default)]
+struct State {
+    topics: HashMap<Rc<str>, TopicBatches>,
+    ledger: Ledger,
+}
+
+/// Per topic: the open batch of each partition and the round-robin position.
+struct TopicBatches {
+    name: Rc<str>,
+    /// Indexed by partition id.
+    open: Vec<Option<OpenEntry>>,
+    sticky: u32,
+}
+
+struct OpenEntry {
+    batch: OpenBatch,
+    outcome: Rc<BatchOutcome>,
+    id: u64,
+}
+
+/// Everything but the open batches, split off so it can be updated while a
+/// topic's batches are borrowed.
+#[derive(Default)]
+struct Ledger {
+    /// Invariant: the bytes of every open batch plus every sealed batch not
+    /// yet answered.
+    buffered_bytes: usize,
+    next_batch_id: u64,
+    /// Open batches' linger deadlines, in opening order — which is deadline
+    /// order, since every batch lingers equally long. Entries of batches that
+    /// were sealed early are skipped when they come due.
+    deadlines: VecDeque<Deadline>,
+    /// Sealed batches not yet answered, for `flush`.
+    outstanding: HashMap<u64, Rc<BatchOutcome>>,
+    spare_buffers: Vec<Vec<u8>>,
+    space_waiters: Vec<Waker>,
+    /// The linger task, when it waits for a first batch to open.
+    flusher: Option<Waker>,
+    closed: bool,
+}
+
+struct Deadline {
+    at: Instant,
+    topic: Rc<str>,
+    partition: u32,
+    id: u64,
+}
+
+/// A batch ready to go on the wire.
+struct Sealed {
+    topic: Rc<str>,
+    partition: PartitionId,
+    id: u64,
+    batch: Vec<u8>,
+    outcome: Rc<BatchOutcome>,
+}
+
+/// What `append` leaves to do once the state is no longer borrowed.
+#[derive(Default)]
+struct AppendEffects {
+    sealed: Vec<Sealed>,
+    wake_flusher: Option<Waker>,
+}
+
+impl TopicBatches {
+    /// Takes a partition's open batch, moving the round-robin on if it was
+    /// the sticky partition.
+    fn take(&mut self, partition: u32) -> Option<OpenEntry> {
+        let entry = self.open.get_mut(partition as usize)?.take()?;
+        let partitions = self.open.len() as u32;
+        if self.sticky % partitions.max(1) == partition {
+            self.sticky = self.sticky.wrapping_add(1);
+        }
+        Some(entry)
+    }
+}
+
+impl Ledger {
+    /// Finishes a batch; an empty one (the record that opened it was
+    /// refused) just gives its buffer back.
+    fn seal(&mut self, topic: Rc<str>, partition: u32, entry: OpenEntry) -> Option<Sealed> {
+        let OpenEntry { batch, outcome, id } = entry;
+        if batch.record_count() == 0 {
+            self.buffered_bytes = self.buffered_bytes.saturating_sub(batch.len_bytes());
+            self.spare_buffers.push(batch.into_buffer());
+            return None;
+        }
+        let len = batch.len_bytes();
+        let Some(batch) = batch.finish() else {
+            // Only a batch over 2 GiB gets here; batch_bytes keeps them far smaller.
+            self.buffered_bytes = self.buffered_bytes.saturating_sub(len);
+            outcome.complete(Err(ClientError::InvalidArgument("batch exceeds the record batch format".into())));
+            return None;
+        };
+        self.outstanding.insert(id, outcome.clone());
+        Some(Sealed { topic, partition: PartitionId(partition), id, batch, outcome })
+    }
+
+    fn open(&mut self, config: &ProducerConfig, topic: &Rc<str>, partition: u32, timestamp_ms: i64) -> OpenEntry {
+        let buffer = self
+            .spare_buffers
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(config.batch_bytes.min(INITIAL_BATCH_CAPACITY)));
+        let batch = OpenBatch::start(buffer, timestamp_ms);
+        self.buffered_bytes += batch.len_bytes();
+        let id = self.next_batch_id;
+        self.next_batch_id += 1;
+        let at = Instant::now() + config.linger;
+        self.deadlines.push_back(Deadline { at, topic: topic.clone(), partition, id });
+        OpenEntry { batch, outcome: Rc::new(BatchOutcome::new()), id }
+    }
+}
+
+/// The topic's batches, created on first use, with a slot per partition.
+fn topic_batches<'a>(
+    topics: &'a mut HashMap<Rc<str>, TopicBatches>,
+    topic: &str,
+    partitions: u32,
+) -> &'a mut TopicBatches {
+    // Looked up by `&str` first so the common case allocates nothing.
+    if !topics.contains_key(topic) {
+        let name: Rc<str> = Rc::from(topic);
+        // Producers start their round-robin at different partitions, so that
+        // many of them starting together do not all fill partition 0 first.
+        let sticky =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        topics.insert(name.clone(), TopicBatches { name, open: Vec::new(), sticky });
+    }
+    let batches = topics.get_mut(topic).expect("the topic was inserted above");
+    if batches.open.len() < partitions as usize {
+        batches.open.resize_with(partitions as usize, || None);
+    }
+    batches
+}
+
+fn unencodable() -> ClientError {
+    ClientError::InvalidArgument("a key, value or header is too long for a record batch".into())
+}
+
+impl Shared {
+    /// The synchronous part of `send`: the record goes into its partition's
+    /// open batch; full batches are sealed and dispatched.
+    fn append(
+        self: &Rc<Self>,
+        topic: &str,
+        partitions: u32,
+        target: Target,
+        record: &Record<'_>,
+    ) -> Result<SendFuture, ClientError> {
+        let mut effects = AppendEffects::default();
+        let result = self.append_locked(topic, partitions, target, record, &mut effects);
+        if let Some(flusher) = effects.wake_flusher {
+            flusher.wake();
+        }
+        for sealed in effects.sealed {
+            self.dispatch(sealed);
+        }
+        result
+    }
+
+    fn append_locked(
+        &self,
+        topic: &str,
+        partitions: u32,
+        target: Target,
+        record: &Record<'_>,
+        effects: &mut AppendEffects,
+    ) -> Result<SendFuture, ClientError> {
+        let config = &self.config;
+        let mut guard = self.state.borrow_mut();
+        let State { topics, ledger } = &mut *guard;
+        if ledger.closed {
+            return Err(ClientError::Closed);
+        }
+        let batches = topic_batches(topics, topic, partitions);
+        let mut partition = match target {
+            Target::Partition(partition) => partition,
+            Target::Sticky => batches.sticky % partitions,
+        };
+        // Seal the open batch first if the record would overflow it. A
+        // keyless record then moves on to the next round-robin partition,
+        // whose batch may need sealing too; each turn empties one partition's
+        // slot, so this ends within `partitions` turns.
+        while let Some(entry) = batches.open[partition as usize].as_ref() {
+            let record_bytes = entry.batch.record_bytes(record).ok_or_else(unencodable)?;
+            if !must_seal_before(entry.batch.len_bytes(), entry.batch.record_count(), record_bytes, config.batch_bytes)
+            {
+                break;
+            }
+            if let Some(entry) = batches.take(partition) {
+                effects.sealed.extend(ledger.seal(batches.name.clone(), partition, entry));
+            }
+            if target == Target::Sticky {
+                partition = batches.sticky % partitions;
+            }
+        }
+        let TopicBatches { name, open, .. } = &mut *batches;
+        let mut opened = false;
+        let entry = open[partition as usize].get_or_insert_with(|| {
+            opened = true;
+            ledger.open(config, name, partition, record.timestamp_ms)
+        });
+        if opened {
+            effects.wake_flusher = ledger.flusher.take();
+        }
+        let before = entry.batch.len_bytes();
+        let record_bytes = entry.batch.record_bytes(record).ok_or_else(unencodable)?;
+        if record_bytes > self.record_bytes_max {
+            let limit = self.record_bytes_max;
+            return Err(ClientError::InvalidArgument(format!(
+                "a record of {record_bytes} bytes cannot fit the {limit}-byte frame limit"
+            )));
+        }
+        entry.batch.push(record).ok_or_else(unencodable)?;
+        ledger.buffered_bytes += entry.batch.len_bytes() - before;
+        // At most i32::MAX records fit a batch, so the index fits a u32.
+        let index = (entry.batch.record_count() - 1) as u32;
+        let future = SendFuture { outcome: entry.outcome.clone(), index };
+        if is_full(entry.batch.len_bytes(), config.batch_bytes) {
+            if let Some(entry) = batches.take(partition) {
+                effects.sealed.extend(ledger.seal(batches.name.clone(), partition, entry));
+            }
+        }
+        Ok(future)
+    }
+
+    fn dispatch(self: &Rc<Self>, sealed: Sealed) {
+        glommio::spawn_local(send_batch(self.clone(), sealed)).detach();
+    }
+
+    /// Seals every open batch (flush, or a full buffer).
+    fn seal_all(self: &Rc<Self>) {
+        let mut sealed = Vec::new();
+        {
+            let mut guard = self.state.borrow_mut();
+            let State { topics, ledger } = &mut *guard;
+            for batches in topics.values_mut() {
+                for partition in 0..batches.open.len() as u32 {
+                    if let Some(entry) = batches.take(partition) {
+                        sealed.extend(ledger.seal(batches.name.clone(), partition, entry));
+                    }
+                }
+            }
+        }
+        for batch in sealed {
+            self.dispatch(batch);
+        }
+    }
+
+    /// Seals the batches whose linger ran out; says when to look again.
+    fn seal_due(self: &Rc<Self>, now: Instant) -> NextTick {
+        let mut sealed = Vec::new();
+        let next = {
+            let mut guard = self.state.borrow_mut();
+            let State { topics, ledger } = &mut *guard;
+            if ledger.closed {
+                return NextTick::Stop;
+            }
+            while let Some(deadline) = ledger.deadlines.front() {
+                if deadline.at > now {
+                    break;
+                }
+                let Some(Deadline { topic, partition, id, .. }) = ledger.deadlines.pop_front() else { break };
+                let Some(batches) = topics.get_mut(&topic) else { continue };
+                let is_same_batch =
+                    batches.open.get(partition as usize).and_then(Option::as_ref).is_some_and(|entry| entry.id == id);
+                if is_same_batch {
+                    if let Some(entry) = batches.take(partition) {
+                        sealed.extend(ledger.seal(topic, partition, entry));
+                    }
+                }
+            }
+            match ledger.deadlines.front() {
+                Some(deadline) => NextTick::At(deadline.at),
+                None => NextTick::Idle,
+            }
+        };
+        for batch in sealed {
+            self.dispatch(batch);
+        }
+        next
+    }
+
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.state.borrow_mut();
+        if state.ledger.closed || !state.ledger.deadlines.is_empty() {
+            return Poll::Ready(());
+        }
+        state.ledger.flusher = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Books a batch's answer: frees its bytes, recycles its buffer and wakes
+    /// senders waiting for room.
+    fn finished(&self, id: u64, mut batch: Vec<u8>) {
+        let waiters = {
+            let mut state = self.state.borrow_mut();
+            let ledger = &mut state.ledger;
+            ledger.outstanding.remove(&id);
+            ledger.buffered_bytes = ledger.buffered_bytes.saturating_sub(batch.len());
+            // Keep as many buffers as can be in use at once, and none that a
+            // huge single record blew up.
+            let keep = ledger.spare_buffers.len() <= self.config.max_in_flight
+                && batch.capacity() <= self.config.batch_bytes.saturating_mul(2).max(INITIAL_BATCH_CAPACITY);
+            if keep {
+                batch.clear();
+                ledger.spare_buffers.push(batch);
+            }
+            std::mem::take(&mut ledger.space_waiters)
+        };
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    /// The producer handle is gone: fail what was never sent, stop the linger
+    /// task and release waiting senders. Sent batches finish on their own.
+    fn close(&self) {
+        let mut failed = Vec::new();
+        let mut wakers = Vec::new();
+        {
+            let mut guard = self.state.borrow_mut();
+            let State { topics, ledger } = &mut *guard;
+            ledger.closed = true;
+            for batches in topics.values_mut() {
+                for slot in batches.open.iter_mut() {
+                    if let Some(entry) = slot.take() {
+                        ledger.buffered_bytes = ledger.buffered_bytes.saturating_sub(entry.batch.len_bytes());
+                        failed.push(entry.outcome);
+                    }
+                }
+            }
+            ledger.deadlines.clear();
+            wakers.extend(ledger.flusher.take());
+            wakers.append(&mut ledger.space_waiters);
+        }
+        for outcome in failed {
+            outcome.complete(Err(ClientError::Closed));
+        }
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+enum NextTick {
+    At(Instant),
+    Idle,
+    Stop,
+}
+
+/// Seals batches as their linger runs out. One task per producer, however
+/// many partitions: deadlines are kept in order, so it sleeps exactly until
+/// the next one, and parks when no batch is open.
+async fn linger_loop(shared: Rc<Shared>) {
+    loop {
+        match shared.seal_due(Instant::now()) {
+            NextTick::At(at) => glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await,
+            NextTick::Idle => poll_fn(|cx| shared.poll_idle(cx)).await,
+            NextTick::Stop => return,
+        }
+    }
+}
+
+async fn send_batch(shared: Rc<Shared>, sealed: Sealed) {
+    let Sealed { topic, partition, id, batch, outcome } = sealed;
+    let acks = shared.config.acks;
+    let result = match shared.in_flight.acquire_static_permit(1).await {
+        Ok(permit) => {
+            let timeout_ms = shared.config.timeout_ms;
+            let produced = shared.client.produce_raw_with_timeout(&topic, partition, &batch, acks, timeout_ms).await;
+            drop(permit);
+            produced.map(|result| (acks != AckLevel::None).then_some(result.base_offset))
+        }
+        Err(_) => Err(ClientError::Closed),
+    };
+    outcome.complete(result);
+    shared.finished(id, batch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::fake_broker::{executor, FakeBroker};
+    use crate::client::ClientOptions;
+
+    async fn producer(broker: &FakeBroker, config: ProducerConfig) -> Producer {
+        let client = Client::connect(broker.addr(), ClientOptions::default()).await.unwrap();
+        Producer::new(client, config).unwrap()
+    }
+
+    #[test]
+    fn records_resolve_to_consecutive_offsets_in_send_order() {
+        executor().run(async {
+            let broker = FakeBroker::start(&[("orders", 3)]);
+            let config = ProducerConfig { batch_bytes: 1024, ..ProducerConfig::default() };
+            let producer = producer(&broker, config).await;
+            let mut sent = Vec::new();
+            for index in 0..300u32 {
+                let key = format!("customer-{}", index % 17);
+                let record = ProducerRecord::new("orders", b"some order payload").with_key(key.as_bytes());
+                let partition = partition_for_key(key.as_bytes(), 3);
+                sent.push((partition, producer.send(record).await.unwrap()));
+            }
+            producer.flush().await;
+            assert_eq!(producer.buffered_bytes(), 0);
+            let mut next = [0u64; 3];
+            for (partition, future) in sent {
+                let offset = future.await.unwrap().unwrap();
+                assert_eq!(offset.get(), next[partition as usize], "partition {partition}");
+                next[partition as usize] += 1;
+            }
+            assert_eq!(next.iter().sum::<u64>(), 300);
+            // Batching: far fewer requests than records.
+            let requests = broker.produce_requests_on(broker.shard_port());
+            assert!((3..100).contains(&requests), "{requests} produce requests");
+        });
+    }
+
+    #[test]
+    fn keyless_records_fill_one_partition_per_batch_in_turn() {
+        executor().run(async {
+            let broker = FakeBroker::start(&[("logs", 4)]);
+            let config = ProducerConfig { batch_bytes: 200, linger: Duration::from_secs(60), ..Default::default() };
+            let producer = producer(&broker, config).await;
+            let mut futures = Vec::new();
+            for _ in 0..40 {
+                futures.push(producer.send(ProducerRecord::new("logs", &[1u8; 20])).await.unwrap());
+            }
+            producer.flush().await;
+            let mut per_partition_offsets = Vec::new();
+            for future in futures {
+                per_partition_offsets.push(future.await.unwrap().unwrap().get());
+            }
+            // Every batch restarts at a new partition: offsets restart at 0
+            // four times, then continue where each partition left off.
+            let restarts = per_partition_offsets.windows(2).filter(|pair| pair[1] != pair[0] + 1).count();
+            assert!(restarts >= 4, "{per_partition_offsets:?}");
+            assert_eq!(per_partition_offsets.iter().filter(|offset| **offset == 0).count(), 4);
+        });
+    }
+
+    #[test]
+    fn linger_sends_a_partial_batch_without_flush() {
+        executor().run(async {
+            let broker = FakeBroker::start(&[("t", 1)]);
+            let producer = producer(&broker, ProducerConfig::default()).await;
+            let future = producer.send(ProducerRecord::new("t", b"alone")).await.unwrap();
+            assert_eq!(future.await.unwrap(), Some(Offset::ZERO));
+            let second = producer.send(ProducerRecord::new("t", b"again")).await.unwrap();
+            assert_eq!(second.await.unwrap(), Offset::new(1));
+        });
+    }
+
+    #[test]
+    fn a_full_buffer_makes_send_wait_instead_of_growing() {
+        executor().run(async {
+            let broker = FakeBroker::start(&[("t", 2)]);
+            let config = ProducerConfig {
+                batch_bytes: 256,
+                max_in_flight: 1,
+                linger: Duration::from_secs(60),
+                ..ProducerConfig::default()
+            };
+            let producer = producer(&broker, config).await;
+            let mut futures = Vec::new();
+            for index in 0..200u32 {
+                let value = [index as u8; 40];
+                let record = ProducerRecord::new("t", &value).with_partition(PartitionId(index % 2));
+                futures.push(producer.send(record).await.unwrap());
+                // One record of slack over the bound: the one just appended.
+                assert!(producer.buffered_bytes() < 256 + 128, "{}", producer.buffered_bytes());
+            }
+            producer.flush().await;
+            for future in futures {
+                assert!(future.await.unwrap().is_some());
+            }
+        });
+    }
+
+    #[test]
+    fn acks_none_resolves_without_offsets() {
+        executor().run(async {
+            let broker = FakeBroker::start(&[("t", 1)]);
+            let config = ProducerConfig { acks: AckLevel::None, ..ProducerConfig::default() };
+            let producer = producer(&broker, config).await;
+            let future = producer.send(ProducerRecord::new("t", b"fire and forget")).await.unwrap();
+            producer.flush().await;
+            assert_eq!(future.await.unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn bad_records_are_refused_and_dropping_fails_unsent_ones() {
+        executor().run(async {
+            let broker = FakeBroker::start(&[("t", 1)]);
+            let config = ProducerConfig { linger: Duration::from_secs(60), ..ProducerConfig::default() };
+            let producer = producer(&broker, config).await;
+            let missing = producer.send(ProducerRecord::new("missing", b"x")).await;
+            assert!(matches!(missing, Err(ClientError::NoSuchTopic(_))), "{missing:?}");
+            let out_of_range = producer.send(ProducerRecord::new("t", b"x").with_partition(PartitionId(1))).await;
+            assert!(matches!(out_of_range, Err(ClientError::InvalidArgument(_))), "{out_of_range:?}");
+            let unsent = producer.send(ProducerRecord::new("t", b"never sent")).await.unwrap();
+            drop(producer);
+            assert!(matches!(unsent.await, Err(ClientError::Closed)));
+        });
+    }
+}

@@ -1,0 +1,386 @@
+//! Accepting connections and serving one: framing, limits, pipelining.
+//!
+//! Each connection has a reader (this task) and a writer task sharing the
+//! socket. The reader takes frames off the wire, checking every length
+//! before allocating, and hands each request to a task of its own, so many
+//! requests are in flight per connection and responses go out as they
+//! complete, tagged with their request id. The writer coalesces queued
+//! responses into few writes.
+//!
+//! Bounds: bytes of requests in flight per connection and per shard (a
+//! request's bytes are held until its response is written; when the budget
+//! is spent the reader stops reading the socket, which slows the producer
+//! down through TCP), requests in flight per connection, connections per
+//! shard, an idle deadline between frames and a deadline for each frame
+//! once started (a byte-a-second client is cut off).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_lite::future;
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::{Gate, Semaphore, StaticPermit};
+use glommio::TaskQueueHandle;
+
+use crate::config::NetworkConfig;
+use crate::protocol::wire::{
+    self, decode_header, encode_frame, ErrorCode, ErrorResponse, FrameKind, Request, Response, WireError,
+    FRAME_HEAD_BYTES, FRAME_PREFIX_BYTES,
+};
+use crate::shard::{Counters, Shard};
+use crate::storage::notify::Notify;
+
+use super::{dispatch, Stopping};
+
+/// Requests in flight on one connection (pipelining depth).
+const REQUESTS_IN_FLIGHT_MAX: u64 = 1024;
+/// Queued responses up to this size are copied into one write; larger ones
+/// (fetch data) are written as they are, without the copy.
+const COALESCE_BYTES_MAX: usize = 64 << 10;
+
+/// The connection limits, from the `[network]` tuning section.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub inflight_bytes_per_connection: usize,
+    pub inflight_bytes_per_shard: usize,
+    pub idle_timeout: Duration,
+    pub frame_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Limits {
+    pub fn from_config(network: &NetworkConfig) -> Limits {
+        Limits {
+            max_frame_bytes: network.max_frame_bytes,
+            max_connections: network.max_connections_per_shard,
+            inflight_bytes_per_connection: network.inflight_bytes_per_connection,
+            inflight_bytes_per_shard: network.inflight_bytes_per_shard,
+            idle_timeout: Duration::from_millis(network.idle_timeout_ms),
+            frame_timeout: Duration::from_millis(network.frame_timeout_ms),
+            request_timeout: Duration::from_millis(network.request_timeout_ms),
+        }
+    }
+}
+
+/// The per-shard part of the server: accept loops share it.
+pub(crate) struct Server {
+    shard: Rc<Shard>,
+    limits: Limits,
+    stopping: Rc<Stopping>,
+    gate: Rc<Gate>,
+    queue: TaskQueueHandle,
+    shard_budget: Rc<Semaphore>,
+}
+
+impl Server {
+    pub(crate) fn new(
+        shard: Rc<Shard>,
+        limits: Limits,
+        stopping: Rc<Stopping>,
+        gate: Rc<Gate>,
+        queue: TaskQueueHandle,
+    ) -> Server {
+        let shard_budget = Rc::new(Semaphore::new(limits.inflight_bytes_per_shard as u64));
+        Server { shard, limits, stopping, gate, queue, shard_budget }
+    }
+
+    /// Accepts until the shard stops. Over the connection limit, a new
+    /// connection is closed at once.
+    pub(crate) async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = future::or(async { Some(listener.accept().await) }, async {
+                self.stopping.wait().await;
+                None
+            })
+            .await;
+            let stream = match accepted {
+                None => return,
+                Some(Ok(stream)) => stream,
+                Some(Err(error)) => {
+                    // Out of file descriptors, usually: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let counters = self.shard.counters();
+            if counters.connections_open.get() as usize >= self.limits.max_connections {
+                Counters::add(&counters.connections_refused, 1);
+                drop(stream);
+                continue;
+            }
+            Counters::add(&counters.connections_accepted, 1);
+            let server = Rc::clone(&self);
+            match self.gate.spawn_into(async move { server.serve(stream).await }, self.queue) {
+                Ok(task) => drop(task.detach()),
+                Err(_) => return,
+            }
+        }
+    }
+
+    async fn serve(self: Rc<Self>, stream: TcpStream) {
+        let counters = self.shard.counters();
+        counters.connections_open.set(counters.connections_open.get() + 1);
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "set_nodelay");
+        }
+        let connection = Rc::new(Connection {
+            stream: SharedStream(RefCell::new(stream)),
+            queue: RefCell::new(VecDeque::new()),
+            queued: Notify::default(),
+            closing: Cell::new(false),
+            requests: Rc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+            budget: Rc::new(Semaphore::new(self.limits.inflight_bytes_per_connection as u64)),
+        });
+        let writer = glommio::spawn_local(Rc::clone(&connection).write_loop());
+        if let Err(reason) = self.read_loop(&connection).await {
+            tracing::debug!(%reason, "closing connection");
+        }
+        // Let requests in flight finish and their responses go out.
+        let _ = connection.requests.acquire(REQUESTS_IN_FLIGHT_MAX).await;
+        connection.closing.set(true);
+        connection.queued.notify_all();
+        writer.await;
+        counters.connections_open.set(counters.connections_open.get() - 1);
+    }
+
+    /// Reads frames until the peer closes, a deadline passes, the input is
+    /// beyond repair, or the shard stops.
+    async fn read_loop(&self, connection: &Rc<Connection>) -> Result<(), String> {
+        loop {
+            let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+            let idle = self.limits.idle_timeout;
+            let read = future::or(
+                async { Some(deadline(idle, connection.stream.read_exact_into(&mut prefix)).await) },
+                async {
+                    self.stopping.wait().await;
+                    None
+                },
+            )
+            .await;
+            match read {
+                None => return Ok(()),
+                Some(Err(error)) => return Err(format!("waiting for a frame: {error}")),
+                Some(Ok(())) => {}
+            }
+            let len = match wire::frame_len(prefix, self.limits.max_frame_bytes) {
+                Ok(len) => len,
+                Err(error) => return self.refuse_frame(connection, error).await,
+            };
+            let permits = self.reserve(connection, len).await?;
+            let mut body = BytesMut::zeroed(len);
+            deadline(self.limits.frame_timeout, connection.stream.read_exact_into(&mut body))
+                .await
+                .map_err(|error| format!("reading a {len}-byte frame: {error}"))?;
+            self.start_request(connection, body, permits);
+        }
+    }
+
+    /// Holds the frame's bytes against the connection's and the shard's
+    /// budgets (waiting, and so not reading, while they are spent).
+    async fn reserve(&self, connection: &Connection, len: usize) -> Result<Permits, String> {
+        let closed = |_| "shutting down".to_string();
+        let request = connection.requests.acquire_static_permit(1).await.map_err(closed)?;
+        let own = (len as u64).min(self.limits.inflight_bytes_per_connection as u64);
+        let connection_bytes = connection.budget.acquire_static_permit(own).await.map_err(closed)?;
+        let shared = (len as u64).min(self.limits.inflight_bytes_per_shard as u64);
+        let shard_bytes = self.shard_budget.acquire_static_permit(shared).await.map_err(closed)?;
+        Ok(Permits { _request: request, _connection_bytes: connection_bytes, _shard_bytes: shard_bytes })
+    }
+
+    /// Parses a frame and runs it in a task of its own.
+    fn start_request(&self, connection: &Rc<Connection>, body: BytesMut, permits: Permits) {
+        let request_id = wire::peek_request_id(&body).unwrap_or(0);
+        let parsed = wire::split_frame(body).and_then(|(head, header, payload)| {
+            if head.kind != FrameKind::Request {
+                return Err(WireError::Header("a response frame sent to the broker".into()));
+            }
+            Ok((decode_header::<Request>(&header)?, payload))
+        });
+        let (request, payload) = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                // The framing is intact (the length was valid), so the
+                // connection carries on after the error response.
+                Counters::add(&self.shard.counters().errors, 1);
+                let code = match error {
+                    WireError::UnsupportedVersion(_) => ErrorCode::UNSUPPORTED_VERSION,
+                    _ => ErrorCode::INVALID_REQUEST,
+                };
+                let response = Response::Error(ErrorResponse { code, message: error.to_string() });
+                connection.respond(request_id, &response, Vec::new(), permits);
+                return;
+            }
+        };
+        let (shard, connection) = (Rc::clone(&self.shard), Rc::clone(connection));
+        let (limits, queue) = (self.limits.clone(), self.queue);
+        let task = async move {
+            let handled = glommio::timer::timeout(limits.request_timeout, async {
+                Ok(dispatch::handle(&shard, request, payload, &limits).await)
+            })
+            .await;
+            match handled {
+                Ok(Some((response, data))) => connection.respond(request_id, &response, data, permits),
+                Ok(None) => drop(permits),
+                Err(_) => {
+                    let response = Response::Error(ErrorResponse {
+                        code: ErrorCode::TIMEOUT,
+                        message: "request timed out".into(),
+                    });
+                    connection.respond(request_id, &response, Vec::new(), permits);
+                }
+            }
+        };
+        match glommio::spawn_local_into(task, queue) {
+            Ok(task) => drop(task.detach()),
+            Err(error) => tracing::error!(%error, "could not start a request task"),
+        }
+    }
+
+    /// Answers a frame whose length is unacceptable, then closes: the bytes
+    /// that follow cannot be framed any more.
+    async fn refuse_frame(&self, connection: &Rc<Connection>, error: WireError) -> Result<(), String> {
+        Counters::add(&self.shard.counters().errors, 1);
+        let mut head = [0u8; FRAME_HEAD_BYTES];
+        let request_id = match deadline(self.limits.frame_timeout, connection.stream.read_exact_into(&mut head)).await {
+            Ok(()) => wire::peek_request_id(&head).unwrap_or(0),
+            Err(_) => 0,
+        };
+        let code = match error {
+            WireError::FrameTooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,
+            _ => ErrorCode::INVALID_REQUEST,
+        };
+        let response = Response::Error(ErrorResponse { code, message: error.to_string() });
+        if let Ok(permits) = self.reserve(connection, 0).await {
+            connection.respond(request_id, &response, Vec::new(), permits);
+        }
+        Err(error.to_string())
+    }
+}
+
+/// Runs `io` with a deadline.
+async fn deadline(limit: Duration, io: impl std::future::Future<Output = io::Result<()>>) -> io::Result<()> {
+    match glommio::timer::timeout(limit, async { Ok(io.await) }).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("no progress within {limit:?}"))),
+    }
+}
+
+/// What a request holds until its response has been written.
+struct Permits {
+    _request: StaticPermit,
+    _connection_bytes: StaticPermit,
+    _shard_bytes: StaticPermit,
+}
+
+/// The state a connection's reader, request tasks and writer share.
+struct Connection {
+    stream: SharedStream,
+    /// Encoded responses waiting for the writer, with what they hold.
+    queue: RefCell<VecDeque<(Vec<u8>, Permits)>>,
+    queued: Notify,
+    closing: Cell<bool>,
+    requests: Rc<Semaphore>,
+    budget: Rc<Semaphore>,
+}
+
+impl Connection {
+    /// Encodes a response and queues it for the writer.
+    fn respond(&self, request_id: u32, response: &Response, data: Vec<u8>, permits: Permits) {
+        let mut frame = Vec::with_capacity(256 + data.len());
+        if let Err(error) = encode_frame(&mut frame, FrameKind::Response, request_id, response, &data) {
+            tracing::error!(%error, "encoding a response");
+            return;
+        }
+        self.queue.borrow_mut().push_back((frame, permits));
+        self.queued.notify_all();
+    }
+
+    /// Writes queued responses, coalescing small ones, until the connection
+    /// closes and the queue is empty.
+    async fn write_loop(self: Rc<Self>) {
+        let mut batch = Vec::new();
+        let mut held = Vec::new();
+        loop {
+            let wait = self.queued.notified();
+            let next = self.queue.borrow_mut().pop_front();
+            let Some((frame, permits)) = next else {
+                if self.closing.get() {
+                    return;
+                }
+                wait.await;
+                continue;
+            };
+            held.push(permits);
+            let result = if frame.len() > COALESCE_BYTES_MAX {
+                self.stream.write_all_from(&frame).await
+            } else {
+                batch.clear();
+                batch.extend_from_slice(&frame);
+                while batch.len() < COALESCE_BYTES_MAX {
+                    let more = self.queue.borrow_mut().pop_front();
+                    let Some((frame, permits)) = more else { break };
+                    batch.extend_from_slice(&frame);
+                    held.push(permits);
+                }
+                self.stream.write_all_from(&batch).await
+            };
+            // The bytes are on their way: the requests no longer count.
+            held.clear();
+            if let Err(error) = result {
+                tracing::debug!(%error, "writing responses");
+                self.queue.borrow_mut().clear();
+                // Keep draining so request tasks never wait on a dead peer.
+                if self.closing.get() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The socket, shared by a connection's reader and writer. Borrowed only
+/// inside each poll, never across an `.await`.
+struct SharedStream(RefCell<TcpStream>);
+
+impl SharedStream {
+    async fn read_exact_into(&self, buf: &mut [u8]) -> io::Result<()> {
+        let mut reader = self;
+        reader.read_exact(buf).await
+    }
+
+    async fn write_all_from(&self, buf: &[u8]) -> io::Result<()> {
+        let mut writer = self;
+        writer.write_all(buf).await?;
+        writer.flush().await
+    }
+}
+
+impl AsyncRead for &SharedStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for &SharedStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
+}

@@ -1,0 +1,372 @@
+//! The server: one pinned executor per shard, its listeners and connections,
+//! and the broker's start and graceful stop.
+//!
+//! Every shard accepts on the shared port (glommio sets SO_REUSEPORT, so
+//! the kernel spreads connections over the shards) and on a port of its own
+//! that shard-aware clients use to reach the owner of a partition directly.
+//!
+//! Start: the data directory is locked, metadata loaded, then shard 0 is
+//! started first so that when the shared port is 0 the one the OS picks is
+//! known to the others; each shard binds, joins the mesh and opens its
+//! partitions before the broker reports ready. Stop (SIGINT/SIGTERM or
+//! [`Broker::stop`]): shards stop accepting, let in-flight requests finish,
+//! flush and fsync every partition, and exit.
+
+mod connection;
+mod dispatch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use glommio::net::TcpListener;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+use crate::config::{ConfigError, TuningConfig};
+use crate::protocol::types::ShardId;
+use crate::shard::{mesh, metadata, Shard, ShardConfig, MESH_CHANNEL_CAPACITY};
+use crate::storage::notify::Notify;
+use crate::storage::{DirLock, StorageError};
+
+pub use connection::Limits;
+
+/// How often each shard looks at the stop flag. Stopping is rare; a short
+/// poll keeps the flag a plain atomic instead of a cross-thread waker.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// Which per-shard ports to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardPorts {
+    /// Only the shared port.
+    Disabled,
+    /// Shard i listens on base + i.
+    Base(u16),
+    /// Each shard listens on a port the OS picks (tests, embedded brokers).
+    Ephemeral,
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Rendered to text: storage errors are single-threaded (`Rc`) values.
+    #[error("{0}")]
+    Storage(String),
+    #[error("metadata: {0}")]
+    Metadata(std::io::Error),
+    #[error("shard {shard}: {message}")]
+    Shard { shard: usize, message: String },
+}
+
+/// A running broker: its shard threads and how to reach it.
+#[derive(Debug)]
+pub struct Broker {
+    addr: SocketAddr,
+    shard_ports: Vec<u16>,
+    cpus: Vec<usize>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<ExecutorJoinHandle<()>>,
+    _lock: DirLock,
+}
+
+/// What each shard reports to the starting thread.
+enum StartReport {
+    Bound { shard: usize, shared_port: u16, own_port: u16 },
+    Ready,
+    Failed { shard: usize, message: String },
+}
+
+impl Broker {
+    /// Starts every shard and returns once all are serving.
+    pub fn start(config: TuningConfig, shard_ports: ShardPorts) -> Result<Broker, ServerError> {
+        config.validate()?;
+        let cpus = config.resolve_cpus()?;
+        let data_dir = config.storage.data_dir.clone();
+        let lock =
+            DirLock::acquire(&data_dir).map_err(|error: StorageError| ServerError::Storage(error.to_string()))?;
+        let mut cluster = metadata::load(&data_dir).map_err(ServerError::Metadata)?;
+        if cluster.rebalance_for(cpus.len()) {
+            tracing::warn!(shards = cpus.len(), "fewer shards than before: moved partitions of missing shards");
+            metadata::store(&data_dir, &cluster).map_err(ServerError::Metadata)?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut mesh: Vec<Option<mesh::MeshEnds>> =
+            mesh::build(cpus.len(), MESH_CHANNEL_CAPACITY).into_iter().map(Some).collect();
+        let (reports, reported) = mpsc::channel();
+        let mut threads = Vec::with_capacity(cpus.len());
+        let mut shared_addr = config.network.listen;
+        let mut own_ports = vec![0u16; cpus.len()];
+        let ports = Arc::new(Mutex::new(vec![None; cpus.len()]));
+        let mut spawn = |shard: usize, shared_addr: SocketAddr| {
+            let launch = ShardLaunch {
+                shard,
+                cpu: cpus[shard],
+                shared_addr,
+                own_port: match shard_ports {
+                    ShardPorts::Disabled => None,
+                    ShardPorts::Base(base) => Some(base.checked_add(shard as u16).unwrap_or(0)),
+                    ShardPorts::Ephemeral => Some(0),
+                },
+                config: config.clone(),
+                data_dir: data_dir.clone(),
+                metadata: cluster.clone(),
+                mesh: mesh[shard].take().expect("each shard is launched once"),
+                stop: Arc::clone(&stop),
+                reports: reports.clone(),
+                ports: Arc::clone(&ports),
+                shard_count: cpus.len(),
+            };
+            launch.spawn()
+        };
+        // Shard 0 first: it fixes the shared port the others then share.
+        threads.push(spawn(0, shared_addr).map_err(|message| ServerError::Shard { shard: 0, message })?);
+        let mut ready = 0;
+        let mut bound = 0;
+        let mut failure = None;
+        let mut launched = 1;
+        while ready < cpus.len() && failure.is_none() {
+            match reported.recv_timeout(Duration::from_secs(60)) {
+                Ok(StartReport::Bound { shard, shared_port, own_port }) => {
+                    own_ports[shard] = own_port;
+                    bound += 1;
+                    if shard == 0 {
+                        shared_addr.set_port(shared_port);
+                        while launched < cpus.len() {
+                            match spawn(launched, shared_addr) {
+                                Ok(thread) => threads.push(thread),
+                                Err(message) => failure = Some(ServerError::Shard { shard: launched, message }),
+                            }
+                            launched += 1;
+                        }
+                    }
+                }
+                Ok(StartReport::Ready) => ready += 1,
+                Ok(StartReport::Failed { shard, message }) => failure = Some(ServerError::Shard { shard, message }),
+                Err(_) => {
+                    failure = Some(ServerError::Shard { shard: bound, message: "did not start within 60 s".into() })
+                }
+            }
+        }
+        let broker = Broker { addr: shared_addr, shard_ports: own_ports, cpus, stop, threads, _lock: lock };
+        if let Some(error) = failure {
+            broker.stop();
+            let _ = broker.wait();
+            return Err(error);
+        }
+        Ok(broker)
+    }
+
+    /// The shared address every shard accepts on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Each shard's own port (0 when disabled).
+    pub fn shard_ports(&self) -> &[u16] {
+        &self.shard_ports
+    }
+
+    /// The CPU each shard runs on.
+    pub fn cpus(&self) -> &[usize] {
+        &self.cpus
+    }
+
+    /// A handle that stops the broker from any thread (a signal handler's).
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    /// Asks every shard to stop; [`Broker::wait`] waits for them.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until every shard has drained and exited.
+    pub fn wait(self) -> Result<(), ServerError> {
+        let mut result = Ok(());
+        for (shard, thread) in self.threads.into_iter().enumerate() {
+            if thread.join().is_err() {
+                result = Err(ServerError::Shard { shard, message: "panicked".into() });
+            }
+        }
+        result
+    }
+}
+
+/// Everything needed to start one shard's thread.
+struct ShardLaunch {
+    shard: usize,
+    cpu: usize,
+    shared_addr: SocketAddr,
+    own_port: Option<u16>,
+    config: TuningConfig,
+    data_dir: PathBuf,
+    metadata: metadata::ClusterMetadata,
+    mesh: mesh::MeshEnds,
+    stop: Arc<AtomicBool>,
+    reports: mpsc::Sender<StartReport>,
+    /// Every shard's own port, filled in as shards bind.
+    ports: Arc<Mutex<Vec<Option<u16>>>>,
+    shard_count: usize,
+}
+
+impl ShardLaunch {
+    fn spawn(self) -> Result<ExecutorJoinHandle<()>, String> {
+        let shards = &self.config.shards;
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(self.cpu))
+            .name(&format!("shard-{}", self.shard))
+            .io_memory(shards.io_memory_bytes)
+            .ring_depth(shards.ring_depth)
+            .preempt_timer(shards.preempt_timer());
+        if let Some(spin) = shards.spin_before_park() {
+            builder = builder.spin_before_park(spin);
+        }
+        let handle = builder.spawn(move || async move {
+            let (shard, reports) = (self.shard, self.reports.clone());
+            if let Err(message) = self.run().await {
+                tracing::error!(shard, %message, "shard failed");
+                let _ = reports.send(StartReport::Failed { shard, message });
+            }
+        });
+        handle.map_err(|error| format!("starting executor: {error}"))
+    }
+
+    async fn run(self) -> Result<(), String> {
+        if let Some(interval) = self.config.shards.wake_interval() {
+            spawn_wake_ticker(interval);
+        }
+        let id = ShardId(self.shard as u16);
+        let network = &self.config.network;
+        let shared =
+            TcpListener::bind(self.shared_addr).map_err(|error| format!("binding {}: {error}", self.shared_addr))?;
+        let shared_port = shared.local_addr().map_err(|error| error.to_string())?.port();
+        let own = match self.own_port {
+            Some(port) => {
+                let addr = SocketAddr::new(self.shared_addr.ip(), port);
+                Some(TcpListener::bind(addr).map_err(|error| format!("binding {addr}: {error}"))?)
+            }
+            None => None,
+        };
+        let own_port = own.as_ref().map_or(Ok(0), |listener| listener.local_addr().map(|addr| addr.port()));
+        let own_port = own_port.map_err(|error| error.to_string())?;
+        let _ = self.reports.send(StartReport::Bound { shard: self.shard, shared_port, own_port });
+        tracing::debug!(shard = self.shard, shared_port, own_port, "bound");
+        let shard_ports = self.collect_ports(own_port).await;
+        tracing::debug!(shard = self.shard, ?shard_ports, "learned every shard's port");
+        let shard_config = ShardConfig {
+            id,
+            shard_count: self.shard_count,
+            data_dir: self.data_dir.clone(),
+            log_config: self.config.log_config(),
+            default_partitions: self.config.topics.default_partitions,
+            retention_check_interval: self.config.storage.retention_check_interval(),
+            metadata: self.metadata.clone(),
+            shard_ports,
+            flush_shares: self.config.shards.flush_shares,
+        };
+        let shard = Shard::start(shard_config, self.mesh).await.map_err(|error| error.to_string())?;
+        tracing::debug!(shard = self.shard, "joined the mesh and opened its partitions");
+        let limits = Limits::from_config(network);
+        let stopping = Rc::new(Stopping::default());
+        let network_queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(self.config.shards.network_shares),
+            // Latency::Matters would arm glommio's preemption machinery more
+            // often, which in 0.9.0 can park an executor for good (see the
+            // preempt_timer_us note in tuning/). Shares give network work
+            // its priority instead.
+            glommio::Latency::NotImportant,
+            "network",
+        );
+        let gate = Rc::new(glommio::sync::Gate::new());
+        let server = Rc::new(connection::Server::new(
+            Rc::clone(&shard),
+            limits,
+            Rc::clone(&stopping),
+            Rc::clone(&gate),
+            network_queue,
+        ));
+        let mut accept_loops = vec![glommio::spawn_local(Rc::clone(&server).accept_loop(shared))];
+        if let Some(own) = own {
+            accept_loops.push(glommio::spawn_local(Rc::clone(&server).accept_loop(own)));
+        }
+        let _ = self.reports.send(StartReport::Ready);
+        tracing::info!(shard = self.shard, cpu = self.cpu, shared_port, own_port, "shard serving");
+        while !self.stop.load(Ordering::SeqCst) {
+            glommio::timer::sleep(STOP_POLL).await;
+        }
+        tracing::info!(shard = self.shard, "stopping: draining connections");
+        stopping.stop();
+        for accept_loop in accept_loops {
+            accept_loop.await;
+        }
+        let _ = gate.close().await;
+        shard.close().await;
+        tracing::info!(shard = self.shard, "stopped");
+        Ok(())
+    }
+
+    /// Publishes this shard's own port and waits until every shard has
+    /// published its own (start-up only; the mutex never sees the data path).
+    async fn collect_ports(&self, own_port: u16) -> Vec<u16> {
+        lock_ports(&self.ports)[self.shard] = Some(own_port);
+        loop {
+            let ports: Option<Vec<u16>> = lock_ports(&self.ports).iter().copied().collect();
+            if let Some(ports) = ports {
+                return ports;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Keeps the executor from sleeping longer than `interval`.
+///
+/// glommio 0.9.0 queues a waker sent from another thread and writes the
+/// executor's eventfd only if the executor has already announced it is going
+/// to sleep; just before sleeping it re-checks its cross-thread channels but
+/// not that waker queue. A wake-up that lands in between (a forwarded
+/// request's reply, a mesh join) is noticed only at the next wake-up. This
+/// ticker makes sure there is one within `interval`. Found as a start-up
+/// hang under parallel tests; see GLOMMIO.md in the design notes for the
+/// runtime's other traps.
+pub fn spawn_wake_ticker(interval: Duration) {
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(interval).await;
+        }
+    })
+    .detach();
+}
+
+fn lock_ports(ports: &Mutex<Vec<Option<u16>>>) -> std::sync::MutexGuard<'_, Vec<Option<u16>>> {
+    ports.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The shard-local "stop now" signal for accept loops and connections.
+#[derive(Debug, Default)]
+pub(crate) struct Stopping {
+    stopped: std::cell::Cell<bool>,
+    notify: Notify,
+}
+
+impl Stopping {
+    fn stop(&self) {
+        self.stopped.set(true);
+        self.notify.notify_all();
+    }
+
+    /// Completes once stopping has begun.
+    pub(crate) async fn wait(&self) {
+        loop {
+            let wait = self.notify.notified();
+            if self.stopped.get() {
+                return;
+            }
+            wait.await;
+        }
+    }
+}

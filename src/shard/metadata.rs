@@ -1,0 +1,264 @@
+//! Cluster metadata: the topics, their partitions, and which shard owns
+//! each partition.
+//!
+//! Shard 0 is the single writer. A change is computed on shard 0, written to
+//! `<data>/metadata` (temp file, fdatasync, rename, directory fsync) and only
+//! then broadcast to the other shards, each of which holds a read-only copy.
+//! The file is small and rewritten whole; it carries a CRC so a damaged file
+//! is refused rather than misread.
+//!
+//! File layout: magic `RBMD` | version u16 LE | body length u32 LE | body
+//! (postcard-encoded [`ClusterMetadata`]) | CRC-32C u32 LE of the body.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::types::{PartitionId, ShardId};
+
+const METADATA_MAGIC: [u8; 4] = *b"RBMD";
+const METADATA_VERSION: u16 = 1;
+const METADATA_FILE: &str = "metadata";
+/// A metadata file is small; anything larger is not ours.
+const METADATA_BYTES_MAX: usize = 64 << 20;
+/// Upper bound on partitions per topic, so one request cannot make a shard
+/// open millions of files.
+pub const PARTITIONS_PER_TOPIC_MAX: u32 = 4096;
+
+/// Everything the shards agree on. Changed only by shard 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMetadata {
+    /// Bumped by every change.
+    pub version: u64,
+    pub topics: BTreeMap<String, TopicPlacement>,
+}
+
+/// Where a topic's partitions live: `owners[p]` owns partition `p`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicPlacement {
+    pub owners: Vec<ShardId>,
+}
+
+/// Why a metadata change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("topic {0} does not exist")]
+    UnknownTopic(String),
+    #[error("invalid topic name: {0}")]
+    InvalidName(String),
+    #[error("a topic needs 1 to {PARTITIONS_PER_TOPIC_MAX} partitions, not {0}")]
+    InvalidPartitionCount(u32),
+}
+
+impl ClusterMetadata {
+    /// The shard owning a partition, if the topic and partition exist.
+    pub fn owner(&self, topic: &str, partition: PartitionId) -> Option<ShardId> {
+        self.topics.get(topic)?.owners.get(partition.0 as usize).copied()
+    }
+
+    /// Adds a topic, placing each partition on the shard that currently owns
+    /// the fewest partitions (ties to the lowest shard id), so partitions stay
+    /// balanced by count across all topics.
+    pub fn create_topic(&mut self, name: &str, partitions: u32, shard_count: usize) -> Result<(), MetadataError> {
+        crate::protocol::types::validate_topic_name(name).map_err(MetadataError::InvalidName)?;
+        if partitions == 0 || partitions > PARTITIONS_PER_TOPIC_MAX {
+            return Err(MetadataError::InvalidPartitionCount(partitions));
+        }
+        if self.topics.contains_key(name) {
+            return Err(MetadataError::TopicExists(name.to_string()));
+        }
+        let mut load = self.partitions_per_shard(shard_count);
+        let owners = (0..partitions)
+            .map(|_| {
+                let (least, _) =
+                    load.iter().enumerate().min_by_key(|(shard, count)| (**count, *shard)).expect("one shard");
+                load[least] += 1;
+                ShardId(least as u16)
+            })
+            .collect();
+        self.topics.insert(name.to_string(), TopicPlacement { owners });
+        self.version += 1;
+        Ok(())
+    }
+
+    pub fn delete_topic(&mut self, name: &str) -> Result<TopicPlacement, MetadataError> {
+        let removed = self.topics.remove(name).ok_or_else(|| MetadataError::UnknownTopic(name.to_string()))?;
+        self.version += 1;
+        Ok(removed)
+    }
+
+    /// Moves partitions owned by shards that no longer exist (the broker was
+    /// restarted with fewer CPUs) onto the least loaded remaining shards.
+    /// Returns whether anything moved.
+    pub fn rebalance_for(&mut self, shard_count: usize) -> bool {
+        let mut load = self.partitions_per_shard(shard_count);
+        let mut moved = false;
+        for placement in self.topics.values_mut() {
+            for owner in &mut placement.owners {
+                if owner.index() >= shard_count {
+                    let (least, _) =
+                        load.iter().enumerate().min_by_key(|(shard, count)| (**count, *shard)).expect("one shard");
+                    load[least] += 1;
+                    *owner = ShardId(least as u16);
+                    moved = true;
+                }
+            }
+        }
+        if moved {
+            self.version += 1;
+        }
+        moved
+    }
+
+    fn partitions_per_shard(&self, shard_count: usize) -> Vec<usize> {
+        let mut load = vec![0usize; shard_count.max(1)];
+        for owner in self.topics.values().flat_map(|placement| &placement.owners) {
+            if let Some(count) = load.get_mut(owner.index()) {
+                *count += 1;
+            }
+        }
+        load
+    }
+
+    /// Encodes the metadata file.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = postcard::to_allocvec(self).expect("metadata always encodes");
+        let mut out = Vec::with_capacity(body.len() + 14);
+        out.extend_from_slice(&METADATA_MAGIC);
+        out.extend_from_slice(&METADATA_VERSION.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        out
+    }
+
+    /// Decodes the metadata file, refusing anything damaged.
+    pub fn decode(bytes: &[u8]) -> Result<ClusterMetadata, String> {
+        let rest = bytes.strip_prefix(&METADATA_MAGIC).ok_or("not a metadata file (bad magic)")?;
+        let (version, rest) = rest.split_first_chunk::<2>().ok_or("truncated header")?;
+        if u16::from_le_bytes(*version) != METADATA_VERSION {
+            return Err(format!("unsupported metadata version {}", u16::from_le_bytes(*version)));
+        }
+        let (len, rest) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() != len + 4 {
+            return Err(format!("body length {len} does not match the file ({} bytes after the header)", rest.len()));
+        }
+        let (body, crc) = rest.split_at(len);
+        if crc32c::crc32c(body).to_le_bytes() != crc {
+            return Err("checksum mismatch".into());
+        }
+        postcard::from_bytes(body).map_err(|error| format!("undecodable body: {error}"))
+    }
+}
+
+/// Path of the metadata file inside a data directory.
+pub fn metadata_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(METADATA_FILE)
+}
+
+/// Reads the metadata file; an absent file is an empty cluster.
+pub fn load(data_dir: &Path) -> io::Result<ClusterMetadata> {
+    let path = metadata_path(data_dir);
+    match std::fs::metadata(&path) {
+        Ok(stat) if stat.len() > METADATA_BYTES_MAX as u64 => {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{}: too large", path.display())));
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(ClusterMetadata::default()),
+        _ => {}
+    }
+    let bytes = std::fs::read(&path)?;
+    ClusterMetadata::decode(&bytes)
+        .map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {reason}", path.display())))
+}
+
+/// Writes the metadata file atomically and durably: temp file, fdatasync,
+/// rename over the old file, fsync of the directory. Blocking; shard 0 runs
+/// it on glommio's blocking thread.
+pub fn store(data_dir: &Path, metadata: &ClusterMetadata) -> io::Result<()> {
+    use std::io::Write;
+    let path = metadata_path(data_dir);
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&metadata.encode())?;
+    file.sync_data()?;
+    drop(file);
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_balanced_by_count_across_topics() {
+        let mut metadata = ClusterMetadata::default();
+        metadata.create_topic("a", 3, 2).unwrap();
+        metadata.create_topic("b", 3, 2).unwrap();
+        let owners = |topic: &str| metadata.topics[topic].owners.iter().map(|s| s.0).collect::<Vec<_>>();
+        assert_eq!(owners("a"), vec![0, 1, 0]);
+        assert_eq!(owners("b"), vec![1, 0, 1], "b evens out a's extra partition on shard 0");
+        assert_eq!(metadata.version, 2);
+        assert_eq!(metadata.owner("a", PartitionId(1)), Some(ShardId(1)));
+        assert_eq!(metadata.owner("a", PartitionId(3)), None);
+        assert_eq!(metadata.owner("zzz", PartitionId(0)), None);
+    }
+
+    #[test]
+    fn bad_topics_are_refused() {
+        let mut metadata = ClusterMetadata::default();
+        assert!(matches!(metadata.create_topic("a/b", 1, 1), Err(MetadataError::InvalidName(_))));
+        assert_eq!(metadata.create_topic("a", 0, 1), Err(MetadataError::InvalidPartitionCount(0)));
+        assert_eq!(
+            metadata.create_topic("a", PARTITIONS_PER_TOPIC_MAX + 1, 1),
+            Err(MetadataError::InvalidPartitionCount(PARTITIONS_PER_TOPIC_MAX + 1))
+        );
+        metadata.create_topic("a", 1, 1).unwrap();
+        assert_eq!(metadata.create_topic("a", 1, 1), Err(MetadataError::TopicExists("a".into())));
+        assert_eq!(metadata.delete_topic("b"), Err(MetadataError::UnknownTopic("b".into())));
+        assert!(metadata.delete_topic("a").is_ok());
+        assert!(metadata.topics.is_empty());
+    }
+
+    #[test]
+    fn partitions_of_vanished_shards_are_moved() {
+        let mut metadata = ClusterMetadata::default();
+        metadata.create_topic("a", 4, 4).unwrap();
+        assert!(metadata.rebalance_for(2));
+        assert!(metadata.topics["a"].owners.iter().all(|owner| owner.0 < 2));
+        assert!(!metadata.rebalance_for(2));
+    }
+
+    #[test]
+    fn the_file_round_trips_and_damage_is_refused() {
+        let mut metadata = ClusterMetadata::default();
+        metadata.create_topic("orders", 8, 3).unwrap();
+        let bytes = metadata.encode();
+        assert_eq!(ClusterMetadata::decode(&bytes).unwrap(), metadata);
+        for cut in 0..bytes.len() {
+            assert!(ClusterMetadata::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x20;
+            assert!(ClusterMetadata::decode(&damaged).is_err(), "flip at {at}");
+        }
+    }
+
+    #[test]
+    fn store_and_load_through_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), ClusterMetadata::default());
+        let mut metadata = ClusterMetadata::default();
+        metadata.create_topic("t", 2, 2).unwrap();
+        store(dir.path(), &metadata).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), metadata);
+        std::fs::write(metadata_path(dir.path()), b"garbage").unwrap();
+        assert!(load(dir.path()).is_err());
+    }
+}

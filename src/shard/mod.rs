@@ -1,0 +1,417 @@
+//! The shard: everything one core owns.
+//!
+//! One shard runs per configured CPU on its own glommio executor. It owns the
+//! partitions placed on it (their logs and files), a read-only copy of the
+//! cluster metadata, and its ends of the cross-core channel mesh. Inside a
+//! shard everything is `Rc`/`RefCell`; other shards reach it only by
+//! messages ([`ShardMessage`]), and replies travel back on `Send` oneshot
+//! channels carried inside the request, never on the mesh itself (awaiting a
+//! mesh send from inside the mesh's own receive loop could deadlock).
+//!
+//! Requests for partitions a shard does not own are forwarded to the owner,
+//! so a simple client works against any shard; a shard-aware client talks to
+//! the owner directly and nothing is forwarded.
+
+pub mod mesh;
+pub mod metadata;
+mod routing;
+mod stats;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_channel::oneshot;
+use glommio::sync::Semaphore;
+use glommio::TaskQueueHandle;
+
+use crate::protocol::types::AckLevel;
+use crate::protocol::types::{PartitionId, ShardId, TimestampMs};
+use crate::protocol::wire::{
+    ErrorCode, FetchPartitionResult, FetchRequest, ListOffsetsPartition, ListOffsetsResult, ProducePartitionResult,
+    ShardStats, TopicResult,
+};
+use crate::storage::dma::DmaStorage;
+use crate::storage::{FsyncObserver, LogConfig, OpenOptions, PartitionLog, StorageError};
+
+pub use metadata::ClusterMetadata;
+pub use stats::Counters;
+
+/// The log type the broker runs on.
+pub type Log = PartitionLog<DmaStorage>;
+
+/// Capacity of each directed channel of the mesh.
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// Forwarded requests a shard handles at once; more wait in the mesh
+/// channel, which in turn makes the sending shard wait (backpressure).
+const MESH_HANDLERS_MAX: u64 = 1024;
+
+/// A request from one shard to another. `Send`: it crosses threads.
+#[derive(Debug)]
+pub enum ShardMessage {
+    Produce {
+        acks: AckLevel,
+        timeout_ms: u32,
+        items: Vec<ProduceItem>,
+        reply: oneshot::Sender<Vec<ProducePartitionResult>>,
+    },
+    Fetch {
+        request: FetchRequest,
+        reply: oneshot::Sender<FetchOutcome>,
+    },
+    ListOffsets {
+        partitions: Vec<ListOffsetsPartition>,
+        reply: oneshot::Sender<Vec<ListOffsetsResult>>,
+    },
+    /// To shard 0, the metadata writer.
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        reply: oneshot::Sender<TopicResult>,
+    },
+    /// To shard 0, the metadata writer.
+    DeleteTopic {
+        name: String,
+        reply: oneshot::Sender<TopicResult>,
+    },
+    /// From shard 0 after the change is durable.
+    ApplyMetadata {
+        metadata: ClusterMetadata,
+        reply: oneshot::Sender<()>,
+    },
+    Stats {
+        reply: oneshot::Sender<ShardStats>,
+    },
+}
+
+/// One partition's share of a produce request.
+#[derive(Debug)]
+pub struct ProduceItem {
+    pub topic: String,
+    pub partition: PartitionId,
+    /// One or more record batches, concatenated.
+    pub data: BytesMut,
+}
+
+/// The answer to a fetch: per-partition results and their data, in order.
+#[derive(Debug, Default)]
+pub struct FetchOutcome {
+    pub results: Vec<FetchPartitionResult>,
+    pub payload: Vec<u8>,
+}
+
+/// Everything a shard needs to start; built on the main thread and moved
+/// into the shard's executor.
+#[derive(Debug)]
+pub struct ShardConfig {
+    pub id: ShardId,
+    pub shard_count: usize,
+    pub data_dir: PathBuf,
+    pub log_config: LogConfig,
+    /// Partitions of a topic created with 0 partitions.
+    pub default_partitions: u32,
+    pub retention_check_interval: Duration,
+    pub metadata: ClusterMetadata,
+    /// Each shard's own port (0: none), indexed by shard.
+    pub shard_ports: Vec<u16>,
+    pub flush_shares: usize,
+}
+
+/// One partition owned by this shard.
+#[derive(Debug, Clone)]
+enum Partition {
+    Ready(Log),
+    /// Quarantined: recovery refused it (corruption) or it failed to open.
+    /// Other partitions keep serving.
+    Failed(Rc<StorageError>),
+}
+
+/// The per-core world.
+#[derive(Debug)]
+pub struct Shard {
+    id: ShardId,
+    shard_count: usize,
+    data_dir: PathBuf,
+    storage: DmaStorage,
+    log_config: LogConfig,
+    default_partitions: u32,
+    shard_ports: Vec<u16>,
+    metadata: RefCell<Rc<ClusterMetadata>>,
+    partitions: RefCell<HashMap<Rc<str>, BTreeMap<u32, Partition>>>,
+    mesh: mesh::MeshSenders,
+    mesh_handlers: Rc<Semaphore>,
+    /// Shard 0 applies one metadata change at a time.
+    metadata_writer: Semaphore,
+    flush_queue: TaskQueueHandle,
+    counters: Rc<Counters>,
+}
+
+/// Why a shard failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardStartError {
+    #[error("shard {shard}: {source}")]
+    Io { shard: ShardId, source: std::io::Error },
+}
+
+impl Shard {
+    /// Starts the shard on the current executor: joins the mesh, opens the
+    /// partitions it owns, and starts serving forwarded requests and
+    /// enforcing retention.
+    pub async fn start(config: ShardConfig, mesh: mesh::MeshEnds) -> Result<Rc<Shard>, ShardStartError> {
+        let id = config.id;
+        let (senders, receivers) = mesh.split();
+        let io = |source| ShardStartError::Io { shard: id, source };
+        let storage = DmaStorage::new(&config.data_dir).await.map_err(io)?;
+        let flush_queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(config.flush_shares),
+            glommio::Latency::NotImportant,
+            "flush",
+        );
+        let shard = Rc::new(Shard {
+            id,
+            shard_count: config.shard_count,
+            data_dir: config.data_dir,
+            storage,
+            log_config: config.log_config,
+            default_partitions: config.default_partitions,
+            shard_ports: config.shard_ports,
+            metadata: RefCell::new(Rc::new(ClusterMetadata::default())),
+            partitions: RefCell::new(HashMap::new()),
+            mesh: senders,
+            mesh_handlers: Rc::new(Semaphore::new(MESH_HANDLERS_MAX)),
+            metadata_writer: Semaphore::new(1),
+            flush_queue,
+            counters: Rc::new(Counters::new()),
+        });
+        shard.apply_metadata(config.metadata).await;
+        shard.serve_mesh(receivers);
+        shard.spawn_retention(config.retention_check_interval);
+        Ok(shard)
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shard_count
+    }
+
+    pub fn shard_ports(&self) -> &[u16] {
+        &self.shard_ports
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn log_config(&self) -> &LogConfig {
+        &self.log_config
+    }
+
+    /// This shard's copy of the cluster metadata.
+    pub fn metadata(&self) -> Rc<ClusterMetadata> {
+        Rc::clone(&self.metadata.borrow())
+    }
+
+    /// Flushes and closes every partition log. The last thing a shard does.
+    pub async fn close(&self) {
+        let partitions = std::mem::take(&mut *self.partitions.borrow_mut());
+        for partition in partitions.into_values().flat_map(BTreeMap::into_values) {
+            if let Partition::Ready(log) = partition {
+                let dir = log.dir().to_path_buf();
+                if let Err(error) = log.close().await {
+                    tracing::error!(dir = %dir.display(), %error, "closing partition");
+                }
+            }
+        }
+        self.mesh.close();
+    }
+
+    fn partition(&self, topic: &str, partition: PartitionId) -> Option<Partition> {
+        self.partitions.borrow().get(topic)?.get(&partition.0).cloned()
+    }
+
+    fn partition_dir(&self, topic: &str, partition: u32) -> PathBuf {
+        partition_dir(&self.data_dir, topic, partition)
+    }
+
+    /// Brings this shard's partitions in line with `next`: opens the ones it
+    /// now owns, closes and deletes the ones whose topic is gone.
+    async fn apply_metadata(self: &Rc<Self>, next: ClusterMetadata) {
+        let next = Rc::new(next);
+        let previous = std::mem::replace(&mut *self.metadata.borrow_mut(), Rc::clone(&next));
+        for (topic, placement) in &next.topics {
+            for (partition, owner) in placement.owners.iter().enumerate() {
+                let partition = partition as u32;
+                let open = self.partitions.borrow().get(topic.as_str()).is_some_and(|map| map.contains_key(&partition));
+                if *owner == self.id && !open {
+                    let opened = self.open_partition(topic, partition).await;
+                    let mut partitions = self.partitions.borrow_mut();
+                    partitions.entry(Rc::from(topic.as_str())).or_default().insert(partition, opened);
+                }
+            }
+        }
+        let gone: Vec<String> =
+            previous.topics.keys().filter(|topic| !next.topics.contains_key(*topic)).cloned().collect();
+        for topic in gone {
+            self.drop_topic(&topic, &previous).await;
+        }
+    }
+
+    async fn open_partition(&self, topic: &str, partition: u32) -> Partition {
+        let dir = self.partition_dir(topic, partition);
+        let counters = Rc::clone(&self.counters);
+        let options = OpenOptions {
+            flush_queue: Some(self.flush_queue),
+            fsync_observer: Some(FsyncObserver(Rc::new(move |took| counters.record_fsync(took)))),
+            ..OpenOptions::default()
+        };
+        match PartitionLog::open(self.storage.clone(), &dir, self.log_config.clone(), options).await {
+            Ok(log) => Partition::Ready(log),
+            Err(error) => {
+                tracing::error!(shard = %self.id, topic, partition, %error, "partition quarantined; other partitions keep serving");
+                Partition::Failed(Rc::new(error))
+            }
+        }
+    }
+
+    /// Closes this shard's logs of a deleted topic and removes their files.
+    async fn drop_topic(&self, topic: &str, previous: &ClusterMetadata) {
+        let removed = self.partitions.borrow_mut().remove(topic);
+        for (partition, state) in removed.into_iter().flatten() {
+            if let Partition::Ready(log) = state {
+                let _ = log.close().await;
+            }
+            let dir = self.partition_dir(topic, partition);
+            let removal = glommio::executor().spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
+            if let Err(error) = removal {
+                tracing::warn!(topic, partition, %error, "could not remove the partition directory");
+            }
+        }
+        let owned_here = previous.topics.get(topic).is_some_and(|p| p.owners.contains(&self.id));
+        if owned_here {
+            tracing::info!(shard = %self.id, topic, "deleted topic");
+        }
+    }
+
+    /// Spawns one receive loop per peer. Each message is handled in its own
+    /// task, at most [`MESH_HANDLERS_MAX`] at once.
+    fn serve_mesh(self: &Rc<Self>, receivers: Vec<(ShardId, flume::Receiver<ShardMessage>)>) {
+        for (_peer, receiver) in receivers {
+            let shard = Rc::clone(self);
+            glommio::spawn_local(async move {
+                while let Ok(message) = receiver.recv_async().await {
+                    let Ok(permit) = shard.mesh_handlers.acquire_static_permit(1).await else { break };
+                    let shard = Rc::clone(&shard);
+                    glommio::spawn_local(async move {
+                        shard.handle_message(message).await;
+                        drop(permit);
+                    })
+                    .detach();
+                }
+            })
+            .detach();
+        }
+    }
+
+    async fn handle_message(self: &Rc<Self>, message: ShardMessage) {
+        if matches!(
+            message,
+            ShardMessage::Produce { .. } | ShardMessage::Fetch { .. } | ShardMessage::ListOffsets { .. }
+        ) {
+            Counters::add(&self.counters.forwarded_in, 1);
+        }
+        // A send fails only if the requester gave up (timed out); nothing to do then.
+        match message {
+            ShardMessage::Produce { acks, timeout_ms, items, reply } => {
+                let _ = reply.send(self.produce_local(acks, timeout_ms, items).await);
+            }
+            ShardMessage::Fetch { request, reply } => {
+                let _ = reply.send(self.fetch_local(request).await);
+            }
+            ShardMessage::ListOffsets { partitions, reply } => {
+                let _ = reply.send(self.list_offsets_local(partitions).await);
+            }
+            ShardMessage::CreateTopic { name, partitions, reply } => {
+                let _ = reply.send(self.create_topic(name, partitions).await);
+            }
+            ShardMessage::DeleteTopic { name, reply } => {
+                let _ = reply.send(self.delete_topic(name).await);
+            }
+            ShardMessage::ApplyMetadata { metadata, reply } => {
+                self.apply_metadata(metadata).await;
+                let _ = reply.send(());
+            }
+            ShardMessage::Stats { reply } => {
+                let _ = reply.send(self.local_stats());
+            }
+        }
+    }
+
+    /// Sends a message to another shard; `None` if that shard is gone.
+    /// Data-path messages (produce, fetch, list offsets) count as forwarded:
+    /// with shard-aware clients there are none.
+    async fn send_to(&self, shard: ShardId, message: ShardMessage) -> Option<()> {
+        if matches!(
+            message,
+            ShardMessage::Produce { .. } | ShardMessage::Fetch { .. } | ShardMessage::ListOffsets { .. }
+        ) {
+            Counters::add(&self.counters.forwarded_out, 1);
+        }
+        self.mesh.send(shard, message).await
+    }
+
+    fn spawn_retention(self: &Rc<Self>, interval: Duration) {
+        let shard = Rc::downgrade(self);
+        let queue = self.flush_queue;
+        let task = async move {
+            loop {
+                glommio::timer::sleep(interval).await;
+                let Some(shard) = shard.upgrade() else { return };
+                let logs: Vec<Log> = shard
+                    .partitions
+                    .borrow()
+                    .values()
+                    .flat_map(BTreeMap::values)
+                    .filter_map(|partition| match partition {
+                        Partition::Ready(log) => Some(log.clone()),
+                        Partition::Failed(_) => None,
+                    })
+                    .collect();
+                for log in logs {
+                    if let Err(error) = log.enforce_retention(TimestampMs::now()).await {
+                        tracing::warn!(dir = %log.dir().display(), %error, "retention failed");
+                    }
+                }
+            }
+        };
+        match glommio::spawn_local_into(task, queue) {
+            Ok(task) => drop(task.detach()),
+            Err(error) => tracing::error!(%error, "could not start retention"),
+        }
+    }
+}
+
+/// Directory of one partition's log.
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    data_dir.join("topics").join(format!("{topic}-{partition}"))
+}
+
+/// The wire error code for a storage error.
+pub fn error_code(error: &StorageError) -> ErrorCode {
+    match error {
+        StorageError::InvalidBatch(_) | StorageError::NotOneBatch { .. } => ErrorCode::INVALID_BATCH,
+        StorageError::BatchTooLarge { .. } => ErrorCode::BATCH_TOO_LARGE,
+        StorageError::NoSpace { .. } => ErrorCode::STORAGE_FULL,
+        StorageError::OffsetOutOfRange { .. } => ErrorCode::OFFSET_OUT_OF_RANGE,
+        StorageError::Closed => ErrorCode::SHUTTING_DOWN,
+        StorageError::Io { .. } | StorageError::Corrupt { .. } | StorageError::Poisoned(_) => {
+            ErrorCode::PARTITION_FAILED
+        }
+        StorageError::Locked { .. } | StorageError::Config(_) => ErrorCode::INTERNAL,
+    }
+}

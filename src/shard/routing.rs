@@ -1,0 +1,568 @@
+//! Serving requests on a shard: the local work, and routing the parts owned
+//! by other shards to them over the mesh.
+//!
+//! Each public entry point splits a request by owning shard, sends the
+//! remote parts off first, does the local part meanwhile, then waits for
+//! the remote answers and puts the results back in request order.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_channel::oneshot;
+use futures_lite::future;
+
+use crate::protocol::batch::{peek_batch_len, BatchError, BatchView, LengthProblem, LOG_OVERHEAD};
+use crate::protocol::types::{AckLevel, Offset, PartitionId, ShardId, TimestampMs};
+use crate::protocol::wire::{
+    ErrorCode, FetchPartition, FetchPartitionResult, FetchRequest, ListOffsetsPartition, ListOffsetsResult,
+    MetadataResponse, OffsetSpec, PartitionMetadata, ProducePartitionResult, ShardEndpoint, StatsResponse,
+    TopicMetadata, TopicResult,
+};
+use crate::storage::AppendReceipt;
+
+use super::metadata::{self, MetadataError};
+use super::{error_code, Counters, FetchOutcome, Partition, ProduceItem, Shard, ShardMessage};
+
+/// Items of one request grouped by owning shard, each with its position in
+/// the request.
+type Routed<T> = BTreeMap<ShardId, Vec<(usize, T)>>;
+
+impl Shard {
+    /// Appends each item's batches to its partition (wherever it lives) and
+    /// waits for `acks`. Results come back in item order.
+    pub async fn produce(
+        self: &Rc<Self>,
+        acks: AckLevel,
+        timeout_ms: u32,
+        items: Vec<ProduceItem>,
+    ) -> Vec<ProducePartitionResult> {
+        let count = items.len();
+        let mut results: Vec<Option<ProducePartitionResult>> = vec![None; count];
+        let (routed, unknown) = self.route(items, |item| (item.topic.as_str(), item.partition));
+        for (index, item) in unknown {
+            results[index] = Some(produce_error(&item.topic, item.partition, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION));
+        }
+        let mut remote = Vec::new();
+        let mut local = Vec::new();
+        for (shard, items) in routed {
+            let (indexes, items): (Vec<usize>, Vec<ProduceItem>) = items.into_iter().unzip();
+            if shard == self.id {
+                local = indexes.into_iter().zip(self.produce_local(acks, timeout_ms, items).await).collect();
+                continue;
+            }
+            let fallback: Vec<_> = items.iter().map(|item| (item.topic.clone(), item.partition)).collect();
+            let (reply, answer) = oneshot::channel();
+            let sent = self.send_to(shard, ShardMessage::Produce { acks, timeout_ms, items, reply }).await;
+            remote.push((indexes, fallback, sent.map(|()| answer)));
+        }
+        for (index, result) in local {
+            results[index] = Some(result);
+        }
+        for (indexes, fallback, answer) in remote {
+            let answers = match answer {
+                Some(answer) => answer.await.ok(),
+                None => None,
+            };
+            for (position, index) in indexes.into_iter().enumerate() {
+                let result = answers.as_ref().and_then(|answers| answers.get(position).cloned());
+                let (topic, partition) = &fallback[position];
+                results[index] =
+                    Some(result.unwrap_or_else(|| produce_error(topic, *partition, ErrorCode::SHUTTING_DOWN)));
+            }
+        }
+        results.into_iter().map(|result| result.expect("every item got a result")).collect()
+    }
+
+    /// Produce for partitions this shard owns.
+    pub(super) async fn produce_local(
+        &self,
+        acks: AckLevel,
+        timeout_ms: u32,
+        items: Vec<ProduceItem>,
+    ) -> Vec<ProducePartitionResult> {
+        let mut appended = Vec::with_capacity(items.len());
+        for item in items {
+            let outcome = self.append_item(item.data, &item.topic, item.partition).await;
+            appended.push((item.topic, item.partition, outcome));
+        }
+        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+        let mut results = Vec::with_capacity(appended.len());
+        for (topic, partition, outcome) in appended {
+            let result = match outcome {
+                Err(code) => produce_error(&topic, partition, code),
+                Ok((log, first, last)) => {
+                    let code = wait_for_ack(&log, last, acks, deadline).await;
+                    ProducePartitionResult {
+                        topic,
+                        partition,
+                        error: code,
+                        base_offset: first.base,
+                        next_offset: last.next,
+                    }
+                }
+            };
+            if !result.error.is_ok() {
+                Counters::add(&self.counters.errors, 1);
+            }
+            results.push(result);
+        }
+        results
+    }
+
+    /// Appends the batches of one produce item (validating all of them
+    /// before appending any, so an item is taken whole or not at all).
+    async fn append_item(
+        &self,
+        mut data: BytesMut,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<(super::Log, AppendReceipt, AppendReceipt), ErrorCode> {
+        let log = match self.partition(topic, partition) {
+            Some(Partition::Ready(log)) => log,
+            Some(Partition::Failed(_)) => return Err(ErrorCode::PARTITION_FAILED),
+            None => return Err(ErrorCode::NOT_OWNER),
+        };
+        let batch_bytes_max = self.log_config.batch_bytes_max;
+        let mut batches = Vec::new();
+        while !data.is_empty() {
+            let len = match peek_batch_len(&data, batch_bytes_max) {
+                Ok(Some(len)) if len <= data.len() => len,
+                Err(BatchError::Length(LengthProblem::TooLarge { .. })) => return Err(ErrorCode::BATCH_TOO_LARGE),
+                Ok(_) | Err(_) => return Err(ErrorCode::INVALID_BATCH),
+            };
+            batches.push(data.split_to(len));
+        }
+        if batches.is_empty() {
+            return Err(ErrorCode::INVALID_BATCH);
+        }
+        if batches.len() > 1 && batches.iter().any(|batch| BatchView::parse(batch, batch_bytes_max).is_err()) {
+            return Err(ErrorCode::INVALID_BATCH);
+        }
+        let (mut first, mut last) = (None, None);
+        for batch in batches {
+            let len = batch.len() as u64;
+            let receipt = log.append(batch).await.map_err(|error| error_code(&error))?;
+            Counters::add(&self.counters.bytes_in, len);
+            Counters::add(&self.counters.events_in, receipt.next.distance_from(receipt.base));
+            first.get_or_insert(receipt);
+            last = Some(receipt);
+        }
+        Ok((log, first.expect("one batch at least"), last.expect("one batch at least")))
+    }
+
+    /// Reads from each listed partition (wherever it lives), long-polling up
+    /// to `max_wait_ms` until `min_bytes` are available.
+    pub async fn fetch(self: &Rc<Self>, request: FetchRequest) -> FetchOutcome {
+        let FetchRequest { max_wait_ms, min_bytes, max_bytes, partitions } = request;
+        let count = partitions.len();
+        let (routed, unknown) = self.route(partitions, |p| (p.topic.as_str(), p.partition));
+        let mut parts: Vec<Option<(FetchPartitionResult, Vec<u8>)>> = vec![None; count];
+        for (index, p) in unknown {
+            parts[index] = Some((fetch_error(&p, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION), Vec::new()));
+        }
+        if routed.len() == 1 && routed.contains_key(&self.id) && parts.iter().all(Option::is_none) {
+            // The common case (a shard-aware client): no copying around.
+            let partitions = routed.into_values().flatten().map(|(_, p)| p).collect();
+            return self.fetch_local(FetchRequest { max_wait_ms, min_bytes, max_bytes, partitions }).await;
+        }
+        let mut pending = Vec::new();
+        for (shard, partitions) in routed {
+            let (indexes, partitions): (Vec<usize>, Vec<FetchPartition>) = partitions.into_iter().unzip();
+            let request = FetchRequest { max_wait_ms, min_bytes, max_bytes, partitions };
+            let fallback = request.partitions.clone();
+            let answer: Pin<Box<dyn Future<Output = Option<FetchOutcome>>>> = if shard == self.id {
+                let shard = Rc::clone(self);
+                Box::pin(async move { Some(shard.fetch_local(request).await) })
+            } else {
+                let (reply, answer) = oneshot::channel();
+                let sent = self.send_to(shard, ShardMessage::Fetch { request, reply }).await;
+                Box::pin(async move {
+                    sent?;
+                    answer.await.ok()
+                })
+            };
+            pending.push((indexes, fallback, answer));
+        }
+        for (indexes, fallback, answer) in pending {
+            let outcome = answer.await;
+            let mut offset = 0;
+            for (position, index) in indexes.into_iter().enumerate() {
+                let part = outcome.as_ref().and_then(|outcome| {
+                    let result = outcome.results.get(position)?.clone();
+                    let data = outcome.payload.get(offset..offset + result.bytes as usize)?.to_vec();
+                    offset += result.bytes as usize;
+                    Some((result, data))
+                });
+                parts[index] = Some(
+                    part.unwrap_or_else(|| (fetch_error(&fallback[position], ErrorCode::SHUTTING_DOWN), Vec::new())),
+                );
+            }
+        }
+        let mut outcome = FetchOutcome::default();
+        for (result, data) in parts.into_iter().flatten() {
+            outcome.payload.extend_from_slice(&data);
+            outcome.results.push(result);
+        }
+        outcome
+    }
+
+    /// Fetch for partitions this shard owns.
+    pub(super) async fn fetch_local(&self, request: FetchRequest) -> FetchOutcome {
+        let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
+        loop {
+            let outcome = self.read_once(&request).await;
+            let total: usize = outcome.results.iter().map(|result| result.bytes as usize).sum();
+            let failed = outcome.results.iter().any(|result| !result.error.is_ok());
+            let now = Instant::now();
+            if total >= request.min_bytes.max(1) as usize || failed || now >= deadline {
+                self.count_fetched(&outcome.payload);
+                return outcome;
+            }
+            self.wait_for_data(&request.partitions, &outcome.results, deadline - now).await;
+        }
+    }
+
+    async fn read_once(&self, request: &FetchRequest) -> FetchOutcome {
+        let mut outcome = FetchOutcome::default();
+        let mut left = request.max_bytes as usize;
+        for p in &request.partitions {
+            let log = match self.partition(&p.topic, p.partition) {
+                Some(Partition::Ready(log)) => log,
+                Some(Partition::Failed(_)) => {
+                    outcome.results.push(fetch_error(p, ErrorCode::PARTITION_FAILED));
+                    continue;
+                }
+                None => {
+                    outcome.results.push(fetch_error(p, ErrorCode::NOT_OWNER));
+                    continue;
+                }
+            };
+            let (high_watermark, log_start) = log.bounds();
+            let limit = (p.max_bytes as usize).min(left);
+            let mut result = FetchPartitionResult {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                error: ErrorCode::NONE,
+                high_watermark,
+                log_start,
+                bytes: 0,
+            };
+            // Out of budget: report positions without data (the first
+            // partition always gets at least one whole batch).
+            if limit > 0 || outcome.payload.is_empty() {
+                match log.read(p.offset, limit.max(1), &mut outcome.payload).await {
+                    Ok(read) => {
+                        result.bytes = read.bytes as u32;
+                        result.high_watermark = read.visible_end;
+                        result.log_start = read.log_start;
+                        left = left.saturating_sub(read.bytes);
+                    }
+                    Err(error) => result.error = error_code(&error),
+                }
+            }
+            outcome.results.push(result);
+        }
+        outcome
+    }
+
+    /// Parks until any listed partition has data past the requested offset,
+    /// or `wait` passes.
+    async fn wait_for_data(&self, partitions: &[FetchPartition], results: &[FetchPartitionResult], wait: Duration) {
+        let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::with_capacity(partitions.len() + 1);
+        for (p, result) in partitions.iter().zip(results) {
+            if let (Some(Partition::Ready(log)), true) = (self.partition(&p.topic, p.partition), result.error.is_ok()) {
+                let offset = p.offset;
+                waits.push(Box::pin(async move { log.wait_visible_past(offset).await }));
+            }
+        }
+        waits.push(Box::pin(glommio::timer::sleep(wait)));
+        future::poll_fn(|cx| {
+            if waits.iter_mut().any(|wait| wait.as_mut().poll(cx).is_ready()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    fn count_fetched(&self, payload: &[u8]) {
+        Counters::add(&self.counters.bytes_out, payload.len() as u64);
+        let mut rest = payload;
+        while let Ok(Some(len)) = peek_batch_len(rest, usize::MAX) {
+            if let Ok(view) = BatchView::parse_header(rest, usize::MAX) {
+                Counters::add(&self.counters.events_out, view.last_offset_delta() as u64 + 1);
+            }
+            rest = rest.get(len.max(LOG_OVERHEAD)..).unwrap_or_default();
+        }
+    }
+
+    /// Resolves offsets (earliest, latest, by time) of partitions anywhere.
+    pub async fn list_offsets(self: &Rc<Self>, partitions: Vec<ListOffsetsPartition>) -> Vec<ListOffsetsResult> {
+        let count = partitions.len();
+        let mut results: Vec<Option<ListOffsetsResult>> = vec![None; count];
+        let (routed, unknown) = self.route(partitions, |p| (p.topic.as_str(), p.partition));
+        for (index, p) in unknown {
+            results[index] = Some(list_offsets_error(&p, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION));
+        }
+        for (shard, partitions) in routed {
+            let (indexes, partitions): (Vec<usize>, Vec<ListOffsetsPartition>) = partitions.into_iter().unzip();
+            let fallback = partitions.clone();
+            let answers = if shard == self.id {
+                Some(self.list_offsets_local(partitions).await)
+            } else {
+                let (reply, answer) = oneshot::channel();
+                match self.send_to(shard, ShardMessage::ListOffsets { partitions, reply }).await {
+                    Some(()) => answer.await.ok(),
+                    None => None,
+                }
+            };
+            for (position, index) in indexes.into_iter().enumerate() {
+                let answer = answers.as_ref().and_then(|answers| answers.get(position).cloned());
+                results[index] =
+                    Some(answer.unwrap_or_else(|| list_offsets_error(&fallback[position], ErrorCode::SHUTTING_DOWN)));
+            }
+        }
+        results.into_iter().map(|result| result.expect("every partition got a result")).collect()
+    }
+
+    pub(super) async fn list_offsets_local(&self, partitions: Vec<ListOffsetsPartition>) -> Vec<ListOffsetsResult> {
+        let mut results = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let log = match self.partition(&p.topic, p.partition) {
+                Some(Partition::Ready(log)) => log,
+                Some(Partition::Failed(_)) => {
+                    results.push(list_offsets_error(&p, ErrorCode::PARTITION_FAILED));
+                    continue;
+                }
+                None => {
+                    results.push(list_offsets_error(&p, ErrorCode::NOT_OWNER));
+                    continue;
+                }
+            };
+            let (end, start) = log.bounds();
+            let offset = match p.spec {
+                OffsetSpec::Earliest => Ok(Some(start)),
+                OffsetSpec::Latest => Ok(Some(end)),
+                OffsetSpec::Timestamp(time) => log.offset_for_time(TimestampMs(time)).await,
+            };
+            results.push(match offset {
+                Ok(offset) => {
+                    ListOffsetsResult { topic: p.topic, partition: p.partition, error: ErrorCode::NONE, offset }
+                }
+                Err(error) => list_offsets_error(&p, error_code(&error)),
+            });
+        }
+        results
+    }
+
+    /// The metadata response, from this shard's copy.
+    pub fn metadata_response(&self, topics: Option<Vec<String>>) -> MetadataResponse {
+        let metadata = self.metadata();
+        let shards = (0..self.shard_count)
+            .map(|shard| ShardEndpoint {
+                shard: ShardId(shard as u16),
+                port: self.shard_ports.get(shard).copied().unwrap_or(0),
+            })
+            .collect();
+        let describe = |name: &str| match metadata.topics.get(name) {
+            Some(placement) => TopicMetadata {
+                name: name.to_string(),
+                error: ErrorCode::NONE,
+                partitions: placement
+                    .owners
+                    .iter()
+                    .enumerate()
+                    .map(|(partition, shard)| PartitionMetadata {
+                        partition: PartitionId(partition as u32),
+                        shard: *shard,
+                    })
+                    .collect(),
+            },
+            None => TopicMetadata {
+                name: name.to_string(),
+                error: ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                partitions: Vec::new(),
+            },
+        };
+        let topics = match topics {
+            Some(names) => names.iter().map(|name| describe(name)).collect(),
+            None => metadata.topics.keys().map(|name| describe(name)).collect(),
+        };
+        MetadataResponse { shards, topics }
+    }
+
+    /// Creates a topic. Shard 0 makes the change durable, then every shard
+    /// applies it (opening the partitions it owns) before this returns.
+    pub async fn create_topic(self: &Rc<Self>, name: String, partitions: u32) -> TopicResult {
+        if self.id != ShardId(0) {
+            let (reply, answer) = oneshot::channel();
+            return self
+                .ask_writer(ShardMessage::CreateTopic { name: name.clone(), partitions, reply }, answer, name)
+                .await;
+        }
+        let partitions = if partitions == 0 { self.default_partitions_for_new_topic() } else { partitions };
+        let shard_count = self.shard_count;
+        self.change_metadata(name, move |metadata, name| metadata.create_topic(name, partitions, shard_count)).await
+    }
+
+    /// Deletes a topic and its data on every shard.
+    pub async fn delete_topic(self: &Rc<Self>, name: String) -> TopicResult {
+        if self.id != ShardId(0) {
+            let (reply, answer) = oneshot::channel();
+            return self.ask_writer(ShardMessage::DeleteTopic { name: name.clone(), reply }, answer, name).await;
+        }
+        self.change_metadata(name, |metadata, name| metadata.delete_topic(name).map(drop)).await
+    }
+
+    fn default_partitions_for_new_topic(&self) -> u32 {
+        match self.default_partitions {
+            0 => self.shard_count as u32,
+            n => n,
+        }
+    }
+
+    async fn ask_writer(
+        &self,
+        message: ShardMessage,
+        answer: oneshot::Receiver<TopicResult>,
+        name: String,
+    ) -> TopicResult {
+        match self.send_to(ShardId(0), message).await {
+            Some(()) => {
+                answer.await.unwrap_or_else(|_| topic_result(name, ErrorCode::SHUTTING_DOWN, "shard 0 stopped"))
+            }
+            None => topic_result(name, ErrorCode::SHUTTING_DOWN, "shard 0 stopped"),
+        }
+    }
+
+    /// Shard 0 only: applies `change` to a copy of the metadata, persists it,
+    /// broadcasts it, and applies it here.
+    async fn change_metadata(
+        self: &Rc<Self>,
+        name: String,
+        change: impl FnOnce(&mut metadata::ClusterMetadata, &str) -> Result<(), MetadataError>,
+    ) -> TopicResult {
+        let Ok(_writer) = self.metadata_writer.acquire_permit(1).await else {
+            return topic_result(name, ErrorCode::SHUTTING_DOWN, "metadata writer closed");
+        };
+        let mut next = (*self.metadata()).clone();
+        if let Err(error) = change(&mut next, &name) {
+            let code = match error {
+                MetadataError::TopicExists(_) => ErrorCode::TOPIC_EXISTS,
+                MetadataError::UnknownTopic(_) => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                MetadataError::InvalidName(_) => ErrorCode::INVALID_TOPIC_NAME,
+                MetadataError::InvalidPartitionCount(_) => ErrorCode::INVALID_PARTITION_COUNT,
+            };
+            return topic_result(name, code, &error.to_string());
+        }
+        let (dir, snapshot) = (self.data_dir.clone(), next.clone());
+        let stored = glommio::executor().spawn_blocking(move || metadata::store(&dir, &snapshot)).await;
+        if let Err(error) = stored {
+            tracing::error!(%error, "persisting metadata failed; the change is not applied");
+            return topic_result(name, ErrorCode::INTERNAL, &format!("persisting metadata: {error}"));
+        }
+        let mut acks = Vec::new();
+        for peer in (1..self.shard_count).map(|peer| ShardId(peer as u16)) {
+            let (reply, answer) = oneshot::channel();
+            if self.send_to(peer, ShardMessage::ApplyMetadata { metadata: next.clone(), reply }).await.is_some() {
+                acks.push(answer);
+            }
+        }
+        self.apply_metadata(next).await;
+        for ack in acks {
+            let _ = ack.await;
+        }
+        topic_result(name, ErrorCode::NONE, "")
+    }
+
+    /// Counters of every shard.
+    pub async fn stats(self: &Rc<Self>) -> StatsResponse {
+        let mut shards = Vec::with_capacity(self.shard_count);
+        for peer in (0..self.shard_count).map(|peer| ShardId(peer as u16)) {
+            if peer == self.id {
+                shards.push(self.local_stats());
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            if self.send_to(peer, ShardMessage::Stats { reply }).await.is_some() {
+                if let Ok(stats) = answer.await {
+                    shards.push(stats);
+                }
+            }
+        }
+        StatsResponse { shards }
+    }
+
+    pub(super) fn local_stats(&self) -> crate::protocol::wire::ShardStats {
+        let mut stats = self.counters.snapshot(self.id);
+        for (topic, partitions) in self.partitions.borrow().iter() {
+            for (partition, state) in partitions {
+                if let Partition::Failed(error) = state {
+                    stats.failed_partitions.push(format!("{topic}-{partition}: {error}"));
+                }
+            }
+        }
+        stats
+    }
+
+    /// Splits items by owning shard; items of unknown topics or partitions
+    /// come back separately.
+    fn route<T>(&self, items: Vec<T>, key: impl Fn(&T) -> (&str, PartitionId)) -> (Routed<T>, Vec<(usize, T)>) {
+        let metadata = self.metadata();
+        let mut routed: Routed<T> = BTreeMap::new();
+        let mut unknown = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let (topic, partition) = key(&item);
+            match metadata.owner(topic, partition) {
+                Some(shard) => routed.entry(shard).or_default().push((index, item)),
+                None => unknown.push((index, item)),
+            }
+        }
+        (routed, unknown)
+    }
+}
+
+/// Waits for one partition's ack level, bounded by the request deadline.
+async fn wait_for_ack(log: &super::Log, last: AppendReceipt, acks: AckLevel, deadline: Instant) -> ErrorCode {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match glommio::timer::timeout(left, async { Ok(log.wait(last, acks).await) }).await {
+        Ok(Ok(())) => ErrorCode::NONE,
+        Ok(Err(error)) => error_code(&error),
+        Err(_) => ErrorCode::TIMEOUT,
+    }
+}
+
+fn produce_error(topic: &str, partition: PartitionId, error: ErrorCode) -> ProducePartitionResult {
+    ProducePartitionResult {
+        topic: topic.to_string(),
+        partition,
+        error,
+        base_offset: Offset::ZERO,
+        next_offset: Offset::ZERO,
+    }
+}
+
+fn fetch_error(p: &FetchPartition, error: ErrorCode) -> FetchPartitionResult {
+    FetchPartitionResult {
+        topic: p.topic.clone(),
+        partition: p.partition,
+        error,
+        high_watermark: Offset::ZERO,
+        log_start: Offset::ZERO,
+        bytes: 0,
+    }
+}
+
+fn list_offsets_error(p: &ListOffsetsPartition, error: ErrorCode) -> ListOffsetsResult {
+    ListOffsetsResult { topic: p.topic.clone(), partition: p.partition, error, offset: None }
+}
+
+fn topic_result(name: String, error: ErrorCode, message: &str) -> TopicResult {
+    TopicResult { name, error, message: message.to_string() }
+}

@@ -1,0 +1,77 @@
+//! Starts the real `ringbroker` binary on loopback with a temp data dir,
+//! for integration tests. Ports are picked by the OS.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running broker process. Killed when dropped.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub shard_ports: Vec<u16>,
+    pub data_dir: PathBuf,
+}
+
+impl BrokerProcess {
+    /// Starts `ringbroker serve` with two shards (CPUs 0 and 1), per-shard
+    /// ports, and `extra` arguments, and waits for its "listening" line.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringbroker"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--shard-ports", "auto", "--cpus", "0,1", "--log", "warn"])
+            .arg("--data")
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("starting ringbroker");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        let started = Instant::now();
+        BufReader::new(stdout).read_line(&mut line).expect("reading the broker's first line");
+        assert!(
+            line.starts_with("ringbroker listening on "),
+            "unexpected first line {line:?} after {:?}",
+            started.elapsed()
+        );
+        let addr = line.split_whitespace().nth(3).expect("address").parse().expect("a socket address");
+        let ports = line.split("shard_ports=[").nth(1).expect("shard ports").trim().trim_end_matches(']');
+        let shard_ports = ports.split(',').map(|port| port.trim().parse().expect("a port")).collect();
+        BrokerProcess { child, addr, shard_ports, data_dir: data_dir.to_path_buf() }
+    }
+
+    /// SIGTERM, then wait for the graceful exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("sending SIGTERM");
+        wait_with_deadline(&mut self.child, Duration::from_secs(30))
+    }
+
+    /// SIGKILL: a crash, with no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_with_deadline(child: &mut Child, limit: Duration) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the broker") {
+            return status;
+        }
+        assert!(started.elapsed() < limit, "the broker did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
