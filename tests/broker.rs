@@ -386,3 +386,52 @@ fn slow_clients_are_cut_off_and_connections_beyond_the_limit_refused() {
     assert_eq!(read_response(&mut first).unwrap(), (4, Response::Pong));
     assert!(broker.terminate().success());
 }
+
+#[test]
+fn a_long_poll_waiting_for_more_data_leaves_the_shard_free() {
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let addr = broker.addr;
+    run(move || async move {
+        let client = Client::connect(addr, ClientOptions::default()).await.unwrap();
+        client.create_topic("poll", 1).await.unwrap();
+        client.produce_raw("poll", PartitionId(0), &support::batch(&[b"one"]), AckLevel::Durable).await.unwrap();
+        // Some data is there, but less than min_bytes: the fetch parks.
+        let owner = client.metadata(Some(vec!["poll".into()])).await.unwrap().topics[0].partitions[0].shard;
+        let shard_addr =
+            std::net::SocketAddr::new(addr.ip(), client.metadata(None).await.unwrap().shards[owner.index()].port);
+        let connection = ringbroker::client::Connection::connect(shard_addr, Duration::from_secs(5)).await.unwrap();
+        let fetch = Request::Fetch(wire::FetchRequest {
+            max_wait_ms: 2_000,
+            min_bytes: 1 << 20,
+            max_bytes: 1 << 20,
+            partitions: vec![wire::FetchPartition {
+                topic: "poll".into(),
+                partition: PartitionId(0),
+                offset: Offset::ZERO,
+                max_bytes: 1 << 20,
+            }],
+        });
+        let done = std::rc::Rc::new(std::cell::Cell::new(false));
+        let parked = glommio::spawn_local({
+            let (connection, done) = (connection.clone(), std::rc::Rc::clone(&done));
+            async move {
+                let answer = connection.call(&fetch, &[]).await.unwrap();
+                done.set(true);
+                answer
+            }
+        });
+        // The same shard answers other requests while the fetch waits.
+        let other = ringbroker::client::Connection::connect(shard_addr, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(other.call(&Request::Ping, &[]).await.unwrap().0, Response::Pong);
+        assert!(!done.get(), "the ping was answered while the fetch was still parked");
+        client.produce_raw("poll", PartitionId(0), &support::batch(&[b"two"]), AckLevel::Durable).await.unwrap();
+        assert_eq!(other.call(&Request::Ping, &[]).await.unwrap().0, Response::Pong);
+        let (response, payload) = parked.await;
+        let Response::Fetch(fetched) = response else { panic!("expected a fetch response") };
+        assert_eq!(fetched.partitions[0].error, ErrorCode::NONE);
+        assert_eq!(fetched.partitions[0].high_watermark, Offset::new(2).unwrap());
+        assert_eq!(payload.len(), fetched.partitions[0].bytes as usize);
+    });
+    assert!(broker.terminate().success());
+}

@@ -161,8 +161,8 @@ impl ErrorCode {
     /// An unexpected failure inside the broker.
     pub const INTERNAL: ErrorCode = ErrorCode(1);
     pub const UNKNOWN_TOPIC_OR_PARTITION: ErrorCode = ErrorCode(2);
-    /// The request reached a shard that does not own the partition and
-    /// could not forward it; refresh metadata.
+    /// The shard that the metadata names as owner does not have the
+    /// partition open (a metadata change is in flight); refresh and retry.
     pub const NOT_OWNER: ErrorCode = ErrorCode(3);
     pub const INVALID_BATCH: ErrorCode = ErrorCode(4);
     pub const BATCH_TOO_LARGE: ErrorCode = ErrorCode(5);

@@ -30,6 +30,7 @@ use glommio::sync::{Gate, Semaphore, StaticPermit};
 use glommio::TaskQueueHandle;
 
 use crate::config::NetworkConfig;
+use crate::protocol::types::AckLevel;
 use crate::protocol::wire::{
     self, decode_header, encode_frame, ErrorCode, ErrorResponse, FrameKind, Request, Response, WireError,
     FRAME_HEAD_BYTES, FRAME_PREFIX_BYTES,
@@ -119,6 +120,9 @@ impl Server {
                 continue;
             }
             Counters::add(&counters.connections_accepted, 1);
+            // Counted here, not when the task first runs, so a burst of
+            // accepts cannot overshoot the limit.
+            Counters::add(&counters.connections_open, 1);
             let server = Rc::clone(&self);
             match self.gate.spawn_into(async move { server.serve(stream).await }, self.queue) {
                 Ok(task) => drop(task.detach()),
@@ -129,7 +133,6 @@ impl Server {
 
     async fn serve(self: Rc<Self>, stream: TcpStream) {
         let counters = self.shard.counters();
-        counters.connections_open.set(counters.connections_open.get() + 1);
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay");
         }
@@ -138,6 +141,8 @@ impl Server {
             queue: RefCell::new(VecDeque::new()),
             queued: Notify::default(),
             closing: Cell::new(false),
+            dead: Stopping::default(),
+            write_timeout: self.limits.request_timeout,
             requests: Rc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
             budget: Rc::new(Semaphore::new(self.limits.inflight_bytes_per_connection as u64)),
         });
@@ -145,8 +150,15 @@ impl Server {
         if let Err(reason) = self.read_loop(&connection).await {
             tracing::debug!(%reason, "closing connection");
         }
-        // Let requests in flight finish and their responses go out.
-        let _ = connection.requests.acquire(REQUESTS_IN_FLIGHT_MAX).await;
+        // Let requests in flight finish and their responses go out, unless
+        // the peer has stopped taking them.
+        future::or(
+            async {
+                let _ = connection.requests.acquire(REQUESTS_IN_FLIGHT_MAX).await;
+            },
+            connection.dead.wait(),
+        )
+        .await;
         connection.closing.set(true);
         connection.queued.notify_all();
         writer.await;
@@ -162,7 +174,7 @@ impl Server {
             let read = future::or(
                 async { Some(deadline(idle, connection.stream.read_exact_into(&mut prefix)).await) },
                 async {
-                    self.stopping.wait().await;
+                    future::or(self.stopping.wait(), connection.dead.wait()).await;
                     None
                 },
             )
@@ -176,29 +188,71 @@ impl Server {
                 Ok(len) => len,
                 Err(error) => return self.refuse_frame(connection, error).await,
             };
-            let permits = self.reserve(connection, len).await?;
+            let permits = self.reserve(connection, len, 0).await?;
             let mut body = BytesMut::zeroed(len);
             deadline(self.limits.frame_timeout, connection.stream.read_exact_into(&mut body))
                 .await
                 .map_err(|error| format!("reading a {len}-byte frame: {error}"))?;
-            self.start_request(connection, body, permits);
+            self.start_request(connection, body, permits).await?;
         }
     }
 
-    /// Holds the frame's bytes against the connection's and the shard's
-    /// budgets (waiting, and so not reading, while they are spent).
-    async fn reserve(&self, connection: &Connection, len: usize) -> Result<Permits, String> {
-        let closed = |_| "shutting down".to_string();
-        let request = connection.requests.acquire_static_permit(1).await.map_err(closed)?;
-        let own = (len as u64).min(self.limits.inflight_bytes_per_connection as u64);
-        let connection_bytes = connection.budget.acquire_static_permit(own).await.map_err(closed)?;
-        let shared = (len as u64).min(self.limits.inflight_bytes_per_shard as u64);
-        let shard_bytes = self.shard_budget.acquire_static_permit(shared).await.map_err(closed)?;
-        Ok(Permits { _request: request, _connection_bytes: connection_bytes, _shard_bytes: shard_bytes })
+    /// Holds `request_bytes` (a frame) and `response_bytes` (what its
+    /// response may carry) against the connection's and the shard's budgets,
+    /// waiting (and so not reading) while they are spent. Gives up when the
+    /// shard stops or the peer stops taking responses.
+    async fn reserve(
+        &self,
+        connection: &Connection,
+        request_bytes: usize,
+        response_bytes: usize,
+    ) -> Result<Permits, String> {
+        let acquire = async {
+            let closed = |_| "shutting down".to_string();
+            let request = connection.requests.acquire_static_permit(1).await.map_err(closed)?;
+            let bytes = (request_bytes + response_bytes) as u64;
+            let own = bytes.min(self.limits.inflight_bytes_per_connection as u64);
+            let connection_bytes = connection.budget.acquire_static_permit(own).await.map_err(closed)?;
+            let shared = bytes.min(self.limits.inflight_bytes_per_shard as u64);
+            let shard_bytes = self.shard_budget.acquire_static_permit(shared).await.map_err(closed)?;
+            Ok(Permits { _request: request, _connection_bytes: connection_bytes, _shard_bytes: shard_bytes })
+        };
+        let interrupted = async {
+            future::or(self.stopping.wait(), connection.dead.wait()).await;
+            Err("stopped while waiting for budget".to_string())
+        };
+        future::or(acquire, interrupted).await
     }
 
-    /// Parses a frame and runs it in a task of its own.
-    fn start_request(&self, connection: &Rc<Connection>, body: BytesMut, permits: Permits) {
+    /// Extra budget for a response larger than its request (a fetch), taken
+    /// before the request runs so responses in flight stay bounded too.
+    async fn reserve_response(
+        &self,
+        connection: &Connection,
+        request: &Request,
+    ) -> Result<Option<ResponsePermits>, String> {
+        let Request::Fetch(fetch) = request else { return Ok(None) };
+        let bytes = (fetch.max_bytes as usize).min(dispatch::fetch_bytes_max(&self.limits)) as u64;
+        // Half of each budget at most, so one fetch can never block on its
+        // own request's reservation.
+        let acquire = async {
+            let closed = |_| "shutting down".to_string();
+            let own = bytes.min(self.limits.inflight_bytes_per_connection as u64 / 2);
+            let connection_bytes = connection.budget.acquire_static_permit(own).await.map_err(closed)?;
+            let shared = bytes.min(self.limits.inflight_bytes_per_shard as u64 / 2);
+            let shard_bytes = self.shard_budget.acquire_static_permit(shared).await.map_err(closed)?;
+            Ok(Some(ResponsePermits { _connection_bytes: connection_bytes, _shard_bytes: shard_bytes }))
+        };
+        let interrupted = async {
+            future::or(self.stopping.wait(), connection.dead.wait()).await;
+            Err("stopped while waiting for budget".to_string())
+        };
+        future::or(acquire, interrupted).await
+    }
+
+    /// Parses a frame and runs it in a task of its own, once the response's
+    /// budget is held too.
+    async fn start_request(&self, connection: &Rc<Connection>, body: BytesMut, permits: Permits) -> Result<(), String> {
         let request_id = wire::peek_request_id(&body).unwrap_or(0);
         let parsed = wire::split_frame(body).and_then(|(head, header, payload)| {
             if head.kind != FrameKind::Request {
@@ -217,10 +271,13 @@ impl Server {
                     _ => ErrorCode::INVALID_REQUEST,
                 };
                 let response = Response::Error(ErrorResponse { code, message: error.to_string() });
-                connection.respond(request_id, &response, Vec::new(), permits);
-                return;
+                connection.respond(request_id, &response, Vec::new(), (permits, None));
+                return Ok(());
             }
         };
+        let held = (permits, self.reserve_response(connection, &request).await?);
+        // Produce with acks none promises no response, not even a timeout.
+        let silent = matches!(&request, Request::Produce(produce) if produce.acks == AckLevel::None);
         let (shard, connection) = (Rc::clone(&self.shard), Rc::clone(connection));
         let (limits, queue) = (self.limits.clone(), self.queue);
         let task = async move {
@@ -229,14 +286,15 @@ impl Server {
             })
             .await;
             match handled {
-                Ok(Some((response, data))) => connection.respond(request_id, &response, data, permits),
-                Ok(None) => drop(permits),
+                Ok(Some((response, data))) => connection.respond(request_id, &response, data, held),
+                Ok(None) => drop(held),
+                Err(_) if silent => drop(held),
                 Err(_) => {
                     let response = Response::Error(ErrorResponse {
                         code: ErrorCode::TIMEOUT,
                         message: "request timed out".into(),
                     });
-                    connection.respond(request_id, &response, Vec::new(), permits);
+                    connection.respond(request_id, &response, Vec::new(), held);
                 }
             }
         };
@@ -244,24 +302,23 @@ impl Server {
             Ok(task) => drop(task.detach()),
             Err(error) => tracing::error!(%error, "could not start a request task"),
         }
+        Ok(())
     }
 
     /// Answers a frame whose length is unacceptable, then closes: the bytes
     /// that follow cannot be framed any more.
     async fn refuse_frame(&self, connection: &Rc<Connection>, error: WireError) -> Result<(), String> {
         Counters::add(&self.shard.counters().errors, 1);
-        let mut head = [0u8; FRAME_HEAD_BYTES];
-        let request_id = match deadline(self.limits.frame_timeout, connection.stream.read_exact_into(&mut head)).await {
-            Ok(()) => wire::peek_request_id(&head).unwrap_or(0),
-            Err(_) => 0,
-        };
-        let code = match error {
-            WireError::FrameTooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,
-            _ => ErrorCode::INVALID_REQUEST,
-        };
-        let response = Response::Error(ErrorResponse { code, message: error.to_string() });
-        if let Ok(permits) = self.reserve(connection, 0).await {
-            connection.respond(request_id, &response, Vec::new(), permits);
+        if let WireError::FrameTooLarge { .. } = error {
+            // The head that follows the length names the request to answer.
+            let mut head = [0u8; FRAME_HEAD_BYTES];
+            let read = deadline(self.limits.frame_timeout, connection.stream.read_exact_into(&mut head)).await;
+            let request_id = read.ok().and_then(|()| wire::peek_request_id(&head)).unwrap_or(0);
+            let response =
+                Response::Error(ErrorResponse { code: ErrorCode::FRAME_TOO_LARGE, message: error.to_string() });
+            if let Ok(permits) = self.reserve(connection, 0, 0).await {
+                connection.respond(request_id, &response, Vec::new(), (permits, None));
+            }
         }
         Err(error.to_string())
     }
@@ -282,20 +339,35 @@ struct Permits {
     _shard_bytes: StaticPermit,
 }
 
+/// The budget a large response (a fetch) holds on top of its request's.
+struct ResponsePermits {
+    _connection_bytes: StaticPermit,
+    _shard_bytes: StaticPermit,
+}
+
+type Held = (Permits, Option<ResponsePermits>);
+
 /// The state a connection's reader, request tasks and writer share.
 struct Connection {
     stream: SharedStream,
     /// Encoded responses waiting for the writer, with what they hold.
-    queue: RefCell<VecDeque<(Vec<u8>, Permits)>>,
+    queue: RefCell<VecDeque<(Vec<u8>, Held)>>,
     queued: Notify,
     closing: Cell<bool>,
+    /// Set when the peer stopped taking responses (a write failed or made no
+    /// progress within the deadline): everything waiting on it gives up.
+    dead: Stopping,
+    write_timeout: Duration,
     requests: Rc<Semaphore>,
     budget: Rc<Semaphore>,
 }
 
 impl Connection {
     /// Encodes a response and queues it for the writer.
-    fn respond(&self, request_id: u32, response: &Response, data: Vec<u8>, permits: Permits) {
+    fn respond(&self, request_id: u32, response: &Response, data: Vec<u8>, permits: Held) {
+        if self.dead.is_stopped() {
+            return;
+        }
         let mut frame = Vec::with_capacity(256 + data.len());
         if let Err(error) = encode_frame(&mut frame, FrameKind::Response, request_id, response, &data) {
             tracing::error!(%error, "encoding a response");
@@ -322,7 +394,7 @@ impl Connection {
             };
             held.push(permits);
             let result = if frame.len() > COALESCE_BYTES_MAX {
-                self.stream.write_all_from(&frame).await
+                deadline(self.write_timeout, self.stream.write_all_from(&frame)).await
             } else {
                 batch.clear();
                 batch.extend_from_slice(&frame);
@@ -332,17 +404,17 @@ impl Connection {
                     batch.extend_from_slice(&frame);
                     held.push(permits);
                 }
-                self.stream.write_all_from(&batch).await
+                deadline(self.write_timeout, self.stream.write_all_from(&batch)).await
             };
             // The bytes are on their way: the requests no longer count.
             held.clear();
             if let Err(error) = result {
-                tracing::debug!(%error, "writing responses");
+                // A peer that does not read its responses must not hold
+                // budget or requests forever: everything waiting gives up.
+                tracing::debug!(%error, "writing responses; dropping the connection");
+                self.dead.stop();
                 self.queue.borrow_mut().clear();
-                // Keep draining so request tasks never wait on a dead peer.
-                if self.closing.get() {
-                    return;
-                }
+                return;
             }
         }
     }

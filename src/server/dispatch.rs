@@ -16,8 +16,16 @@ use super::connection::Limits;
 
 /// Most partitions one request may name.
 const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;
-/// Room left in a response frame for its header.
-const RESPONSE_HEADER_ROOM_BYTES: usize = 1 << 20;
+/// Room kept in a fetch response frame for its header: a few dozen bytes
+/// per partition, for the most partitions a request may name.
+const FETCH_HEADER_ROOM_BYTES: usize = 64 + 64 * PARTITIONS_PER_REQUEST_MAX;
+
+/// The most record bytes one fetch response may carry: what fits a frame
+/// next to its header, never less than a quarter of the frame.
+pub(super) fn fetch_bytes_max(limits: &Limits) -> usize {
+    let frame = limits.max_frame_bytes;
+    frame.saturating_sub(FETCH_HEADER_ROOM_BYTES).max(frame / 4)
+}
 
 /// Serves one request. `None`: no response is sent (produce with acks none).
 pub(super) async fn handle(
@@ -46,7 +54,7 @@ pub(super) async fn handle(
         }
         Request::Produce(request) => {
             Counters::add(&counters.produce_requests, 1);
-            return produce(shard, request, payload).await.map(|response| (response, Vec::new()));
+            return produce(shard, request, payload, limits).await.map(|response| (response, Vec::new()));
         }
         Request::Fetch(request) => {
             Counters::add(&counters.fetch_requests, 1);
@@ -68,7 +76,12 @@ pub(super) async fn handle(
     Some((response, Vec::new()))
 }
 
-async fn produce(shard: &Rc<Shard>, request: ProduceRequest, mut payload: BytesMut) -> Option<Response> {
+async fn produce(
+    shard: &Rc<Shard>,
+    request: ProduceRequest,
+    mut payload: BytesMut,
+    limits: &Limits,
+) -> Option<Response> {
     let ProduceRequest { acks, timeout_ms, partitions } = request;
     let declared: u64 = partitions.iter().map(|p| u64::from(p.batch_bytes)).sum();
     let problem = if partitions.len() > PARTITIONS_PER_REQUEST_MAX {
@@ -82,10 +95,20 @@ async fn produce(shard: &Rc<Shard>, request: ProduceRequest, mut payload: BytesM
         Counters::add(&shard.counters().errors, 1);
         return (acks != AckLevel::None).then_some(problem);
     }
+    let frame_bytes = payload.len();
     let items = partitions
         .into_iter()
-        .map(|p| ProduceItem { topic: p.topic, partition: p.partition, data: payload.split_to(p.batch_bytes as usize) })
+        .map(|p| {
+            let mut data = payload.split_to(p.batch_bytes as usize);
+            // A batch kept in a log's tail cache keeps its whole frame's
+            // allocation alive; a small share of a big frame gets its own.
+            if data.len() < frame_bytes / 2 {
+                data = BytesMut::from(&data[..]);
+            }
+            ProduceItem { topic: p.topic, partition: p.partition, data }
+        })
         .collect();
+    let timeout_ms = timeout_ms.min(inner_deadline_ms(limits));
     let results = shard.produce(acks, timeout_ms, items).await;
     (acks != AckLevel::None).then_some(Response::Produce(ProduceResponse { partitions: results }))
 }
@@ -96,12 +119,17 @@ async fn fetch(shard: &Rc<Shard>, mut request: FetchRequest, limits: &Limits) ->
     }
     // The response must fit one frame; a long-poll must end before the
     // request deadline does.
-    let room = limits.max_frame_bytes.saturating_sub(RESPONSE_HEADER_ROOM_BYTES) as u32;
-    request.max_bytes = request.max_bytes.min(room);
-    let wait_limit = limits.request_timeout.saturating_sub(limits.request_timeout / 10);
-    request.max_wait_ms = request.max_wait_ms.min(u32::try_from(wait_limit.as_millis()).unwrap_or(u32::MAX));
+    request.max_bytes = request.max_bytes.min(u32::try_from(fetch_bytes_max(limits)).unwrap_or(u32::MAX));
+    request.max_wait_ms = request.max_wait_ms.min(inner_deadline_ms(limits));
     let outcome = shard.fetch(request).await;
     (Response::Fetch(FetchResponse { partitions: outcome.results }), outcome.payload)
+}
+
+/// A wait a request asks for (long-poll, acks) ends a tenth of the request
+/// deadline before it, so the request's own answer beats the deadline's.
+fn inner_deadline_ms(limits: &Limits) -> u32 {
+    let limit = limits.request_timeout.saturating_sub(limits.request_timeout / 10);
+    u32::try_from(limit.as_millis()).unwrap_or(u32::MAX)
 }
 
 fn too_many_partitions() -> Response {

@@ -255,7 +255,7 @@ impl ShardLaunch {
         let own_port = own_port.map_err(|error| error.to_string())?;
         let _ = self.reports.send(StartReport::Bound { shard: self.shard, shared_port, own_port });
         tracing::debug!(shard = self.shard, shared_port, own_port, "bound");
-        let shard_ports = self.collect_ports(own_port).await;
+        let shard_ports = self.collect_ports(own_port).await?;
         tracing::debug!(shard = self.shard, ?shard_ports, "learned every shard's port");
         let shard_config = ShardConfig {
             id,
@@ -311,12 +311,16 @@ impl ShardLaunch {
 
     /// Publishes this shard's own port and waits until every shard has
     /// published its own (start-up only; the mutex never sees the data path).
-    async fn collect_ports(&self, own_port: u16) -> Vec<u16> {
+    async fn collect_ports(&self, own_port: u16) -> Result<Vec<u16>, String> {
         lock_ports(&self.ports)[self.shard] = Some(own_port);
         loop {
             let ports: Option<Vec<u16>> = lock_ports(&self.ports).iter().copied().collect();
             if let Some(ports) = ports {
-                return ports;
+                return Ok(ports);
+            }
+            // Another shard failed to start: the broker is being stopped.
+            if self.stop.load(Ordering::SeqCst) {
+                return Err("stopped during start-up".into());
             }
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
@@ -354,9 +358,13 @@ pub(crate) struct Stopping {
 }
 
 impl Stopping {
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stopped.set(true);
         self.notify.notify_all();
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.get()
     }
 
     /// Completes once stopping has begun.

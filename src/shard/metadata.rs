@@ -26,6 +26,9 @@ const METADATA_BYTES_MAX: usize = 64 << 20;
 /// Upper bound on partitions per topic, so one request cannot make a shard
 /// open millions of files.
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 4096;
+/// Upper bound on partitions in the whole cluster: each is open files, a
+/// flusher task and write buffers on some shard.
+pub const PARTITIONS_TOTAL_MAX: usize = 100_000;
 
 /// Everything the shards agree on. Changed only by shard 0.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +55,8 @@ pub enum MetadataError {
     InvalidName(String),
     #[error("a topic needs 1 to {PARTITIONS_PER_TOPIC_MAX} partitions, not {0}")]
     InvalidPartitionCount(u32),
+    #[error("the cluster already has {total} partitions; the limit is {max}")]
+    TooManyPartitions { total: usize, max: usize },
 }
 
 impl ClusterMetadata {
@@ -70,6 +75,10 @@ impl ClusterMetadata {
         }
         if self.topics.contains_key(name) {
             return Err(MetadataError::TopicExists(name.to_string()));
+        }
+        let total: usize = self.topics.values().map(|placement| placement.owners.len()).sum();
+        if total + partitions as usize > PARTITIONS_TOTAL_MAX {
+            return Err(MetadataError::TooManyPartitions { total, max: PARTITIONS_TOTAL_MAX });
         }
         let mut load = self.partitions_per_shard(shard_count);
         let owners = (0..partitions)

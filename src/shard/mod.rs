@@ -243,7 +243,9 @@ impl Shard {
     /// now owns, closes and deletes the ones whose topic is gone.
     async fn apply_metadata(self: &Rc<Self>, next: ClusterMetadata) {
         let next = Rc::new(next);
-        let previous = std::mem::replace(&mut *self.metadata.borrow_mut(), Rc::clone(&next));
+        let previous = self.metadata();
+        // Open the partitions first, then publish the metadata: requests that
+        // see the new topic find its partitions open.
         for (topic, placement) in &next.topics {
             for (partition, owner) in placement.owners.iter().enumerate() {
                 let partition = partition as u32;
@@ -255,6 +257,7 @@ impl Shard {
                 }
             }
         }
+        *self.metadata.borrow_mut() = Rc::clone(&next);
         let gone: Vec<String> =
             previous.topics.keys().filter(|topic| !next.topics.contains_key(*topic)).cloned().collect();
         for topic in gone {

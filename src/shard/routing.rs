@@ -47,30 +47,18 @@ impl Shard {
         for (index, item) in unknown {
             results[index] = Some(produce_error(&item.topic, item.partition, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION));
         }
-        let mut remote = Vec::new();
-        let mut local = Vec::new();
-        for (shard, items) in routed {
-            let (indexes, items): (Vec<usize>, Vec<ProduceItem>) = items.into_iter().unzip();
-            if shard == self.id {
-                local = indexes.into_iter().zip(self.produce_local(acks, timeout_ms, items).await).collect();
-                continue;
-            }
-            let fallback: Vec<_> = items.iter().map(|item| (item.topic.clone(), item.partition)).collect();
-            let (reply, answer) = oneshot::channel();
-            let sent = self.send_to(shard, ShardMessage::Produce { acks, timeout_ms, items, reply }).await;
-            remote.push((indexes, fallback, sent.map(|()| answer)));
-        }
-        for (index, result) in local {
-            results[index] = Some(result);
-        }
-        for (indexes, fallback, answer) in remote {
-            let answers = match answer {
-                Some(answer) => answer.await.ok(),
-                None => None,
-            };
-            for (position, index) in indexes.into_iter().enumerate() {
-                let result = answers.as_ref().and_then(|answers| answers.get(position).cloned());
-                let (topic, partition) = &fallback[position];
+        let parts = self
+            .scatter(
+                routed,
+                |item| (item.topic.clone(), item.partition),
+                move |shard, items| Box::pin(async move { shard.produce_local(acks, timeout_ms, items).await }),
+                move |items, reply| ShardMessage::Produce { acks, timeout_ms, items, reply },
+            )
+            .await;
+        for part in parts {
+            for (position, index) in part.indexes.into_iter().enumerate() {
+                let result = part.answer.as_ref().and_then(|answers| answers.get(position).cloned());
+                let (topic, partition) = &part.keys[position];
                 results[index] =
                     Some(result.unwrap_or_else(|| produce_error(topic, *partition, ErrorCode::SHUTTING_DOWN)));
             }
@@ -85,12 +73,13 @@ impl Shard {
         timeout_ms: u32,
         items: Vec<ProduceItem>,
     ) -> Vec<ProducePartitionResult> {
+        // The deadline covers waiting for room in the log as well as the acks.
+        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
         let mut appended = Vec::with_capacity(items.len());
         for item in items {
             let outcome = self.append_item(item.data, &item.topic, item.partition).await;
             appended.push((item.topic, item.partition, outcome));
         }
-        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
         let mut results = Vec::with_capacity(appended.len());
         for (topic, partition, outcome) in appended {
             let result = match outcome {
@@ -170,37 +159,43 @@ impl Shard {
             let partitions = routed.into_values().flatten().map(|(_, p)| p).collect();
             return self.fetch_local(FetchRequest { max_wait_ms, min_bytes, max_bytes, partitions }).await;
         }
-        let mut pending = Vec::new();
-        for (shard, partitions) in routed {
-            let (indexes, partitions): (Vec<usize>, Vec<FetchPartition>) = partitions.into_iter().unzip();
-            let request = FetchRequest { max_wait_ms, min_bytes, max_bytes, partitions };
-            let fallback = request.partitions.clone();
-            let answer: Pin<Box<dyn Future<Output = Option<FetchOutcome>>>> = if shard == self.id {
-                let shard = Rc::clone(self);
-                Box::pin(async move { Some(shard.fetch_local(request).await) })
-            } else {
-                let (reply, answer) = oneshot::channel();
-                let sent = self.send_to(shard, ShardMessage::Fetch { request, reply }).await;
-                Box::pin(async move {
-                    sent?;
-                    answer.await.ok()
-                })
-            };
-            pending.push((indexes, fallback, answer));
-        }
-        for (indexes, fallback, answer) in pending {
-            let outcome = answer.await;
+        // Each owning shard gets an equal share of the byte budget, so the
+        // merged response stays within what the client asked for.
+        let share = max_bytes / routed.len().max(1) as u32;
+        let answers = self
+            .scatter(
+                routed,
+                |p| (p.topic.clone(), p.partition),
+                move |shard, partitions| {
+                    let request = FetchRequest { max_wait_ms, min_bytes, max_bytes: share, partitions };
+                    Box::pin(async move { shard.fetch_local(request).await })
+                },
+                move |partitions, reply| {
+                    let request = FetchRequest { max_wait_ms, min_bytes, max_bytes: share, partitions };
+                    ShardMessage::Fetch { request, reply }
+                },
+            )
+            .await;
+        for part in answers {
             let mut offset = 0;
-            for (position, index) in indexes.into_iter().enumerate() {
-                let part = outcome.as_ref().and_then(|outcome| {
+            for (position, index) in part.indexes.into_iter().enumerate() {
+                let found = part.answer.as_ref().and_then(|outcome| {
                     let result = outcome.results.get(position)?.clone();
                     let data = outcome.payload.get(offset..offset + result.bytes as usize)?.to_vec();
                     offset += result.bytes as usize;
                     Some((result, data))
                 });
-                parts[index] = Some(
-                    part.unwrap_or_else(|| (fetch_error(&fallback[position], ErrorCode::SHUTTING_DOWN), Vec::new())),
-                );
+                let (topic, partition) = &part.keys[position];
+                let missing = || {
+                    let p = FetchPartition {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: Offset::ZERO,
+                        max_bytes: 0,
+                    };
+                    (fetch_error(&p, ErrorCode::SHUTTING_DOWN), Vec::new())
+                };
+                parts[index] = Some(found.unwrap_or_else(missing));
             }
         }
         let mut outcome = FetchOutcome::default();
@@ -224,6 +219,8 @@ impl Shard {
                 return outcome;
             }
             self.wait_for_data(&request.partitions, &outcome.results, deadline - now).await;
+            // Never monopolise the shard, whatever woke us.
+            glommio::yield_if_needed().await;
         }
     }
 
@@ -255,6 +252,7 @@ impl Shard {
             // Out of budget: report positions without data (the first
             // partition always gets at least one whole batch).
             if limit > 0 || outcome.payload.is_empty() {
+                let before = outcome.payload.len();
                 match log.read(p.offset, limit.max(1), &mut outcome.payload).await {
                     Ok(read) => {
                         result.bytes = read.bytes as u32;
@@ -262,7 +260,12 @@ impl Shard {
                         result.log_start = read.log_start;
                         left = left.saturating_sub(read.bytes);
                     }
-                    Err(error) => result.error = error_code(&error),
+                    Err(error) => {
+                        // A read can fail part-way; what it appended must not
+                        // be taken for the next partition's data.
+                        outcome.payload.truncate(before);
+                        result.error = error_code(&error);
+                    }
                 }
             }
             outcome.results.push(result);
@@ -276,7 +279,13 @@ impl Shard {
         let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::with_capacity(partitions.len() + 1);
         for (p, result) in partitions.iter().zip(results) {
             if let (Some(Partition::Ready(log)), true) = (self.partition(&p.topic, p.partition), result.error.is_ok()) {
-                let offset = p.offset;
+                // Wait for data beyond what was just read, not merely beyond
+                // the requested offset (that may be satisfied already), and
+                // not on a failed log (it would return at once, every time).
+                if log.poisoned().is_some() {
+                    continue;
+                }
+                let offset = p.offset.max(result.high_watermark);
                 waits.push(Box::pin(async move { log.wait_visible_past(offset).await }));
             }
         }
@@ -310,22 +319,25 @@ impl Shard {
         for (index, p) in unknown {
             results[index] = Some(list_offsets_error(&p, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION));
         }
-        for (shard, partitions) in routed {
-            let (indexes, partitions): (Vec<usize>, Vec<ListOffsetsPartition>) = partitions.into_iter().unzip();
-            let fallback = partitions.clone();
-            let answers = if shard == self.id {
-                Some(self.list_offsets_local(partitions).await)
-            } else {
-                let (reply, answer) = oneshot::channel();
-                match self.send_to(shard, ShardMessage::ListOffsets { partitions, reply }).await {
-                    Some(()) => answer.await.ok(),
-                    None => None,
-                }
-            };
-            for (position, index) in indexes.into_iter().enumerate() {
-                let answer = answers.as_ref().and_then(|answers| answers.get(position).cloned());
-                results[index] =
-                    Some(answer.unwrap_or_else(|| list_offsets_error(&fallback[position], ErrorCode::SHUTTING_DOWN)));
+        let parts = self
+            .scatter(
+                routed,
+                |p| (p.topic.clone(), p.partition),
+                |shard, partitions| Box::pin(async move { shard.list_offsets_local(partitions).await }),
+                |partitions, reply| ShardMessage::ListOffsets { partitions, reply },
+            )
+            .await;
+        for part in parts {
+            for (position, index) in part.indexes.into_iter().enumerate() {
+                let answer = part.answer.as_ref().and_then(|answers| answers.get(position).cloned());
+                let (topic, partition) = &part.keys[position];
+                let missing = ListOffsetsResult {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    error: ErrorCode::SHUTTING_DOWN,
+                    offset: None,
+                };
+                results[index] = Some(answer.unwrap_or(missing));
             }
         }
         results.into_iter().map(|result| result.expect("every partition got a result")).collect()
@@ -446,6 +458,21 @@ impl Shard {
     async fn change_metadata(
         self: &Rc<Self>,
         name: String,
+        change: impl FnOnce(&mut metadata::ClusterMetadata, &str) -> Result<(), MetadataError> + 'static,
+    ) -> TopicResult {
+        // Detached: a requester that times out must not cancel a change half
+        // way through persisting or applying it.
+        let shard = Rc::clone(self);
+        let task = glommio::spawn_local(async move { shard.change_metadata_now(name, change).await }).detach();
+        match task.await {
+            Some(result) => result,
+            None => topic_result(String::new(), ErrorCode::SHUTTING_DOWN, "the metadata change was cancelled"),
+        }
+    }
+
+    async fn change_metadata_now(
+        self: &Rc<Self>,
+        name: String,
         change: impl FnOnce(&mut metadata::ClusterMetadata, &str) -> Result<(), MetadataError>,
     ) -> TopicResult {
         let Ok(_writer) = self.metadata_writer.acquire_permit(1).await else {
@@ -457,7 +484,9 @@ impl Shard {
                 MetadataError::TopicExists(_) => ErrorCode::TOPIC_EXISTS,
                 MetadataError::UnknownTopic(_) => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
                 MetadataError::InvalidName(_) => ErrorCode::INVALID_TOPIC_NAME,
-                MetadataError::InvalidPartitionCount(_) => ErrorCode::INVALID_PARTITION_COUNT,
+                MetadataError::InvalidPartitionCount(_) | MetadataError::TooManyPartitions { .. } => {
+                    ErrorCode::INVALID_PARTITION_COUNT
+                }
             };
             return topic_result(name, code, &error.to_string());
         }
@@ -511,6 +540,41 @@ impl Shard {
         stats
     }
 
+    /// Runs one part of a request per owning shard, all at once: this
+    /// shard's part here, the others' by message. Returns each part with its
+    /// items' positions in the request, their (topic, partition), and the
+    /// answer (`None` if that shard is gone).
+    async fn scatter<T, A: 'static>(
+        self: &Rc<Self>,
+        routed: Routed<T>,
+        key: impl Fn(&T) -> (String, PartitionId),
+        local: impl FnOnce(Rc<Shard>, Vec<T>) -> Pin<Box<dyn Future<Output = A>>>,
+        message: impl Fn(Vec<T>, oneshot::Sender<A>) -> ShardMessage,
+    ) -> Vec<Part<A>> {
+        let mut parts = Vec::with_capacity(routed.len());
+        let mut answers: Vec<Pin<Box<dyn Future<Output = Option<A>>>>> = Vec::with_capacity(routed.len());
+        let mut local = Some(local);
+        for (shard, items) in routed {
+            let (indexes, items): (Vec<usize>, Vec<T>) = items.into_iter().unzip();
+            parts.push(Part { indexes, keys: items.iter().map(&key).collect(), answer: None });
+            if shard == self.id {
+                let run = local.take().expect("one part per shard")(Rc::clone(self), items);
+                answers.push(Box::pin(async move { Some(run.await) }));
+            } else {
+                let (reply, answer) = oneshot::channel();
+                let (this, request) = (Rc::clone(self), message(items, reply));
+                answers.push(Box::pin(async move {
+                    this.send_to(shard, request).await?;
+                    answer.await.ok()
+                }));
+            }
+        }
+        for (part, answer) in parts.iter_mut().zip(join_all(answers).await) {
+            part.answer = answer;
+        }
+        parts
+    }
+
     /// Splits items by owning shard; items of unknown topics or partitions
     /// come back separately.
     fn route<T>(&self, items: Vec<T>, key: impl Fn(&T) -> (&str, PartitionId)) -> (Routed<T>, Vec<(usize, T)>) {
@@ -526,6 +590,36 @@ impl Shard {
         }
         (routed, unknown)
     }
+}
+
+/// One shard's share of a request, see [`Shard::scatter`].
+struct Part<A> {
+    indexes: Vec<usize>,
+    keys: Vec<(String, PartitionId)>,
+    answer: Option<A>,
+}
+
+/// Polls every future until all have completed; outputs in input order.
+async fn join_all<T>(mut futures: Vec<Pin<Box<dyn Future<Output = T>>>>) -> Vec<T> {
+    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|output| output.expect("every future completed")).collect()
 }
 
 /// Waits for one partition's ack level, bounded by the request deadline.
