@@ -12,6 +12,12 @@
 //! `UNKNOWN_TOPIC_OR_PARTITION` answer refreshes the topic's metadata and the
 //! request is retried once. Both codes mean the broker did not act on the
 //! request, so the retry cannot duplicate records.
+//!
+//! Consumer-group requests go to the group's coordinator shard, found with
+//! FindCoordinator and cached per group. Any shard would forward them, but
+//! the coordinator's own port saves a hop on every heartbeat and commit. A
+//! `NOT_COORDINATOR` answer (the cache is stale) refreshes the entry and the
+//! request is retried once; that code, too, means nothing was done.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,11 +32,18 @@ use super::connection::{Connection, ConnectionOptions};
 use super::error::ClientError;
 use crate::protocol::types::{AckLevel, Offset, PartitionId, ShardId};
 use crate::protocol::wire::{
-    CreateTopicRequest, DeleteTopicRequest, ErrorCode, FetchPartition, FetchPartitionResult, FetchRequest,
-    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsResult, MetadataRequest, MetadataResponse, OffsetSpec,
-    ProducePartition, ProducePartitionResult, ProduceRequest, Request, Response, StatsResponse, TopicMetadata,
-    TopicResult,
+    CommitOffsetsRequest, CommitOffsetsResponse, CommittedOffset, CreateTopicRequest, DeleteTopicRequest,
+    DescribeGroupRequest, DescribeGroupResponse, ErrorCode, FetchCommittedRequest, FetchPartition,
+    FetchPartitionResult, FetchRequest, FindCoordinatorRequest, FindCoordinatorResponse, GroupAssignment,
+    GroupListing, GroupResult, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListOffsetsPartition,
+    ListOffsetsRequest, ListOffsetsResult, MetadataRequest, MetadataResponse, OffsetCommit, OffsetSpec,
+    ProducePartition, ProducePartitionResult, ProduceRequest, Request, ResetGroupRequest, ResetTarget, Response,
+    StatsResponse, TopicMetadata, TopicPartitions, TopicResult,
 };
+
+/// Groups whose coordinator address is cached. A client uses a handful of
+/// groups; past this many the cache starts over rather than grow.
+const COORDINATORS_CACHED_MAX: usize = 1024;
 
 /// How a [`Client`] connects and how long it waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +97,9 @@ struct Inner {
     /// Open connections by address; the bootstrap connection is one of them.
     connections: RefCell<HashMap<SocketAddr, Connection>>,
     cache: RefCell<MetadataCache>,
+    /// Where each group's requests go: its coordinator's shard port (or the
+    /// bootstrap address). At most `COORDINATORS_CACHED_MAX` entries.
+    coordinators: RefCell<HashMap<String, SocketAddr>>,
 }
 
 impl fmt::Debug for Client {
@@ -101,7 +117,13 @@ impl Client {
     pub async fn connect(bootstrap: SocketAddr, options: ClientOptions) -> Result<Client, ClientError> {
         let connection = Connection::connect_with(bootstrap, options.connection_options()).await?;
         let connections = RefCell::new(HashMap::from([(bootstrap, connection)]));
-        let inner = Inner { bootstrap, options, connections, cache: RefCell::new(MetadataCache::default()) };
+        let inner = Inner {
+            bootstrap,
+            options,
+            connections,
+            cache: RefCell::new(MetadataCache::default()),
+            coordinators: RefCell::new(HashMap::new()),
+        };
         Ok(Client { inner: Rc::new(inner) })
     }
 
@@ -306,6 +328,195 @@ impl Client {
         }
     }
 
+    /// Asks which shard coordinates `group` and caches where its requests go
+    /// (port 0: the broker has no shard ports, so the bootstrap address).
+    pub async fn find_coordinator(&self, group: &str) -> Result<FindCoordinatorResponse, ClientError> {
+        let request = Request::FindCoordinator(FindCoordinatorRequest { group: group.to_owned() });
+        let response = match self.bootstrap_call(&request).await? {
+            Response::FindCoordinator(response) => response,
+            other => return Err(unexpected("FindCoordinator", &other)),
+        };
+        let addr = self.shard_addr(response.port);
+        let mut coordinators = self.inner.coordinators.borrow_mut();
+        if coordinators.len() >= COORDINATORS_CACHED_MAX && !coordinators.contains_key(group) {
+            coordinators.clear();
+        }
+        coordinators.insert(group.to_owned(), addr);
+        Ok(response)
+    }
+
+    /// Joins a group (`member_id: None` for a new member) and returns the
+    /// member's id, the generation and the partitions it owns now. An error
+    /// code in the answer is returned as [`ClientError::Broker`].
+    pub async fn join_group(&self, request: JoinGroupRequest) -> Result<GroupAssignment, ClientError> {
+        let group = request.group.clone();
+        match self.group_call(&group, &Request::JoinGroup(request)).await? {
+            Response::JoinGroup(answer) => assignment_result(answer, "join", &group),
+            other => Err(unexpected("JoinGroup", &other)),
+        }
+    }
+
+    /// Tells the coordinator the member is alive and works in `generation`;
+    /// the answer is its assignment now. `UNKNOWN_MEMBER` (removed: rejoin)
+    /// comes back as [`ClientError::Broker`].
+    pub async fn heartbeat(&self, group: &str, member_id: &str, generation: u32) -> Result<GroupAssignment, ClientError> {
+        let request = Request::Heartbeat(HeartbeatRequest {
+            group: group.to_owned(),
+            member_id: member_id.to_owned(),
+            generation,
+        });
+        match self.group_call(group, &request).await? {
+            Response::Heartbeat(answer) => assignment_result(answer, "heartbeat in", group),
+            other => Err(unexpected("Heartbeat", &other)),
+        }
+    }
+
+    /// Leaves a group at once; its partitions go to the other members
+    /// without waiting for the session timeout.
+    pub async fn leave_group(&self, group: &str, member_id: &str) -> Result<(), ClientError> {
+        let request = Request::LeaveGroup(LeaveGroupRequest { group: group.to_owned(), member_id: member_id.to_owned() });
+        match self.group_call(group, &request).await? {
+            Response::LeaveGroup(result) => group_result(result, "leave"),
+            other => Err(unexpected("LeaveGroup", &other)),
+        }
+    }
+
+    /// Commits offsets ("next offset to consume") for partitions the member
+    /// owns. A whole-request error (`UNKNOWN_MEMBER`, `STALE_GENERATION`) is
+    /// returned as [`ClientError::Broker`]; per-partition results (e.g.
+    /// `INVALID_COMMIT`) are in the response for the caller to inspect.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u32,
+        offsets: Vec<OffsetCommit>,
+    ) -> Result<CommitOffsetsResponse, ClientError> {
+        let request = Request::CommitOffsets(CommitOffsetsRequest {
+            group: group.to_owned(),
+            member_id: member_id.to_owned(),
+            generation,
+            offsets,
+        });
+        let response = match self.group_call(group, &request).await? {
+            Response::CommitOffsets(response) => response,
+            other => return Err(unexpected("CommitOffsets", &other)),
+        };
+        if !response.error.is_ok() {
+            return Err(group_error(response.error, "commit offsets of", group));
+        }
+        Ok(response)
+    }
+
+    /// The group's committed offsets for `partitions` (`None`: every
+    /// partition it has committed). `offset: None` means nothing committed.
+    pub async fn fetch_committed(
+        &self,
+        group: &str,
+        partitions: Option<Vec<TopicPartitions>>,
+    ) -> Result<Vec<CommittedOffset>, ClientError> {
+        let request = Request::FetchCommitted(FetchCommittedRequest { group: group.to_owned(), partitions });
+        let response = match self.group_call(group, &request).await? {
+            Response::FetchCommitted(response) => response,
+            other => return Err(unexpected("FetchCommitted", &other)),
+        };
+        if !response.error.is_ok() {
+            return Err(group_error(response.error, "fetch committed offsets of", group));
+        }
+        Ok(response.offsets)
+    }
+
+    /// The group's state, members with their assignments, and committed
+    /// offset, log end and lag per partition.
+    pub async fn describe_group(&self, group: &str) -> Result<DescribeGroupResponse, ClientError> {
+        let request = Request::DescribeGroup(DescribeGroupRequest { group: group.to_owned() });
+        let response = match self.group_call(group, &request).await? {
+            Response::DescribeGroup(response) => response,
+            other => return Err(unexpected("DescribeGroup", &other)),
+        };
+        if !response.error.is_ok() {
+            return Err(group_error(response.error, "describe", group));
+        }
+        Ok(response)
+    }
+
+    /// Every group of every shard (any shard answers for all).
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>, ClientError> {
+        match self.bootstrap_call(&Request::ListGroups).await? {
+            Response::ListGroups(response) => Ok(response.groups),
+            other => Err(unexpected("ListGroups", &other)),
+        }
+    }
+
+    /// Moves the group's committed offsets of every partition of `topic` to
+    /// `to`, backwards included. Only an empty group may be reset: one with
+    /// members answers `GROUP_NOT_EMPTY`, returned as [`ClientError::Broker`].
+    pub async fn reset_group(&self, group: &str, topic: &str, to: ResetTarget) -> Result<(), ClientError> {
+        let request = Request::ResetGroup(ResetGroupRequest { group: group.to_owned(), topic: topic.to_owned(), to });
+        match self.group_call(group, &request).await? {
+            Response::ResetGroup(result) => group_result(result, "reset"),
+            other => Err(unexpected("ResetGroup", &other)),
+        }
+    }
+
+    /// Sends a group request to the group's coordinator. `NOT_COORDINATOR`
+    /// (whether the whole request failed or the answer carries it) means the
+    /// cached coordinator is wrong and nothing was done: find it again and
+    /// retry once. A connection failure forgets the coordinator too, so the
+    /// next call asks again (a restarted broker has new shard ports).
+    async fn group_call(&self, group: &str, request: &Request) -> Result<Response, ClientError> {
+        let mut refreshed = false;
+        loop {
+            let answer = match self.coordinator_connection(group).await {
+                Ok(connection) => connection.call(request, &[]).await.map(|(response, _)| response),
+                Err(error) => Err(error),
+            };
+            let code = match &answer {
+                Ok(response) => embedded_group_error(response),
+                Err(error) => error.code(),
+            };
+            if code == Some(ErrorCode::NOT_COORDINATOR) && !refreshed {
+                refreshed = true;
+                self.forget_coordinator(group);
+                continue;
+            }
+            if matches!(&answer, Err(error) if error.code().is_none()) {
+                self.forget_coordinator(group);
+            }
+            return answer;
+        }
+    }
+
+    /// The connection to the group's coordinator: its own shard port when
+    /// shard-aware (asking the broker once per group), else the bootstrap
+    /// connection, which forwards.
+    async fn coordinator_connection(&self, group: &str) -> Result<Connection, ClientError> {
+        if !self.inner.options.shard_aware {
+            return self.connection_to(self.inner.bootstrap).await;
+        }
+        let cached = self.inner.coordinators.borrow().get(group).copied();
+        let addr = match cached {
+            Some(addr) => addr,
+            None => {
+                let found = self.find_coordinator(group).await?;
+                self.shard_addr(found.port)
+            }
+        };
+        self.connection_to(addr).await
+    }
+
+    fn forget_coordinator(&self, group: &str) {
+        self.inner.coordinators.borrow_mut().remove(group);
+    }
+
+    /// A shard's own address; port 0 (no shard ports) means the bootstrap one.
+    fn shard_addr(&self, port: u16) -> SocketAddr {
+        match port {
+            0 => self.inner.bootstrap,
+            port => SocketAddr::new(self.inner.bootstrap.ip(), port),
+        }
+    }
+
     async fn bootstrap_call(&self, request: &Request) -> Result<Response, ClientError> {
         let connection = self.connection_to(self.inner.bootstrap).await?;
         Ok(connection.call(request, &[]).await?.0)
@@ -471,6 +682,43 @@ fn topic_result(result: TopicResult) -> Result<(), ClientError> {
     Err(ClientError::broker(result.error, message))
 }
 
+/// The error code a group answer carries in its body, if any.
+fn embedded_group_error(response: &Response) -> Option<ErrorCode> {
+    let code = match response {
+        Response::JoinGroup(answer) | Response::Heartbeat(answer) => answer.error,
+        Response::LeaveGroup(result) | Response::ResetGroup(result) => result.error,
+        Response::CommitOffsets(response) => response.error,
+        Response::FetchCommitted(response) => response.error,
+        Response::DescribeGroup(response) => response.error,
+        _ => return None,
+    };
+    (!code.is_ok()).then_some(code)
+}
+
+fn group_error(code: ErrorCode, action: &str, group: &str) -> ClientError {
+    ClientError::broker(code, format!("{action} group {group} failed: {}", code.name()))
+}
+
+fn assignment_result(answer: GroupAssignment, action: &str, group: &str) -> Result<GroupAssignment, ClientError> {
+    if answer.error.is_ok() {
+        Ok(answer)
+    } else {
+        Err(group_error(answer.error, action, group))
+    }
+}
+
+fn group_result(result: GroupResult, action: &str) -> Result<(), ClientError> {
+    if result.error.is_ok() {
+        return Ok(());
+    }
+    let message = if result.message.is_empty() {
+        format!("{action} group {} failed: {}", result.group, result.error.name())
+    } else {
+        result.message
+    };
+    Err(ClientError::broker(result.error, message))
+}
+
 /// A per-partition result in a response.
 trait PartitionResult {
     fn is_for(&self, topic: &str, partition: PartitionId) -> bool;
@@ -532,6 +780,15 @@ pub(crate) fn unexpected(expected: &str, got: &Response) -> ClientError {
         Response::Fetch(_) => "Fetch",
         Response::ListOffsets(_) => "ListOffsets",
         Response::Stats(_) => "Stats",
+        Response::FindCoordinator(_) => "FindCoordinator",
+        Response::JoinGroup(_) => "JoinGroup",
+        Response::Heartbeat(_) => "Heartbeat",
+        Response::LeaveGroup(_) => "LeaveGroup",
+        Response::CommitOffsets(_) => "CommitOffsets",
+        Response::FetchCommitted(_) => "FetchCommitted",
+        Response::DescribeGroup(_) => "DescribeGroup",
+        Response::ListGroups(_) => "ListGroups",
+        Response::ResetGroup(_) => "ResetGroup",
         Response::Error(_) => "Error",
     };
     ClientError::UnexpectedResponse(format!("expected a {expected} response, got {name}"))

@@ -222,6 +222,14 @@ fn handle(
             Some((Response::ListOffsets(ListOffsetsResponse { partitions }), Vec::new()))
         }
         Request::Stats => Some((Response::Stats(StatsResponse { shards: Vec::new() }), Vec::new())),
+        // Consumer groups are tested against the real broker (tests/groups.rs).
+        _ => {
+            let message = "the fake broker has no consumer groups".to_string();
+            Some((
+                Response::Error(crate::protocol::wire::ErrorResponse { code: ErrorCode::INVALID_REQUEST, message }),
+                Vec::new(),
+            ))
+        }
     }
 }
 

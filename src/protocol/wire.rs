@@ -179,6 +179,19 @@ impl ErrorCode {
     pub const UNSUPPORTED_VERSION: ErrorCode = ErrorCode(14);
     pub const INVALID_TOPIC_NAME: ErrorCode = ErrorCode(15);
     pub const INVALID_PARTITION_COUNT: ErrorCode = ErrorCode(16);
+    /// The group member id is not (or no longer) in the group: rejoin.
+    pub const UNKNOWN_MEMBER: ErrorCode = ErrorCode(17);
+    /// The request carries an older generation than the group's: heartbeat
+    /// to learn the current generation and assignment, then retry.
+    pub const STALE_GENERATION: ErrorCode = ErrorCode(18);
+    /// The request reached a shard that does not coordinate the group.
+    pub const NOT_COORDINATOR: ErrorCode = ErrorCode(19);
+    /// A commit would move a group's offset backwards, past the log end,
+    /// or for a partition the member does not own.
+    pub const INVALID_COMMIT: ErrorCode = ErrorCode(20);
+    /// The group still has members (resets need an empty group).
+    pub const GROUP_NOT_EMPTY: ErrorCode = ErrorCode(21);
+    pub const INVALID_GROUP: ErrorCode = ErrorCode(22);
 
     pub fn is_ok(self) -> bool {
         self == ErrorCode::NONE
@@ -186,7 +199,15 @@ impl ErrorCode {
 
     /// Whether the same request may succeed if sent again later.
     pub fn is_retriable(self) -> bool {
-        matches!(self, ErrorCode::NOT_OWNER | ErrorCode::STORAGE_FULL | ErrorCode::TIMEOUT | ErrorCode::SHUTTING_DOWN)
+        matches!(
+            self,
+            ErrorCode::NOT_OWNER
+                | ErrorCode::STORAGE_FULL
+                | ErrorCode::TIMEOUT
+                | ErrorCode::SHUTTING_DOWN
+                | ErrorCode::NOT_COORDINATOR
+                | ErrorCode::STALE_GENERATION
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -208,6 +229,12 @@ impl ErrorCode {
             ErrorCode::UNSUPPORTED_VERSION => "unsupported version",
             ErrorCode::INVALID_TOPIC_NAME => "invalid topic name",
             ErrorCode::INVALID_PARTITION_COUNT => "invalid partition count",
+            ErrorCode::UNKNOWN_MEMBER => "unknown member",
+            ErrorCode::STALE_GENERATION => "stale generation",
+            ErrorCode::NOT_COORDINATOR => "not coordinator",
+            ErrorCode::INVALID_COMMIT => "invalid commit",
+            ErrorCode::GROUP_NOT_EMPTY => "group not empty",
+            ErrorCode::INVALID_GROUP => "invalid group",
             _ => "unknown error code",
         }
     }
@@ -237,6 +264,18 @@ pub enum Request {
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
     Stats,
+    /// Which shard coordinates a consumer group.
+    FindCoordinator(FindCoordinatorRequest),
+    /// The group requests below go to the coordinating shard.
+    JoinGroup(JoinGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    CommitOffsets(CommitOffsetsRequest),
+    FetchCommitted(FetchCommittedRequest),
+    DescribeGroup(DescribeGroupRequest),
+    /// Any shard; lists the groups of every shard.
+    ListGroups,
+    ResetGroup(ResetGroupRequest),
 }
 
 /// A response header. Append new variants at the end only.
@@ -251,6 +290,15 @@ pub enum Response {
     Fetch(FetchResponse),
     ListOffsets(ListOffsetsResponse),
     Stats(StatsResponse),
+    FindCoordinator(FindCoordinatorResponse),
+    JoinGroup(GroupAssignment),
+    Heartbeat(GroupAssignment),
+    LeaveGroup(GroupResult),
+    CommitOffsets(CommitOffsetsResponse),
+    FetchCommitted(FetchCommittedResponse),
+    DescribeGroup(DescribeGroupResponse),
+    ListGroups(ListGroupsResponse),
+    ResetGroup(GroupResult),
     /// The request as a whole failed (it did not parse, or the broker could
     /// not serve it).
     Error(ErrorResponse),
@@ -433,6 +481,8 @@ pub struct ShardStats {
     pub fsync_latency_us: Vec<(f64, u64)>,
     /// Partitions out of service on this shard, as "topic-partition: reason".
     pub failed_partitions: Vec<String>,
+    /// Durable offset-commit latency percentiles: (percentile, microseconds).
+    pub commit_latency_us: Vec<(f64, u64)>,
 }
 
 #[cfg(test)]
@@ -534,4 +584,195 @@ mod tests {
             }
         }
     }
+}
+
+// Consumer groups -----------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FindCoordinatorRequest {
+    pub group: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FindCoordinatorResponse {
+    pub group: String,
+    pub shard: ShardId,
+    /// The coordinator's own port (0: use the shared port).
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinGroupRequest {
+    pub group: String,
+    /// `None` for a new member; the coordinator assigns an id.
+    pub member_id: Option<String>,
+    pub topics: Vec<String>,
+    /// A member that sends no heartbeat for this long is removed.
+    pub session_timeout_ms: u32,
+    /// How long a member may take to give up partitions it is asked to
+    /// release before the coordinator takes them away anyway.
+    pub rebalance_timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub group: String,
+    pub member_id: String,
+    /// The generation the member is working in; a newer one in the answer
+    /// means its assignment changed.
+    pub generation: u32,
+}
+
+/// The answer to a join or heartbeat: the member's partitions now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupAssignment {
+    pub error: ErrorCode,
+    pub member_id: String,
+    pub generation: u32,
+    /// Partitions this member owns in this generation. Partitions it is
+    /// asked to give up are already absent; partitions moving to it appear
+    /// once their previous owner has released them.
+    pub assignment: Vec<TopicPartitions>,
+    /// Whether more changes to this member's assignment are pending (heartbeat soon).
+    pub rebalancing: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicPartitions {
+    pub topic: String,
+    pub partitions: Vec<PartitionId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaveGroupRequest {
+    pub group: String,
+    pub member_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupResult {
+    pub group: String,
+    pub error: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitOffsetsRequest {
+    pub group: String,
+    pub member_id: String,
+    pub generation: u32,
+    pub offsets: Vec<OffsetCommit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffsetCommit {
+    pub topic: String,
+    pub partition: PartitionId,
+    /// The next offset to consume (one past the last processed record).
+    pub offset: Offset,
+    pub metadata: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitOffsetsResponse {
+    /// Whole-request problems (unknown member, stale generation).
+    pub error: ErrorCode,
+    pub partitions: Vec<CommitResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitResult {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub error: ErrorCode,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchCommittedRequest {
+    pub group: String,
+    /// `None`: every partition the group has committed.
+    pub partitions: Option<Vec<TopicPartitions>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchCommittedResponse {
+    pub error: ErrorCode,
+    pub offsets: Vec<CommittedOffset>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: PartitionId,
+    /// `None`: nothing committed yet.
+    pub offset: Option<Offset>,
+    pub metadata: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DescribeGroupRequest {
+    pub group: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DescribeGroupResponse {
+    pub group: String,
+    pub error: ErrorCode,
+    /// "empty", "stable" or "rebalancing".
+    pub state: String,
+    pub generation: u32,
+    pub members: Vec<MemberDescription>,
+    pub offsets: Vec<PartitionLag>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberDescription {
+    pub member_id: String,
+    pub topics: Vec<String>,
+    pub assignment: Vec<TopicPartitions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub committed: Option<Offset>,
+    /// End of the visible log.
+    pub log_end: Option<Offset>,
+    /// `log_end - committed` (or everything when nothing is committed).
+    pub lag: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListGroupsResponse {
+    pub groups: Vec<GroupListing>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupListing {
+    pub group: String,
+    pub coordinator: ShardId,
+    pub state: String,
+    pub members: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResetGroupRequest {
+    pub group: String,
+    pub topic: String,
+    pub to: ResetTarget,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResetTarget {
+    Earliest,
+    Latest,
+    Offset(Offset),
+}
+
+/// Which shard coordinates a group: a stable hash of its name. Clients may
+/// compute it themselves or ask with FindCoordinator.
+pub fn coordinator_of(group: &str, shard_count: usize) -> ShardId {
+    let hash = crc32c::crc32c(group.as_bytes());
+    ShardId((hash as usize % shard_count.max(1)) as u16)
 }

@@ -72,6 +72,15 @@ pub(super) async fn handle(
             Counters::add(&counters.other_requests, 1);
             Response::Stats(shard.stats().await)
         }
+        group @ (Request::FindCoordinator(_)
+        | Request::JoinGroup(_)
+        | Request::Heartbeat(_)
+        | Request::LeaveGroup(_)
+        | Request::CommitOffsets(_)
+        | Request::FetchCommitted(_)
+        | Request::DescribeGroup(_)
+        | Request::ListGroups
+        | Request::ResetGroup(_)) => shard.group_request(group).await,
     };
     Some((response, Vec::new()))
 }

@@ -12,8 +12,11 @@
 //! so a simple client works against any shard; a shard-aware client talks to
 //! the owner directly and nothing is forwarded.
 
+mod coordinator;
+pub mod groups;
 pub mod mesh;
 pub mod metadata;
+pub mod offsets;
 mod routing;
 mod stats;
 
@@ -85,6 +88,14 @@ pub enum ShardMessage {
     Stats {
         reply: oneshot::Sender<ShardStats>,
     },
+    /// A consumer-group request for the group's coordinator.
+    Group {
+        request: crate::protocol::wire::Request,
+        reply: oneshot::Sender<crate::protocol::wire::Response>,
+    },
+    ListGroups {
+        reply: oneshot::Sender<Vec<crate::protocol::wire::GroupListing>>,
+    },
 }
 
 /// One partition's share of a produce request.
@@ -147,6 +158,10 @@ pub struct Shard {
     metadata_writer: Semaphore,
     flush_queue: TaskQueueHandle,
     counters: Rc<Counters>,
+    /// Consumer groups this shard coordinates.
+    groups: RefCell<HashMap<String, groups::GroupState>>,
+    /// Their committed offsets (`None` once closed).
+    offsets: RefCell<Option<Rc<offsets::OffsetStore>>>,
 }
 
 /// Why a shard failed to start.
@@ -154,6 +169,8 @@ pub struct Shard {
 pub enum ShardStartError {
     #[error("shard {shard}: {source}")]
     Io { shard: ShardId, source: std::io::Error },
+    #[error("shard {shard}: opening the group offsets log: {message}")]
+    Offsets { shard: ShardId, message: String },
 }
 
 impl Shard {
@@ -165,6 +182,15 @@ impl Shard {
         let (senders, receivers) = mesh.split();
         let io = |source| ShardStartError::Io { shard: id, source };
         let storage = DmaStorage::new(&config.data_dir).await.map_err(io)?;
+        let offsets = offsets::OffsetStore::open(
+            storage.clone(),
+            &config.data_dir,
+            id,
+            config.shard_count,
+            config.log_config.clone(),
+        )
+        .await
+        .map_err(|error| ShardStartError::Offsets { shard: id, message: error.to_string() })?;
         let flush_queue = glommio::executor().create_task_queue(
             glommio::Shares::Static(config.flush_shares),
             glommio::Latency::NotImportant,
@@ -185,10 +211,13 @@ impl Shard {
             metadata_writer: Semaphore::new(1),
             flush_queue,
             counters: Rc::new(Counters::new()),
+            groups: RefCell::new(HashMap::new()),
+            offsets: RefCell::new(Some(Rc::new(offsets))),
         });
         shard.apply_metadata(config.metadata).await;
         shard.serve_mesh(receivers);
         shard.spawn_retention(config.retention_check_interval);
+        shard.spawn_group_ticker();
         Ok(shard)
     }
 
@@ -227,6 +256,10 @@ impl Shard {
                     tracing::error!(dir = %dir.display(), %error, "closing partition");
                 }
             }
+        }
+        let offsets = self.offsets.borrow_mut().take();
+        if let Some(offsets) = offsets.and_then(|offsets| Rc::try_unwrap(offsets).ok()) {
+            offsets.close().await;
         }
         self.mesh.close();
     }
@@ -352,6 +385,12 @@ impl Shard {
             ShardMessage::Stats { reply } => {
                 let _ = reply.send(self.local_stats());
             }
+            ShardMessage::Group { request, reply } => {
+                let _ = reply.send(self.coordinate(request).await);
+            }
+            ShardMessage::ListGroups { reply } => {
+                let _ = reply.send(self.local_groups());
+            }
         }
     }
 
@@ -366,6 +405,18 @@ impl Shard {
             Counters::add(&self.counters.forwarded_out, 1);
         }
         self.mesh.send(shard, message).await
+    }
+
+    fn spawn_group_ticker(self: &Rc<Self>) {
+        let shard = Rc::downgrade(self);
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(coordinator::GROUP_TICK).await;
+                let Some(shard) = shard.upgrade() else { return };
+                shard.tick_groups();
+            }
+        })
+        .detach();
     }
 
     fn spawn_retention(self: &Rc<Self>, interval: Duration) {

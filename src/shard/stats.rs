@@ -37,7 +37,10 @@ pub struct Counters {
     pub connections_refused: Cell<u64>,
     pub connections_open: Cell<u64>,
     pub fsyncs: Cell<u64>,
+    pub group_requests: Cell<u64>,
+    pub commits: Cell<u64>,
     fsync_latency_us: RefCell<Histogram<u64>>,
+    commit_latency_us: RefCell<Histogram<u64>>,
 }
 
 impl Default for Counters {
@@ -65,6 +68,9 @@ impl Counters {
             connections_refused: Cell::new(0),
             connections_open: Cell::new(0),
             fsyncs: Cell::new(0),
+            group_requests: Cell::new(0),
+            commits: Cell::new(0),
+            commit_latency_us: RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")),
             // 1 us to 1 hour at 3 significant digits: a few tens of KiB, sized once.
             fsync_latency_us: RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")),
         }
@@ -78,6 +84,13 @@ impl Counters {
         Counters::add(&self.fsyncs, 1);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
         self.fsync_latency_us.borrow_mut().saturating_record(micros);
+    }
+
+    /// Records how long a durable offset commit took.
+    pub fn record_commit(&self, took: Duration) {
+        Counters::add(&self.commits, 1);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.commit_latency_us.borrow_mut().saturating_record(micros);
     }
 
     /// A snapshot for the Stats response.
@@ -99,6 +112,8 @@ impl Counters {
             ("connections_refused", &self.connections_refused),
             ("connections_open", &self.connections_open),
             ("fsyncs", &self.fsyncs),
+            ("group_requests", &self.group_requests),
+            ("commits", &self.commits),
         ];
         let histogram = self.fsync_latency_us.borrow();
         let fsync_latency_us = if histogram.is_empty() {
@@ -106,7 +121,14 @@ impl Counters {
         } else {
             FSYNC_PERCENTILES.iter().map(|p| (*p, histogram.value_at_percentile(*p))).collect()
         };
+        let commits = self.commit_latency_us.borrow();
+        let commit_latency_us = if commits.is_empty() {
+            Vec::new()
+        } else {
+            FSYNC_PERCENTILES.iter().map(|p| (*p, commits.value_at_percentile(*p))).collect()
+        };
         ShardStats {
+            commit_latency_us,
             shard,
             counters: counters.iter().map(|(name, cell)| (name.to_string(), cell.get())).collect(),
             fsync_latency_us,

@@ -1,0 +1,354 @@
+//! The consumer-group coordinator: each group lives on one shard (a stable
+//! hash of its name); group requests reaching another shard are forwarded.
+//!
+//! Membership and assignment are in [`super::groups`]; committed offsets in
+//! [`super::offsets`]. A commit is acknowledged only once it is durable.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+
+use crate::protocol::types::{Offset, PartitionId, ShardId};
+use crate::protocol::wire::{
+    coordinator_of, CommitOffsetsRequest, CommitOffsetsResponse, CommitResult, CommittedOffset, DescribeGroupResponse,
+    ErrorCode, FetchCommittedRequest, FetchCommittedResponse, FindCoordinatorResponse, GroupAssignment, GroupListing,
+    GroupResult, JoinGroupRequest, ListGroupsResponse, ListOffsetsPartition, OffsetSpec, PartitionLag, Request,
+    ResetGroupRequest, ResetTarget, Response,
+};
+
+use super::groups::{GroupState, JoinOutcome};
+use super::offsets::OffsetUpdate;
+use super::{Counters, Shard, ShardMessage};
+
+/// Bounds on what members may ask for.
+const SESSION_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 500..=300_000;
+/// How often sessions and hand-overs are checked.
+pub(super) const GROUP_TICK: Duration = Duration::from_millis(100);
+
+impl Shard {
+    /// Serves a group request, forwarding it to the coordinating shard.
+    pub async fn group_request(self: &Rc<Self>, request: Request) -> Response {
+        Counters::add(&self.counters.group_requests, 1);
+        if let Request::FindCoordinator(find) = &request {
+            let shard = coordinator_of(&find.group, self.shard_count);
+            let port = self.shard_ports.get(shard.index()).copied().unwrap_or(0);
+            return Response::FindCoordinator(FindCoordinatorResponse { group: find.group.clone(), shard, port });
+        }
+        if let Request::ListGroups = request {
+            return Response::ListGroups(self.list_groups().await);
+        }
+        let Some(group) = group_of(&request) else {
+            return error_response(ErrorCode::INVALID_REQUEST, "not a group request");
+        };
+        let coordinator = coordinator_of(group, self.shard_count);
+        if coordinator == self.id {
+            return self.coordinate(request).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        match self.send_to(coordinator, ShardMessage::Group { request, reply }).await {
+            Some(()) => {
+                answer.await.unwrap_or_else(|_| error_response(ErrorCode::SHUTTING_DOWN, "coordinator stopped"))
+            }
+            None => error_response(ErrorCode::SHUTTING_DOWN, "coordinator stopped"),
+        }
+    }
+
+    /// A group request on its coordinating shard.
+    pub(super) async fn coordinate(self: &Rc<Self>, request: Request) -> Response {
+        let now = Instant::now();
+        match request {
+            Request::JoinGroup(join) => Response::JoinGroup(self.join_group(join, now)),
+            Request::Heartbeat(heartbeat) => {
+                let partitions_of = self.partition_counts();
+                let mut groups = self.groups.borrow_mut();
+                let Some(state) = groups.get_mut(&heartbeat.group) else {
+                    return Response::Heartbeat(assignment_error(ErrorCode::UNKNOWN_MEMBER, heartbeat.member_id));
+                };
+                match state.heartbeat(&heartbeat.member_id, heartbeat.generation, now, &partitions_of) {
+                    Ok(()) => Response::Heartbeat(assignment(state, heartbeat.member_id)),
+                    Err(code) => Response::Heartbeat(assignment_error(code, heartbeat.member_id)),
+                }
+            }
+            Request::LeaveGroup(leave) => {
+                let partitions_of = self.partition_counts();
+                let left = self
+                    .groups
+                    .borrow_mut()
+                    .get_mut(&leave.group)
+                    .is_some_and(|state| state.leave(&leave.member_id, now, &partitions_of));
+                let error = if left { ErrorCode::NONE } else { ErrorCode::UNKNOWN_MEMBER };
+                Response::LeaveGroup(GroupResult { group: leave.group, error, message: String::new() })
+            }
+            Request::CommitOffsets(commit) => Response::CommitOffsets(self.commit_offsets(commit).await),
+            Request::FetchCommitted(fetch) => Response::FetchCommitted(self.fetch_committed(fetch)),
+            Request::DescribeGroup(describe) => Response::DescribeGroup(self.describe_group(describe.group).await),
+            Request::ResetGroup(reset) => Response::ResetGroup(self.reset_group(reset).await),
+            _ => error_response(ErrorCode::INVALID_REQUEST, "not a group request"),
+        }
+    }
+
+    fn join_group(&self, join: JoinGroupRequest, now: Instant) -> crate::protocol::wire::GroupAssignment {
+        let member = join.member_id.clone().unwrap_or_default();
+        if crate::protocol::types::validate_topic_name(&join.group).is_err() {
+            return assignment_error(ErrorCode::INVALID_GROUP, member);
+        }
+        if !SESSION_TIMEOUT_MS.contains(&join.session_timeout_ms) || join.topics.len() > 1024 {
+            return assignment_error(ErrorCode::INVALID_REQUEST, member);
+        }
+        let partitions_of = self.partition_counts();
+        let mut groups = self.groups.borrow_mut();
+        let state = groups.entry(join.group.clone()).or_default();
+        let session = Duration::from_millis(u64::from(join.session_timeout_ms));
+        let rebalance = Duration::from_millis(u64::from(join.rebalance_timeout_ms.clamp(100, 300_000)));
+        match state.join(&join.group, join.member_id, join.topics, session, rebalance, now, &partitions_of) {
+            JoinOutcome::Joined(id) => assignment(state, id),
+            JoinOutcome::Refused(code) => assignment_error(code, member),
+        }
+    }
+
+    async fn commit_offsets(self: &Rc<Self>, commit: CommitOffsetsRequest) -> CommitOffsetsResponse {
+        let CommitOffsetsRequest { group, member_id, generation, offsets } = commit;
+        let checked = match self.groups.borrow().get(&group) {
+            None => Err(ErrorCode::UNKNOWN_MEMBER),
+            Some(state) => state.check_commit(&member_id, generation).map(|()| {
+                offsets.iter().map(|o| state.owns(&member_id, &o.topic, o.partition.0)).collect::<Vec<bool>>()
+            }),
+        };
+        let owned = match checked {
+            Ok(owned) => owned,
+            Err(error) => return CommitOffsetsResponse { error, partitions: Vec::new() },
+        };
+        let Some(store) = self.offsets.borrow().clone() else {
+            return CommitOffsetsResponse { error: ErrorCode::SHUTTING_DOWN, partitions: Vec::new() };
+        };
+        // Never past the end of the log.
+        let ends = self.log_ends(offsets.iter().map(|o| (o.topic.clone(), o.partition))).await;
+        let mut results = Vec::with_capacity(offsets.len());
+        let mut updates = Vec::new();
+        for ((commit, owns), end) in offsets.into_iter().zip(owned).zip(ends) {
+            let previous = store.get(&group, &commit.topic, commit.partition.0).map(|c| c.offset);
+            let valid =
+                owns && end.is_some_and(|end| commit.offset <= end) && previous.is_none_or(|p| commit.offset >= p);
+            let error = if valid { ErrorCode::NONE } else { ErrorCode::INVALID_COMMIT };
+            results.push(CommitResult { topic: commit.topic.clone(), partition: commit.partition, error });
+            if valid && previous != Some(commit.offset) {
+                let (topic, partition, offset, metadata) =
+                    (commit.topic, commit.partition.0, commit.offset, commit.metadata);
+                updates.push(OffsetUpdate { topic, partition, offset, metadata });
+            }
+        }
+        let started = Instant::now();
+        if let Err(error) = store.commit(&group, updates).await {
+            tracing::warn!(%group, %error, "committing offsets failed");
+            let code = super::error_code(&error);
+            for result in results.iter_mut().filter(|r| r.error.is_ok()) {
+                result.error = code;
+            }
+        }
+        self.counters.record_commit(started.elapsed());
+        CommitOffsetsResponse { error: ErrorCode::NONE, partitions: results }
+    }
+
+    fn fetch_committed(&self, fetch: FetchCommittedRequest) -> FetchCommittedResponse {
+        let Some(store) = self.offsets.borrow().clone() else {
+            return FetchCommittedResponse { error: ErrorCode::SHUTTING_DOWN, offsets: Vec::new() };
+        };
+        let offsets = match fetch.partitions {
+            Some(wanted) => wanted
+                .into_iter()
+                .flat_map(|t| t.partitions.into_iter().map(move |p| (t.topic.clone(), p)))
+                .map(|(topic, partition)| {
+                    let committed = store.get(&fetch.group, &topic, partition.0);
+                    CommittedOffset {
+                        offset: committed.as_ref().map(|c| c.offset),
+                        metadata: committed.map(|c| c.metadata).unwrap_or_default(),
+                        topic,
+                        partition,
+                    }
+                })
+                .collect(),
+            None => store
+                .group(&fetch.group)
+                .into_iter()
+                .map(|((topic, partition), c)| CommittedOffset {
+                    topic,
+                    partition: PartitionId(partition),
+                    offset: Some(c.offset),
+                    metadata: c.metadata,
+                })
+                .collect(),
+        };
+        FetchCommittedResponse { error: ErrorCode::NONE, offsets }
+    }
+
+    async fn describe_group(self: &Rc<Self>, group: String) -> DescribeGroupResponse {
+        let partitions_of = self.partition_counts();
+        let (state, generation, members, mut keys) = match self.groups.borrow().get(&group) {
+            Some(state) => (
+                state.state_name().to_string(),
+                state.generation,
+                state.describe_members(),
+                state.subscribed_partitions(&partitions_of),
+            ),
+            None => ("empty".to_string(), 0, Vec::new(), Default::default()),
+        };
+        let store = self.offsets.borrow().clone();
+        if let Some(store) = &store {
+            keys.extend(store.group(&group).into_iter().map(|(key, _)| key));
+        }
+        let ends = self.log_ends(keys.iter().map(|(topic, partition)| (topic.clone(), PartitionId(*partition)))).await;
+        let offsets = keys
+            .into_iter()
+            .zip(ends)
+            .map(|((topic, partition), log_end)| {
+                let committed = store.as_ref().and_then(|s| s.get(&group, &topic, partition)).map(|c| c.offset);
+                let lag = log_end.map(|end| end.distance_from(committed.unwrap_or(Offset::ZERO)));
+                PartitionLag { topic, partition: PartitionId(partition), committed, log_end, lag }
+            })
+            .collect();
+        DescribeGroupResponse { group, error: ErrorCode::NONE, state, generation, members, offsets }
+    }
+
+    async fn reset_group(self: &Rc<Self>, reset: ResetGroupRequest) -> GroupResult {
+        let ResetGroupRequest { group, topic, to } = reset;
+        let result = |error: ErrorCode, message: String| GroupResult { group: group.clone(), error, message };
+        if self.groups.borrow().get(&group).is_some_and(|state| !state.is_empty()) {
+            return result(ErrorCode::GROUP_NOT_EMPTY, format!("group {group} has members; stop them first"));
+        }
+        let Some(count) = self.metadata().topics.get(&topic).map(|t| t.owners.len() as u32) else {
+            return result(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, format!("topic {topic} does not exist"));
+        };
+        let spec = match to {
+            ResetTarget::Earliest => OffsetSpec::Earliest,
+            ResetTarget::Latest | ResetTarget::Offset(_) => OffsetSpec::Latest,
+        };
+        let requests =
+            (0..count).map(|p| ListOffsetsPartition { topic: topic.clone(), partition: PartitionId(p), spec });
+        let answers = self.list_offsets(requests.collect()).await;
+        let mut updates = Vec::new();
+        for answer in answers {
+            let Some(bound) = answer.offset.filter(|_| answer.error.is_ok()) else {
+                return result(answer.error, format!("partition {} is unavailable", answer.partition));
+            };
+            let offset = match to {
+                ResetTarget::Offset(offset) if offset > bound => {
+                    return result(
+                        ErrorCode::INVALID_COMMIT,
+                        format!("offset {offset} is past the end ({bound}) of partition {}", answer.partition),
+                    );
+                }
+                ResetTarget::Offset(offset) => offset,
+                _ => bound,
+            };
+            updates.push(OffsetUpdate {
+                topic: topic.clone(),
+                partition: answer.partition.0,
+                offset,
+                metadata: "reset".into(),
+            });
+        }
+        let Some(store) = self.offsets.borrow().clone() else {
+            return result(ErrorCode::SHUTTING_DOWN, String::new());
+        };
+        match store.commit(&group, updates).await {
+            Ok(()) => result(ErrorCode::NONE, String::new()),
+            Err(error) => result(super::error_code(&error), error.to_string()),
+        }
+    }
+
+    /// Groups of every shard.
+    pub async fn list_groups(self: &Rc<Self>) -> ListGroupsResponse {
+        let mut groups = self.local_groups();
+        for peer in (0..self.shard_count).map(|p| ShardId(p as u16)).filter(|p| *p != self.id) {
+            let (reply, answer) = oneshot::channel();
+            if self.send_to(peer, ShardMessage::ListGroups { reply }).await.is_some() {
+                groups.extend(answer.await.unwrap_or_default());
+            }
+        }
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        ListGroupsResponse { groups }
+    }
+
+    pub(super) fn local_groups(&self) -> Vec<GroupListing> {
+        let mut listing: std::collections::BTreeMap<String, GroupListing> = std::collections::BTreeMap::new();
+        if let Some(store) = self.offsets.borrow().as_ref() {
+            for group in store.groups() {
+                let entry =
+                    GroupListing { group: group.clone(), coordinator: self.id, state: "empty".into(), members: 0 };
+                listing.insert(group, entry);
+            }
+        }
+        for (group, state) in self.groups.borrow().iter() {
+            let entry = GroupListing {
+                group: group.clone(),
+                coordinator: self.id,
+                state: state.state_name().to_string(),
+                members: state.member_count() as u32,
+            };
+            listing.insert(group.clone(), entry);
+        }
+        listing.into_values().collect()
+    }
+
+    /// Expires silent members and overdue hand-overs of every group here.
+    pub(super) fn tick_groups(&self) {
+        let partitions_of = self.partition_counts();
+        let now = Instant::now();
+        let mut groups = self.groups.borrow_mut();
+        for state in groups.values_mut() {
+            state.expire(now, &partitions_of);
+        }
+        // Forget empty groups; their offsets stay in the offset store.
+        groups.retain(|_, state| !state.is_empty());
+    }
+
+    /// The visible end of each partition (`None`: unknown or unavailable).
+    async fn log_ends(self: &Rc<Self>, partitions: impl Iterator<Item = (String, PartitionId)>) -> Vec<Option<Offset>> {
+        let requests: Vec<_> = partitions
+            .map(|(topic, partition)| ListOffsetsPartition { topic, partition, spec: OffsetSpec::Latest })
+            .collect();
+        self.list_offsets(requests)
+            .await
+            .into_iter()
+            .map(|answer| answer.offset.filter(|_| answer.error.is_ok()))
+            .collect()
+    }
+
+    /// Partition counts of topics, from this shard's metadata copy.
+    fn partition_counts(&self) -> impl Fn(&str) -> Option<u32> {
+        let metadata = self.metadata();
+        move |topic: &str| metadata.topics.get(topic).map(|t| t.owners.len() as u32)
+    }
+}
+
+fn group_of(request: &Request) -> Option<&str> {
+    Some(match request {
+        Request::JoinGroup(r) => &r.group,
+        Request::Heartbeat(r) => &r.group,
+        Request::LeaveGroup(r) => &r.group,
+        Request::CommitOffsets(r) => &r.group,
+        Request::FetchCommitted(r) => &r.group,
+        Request::DescribeGroup(r) => &r.group,
+        Request::ResetGroup(r) => &r.group,
+        _ => return None,
+    })
+}
+
+fn assignment(state: &GroupState, member_id: String) -> GroupAssignment {
+    GroupAssignment {
+        error: ErrorCode::NONE,
+        generation: state.generation,
+        assignment: state.assignment_of(&member_id),
+        rebalancing: state.member_rebalancing(&member_id),
+        member_id,
+    }
+}
+
+fn assignment_error(error: ErrorCode, member_id: String) -> GroupAssignment {
+    GroupAssignment { error, member_id, generation: 0, assignment: Vec::new(), rebalancing: false }
+}
+
+fn error_response(code: ErrorCode, message: &str) -> Response {
+    Response::Error(crate::protocol::wire::ErrorResponse { code, message: message.to_string() })
+}
