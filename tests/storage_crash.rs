@@ -383,3 +383,59 @@ fn appends_wait_while_too_much_is_pending() {
         log.close().await.unwrap();
     });
 }
+
+mod recovery_fuzz {
+    //! Recovery reads bytes from disk, which are untrusted: whatever a
+    //! segment holds, opening the log returns a log or an error, never a
+    //! panic, and a recovered log accepts appends.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid two-batch segment, so mutations exercise deep paths too.
+    fn valid_segment() -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for tag in 0..2 {
+            let mut batch = numbered_batch(tag, 2, 40).to_vec();
+            let base = (tag * 2) as i64;
+            batch[..8].copy_from_slice(&base.to_be_bytes());
+            bytes.extend_from_slice(&batch);
+        }
+        bytes
+    }
+
+    fn open_image(contents: Vec<u8>) -> Result<Offset, String> {
+        run(move || async move {
+            let image = SimStorage::new();
+            image.set_contents(&segment_path(), contents);
+            match open(&image, one_segment_config()).await {
+                Ok(log) => {
+                    let (end, _) = log.bounds();
+                    let receipt = log.append_and_wait(numbered_batch(7, 1, 10), AckLevel::Durable).await;
+                    assert_eq!(receipt.map(|r| r.base).map_err(|e| e.to_string()), Ok(end));
+                    log.close().await.unwrap();
+                    Ok(end)
+                }
+                Err(error) => Err(error.to_string()),
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_segment_bytes_never_panic_recovery(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = open_image(bytes);
+        }
+
+        #[test]
+        fn mutated_valid_segments_recover_or_are_refused(at in 0usize..400, value in any::<u8>(), cut in 0usize..400) {
+            let mut bytes = valid_segment();
+            let at = at % bytes.len();
+            bytes[at] = value;
+            bytes.truncate(bytes.len() - cut % bytes.len());
+            let _ = open_image(bytes);
+        }
+    }
+}
