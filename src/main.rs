@@ -1,21 +1,22 @@
 //! The `ringbroker` command: the broker (`serve`) and tools for humans
-//! (topics, produce, consume, stats). Errors are one clear line on stderr
-//! and a non-zero exit.
+//! (topics, produce, consume, consumer groups, stats). Errors are one clear
+//! line on stderr and a non-zero exit.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use glommio::{LocalExecutorBuilder, Placement};
-use ringbroker::client::{Client, ClientOptions};
+use ringbroker::client::{Client, ClientError, ClientOptions, GroupConfig, GroupConsumer, GroupRecord, StartPosition};
 use ringbroker::config::{CpuSelection, TuningConfig};
 use ringbroker::protocol::batch::{BatchBuilder, BatchView, Record};
 use ringbroker::protocol::types::{AckLevel, Offset, PartitionId, TimestampMs};
-use ringbroker::protocol::wire::OffsetSpec;
+use ringbroker::protocol::wire::{ErrorCode, OffsetSpec, ResetTarget, TopicPartitions};
 use ringbroker::server::{Broker, ShardPorts};
 
 #[derive(Parser, Debug)]
@@ -42,8 +43,14 @@ enum Command {
     },
     /// Produce lines from standard input, one event per line.
     Produce(ProduceArgs),
-    /// Print events of a partition, one per line.
+    /// Print events of a partition, one per line (with --group: of every
+    /// partition the group assigns this consumer, committing as it goes).
     Consume(ConsumeArgs),
+    /// List, describe or reset consumer groups.
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
+    },
     /// Show every shard's counters and fdatasync latency.
     Stats,
 }
@@ -109,20 +116,47 @@ struct ProduceArgs {
 #[derive(Args, Debug)]
 struct ConsumeArgs {
     topic: String,
+    /// Ignored with --group (the group assigns partitions).
     #[arg(long, default_value_t = 0)]
     partition: u32,
-    /// earliest, latest or an offset.
+    /// earliest, latest or an offset. With --group: where partitions the
+    /// group never committed start (earliest or latest).
     #[arg(long, default_value = "earliest")]
     from: String,
+    /// Consume as a member of this consumer group: every partition of the
+    /// topic, shared with the group's other members, resuming from its
+    /// committed offsets and committing what was printed on exit.
+    #[arg(long)]
+    group: Option<String>,
     /// Stop after this many events (default: run until interrupted).
     #[arg(long)]
     max_events: Option<u64>,
     /// Stop when nothing arrives for this long (milliseconds; default: never).
     #[arg(long)]
     idle_exit_ms: Option<u64>,
-    /// Print the offset and key before each value.
+    /// Print the offset and key before each value (with --group: the
+    /// topic, partition, offset and key).
     #[arg(long)]
     verbose: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupAction {
+    /// Every group with its coordinating shard, state and member count.
+    List,
+    /// Members and their partitions; committed offset, log end and lag per
+    /// partition.
+    Describe { group: String },
+    /// Move the group's committed offsets of a topic (only while the group
+    /// has no members).
+    Reset {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// earliest, latest or an offset.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 fn main() {
@@ -136,6 +170,7 @@ fn main() {
         Command::Topic { action } => with_client(broker, move |client| topic(client, action)),
         Command::Produce(args) => with_client(broker, move |client| produce(client, args)),
         Command::Consume(args) => with_client(broker, move |client| consume(client, args)),
+        Command::Group { action } => with_client(broker, move |client| group(client, action)),
         Command::Stats => with_client(broker, stats),
     };
     if let Err(error) = result {
@@ -278,6 +313,9 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
 }
 
 async fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
+    if let Some(group) = args.group.clone() {
+        return consume_group(client, args, group).await;
+    }
     let partition = PartitionId(args.partition);
     let mut offset = match args.from.as_str() {
         "earliest" => client.list_offsets(&args.topic, partition, OffsetSpec::Earliest).await?,
@@ -325,6 +363,164 @@ async fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// `consume --group`: one member of the group until --max-events,
+/// --idle-exit-ms or SIGINT/SIGTERM, then commit what was printed and leave.
+async fn consume_group(client: Client, args: ConsumeArgs, group: String) -> anyhow::Result<()> {
+    let start = match args.from.as_str() {
+        "earliest" => StartPosition::Earliest,
+        "latest" => StartPosition::Latest,
+        _ => bail!("with --group, --from takes earliest or latest (the group's committed offsets decide the rest)"),
+    };
+    let config = GroupConfig { start, ..GroupConfig::new(group.clone(), vec![args.topic.clone()]) };
+    let mut consumer = GroupConsumer::join(client, config).await.with_context(|| format!("joining group {group}"))?;
+    // Interrupting must still commit and leave, or the group re-delivers
+    // what was printed and waits a session timeout for this member.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal exits at once, should committing or leaving hang.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))
+            .context("installing a signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
+    }
+    let consumed = print_group_records(&mut consumer, &args, &stop).await;
+    let closed = consumer.close().await.with_context(|| format!("committing and leaving group {group}"));
+    consumed?;
+    closed
+}
+
+async fn print_group_records(
+    consumer: &mut GroupConsumer,
+    args: &ConsumeArgs,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut printed = 0u64;
+    let mut idle_since = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let records = consumer.poll(Duration::from_millis(500)).await?;
+        let mut out = std::io::stdout().lock();
+        for (index, record) in records.iter().enumerate() {
+            if args.max_events.is_some_and(|max| printed >= max) {
+                // Unprinted records must not be committed: move back to them.
+                rewind_unprinted(consumer, &records[index..]);
+                out.flush()?;
+                return Ok(());
+            }
+            let value = String::from_utf8_lossy(record.record.value.as_deref().unwrap_or_default());
+            if args.verbose {
+                let key = String::from_utf8_lossy(record.record.key.as_deref().unwrap_or_default());
+                writeln!(out, "{}\t{}\t{}\t{key}\t{value}", record.topic, record.partition, record.record.offset)?;
+            } else {
+                writeln!(out, "{value}")?;
+            }
+            printed += 1;
+        }
+        out.flush()?;
+        if args.max_events.is_some_and(|max| printed >= max) {
+            return Ok(());
+        }
+        if !records.is_empty() {
+            idle_since = std::time::Instant::now();
+        } else if args.idle_exit_ms.is_some_and(|ms| idle_since.elapsed() >= Duration::from_millis(ms)) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Sets each partition's position back to its first record in `unprinted`
+/// (records of one partition come in offset order).
+fn rewind_unprinted(consumer: &mut GroupConsumer, unprinted: &[GroupRecord]) {
+    let mut rewound: Vec<(&str, PartitionId)> = Vec::new();
+    for record in unprinted {
+        let key = (&*record.topic, record.partition);
+        if !rewound.contains(&key) {
+            consumer.seek(key.0, key.1, record.record.offset);
+            rewound.push(key);
+        }
+    }
+}
+
+async fn group(client: Client, action: GroupAction) -> anyhow::Result<()> {
+    match action {
+        GroupAction::List => {
+            for group in client.list_groups().await? {
+                println!("{}\tshard {}\t{}\t{} members", group.group, group.coordinator, group.state, group.members);
+            }
+        }
+        GroupAction::Describe { group } => describe_group(&client, &group).await?,
+        GroupAction::Reset { group, topic, to } => {
+            let target = match to.as_str() {
+                "earliest" => ResetTarget::Earliest,
+                "latest" => ResetTarget::Latest,
+                number => ResetTarget::Offset(
+                    number.parse().ok().and_then(Offset::new).context("--to takes earliest, latest or an offset")?,
+                ),
+            };
+            match client.reset_group(&group, &topic, target).await {
+                Err(error) if error.code() == Some(ErrorCode::GROUP_NOT_EMPTY) => {
+                    bail!("group {group} is not empty: stop its consumers before resetting it")
+                }
+                other => other.with_context(|| format!("resetting group {group} on topic {topic}"))?,
+            }
+            let count = client.partitions(&topic).await?;
+            let partitions = (0..count).map(PartitionId).collect();
+            let asked = vec![TopicPartitions { topic: topic.clone(), partitions }];
+            println!("reset group {group} on topic {topic}");
+            for committed in client.fetch_committed(&group, Some(asked)).await? {
+                println!("{}\t{}\t{}", committed.topic, committed.partition, show_offset(committed.offset));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn describe_group(client: &Client, group: &str) -> Result<(), ClientError> {
+    let description = client.describe_group(group).await?;
+    println!(
+        "group {}: {}, generation {}, {} members",
+        description.group,
+        description.state,
+        description.generation,
+        description.members.len()
+    );
+    if !description.members.is_empty() {
+        println!("member\tassignment");
+    }
+    for member in &description.members {
+        let assignment: Vec<String> = member
+            .assignment
+            .iter()
+            .map(|topic| {
+                let partitions: Vec<String> = topic.partitions.iter().map(ToString::to_string).collect();
+                format!("{}:{}", topic.topic, partitions.join(","))
+            })
+            .collect();
+        println!(
+            "{}\t{}",
+            member.member_id,
+            if assignment.is_empty() { "-".to_string() } else { assignment.join(" ") }
+        );
+    }
+    if !description.offsets.is_empty() {
+        println!("topic\tpartition\tcommitted\tlog-end\tlag");
+    }
+    for lag in &description.offsets {
+        let shown = lag.lag.map_or("-".to_string(), |lag| lag.to_string());
+        println!(
+            "{}\t{}\t{}\t{}\t{shown}",
+            lag.topic,
+            lag.partition,
+            show_offset(lag.committed),
+            show_offset(lag.log_end)
+        );
+    }
+    Ok(())
+}
+
+fn show_offset(offset: Option<Offset>) -> String {
+    offset.map_or("-".to_string(), |offset| offset.to_string())
 }
 
 async fn stats(client: Client) -> anyhow::Result<()> {

@@ -34,11 +34,11 @@ use crate::protocol::types::{AckLevel, Offset, PartitionId, ShardId};
 use crate::protocol::wire::{
     CommitOffsetsRequest, CommitOffsetsResponse, CommittedOffset, CreateTopicRequest, DeleteTopicRequest,
     DescribeGroupRequest, DescribeGroupResponse, ErrorCode, FetchCommittedRequest, FetchPartition,
-    FetchPartitionResult, FetchRequest, FindCoordinatorRequest, FindCoordinatorResponse, GroupAssignment,
-    GroupListing, GroupResult, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListOffsetsPartition,
-    ListOffsetsRequest, ListOffsetsResult, MetadataRequest, MetadataResponse, OffsetCommit, OffsetSpec,
-    ProducePartition, ProducePartitionResult, ProduceRequest, Request, ResetGroupRequest, ResetTarget, Response,
-    StatsResponse, TopicMetadata, TopicPartitions, TopicResult,
+    FetchPartitionResult, FetchRequest, FindCoordinatorRequest, FindCoordinatorResponse, GroupAssignment, GroupListing,
+    GroupResult, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListOffsetsPartition, ListOffsetsRequest,
+    ListOffsetsResult, MetadataRequest, MetadataResponse, OffsetCommit, OffsetSpec, ProducePartition,
+    ProducePartitionResult, ProduceRequest, Request, ResetGroupRequest, ResetTarget, Response, StatsResponse,
+    TopicMetadata, TopicPartitions, TopicResult,
 };
 
 /// Groups whose coordinator address is cached. A client uses a handful of
@@ -359,7 +359,12 @@ impl Client {
     /// Tells the coordinator the member is alive and works in `generation`;
     /// the answer is its assignment now. `UNKNOWN_MEMBER` (removed: rejoin)
     /// comes back as [`ClientError::Broker`].
-    pub async fn heartbeat(&self, group: &str, member_id: &str, generation: u32) -> Result<GroupAssignment, ClientError> {
+    pub async fn heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u32,
+    ) -> Result<GroupAssignment, ClientError> {
         let request = Request::Heartbeat(HeartbeatRequest {
             group: group.to_owned(),
             member_id: member_id.to_owned(),
@@ -374,7 +379,8 @@ impl Client {
     /// Leaves a group at once; its partitions go to the other members
     /// without waiting for the session timeout.
     pub async fn leave_group(&self, group: &str, member_id: &str) -> Result<(), ClientError> {
-        let request = Request::LeaveGroup(LeaveGroupRequest { group: group.to_owned(), member_id: member_id.to_owned() });
+        let request =
+            Request::LeaveGroup(LeaveGroupRequest { group: group.to_owned(), member_id: member_id.to_owned() });
         match self.group_call(group, &request).await? {
             Response::LeaveGroup(result) => group_result(result, "leave"),
             other => Err(unexpected("LeaveGroup", &other)),

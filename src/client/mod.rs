@@ -15,6 +15,9 @@
 //!   bounded in-flight requests; each record's future resolves to its offset.
 //! - [`PartitionConsumer`]: long-poll fetches from one partition, checking
 //!   every batch's CRC and handing out records as zero-copy slices.
+//! - [`GroupConsumer`]: a consumer-group member: partitions assigned by the
+//!   group's coordinator (cooperatively: a moving partition is committed and
+//!   released before its next owner gets it), commits, heartbeats.
 //!
 //! Invariant: nothing here grows without bound. Frames are checked against
 //! `max_frame_bytes` before anything is allocated for them, requests in flight
@@ -26,12 +29,14 @@ mod cluster;
 mod connection;
 mod consumer;
 mod error;
+mod group;
 mod producer;
 
 pub use cluster::{Client, ClientOptions};
 pub use connection::{Connection, ConnectionOptions};
 pub use consumer::{decode_records, ConsumedRecord, PartitionConsumer, StartPosition};
 pub use error::ClientError;
+pub use group::{GroupConfig, GroupConsumer, GroupRecord, GroupStats, PartitionsCallback, TopicPartition};
 pub use producer::{Producer, ProducerConfig, ProducerRecord, SendFuture};
 
 #[cfg(test)]
