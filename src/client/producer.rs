@@ -134,6 +134,7 @@ impl Producer {
             state: RefCell::new(State::default()),
         });
         glommio::spawn_local(linger_loop(shared.clone())).detach();
+        glommio::spawn_local(dispatch_loop(shared.clone())).detach();
         Ok(Producer { shared })
     }
 
@@ -205,8 +206,12 @@ impl Producer {
                 return Poll::Ready(Ok(()));
             }
             state.ledger.space_waiters.push(cx.waker().clone());
+            // Batches in flight will free room when answered; sealing the
+            // open ones now would only send them small. With nothing in
+            // flight, sealing is the only way to make room.
+            let nothing_in_flight = state.ledger.outstanding.is_empty();
             drop(state);
-            if !sealed_for_space {
+            if nothing_in_flight && !sealed_for_space {
                 sealed_for_space = true;
                 self.shared.seal_all();
             }
@@ -354,6 +359,12 @@ struct Ledger {
     space_waiters: Vec<Waker>,
     /// The linger task, when it waits for a first batch to open.
     flusher: Option<Waker>,
+    /// Sealed batches waiting for an in-flight slot, in sealing order: one
+    /// dispatcher sends them in this order, so a partition's batches reach
+    /// the broker in the order their records were sent.
+    ready: VecDeque<Sealed>,
+    /// The dispatcher, when it waits for a sealed batch.
+    dispatcher: Option<Waker>,
     closed: bool,
 }
 
@@ -542,8 +553,29 @@ impl Shared {
         Ok(future)
     }
 
+    /// Queues a sealed batch for the dispatcher.
     fn dispatch(self: &Rc<Self>, sealed: Sealed) {
-        glommio::spawn_local(send_batch(self.clone(), sealed)).detach();
+        let waker = {
+            let mut state = self.state.borrow_mut();
+            state.ledger.ready.push_back(sealed);
+            state.ledger.dispatcher.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The next sealed batch, in sealing order; `None` once closed and empty.
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Option<Sealed>> {
+        let mut state = self.state.borrow_mut();
+        if let Some(sealed) = state.ledger.ready.pop_front() {
+            return Poll::Ready(Some(sealed));
+        }
+        if state.ledger.closed {
+            return Poll::Ready(None);
+        }
+        state.ledger.dispatcher = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// Seals every open batch (flush, or a full buffer).
@@ -648,6 +680,8 @@ impl Shared {
             }
             ledger.deadlines.clear();
             wakers.extend(ledger.flusher.take());
+            // Sealed batches still go out; then the dispatcher stops.
+            wakers.extend(ledger.dispatcher.take());
             wakers.append(&mut ledger.space_waiters);
         }
         for outcome in failed {
@@ -676,18 +710,32 @@ async fn linger_loop(shared: Rc<Shared>) {
     }
 }
 
-async fn send_batch(shared: Rc<Shared>, sealed: Sealed) {
+/// Sends sealed batches in sealing order, at most `max_in_flight` at once.
+/// Only this task waits for the in-flight semaphore, so no batch can
+/// overtake an earlier one (glommio's semaphore does not serve waiters in
+/// arrival order).
+async fn dispatch_loop(shared: Rc<Shared>) {
+    while let Some(sealed) = poll_fn(|cx| shared.poll_ready(cx)).await {
+        match shared.in_flight.acquire_static_permit(1).await {
+            Ok(permit) => {
+                glommio::spawn_local(send_batch(Rc::clone(&shared), sealed, permit)).detach();
+            }
+            Err(_) => {
+                let Sealed { id, batch, outcome, .. } = sealed;
+                outcome.complete(Err(ClientError::Closed));
+                shared.finished(id, batch);
+            }
+        }
+    }
+}
+
+async fn send_batch(shared: Rc<Shared>, sealed: Sealed, permit: glommio::sync::StaticPermit) {
     let Sealed { topic, partition, id, batch, outcome } = sealed;
     let acks = shared.config.acks;
-    let result = match shared.in_flight.acquire_static_permit(1).await {
-        Ok(permit) => {
-            let timeout_ms = shared.config.timeout_ms;
-            let produced = shared.client.produce_raw_with_timeout(&topic, partition, &batch, acks, timeout_ms).await;
-            drop(permit);
-            produced.map(|result| (acks != AckLevel::None).then_some(result.base_offset))
-        }
-        Err(_) => Err(ClientError::Closed),
-    };
+    let timeout_ms = shared.config.timeout_ms;
+    let produced = shared.client.produce_raw_with_timeout(&topic, partition, &batch, acks, timeout_ms).await;
+    drop(permit);
+    let result = produced.map(|result| (acks != AckLevel::None).then_some(result.base_offset));
     outcome.complete(result);
     shared.finished(id, batch);
 }

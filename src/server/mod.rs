@@ -85,7 +85,9 @@ impl Broker {
     pub fn start(config: TuningConfig, shard_ports: ShardPorts) -> Result<Broker, ServerError> {
         config.validate()?;
         let cpus = config.resolve_cpus()?;
-        let data_dir = config.storage.data_dir.clone();
+        // Absolute, so every path the shards log or sync names the same
+        // place whatever the current directory.
+        let data_dir = std::path::absolute(&config.storage.data_dir).map_err(ServerError::Metadata)?;
         let lock =
             DirLock::acquire(&data_dir).map_err(|error: StorageError| ServerError::Storage(error.to_string()))?;
         let mut cluster = metadata::load(&data_dir).map_err(ServerError::Metadata)?;

@@ -120,7 +120,8 @@ impl Storage for DmaStorage {
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let directory = glommio::io::Directory::open(dir).await?;
+        // glommio 0.9.0 fails to open a relative directory path (EBADF).
+        let directory = glommio::io::Directory::open(std::path::absolute(dir)?).await?;
         directory.sync().await?;
         directory.close().await?;
         Ok(())

@@ -1,0 +1,240 @@
+//! Timing acknowledgements exactly, in whatever order they arrive.
+//!
+//! A producer hands out one future per record; all records of a batch are
+//! answered at once. Awaiting the futures one by one in send order would be
+//! cheap, but it charges a late batch's delay to every record queued behind
+//! it — and batches do come back out of order (the client's in-flight
+//! limit is an unfair semaphore: a newly sealed batch can overtake one that
+//! was already waiting). A task per record would be exact but far too
+//! costly at millions of events per second.
+//!
+//! A [`Lane`] gets both: every record's future is polled once, when it is
+//! queued, with a waker of the lane's own. The client keeps one copy of a
+//! waker that polls several records of a batch in a row, so the lane is
+//! woken once per answered batch and counts the wake-ups. The collector
+//! pops answered records from the front (the usual, in-order case) and
+//! scans the whole lane only when that cannot account for every wake-up.
+//! Nothing here depends on the client beyond the `Future` contract, so the
+//! tests drive it with fake batches.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+/// One record whose ack is awaited.
+#[derive(Debug)]
+pub struct Pending<F> {
+    pub future: F,
+    pub seq: u64,
+    /// When the event was sent (burst) or meant to be sent (open loop).
+    pub from_ns: u64,
+}
+
+/// The records of one producer whose acks are outstanding, in send order.
+/// Bounded by the producer's buffer: `send` waits once it is full.
+#[derive(Debug)]
+pub struct Lane<F> {
+    signal: Arc<AckSignal>,
+    waker: Waker,
+    pending: RefCell<VecDeque<Pending<F>>>,
+    /// The producer has flushed: no more records will come.
+    closed: Cell<bool>,
+}
+
+/// What a lane's futures wake. `Waker` must be `Send + Sync`, hence the
+/// atomic and the mutex; both are touched once per answered batch, not per
+/// record, and never contended (the client runs on the lane's thread).
+#[derive(Debug, Default)]
+struct AckSignal {
+    wakes: AtomicUsize,
+    collector: Mutex<Option<Waker>>,
+}
+
+impl Wake for AckSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakes.fetch_add(1, Ordering::Relaxed);
+        if let Some(collector) = self.collector.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
+            collector.wake_by_ref();
+        }
+    }
+}
+
+impl<F: Future + Unpin> Default for Lane<F> {
+    fn default() -> Self {
+        Lane::new()
+    }
+}
+
+impl<F: Future + Unpin> Lane<F> {
+    pub fn new() -> Lane<F> {
+        let signal = Arc::new(AckSignal::default());
+        let waker = Waker::from(Arc::clone(&signal));
+        Lane { signal, waker, pending: RefCell::new(VecDeque::new()), closed: Cell::new(false) }
+    }
+
+    /// Queues a record, registering the lane's waker with its batch.
+    /// Returns it with its result if it was already answered.
+    pub fn push(&self, mut record: Pending<F>) -> Option<(Pending<F>, F::Output)> {
+        match Pin::new(&mut record.future).poll(&mut Context::from_waker(&self.waker)) {
+            Poll::Ready(result) => Some((record, result)),
+            Poll::Pending => {
+                self.pending.borrow_mut().push_back(record);
+                None
+            }
+        }
+    }
+
+    /// No more records will come; the collector finishes once the lane is
+    /// empty.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.waker.wake_by_ref();
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.pending.borrow().len()
+    }
+
+    /// Waits until batches were answered; returns how many wake-ups came
+    /// (0: closed and empty, the collector is done).
+    pub async fn answered(&self) -> usize {
+        std::future::poll_fn(|cx| {
+            let mut collector = self.signal.collector.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !collector.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
+                *collector = Some(cx.waker().clone());
+            }
+            drop(collector);
+            match self.signal.wakes.swap(0, Ordering::Relaxed) {
+                0 if self.closed.get() && self.pending.borrow().is_empty() => Poll::Ready(0),
+                0 => Poll::Pending,
+                wakes => Poll::Ready(wakes),
+            }
+        })
+        .await
+    }
+
+    /// Moves the answered records to `out`. `wakes` batches were answered
+    /// since the last call: if answered records were found at the front and
+    /// only one batch was answered, they are all there is; otherwise (out of
+    /// order, or several batches) every record is looked at.
+    pub fn take_ready(&self, wakes: usize, out: &mut Vec<(Pending<F>, F::Output)>) {
+        let mut pending = self.pending.borrow_mut();
+        let mut cx = Context::from_waker(&self.waker);
+        let before = out.len();
+        while let Some(front) = pending.front_mut() {
+            match Pin::new(&mut front.future).poll(&mut cx) {
+                Poll::Ready(result) => out.push((pending.pop_front().expect("the front exists"), result)),
+                Poll::Pending => break,
+            }
+        }
+        if wakes == 1 && out.len() > before {
+            return;
+        }
+        let mut index = 0;
+        while index < pending.len() {
+            match Pin::new(&mut pending[index].future).poll(&mut cx) {
+                Poll::Ready(result) => out.push((pending.remove(index).expect("index is in range"), result)),
+                Poll::Pending => index += 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    /// A batch answered all at once, waking its wakers like the client does:
+    /// a waker equal to the last one registered is not added again.
+    #[derive(Default)]
+    struct Batch {
+        done: Cell<bool>,
+        wakers: RefCell<Vec<Waker>>,
+    }
+
+    impl Batch {
+        fn answer(&self) {
+            self.done.set(true);
+            self.wakers.take().into_iter().for_each(Waker::wake);
+        }
+    }
+
+    struct Record(Rc<Batch>);
+
+    impl Future for Record {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0.done.get() {
+                return Poll::Ready(());
+            }
+            let mut wakers = self.0.wakers.borrow_mut();
+            if !wakers.last().is_some_and(|last| last.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+    }
+
+    /// Three batches of four records, sequences 0..12.
+    fn lane_with_batches() -> (Lane<Record>, Vec<Rc<Batch>>) {
+        let lane = Lane::new();
+        let batches: Vec<Rc<Batch>> = (0..3).map(|_| Rc::new(Batch::default())).collect();
+        for seq in 0..12 {
+            let record = Pending { future: Record(Rc::clone(&batches[seq as usize / 4])), seq, from_ns: 0 };
+            assert!(lane.push(record).is_none());
+        }
+        (lane, batches)
+    }
+
+    fn take(lane: &Lane<Record>) -> Vec<u64> {
+        let wakes = futures_lite::future::block_on(lane.answered());
+        let mut out = Vec::new();
+        lane.take_ready(wakes, &mut out);
+        out.iter().map(|(record, ())| record.seq).collect()
+    }
+
+    #[test]
+    fn each_batch_wakes_the_lane_once() {
+        let (lane, batches) = lane_with_batches();
+        assert!(batches.iter().all(|batch| batch.wakers.borrow().len() == 1));
+        batches[0].answer();
+        assert_eq!(take(&lane), [0, 1, 2, 3]);
+        assert_eq!(lane.len(), 8);
+    }
+
+    #[test]
+    fn batches_answered_out_of_order_are_picked_out_exactly() {
+        let (lane, batches) = lane_with_batches();
+        batches[1].answer();
+        assert_eq!(take(&lane), [4, 5, 6, 7], "the middle batch, while the first is still out");
+        batches[2].answer();
+        batches[0].answer();
+        let mut both = take(&lane);
+        both.sort_unstable();
+        assert_eq!(both, [0, 1, 2, 3, 8, 9, 10, 11]);
+        lane.close();
+        assert_eq!(futures_lite::future::block_on(lane.answered()), 1, "close wakes the collector");
+        assert_eq!(futures_lite::future::block_on(lane.answered()), 0, "closed and empty");
+    }
+
+    #[test]
+    fn a_record_already_answered_is_returned_at_once() {
+        let lane = Lane::new();
+        let batch = Rc::new(Batch::default());
+        batch.answer();
+        let answered = lane.push(Pending { future: Record(batch), seq: 7, from_ns: 0 });
+        assert_eq!(answered.map(|(record, ())| record.seq), Some(7));
+        assert_eq!(lane.len(), 0);
+    }
+}

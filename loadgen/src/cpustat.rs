@@ -1,0 +1,114 @@
+//! CPU time per thread of this process, from `/proc/self/task/*/stat`.
+//!
+//! The report must say whether loadgen or the broker ran out of CPU first
+//! ("never the bottleneck itself"). In embedded mode the broker's shard
+//! threads live in this process, so one snapshot before and one after the
+//! run give each thread's busy share — loadgen executors, broker shards and
+//! helpers alike. A remote broker's threads are not visible; the report then
+//! shows loadgen's side only.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Linux reports thread times in USER_HZ ticks, 100 per second on every
+/// mainstream architecture (reading `sysconf(_SC_CLK_TCK)` would need
+/// `unsafe`, which the workspace denies).
+const TICKS_PER_S: f64 = 100.0;
+
+/// CPU ticks used so far, by thread id, with each thread's name.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    threads: BTreeMap<u32, (String, u64)>,
+}
+
+/// One thread's share of a CPU over an interval.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadCpu {
+    pub tid: u32,
+    pub name: String,
+    /// 100 = one core fully busy.
+    pub busy_percent: f64,
+}
+
+impl Snapshot {
+    /// Reads every thread's times; threads that vanish meanwhile are skipped.
+    pub fn take() -> Snapshot {
+        let mut threads = BTreeMap::new();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return Snapshot { threads };
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|name| name.parse().ok()) else {
+                continue;
+            };
+            if let Some(entry) =
+                std::fs::read_to_string(task.path().join("stat")).ok().and_then(|stat| parse_stat(&stat))
+            {
+                threads.insert(tid, entry);
+            }
+        }
+        Snapshot { threads }
+    }
+
+    /// Each thread's busy share between `earlier` and `self`, busiest first;
+    /// threads that used less than 1% are left out.
+    pub fn busy_since(&self, earlier: &Snapshot, seconds: f64) -> Vec<ThreadCpu> {
+        let mut busy: Vec<ThreadCpu> = self
+            .threads
+            .iter()
+            .map(|(tid, (name, ticks))| {
+                let before = earlier.threads.get(tid).map_or(0, |(_, ticks)| *ticks);
+                let busy_percent = (ticks.saturating_sub(before)) as f64 / TICKS_PER_S / seconds.max(1e-9) * 100.0;
+                ThreadCpu { tid: *tid, name: name.clone(), busy_percent }
+            })
+            .filter(|thread| thread.busy_percent >= 1.0)
+            .collect();
+        // Busy threads may share a name (io_uring workers are all called
+        // "iou-wrk-<pid>"): tell those apart by thread id.
+        let names: Vec<String> = busy.iter().map(|thread| thread.name.clone()).collect();
+        for thread in &mut busy {
+            if names.iter().filter(|name| **name == thread.name).count() > 1 {
+                thread.name = format!("{}[{}]", thread.name, thread.tid);
+            }
+        }
+        busy.sort_by(|a, b| b.busy_percent.total_cmp(&a.busy_percent));
+        busy
+    }
+}
+
+/// The name and utime + stime of one `stat` line. The name is in
+/// parentheses and may itself contain spaces or parentheses, so the fields
+/// are counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_owned();
+    // After the name come fields 3 (state), 4, ...; utime is 14, stime 15.
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_names_parse() {
+        let line = "4242 (shard (0) x) S 1 1 1 0 -1 4194560 100 0 0 0 250 30 0 0 20 0 3 0 100 0 0";
+        assert_eq!(parse_stat(line), Some(("shard (0) x".to_string(), 280)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn this_thread_is_visible() {
+        let snapshot = Snapshot::take();
+        assert!(!snapshot.threads.is_empty());
+        let later =
+            Snapshot { threads: snapshot.threads.iter().map(|(tid, (n, t))| (*tid, (n.clone(), t + 50))).collect() };
+        let busy = later.busy_since(&snapshot, 1.0);
+        assert!(busy.iter().all(|thread| (thread.busy_percent - 50.0).abs() < 1e-9));
+    }
+}

@@ -1,0 +1,540 @@
+//! The report: what a run measured, as a table on stdout, a JSON document,
+//! `.hgrm` percentile files and (in `svg.rs`) a picture.
+//!
+//! Everything is derived from one [`Report`] value, built once from the
+//! merged measurements, so the table, the JSON and the picture can never
+//! disagree. Percentiles are read from merged HdrHistograms; latencies are
+//! recorded in microseconds and shown in milliseconds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use ringbroker::protocol::types::AckLevel;
+use serde::Serialize;
+
+use crate::cpustat::ThreadCpu;
+use crate::scenario::{BrokerStats, Environment, Outcome, Settings};
+
+/// Bytes in the MB of MB/s (decimal, as disks and networks are rated).
+const BYTES_PER_MB: f64 = 1e6;
+
+/// The time series table prints every second up to this many rows, then
+/// every k-th second; the JSON always has all of them.
+const TABLE_ROWS_MAX: usize = 60;
+
+/// Percentiles of one latency quantity, in microseconds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p99_9_us: u64,
+    pub p99_99_us: u64,
+    pub max_us: u64,
+}
+
+impl Percentiles {
+    /// `None` for an empty histogram.
+    pub fn of(hist: &Histogram<u64>) -> Option<Percentiles> {
+        if hist.is_empty() {
+            return None;
+        }
+        let at = |quantile| hist.value_at_quantile(quantile);
+        Some(Percentiles {
+            count: hist.len(),
+            mean_us: hist.mean(),
+            p50_us: at(0.5),
+            p90_us: at(0.9),
+            p99_us: at(0.99),
+            p99_9_us: at(0.999),
+            p99_99_us: at(0.9999),
+            max_us: hist.max(),
+        })
+    }
+}
+
+/// Event counts: every event is accounted for.
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    pub planned: u64,
+    /// Handed to the producer.
+    pub produced: u64,
+    pub acknowledged: u64,
+    /// Sent with acks = none: never confirmed either way.
+    pub unconfirmed: u64,
+    /// The broker or the connection reported a failure.
+    pub failed: u64,
+    /// Distinct events consumed.
+    pub consumed: u64,
+    /// Acknowledged but never consumed: lost.
+    pub missing: u64,
+    pub duplicated: u64,
+    /// Consumed records that are not events of this run.
+    pub foreign: u64,
+    /// Consumed after a later event of their producer in their partition.
+    pub reordered: u64,
+    pub partitions_not_caught_up: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Start to last ack.
+    pub produce_s: Option<f64>,
+    pub produce_events_per_s: Option<f64>,
+    pub produce_mb_per_s: Option<f64>,
+    /// Start to every partition consumed to its end.
+    pub consume_s: Option<f64>,
+    pub consume_events_per_s: Option<f64>,
+    pub consume_mb_per_s: Option<f64>,
+    /// Last ack to consumers caught up.
+    pub drain_after_last_ack_s: Option<f64>,
+}
+
+/// One second of the time series.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesRow {
+    pub second: usize,
+    pub sent: u64,
+    pub acked: u64,
+    pub consumed: u64,
+    pub ack_p99_us: Option<u64>,
+    pub lag: Option<u64>,
+}
+
+/// Everything the outputs are made of.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub environment: Environment,
+    pub config: Settings,
+    pub totals: Totals,
+    pub throughput: Throughput,
+    /// `ack`, `e2e` and (open loop) `send_delay`.
+    pub latency: BTreeMap<&'static str, Percentiles>,
+    pub cpu: Vec<ThreadCpu>,
+    /// The broker's counters (growth during the run) and fsync latency.
+    pub broker: Option<BrokerStats>,
+    pub series: Vec<SeriesRow>,
+    pub errors: Vec<String>,
+    pub wall_s: f64,
+}
+
+/// The names of the latency quantities, in display order, with labels.
+pub const QUANTITIES: [(&str, &str); 3] =
+    [("ack", "producer ack"), ("e2e", "end-to-end"), ("send_delay", "send delay (actual - intended)")];
+
+/// The histogram behind each quantity.
+pub fn histograms(outcome: &Outcome) -> [(&'static str, &Histogram<u64>); 3] {
+    let measured = &outcome.measurements;
+    [("ack", &measured.ack), ("e2e", &measured.e2e), ("send_delay", &measured.send_delay)]
+}
+
+impl Report {
+    pub fn build(outcome: &Outcome) -> Report {
+        let measured = &outcome.measurements;
+        let tracker = &measured.tracker;
+        let totals = Totals {
+            planned: outcome.planned_events,
+            produced: measured.sent,
+            acknowledged: measured.acked_count,
+            unconfirmed: measured.unconfirmed,
+            failed: measured.failed,
+            consumed: tracker.unique(),
+            missing: measured.missing(),
+            duplicated: tracker.duplicates(),
+            foreign: tracker.foreign(),
+            reordered: measured.reordered,
+            partitions_not_caught_up: measured.partitions_not_caught_up,
+        };
+        let bytes = outcome.settings.event_bytes as f64;
+        let rate = |events: u64, seconds: Option<f64>| seconds.filter(|s| *s > 0.0).map(|s| events as f64 / s);
+        // With acks = none nothing is acknowledged: production is timed by
+        // what was handed over.
+        let produced = if outcome.settings.acks == AckLevel::None { totals.produced } else { totals.acknowledged };
+        let produce_events_per_s = rate(produced, outcome.produce_s());
+        let consume_events_per_s = rate(totals.consumed, outcome.consume_s());
+        let throughput = Throughput {
+            produce_s: outcome.produce_s(),
+            produce_events_per_s,
+            produce_mb_per_s: produce_events_per_s.map(|events| events * bytes / BYTES_PER_MB),
+            consume_s: outcome.consume_s(),
+            consume_events_per_s,
+            consume_mb_per_s: consume_events_per_s.map(|events| events * bytes / BYTES_PER_MB),
+            drain_after_last_ack_s: outcome.drain_s(),
+        };
+        let latency =
+            histograms(outcome).into_iter().filter_map(|(name, hist)| Some((name, Percentiles::of(hist)?))).collect();
+        let series = measured
+            .series
+            .seconds()
+            .iter()
+            .enumerate()
+            .map(|(second, sample)| SeriesRow {
+                second,
+                sent: sample.sent,
+                acked: sample.acked,
+                consumed: sample.consumed,
+                ack_p99_us: sample.ack_latency.as_ref().map(|hist| hist.value_at_quantile(0.99)),
+                lag: sample.lag,
+            })
+            .collect();
+        Report {
+            scenario: outcome.settings.scenario.name(),
+            environment: outcome.environment.clone(),
+            config: outcome.settings.clone(),
+            totals,
+            throughput,
+            latency,
+            cpu: outcome.cpu.clone(),
+            broker: outcome.broker_stats.clone(),
+            series,
+            errors: measured.errors.clone(),
+            wall_s: outcome.end_ns.saturating_sub(outcome.start_ns) as f64 / 1e9,
+        }
+    }
+
+    /// 0: all good; 2: acknowledged events went missing; 3: duplicated or
+    /// foreign events; 1: the run itself failed (errors, consumers that
+    /// never caught up).
+    pub fn exit_code(&self) -> i32 {
+        let totals = &self.totals;
+        if totals.missing > 0 {
+            2
+        } else if totals.duplicated > 0 || totals.foreign > 0 {
+            3
+        } else if !self.errors.is_empty() || totals.partitions_not_caught_up > 0 || totals.failed > 0 {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// The human-readable report.
+    pub fn print(&self, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(self.header().as_bytes())?;
+        out.write_all(self.totals_table().as_bytes())?;
+        out.write_all(self.latency_table().as_bytes())?;
+        out.write_all(self.cpu_line().as_bytes())?;
+        out.write_all(self.broker_line().as_bytes())?;
+        out.write_all(self.series_table().as_bytes())?;
+        out.write_all(self.verdict().as_bytes())
+    }
+
+    fn header(&self) -> String {
+        let env = &self.environment;
+        let config = &self.config;
+        let mut text = format!("\nringbroker loadgen: {}  ({})\n", self.scenario, env.date_utc);
+        let _ = writeln!(
+            text,
+            "machine   {} CPUs online, this process may use {}",
+            env.machine_cpus,
+            ringbroker::config::format_cpu_list(&env.allowed_cpus)
+        );
+        let broker_cpus = env.broker.cpus.as_ref().map_or("unknown (remote)".to_string(), |cpus| format!("{cpus:?}"));
+        let _ = writeln!(text, "broker    {} at {}, shard CPUs {}", env.broker.mode, env.broker.addr, broker_cpus);
+        if let Some(tuning) = &env.broker.tuning {
+            let _ = writeln!(text, "tuning    {tuning}");
+        }
+        let _ = writeln!(text, "loadgen   executors pinned to CPUs {:?}", env.loadgen_cpus);
+        let consumer_rate = config.consumer_rate.map_or("unthrottled".into(), |rate| format!("{rate} events/s"));
+        let load = match config.scenario {
+            crate::scenario::Scenario::Burst => format!("{} events as fast as acked", config.events),
+            crate::scenario::Scenario::Steady => {
+                format!("open loop {} events/s for {} s", config.rate, config.duration_s)
+            }
+            crate::scenario::Scenario::Peaks => format!(
+                "open loop, peaks {} events/s for {} s, valleys {} events/s for {} s, {} s in all",
+                config.rate, config.peak_s, config.valley_rate, config.valley_s, config.duration_s
+            ),
+        };
+        let _ = writeln!(text, "load      {load}, {} B each, topic {}", config.event_bytes, env.topic);
+        let _ = writeln!(
+            text,
+            "clients   {} producers (acks {:?}, batch {} B, linger {} ms, {} in flight), {} consumers over {} partitions ({consumer_rate})\n",
+            config.producers,
+            config.acks,
+            config.batch_bytes,
+            config.linger_ms,
+            config.max_in_flight,
+            config.consumers,
+            config.partitions
+        );
+        text
+    }
+
+    fn totals_table(&self) -> String {
+        let totals = &self.totals;
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "events    planned {}  produced {}  acknowledged {}  consumed {}  missing {}  duplicated {}{}{}{}{}",
+            totals.planned,
+            totals.produced,
+            totals.acknowledged,
+            totals.consumed,
+            totals.missing,
+            totals.duplicated,
+            optional_count("  unconfirmed (acks none)", totals.unconfirmed),
+            optional_count("  failed", totals.failed),
+            optional_count("  foreign", totals.foreign),
+            optional_count("  reordered", totals.reordered),
+        );
+        let throughput = &self.throughput;
+        let _ = writeln!(
+            text,
+            "produce   {}",
+            rate_line(throughput.produce_events_per_s, throughput.produce_mb_per_s, throughput.produce_s, "last ack")
+        );
+        let _ = writeln!(
+            text,
+            "consume   {}",
+            rate_line(throughput.consume_events_per_s, throughput.consume_mb_per_s, throughput.consume_s, "caught up")
+        );
+        let drain =
+            throughput.drain_after_last_ack_s.map_or("never (see errors)".into(), |s| format!("{:.1} ms", s * 1e3));
+        let _ = writeln!(text, "drain     consumers caught up {drain} after the last ack\n");
+        text
+    }
+
+    fn latency_table(&self) -> String {
+        let mut text = format!(
+            "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}\n",
+            "latency (ms)", "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean", "count"
+        );
+        for (name, label) in QUANTITIES {
+            let Some(p) = self.latency.get(name) else {
+                continue;
+            };
+            let _ = writeln!(
+                text,
+                "{label:<32} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>10}",
+                ms(p.p50_us),
+                ms(p.p90_us),
+                ms(p.p99_us),
+                ms(p.p99_9_us),
+                ms(p.p99_99_us),
+                ms(p.max_us),
+                p.mean_us / 1e3,
+                p.count
+            );
+        }
+        text.push('\n');
+        text
+    }
+
+    fn cpu_line(&self) -> String {
+        if self.cpu.is_empty() {
+            return String::new();
+        }
+        let threads: Vec<String> =
+            self.cpu.iter().map(|thread| format!("{} {:.0}%", thread.name, thread.busy_percent)).collect();
+        format!("cpu       busy share of one core over {:.1} s: {}\n\n", self.wall_s, threads.join(", "))
+    }
+
+    /// What the broker did, from its counters: batching and group commit
+    /// explain most throughput and latency numbers.
+    fn broker_line(&self) -> String {
+        let Some(BrokerStats { counters, fsync_latency_us }) = &self.broker else {
+            return String::new();
+        };
+        let count = |name: &str| counters.get(name).copied().unwrap_or(0);
+        let produces = count("produce_requests");
+        let per_request = if produces == 0 { 0.0 } else { count("events_in") as f64 / produces as f64 };
+        let fsyncs = count("fsyncs");
+        let mut text = format!(
+            "broker    {produces} produce requests ({per_request:.0} events each), {} fetches, {fsyncs} fsyncs ({:.0}/s), {} forwarded between shards\n",
+            count("fetch_requests"),
+            fsyncs as f64 / self.wall_s.max(1e-9),
+            count("forwarded_out"),
+        );
+        for (shard, percentiles) in fsync_latency_us.iter().enumerate() {
+            let shown: Vec<String> =
+                percentiles.iter().map(|(percentile, us)| format!("p{percentile} {:.3}", ms(*us))).collect();
+            let _ = writeln!(text, "          shard {shard} fsync ms: {}", shown.join(", "));
+        }
+        text.push('\n');
+        text
+    }
+
+    fn series_table(&self) -> String {
+        let mut text = format!(
+            "{:>6} {:>11} {:>11} {:>11} {:>12} {:>11}\n",
+            "second", "sent/s", "acked/s", "consumed/s", "p99 ack ms", "lag"
+        );
+        let step = self.series.len().div_ceil(TABLE_ROWS_MAX).max(1);
+        if step > 1 {
+            let _ = writeln!(text, "(every {step}th second; all of them are in the JSON report)");
+        }
+        for row in self.series.iter().step_by(step) {
+            let p99 = row.ack_p99_us.map_or("-".into(), |us| format!("{:.3}", ms(us)));
+            let lag = row.lag.map_or("-".into(), |lag| lag.to_string());
+            let _ = writeln!(
+                text,
+                "{:>6} {:>11} {:>11} {:>11} {:>12} {:>11}",
+                row.second, row.sent, row.acked, row.consumed, p99, lag
+            );
+        }
+        text.push('\n');
+        text
+    }
+
+    fn verdict(&self) -> String {
+        let mut text = String::new();
+        for error in &self.errors {
+            let _ = writeln!(text, "error     {error}");
+        }
+        if self.totals.reordered > 0 {
+            let _ = writeln!(
+                text,
+                "warning   {} events reached their partition out of send order (the producer sends each \
+                 partition's records in order)",
+                self.totals.reordered
+            );
+        }
+        let verdict = match self.exit_code() {
+            0 => "ok: every acknowledged event was consumed exactly once",
+            2 => "FAILED: acknowledged events are missing",
+            3 => "FAILED: events were delivered twice or are not from this run",
+            _ => "FAILED: the run did not complete (see errors)",
+        };
+        let _ = writeln!(text, "result    {verdict}");
+        text
+    }
+
+    /// Writes the JSON report.
+    pub fn write_json(&self, path: &Path) -> io::Result<()> {
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        serde_json::to_writer_pretty(file, self).map_err(io::Error::other)
+    }
+}
+
+fn optional_count(label: &str, count: u64) -> String {
+    if count == 0 {
+        String::new()
+    } else {
+        format!("{label} {count}")
+    }
+}
+
+fn rate_line(events_per_s: Option<f64>, mb_per_s: Option<f64>, seconds: Option<f64>, until: &str) -> String {
+    match (events_per_s, mb_per_s, seconds) {
+        (Some(events), Some(mb), Some(seconds)) => {
+            format!("{events:>12.0} events/s {mb:>9.1} MB/s   ({until} at {seconds:.2} s)")
+        }
+        _ => "n/a".into(),
+    }
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1e3
+}
+
+/// Microseconds per displayed unit in `.hgrm` files (milliseconds, as the
+/// HdrHistogram tools show them).
+const HGRM_SCALING: f64 = 1000.0;
+
+/// The standard HdrHistogram percentile distribution text (what
+/// `outputPercentileDistribution` writes and the HdrHistogram plotter
+/// reads), values in milliseconds, five ticks per half distance.
+pub fn hgrm(hist: &Histogram<u64>) -> String {
+    let digits = usize::from(hist.sigfig());
+    let mut text = format!("{:>12} {:>14} {:>10} {:>14}\n\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
+    let mut total = 0u64;
+    for step in hist.iter_quantiles(5) {
+        total += step.count_since_last_iteration();
+        let value = step.value_iterated_to() as f64 / HGRM_SCALING;
+        let quantile = step.quantile_iterated_to();
+        if quantile < 1.0 {
+            let _ = writeln!(text, "{value:>12.digits$} {quantile:>2.12} {total:>10} {:>14.2}", 1.0 / (1.0 - quantile));
+        } else {
+            let _ = writeln!(text, "{value:>12.digits$} {quantile:>2.12} {total:>10}");
+        }
+    }
+    let _ = writeln!(
+        text,
+        "#[Mean    = {:>12.digits$}, StdDeviation   = {:>12.digits$}]",
+        hist.mean() / HGRM_SCALING,
+        hist.stdev() / HGRM_SCALING
+    );
+    let _ = writeln!(
+        text,
+        "#[Max     = {:>12.digits$}, Total count    = {:>12}]",
+        hist.max() as f64 / HGRM_SCALING,
+        hist.len()
+    );
+    let sub_buckets = (2 * 10u64.pow(u32::from(hist.sigfig()))).next_power_of_two();
+    let _ = writeln!(text, "#[Buckets = {:>12}, SubBuckets     = {:>12}]", hist.buckets(), sub_buckets);
+    text
+}
+
+/// Writes `<dir>/<quantity>.hgrm` for every non-empty quantity; returns the
+/// files written.
+pub fn write_hgrm_files(outcome: &Outcome, dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for (name, hist) in histograms(outcome) {
+        if hist.is_empty() {
+            continue;
+        }
+        let path = dir.join(format!("{name}.hgrm"));
+        std::fs::write(&path, hgrm(hist))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::latency_histogram;
+
+    #[test]
+    fn percentiles_come_from_the_histogram() {
+        let mut hist = latency_histogram();
+        for value in 1..=10_000 {
+            hist.record(value).unwrap();
+        }
+        let p = Percentiles::of(&hist).unwrap();
+        assert_eq!(p.count, 10_000);
+        assert!((4995..=5005).contains(&p.p50_us), "{}", p.p50_us);
+        assert!((9985..=9995).contains(&p.p99_9_us), "{}", p.p99_9_us);
+        assert_eq!(p.max_us, hist.max());
+        assert!((p.mean_us - 5000.5).abs() < 5.0);
+        assert_eq!(Percentiles::of(&latency_histogram()), None);
+    }
+
+    #[test]
+    fn hgrm_files_have_the_standard_shape() {
+        let mut hist = latency_histogram();
+        // Below 2048 us every microsecond has its own bucket: exact values.
+        for value in 1..=1000 {
+            hist.record(value).unwrap();
+        }
+        let text = hgrm(&hist);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "       Value     Percentile TotalCount 1/(1-Percentile)");
+        assert_eq!(lines[1], "");
+        // First row: the minimum (1 us = 0.001 ms) at percentile 0.
+        let first: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(first, ["0.001", "0.000000000000", "1", "1.00"]);
+        // The last data row reaches percentile 1 with every sample counted
+        // and has no 1/(1-p) column.
+        let last_row = lines.iter().rev().find(|line| !line.starts_with('#')).unwrap();
+        let last: Vec<&str> = last_row.split_whitespace().collect();
+        assert_eq!(last, ["1.000", "1.000000000000", "1000"]);
+        // Rows are in order, and the counts add up.
+        let counts: Vec<u64> = lines[2..]
+            .iter()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| line.split_whitespace().nth(2).unwrap().parse().unwrap())
+            .collect();
+        assert!(counts.windows(2).all(|pair| pair[0] <= pair[1]));
+        assert!(text.contains("#[Max     =        1.000, Total count    =         1000]"), "{text}");
+        assert!(text.contains("#[Buckets =           22, SubBuckets     =         2048]"), "{text}");
+    }
+}

@@ -1,0 +1,667 @@
+//! The scenarios and the run around them: settings, the embedded broker,
+//! topic creation, the plan each executor follows, the executors themselves,
+//! the progress bar, and the merge of what they measured.
+//!
+//! - `burst`: N events as fast as the broker takes them (closed loop, bounded
+//!   by the producer's buffer), consumers draining concurrently.
+//! - `steady`: open loop at a fixed rate; latency from intended send times.
+//! - `peaks`: open loop alternating a peak above the consumers' (throttled)
+//!   rate and a valley below it; the lag series shows the backlog building
+//!   and draining.
+//!
+//! `fanout` and `pipeline` need consumer groups, which the broker does not
+//! have yet; they are left out rather than faked with partition consumers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use glommio::{LocalExecutorBuilder, Placement};
+use indicatif::{ProgressBar, ProgressStyle};
+use ringbroker::client::{Client, ClientError, ClientOptions, ProducerConfig};
+use ringbroker::config::{CpuSelection, TuningConfig};
+use ringbroker::protocol::types::AckLevel;
+use ringbroker::server::{Broker, ShardPorts};
+use serde::Serialize;
+
+use crate::clock::{self, Clock};
+use crate::cpustat::{self, ThreadCpu};
+use crate::metrics::Measurements;
+use crate::schedule::{self, Phase, Schedule};
+use crate::worker::{self, ConsumerPlan, Plan, ProducerPlan, Shared};
+
+const NS_PER_S: f64 = 1e9;
+
+/// Which scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    Burst,
+    Steady,
+    Peaks,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Burst => "burst",
+            Scenario::Steady => "steady",
+            Scenario::Peaks => "peaks",
+        }
+    }
+}
+
+/// Every setting of a run, defaults resolved (also the JSON report's
+/// `config`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub scenario: Scenario,
+    /// burst: events to send; open-loop scenarios: ignored (rate x duration).
+    pub events: u64,
+    pub event_bytes: usize,
+    pub partitions: u32,
+    pub producers: u32,
+    pub consumers: u32,
+    pub acks: AckLevel,
+    pub batch_bytes: usize,
+    pub linger_ms: f64,
+    pub max_in_flight: usize,
+    /// steady: the rate; peaks: the peak rate (events/s, all producers).
+    pub rate: u64,
+    pub duration_s: f64,
+    pub valley_rate: u64,
+    pub peak_s: f64,
+    pub valley_s: f64,
+    /// All consumers together; `None`: unthrottled.
+    pub consumer_rate: Option<u64>,
+    pub topic_prefix: String,
+    pub loadgen_cpus: Vec<usize>,
+    pub drain_timeout_s: f64,
+    pub io_memory_bytes: usize,
+}
+
+/// Where the broker comes from.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Remote(SocketAddr),
+    /// Start one in this process with `config` (its data dir and listen
+    /// address are replaced), data in a temp dir under `data_parent`.
+    Embedded {
+        config: Box<TuningConfig>,
+        source: String,
+        data_parent: PathBuf,
+    },
+}
+
+/// The broker side of the report header.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerInfo {
+    pub mode: &'static str,
+    pub addr: SocketAddr,
+    /// Shard CPUs, when embedded.
+    pub cpus: Option<Vec<usize>>,
+    /// The tuning file, when embedded.
+    pub tuning: Option<String>,
+}
+
+/// Where and when the run happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Environment {
+    pub date_utc: String,
+    /// CPUs online in the machine.
+    pub machine_cpus: usize,
+    /// CPUs this process may use.
+    pub allowed_cpus: Vec<usize>,
+    pub broker: BrokerInfo,
+    pub loadgen_cpus: Vec<usize>,
+    pub topic: String,
+}
+
+/// Everything a report is made from.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub settings: Settings,
+    pub environment: Environment,
+    pub measurements: Measurements,
+    pub planned_events: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Busy share of every thread of this process (broker shards included
+    /// when embedded) over the run.
+    pub cpu: Vec<ThreadCpu>,
+    /// What the broker reported about the run; `None` if it could not say.
+    pub broker_stats: Option<BrokerStats>,
+}
+
+/// The broker's own view, from its stats request.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerStats {
+    /// How much each counter grew during the run, summed over shards.
+    pub counters: BTreeMap<String, u64>,
+    /// Each shard's fdatasync latency as (percentile, us), since the broker
+    /// started (for an embedded broker: this run). Per shard, because
+    /// percentiles of different shards cannot be combined.
+    pub fsync_latency_us: Vec<Vec<(f64, u64)>>,
+}
+
+impl Outcome {
+    /// Seconds from the start to the last ack.
+    pub fn produce_s(&self) -> Option<f64> {
+        self.measurements.last_ack_ns.map(|at| at.saturating_sub(self.start_ns) as f64 / NS_PER_S)
+    }
+
+    /// Seconds from the start until every partition was consumed to its end.
+    pub fn consume_s(&self) -> Option<f64> {
+        if self.measurements.partitions_not_caught_up > 0 {
+            return None;
+        }
+        self.measurements.caught_up_ns.map(|at| at.saturating_sub(self.start_ns) as f64 / NS_PER_S)
+    }
+
+    /// From the last ack until the consumers had everything.
+    pub fn drain_s(&self) -> Option<f64> {
+        let caught_up = self.measurements.caught_up_ns?;
+        (self.measurements.partitions_not_caught_up == 0)
+            .then(|| caught_up.saturating_sub(self.measurements.last_ack_ns.unwrap_or(caught_up)) as f64 / NS_PER_S)
+    }
+}
+
+/// The loadgen CPUs when none are given: CPU 1 if this process may use two
+/// or more CPUs (the dev-2core broker takes CPU 0), else the only one.
+pub fn default_loadgen_cpus(allowed: &[usize]) -> Vec<usize> {
+    match allowed {
+        [] => vec![0],
+        [only] => vec![*only],
+        [_, second, ..] => vec![*second],
+    }
+}
+
+/// Finds the embedded broker's tuning: the given file, else
+/// `tuning/dev-2core.toml` in the current directory or the workspace this
+/// binary was built from, else built-in defaults on CPU 0.
+pub fn load_tuning(path: Option<&Path>) -> anyhow::Result<(TuningConfig, String)> {
+    if let Some(path) = path {
+        return Ok((TuningConfig::load(path)?, path.display().to_string()));
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for candidate in [PathBuf::from("tuning/dev-2core.toml"), workspace.join("tuning/dev-2core.toml")] {
+        if candidate.is_file() {
+            let shown = candidate.canonicalize().unwrap_or(candidate.clone());
+            return Ok((TuningConfig::load(&candidate)?, shown.display().to_string()));
+        }
+    }
+    let mut config = TuningConfig::default();
+    config.shards.cpus = CpuSelection::List(vec![0]);
+    Ok((config, "built-in defaults, cpus = [0] (tuning/dev-2core.toml not found)".into()))
+}
+
+/// Checks settings that clap cannot.
+pub fn validate(settings: &Settings) -> anyhow::Result<()> {
+    if settings.event_bytes < crate::payload::HEADER_BYTES {
+        bail!("--size must be at least {} bytes (the event header)", crate::payload::HEADER_BYTES);
+    }
+    if settings.partitions == 0 || settings.producers == 0 || settings.consumers == 0 {
+        bail!("--partitions, --producers and --consumers must be at least 1");
+    }
+    if settings.consumers > settings.partitions {
+        bail!(
+            "--consumers {} exceeds --partitions {}: without consumer groups a partition has one consumer",
+            settings.consumers,
+            settings.partitions
+        );
+    }
+    if settings.loadgen_cpus.is_empty() {
+        bail!("--cpus is empty");
+    }
+    let positive = |value: f64, name: &str| {
+        if value.is_finite() && value > 0.0 {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("{name} must be a positive number of seconds"))
+        }
+    };
+    positive(settings.drain_timeout_s, "--drain-timeout-s")?;
+    match settings.scenario {
+        Scenario::Burst if settings.events == 0 => bail!("--events must be at least 1"),
+        Scenario::Burst => Ok(()),
+        Scenario::Steady if settings.rate == 0 => bail!("--rate must be at least 1 event/s"),
+        Scenario::Steady => positive(settings.duration_s, "--duration-s"),
+        Scenario::Peaks => {
+            positive(settings.duration_s, "--duration-s")?;
+            positive(settings.peak_s, "--peak-s")?;
+            if !(settings.valley_s.is_finite() && settings.valley_s >= 0.0) {
+                bail!("--valley-s must be zero or more seconds");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What each executor runs: producers and consumers spread round-robin
+/// over the executors, rates and event counts split evenly.
+pub fn build_plan(settings: &Settings, broker: SocketAddr, topic: String) -> Plan {
+    let executors = settings.loadgen_cpus.len();
+    let producers = u64::from(settings.producers);
+    let producer_plans = (0..settings.producers)
+        .map(|id| {
+            let index = u64::from(id);
+            let schedule = producer_schedule(settings, index);
+            let events = match &schedule {
+                None => schedule::share(settings.events, producers, index),
+                Some(schedule) => schedule.total_events(),
+            };
+            ProducerPlan { id, executor: id as usize % executors, events, schedule }
+        })
+        .collect();
+    let consumers = settings.consumers;
+    let consumer_plans = (0..consumers)
+        .map(|consumer| ConsumerPlan {
+            executor: consumer as usize % executors,
+            partitions: (0..settings.partitions).filter(|partition| partition % consumers == consumer).collect(),
+            events_per_s: settings
+                .consumer_rate
+                .map(|rate| schedule::share(rate, u64::from(consumers), u64::from(consumer)).max(1)),
+        })
+        .collect();
+    Plan {
+        broker,
+        topic,
+        event_bytes: settings.event_bytes,
+        producer: ProducerConfig {
+            batch_bytes: settings.batch_bytes,
+            linger: Duration::from_secs_f64(settings.linger_ms / 1000.0),
+            max_in_flight: settings.max_in_flight,
+            acks: settings.acks,
+            ..ProducerConfig::default()
+        },
+        producers: producer_plans,
+        consumers: consumer_plans,
+        drain_timeout: Duration::from_secs_f64(settings.drain_timeout_s),
+    }
+}
+
+/// Producer `index`'s open-loop schedule (`None` for burst). Producers
+/// share the rate and are offset by one aggregate interval each, so
+/// together they send evenly spaced events.
+fn producer_schedule(settings: &Settings, index: u64) -> Option<Schedule> {
+    let producers = u64::from(settings.producers);
+    let seconds_ns = |seconds: f64| (seconds * NS_PER_S) as u64;
+    let offset_ns = |rate: u64| (index * 1_000_000_000).checked_div(rate).unwrap_or(0);
+    match settings.scenario {
+        Scenario::Burst => None,
+        Scenario::Steady => Some(Schedule::constant(
+            schedule::share(settings.rate, producers, index),
+            seconds_ns(settings.duration_s),
+            offset_ns(settings.rate),
+        )),
+        Scenario::Peaks => {
+            let peak = Phase {
+                duration_ns: seconds_ns(settings.peak_s),
+                events_per_s: schedule::share(settings.rate, producers, index),
+            };
+            let valley = Phase {
+                duration_ns: seconds_ns(settings.valley_s),
+                events_per_s: schedule::share(settings.valley_rate, producers, index),
+            };
+            let phases = schedule::peaks_and_valleys(peak, valley, seconds_ns(settings.duration_s));
+            Some(Schedule::new(&phases, offset_ns(settings.rate)))
+        }
+    }
+}
+
+/// Runs one scenario end to end.
+pub fn run(settings: &Settings, target: Target, show_progress: bool) -> anyhow::Result<Outcome> {
+    validate(settings)?;
+    let clock = Clock::start();
+    let date_utc = clock::format_utc(clock.origin_unix_us() / 1_000_000);
+    let mut embedded = None;
+    let broker = match target {
+        Target::Remote(addr) => BrokerInfo { mode: "remote", addr, cpus: None, tuning: None },
+        Target::Embedded { config, source, data_parent } => {
+            let started = EmbeddedBroker::start(*config, &data_parent)?;
+            let info = BrokerInfo {
+                mode: "embedded",
+                addr: started.addr,
+                cpus: Some(started.cpus.clone()),
+                tuning: Some(source),
+            };
+            embedded = Some(started);
+            info
+        }
+    };
+    let topic = format!("{}-{}-{}", settings.topic_prefix, settings.scenario.name(), clock.origin_unix_us() / 1000);
+    ringbroker::protocol::types::validate_topic_name(&topic)
+        .map_err(|reason| anyhow::anyhow!("--topic-prefix gives an invalid topic name: {reason}"))?;
+    let result = create_topic(broker.addr, &topic, settings.partitions).and_then(|()| {
+        // Counters are extra insight, not part of the verdict: a broker that
+        // cannot report them still gets measured.
+        let before = broker_stats(broker.addr).ok();
+        let plan = Arc::new(build_plan(settings, broker.addr, topic.clone()));
+        let driven = drive(settings, &plan, clock, show_progress)?;
+        let after = broker_stats(broker.addr).ok();
+        let stats = before.zip(after).map(|(before, after)| BrokerStats {
+            counters: after
+                .counters
+                .into_iter()
+                .map(|(name, value)| (value.saturating_sub(before.counters.get(&name).copied().unwrap_or(0)), name))
+                .map(|(value, name)| (name, value))
+                .collect(),
+            fsync_latency_us: after.fsync_latency_us,
+        });
+        Ok((driven, stats))
+    });
+    if let Some(mut embedded) = embedded {
+        embedded.shutdown().context("stopping the embedded broker")?;
+    }
+    let (driven, broker_stats) = result?;
+    let allowed_cpus = ringbroker::config::allowed_cpus().unwrap_or_default();
+    let environment = Environment {
+        date_utc,
+        machine_cpus: std::thread::available_parallelism().map_or(allowed_cpus.len(), |count| count.get()),
+        allowed_cpus,
+        broker,
+        loadgen_cpus: settings.loadgen_cpus.clone(),
+        topic,
+    };
+    Ok(Outcome {
+        settings: settings.clone(),
+        environment,
+        planned_events: driven.planned_events,
+        measurements: driven.measurements,
+        start_ns: driven.start_ns,
+        end_ns: driven.end_ns,
+        cpu: driven.cpu,
+        broker_stats,
+    })
+}
+
+/// A broker in this process, stopped (and its data deleted) on shutdown
+/// or drop.
+struct EmbeddedBroker {
+    broker: Option<Broker>,
+    addr: SocketAddr,
+    cpus: Vec<usize>,
+    data: Option<tempfile::TempDir>,
+}
+
+impl EmbeddedBroker {
+    fn start(mut config: TuningConfig, data_parent: &Path) -> anyhow::Result<EmbeddedBroker> {
+        let data = tempfile::Builder::new()
+            .prefix("loadgen-broker-")
+            .tempdir_in(data_parent)
+            .with_context(|| format!("creating a data dir under {}", data_parent.display()))?;
+        config.storage.data_dir = data.path().to_path_buf();
+        // Any free port: an embedded broker must not collide with a real one.
+        config.network.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let broker = Broker::start(config, ShardPorts::Ephemeral).context("starting the embedded broker")?;
+        let (addr, cpus) = (broker.addr(), broker.cpus().to_vec());
+        Ok(EmbeddedBroker { broker: Some(broker), addr, cpus, data: Some(data) })
+    }
+
+    fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(broker) = self.broker.take() {
+            broker.stop();
+            broker.wait()?;
+        }
+        if let Some(data) = self.data.take() {
+            data.close().context("deleting the embedded broker's data")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Runs `job` with a client of its own on a short-lived executor (setup
+/// and bookkeeping, never the measured work).
+fn with_client<T, F, Fut>(addr: SocketAddr, job: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, ClientError>> + 'static,
+{
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("loadgen-setup")
+        .io_memory(64 << 10)
+        .spawn(move || async move {
+            ringbroker::server::spawn_wake_ticker(Duration::from_millis(1));
+            job(Client::connect(addr, ClientOptions::default()).await?).await
+        })
+        .map_err(|error| anyhow::anyhow!("starting a setup executor: {error}"))?;
+    let result = handle.join().map_err(|error| anyhow::anyhow!("setup executor failed: {error}"))?;
+    Ok(result?)
+}
+
+/// Creates the run's topic.
+fn create_topic(addr: SocketAddr, topic: &str, partitions: u32) -> anyhow::Result<()> {
+    let topic = topic.to_owned();
+    with_client(addr, move |client| async move { client.create_topic(&topic, partitions).await })
+        .with_context(|| format!("creating the topic on {addr}"))
+}
+
+/// The broker's counters summed over its shards (requests, events,
+/// fsyncs...) and each shard's fsync latency.
+fn broker_stats(addr: SocketAddr) -> anyhow::Result<BrokerStats> {
+    let stats = with_client(addr, |client| async move { client.stats().await })?;
+    let mut counters = BTreeMap::new();
+    for (name, value) in stats.shards.iter().flat_map(|shard| shard.counters.iter()) {
+        *counters.entry(name.clone()).or_insert(0) += value;
+    }
+    let fsync_latency_us = stats.shards.into_iter().map(|shard| shard.fsync_latency_us).collect();
+    Ok(BrokerStats { counters, fsync_latency_us })
+}
+
+/// What the executors produced, merged.
+struct Driven {
+    measurements: Measurements,
+    planned_events: u64,
+    start_ns: u64,
+    end_ns: u64,
+    cpu: Vec<ThreadCpu>,
+}
+
+/// Starts the executors, releases them together, shows progress, and
+/// merges their measurements.
+fn drive(settings: &Settings, plan: &Arc<Plan>, clock: Clock, show_progress: bool) -> anyhow::Result<Driven> {
+    let shared = Arc::new(Shared::new(plan.producers.len()));
+    // Whatever happens below, executors waiting to start or to exit are let go.
+    let _release = Release(Arc::clone(&shared), clock);
+    let mut handles = Vec::new();
+    for (index, &cpu) in settings.loadgen_cpus.iter().enumerate() {
+        let spawned = worker::spawn(index, cpu, settings.io_memory_bytes, Arc::clone(plan), Arc::clone(&shared), clock);
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(error) => {
+                shared.abort();
+                return Err(error).with_context(|| format!("starting the loadgen executor on CPU {cpu}"));
+            }
+        }
+    }
+    while shared.ready.load(Ordering::SeqCst) < handles.len() && !shared.is_aborted() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let planned_events = plan.planned().iter().sum();
+    let cpu_before = cpustat::Snapshot::take();
+    let start_ns = clock.now_ns().max(1);
+    shared.start_ns.store(start_ns, Ordering::SeqCst);
+    let bar = progress_bar(show_progress, planned_events);
+    while shared.workers_done.load(Ordering::SeqCst) < handles.len() {
+        std::thread::sleep(Duration::from_millis(100));
+        update_progress(&bar, &shared, settings.acks, clock.now_ns().saturating_sub(start_ns));
+    }
+    bar.finish_and_clear();
+    let end_ns = clock.now_ns();
+    let cpu = cpustat::Snapshot::take().busy_since(&cpu_before, end_ns.saturating_sub(start_ns) as f64 / NS_PER_S);
+    shared.released.store(true, Ordering::SeqCst);
+    let mut measurements = Measurements::new(start_ns, &plan.planned());
+    for (index, handle) in handles.into_iter().enumerate() {
+        let theirs = handle.join().map_err(|error| anyhow::anyhow!("loadgen executor {index} failed: {error}"))?;
+        measurements.merge(&theirs);
+    }
+    Ok(Driven { measurements, planned_events, start_ns, end_ns, cpu })
+}
+
+/// Lets every executor start and exit when dropped.
+struct Release(Arc<Shared>, Clock);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = self.0.start_ns.compare_exchange(0, self.1.now_ns().max(1), Ordering::SeqCst, Ordering::SeqCst);
+        self.0.released.store(true, Ordering::SeqCst);
+    }
+}
+
+fn progress_bar(show: bool, planned_events: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(planned_events);
+    let style = ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {msg}")
+        .expect("a valid progress template")
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
+fn update_progress(bar: &ProgressBar, shared: &Shared, acks: AckLevel, elapsed_ns: u64) {
+    let sent = shared.sent.load(Ordering::Relaxed);
+    let acked = shared.acked.load(Ordering::Relaxed);
+    let consumed = shared.consumed.load(Ordering::Relaxed);
+    let (position, what) = if acks == AckLevel::None { (sent, "sent") } else { (acked, "acked") };
+    bar.set_position(position);
+    let rate = position as f64 / (elapsed_ns as f64 / NS_PER_S).max(1e-3);
+    bar.set_message(format!("{what} ({rate:.0}/s), consumed {consumed}, lag {}", position.saturating_sub(consumed)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(scenario: Scenario) -> Settings {
+        Settings {
+            scenario,
+            events: 20_000,
+            event_bytes: 100,
+            partitions: 4,
+            producers: 2,
+            consumers: 4,
+            acks: AckLevel::Durable,
+            batch_bytes: 64 << 10,
+            linger_ms: 1.0,
+            max_in_flight: 16,
+            rate: 10_000,
+            duration_s: 1.0,
+            valley_rate: 1_000,
+            peak_s: 0.5,
+            valley_s: 0.5,
+            consumer_rate: None,
+            topic_prefix: "loadgen-test".into(),
+            loadgen_cpus: default_loadgen_cpus(&ringbroker::config::allowed_cpus().unwrap()),
+            drain_timeout_s: 30.0,
+            io_memory_bytes: 64 << 10,
+        }
+    }
+
+    #[test]
+    fn plans_split_events_rates_and_partitions() {
+        let mut steady = settings(Scenario::Steady);
+        steady.producers = 3;
+        steady.consumers = 3;
+        steady.loadgen_cpus = vec![0, 1];
+        let plan = build_plan(&steady, "127.0.0.1:1".parse().unwrap(), "t".into());
+        assert_eq!(plan.planned().iter().sum::<u64>(), 10_000);
+        let executors: Vec<usize> = plan.producers.iter().map(|producer| producer.executor).collect();
+        assert_eq!(executors, [0, 1, 0]);
+        let partitions: Vec<Vec<u32>> = plan.consumers.iter().map(|consumer| consumer.partitions.clone()).collect();
+        assert_eq!(partitions, [vec![0, 3], vec![1], vec![2]]);
+        // Producers interleave: the first events of the three are 1/10000 s apart.
+        let firsts: Vec<u64> = plan.producers.iter().map(|p| p.schedule.as_ref().unwrap().intended_ns(0)).collect();
+        assert_eq!(firsts, [0, 100_000, 200_000]);
+
+        let mut burst = settings(Scenario::Burst);
+        burst.events = 10;
+        burst.producers = 4;
+        let plan = build_plan(&burst, "127.0.0.1:1".parse().unwrap(), "t".into());
+        assert_eq!(plan.planned(), [3, 3, 2, 2]);
+        assert!(plan.producers.iter().all(|producer| producer.schedule.is_none()));
+
+        let peaks = settings(Scenario::Peaks);
+        let plan = build_plan(&peaks, "127.0.0.1:1".parse().unwrap(), "t".into());
+        // 0.5 s at 10,000/s, then 0.5 s at 1,000/s.
+        assert_eq!(plan.planned().iter().sum::<u64>(), 5_500);
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused() {
+        let mut small = settings(Scenario::Burst);
+        small.event_bytes = 10;
+        assert!(validate(&small).is_err());
+        let mut greedy = settings(Scenario::Burst);
+        greedy.consumers = 5;
+        assert!(validate(&greedy).is_err());
+        let mut still = settings(Scenario::Steady);
+        still.rate = 0;
+        assert!(validate(&still).is_err());
+        assert!(validate(&settings(Scenario::Peaks)).is_ok());
+    }
+
+    /// A small broker on the first allowed CPU, as the dev-2core profile
+    /// would place it, with test-sized memory and segments.
+    fn embedded_target() -> Target {
+        let allowed = ringbroker::config::allowed_cpus().unwrap();
+        let mut config = TuningConfig::default();
+        config.shards.cpus = CpuSelection::List(vec![allowed[0]]);
+        config.shards.io_memory_bytes = 64 << 10;
+        config.storage.segment_bytes = 16 << 20;
+        let target_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+        let data_parent = if target_dir.is_dir() { target_dir } else { std::env::temp_dir() };
+        Target::Embedded { config: Box::new(config), source: "test".into(), data_parent }
+    }
+
+    fn assert_complete(outcome: &Outcome, events: u64) {
+        let report = crate::report::Report::build(outcome);
+        let totals = &report.totals;
+        assert_eq!(report.errors, Vec::<String>::new());
+        assert_eq!((totals.produced, totals.acknowledged, totals.consumed), (events, events, events));
+        assert_eq!((totals.missing, totals.duplicated, totals.foreign, totals.failed), (0, 0, 0, 0));
+        assert_eq!(report.exit_code(), 0);
+        assert_eq!(report.latency["ack"].count, events);
+        assert_eq!(report.latency["e2e"].count, events);
+        assert!(report.throughput.drain_after_last_ack_s.is_some());
+        assert!(crate::svg::render(outcome, &report).starts_with("<svg"));
+    }
+
+    #[test]
+    fn a_short_burst_against_an_embedded_broker_loses_nothing() {
+        let settings = settings(Scenario::Burst);
+        let outcome = run(&settings, embedded_target(), false).unwrap();
+        assert_complete(&outcome, 20_000);
+        assert_eq!(outcome.measurements.send_delay.len(), 0, "burst has no schedule");
+    }
+
+    #[test]
+    fn a_short_steady_run_sends_on_schedule_and_loses_nothing() {
+        let mut settings = settings(Scenario::Steady);
+        settings.rate = 8_000;
+        settings.duration_s = 0.5;
+        settings.acks = AckLevel::Written;
+        let outcome = run(&settings, embedded_target(), false).unwrap();
+        assert_complete(&outcome, 4_000);
+        assert_eq!(outcome.measurements.send_delay.len(), 4_000);
+    }
+
+    #[test]
+    fn loadgen_defaults_to_the_second_allowed_cpu() {
+        assert_eq!(default_loadgen_cpus(&[0, 1, 2]), [1]);
+        assert_eq!(default_loadgen_cpus(&[3]), [3]);
+        assert_eq!(default_loadgen_cpus(&[]), [0]);
+    }
+}

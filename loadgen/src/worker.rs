@@ -1,0 +1,677 @@
+//! One loadgen executor: its producers, ack collectors, consumers and lag
+//! sampler, all on one pinned glommio thread with its own [`Client`].
+//!
+//! Thread-per-core like the broker: nothing here is shared with other
+//! executors except a handful of atomics (start signal, progress counters,
+//! "producers finished", abort). Each executor measures into its own
+//! [`Measurements`]; the main thread merges them at the end.
+//!
+//! Per event the hot path is: rewrite the 24-byte header of a reused value
+//! buffer, `Producer::send` (which copies it into the open batch), poll the
+//! record's ack future once and queue it on the producer's lane (see
+//! `acks`: acks are timed exactly even when batches are answered out of
+//! order).
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use ringbroker::client::{
+    Client, ClientError, ClientOptions, ConsumedRecord, PartitionConsumer, Producer, ProducerConfig, ProducerRecord,
+    SendFuture, StartPosition,
+};
+use ringbroker::protocol::types::{Offset, PartitionId};
+use ringbroker::protocol::wire::OffsetSpec;
+
+use crate::acks::{Lane, Pending};
+use crate::clock::Clock;
+use crate::metrics::Measurements;
+use crate::payload::{self, Bitmap, EventHeader, Seen};
+use crate::schedule::Schedule;
+
+/// What a record's ack future resolves to.
+type AckResult = Result<Option<Offset>, ClientError>;
+
+/// glommio 0.9.0 can miss a wake-up sent from another thread as an executor
+/// goes to sleep; a timer this often bounds how late it is noticed.
+const WAKE_INTERVAL: Duration = Duration::from_millis(1);
+
+/// A producer yields to the executor's other tasks (collectors, consumers)
+/// at least this often, so they measure promptly even when `send` never
+/// has to wait.
+const EVENTS_PER_YIELD: u64 = 256;
+
+/// In a burst, one clock reading timestamps this many consecutive events
+/// (unless `send` had to wait). Reading the clock per event cost ~5% of
+/// loadgen's CPU; eight events take a few microseconds to send, far below
+/// the latencies measured.
+const EVENTS_PER_CLOCK_READ: u32 = 8;
+
+/// Open-loop producers wake on a grid this fine (see [`wake_time`]).
+const SEND_QUANTUM_NS: u64 = 100_000;
+
+/// Progress counters shared with the main thread are updated at most this
+/// often per task, not per event.
+const PROGRESS_INTERVAL_NS: u64 = 50_000_000;
+
+/// How long a consumer's fetch waits at the end of a partition; also how
+/// quickly it notices that the producers have finished.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// A partition's end is taken as final once two readings this far apart
+/// agree (with `acks = none` or `written`, records become visible a little
+/// after their producer is done).
+const SETTLE_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The largest fetch a consumer asks for.
+const FETCH_BYTES_MAX: u32 = 512 << 10;
+
+/// Everything the executors need to know about the run; built once, shared
+/// read-only.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub broker: SocketAddr,
+    pub topic: String,
+    /// Bytes per event value.
+    pub event_bytes: usize,
+    pub producer: ProducerConfig,
+    pub producers: Vec<ProducerPlan>,
+    pub consumers: Vec<ConsumerPlan>,
+    /// How long consumers may take to catch up once every producer is done.
+    pub drain_timeout: Duration,
+}
+
+impl Plan {
+    /// Events each producer plans to send, indexed by producer id.
+    pub fn planned(&self) -> Vec<u64> {
+        self.producers.iter().map(|producer| producer.events).collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProducerPlan {
+    pub id: u32,
+    pub executor: usize,
+    pub events: u64,
+    /// `None`: send as fast as the broker takes events (closed loop).
+    pub schedule: Option<Schedule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerPlan {
+    pub executor: usize,
+    pub partitions: Vec<u32>,
+    /// Throttles this consumer (all its partitions together).
+    pub events_per_s: Option<u64>,
+}
+
+/// The little that executors and the main thread share.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub ready: AtomicUsize,
+    /// `Clock::now_ns` of the run's start; 0 until the main thread starts it.
+    pub start_ns: AtomicU64,
+    pub producers_left: AtomicUsize,
+    pub workers_done: AtomicUsize,
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub consumed: AtomicU64,
+    pub aborted: AtomicBool,
+    /// Executors finish only once the main thread has read their CPU time
+    /// (a thread that exited is gone from /proc).
+    pub released: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(producers: usize) -> Shared {
+        Shared { producers_left: AtomicUsize::new(producers), ..Shared::default() }
+    }
+
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts executor `index` pinned to `cpu`; it returns what it measured.
+pub fn spawn(
+    index: usize,
+    cpu: usize,
+    io_memory_bytes: usize,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    clock: Clock,
+) -> std::io::Result<ExecutorJoinHandle<Measurements>> {
+    LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        .name(&format!("loadgen-{index}"))
+        .io_memory(io_memory_bytes)
+        .spawn(move || run(index, plan, shared, clock))
+        .map_err(|error| std::io::Error::other(error.to_string()))
+}
+
+/// Per-executor state shared by its tasks.
+struct Ctx {
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    clock: Clock,
+    start_ns: u64,
+    client: Client,
+    measurements: RefCell<Measurements>,
+    /// Each partition consumer's last known lag, summed by the sampler.
+    lags: RefCell<Vec<Rc<Cell<u64>>>>,
+    progress: Progress,
+}
+
+async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, clock: Clock) -> Measurements {
+    ringbroker::server::spawn_wake_ticker(WAKE_INTERVAL);
+    let client = connect(&plan).await;
+    shared.ready.fetch_add(1, Ordering::SeqCst);
+    let start_ns = wait_for_start(&shared).await;
+    let measurements = match client {
+        Ok(client) => measure(index, &plan, &shared, clock, start_ns, client).await,
+        Err(error) => {
+            shared.abort();
+            let mut measurements = Measurements::new(start_ns, &plan.planned());
+            measurements.error(format!("executor {index}: connecting to {}: {error}", plan.broker));
+            measurements
+        }
+    };
+    shared.workers_done.fetch_add(1, Ordering::SeqCst);
+    while !shared.released.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    measurements
+}
+
+/// Runs this executor's producers and consumers to the end.
+async fn measure(
+    index: usize,
+    plan: &Arc<Plan>,
+    shared: &Arc<Shared>,
+    clock: Clock,
+    start_ns: u64,
+    client: Client,
+) -> Measurements {
+    let measurements = RefCell::new(Measurements::new(start_ns, &plan.planned()));
+    let ctx = Rc::new(Ctx {
+        plan: Arc::clone(plan),
+        shared: Arc::clone(shared),
+        clock,
+        start_ns,
+        client,
+        measurements,
+        lags: RefCell::new(Vec::new()),
+        progress: Progress::default(),
+    });
+    let producers: Vec<_> = plan
+        .producers
+        .iter()
+        .filter(|producer| producer.executor == index)
+        .map(|producer| glommio::spawn_local(produce(Rc::clone(&ctx), producer.clone())))
+        .collect();
+    let mut consumers = Vec::new();
+    for consumer in plan.consumers.iter().filter(|consumer| consumer.executor == index) {
+        let throttle = consumer.events_per_s.map(|rate| Rc::new(Throttle::new(rate, start_ns)));
+        for &partition in &consumer.partitions {
+            let lag = Rc::new(Cell::new(0));
+            ctx.lags.borrow_mut().push(Rc::clone(&lag));
+            let task = consume_partition(Rc::clone(&ctx), partition, throttle.clone(), lag, consumer.events_per_s);
+            consumers.push(glommio::spawn_local(task));
+        }
+    }
+    // Dropping the sampler's task at the end cancels it.
+    let sampler = glommio::spawn_local(sample_lag(Rc::clone(&ctx)));
+    for task in producers {
+        task.await;
+    }
+    for task in consumers {
+        task.await;
+    }
+    drop(sampler);
+    ctx.progress.flush(shared);
+    ctx.measurements.replace(Measurements::new(start_ns, &[]))
+}
+
+async fn connect(plan: &Plan) -> Result<Client, ClientError> {
+    let client = Client::connect(plan.broker, ClientOptions::default()).await?;
+    // Learn the topic's placement now, so the first send does not wait for it.
+    client.partitions(&plan.topic).await?;
+    Ok(client)
+}
+
+async fn wait_for_start(shared: &Shared) -> u64 {
+    loop {
+        let start_ns = shared.start_ns.load(Ordering::SeqCst);
+        if start_ns != 0 {
+            return start_ns;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn produce(ctx: Rc<Ctx>, plan: ProducerPlan) {
+    if let Err(message) = produce_events(&ctx, &plan).await {
+        ctx.measurements.borrow_mut().error(format!("producer {}: {message}", plan.id));
+        ctx.shared.abort();
+    }
+    ctx.shared.producers_left.fetch_sub(1, Ordering::SeqCst);
+}
+
+async fn produce_events(ctx: &Rc<Ctx>, plan: &ProducerPlan) -> Result<(), String> {
+    let producer = Producer::new(ctx.client.clone(), ctx.plan.producer.clone()).map_err(|error| error.to_string())?;
+    let acked = Rc::new(RefCell::new(Bitmap::new(plan.events)));
+    let lane: Rc<Lane<SendFuture>> = Rc::new(Lane::new());
+    let collector = glommio::spawn_local(collect_acks(Rc::clone(ctx), Rc::clone(&acked), Rc::clone(&lane)));
+    let (sent, result) = send_events(ctx, plan, &producer, &lane, &acked).await;
+    ctx.measurements.borrow_mut().sent += sent;
+    producer.flush().await;
+    // Every batch is answered now; the collector ends once it has seen the
+    // last ack.
+    lane.close();
+    collector.await;
+    let acked = std::mem::replace(&mut *acked.borrow_mut(), Bitmap::new(0));
+    ctx.measurements.borrow_mut().acked.push((plan.id, acked));
+    result
+}
+
+/// The send loop; returns how many events it sent. Bounded: `send` waits
+/// once the producer's buffer is full, and each lane holds at most the
+/// records of that buffer.
+async fn send_events(
+    ctx: &Ctx,
+    plan: &ProducerPlan,
+    producer: &Producer,
+    lane: &Lane<SendFuture>,
+    acked: &RefCell<Bitmap>,
+) -> (u64, Result<(), String>) {
+    let mut seq = 0;
+    let result = send_loop(ctx, plan, producer, lane, acked, &mut seq).await;
+    ctx.measurements.borrow_mut().series.record_sent(ctx.clock.now_ns(), seq % EVENTS_PER_YIELD);
+    (seq, result)
+}
+
+async fn send_loop(
+    ctx: &Ctx,
+    plan: &ProducerPlan,
+    producer: &Producer,
+    lane: &Lane<SendFuture>,
+    acked: &RefCell<Bitmap>,
+    seq: &mut u64,
+) -> Result<(), String> {
+    let mut value = payload::new_value(ctx.plan.event_bytes);
+    // Open loop: events before this index are known to be due, so the clock
+    // is read once per run of due events, not per event.
+    let mut due = 0;
+    // Burst: the last clock reading and how many more events it may stamp.
+    let (mut clock_ns, mut clock_uses_left) = (0, 0);
+    while *seq < plan.events {
+        let next = *seq;
+        if ctx.shared.is_aborted() {
+            return Err("stopped: the run was aborted".into());
+        }
+        let from_ns = match &plan.schedule {
+            None => {
+                if clock_uses_left == 0 {
+                    (clock_ns, clock_uses_left) = (ctx.clock.now_ns(), EVENTS_PER_CLOCK_READ);
+                }
+                clock_uses_left -= 1;
+                clock_ns
+            }
+            Some(schedule) => {
+                if next >= due {
+                    let now_ns = ctx.clock.now_ns();
+                    due = schedule.due_count(now_ns.saturating_sub(ctx.start_ns));
+                    if next >= due {
+                        let wake_ns = ctx.start_ns + wake_time(schedule.intended_ns(next));
+                        glommio::timer::sleep(Duration::from_nanos(wake_ns.saturating_sub(now_ns))).await;
+                        continue;
+                    }
+                }
+                ctx.start_ns + schedule.intended_ns(next)
+            }
+        };
+        let sent_unix_us = ctx.clock.unix_us(from_ns);
+        payload::encode(&mut value, &EventHeader { producer: plan.id, seq: next, sent_unix_us });
+        // No key and no partition: the client's sticky choice fills one
+        // partition's batch, then moves to the next. Spreading records
+        // round-robin instead keeps every partition's batch open at once;
+        // when the producer's buffer is full the client seals them all,
+        // and batches shrink until each holds one record (seen with 1 KiB
+        // events over 4 partitions: 1 event per produce request, 17 MB/s).
+        let record = ProducerRecord {
+            topic: &ctx.plan.topic,
+            partition: None,
+            key: None,
+            value: Some(&value),
+            headers: &[],
+            // Passed in so the client does not read the clock again.
+            timestamp_ms: Some((sent_unix_us / 1000) as i64),
+        };
+        let (sent, waited) = noting_wait(producer.send(record)).await;
+        let future = sent.map_err(|error| format!("send: {error}"))?;
+        if waited {
+            clock_uses_left = 0;
+        }
+        let sent_ns = if plan.schedule.is_some() {
+            // Sent once the producer took it: a full buffer delays the send.
+            let sent_ns = ctx.clock.now_ns();
+            ctx.measurements.borrow_mut().send_delay.saturating_record(sent_ns.saturating_sub(from_ns) / 1000);
+            sent_ns
+        } else {
+            from_ns
+        };
+        if let Some(answered) = lane.push(Pending { future, seq: next, from_ns }) {
+            record_acks(ctx, acked, ctx.clock.now_ns(), [answered]);
+        }
+        *seq += 1;
+        ctx.progress.sent.set(ctx.progress.sent.get() + 1);
+        if seq.is_multiple_of(EVENTS_PER_YIELD) {
+            ctx.measurements.borrow_mut().series.record_sent(sent_ns, EVENTS_PER_YIELD);
+            ctx.progress.maybe_flush(&ctx.shared, sent_ns);
+            futures_lite::future::yield_now().await;
+            clock_uses_left = 0;
+        }
+    }
+    Ok(())
+}
+
+/// When an open-loop producer wakes to send an event due at `intended_ns`
+/// (both from the run start): the next multiple of [`SEND_QUANTUM_NS`].
+///
+/// Sleeping until each event's own time parks the executor per event, and
+/// every glommio park costs an io_uring timeout and a membarrier IPI: at
+/// 200k events/s that alone took 90% of a core. On a shared grid all the
+/// producers of an executor wake together, at most once per quantum, and
+/// send everything then due. The price is up to one quantum of send delay,
+/// which is measured (`send_delay`) and counted in the latencies, as
+/// coordinated-omission correction requires.
+fn wake_time(intended_ns: u64) -> u64 {
+    intended_ns.div_ceil(SEND_QUANTUM_NS) * SEND_QUANTUM_NS
+}
+
+/// Awaits `future` and says whether it had to wait (returned `Pending` at
+/// least once). A task that never waited let no other task run, so no
+/// time passed but its own: a clock reading taken before is still good.
+async fn noting_wait<F: Future>(future: F) -> (F::Output, bool) {
+    let mut future = std::pin::pin!(future);
+    let mut waited = false;
+    let output = std::future::poll_fn(|cx| {
+        let poll = future.as_mut().poll(cx);
+        waited |= poll.is_pending();
+        poll
+    })
+    .await;
+    (output, waited)
+}
+
+/// Records the latencies of one lane's acks as its batches are answered.
+///
+/// The clock is read once per wake-up: every record found answered was
+/// answered before the collector resumed (no other task ran since), so
+/// that reading is the ack time of all of them — as exact as a reading per
+/// record, at a fraction of the cost.
+async fn collect_acks(ctx: Rc<Ctx>, acked: Rc<RefCell<Bitmap>>, lane: Rc<Lane<SendFuture>>) {
+    let mut ready = Vec::new();
+    loop {
+        let wakes = lane.answered().await;
+        if wakes == 0 {
+            break;
+        }
+        let now_ns = ctx.clock.now_ns();
+        lane.take_ready(wakes, &mut ready);
+        record_acks(&ctx, &acked, now_ns, ready.drain(..));
+        ctx.progress.maybe_flush(&ctx.shared, now_ns);
+    }
+}
+
+fn record_acks(
+    ctx: &Ctx,
+    acked: &RefCell<Bitmap>,
+    now_ns: u64,
+    answered: impl IntoIterator<Item = (Pending<SendFuture>, AckResult)>,
+) {
+    let mut measurements = ctx.measurements.borrow_mut();
+    let mut acked = acked.borrow_mut();
+    for (Pending { seq, from_ns, .. }, result) in answered {
+        match result {
+            Ok(Some(_offset)) => {
+                acked.insert(seq);
+                let latency_us = now_ns.saturating_sub(from_ns) / 1000;
+                measurements.ack.saturating_record(latency_us);
+                measurements.series.record_ack(now_ns, latency_us);
+                measurements.acked_count += 1;
+                measurements.last_ack_ns = measurements.last_ack_ns.max(Some(now_ns));
+                ctx.progress.acked.set(ctx.progress.acked.get() + 1);
+            }
+            Ok(None) => measurements.unconfirmed += 1,
+            Err(error) => {
+                measurements.failed += 1;
+                if measurements.failed == 1 {
+                    measurements.error(format!("first failed send: {error}"));
+                }
+            }
+        }
+    }
+}
+
+/// Limits a consumer to a rate: events are let through no faster than
+/// `events_per_s`, with at most [`THROTTLE_BURST_NS`] of unused rate saved
+/// up while idle (a consumer that had nothing to do must not then race
+/// through a backlog at unlimited speed).
+struct Throttle {
+    events_per_s: u64,
+    /// When the events taken so far are paid for.
+    next_ns: Cell<u64>,
+}
+
+/// How much idle time a throttled consumer may make up for.
+const THROTTLE_BURST_NS: u64 = 50_000_000;
+
+impl Throttle {
+    fn new(events_per_s: u64, start_ns: u64) -> Throttle {
+        Throttle { events_per_s: events_per_s.max(1), next_ns: Cell::new(start_ns) }
+    }
+
+    async fn take(&self, clock: &Clock, events: u64) {
+        let now_ns = clock.now_ns();
+        let from_ns = self.next_ns.get().max(now_ns.saturating_sub(THROTTLE_BURST_NS));
+        let cost_ns = (u128::from(events) * 1_000_000_000 / u128::from(self.events_per_s)) as u64;
+        self.next_ns.set(from_ns + cost_ns);
+        let wait = clock.until(from_ns + cost_ns);
+        if !wait.is_zero() {
+            glommio::timer::sleep(wait).await;
+        }
+    }
+}
+
+/// Reads one partition from its start until it reaches the partition's end
+/// after every producer finished, checking and timing every event.
+async fn consume_partition(
+    ctx: Rc<Ctx>,
+    partition: u32,
+    throttle: Option<Rc<Throttle>>,
+    lag: Rc<Cell<u64>>,
+    events_per_s: Option<u64>,
+) {
+    // A throttled consumer fetches about 50 ms of its rate at a time, so its
+    // pace (and the lag it reports) stays smooth.
+    let fetch_bytes = events_per_s.map_or(FETCH_BYTES_MAX, |rate| {
+        let bytes = rate.saturating_mul(ctx.plan.event_bytes as u64) / 20;
+        bytes.clamp(16 << 10, u64::from(FETCH_BYTES_MAX)) as u32
+    });
+    let start = StartPosition::Offset(Offset::ZERO);
+    let mut consumer =
+        PartitionConsumer::new(ctx.client.clone(), ctx.plan.topic.clone(), PartitionId(partition), start)
+            .with_max_bytes(fetch_bytes);
+    let mut end: Option<(Offset, u64)> = None;
+    let mut advanced_ns = ctx.start_ns;
+    // Each producer sends its events to this partition in sequence order,
+    // so a sequence below the highest seen means the partition holds them
+    // out of order.
+    let mut highest_seq: Vec<Option<u64>> = vec![None; ctx.plan.producers.len()];
+    let result = loop {
+        if ctx.shared.is_aborted() {
+            break Err("stopped: the run was aborted".to_string());
+        }
+        if end.is_none() && ctx.shared.producers_left.load(Ordering::SeqCst) == 0 {
+            match settled_end(&ctx, partition).await {
+                Ok(offset) => end = Some((offset, ctx.clock.now_ns() + ctx.plan.drain_timeout.as_nanos() as u64)),
+                Err(error) => break Err(format!("reading the end of partition {partition}: {error}")),
+            }
+        }
+        if let Some((end_offset, deadline_ns)) = end {
+            let position = consumer.position().unwrap_or(Offset::ZERO);
+            if position >= end_offset {
+                break Ok(());
+            }
+            if ctx.clock.now_ns() > deadline_ns {
+                let behind = end_offset.distance_from(position);
+                break Err(format!("partition {partition}: {behind} records behind its end after the drain timeout"));
+            }
+        }
+        let records = match consumer.poll(POLL_WAIT).await {
+            Ok(records) => records,
+            Err(error) => break Err(format!("fetching partition {partition}: {error}")),
+        };
+        let now_ns = ctx.clock.now_ns();
+        lag.set(consumer.lag().unwrap_or(0));
+        if records.is_empty() {
+            continue;
+        }
+        advanced_ns = now_ns;
+        let count = records.len() as u64;
+        check_records(&mut ctx.measurements.borrow_mut(), &ctx.clock, now_ns, &records, &mut highest_seq);
+        ctx.progress.consumed.set(ctx.progress.consumed.get() + count);
+        ctx.progress.maybe_flush(&ctx.shared, now_ns);
+        if let Some(throttle) = &throttle {
+            throttle.take(&ctx.clock, count).await;
+        }
+    };
+    let mut measurements = ctx.measurements.borrow_mut();
+    match result {
+        // Caught up when the last records arrived, not when that was noticed.
+        Ok(()) => measurements.caught_up_ns = measurements.caught_up_ns.max(Some(advanced_ns)),
+        Err(message) => {
+            measurements.partitions_not_caught_up += 1;
+            measurements.error(message);
+        }
+    }
+}
+
+/// Checks and times the records of one fetch: gaps, duplicates and order
+/// per producer, end-to-end latency per event.
+fn check_records(
+    measurements: &mut Measurements,
+    clock: &Clock,
+    now_ns: u64,
+    records: &[ConsumedRecord],
+    highest_seq: &mut [Option<u64>],
+) {
+    // Every record of one fetch arrived at the same moment: one clock
+    // reading serves them all.
+    let now_unix_us = clock.unix_us(now_ns);
+    for record in records {
+        let header = record.value.as_deref().and_then(payload::decode);
+        let seen = measurements.tracker.observe(header.as_ref());
+        let Some(header) = header.filter(|_| seen != Seen::Foreign) else {
+            continue;
+        };
+        measurements.e2e.saturating_record(now_unix_us.saturating_sub(header.sent_unix_us));
+        let highest = &mut highest_seq[header.producer as usize];
+        if seen == Seen::First && highest.is_some_and(|highest| header.seq < highest) {
+            measurements.reordered += 1;
+        }
+        *highest = (*highest).max(Some(header.seq));
+    }
+    measurements.series.record_consumed(now_ns, records.len() as u64);
+}
+
+/// The partition's end once it stops moving.
+async fn settled_end(ctx: &Ctx, partition: u32) -> Result<Offset, ClientError> {
+    let partition = PartitionId(partition);
+    let read = || ctx.client.list_offsets(&ctx.plan.topic, partition, OffsetSpec::Latest);
+    let mut last = read().await?.unwrap_or(Offset::ZERO);
+    loop {
+        glommio::timer::sleep(SETTLE_INTERVAL).await;
+        let now = read().await?.unwrap_or(Offset::ZERO);
+        if now == last {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
+/// Records the executor's total consumer lag at the end of every second.
+async fn sample_lag(ctx: Rc<Ctx>) {
+    for second in 0.. {
+        let at_ns = ctx.start_ns + (second + 1) * 1_000_000_000;
+        glommio::timer::sleep(ctx.clock.until(at_ns)).await;
+        let lag: u64 = ctx.lags.borrow().iter().map(|lag| lag.get()).sum();
+        ctx.measurements.borrow_mut().series.at(second as usize).lag = Some(lag);
+    }
+}
+
+/// Counts not yet published to the shared progress counters.
+#[derive(Debug, Default)]
+struct Progress {
+    sent: Cell<u64>,
+    acked: Cell<u64>,
+    consumed: Cell<u64>,
+    flushed_ns: Cell<u64>,
+}
+
+impl Progress {
+    fn maybe_flush(&self, shared: &Shared, now_ns: u64) {
+        if now_ns.saturating_sub(self.flushed_ns.get()) >= PROGRESS_INTERVAL_NS {
+            self.flushed_ns.set(now_ns);
+            self.flush(shared);
+        }
+    }
+
+    fn flush(&self, shared: &Shared) {
+        shared.sent.fetch_add(self.sent.take(), Ordering::Relaxed);
+        shared.acked.fetch_add(self.acked.take(), Ordering::Relaxed);
+        shared.consumed.fetch_add(self.consumed.take(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_loop_wake_ups_share_a_grid() {
+        assert_eq!(wake_time(0), 0);
+        assert_eq!(wake_time(1), SEND_QUANTUM_NS);
+        assert_eq!(wake_time(SEND_QUANTUM_NS), SEND_QUANTUM_NS);
+        assert_eq!(wake_time(SEND_QUANTUM_NS + 1), 2 * SEND_QUANTUM_NS);
+    }
+
+    #[test]
+    fn a_throttle_allows_only_a_short_burst_after_idling() {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 << 10)
+            .make()
+            .expect("a test executor")
+            .run(async {
+                let clock = Clock::start();
+                // 10,000 events/s; the first 1,000 events were "paid for" long ago.
+                let throttle = Throttle::new(10_000, 0);
+                glommio::timer::sleep(Duration::from_millis(200)).await;
+                let started = clock.now_ns();
+                throttle.take(&clock, 1_000).await;
+                // Only 50 ms of idle time counts: 1,000 events cost 100 ms, so
+                // about 50 ms of waiting remain.
+                let waited_ms = (clock.now_ns() - started) / 1_000_000;
+                assert!((40..200).contains(&waited_ms), "waited {waited_ms} ms");
+            });
+    }
+}
