@@ -534,7 +534,11 @@ impl Client {
 
     /// The connection a partition's requests go to: its owner's shard port
     /// when shard-aware, else the bootstrap connection.
-    async fn partition_connection(&self, topic: &str, partition: PartitionId) -> Result<Connection, ClientError> {
+    pub(crate) async fn partition_connection(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Connection, ClientError> {
         if !self.inner.options.shard_aware {
             return self.connection_to(self.inner.bootstrap).await;
         }

@@ -716,6 +716,11 @@ async fn linger_loop(shared: Rc<Shared>) {
 /// arrival order).
 async fn dispatch_loop(shared: Rc<Shared>) {
     while let Some(sealed) = poll_fn(|cx| shared.poll_ready(cx)).await {
+        // Resolve the partition's connection here, in order: a send that
+        // had to wait for it (metadata, connecting) could otherwise be
+        // overtaken by a later one of the same partition. Errors surface in
+        // the send itself.
+        let _ = shared.client.partition_connection(&sealed.topic, sealed.partition).await;
         match shared.in_flight.acquire_static_permit(1).await {
             Ok(permit) => {
                 glommio::spawn_local(send_batch(Rc::clone(&shared), sealed, permit)).detach();

@@ -124,6 +124,7 @@ struct Inner<S: Storage> {
     progress: Notify,
     stats: RefCell<LogStats>,
     fsync_observer: Option<FsyncObserver>,
+    line: RefCell<Line>,
 }
 
 #[derive(Debug)]
@@ -209,6 +210,7 @@ impl<S: Storage> PartitionLog<S> {
             progress: Notify::default(),
             stats: RefCell::new(LogStats::default()),
             fsync_observer: options.fsync_observer.clone(),
+            line: RefCell::new(Line::default()),
         });
         let flusher = run_flusher(Rc::clone(&inner));
         let task = match options.flush_queue {
@@ -237,8 +239,16 @@ impl<S: Storage> PartitionLog<S> {
         // Invariant: parse checked last_offset_delta >= 0.
         let count = u64::from(view.last_offset_delta() as u32) + 1;
         let max_timestamp = view.max_timestamp();
+        // Appends take their offsets in the order they were called: a later
+        // append never overtakes one waiting for room (or a roll), so a
+        // producer's pipelined batches keep their order in the log.
+        let ticket = Ticket::take(&self.inner);
         loop {
             let wait = self.inner.progress.notified();
+            if !ticket.is_turn() {
+                wait.await;
+                continue;
+            }
             match self.inner.admit(batch.len(), count)? {
                 Admission::Go => break,
                 Admission::Wait => wait.await,
@@ -444,6 +454,56 @@ impl<S: Storage> PartitionLog<S> {
             None => Ok(()),
         }
     }
+}
+
+/// An append's place in line. Dropped (pushed, failed or cancelled), it
+/// lets the next one go.
+struct Ticket<'a, S: Storage> {
+    inner: &'a Inner<S>,
+    number: u64,
+}
+
+impl<'a, S: Storage> Ticket<'a, S> {
+    fn take(inner: &'a Inner<S>) -> Self {
+        let mut line = inner.line.borrow_mut();
+        let number = line.next;
+        line.next += 1;
+        Ticket { inner, number }
+    }
+
+    fn is_turn(&self) -> bool {
+        self.inner.line.borrow().serving == self.number
+    }
+}
+
+impl<S: Storage> Drop for Ticket<'_, S> {
+    fn drop(&mut self) {
+        let mut line = self.inner.line.borrow_mut();
+        if line.serving != self.number {
+            // Cancelled while waiting its turn: skipped when the turn comes.
+            line.abandoned.insert(self.number);
+            return;
+        }
+        line.serving += 1;
+        loop {
+            let next = line.serving;
+            if !line.abandoned.remove(&next) {
+                break;
+            }
+            line.serving += 1;
+        }
+        drop(line);
+        self.inner.progress.notify_all();
+    }
+}
+
+/// The order appends are admitted in.
+#[derive(Debug, Default)]
+struct Line {
+    next: u64,
+    serving: u64,
+    /// Tickets given up before their turn. Bounded by the appends waiting.
+    abandoned: std::collections::BTreeSet<u64>,
 }
 
 /// What an append must do before it may push its batch.
