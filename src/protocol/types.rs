@@ -38,6 +38,12 @@ impl Offset {
     pub const ZERO: Offset = Offset(0);
 
     /// Returns `None` when `value` does not fit the wire format.
+    ///
+    /// ```
+    /// use ringbroker::protocol::types::Offset;
+    /// assert_eq!(Offset::new(7).map(Offset::get), Some(7));
+    /// assert_eq!(Offset::new(u64::MAX), None);
+    /// ```
     pub fn new(value: u64) -> Option<Offset> {
         (value <= Self::MAX.0).then_some(Offset(value))
     }
@@ -108,6 +114,12 @@ pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
 /// Checks a topic name: 1 to 249 characters of `[a-zA-Z0-9._-]`, and not
 /// `.` or `..` (names become directory names).
+///
+/// ```
+/// use ringbroker::protocol::types::validate_topic_name;
+/// assert!(validate_topic_name("orders.v2").is_ok());
+/// assert!(validate_topic_name("../etc").is_err());
+/// ```
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
         return Err(format!("topic name must be 1 to {TOPIC_NAME_BYTES_MAX} characters"));
