@@ -44,6 +44,11 @@ impl BrokerProcess {
         BrokerProcess { child, addr, shard_ports, data_dir: data_dir.to_path_buf() }
     }
 
+    /// The broker's process id (for reading /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then wait for the graceful exit.
     pub fn terminate(mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
