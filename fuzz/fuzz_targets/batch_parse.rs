@@ -1,0 +1,19 @@
+//! The record batch parser and record iterator on arbitrary bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ringbroker::protocol::batch::{peek_batch_len, BatchView};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = peek_batch_len(data, 1 << 20);
+    if let Ok(view) = BatchView::parse_header(data, 1 << 20) {
+        if let Ok(records) = view.records() {
+            for record in records.flatten() {
+                for header in record.headers() {
+                    let _ = header;
+                }
+            }
+        }
+    }
+    let _ = BatchView::parse(data, 1 << 20);
+});
