@@ -15,7 +15,12 @@ fuzz_target!(|data: &[u8]| {
         let storage = SimStorage::new();
         let dir = Path::new("/fuzz/p-0");
         storage.set_contents(&dir.join("00000000000000000000.log"), data);
-        let config = LogConfig { segment_bytes_max: 1 << 20, write_bytes_max: 64 << 10, batch_bytes_max: 32 << 10, ..LogConfig::default() };
+        let config = LogConfig {
+            segment_bytes_max: 1 << 20,
+            write_bytes_max: 64 << 10,
+            batch_bytes_max: 32 << 10,
+            ..LogConfig::default()
+        };
         if let Ok(log) = PartitionLog::open(storage, dir, config, OpenOptions::default()).await {
             let _ = log.close().await;
         }
