@@ -6,18 +6,24 @@
 //! or unknown (the connection died first). The checks: every ok batch is
 //! present at its offset with its bytes; offsets are contiguous from 0;
 //! nothing from a failed send is present; each producer's records appear in
-//! the order it sent them. Seeded (the seed is printed; RB_TEST_SEED
+//! the order it sent them. Alongside, a group member commits each
+//! partition's end as it grows: after every restart the committed offsets
+//! must be at least what was acknowledged, never past the log end, and never
+//! lower than at the previous check. Seeded (the seed is printed; RB_TEST_SEED
 //! replays it); RB_CRASH_CYCLES sets the number of kill/restart cycles
 //! (default 5 in CI; see docs/reliability.md for long runs).
 
 mod support;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ringbroker::client::{Client, ClientError, ClientOptions, PartitionConsumer, StartPosition};
 use ringbroker::protocol::batch::{BatchBuilder, Record};
 use ringbroker::protocol::types::{AckLevel, Offset, PartitionId};
+use ringbroker::protocol::wire::{JoinGroupRequest, OffsetCommit, OffsetSpec};
 use support::broker::BrokerProcess;
 use support::{run, temp_dir, Rng};
 
@@ -56,16 +62,115 @@ fn batch(producer: u32, first_seq: u64) -> Vec<u8> {
     builder.finish().to_vec()
 }
 
+/// Commits acknowledged and seen, per partition, across cycles.
+#[derive(Debug, Default, Clone)]
+struct Commits {
+    /// The highest commit the broker acknowledged.
+    acked: Vec<u64>,
+    /// The committed offsets found at the last check.
+    seen: Vec<u64>,
+}
+
+const GROUP: &str = "checker";
+
+/// Commits each partition's current end, over and over, until the broker dies.
+async fn commit_until_dead(client: Client, acked: Rc<RefCell<Vec<u64>>>) {
+    let join = JoinGroupRequest {
+        group: GROUP.into(),
+        member_id: None,
+        topics: vec!["crash".into()],
+        session_timeout_ms: 10_000,
+        rebalance_timeout_ms: 1_000,
+    };
+    let Ok(member) = client.join_group(join).await else { return };
+    loop {
+        let mut offsets = Vec::new();
+        for partition in 0..PARTITIONS {
+            let Ok(Some(end)) = client.list_offsets("crash", PartitionId(partition), OffsetSpec::Latest).await else {
+                return;
+            };
+            offsets.push(OffsetCommit {
+                topic: "crash".into(),
+                partition: PartitionId(partition),
+                offset: end,
+                metadata: String::new(),
+            });
+        }
+        let wanted: Vec<u64> = offsets.iter().map(|o| o.offset.get()).collect();
+        let Ok(answer) = client.commit_offsets(GROUP, &member.member_id, member.generation, offsets).await else {
+            return;
+        };
+        for (result, offset) in answer.partitions.iter().zip(wanted) {
+            if result.error.is_ok() {
+                let slot = &mut acked.borrow_mut()[result.partition.0 as usize];
+                *slot = (*slot).max(offset);
+            }
+        }
+        glommio::timer::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+/// After a restart: committed offsets hold every acknowledged commit, never
+/// pass the log end and never went backwards since the last check.
+fn check_commits(broker: &BrokerProcess, commits: &mut Commits) -> Vec<String> {
+    let addr = broker.addr;
+    let previous = commits.clone();
+    let (problems, seen) = run(move || async move {
+        let client = Client::connect(addr, ClientOptions::default()).await.unwrap();
+        let mut problems = Vec::new();
+        let mut seen = previous.seen.clone();
+        let committed = client.fetch_committed(GROUP, None).await.unwrap_or_default();
+        for (partition, seen_now) in seen.iter_mut().enumerate() {
+            let found = committed
+                .iter()
+                .find(|c| c.partition.0 as usize == partition)
+                .and_then(|c| c.offset)
+                .map_or(0, |o| o.get());
+            let end =
+                client.list_offsets("crash", PartitionId(partition as u32), OffsetSpec::Latest).await.ok().flatten();
+            let end = end.map_or(0, |o| o.get());
+            if found < previous.acked[partition] {
+                problems.push(format!(
+                    "partition {partition}: committed {found} below the acknowledged {}",
+                    previous.acked[partition]
+                ));
+            }
+            if found > end {
+                problems.push(format!("partition {partition}: committed {found} past the log end {end}"));
+            }
+            if found < previous.seen[partition] {
+                problems.push(format!(
+                    "partition {partition}: committed went back from {} to {found}",
+                    previous.seen[partition]
+                ));
+            }
+            *seen_now = found;
+        }
+        (problems, seen)
+    });
+    commits.seen = seen;
+    problems
+}
+
 /// Runs producers until `kill_after`, then kills the broker mid-stream.
-fn cycle(broker: BrokerProcess, kill_after: Duration, next_seq: &mut [u64], log: &mut Vec<Sent>) {
+fn cycle(
+    broker: BrokerProcess,
+    kill_after: Duration,
+    next_seq: &mut [u64],
+    log: &mut Vec<Sent>,
+    commits: &mut Commits,
+) {
     let addr = broker.addr;
     let mut seqs = next_seq.to_vec();
-    let (sent, seqs) = run(move || async move {
+    let acked_commits = commits.acked.clone();
+    let (sent, seqs, acked_commits) = run(move || async move {
         let client = Client::connect(addr, ClientOptions::default()).await.unwrap();
         if client.partitions("crash").await.is_err() {
             client.create_topic("crash", PARTITIONS).await.unwrap();
         }
         let started = Instant::now();
+        let acked_commits = Rc::new(RefCell::new(acked_commits));
+        let committer = glommio::spawn_local(commit_until_dead(client.clone(), Rc::clone(&acked_commits)));
         let mut tasks = Vec::new();
         for producer in 0..PRODUCERS {
             let (client, mut seq) = (client.clone(), seqs[producer as usize]);
@@ -97,10 +202,13 @@ fn cycle(broker: BrokerProcess, kill_after: Duration, next_seq: &mut [u64], log:
             seqs[producer] = seq;
             all.extend(sent);
         }
-        (all, seqs)
+        committer.await;
+        let acked_commits = acked_commits.borrow().clone();
+        (all, seqs, acked_commits)
     });
     next_seq.copy_from_slice(&seqs);
     log.extend(sent);
+    commits.acked = acked_commits;
 }
 
 /// Reads every record of every partition: (offset, value) per partition.
@@ -186,12 +294,18 @@ fn kill_9_cycles_lose_no_acknowledged_event() {
     let dir = temp_dir();
     let mut next_seq = vec![0u64; PRODUCERS as usize];
     let mut sent = Vec::new();
+    let mut commits = Commits { acked: vec![0; PARTITIONS as usize], seen: vec![0; PARTITIONS as usize] };
+    let mut commit_problems = Vec::new();
     for _ in 0..cycles {
         let broker = BrokerProcess::start(dir.path(), &[]);
+        commit_problems.extend(check_commits(&broker, &mut commits));
         let kill_after = Duration::from_millis(100 + rng.below(500));
-        cycle(broker, kill_after, &mut next_seq, &mut sent);
+        cycle(broker, kill_after, &mut next_seq, &mut sent, &mut commits);
     }
     let broker = BrokerProcess::start(dir.path(), &[]);
+    commit_problems.extend(check_commits(&broker, &mut commits));
+    println!("group commits: acknowledged up to {:?}, found {:?}", commits.acked, commits.seen);
+    assert!(commit_problems.is_empty(), "seed {seed}: {commit_problems:?}");
     let stored = read_back(&broker);
     let acked = sent.iter().filter(|s| matches!(s.outcome, Outcome::Ok(_))).count();
     let unknown = sent.iter().filter(|s| matches!(s.outcome, Outcome::Unknown)).count();
