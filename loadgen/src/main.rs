@@ -7,7 +7,7 @@
 //! `cargo run --release -p loadgen` alone demonstrates the product.
 //!
 //! Module map: `scenario` (settings, plan, the run), `worker` (one
-//! executor's producers and consumers), `acks` (exact ack timing), `schedule` (open-loop send times),
+//! executor's producers, consumers and group members), `acks` (exact ack timing), `schedule` (open-loop send times),
 //! `payload` (event header, gap/duplicate tracker), `metrics` (per-thread
 //! histograms and time series, merging), `report` (table, JSON, `.hgrm`),
 //! `svg` (the picture), `clock`, `cpustat` (per-thread CPU use).
@@ -39,6 +39,16 @@ use scenario::{Scenario, Settings, Target};
 /// a per-second series that shows a steady state. The 5,000,000 is
 /// over in under 3 s there.
 const BURST_EVENTS: u64 = 20_000_000;
+/// Events of a default `fanout` run (each delivered to every group): about
+/// 10 s on the dev VM (one producer, ~1 M events/s).
+const FANOUT_EVENTS: u64 = 10_000_000;
+const FANOUT_GROUPS: u32 = 3;
+/// Events of a default `pipeline` run (each written and read once per
+/// stage): about 10 s on the dev VM (the chain moves ~0.4-0.6 M events/s).
+const PIPELINE_EVENTS: u64 = 6_000_000;
+const PIPELINE_STAGES: u32 = 3;
+/// Producers when --producers is not given; `fanout` and `pipeline` have one.
+const PRODUCERS: u32 = 2;
 const STEADY_RATE: u64 = 100_000;
 const STEADY_DURATION_S: f64 = 10.0;
 const PEAKS_RATE: u64 = 200_000;
@@ -82,6 +92,15 @@ enum Command {
     /// --valley-s) against consumers throttled to --consumer-rate: the lag
     /// series shows the broker absorbing each peak.
     Peaks,
+    /// One producer (--producers) sends --events to a topic read by --groups
+    /// consumer groups of --consumers members each: every group must receive
+    /// every event; gaps, duplicates and end-to-end latency per group.
+    Fanout,
+    /// Events pass --stages topics: a producer writes stage 0; each stage is a
+    /// consumer group whose members forward every event to the next stage's
+    /// topic (committing once the forward is acknowledged); the last stage's
+    /// group measures end-to-end latency across the whole chain.
+    Pipeline,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,7 +112,8 @@ enum Acks {
 
 #[derive(Debug, Args)]
 struct Options {
-    /// burst: events to send [default: 20000000].
+    /// burst, fanout, pipeline: events to send [default: burst 20000000,
+    /// fanout 10000000, pipeline 6000000].
     #[arg(long, global = true)]
     events: Option<u64>,
     /// Bytes per event value (at least 24: the event header).
@@ -101,12 +121,21 @@ struct Options {
     size: usize,
     #[arg(long, global = true, default_value_t = 4)]
     partitions: u32,
-    #[arg(long, global = true, default_value_t = 2)]
-    producers: u32,
-    /// Partition consumers; each reads its share of the partitions
-    /// [default: one per partition].
+    /// Producers [default: 2; fanout and pipeline: 1].
+    #[arg(long, global = true)]
+    producers: Option<u32>,
+    /// Partition consumers, each reading its share of the partitions
+    /// [default: one per partition]; fanout and pipeline: members per
+    /// consumer group [default: 1].
     #[arg(long, global = true)]
     consumers: Option<u32>,
+    /// fanout: consumer groups reading the topic [default: 3].
+    #[arg(long, global = true)]
+    groups: Option<u32>,
+    /// pipeline: topics (and consumer groups) in the chain; every stage but
+    /// the last forwards to the next [default: 3].
+    #[arg(long, global = true)]
+    stages: Option<u32>,
     #[arg(long, global = true, value_enum, default_value_t = Acks::Durable)]
     acks: Acks,
     /// A producer sends a partition's batch once it holds this many bytes.
@@ -118,7 +147,9 @@ struct Options {
     /// Produce requests in flight per producer (its buffer is this many batches).
     #[arg(long, global = true, default_value_t = 16)]
     max_in_flight: usize,
-    /// steady: events/s [default: 100000]; peaks: the peak rate [default: 200000].
+    /// steady: events/s [default: 100000]; peaks: the peak rate [default:
+    /// 200000]; fanout, pipeline: send open loop at this rate, --events in
+    /// all [default: as fast as acked].
     #[arg(long, global = true)]
     rate: Option<u64>,
     /// steady [default: 10] and peaks [default: 20]: seconds of load.
@@ -137,7 +168,8 @@ struct Options {
     /// [default: unthrottled; peaks: 100000].
     #[arg(long, global = true)]
     consumer_rate: Option<u64>,
-    /// Topics are named <prefix>-<scenario>-<unix ms>.
+    /// Topics are named <prefix>-<scenario>-<unix ms> (pipeline: with
+    /// -stage-<i> appended; consumer groups: with -group-<k>).
     #[arg(long, global = true, default_value = "loadgen")]
     topic_prefix: String,
     /// A running broker (host:port); absent: start an embedded one.
@@ -154,7 +186,8 @@ struct Options {
     /// Write the report as JSON.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
-    /// Write ack.hgrm, e2e.hgrm and send_delay.hgrm percentile files here.
+    /// Write ack.hgrm, e2e.hgrm and send_delay.hgrm percentile files here
+    /// (fanout and pipeline: also e2e-group-<k>.hgrm / e2e-stage-<i>.hgrm).
     #[arg(long, global = true)]
     hgrm_dir: Option<PathBuf>,
     /// Write the latency spectrum and time series as an SVG picture.
@@ -190,6 +223,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Burst => Scenario::Burst,
         Command::Steady => Scenario::Steady,
         Command::Peaks => Scenario::Peaks,
+        Command::Fanout => Scenario::Fanout,
+        Command::Pipeline => Scenario::Pipeline,
     };
     let options = cli.options;
     let settings = settings(scenario, &options)?;
@@ -228,6 +263,7 @@ fn settings(scenario: Scenario, options: &Options) -> anyhow::Result<Settings> {
         None => scenario::default_loadgen_cpus(&allowed),
     };
     let peaks = scenario == Scenario::Peaks;
+    let grouped = scenario.uses_groups();
     let acks = match options.acks {
         Acks::None => AckLevel::None,
         Acks::Written => AckLevel::Written,
@@ -235,16 +271,29 @@ fn settings(scenario: Scenario, options: &Options) -> anyhow::Result<Settings> {
     };
     Ok(Settings {
         scenario,
-        events: options.events.unwrap_or(BURST_EVENTS),
+        events: options.events.unwrap_or(match scenario {
+            Scenario::Fanout => FANOUT_EVENTS,
+            Scenario::Pipeline => PIPELINE_EVENTS,
+            _ => BURST_EVENTS,
+        }),
         event_bytes: options.size,
         partitions: options.partitions,
-        producers: options.producers,
-        consumers: options.consumers.unwrap_or(options.partitions),
+        producers: options.producers.unwrap_or(if grouped { 1 } else { PRODUCERS }),
+        consumers: options.consumers.unwrap_or(if grouped { 1 } else { options.partitions }),
+        groups: options.groups.unwrap_or(FANOUT_GROUPS),
+        stages: options.stages.unwrap_or(PIPELINE_STAGES),
         acks,
         batch_bytes: options.batch_bytes,
         linger_ms: options.linger_ms,
         max_in_flight: options.max_in_flight,
-        rate: options.rate.unwrap_or(if peaks { PEAKS_RATE } else { STEADY_RATE }),
+        // 0: fanout and pipeline send as fast as acked.
+        rate: options.rate.unwrap_or(if grouped {
+            0
+        } else if peaks {
+            PEAKS_RATE
+        } else {
+            STEADY_RATE
+        }),
         duration_s: options.duration_s.unwrap_or(if peaks { PEAKS_DURATION_S } else { STEADY_DURATION_S }),
         valley_rate: options.valley_rate.unwrap_or(PEAKS_VALLEY_RATE),
         peak_s: options.peak_s.unwrap_or(PEAKS_PEAK_S),
@@ -313,6 +362,11 @@ mod tests {
         let peaks = settings(Scenario::Peaks, &cli.options).unwrap();
         assert_eq!((peaks.event_bytes, peaks.rate), (1024, 5));
         assert_eq!(peaks.consumer_rate, Some(PEAKS_CONSUMER_RATE));
-        assert!(Cli::try_parse_from(["loadgen", "fanout"]).is_err(), "fanout needs consumer groups");
+        let cli = Cli::try_parse_from(["loadgen", "fanout", "--groups", "5"]).unwrap();
+        let fanout = settings(Scenario::Fanout, &cli.options).unwrap();
+        assert_eq!((fanout.events, fanout.groups, fanout.producers, fanout.consumers), (FANOUT_EVENTS, 5, 1, 1));
+        let cli = Cli::try_parse_from(["loadgen", "pipeline", "--consumers", "2"]).unwrap();
+        let pipeline = settings(Scenario::Pipeline, &cli.options).unwrap();
+        assert_eq!((pipeline.events, pipeline.stages, pipeline.consumers), (PIPELINE_EVENTS, PIPELINE_STAGES, 2));
     }
 }

@@ -117,6 +117,59 @@ pub fn merge_into<T: hdrhistogram::Counter>(target: &mut Histogram<T>, source: &
     target.add(source).expect("histograms of the same bounds always merge");
 }
 
+/// What one consumer group's members on one executor measured (fanout,
+/// pipeline). Each group has its own tracker and histogram: every group
+/// must receive every event, so one group's deliveries say nothing about
+/// another's.
+#[derive(Debug, Clone)]
+pub struct GroupMeasurements {
+    /// Send timestamp in the payload to this group's member holding the
+    /// event (in a pipeline: the original send, so stage i shows the
+    /// latency up to stage i).
+    pub e2e: Histogram<u64>,
+    pub tracker: SeqTracker,
+    /// Consumed after a later event of the same producer in the same
+    /// partition.
+    pub reordered: u64,
+    /// Pipeline relays: events forwarded to the next stage and acknowledged.
+    pub forwarded: u64,
+    /// Assignment changes and rejoins while measuring: after one, a
+    /// partition's new owner re-reads from the last commit, so duplicates
+    /// are at-least-once delivery, not a fault.
+    pub rebalances: u64,
+    /// Commits the coordinator refused or that failed (re-read later).
+    pub commit_failures: u64,
+    /// When the last member found the group's topic consumed to its end.
+    pub caught_up_ns: Option<u64>,
+    pub members_not_caught_up: u32,
+}
+
+impl GroupMeasurements {
+    pub fn new(planned: &[u64]) -> GroupMeasurements {
+        GroupMeasurements {
+            e2e: latency_histogram(),
+            tracker: SeqTracker::new(planned),
+            reordered: 0,
+            forwarded: 0,
+            rebalances: 0,
+            commit_failures: 0,
+            caught_up_ns: None,
+            members_not_caught_up: 0,
+        }
+    }
+
+    pub fn merge(&mut self, other: &GroupMeasurements) {
+        merge_into(&mut self.e2e, &other.e2e);
+        self.tracker.merge(&other.tracker);
+        self.reordered += other.reordered;
+        self.forwarded += other.forwarded;
+        self.rebalances += other.rebalances;
+        self.commit_failures += other.commit_failures;
+        self.caught_up_ns = self.caught_up_ns.max(other.caught_up_ns);
+        self.members_not_caught_up += other.members_not_caught_up;
+    }
+}
+
 /// Everything one executor measured.
 #[derive(Debug, Clone)]
 pub struct Measurements {
@@ -141,7 +194,12 @@ pub struct Measurements {
     pub last_ack_ns: Option<u64>,
     /// When the last partition was consumed up to its end.
     pub caught_up_ns: Option<u64>,
+    /// Partition consumers and consumer group members that did not catch up.
     pub partitions_not_caught_up: u32,
+    /// Per consumer group (fanout, pipeline), indexed like `Plan::groups`.
+    /// The deliveries of the groups at the end of the flow also count in
+    /// `series` and (merged at the end of the run) in `e2e`.
+    pub groups: Vec<GroupMeasurements>,
     pub errors: Vec<String>,
 }
 
@@ -150,8 +208,14 @@ pub struct Measurements {
 const ERRORS_KEPT: usize = 8;
 
 impl Measurements {
-    /// Empty measurements for a run whose producers plan `planned` events each.
-    pub fn new(start_ns: u64, planned: &[u64]) -> Measurements {
+    /// Empty measurements for a run's plan.
+    pub fn for_plan(start_ns: u64, plan: &crate::worker::Plan) -> Measurements {
+        Measurements::new(start_ns, &plan.planned(), plan.groups.len())
+    }
+
+    /// Empty measurements for a run whose producers plan `planned` events
+    /// each, with `groups` consumer groups.
+    pub fn new(start_ns: u64, planned: &[u64], groups: usize) -> Measurements {
         Measurements {
             ack: latency_histogram(),
             e2e: latency_histogram(),
@@ -167,6 +231,7 @@ impl Measurements {
             last_ack_ns: None,
             caught_up_ns: None,
             partitions_not_caught_up: 0,
+            groups: (0..groups).map(|_| GroupMeasurements::new(planned)).collect(),
             errors: Vec::new(),
         }
     }
@@ -193,6 +258,10 @@ impl Measurements {
         self.last_ack_ns = self.last_ack_ns.max(other.last_ack_ns);
         self.caught_up_ns = self.caught_up_ns.max(other.caught_up_ns);
         self.partitions_not_caught_up += other.partitions_not_caught_up;
+        assert_eq!(self.groups.len(), other.groups.len(), "measurements of different runs");
+        for (mine, theirs) in self.groups.iter_mut().zip(&other.groups) {
+            mine.merge(theirs);
+        }
         for error in &other.errors {
             self.error(error.clone());
         }
@@ -200,7 +269,12 @@ impl Measurements {
 
     /// Acknowledged events that no consumer received.
     pub fn missing(&self) -> u64 {
-        self.acked.iter().map(|(producer, acked)| self.tracker.missing(*producer, acked)).sum()
+        self.missing_from(&self.tracker)
+    }
+
+    /// Acknowledged events that `tracker` (a consumer group's) never saw.
+    pub fn missing_from(&self, tracker: &SeqTracker) -> u64 {
+        self.acked.iter().map(|(producer, acked)| tracker.missing(*producer, acked)).sum()
     }
 }
 
@@ -281,7 +355,8 @@ mod tests {
     #[test]
     fn missing_events_are_acked_minus_consumed_across_threads() {
         let planned = [10, 10];
-        let (mut producer_side, mut consumer_side) = (Measurements::new(0, &planned), Measurements::new(0, &planned));
+        let (mut producer_side, mut consumer_side) =
+            (Measurements::new(0, &planned, 2), Measurements::new(0, &planned, 2));
         for producer in 0..2u32 {
             let mut acked = Bitmap::new(10);
             for seq in 0..10 {
@@ -293,7 +368,14 @@ mod tests {
             let header = crate::payload::EventHeader { producer: 1, seq, sent_unix_us: 0 };
             consumer_side.tracker.observe(Some(&header));
         }
+        // Group 0 got everything of producer 0; group 1 nothing.
+        for seq in 0..10 {
+            let header = crate::payload::EventHeader { producer: 0, seq, sent_unix_us: 0 };
+            consumer_side.groups[0].tracker.observe(Some(&header));
+        }
         producer_side.merge(&consumer_side);
         assert_eq!(producer_side.missing(), 11);
+        assert_eq!(producer_side.missing_from(&producer_side.groups[0].tracker), 10);
+        assert_eq!(producer_side.missing_from(&producer_side.groups[1].tracker), 20);
     }
 }

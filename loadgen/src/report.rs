@@ -95,6 +95,53 @@ pub struct Throughput {
     pub drain_after_last_ack_s: Option<f64>,
 }
 
+/// One consumer group of a fanout or pipeline run.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupReport {
+    pub label: String,
+    pub group: String,
+    pub topic: String,
+    /// "fanout", "relay" (a pipeline stage forwarding to `forwards_to`) or
+    /// "last" (the pipeline's last stage).
+    pub role: &'static str,
+    pub forwards_to: Option<String>,
+    pub members: usize,
+    /// Distinct events consumed.
+    pub consumed: u64,
+    /// Acknowledged by the producer, never consumed by this group.
+    pub missing: u64,
+    pub duplicated: u64,
+    pub foreign: u64,
+    pub reordered: u64,
+    /// Relays: events forwarded and acknowledged.
+    pub forwarded: Option<u64>,
+    /// Assignment changes and rejoins while measuring.
+    pub rebalances: u64,
+    pub commit_failures: u64,
+    /// This group or one it reads from rebalanced: its duplicates are
+    /// at-least-once redelivery, not a fault.
+    pub rebalanced: bool,
+    /// Start to the group's topic consumed to its end.
+    pub caught_up_s: Option<f64>,
+    pub events_per_s: Option<f64>,
+    pub mb_per_s: Option<f64>,
+    /// From the send time in each event (the original one, in a pipeline)
+    /// to this group's member holding it.
+    pub e2e: Option<Percentiles>,
+    pub members_not_caught_up: u32,
+}
+
+impl GroupReport {
+    /// Duplicates no rebalance explains.
+    fn unexplained_duplicates(&self) -> u64 {
+        if self.rebalanced {
+            0
+        } else {
+            self.duplicated
+        }
+    }
+}
+
 /// One second of the time series.
 #[derive(Debug, Clone, Serialize)]
 pub struct SeriesRow {
@@ -119,6 +166,10 @@ pub struct Report {
     pub cpu: Vec<ThreadCpu>,
     /// The broker's counters (growth during the run) and fsync latency.
     pub broker: Option<BrokerStats>,
+    /// fanout and pipeline: each consumer group. The totals' consumed,
+    /// missing and duplicated counts then sum the groups at the end of the
+    /// flow (every fanout group; a pipeline's last stage).
+    pub groups: Vec<GroupReport>,
     pub series: Vec<SeriesRow>,
     pub errors: Vec<String>,
     pub wall_s: f64,
@@ -138,7 +189,8 @@ impl Report {
     pub fn build(outcome: &Outcome) -> Report {
         let measured = &outcome.measurements;
         let tracker = &measured.tracker;
-        let totals = Totals {
+        let groups = group_reports(outcome);
+        let mut totals = Totals {
             planned: outcome.planned_events,
             produced: measured.sent,
             acknowledged: measured.acked_count,
@@ -151,6 +203,14 @@ impl Report {
             reordered: measured.reordered,
             partitions_not_caught_up: measured.partitions_not_caught_up,
         };
+        if !groups.is_empty() {
+            let ends = || groups.iter().filter(|group| group.role != "relay");
+            totals.consumed = ends().map(|group| group.consumed).sum();
+            totals.missing = ends().map(|group| group.missing).sum();
+            totals.duplicated = ends().map(|group| group.duplicated).sum();
+            totals.foreign = ends().map(|group| group.foreign).sum();
+            totals.reordered = ends().map(|group| group.reordered).sum();
+        }
         let bytes = outcome.settings.event_bytes as f64;
         let rate = |events: u64, seconds: Option<f64>| seconds.filter(|s| *s > 0.0).map(|s| events as f64 / s);
         // With acks = none nothing is acknowledged: production is timed by
@@ -192,6 +252,7 @@ impl Report {
             latency,
             cpu: outcome.cpu.clone(),
             broker: outcome.broker_stats.clone(),
+            groups,
             series,
             errors: measured.errors.clone(),
             wall_s: outcome.end_ns.saturating_sub(outcome.start_ns) as f64 / 1e9,
@@ -201,11 +262,23 @@ impl Report {
     /// 0: all good; 2: acknowledged events went missing; 3: duplicated or
     /// foreign events; 1: the run itself failed (errors, consumers that
     /// never caught up).
+    ///
+    /// With consumer groups, every group counts: one missing event in any
+    /// group is a failure. Duplicates are one only where no rebalance
+    /// explains them (a partition's new owner re-reads from the last
+    /// commit: at-least-once delivery).
     pub fn exit_code(&self) -> i32 {
         let totals = &self.totals;
-        if totals.missing > 0 {
+        let groups = &self.groups;
+        let duplicated = if groups.is_empty() {
+            totals.duplicated
+        } else {
+            groups.iter().map(GroupReport::unexplained_duplicates).sum()
+        };
+        let foreign = totals.foreign + groups.iter().map(|group| group.foreign).sum::<u64>();
+        if totals.missing > 0 || groups.iter().any(|group| group.missing > 0) {
             2
-        } else if totals.duplicated > 0 || totals.foreign > 0 {
+        } else if duplicated > 0 || foreign > 0 {
             3
         } else if !self.errors.is_empty() || totals.partitions_not_caught_up > 0 || totals.failed > 0 {
             1
@@ -218,6 +291,7 @@ impl Report {
     pub fn print(&self, out: &mut impl Write) -> io::Result<()> {
         out.write_all(self.header().as_bytes())?;
         out.write_all(self.totals_table().as_bytes())?;
+        out.write_all(self.groups_table().as_bytes())?;
         out.write_all(self.latency_table().as_bytes())?;
         out.write_all(self.cpu_line().as_bytes())?;
         out.write_all(self.broker_line().as_bytes())?;
@@ -242,6 +316,10 @@ impl Report {
         }
         let _ = writeln!(text, "loadgen   executors pinned to CPUs {:?}", env.loadgen_cpus);
         let consumer_rate = config.consumer_rate.map_or("unthrottled".into(), |rate| format!("{rate} events/s"));
+        let pace = match config.rate {
+            0 => "as fast as acked".to_string(),
+            rate => format!("open loop at {rate} events/s"),
+        };
         let load = match config.scenario {
             crate::scenario::Scenario::Burst => format!("{} events as fast as acked", config.events),
             crate::scenario::Scenario::Steady => {
@@ -251,18 +329,32 @@ impl Report {
                 "open loop, peaks {} events/s for {} s, valleys {} events/s for {} s, {} s in all",
                 config.rate, config.peak_s, config.valley_rate, config.valley_s, config.duration_s
             ),
+            crate::scenario::Scenario::Fanout => {
+                format!("{} events {pace}, each to {} consumer groups", config.events, self.groups.len())
+            }
+            crate::scenario::Scenario::Pipeline => format!(
+                "{} events {pace} through {} stages (forwarded with acks {:?}, committed after the ack)",
+                config.events,
+                self.groups.len(),
+                config.acks
+            ),
         };
-        let _ = writeln!(text, "load      {load}, {} B each, topic {}", config.event_bytes, env.topic);
+        let stem = self.topic_stem();
+        let topics = match self.groups.last() {
+            Some(last) if last.topic != env.topic => format!("topics {} .. {}", env.topic, &last.topic[stem..]),
+            _ => format!("topic {}", env.topic),
+        };
+        let _ = writeln!(text, "load      {load}, {} B each, {topics}", config.event_bytes);
+        let consumers = if self.groups.is_empty() {
+            format!("{} consumers over {} partitions ({consumer_rate})", config.consumers, config.partitions)
+        } else {
+            let plural = if config.consumers == 1 { "" } else { "s" };
+            format!("{} member{plural} per group, {} partitions per topic", config.consumers, config.partitions)
+        };
         let _ = writeln!(
             text,
-            "clients   {} producers (acks {:?}, batch {} B, linger {} ms, {} in flight), {} consumers over {} partitions ({consumer_rate})\n",
-            config.producers,
-            config.acks,
-            config.batch_bytes,
-            config.linger_ms,
-            config.max_in_flight,
-            config.consumers,
-            config.partitions
+            "clients   {} producers (acks {:?}, batch {} B, linger {} ms, {} in flight), {consumers}\n",
+            config.producers, config.acks, config.batch_bytes, config.linger_ms, config.max_in_flight,
         );
         text
     }
@@ -290,14 +382,76 @@ impl Report {
             "produce   {}",
             rate_line(throughput.produce_events_per_s, throughput.produce_mb_per_s, throughput.produce_s, "last ack")
         );
+        let end_groups = self.groups.iter().filter(|group| group.role != "relay").count();
         let _ = writeln!(
             text,
-            "consume   {}",
-            rate_line(throughput.consume_events_per_s, throughput.consume_mb_per_s, throughput.consume_s, "caught up")
+            "consume   {}{}",
+            rate_line(throughput.consume_events_per_s, throughput.consume_mb_per_s, throughput.consume_s, "caught up"),
+            if end_groups > 1 { format!(", all {end_groups} groups together") } else { String::new() }
         );
         let drain =
             throughput.drain_after_last_ack_s.map_or("never (see errors)".into(), |s| format!("{:.1} ms", s * 1e3));
         let _ = writeln!(text, "drain     consumers caught up {drain} after the last ack\n");
+        text
+    }
+
+    /// Bytes at the start of every group's topic name that they share (the
+    /// run's name, up to the dash before "stage-"): the table shows the rest.
+    fn topic_stem(&self) -> usize {
+        let Some(first) = self.groups.first() else { return 0 };
+        let common = self.groups.iter().fold(first.topic.len(), |common, group| {
+            first.topic.bytes().zip(group.topic.bytes()).take(common).take_while(|(a, b)| a == b).count()
+        });
+        // Keep the last word of the shared part: "stage-0", not "0".
+        let shared = &first.topic[..first.topic[..common].rfind('-').unwrap_or(0)];
+        shared.rfind('-').map_or(0, |dash| dash + 1)
+    }
+
+    /// Per consumer group: what it consumed, how fast, and whether it got
+    /// everything.
+    fn groups_table(&self) -> String {
+        if self.groups.is_empty() {
+            return String::new();
+        }
+        // Fanout groups all read the topic in the header.
+        let one_topic = self.groups.iter().all(|group| group.topic == self.environment.topic);
+        let stem = self.topic_stem();
+        let mut text = format!(
+            "{:<10} {:<7} {:>7} {:>10} {:>8} {:>10} {:>10} {:>10} {:>12} {:>11}{}\n",
+            "group",
+            "role",
+            "members",
+            "consumed",
+            "missing",
+            "duplicated",
+            "forwarded",
+            "rebalances",
+            "caught up s",
+            "events/s",
+            if one_topic { "" } else { "  topic" }
+        );
+        for group in &self.groups {
+            let forwarded = group.forwarded.map_or("-".into(), |count| count.to_string());
+            let caught_up = group.caught_up_s.map_or("never".into(), |s| format!("{s:.2}"));
+            let rate = group.events_per_s.map_or("-".into(), |rate| format!("{rate:.0}"));
+            let topic = match &group.forwards_to {
+                _ if one_topic => String::new(),
+                Some(next) => format!("{} -> {}", &group.topic[stem..], next.get(stem..).unwrap_or(next)),
+                None => group.topic[stem..].to_string(),
+            };
+            let line = format!(
+                "{:<10} {:<7} {:>7} {:>10} {:>8} {:>10} {forwarded:>10} {:>10} {caught_up:>12} {rate:>11}  {topic}",
+                group.label,
+                group.role,
+                group.members,
+                group.consumed,
+                group.missing,
+                group.duplicated,
+                group.rebalances
+            );
+            let _ = writeln!(text, "{}", line.trim_end());
+        }
+        text.push('\n');
         text
     }
 
@@ -307,21 +461,14 @@ impl Report {
             "latency (ms)", "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean", "count"
         );
         for (name, label) in QUANTITIES {
-            let Some(p) = self.latency.get(name) else {
-                continue;
-            };
-            let _ = writeln!(
-                text,
-                "{label:<32} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>10}",
-                ms(p.p50_us),
-                ms(p.p90_us),
-                ms(p.p99_us),
-                ms(p.p99_9_us),
-                ms(p.p99_99_us),
-                ms(p.max_us),
-                p.mean_us / 1e3,
-                p.count
-            );
+            if let Some(p) = self.latency.get(name) {
+                latency_row(&mut text, label, p);
+            }
+        }
+        for group in &self.groups {
+            if let Some(p) = &group.e2e {
+                latency_row(&mut text, &format!("  end-to-end, {}", group.label), p);
+            }
         }
         text.push('\n');
         text
@@ -396,7 +543,19 @@ impl Report {
                 self.totals.reordered
             );
         }
+        let redelivered: u64 = self.groups.iter().filter(|group| group.rebalanced).map(|group| group.duplicated).sum();
+        if redelivered > 0 {
+            let _ = writeln!(
+                text,
+                "warning   {redelivered} events delivered twice after rebalances (at-least-once: a partition's \
+                 new owner re-reads from the last commit)"
+            );
+        }
         let verdict = match self.exit_code() {
+            0 if !self.groups.is_empty() && redelivered > 0 => {
+                "ok: every acknowledged event reached every consumer group (some twice, after rebalances)"
+            }
+            0 if !self.groups.is_empty() => "ok: every acknowledged event reached every consumer group exactly once",
             0 => "ok: every acknowledged event was consumed exactly once",
             2 => "FAILED: acknowledged events are missing",
             3 => "FAILED: events were delivered twice or are not from this run",
@@ -411,6 +570,60 @@ impl Report {
         let file = std::io::BufWriter::new(std::fs::File::create(path)?);
         serde_json::to_writer_pretty(file, self).map_err(io::Error::other)
     }
+}
+
+/// The groups' part of the report.
+fn group_reports(outcome: &Outcome) -> Vec<GroupReport> {
+    let measured = &outcome.measurements;
+    let seconds = |at: Option<u64>| at.map(|at| at.saturating_sub(outcome.start_ns) as f64 / 1e9);
+    let mut reports: Vec<GroupReport> = Vec::new();
+    for (plan, group) in outcome.groups.iter().zip(&measured.groups) {
+        let consumed = group.tracker.unique();
+        let caught_up_s = if group.members_not_caught_up > 0 { None } else { seconds(group.caught_up_ns) };
+        let events_per_s = caught_up_s.filter(|s| *s > 0.0).map(|s| consumed as f64 / s);
+        let rebalanced = group.rebalances > 0 || plan.upstream.is_some_and(|upstream| reports[upstream].rebalanced);
+        reports.push(GroupReport {
+            label: plan.label.clone(),
+            group: plan.name.clone(),
+            topic: plan.topic.clone(),
+            role: plan.role.name(),
+            forwards_to: match &plan.role {
+                crate::worker::GroupRole::Relay(next) => Some(next.clone()),
+                _ => None,
+            },
+            members: plan.members.len(),
+            consumed,
+            missing: measured.missing_from(&group.tracker),
+            duplicated: group.tracker.duplicates(),
+            foreign: group.tracker.foreign(),
+            reordered: group.reordered,
+            forwarded: (!plan.role.is_end()).then_some(group.forwarded),
+            rebalances: group.rebalances,
+            commit_failures: group.commit_failures,
+            rebalanced,
+            caught_up_s,
+            events_per_s,
+            mb_per_s: events_per_s.map(|events| events * outcome.settings.event_bytes as f64 / BYTES_PER_MB),
+            e2e: Percentiles::of(&group.e2e),
+            members_not_caught_up: group.members_not_caught_up,
+        });
+    }
+    reports
+}
+
+fn latency_row(text: &mut String, label: &str, p: &Percentiles) {
+    let _ = writeln!(
+        text,
+        "{label:<32} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>10}",
+        ms(p.p50_us),
+        ms(p.p90_us),
+        ms(p.p99_us),
+        ms(p.p99_9_us),
+        ms(p.p99_99_us),
+        ms(p.max_us),
+        p.mean_us / 1e3,
+        p.count
+    );
 }
 
 fn optional_count(label: &str, count: u64) -> String {
@@ -472,12 +685,19 @@ pub fn hgrm(hist: &Histogram<u64>) -> String {
     text
 }
 
-/// Writes `<dir>/<quantity>.hgrm` for every non-empty quantity; returns the
-/// files written.
+/// Writes `<dir>/<quantity>.hgrm` for every non-empty quantity, and
+/// `e2e-group-<k>.hgrm` / `e2e-stage-<i>.hgrm` per consumer group; returns
+/// the files written.
 pub fn write_hgrm_files(outcome: &Outcome, dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
-    for (name, hist) in histograms(outcome) {
+    let groups = outcome
+        .groups
+        .iter()
+        .zip(&outcome.measurements.groups)
+        .map(|(plan, group)| (format!("e2e-{}", plan.label.replace(' ', "-")), &group.e2e));
+    let quantities = histograms(outcome).into_iter().map(|(name, hist)| (name.to_string(), hist));
+    for (name, hist) in quantities.chain(groups) {
         if hist.is_empty() {
             continue;
         }

@@ -8,9 +8,16 @@
 //! - `peaks`: open loop alternating a peak above the consumers' (throttled)
 //!   rate and a valley below it; the lag series shows the backlog building
 //!   and draining.
+//! - `fanout`: a burst (open loop with `--rate`) into one topic read by K
+//!   consumer groups; every group must receive every event (a gap/duplicate
+//!   tracker and an end-to-end histogram per group).
+//! - `pipeline`: a burst (or open loop) into `stage-0`; the group of stage i
+//!   forwards each event to `stage-(i+1)`, the last stage's group measures
+//!   end-to-end latency across the chain from the original send time.
 //!
-//! `fanout` and `pipeline` need consumer groups, which the broker does not
-//! have yet; they are left out rather than faked with partition consumers.
+//! Consumer groups join before the run starts and the run starts only once
+//! every group is stable (each member settled, every partition owned), so
+//! no measurement includes the initial rebalance.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,7 +39,7 @@ use crate::clock::{self, Clock};
 use crate::cpustat::{self, ThreadCpu};
 use crate::metrics::Measurements;
 use crate::schedule::{self, Phase, Schedule};
-use crate::worker::{self, ConsumerPlan, Plan, ProducerPlan, Shared};
+use crate::worker::{self, ConsumerPlan, GroupPlan, GroupRole, Plan, ProducerPlan, Shared};
 
 const NS_PER_S: f64 = 1e9;
 
@@ -43,6 +50,8 @@ pub enum Scenario {
     Burst,
     Steady,
     Peaks,
+    Fanout,
+    Pipeline,
 }
 
 impl Scenario {
@@ -51,7 +60,14 @@ impl Scenario {
             Scenario::Burst => "burst",
             Scenario::Steady => "steady",
             Scenario::Peaks => "peaks",
+            Scenario::Fanout => "fanout",
+            Scenario::Pipeline => "pipeline",
         }
+    }
+
+    /// Consumed by consumer groups rather than partition consumers.
+    pub fn uses_groups(self) -> bool {
+        matches!(self, Scenario::Fanout | Scenario::Pipeline)
     }
 }
 
@@ -60,17 +76,25 @@ impl Scenario {
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     pub scenario: Scenario,
-    /// burst: events to send; open-loop scenarios: ignored (rate x duration).
+    /// burst, fanout, pipeline: events to send; open-loop scenarios: ignored
+    /// (rate x duration).
     pub events: u64,
     pub event_bytes: usize,
+    /// Per topic.
     pub partitions: u32,
     pub producers: u32,
+    /// Partition consumers; fanout and pipeline: members per consumer group.
     pub consumers: u32,
+    /// fanout: consumer groups.
+    pub groups: u32,
+    /// pipeline: topics in the chain, each read by one consumer group.
+    pub stages: u32,
     pub acks: AckLevel,
     pub batch_bytes: usize,
     pub linger_ms: f64,
     pub max_in_flight: usize,
-    /// steady: the rate; peaks: the peak rate (events/s, all producers).
+    /// steady: the rate; peaks: the peak rate (events/s, all producers);
+    /// fanout, pipeline: open loop at this rate, 0: as fast as acked.
     pub rate: u64,
     pub duration_s: f64,
     pub valley_rate: u64,
@@ -135,6 +159,9 @@ pub struct Outcome {
     pub cpu: Vec<ThreadCpu>,
     /// What the broker reported about the run; `None` if it could not say.
     pub broker_stats: Option<BrokerStats>,
+    /// The consumer groups (fanout, pipeline), indexed like
+    /// `measurements.groups`.
+    pub groups: Vec<GroupPlan>,
 }
 
 /// The broker's own view, from its stats request.
@@ -207,7 +234,7 @@ pub fn validate(settings: &Settings) -> anyhow::Result<()> {
     if settings.partitions == 0 || settings.producers == 0 || settings.consumers == 0 {
         bail!("--partitions, --producers and --consumers must be at least 1");
     }
-    if settings.consumers > settings.partitions {
+    if settings.consumers > settings.partitions && !settings.scenario.uses_groups() {
         bail!(
             "--consumers {} exceeds --partitions {}: without consumer groups a partition has one consumer",
             settings.consumers,
@@ -226,8 +253,17 @@ pub fn validate(settings: &Settings) -> anyhow::Result<()> {
     };
     positive(settings.drain_timeout_s, "--drain-timeout-s")?;
     match settings.scenario {
-        Scenario::Burst if settings.events == 0 => bail!("--events must be at least 1"),
+        Scenario::Burst | Scenario::Fanout | Scenario::Pipeline if settings.events == 0 => {
+            bail!("--events must be at least 1")
+        }
         Scenario::Burst => Ok(()),
+        Scenario::Fanout if settings.groups == 0 => bail!("--groups must be at least 1"),
+        Scenario::Fanout => Ok(()),
+        Scenario::Pipeline if settings.stages == 0 => bail!("--stages must be at least 1"),
+        Scenario::Pipeline if settings.acks == AckLevel::None => {
+            bail!("pipeline needs acknowledgements: a stage commits only once its forwards are acknowledged")
+        }
+        Scenario::Pipeline => Ok(()),
         Scenario::Steady if settings.rate == 0 => bail!("--rate must be at least 1 event/s"),
         Scenario::Steady => positive(settings.duration_s, "--duration-s"),
         Scenario::Peaks => {
@@ -241,8 +277,10 @@ pub fn validate(settings: &Settings) -> anyhow::Result<()> {
     }
 }
 
-/// What each executor runs: producers and consumers spread round-robin
-/// over the executors, rates and event counts split evenly.
+/// What each executor runs: producers and consumers (and consumer group
+/// members) spread round-robin over the executors, rates and event counts
+/// split evenly. `topic` is the run's name: the producers' topic, or with
+/// `pipeline` the stem of the stage topics.
 pub fn build_plan(settings: &Settings, broker: SocketAddr, topic: String) -> Plan {
     let executors = settings.loadgen_cpus.len();
     let producers = u64::from(settings.producers);
@@ -257,7 +295,44 @@ pub fn build_plan(settings: &Settings, broker: SocketAddr, topic: String) -> Pla
             ProducerPlan { id, executor: id as usize % executors, events, schedule }
         })
         .collect();
-    let consumers = settings.consumers;
+    let (topics, mut groups) = match settings.scenario {
+        Scenario::Fanout => {
+            let groups = (0..settings.groups)
+                .map(|k| GroupPlan {
+                    name: format!("{topic}-group-{k}"),
+                    label: format!("group {k}"),
+                    topic: topic.clone(),
+                    role: GroupRole::Fanout,
+                    upstream: None,
+                    members: Vec::new(),
+                })
+                .collect();
+            (vec![topic], groups)
+        }
+        Scenario::Pipeline => {
+            let topics: Vec<String> = (0..settings.stages).map(|stage| format!("{topic}-stage-{stage}")).collect();
+            let last = topics.len() - 1;
+            let groups = (0..topics.len())
+                .map(|stage| GroupPlan {
+                    name: format!("{}-group", topics[stage]),
+                    label: format!("stage {stage}"),
+                    topic: topics[stage].clone(),
+                    role: if stage == last { GroupRole::Last } else { GroupRole::Relay(topics[stage + 1].clone()) },
+                    upstream: stage.checked_sub(1),
+                    members: Vec::new(),
+                })
+                .collect();
+            (topics, groups)
+        }
+        _ => (vec![topic], Vec::new()),
+    };
+    // Members of all groups are dealt round-robin over the executors.
+    let mut dealt = 0;
+    for group in &mut groups {
+        group.members = (0..settings.consumers).map(|member| (dealt + member as usize) % executors).collect();
+        dealt += settings.consumers as usize;
+    }
+    let consumers = if groups.is_empty() { settings.consumers } else { 0 };
     let consumer_plans = (0..consumers)
         .map(|consumer| ConsumerPlan {
             executor: consumer as usize % executors,
@@ -269,7 +344,10 @@ pub fn build_plan(settings: &Settings, broker: SocketAddr, topic: String) -> Pla
         .collect();
     Plan {
         broker,
-        topic,
+        topic: topics[0].clone(),
+        topics,
+        partitions: settings.partitions,
+        groups,
         event_bytes: settings.event_bytes,
         producer: ProducerConfig {
             batch_bytes: settings.batch_bytes,
@@ -293,6 +371,15 @@ fn producer_schedule(settings: &Settings, index: u64) -> Option<Schedule> {
     let offset_ns = |rate: u64| (index * 1_000_000_000).checked_div(rate).unwrap_or(0);
     match settings.scenario {
         Scenario::Burst => None,
+        Scenario::Fanout | Scenario::Pipeline if settings.rate == 0 => None,
+        Scenario::Fanout | Scenario::Pipeline => {
+            // Open loop: this producer's share of --events at its share of
+            // the rate, over just long enough for all of them.
+            let events = schedule::share(settings.events, producers, index);
+            let rate = schedule::share(settings.rate, producers, index).max(1);
+            let duration_ns = (u128::from(events) * 1_000_000_000).div_ceil(u128::from(rate)) as u64;
+            Some(Schedule::constant(rate, duration_ns, offset_ns(settings.rate)))
+        }
         Scenario::Steady => Some(Schedule::constant(
             schedule::share(settings.rate, producers, index),
             seconds_ns(settings.duration_s),
@@ -333,14 +420,17 @@ pub fn run(settings: &Settings, target: Target, show_progress: bool) -> anyhow::
             info
         }
     };
-    let topic = format!("{}-{}-{}", settings.topic_prefix, settings.scenario.name(), clock.origin_unix_us() / 1000);
-    ringbroker::protocol::types::validate_topic_name(&topic)
-        .map_err(|reason| anyhow::anyhow!("--topic-prefix gives an invalid topic name: {reason}"))?;
-    let result = create_topic(broker.addr, &topic, settings.partitions).and_then(|()| {
+    let name = format!("{}-{}-{}", settings.topic_prefix, settings.scenario.name(), clock.origin_unix_us() / 1000);
+    let plan = Arc::new(build_plan(settings, broker.addr, name));
+    // Group names follow the topic name rules too.
+    for name in plan.topics.iter().chain(plan.groups.iter().map(|group| &group.name)) {
+        ringbroker::protocol::types::validate_topic_name(name)
+            .map_err(|reason| anyhow::anyhow!("--topic-prefix gives an invalid topic or group name: {reason}"))?;
+    }
+    let result = create_topics(broker.addr, &plan.topics, settings.partitions).and_then(|()| {
         // Counters are extra insight, not part of the verdict: a broker that
         // cannot report them still gets measured.
         let before = broker_stats(broker.addr).ok();
-        let plan = Arc::new(build_plan(settings, broker.addr, topic.clone()));
         let driven = drive(settings, &plan, clock, show_progress)?;
         let after = broker_stats(broker.addr).ok();
         let stats = before.zip(after).map(|(before, after)| BrokerStats {
@@ -365,7 +455,7 @@ pub fn run(settings: &Settings, target: Target, show_progress: bool) -> anyhow::
         allowed_cpus,
         broker,
         loadgen_cpus: settings.loadgen_cpus.clone(),
-        topic,
+        topic: plan.topic.clone(),
     };
     Ok(Outcome {
         settings: settings.clone(),
@@ -376,6 +466,7 @@ pub fn run(settings: &Settings, target: Target, show_progress: bool) -> anyhow::
         end_ns: driven.end_ns,
         cpu: driven.cpu,
         broker_stats,
+        groups: plan.groups.clone(),
     })
 }
 
@@ -440,11 +531,16 @@ where
     Ok(result?)
 }
 
-/// Creates the run's topic.
-fn create_topic(addr: SocketAddr, topic: &str, partitions: u32) -> anyhow::Result<()> {
-    let topic = topic.to_owned();
-    with_client(addr, move |client| async move { client.create_topic(&topic, partitions).await })
-        .with_context(|| format!("creating the topic on {addr}"))
+/// Creates the run's topics.
+fn create_topics(addr: SocketAddr, topics: &[String], partitions: u32) -> anyhow::Result<()> {
+    let topics = topics.to_vec();
+    with_client(addr, move |client| async move {
+        for topic in &topics {
+            client.create_topic(topic, partitions).await?;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("creating the topics on {addr}"))
 }
 
 /// The broker's counters summed over its shards (requests, events,
@@ -471,7 +567,7 @@ struct Driven {
 /// Starts the executors, releases them together, shows progress, and
 /// merges their measurements.
 fn drive(settings: &Settings, plan: &Arc<Plan>, clock: Clock, show_progress: bool) -> anyhow::Result<Driven> {
-    let shared = Arc::new(Shared::new(plan.producers.len()));
+    let shared = Arc::new(Shared::new(plan));
     // Whatever happens below, executors waiting to start or to exit are let go.
     let _release = Release(Arc::clone(&shared), clock);
     let mut handles = Vec::new();
@@ -488,6 +584,7 @@ fn drive(settings: &Settings, plan: &Arc<Plan>, clock: Clock, show_progress: boo
     while shared.ready.load(Ordering::SeqCst) < handles.len() && !shared.is_aborted() {
         std::thread::sleep(Duration::from_millis(1));
     }
+    wait_for_stable_groups(plan, &shared)?;
     let planned_events = plan.planned().iter().sum();
     let cpu_before = cpustat::Snapshot::take();
     let start_ns = clock.now_ns().max(1);
@@ -501,12 +598,63 @@ fn drive(settings: &Settings, plan: &Arc<Plan>, clock: Clock, show_progress: boo
     let end_ns = clock.now_ns();
     let cpu = cpustat::Snapshot::take().busy_since(&cpu_before, end_ns.saturating_sub(start_ns) as f64 / NS_PER_S);
     shared.released.store(true, Ordering::SeqCst);
-    let mut measurements = Measurements::new(start_ns, &plan.planned());
+    let mut measurements = Measurements::for_plan(start_ns, plan);
     for (index, handle) in handles.into_iter().enumerate() {
         let theirs = handle.join().map_err(|error| anyhow::anyhow!("loadgen executor {index} failed: {error}"))?;
         measurements.merge(&theirs);
     }
+    // The run's end-to-end latency is that of the deliveries at the end of
+    // the flow: every fanout group, the last pipeline stage.
+    for (group, measured) in plan.groups.iter().zip(&measurements.groups) {
+        if group.role.is_end() {
+            crate::metrics::merge_into(&mut measurements.e2e, &measured.e2e);
+        }
+    }
     Ok(Driven { measurements, planned_events, start_ns, end_ns, cpu })
+}
+
+/// How long consumer groups may take to settle before the run starts.
+const GROUPS_SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long every group must look settled, so that a member's stale view
+/// (it has not heard of a newer generation yet) is not taken for stability.
+const GROUPS_STABLE_FOR: Duration = Duration::from_millis(50);
+
+/// Waits until every member of every group is stable and each group's
+/// members own all its partitions between them, so the run does not
+/// measure the initial rebalance.
+fn wait_for_stable_groups(plan: &Plan, shared: &Shared) -> anyhow::Result<()> {
+    if plan.groups.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut stable_since = None;
+    loop {
+        if shared.is_aborted() {
+            // The executors' errors say why; the run goes on to report them.
+            return Ok(());
+        }
+        let unsettled: Vec<&str> = plan
+            .groups
+            .iter()
+            .zip(&shared.groups)
+            .filter(|(_, state)| state.owned_when_stable() != Some(plan.partitions as usize))
+            .map(|(group, _)| group.name.as_str())
+            .collect();
+        if unsettled.is_empty() {
+            let since = *stable_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= GROUPS_STABLE_FOR {
+                return Ok(());
+            }
+        } else {
+            stable_since = None;
+            if started.elapsed() > GROUPS_SETTLE_TIMEOUT {
+                shared.abort();
+                bail!("consumer groups not stable after {GROUPS_SETTLE_TIMEOUT:?}: {}", unsettled.join(", "));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Lets every executor start and exit when dropped.
@@ -553,6 +701,8 @@ mod tests {
             partitions: 4,
             producers: 2,
             consumers: 4,
+            groups: 2,
+            stages: 2,
             acks: AckLevel::Durable,
             batch_bytes: 64 << 10,
             linger_ms: 1.0,
@@ -597,6 +747,46 @@ mod tests {
         let plan = build_plan(&peaks, "127.0.0.1:1".parse().unwrap(), "t".into());
         // 0.5 s at 10,000/s, then 0.5 s at 1,000/s.
         assert_eq!(plan.planned().iter().sum::<u64>(), 5_500);
+    }
+
+    #[test]
+    fn group_plans_name_topics_and_spread_members() {
+        let mut fanout = settings(Scenario::Fanout);
+        fanout.groups = 3;
+        fanout.consumers = 1;
+        fanout.loadgen_cpus = vec![0, 1];
+        let plan = build_plan(&fanout, "127.0.0.1:1".parse().unwrap(), "t".into());
+        assert_eq!((plan.topic.as_str(), plan.topics.clone()), ("t", vec!["t".to_string()]));
+        assert!(plan.consumers.is_empty(), "groups replace partition consumers");
+        let names: Vec<&str> = plan.groups.iter().map(|group| group.name.as_str()).collect();
+        assert_eq!(names, ["t-group-0", "t-group-1", "t-group-2"]);
+        let executors: Vec<Vec<usize>> = plan.groups.iter().map(|group| group.members.clone()).collect();
+        assert_eq!(executors, [vec![0], vec![1], vec![0]]);
+        assert!(plan.groups.iter().all(|group| group.role == GroupRole::Fanout && group.upstream.is_none()));
+
+        let mut pipeline = settings(Scenario::Pipeline);
+        pipeline.stages = 3;
+        pipeline.consumers = 2;
+        let plan = build_plan(&pipeline, "127.0.0.1:1".parse().unwrap(), "p".into());
+        assert_eq!(plan.topics, ["p-stage-0", "p-stage-1", "p-stage-2"]);
+        assert_eq!(plan.topic, "p-stage-0");
+        let roles: Vec<GroupRole> = plan.groups.iter().map(|group| group.role.clone()).collect();
+        assert_eq!(
+            roles,
+            [GroupRole::Relay("p-stage-1".into()), GroupRole::Relay("p-stage-2".into()), GroupRole::Last]
+        );
+        let upstream: Vec<Option<usize>> = plan.groups.iter().map(|group| group.upstream).collect();
+        assert_eq!(upstream, [None, Some(0), Some(1)]);
+        assert!(plan.groups.iter().all(|group| group.members.len() == 2));
+
+        // More members than partitions is fine in a group (some idle);
+        // a pipeline needs acks to commit after.
+        pipeline.consumers = 9;
+        assert!(validate(&pipeline).is_ok());
+        pipeline.acks = AckLevel::None;
+        assert!(validate(&pipeline).is_err());
+        fanout.groups = 0;
+        assert!(validate(&fanout).is_err());
     }
 
     #[test]
@@ -656,6 +846,64 @@ mod tests {
         let outcome = run(&settings, embedded_target(), false).unwrap();
         assert_complete(&outcome, 4_000);
         assert_eq!(outcome.measurements.send_delay.len(), 4_000);
+    }
+
+    #[test]
+    fn a_short_fanout_delivers_every_event_to_every_group() {
+        let mut settings = settings(Scenario::Fanout);
+        settings.events = 5_000;
+        settings.producers = 1;
+        // Two members per group: the start waits for both to settle, and
+        // the end for both groups' partitions, whoever owns them.
+        settings.consumers = 2;
+        let outcome = run(&settings, embedded_target(), false).unwrap();
+        let report = crate::report::Report::build(&outcome);
+        let totals = &report.totals;
+        assert_eq!(report.errors, Vec::<String>::new());
+        assert_eq!((totals.produced, totals.acknowledged), (5_000, 5_000));
+        assert_eq!(report.groups.len(), 2);
+        for group in &report.groups {
+            assert_eq!((group.consumed, group.missing, group.duplicated, group.foreign), (5_000, 0, 0, 0), "{group:?}");
+            assert_eq!((group.rebalances, group.members_not_caught_up), (0, 0), "{group:?}");
+            assert_eq!(group.e2e.as_ref().map(|e2e| e2e.count), Some(5_000));
+            assert!(group.caught_up_s.is_some());
+        }
+        // Totals count deliveries: every event once per group.
+        assert_eq!((totals.consumed, totals.missing, totals.duplicated), (10_000, 0, 0));
+        assert_eq!(report.latency["e2e"].count, 10_000);
+        assert_eq!(report.exit_code(), 0);
+        let svg = crate::svg::render(&outcome, &report);
+        assert!(svg.contains("end-to-end, group 1"));
+    }
+
+    #[test]
+    fn a_short_pipeline_carries_every_event_through_every_stage() {
+        let mut settings = settings(Scenario::Pipeline);
+        settings.events = 2_000;
+        settings.producers = 1;
+        settings.consumers = 1;
+        let outcome = run(&settings, embedded_target(), false).unwrap();
+        let report = crate::report::Report::build(&outcome);
+        assert_eq!(report.errors, Vec::<String>::new());
+        assert_eq!((report.totals.produced, report.totals.acknowledged), (2_000, 2_000));
+        let [first, last] = &report.groups[..] else { panic!("two stages: {:?}", report.groups) };
+        assert_eq!((first.role, last.role), ("relay", "last"));
+        for stage in [first, last] {
+            assert_eq!((stage.consumed, stage.missing, stage.foreign), (2_000, 0, 0), "{stage:?}");
+            if stage.duplicated > 0 {
+                // At least once: only a rebalance may explain a duplicate.
+                eprintln!("{}: {} duplicates after {} rebalances", stage.label, stage.duplicated, stage.rebalances);
+                assert!(stage.rebalanced, "{stage:?}");
+            }
+        }
+        assert_eq!(first.forwarded, Some(2_000 + first.duplicated));
+        assert_eq!(report.totals.missing, 0);
+        assert_eq!(report.totals.consumed, 2_000);
+        // The chain's latency is measured from the original send time.
+        let chain = &report.latency["e2e"];
+        assert_eq!(chain.count, 2_000 + last.duplicated);
+        assert!(chain.p50_us >= first.e2e.as_ref().unwrap().p50_us);
+        assert_eq!(report.exit_code(), 0);
     }
 
     #[test]

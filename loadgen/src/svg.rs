@@ -25,7 +25,7 @@ const MARGIN_TOP: f64 = 80.0;
 const PANEL_GAP: f64 = 70.0;
 /// The spectrum stops at 99.999%: 1/(1-p) = 10^5.
 const SPECTRUM_DECADES: f64 = 5.0;
-const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
 
 /// A chart area in SVG coordinates with its data ranges. Points are given
 /// in axis units: for a log axis, already as log10 of the value.
@@ -218,13 +218,23 @@ pub fn render_html(outcome: &Outcome, report: &Report) -> String {
     )
 }
 
-/// Panel 0: latency (ms) against percentile on the 1/(1-p) log axis.
+/// Panel 0: latency (ms) against percentile on the 1/(1-p) log axis. With
+/// consumer groups, one end-to-end line per group instead of the merged one.
 fn spectrum(svg: &mut String, outcome: &Outcome) {
     let histograms = crate::report::histograms(outcome);
-    let series: Vec<(&str, Vec<(f64, f64)>)> = histograms
+    let grouped = !outcome.groups.is_empty();
+    let groups = outcome
+        .groups
         .iter()
+        .zip(&outcome.measurements.groups)
+        .map(|(plan, group)| (format!("end-to-end, {}", plan.label), &group.e2e));
+    let series: Vec<(String, Vec<(f64, f64)>)> = histograms
+        .iter()
+        .filter(|(name, _)| !(grouped && *name == "e2e"))
+        .map(|(name, hist)| (label_of(name).to_string(), *hist))
+        .chain(groups)
         .filter(|(_, hist)| !hist.is_empty())
-        .map(|(name, hist)| (label_of(name), spectrum_points(hist)))
+        .map(|(label, hist)| (label, spectrum_points(hist)))
         .collect();
     let values = || series.iter().flat_map(|(_, points)| points.iter().map(|(_, y)| *y)).filter(|y| *y > 0.0);
     let low = values().fold(f64::INFINITY, f64::min);
@@ -244,7 +254,7 @@ fn spectrum(svg: &mut String, outcome: &Outcome) {
         let logged: Vec<(f64, f64)> =
             points.iter().map(|(x, y)| (*x, if *y > 0.0 { y.log10() } else { panel.y_min })).collect();
         panel.line(svg, &logged, color);
-        legend.push((*label, color));
+        legend.push((label.as_str(), color));
     }
     panel.legend(svg, &legend);
 }

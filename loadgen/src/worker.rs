@@ -11,6 +11,13 @@
 //! record's ack future once and queue it on the producer's lane (see
 //! `acks`: acks are timed exactly even when batches are answered out of
 //! order).
+//!
+//! Consumer group members (fanout, pipeline) join before the executor
+//! reports ready and keep polling until the run starts, so the main thread
+//! can hold the start until every group is stable. Each member checks what
+//! it consumes into its group's own tracker and histogram; a pipeline
+//! relay forwards each polled batch to the next stage's topic, waits for
+//! the acks, and only then commits (at least once).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -21,9 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
 use ringbroker::client::{
-    Client, ClientError, ClientOptions, ConsumedRecord, PartitionConsumer, Producer, ProducerConfig, ProducerRecord,
-    SendFuture, StartPosition,
+    Client, ClientError, ClientOptions, ConsumedRecord, GroupConfig, GroupConsumer, GroupRecord, GroupStats,
+    PartitionConsumer, Producer, ProducerConfig, ProducerRecord, SendFuture, StartPosition,
 };
 use ringbroker::protocol::types::{Offset, PartitionId};
 use ringbroker::protocol::wire::OffsetSpec;
@@ -31,7 +39,7 @@ use ringbroker::protocol::wire::OffsetSpec;
 use crate::acks::{Lane, Pending};
 use crate::clock::Clock;
 use crate::metrics::Measurements;
-use crate::payload::{self, Bitmap, EventHeader, Seen};
+use crate::payload::{self, Bitmap, EventHeader, Seen, SeqTracker};
 use crate::schedule::Schedule;
 
 /// What a record's ack future resolves to.
@@ -71,12 +79,39 @@ const SETTLE_INTERVAL: Duration = Duration::from_millis(20);
 /// The largest fetch a consumer asks for.
 const FETCH_BYTES_MAX: u32 = 512 << 10;
 
+/// Group members heartbeat this often (the client's default is a third of
+/// the 10 s session): a member learns of a rebalance at its next
+/// heartbeat, so this bounds how long the groups take to settle at start.
+const GROUP_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long a member's poll waits while the run has not started yet.
+const SETTLE_POLL_WAIT: Duration = Duration::from_millis(5);
+
+/// A relay commits (always after its forwards are acknowledged) at most
+/// this often. A commit costs a round trip to the coordinator and a write
+/// there (~4 ms on the dev VM); committing after every polled batch took a
+/// quarter of a relay's time. Between commits, a rebalance or crash means
+/// re-reading (and re-forwarding) at most this much: at-least-once either
+/// way.
+const RELAY_COMMIT_INTERVAL_NS: u64 = 100_000_000;
+
+/// A member's `owned` slot while it is not stable.
+const NOT_STABLE: usize = usize::MAX;
+
 /// Everything the executors need to know about the run; built once, shared
 /// read-only.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub broker: SocketAddr,
+    /// The producers' topic.
     pub topic: String,
+    /// Every topic of the run, the producers' first.
+    pub topics: Vec<String>,
+    /// Partitions of every topic.
+    pub partitions: u32,
+    /// Consumer groups (fanout, pipeline); consumed by their members
+    /// instead of `consumers`.
+    pub groups: Vec<GroupPlan>,
     /// Bytes per event value.
     pub event_bytes: usize,
     pub producer: ProducerConfig,
@@ -110,6 +145,93 @@ pub struct ConsumerPlan {
     pub events_per_s: Option<u64>,
 }
 
+/// A consumer group of the run.
+#[derive(Debug, Clone)]
+pub struct GroupPlan {
+    pub name: String,
+    /// Short, for reports: "group 1", "stage 0".
+    pub label: String,
+    pub topic: String,
+    pub role: GroupRole,
+    /// The group whose members write this group's topic; `None`: the
+    /// producers.
+    pub upstream: Option<usize>,
+    /// The executor of each member.
+    pub members: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupRole {
+    /// One of the fanout groups: each must receive every event.
+    Fanout,
+    /// A pipeline stage forwarding every event to this topic.
+    Relay(String),
+    /// The pipeline's last stage.
+    Last,
+}
+
+impl GroupRole {
+    /// Whether the group is at the end of the flow: its deliveries are the
+    /// run's consumed events (counted in the series, the totals and `e2e`).
+    pub fn is_end(&self) -> bool {
+        !matches!(self, GroupRole::Relay(_))
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            GroupRole::Fanout => "fanout",
+            GroupRole::Relay(_) => "relay",
+            GroupRole::Last => "last",
+        }
+    }
+}
+
+/// What the members of one group share across executors.
+#[derive(Debug, Default)]
+pub struct GroupState {
+    /// Per member: the partitions it owns while stable, [`NOT_STABLE`]
+    /// otherwise (published until the run starts).
+    owned: Vec<AtomicUsize>,
+    /// Members that reached the end of the topic (or failed).
+    finished: AtomicUsize,
+    /// Members still in the group; 0: the group is done, its forwards (if
+    /// it relays) all acknowledged, so the next stage's topic is complete.
+    pub members_left: AtomicUsize,
+    /// Per partition: the furthest position any member consumed to (and,
+    /// relaying, forwarded and had acknowledged).
+    positions: Vec<AtomicU64>,
+}
+
+impl GroupState {
+    fn new(members: usize, partitions: u32) -> GroupState {
+        GroupState {
+            owned: (0..members).map(|_| AtomicUsize::new(NOT_STABLE)).collect(),
+            finished: AtomicUsize::new(0),
+            members_left: AtomicUsize::new(members),
+            positions: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Partitions owned by all members together, if every member is stable.
+    pub fn owned_when_stable(&self) -> Option<usize> {
+        self.owned
+            .iter()
+            .map(|owned| owned.load(Ordering::SeqCst))
+            .try_fold(0, |sum, owned| (owned != NOT_STABLE).then(|| sum + owned))
+    }
+
+    fn advance(&self, partition: PartitionId, position: Offset) {
+        if let Some(slot) = self.positions.get(partition.0 as usize) {
+            slot.fetch_max(position.get(), Ordering::SeqCst);
+        }
+    }
+
+    /// Records between the furthest positions and `ends`.
+    fn behind(&self, ends: &[Offset]) -> u64 {
+        ends.iter().zip(&self.positions).map(|(end, at)| end.get().saturating_sub(at.load(Ordering::SeqCst))).sum()
+    }
+}
+
 /// The little that executors and the main thread share.
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -125,11 +247,17 @@ pub struct Shared {
     /// Executors finish only once the main thread has read their CPU time
     /// (a thread that exited is gone from /proc).
     pub released: AtomicBool,
+    /// Indexed like `Plan::groups`.
+    pub groups: Vec<GroupState>,
 }
 
 impl Shared {
-    pub fn new(producers: usize) -> Shared {
-        Shared { producers_left: AtomicUsize::new(producers), ..Shared::default() }
+    pub fn new(plan: &Plan) -> Shared {
+        Shared {
+            producers_left: AtomicUsize::new(plan.producers.len()),
+            groups: plan.groups.iter().map(|group| GroupState::new(group.members.len(), plan.partitions)).collect(),
+            ..Shared::default()
+        }
     }
 
     pub fn abort(&self) {
@@ -172,15 +300,31 @@ struct Ctx {
 
 async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, clock: Clock) -> Measurements {
     ringbroker::server::spawn_wake_ticker(WAKE_INTERVAL);
-    let client = connect(&plan).await;
+    let joined = match connect(&plan).await {
+        Ok(client) => join_members(index, &plan, &client).await.map(|members| (client, members)),
+        Err(error) => Err(format!("connecting to {}: {error}", plan.broker)),
+    };
+    if joined.is_err() {
+        // At once: the main thread waits for the groups to settle otherwise.
+        shared.abort();
+    }
     shared.ready.fetch_add(1, Ordering::SeqCst);
+    let joined = match joined {
+        Ok((client, mut members)) => match settle(&mut members, &shared).await {
+            Ok(()) => Ok((client, members)),
+            Err(error) => {
+                shared.abort();
+                Err(error)
+            }
+        },
+        Err(error) => Err(error),
+    };
     let start_ns = wait_for_start(&shared).await;
-    let measurements = match client {
-        Ok(client) => measure(index, &plan, &shared, clock, start_ns, client).await,
+    let measurements = match joined {
+        Ok((client, members)) => measure(index, &plan, &shared, clock, start_ns, client, members).await,
         Err(error) => {
-            shared.abort();
-            let mut measurements = Measurements::new(start_ns, &plan.planned());
-            measurements.error(format!("executor {index}: connecting to {}: {error}", plan.broker));
+            let mut measurements = Measurements::for_plan(start_ns, &plan);
+            measurements.error(format!("executor {index}: {error}"));
             measurements
         }
     };
@@ -191,7 +335,7 @@ async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, clock: Clock) -
     measurements
 }
 
-/// Runs this executor's producers and consumers to the end.
+/// Runs this executor's producers, consumers and group members to the end.
 async fn measure(
     index: usize,
     plan: &Arc<Plan>,
@@ -199,8 +343,9 @@ async fn measure(
     clock: Clock,
     start_ns: u64,
     client: Client,
+    members: Vec<Member>,
 ) -> Measurements {
-    let measurements = RefCell::new(Measurements::new(start_ns, &plan.planned()));
+    let measurements = RefCell::new(Measurements::for_plan(start_ns, plan));
     let ctx = Rc::new(Ctx {
         plan: Arc::clone(plan),
         shared: Arc::clone(shared),
@@ -227,8 +372,12 @@ async fn measure(
             consumers.push(glommio::spawn_local(task));
         }
     }
-    // Dropping the sampler's task at the end cancels it.
-    let sampler = glommio::spawn_local(sample_lag(Rc::clone(&ctx)));
+    for member in members {
+        consumers.push(glommio::spawn_local(consume_group(Rc::clone(&ctx), member)));
+    }
+    // Dropping the sampler's task at the end cancels it. Group members do
+    // not know their lag: with groups there is no lag series.
+    let sampler = (!plan.consumers.is_empty()).then(|| glommio::spawn_local(sample_lag(Rc::clone(&ctx))));
     for task in producers {
         task.await;
     }
@@ -237,7 +386,7 @@ async fn measure(
     }
     drop(sampler);
     ctx.progress.flush(shared);
-    ctx.measurements.replace(Measurements::new(start_ns, &[]))
+    ctx.measurements.replace(Measurements::new(start_ns, &[], 0))
 }
 
 async fn connect(plan: &Plan) -> Result<Client, ClientError> {
@@ -245,6 +394,64 @@ async fn connect(plan: &Plan) -> Result<Client, ClientError> {
     // Learn the topic's placement now, so the first send does not wait for it.
     client.partitions(&plan.topic).await?;
     Ok(client)
+}
+
+/// A consumer group member of this executor.
+struct Member {
+    /// Index into `Plan::groups`.
+    group: usize,
+    /// Index among the group's members.
+    index: usize,
+    consumer: GroupConsumer,
+}
+
+fn group_config(group: &GroupPlan) -> GroupConfig {
+    let mut config = GroupConfig::new(group.name.clone(), vec![group.topic.clone()]);
+    config.heartbeat_interval = Some(GROUP_HEARTBEAT_INTERVAL);
+    config.max_bytes = FETCH_BYTES_MAX;
+    if matches!(group.role, GroupRole::Relay(_)) {
+        // A relay commits itself, once its forwards are acknowledged.
+        config.auto_commit = None;
+    }
+    config
+}
+
+/// Joins this executor's members of every group.
+async fn join_members(index: usize, plan: &Plan, client: &Client) -> Result<Vec<Member>, String> {
+    let mut members = Vec::new();
+    for (group_index, group) in plan.groups.iter().enumerate() {
+        for (member_index, _) in group.members.iter().enumerate().filter(|(_, executor)| **executor == index) {
+            if let GroupRole::Relay(next) = &group.role {
+                // Learn the next topic's placement now, not on the first forward.
+                client.partitions(next).await.map_err(|error| format!("{}: topic {next}: {error}", group.label))?;
+            }
+            let consumer = GroupConsumer::join(client.clone(), group_config(group))
+                .await
+                .map_err(|error| format!("{}: joining group {}: {error}", group.label, group.name))?;
+            members.push(Member { group: group_index, index: member_index, consumer });
+        }
+    }
+    Ok(members)
+}
+
+/// Polls the members until the run starts, publishing whether each is
+/// stable and how many partitions it owns. Nothing is produced before the
+/// start, so the polls return nothing.
+async fn settle(members: &mut [Member], shared: &Shared) -> Result<(), String> {
+    if members.is_empty() {
+        return Ok(());
+    }
+    while shared.start_ns.load(Ordering::SeqCst) == 0 && !shared.is_aborted() {
+        for member in members.iter_mut() {
+            let records = member.consumer.poll(SETTLE_POLL_WAIT).await.map_err(|error| format!("polling: {error}"))?;
+            if !records.is_empty() {
+                return Err(format!("{} records consumed before the run started", records.len()));
+            }
+            let owned = if member.consumer.is_stable() { member.consumer.assignment().len() } else { NOT_STABLE };
+            shared.groups[member.group].owned[member.index].store(owned, Ordering::SeqCst);
+        }
+    }
+    Ok(())
 }
 
 async fn wait_for_start(shared: &Shared) -> u64 {
@@ -522,7 +729,7 @@ async fn consume_partition(
             break Err("stopped: the run was aborted".to_string());
         }
         if end.is_none() && ctx.shared.producers_left.load(Ordering::SeqCst) == 0 {
-            match settled_end(&ctx, partition).await {
+            match settled_end(&ctx, &ctx.plan.topic, partition).await {
                 Ok(offset) => end = Some((offset, ctx.clock.now_ns() + ctx.plan.drain_timeout.as_nanos() as u64)),
                 Err(error) => break Err(format!("reading the end of partition {partition}: {error}")),
             }
@@ -578,26 +785,268 @@ fn check_records(
     // Every record of one fetch arrived at the same moment: one clock
     // reading serves them all.
     let now_unix_us = clock.unix_us(now_ns);
+    let mut check = Check {
+        tracker: &mut measurements.tracker,
+        e2e: &mut measurements.e2e,
+        reordered: &mut measurements.reordered,
+        now_unix_us,
+    };
     for record in records {
-        let header = record.value.as_deref().and_then(payload::decode);
-        let seen = measurements.tracker.observe(header.as_ref());
-        let Some(header) = header.filter(|_| seen != Seen::Foreign) else {
-            continue;
-        };
-        measurements.e2e.saturating_record(now_unix_us.saturating_sub(header.sent_unix_us));
-        let highest = &mut highest_seq[header.producer as usize];
-        if seen == Seen::First && highest.is_some_and(|highest| header.seq < highest) {
-            measurements.reordered += 1;
-        }
-        *highest = (*highest).max(Some(header.seq));
+        check.event(record, highest_seq);
     }
     measurements.series.record_consumed(now_ns, records.len() as u64);
 }
 
+/// Where one consumed event is checked and timed: the run's (partition
+/// consumers) or a consumer group's tracker and histogram.
+struct Check<'a> {
+    tracker: &'a mut SeqTracker,
+    e2e: &'a mut Histogram<u64>,
+    reordered: &'a mut u64,
+    now_unix_us: u64,
+}
+
+impl Check<'_> {
+    /// Gaps, duplicates and order per producer (`highest_seq`: the highest
+    /// sequence seen per producer in this record's partition), end-to-end
+    /// latency from the send time in the event.
+    fn event(&mut self, record: &ConsumedRecord, highest_seq: &mut [Option<u64>]) {
+        let header = record.value.as_deref().and_then(payload::decode);
+        let seen = self.tracker.observe(header.as_ref());
+        let Some(header) = header.filter(|_| seen != Seen::Foreign) else {
+            return;
+        };
+        self.e2e.saturating_record(self.now_unix_us.saturating_sub(header.sent_unix_us));
+        let highest = &mut highest_seq[header.producer as usize];
+        if seen == Seen::First && highest.is_some_and(|highest| header.seq < highest) {
+            *self.reordered += 1;
+        }
+        *highest = (*highest).max(Some(header.seq));
+    }
+}
+
+/// One group member, from the start until its group consumed its topic to
+/// the end (or it failed); then it leaves the group.
+async fn consume_group(ctx: Rc<Ctx>, member: Member) {
+    let Member { group, mut consumer, .. } = member;
+    let plan = &ctx.plan.groups[group];
+    let before = consumer.stats();
+    let relay = match &plan.role {
+        GroupRole::Relay(next) => Producer::new(ctx.client.clone(), ctx.plan.producer.clone())
+            .map(|producer| Some(Relay { producer, topic: next.clone(), pending: Vec::new() }))
+            .map_err(|error| format!("{}: starting a producer: {error}", plan.label)),
+        _ => Ok(None),
+    };
+    let result = match relay {
+        Ok(mut relay) => follow_group(&ctx, group, &mut consumer, relay.as_mut()).await,
+        Err(error) => Err(error),
+    };
+    let after = consumer.stats();
+    let state = &ctx.shared.groups[group];
+    state.finished.fetch_add(1, Ordering::SeqCst);
+    if result.is_ok() {
+        // Nobody leaves before everyone is done: a member leaving hands its
+        // partitions to the others, a rebalance that is no part of the run.
+        while state.finished.load(Ordering::SeqCst) < plan.members.len() && !ctx.shared.is_aborted() {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    // Leaving commits what was consumed; a relay has committed already.
+    let left = consumer.close().await;
+    {
+        let mut measurements = ctx.measurements.borrow_mut();
+        let counted = plan.role.is_end();
+        let measured = &mut measurements.groups[group];
+        measured.rebalances += rebalances(&after) - rebalances(&before);
+        measured.commit_failures += after.commit_failures - before.commit_failures;
+        match result {
+            Ok(advanced_ns) => {
+                // Caught up when the last records arrived, not when that was noticed.
+                measured.caught_up_ns = measured.caught_up_ns.max(Some(advanced_ns));
+                if counted {
+                    measurements.caught_up_ns = measurements.caught_up_ns.max(Some(advanced_ns));
+                }
+                if let Err(error) = left {
+                    measurements.error(format!("{}: leaving group {}: {error}", plan.label, plan.name));
+                }
+            }
+            Err(message) => {
+                measured.members_not_caught_up += 1;
+                measurements.partitions_not_caught_up += 1;
+                measurements.error(message);
+            }
+        }
+    }
+    state.members_left.fetch_sub(1, Ordering::SeqCst);
+}
+
+fn rebalances(stats: &GroupStats) -> u64 {
+    stats.assignment_changes + stats.rejoins
+}
+
+/// Consumes (and, relaying, forwards) until every partition of the group's
+/// topic is consumed to the end its writers left it at; returns when the
+/// last records arrived.
+async fn follow_group(
+    ctx: &Ctx,
+    group: usize,
+    consumer: &mut GroupConsumer,
+    mut relay: Option<&mut Relay>,
+) -> Result<u64, String> {
+    let plan = &ctx.plan.groups[group];
+    let state = &ctx.shared.groups[group];
+    let mut highest_seq = vec![vec![None; ctx.plan.producers.len()]; ctx.plan.partitions as usize];
+    let mut end: Option<(Vec<Offset>, u64)> = None;
+    let mut advanced_ns = ctx.start_ns;
+    let mut committed_ns = ctx.start_ns;
+    loop {
+        if ctx.shared.is_aborted() {
+            return Err(format!("{}: stopped: the run was aborted", plan.label));
+        }
+        let writers_done = match plan.upstream {
+            None => ctx.shared.producers_left.load(Ordering::SeqCst) == 0,
+            Some(upstream) => ctx.shared.groups[upstream].members_left.load(Ordering::SeqCst) == 0,
+        };
+        if end.is_none() && writers_done {
+            let mut ends = Vec::new();
+            for partition in 0..ctx.plan.partitions {
+                let offset = settled_end(ctx, &plan.topic, partition).await.map_err(|error| {
+                    format!("{}: reading the end of {} partition {partition}: {error}", plan.label, plan.topic)
+                })?;
+                ends.push(offset);
+            }
+            end = Some((ends, ctx.clock.now_ns() + ctx.plan.drain_timeout.as_nanos() as u64));
+        }
+        if let Some((ends, deadline_ns)) = &end {
+            let behind = state.behind(ends);
+            if behind == 0 {
+                if relay.is_some() {
+                    // Leaving does not commit for a relay (no auto-commit).
+                    let _ = consumer.commit().await;
+                }
+                return Ok(advanced_ns);
+            }
+            if ctx.clock.now_ns() > *deadline_ns {
+                return Err(format!(
+                    "{}: {behind} records of {} not consumed after the drain timeout",
+                    plan.label, plan.topic
+                ));
+            }
+        }
+        let records = consumer
+            .poll(POLL_WAIT)
+            .await
+            .map_err(|error| format!("{}: polling {}: {error}", plan.label, plan.topic))?;
+        if !records.is_empty() {
+            let now_ns = ctx.clock.now_ns();
+            advanced_ns = now_ns;
+            check_group_records(ctx, group, now_ns, &records, &mut highest_seq);
+            if let Some(relay) = relay.as_deref_mut() {
+                relay.forward(&records).await.map_err(|error| format!("{}: {error}", plan.label))?;
+                ctx.measurements.borrow_mut().groups[group].forwarded += records.len() as u64;
+                // Only now: everything polled so far is forwarded and
+                // acknowledged. (A commit made inside the next `poll`, as a
+                // partition is revoked, is just as safe: the loop polls
+                // only once the last batch is acknowledged.) A failed
+                // commit means re-reading after a rebalance, not a lost
+                // event; the report counts them.
+                let now_ns = ctx.clock.now_ns();
+                if now_ns.saturating_sub(committed_ns) >= RELAY_COMMIT_INTERVAL_NS {
+                    committed_ns = now_ns;
+                    let _ = consumer.commit().await;
+                }
+            }
+        }
+        for (_, partition) in consumer.assignment() {
+            if let Some(position) = consumer.position(&plan.topic, partition) {
+                state.advance(partition, position);
+            }
+        }
+    }
+}
+
+/// Checks and times the records of one poll of a group member.
+fn check_group_records(
+    ctx: &Ctx,
+    group: usize,
+    now_ns: u64,
+    records: &[GroupRecord],
+    highest_seq: &mut [Vec<Option<u64>>],
+) {
+    let mut measurements = ctx.measurements.borrow_mut();
+    let Measurements { groups, series, .. } = &mut *measurements;
+    let measured = &mut groups[group];
+    let mut check = Check {
+        tracker: &mut measured.tracker,
+        e2e: &mut measured.e2e,
+        reordered: &mut measured.reordered,
+        now_unix_us: ctx.clock.unix_us(now_ns),
+    };
+    for record in records {
+        if let Some(highest) = highest_seq.get_mut(record.partition.0 as usize) {
+            check.event(&record.record, highest);
+        }
+    }
+    if ctx.plan.groups[group].role.is_end() {
+        let count = records.len() as u64;
+        series.record_consumed(now_ns, count);
+        ctx.progress.consumed.set(ctx.progress.consumed.get() + count);
+        ctx.progress.maybe_flush(&ctx.shared, now_ns);
+    }
+}
+
+/// A pipeline stage's way to the next topic.
+struct Relay {
+    producer: Producer,
+    topic: String,
+    /// The acks of the batch being forwarded (kept for its allocation).
+    pending: Vec<SendFuture>,
+}
+
+impl Relay {
+    /// Forwards every record, unchanged, to the same partition of the next
+    /// topic, and waits until all are acknowledged. The value (with the
+    /// event header and its original send time), key and timestamp are
+    /// kept; record headers are not (loadgen events have none).
+    async fn forward(&mut self, records: &[GroupRecord]) -> Result<(), String> {
+        for record in records {
+            let consumed = &record.record;
+            let forward = ProducerRecord {
+                topic: &self.topic,
+                // Same partition number (every stage has as many): a
+                // partition's order is kept along the chain.
+                partition: Some(record.partition),
+                key: consumed.key.as_deref(),
+                value: consumed.value.as_deref(),
+                headers: &[],
+                timestamp_ms: Some(consumed.timestamp_ms),
+            };
+            let sent = self.producer.send(forward).await;
+            self.pending.push(sent.map_err(|error| format!("forwarding to {}: {error}", self.topic))?);
+        }
+        self.producer.flush().await;
+        let mut failed = (0, None);
+        for ack in self.pending.drain(..) {
+            if let Err(error) = ack.await {
+                failed.0 += 1;
+                failed.1.get_or_insert(error);
+            }
+        }
+        match failed {
+            (0, _) => Ok(()),
+            (count, error) => Err(format!(
+                "{count} forwards to {} failed, the first: {}",
+                self.topic,
+                error.map_or(String::new(), |error| error.to_string())
+            )),
+        }
+    }
+}
+
 /// The partition's end once it stops moving.
-async fn settled_end(ctx: &Ctx, partition: u32) -> Result<Offset, ClientError> {
+async fn settled_end(ctx: &Ctx, topic: &str, partition: u32) -> Result<Offset, ClientError> {
     let partition = PartitionId(partition);
-    let read = || ctx.client.list_offsets(&ctx.plan.topic, partition, OffsetSpec::Latest);
+    let read = || ctx.client.list_offsets(topic, partition, OffsetSpec::Latest);
     let mut last = read().await?.unwrap_or(Offset::ZERO);
     loop {
         glommio::timer::sleep(SETTLE_INTERVAL).await;
