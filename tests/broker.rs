@@ -365,8 +365,10 @@ fn slow_clients_are_cut_off_and_connections_beyond_the_limit_refused() {
     }
     assert!(closed, "a frame trickling in a byte per 100 ms is cut off");
     drop(slow);
-    // Give the shard a moment to notice the closed connection before counting.
-    std::thread::sleep(Duration::from_millis(200));
+    // The shard must have noticed the closed connection before counting
+    // again. Asked through shard 1's port, whose connections do not count.
+    let shard1 = std::net::SocketAddr::new(broker.addr.ip(), broker.shard_ports[1]);
+    broker.wait_until("shard 0 has no open connections", || broker.shard_counter(shard1, 0, "connections_open") == 0);
 
     // Two connections are served; a third to the same shard is closed at once.
     let mut first = StdTcpStream::connect(shard0).unwrap();

@@ -66,9 +66,15 @@ fn thousands_of_idle_connections_fit_the_budget_and_a_flood_is_refused() {
         let port = broker.shard_ports[i % broker.shard_ports.len()];
         idle.push(connect_from(source, SocketAddr::new(broker.addr.ip(), port)).expect("connecting"));
     }
-    // The broker has accepted them all once it answers a request sent after them.
+    // Measure once every shard has accepted them all (the worker's and the
+    // stats connections are on top).
+    let accepted = |broker: &BrokerProcess| -> u64 {
+        (0..broker.shard_ports.len() as u16)
+            .map(|shard| broker.shard_counter(broker.addr, shard, "connections_open"))
+            .sum()
+    };
+    broker.wait_until("every idle connection is open", || accepted(&broker) > IDLE_CONNECTIONS as u64);
     assert_eq!(ping(&mut worker, 2), Response::Pong);
-    std::thread::sleep(Duration::from_millis(300));
     let grown = resident_bytes(broker.pid()).saturating_sub(before);
     println!(
         "{IDLE_CONNECTIONS} idle connections: broker resident memory grew {} KiB ({} bytes per connection)",

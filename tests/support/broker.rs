@@ -49,6 +49,36 @@ impl BrokerProcess {
         self.child.id()
     }
 
+    /// A counter of one shard, asked over a short connection to `via` (pick
+    /// a port whose connection count does not matter to the test).
+    pub fn shard_counter(&self, via: SocketAddr, shard: u16, name: &str) -> u64 {
+        use ringbroker::protocol::wire::{self, FrameKind, Request, Response};
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(via).expect("connecting for stats");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        let mut frame = Vec::new();
+        wire::encode_frame(&mut frame, FrameKind::Request, 1, &Request::Stats, &[]).expect("encoding");
+        stream.write_all(&frame).expect("sending stats request");
+        let mut prefix = [0u8; 4];
+        stream.read_exact(&mut prefix).expect("stats response");
+        let mut body = vec![0u8; wire::frame_len(prefix, 64 << 20).expect("frame length")];
+        stream.read_exact(&mut body).expect("stats response");
+        let (_, header, _) = wire::split_frame(bytes::BytesMut::from(&body[..])).expect("frame");
+        let Ok(Response::Stats(stats)) = wire::decode_header(&header) else { panic!("expected stats") };
+        let shard = stats.shards.iter().find(|s| s.shard.0 == shard).expect("the shard answers");
+        shard.counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v).expect("the counter exists")
+    }
+
+    /// Waits until `condition` holds (the broker acts on its own schedule),
+    /// failing after 10 s.
+    pub fn wait_until(&self, what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM, then wait for the graceful exit.
     pub fn terminate(mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
