@@ -123,6 +123,23 @@ pub fn encode_frame<H: Serialize>(
     header: &H,
     payload: &[u8],
 ) -> Result<(), WireError> {
+    encode_frame_head(out, kind, request_id, header, payload.len())?;
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Appends everything of a frame but its payload, whose length the prefix
+/// already counts: a large payload (fetch data) can then be written as it
+/// is, without being copied behind its header. If `header` does not
+/// encode, `out` is lost (postcard takes the buffer); encode into a buffer
+/// of its own when that matters.
+pub fn encode_frame_head<H: Serialize>(
+    out: &mut Vec<u8>,
+    kind: FrameKind,
+    request_id: u32,
+    header: &H,
+    payload_len: usize,
+) -> Result<(), WireError> {
     let start = out.len();
     out.put_u32(0);
     out.put_u8(PROTOCOL_VERSION);
@@ -139,8 +156,7 @@ pub fn encode_frame<H: Serialize>(
     *out = encoded?;
     let header_len = out.len() - header_start;
     out[header_start - 4..header_start].copy_from_slice(&(header_len as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    let frame_len = out.len() - start - FRAME_PREFIX_BYTES;
+    let frame_len = out.len() - start - FRAME_PREFIX_BYTES + payload_len;
     out[start..start + 4].copy_from_slice(&(frame_len as u32).to_be_bytes());
     Ok(())
 }
@@ -514,6 +530,15 @@ mod tests {
         assert_eq!(decode_header::<Request>(&header).unwrap(), produce());
         assert_eq!(&payload[..], b"hello");
         assert_eq!(peek_request_id(&body(&out)), Some(77));
+    }
+
+    #[test]
+    fn a_frame_head_plus_its_payload_is_the_whole_frame() {
+        let (mut whole, mut head) = (Vec::new(), Vec::new());
+        encode_frame(&mut whole, FrameKind::Response, 9, &produce(), b"payload").unwrap();
+        encode_frame_head(&mut head, FrameKind::Response, 9, &produce(), 7).unwrap();
+        head.extend_from_slice(b"payload");
+        assert_eq!(head, whole);
     }
 
     #[test]

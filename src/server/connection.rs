@@ -32,7 +32,7 @@ use glommio::TaskQueueHandle;
 use crate::config::NetworkConfig;
 use crate::protocol::types::AckLevel;
 use crate::protocol::wire::{
-    self, decode_header, encode_frame, ErrorCode, ErrorResponse, FrameKind, Request, Response, WireError,
+    self, decode_header, encode_frame_head, ErrorCode, ErrorResponse, FrameKind, Request, Response, WireError,
     FRAME_HEAD_BYTES, FRAME_PREFIX_BYTES,
 };
 use crate::shard::{Counters, Shard};
@@ -351,7 +351,7 @@ type Held = (Permits, Option<ResponsePermits>);
 struct Connection {
     stream: SharedStream,
     /// Encoded responses waiting for the writer, with what they hold.
-    queue: RefCell<VecDeque<(Vec<u8>, Held)>>,
+    queue: RefCell<VecDeque<Queued>>,
     queued: Notify,
     closing: Cell<bool>,
     /// Set when the peer stopped taking responses (a write failed or made no
@@ -368,46 +368,54 @@ impl Connection {
         if self.dead.is_stopped() {
             return;
         }
-        let mut frame = Vec::with_capacity(256 + data.len());
-        if let Err(error) = encode_frame(&mut frame, FrameKind::Response, request_id, response, &data) {
+        let mut head = Vec::with_capacity(256);
+        if let Err(error) = encode_frame_head(&mut head, FrameKind::Response, request_id, response, data.len()) {
             tracing::error!(%error, "encoding a response");
             return;
         }
-        self.queue.borrow_mut().push_back((frame, permits));
+        self.queue.borrow_mut().push_back(Queued { head, data, _held: permits });
         self.queued.notify_all();
     }
 
-    /// Writes queued responses, coalescing small ones, until the connection
-    /// closes and the queue is empty.
+    /// Writes queued responses until the connection closes and the queue
+    /// is empty. Small responses are copied into one buffer and written
+    /// together; a large payload (fetch data) is written as it is, right
+    /// after its header.
     async fn write_loop(self: Rc<Self>) {
         let mut batch = Vec::new();
-        let mut held = Vec::new();
+        let mut written = Vec::new();
         loop {
             let wait = self.queued.notified();
             let next = self.queue.borrow_mut().pop_front();
-            let Some((frame, permits)) = next else {
+            let Some(first) = next else {
                 if self.closing.get() {
                     return;
                 }
                 wait.await;
                 continue;
             };
-            held.push(permits);
-            let result = if frame.len() > COALESCE_BYTES_MAX {
-                deadline(self.write_timeout, self.stream.write_all_from(&frame)).await
-            } else {
-                batch.clear();
-                batch.extend_from_slice(&frame);
-                while batch.len() < COALESCE_BYTES_MAX {
-                    let more = self.queue.borrow_mut().pop_front();
-                    let Some((frame, permits)) = more else { break };
-                    batch.extend_from_slice(&frame);
-                    held.push(permits);
+            batch.clear();
+            let mut large = None;
+            let mut entry = Some(first);
+            while let Some(queued) = entry.take() {
+                batch.extend_from_slice(&queued.head);
+                if queued.data.len() > COALESCE_BYTES_MAX {
+                    large = Some(queued);
+                    break;
                 }
-                deadline(self.write_timeout, self.stream.write_all_from(&batch)).await
-            };
+                batch.extend_from_slice(&queued.data);
+                written.push(queued);
+                if batch.len() < COALESCE_BYTES_MAX {
+                    entry = self.queue.borrow_mut().pop_front();
+                }
+            }
+            let mut result = deadline(self.write_timeout, self.stream.write_all_from(&batch)).await;
+            if let (Ok(()), Some(queued)) = (&result, &large) {
+                result = deadline(self.write_timeout, self.stream.write_all_from(&queued.data)).await;
+            }
             // The bytes are on their way: the requests no longer count.
-            held.clear();
+            written.clear();
+            drop(large);
             if let Err(error) = result {
                 // A peer that does not read its responses must not hold
                 // budget or requests forever: everything waiting gives up.
@@ -418,6 +426,14 @@ impl Connection {
             }
         }
     }
+}
+
+/// A response waiting for the writer: its frame head and header, its
+/// payload, and the budget it holds until written.
+struct Queued {
+    head: Vec<u8>,
+    data: Vec<u8>,
+    _held: Held,
 }
 
 /// The socket, shared by a connection's reader and writer. Borrowed only

@@ -30,7 +30,7 @@ use super::config::LogConfig;
 use super::error::{Result, StorageError};
 use super::index::SegmentIndex;
 use super::io::{align_down, align_up, IoBuf, Storage, StorageFile};
-use super::log::{create_segment, Segment};
+use super::log::{create_segment, seal_segment, Segment};
 use super::segment::{classify, index_path, log_path, FileKind, READ_CHUNK_BYTES};
 
 /// What recovery does when it finds corruption before the tail.
@@ -267,7 +267,8 @@ async fn settle_end<S: Storage>(
     let ScanEnd::Damaged { pos, offset, reason } = end else {
         if !is_last {
             // A sealed segment whose index had to be rebuilt.
-            seal_recovered(storage, dir, file, path, &index).await?;
+            tracing::info!(path = %path.display(), bytes = index.segment_bytes, "sealing a recovered segment");
+            seal_segment(storage, dir, file, path, &index).await?;
         }
         return Ok((index, false));
     };
@@ -277,7 +278,7 @@ async fn settle_end<S: Storage>(
     let Some(dirty_end) = dirty_end else {
         // Zeros from `pos` on: the clean end of the data.
         if !is_last {
-            seal_recovered(storage, dir, file, path, &index).await?;
+            seal_segment(storage, dir, file, path, &index).await?;
         }
         return Ok((index, false));
     };
@@ -386,16 +387,4 @@ async fn zero_range<S: Storage>(
         pos += len as u64;
     }
     file.fdatasync().await.map_err(|source| io("fdatasync", source))
-}
-
-/// Trims a recovered sealed segment to its data and writes its index file.
-async fn seal_recovered<S: Storage>(
-    storage: &S,
-    dir: &Path,
-    file: &S::File,
-    path: &Path,
-    index: &SegmentIndex,
-) -> Result<()> {
-    tracing::info!(path = %path.display(), bytes = index.segment_bytes, "sealing a recovered segment");
-    super::log::seal_segment(storage, dir, file, path, index).await
 }
