@@ -15,6 +15,14 @@ use crate::protocol::batch::{
 };
 use crate::protocol::varint;
 
+/// A record's encoded size in one batch: its body (after the length
+/// prefix) and its total bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Measured {
+    body: i32,
+    pub(crate) total: usize,
+}
+
 /// A batch being filled. Invariant: `buf` holds a header written by
 /// `BatchBuilder` followed by `count` encoded records; the header's count,
 /// length, timestamps and CRC are filled in by [`OpenBatch::finish`].
@@ -35,18 +43,24 @@ impl OpenBatch {
         OpenBatch { buf, first_timestamp_ms, max_timestamp_ms: i64::MIN, count: 0 }
     }
 
-    /// Bytes the record would add to this batch, or `None` if it cannot be
+    /// The record's encoded size in this batch as it is now, for
+    /// [`push_measured`](Self::push_measured); `None` if it cannot be
     /// encoded (a field longer than `i32::MAX` bytes, or the batch full).
-    pub(crate) fn record_bytes(&self, record: &Record<'_>) -> Option<usize> {
-        let body = self.body_len(record)?;
-        Some(varint::varint_len(i32::try_from(body).ok()?) + body)
+    pub(crate) fn measure(&self, record: &Record<'_>) -> Option<Measured> {
+        let body = i32::try_from(self.body_len(record)?).ok()?;
+        self.count.checked_add(1)?;
+        let total = varint::varint_len(body).checked_add(body as usize)?;
+        Some(Measured { body, total })
     }
 
-    /// Appends a record; `None` (and nothing appended) if it cannot be
-    /// encoded, see [`record_bytes`](Self::record_bytes).
-    pub(crate) fn push(&mut self, record: &Record<'_>) -> Option<()> {
-        let body = i32::try_from(self.body_len(record)?).ok()?;
-        let next_count = self.count.checked_add(1)?;
+    /// Appends a record measured by [`measure`](Self::measure) with no push
+    /// in between (the size depends on the batch's record count), so the
+    /// producer's hot path computes it once.
+    pub(crate) fn push_measured(&mut self, record: &Record<'_>, measured: Measured) {
+        debug_assert_eq!(self.measure(record), Some(measured));
+        let Measured { body, total } = measured;
+        let start = self.buf.len();
+        self.buf.reserve(total);
         let timestamp_delta = record.timestamp_ms.wrapping_sub(self.first_timestamp_ms);
         let out = &mut self.buf;
         varint::write_varint(out, body);
@@ -61,9 +75,10 @@ impl OpenBatch {
             write_nullable(out, Some(key.as_bytes()));
             write_nullable(out, *value);
         }
+        debug_assert_eq!(out.len() - start, total);
         self.max_timestamp_ms = self.max_timestamp_ms.max(record.timestamp_ms);
-        self.count = next_count;
-        Some(())
+        // measure checked that this does not overflow.
+        self.count += 1;
     }
 
     pub(crate) fn len_bytes(&self) -> usize {
@@ -195,10 +210,10 @@ mod tests {
         let mut open = OpenBatch::start(Vec::with_capacity(7), records[0].timestamp_ms);
         for record in &records {
             let before = open.len_bytes();
-            let predicted = open.record_bytes(record).unwrap();
+            let predicted = open.measure(record).unwrap();
             builder.push(record);
-            open.push(record).unwrap();
-            assert_eq!(open.len_bytes() - before, predicted);
+            open.push_measured(record, predicted);
+            assert_eq!(open.len_bytes() - before, predicted.total);
             assert_eq!(open.len_bytes(), builder.len_bytes());
         }
         builder.finish();

@@ -21,6 +21,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -597,8 +599,10 @@ enum Route {
 #[derive(Debug, Default)]
 struct MetadataCache {
     shard_ports: HashMap<ShardId, u16>,
-    /// Owner of each partition, indexed by partition id.
-    topics: HashMap<String, Vec<ShardId>>,
+    /// Owner of each partition, indexed by partition id. Looked up for
+    /// every record a producer sends, so hashed with Fx rather than SipHash:
+    /// topic names come from this application, not from the network.
+    topics: FxHashMap<String, Vec<ShardId>>,
 }
 
 impl MetadataCache {

@@ -24,7 +24,6 @@
 //! clean close) — no caller is left waiting.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
@@ -38,6 +37,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
+use rustc_hash::FxHashMap;
 
 use super::error::ClientError;
 use crate::protocol::wire::{self, FrameKind, Request, Response, FRAME_PREFIX_BYTES};
@@ -227,7 +227,7 @@ struct Shared {
 
 struct State {
     next_request_id: u32,
-    calls: HashMap<u32, CallSlot>,
+    calls: FxHashMap<u32, CallSlot>,
     /// Frames encoded by callers, not yet taken by the writer.
     pending: Vec<u8>,
     /// The write number the bytes in `pending` will go out in.
@@ -253,7 +253,7 @@ impl State {
     fn new() -> State {
         State {
             next_request_id: 0,
-            calls: HashMap::new(),
+            calls: FxHashMap::default(),
             pending: Vec::new(),
             pending_generation: 1,
             written_generation: 0,

@@ -26,7 +26,7 @@
 //! next partition, so they batch as well as keyed ones.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -35,6 +35,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use glommio::sync::Semaphore;
+use rustc_hash::FxHashMap;
 
 use super::accumulator::{is_full, must_seal_before, partition_for_key, OpenBatch};
 use super::cluster::Client;
@@ -143,10 +144,29 @@ impl Producer {
     /// known. The returned future resolves to the record's offset (`None`
     /// with [`AckLevel::None`]) once the broker acknowledged its batch.
     pub async fn send(&self, record: ProducerRecord<'_>) -> Result<SendFuture, ClientError> {
-        let client = &self.shared.client;
-        let partitions = match client.cached_partitions(record.topic) {
-            Some(count) => count,
-            None => client.partitions(record.topic).await?,
+        loop {
+            if let Some(sent) = self.try_send(record)? {
+                return Ok(sent);
+            }
+            // Either may be needed; each returns at once when it is not.
+            // The cache can forget the topic again while this waits for
+            // space (a metadata refresh), hence the loop.
+            self.shared.client.partitions(record.topic).await?;
+            self.wait_for_space().await?;
+        }
+    }
+
+    /// [`send`](Self::send) without waiting: `Ok(None)` (and nothing
+    /// appended) where `send` would wait, because the buffer is full or the
+    /// topic's partition count is not cached. A sender with many records in
+    /// hand calls this and falls back to `send` only then, sparing the
+    /// per-record cost of an `async` call.
+    pub fn try_send(&self, record: ProducerRecord<'_>) -> Result<Option<SendFuture>, ClientError> {
+        if self.shared.state.borrow().ledger.closed {
+            return Err(ClientError::Closed);
+        }
+        let Some(partitions) = self.shared.client.cached_partitions(record.topic) else {
+            return Ok(None);
         };
         if partitions == 0 {
             return Err(ClientError::NoSuchTopic(record.topic.to_owned()));
@@ -162,10 +182,12 @@ impl Producer {
             (None, Some(key)) => Target::Partition(partition_for_key(key, partitions)),
             (None, None) => Target::Sticky,
         };
+        if self.buffered_bytes() >= self.shared.buffer_bytes_max {
+            return Ok(None);
+        }
         let timestamp_ms = record.timestamp_ms.unwrap_or_else(|| TimestampMs::now().0);
         let encoded = Record { timestamp_ms, key: record.key, value: record.value, headers: record.headers };
-        self.wait_for_space().await?;
-        self.shared.append(record.topic, partitions, target, &encoded)
+        self.shared.append(record.topic, partitions, target, &encoded).map(Some)
     }
 
     /// Sends everything buffered now and waits until every batch sent so far
@@ -323,7 +345,9 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    topics: HashMap<Rc<str>, TopicBatches>,
+    /// Looked up for every record: Fx-hashed (names come from the
+    /// application, so there is no hash flooding to defend against).
+    topics: FxHashMap<Rc<str>, TopicBatches>,
     ledger: Ledger,
 }
 
@@ -354,7 +378,7 @@ struct Ledger {
     /// were sealed early are skipped when they come due.
     deadlines: VecDeque<Deadline>,
     /// Sealed batches not yet answered, for `flush`.
-    outstanding: HashMap<u64, Rc<BatchOutcome>>,
+    outstanding: FxHashMap<u64, Rc<BatchOutcome>>,
     spare_buffers: Vec<Vec<u8>>,
     space_waiters: Vec<Waker>,
     /// The linger task, when it waits for a first batch to open.
@@ -442,7 +466,7 @@ impl Ledger {
 
 /// The topic's batches, created on first use, with a slot per partition.
 fn topic_batches<'a>(
-    topics: &'a mut HashMap<Rc<str>, TopicBatches>,
+    topics: &'a mut FxHashMap<Rc<str>, TopicBatches>,
     topic: &str,
     partitions: u32,
 ) -> &'a mut TopicBatches {
@@ -509,11 +533,13 @@ impl Shared {
         // Seal the open batch first if the record would overflow it. A
         // keyless record then moves on to the next round-robin partition,
         // whose batch may need sealing too; each turn empties one partition's
-        // slot, so this ends within `partitions` turns.
+        // slot, so this ends within `partitions` turns. The record's size in
+        // the batch it stays in is kept for the push.
+        let mut measured = None;
         while let Some(entry) = batches.open[partition as usize].as_ref() {
-            let record_bytes = entry.batch.record_bytes(record).ok_or_else(unencodable)?;
-            if !must_seal_before(entry.batch.len_bytes(), entry.batch.record_count(), record_bytes, config.batch_bytes)
-            {
+            let size = entry.batch.measure(record).ok_or_else(unencodable)?;
+            if !must_seal_before(entry.batch.len_bytes(), entry.batch.record_count(), size.total, config.batch_bytes) {
+                measured = Some(size);
                 break;
             }
             if let Some(entry) = batches.take(partition) {
@@ -533,14 +559,17 @@ impl Shared {
             effects.wake_flusher = ledger.flusher.take();
         }
         let before = entry.batch.len_bytes();
-        let record_bytes = entry.batch.record_bytes(record).ok_or_else(unencodable)?;
-        if record_bytes > self.record_bytes_max {
-            let limit = self.record_bytes_max;
+        let measured = match measured {
+            Some(size) => size,
+            None => entry.batch.measure(record).ok_or_else(unencodable)?,
+        };
+        if measured.total > self.record_bytes_max {
+            let (record_bytes, limit) = (measured.total, self.record_bytes_max);
             return Err(ClientError::InvalidArgument(format!(
                 "a record of {record_bytes} bytes cannot fit the {limit}-byte frame limit"
             )));
         }
-        entry.batch.push(record).ok_or_else(unencodable)?;
+        entry.batch.push_measured(record, measured);
         ledger.buffered_bytes += entry.batch.len_bytes() - before;
         // At most i32::MAX records fit a batch, so the index fits a u32.
         let index = (entry.batch.record_count() - 1) as u32;
@@ -841,6 +870,44 @@ mod tests {
             producer.flush().await;
             for future in futures {
                 assert!(future.await.unwrap().is_some());
+            }
+        });
+    }
+
+    #[test]
+    fn try_send_declines_where_send_would_wait() {
+        executor().run(async {
+            let broker = FakeBroker::start(&[("t", 1)]);
+            let config = ProducerConfig {
+                batch_bytes: 256,
+                max_in_flight: 1,
+                linger: Duration::from_secs(60),
+                ..ProducerConfig::default()
+            };
+            let producer = producer(&broker, config).await;
+            let value = [7u8; 100];
+            // The topic's partition count is not cached yet.
+            assert!(producer.try_send(ProducerRecord::new("t", &value)).unwrap().is_none());
+            assert_eq!(producer.buffered_bytes(), 0);
+            let first = producer.send(ProducerRecord::new("t", &value)).await.unwrap();
+            let mut futures = vec![first];
+            // Now cached: records go in until the 256-byte buffer is full.
+            while let Some(future) = producer.try_send(ProducerRecord::new("t", &value)).unwrap() {
+                futures.push(future);
+            }
+            assert!(producer.buffered_bytes() >= 256, "{}", producer.buffered_bytes());
+            assert!((2..=4).contains(&futures.len()), "{} records buffered", futures.len());
+            // Declining appended nothing; send waits for room and goes in.
+            let buffered = producer.buffered_bytes();
+            assert!(producer.try_send(ProducerRecord::new("t", &value)).unwrap().is_none());
+            assert_eq!(producer.buffered_bytes(), buffered);
+            futures.push(producer.send(ProducerRecord::new("t", &value)).await.unwrap());
+            // Errors are errors, not "try again".
+            let out_of_range = producer.try_send(ProducerRecord::new("t", &value).with_partition(PartitionId(3)));
+            assert!(matches!(out_of_range, Err(ClientError::InvalidArgument(_))), "{out_of_range:?}");
+            producer.flush().await;
+            for (index, future) in futures.into_iter().enumerate() {
+                assert_eq!(future.await.unwrap().map(Offset::get), Some(index as u64));
             }
         });
     }
