@@ -30,8 +30,8 @@ use std::time::Duration;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use ringbroker::client::{
-    Client, ClientError, ClientOptions, ConsumedRecord, GroupConfig, GroupConsumer, GroupRecord, GroupStats,
-    PartitionConsumer, Producer, ProducerConfig, ProducerRecord, SendFuture, StartPosition,
+    Client, ClientError, ClientOptions, GroupConfig, GroupConsumer, GroupRecord, GroupStats, PartitionConsumer,
+    Producer, ProducerConfig, ProducerRecord, SendFuture, StartPosition,
 };
 use ringbroker::protocol::types::{Offset, PartitionId};
 use ringbroker::protocol::wire::OffsetSpec;
@@ -562,11 +562,18 @@ async fn send_loop(
             // Passed in so the client does not read the clock again.
             timestamp_ms: Some((sent_unix_us / 1000) as i64),
         };
-        let (sent, waited) = noting_wait(producer.send(record)).await;
-        let future = sent.map_err(|error| format!("send: {error}"))?;
-        if waited {
-            clock_uses_left = 0;
-        }
+        // try_send spares the per-event cost of an async call while the
+        // producer's buffer has room, which is almost always.
+        let future = match producer.try_send(record).map_err(|error| format!("send: {error}"))? {
+            Some(future) => future,
+            None => {
+                let (sent, waited) = noting_wait(producer.send(record)).await;
+                if waited {
+                    clock_uses_left = 0;
+                }
+                sent.map_err(|error| format!("send: {error}"))?
+            }
+        };
         let sent_ns = if plan.schedule.is_some() {
             // Sent once the producer took it: a full buffer delays the send.
             let sent_ns = ctx.clock.now_ns();
@@ -744,18 +751,36 @@ async fn consume_partition(
                 break Err(format!("partition {partition}: {behind} records behind its end after the drain timeout"));
             }
         }
-        let records = match consumer.poll(POLL_WAIT).await {
-            Ok(records) => records,
+        // Every record of one fetch arrived at the same moment: the clock is
+        // read at the first one and serves them all.
+        let mut arrived: Option<(u64, u64)> = None;
+        let polled = consumer
+            .poll_with(POLL_WAIT, |record| {
+                let (_, now_unix_us) = *arrived.get_or_insert_with(|| {
+                    let now_ns = ctx.clock.now_ns();
+                    (now_ns, ctx.clock.unix_us(now_ns))
+                });
+                let mut measurements = ctx.measurements.borrow_mut();
+                let measurements = &mut *measurements;
+                let mut check = Check {
+                    tracker: &mut measurements.tracker,
+                    e2e: &mut measurements.e2e,
+                    reordered: &mut measurements.reordered,
+                    now_unix_us,
+                };
+                check.event(record.value, &mut highest_seq);
+            })
+            .await;
+        let count = match polled {
+            Ok(count) => count as u64,
             Err(error) => break Err(format!("fetching partition {partition}: {error}")),
         };
-        let now_ns = ctx.clock.now_ns();
         lag.set(consumer.lag().unwrap_or(0));
-        if records.is_empty() {
+        let Some((now_ns, _)) = arrived else {
             continue;
-        }
+        };
         advanced_ns = now_ns;
-        let count = records.len() as u64;
-        check_records(&mut ctx.measurements.borrow_mut(), &ctx.clock, now_ns, &records, &mut highest_seq);
+        ctx.measurements.borrow_mut().series.record_consumed(now_ns, count);
         ctx.progress.consumed.set(ctx.progress.consumed.get() + count);
         ctx.progress.maybe_flush(&ctx.shared, now_ns);
         if let Some(throttle) = &throttle {
@@ -773,30 +798,6 @@ async fn consume_partition(
     }
 }
 
-/// Checks and times the records of one fetch: gaps, duplicates and order
-/// per producer, end-to-end latency per event.
-fn check_records(
-    measurements: &mut Measurements,
-    clock: &Clock,
-    now_ns: u64,
-    records: &[ConsumedRecord],
-    highest_seq: &mut [Option<u64>],
-) {
-    // Every record of one fetch arrived at the same moment: one clock
-    // reading serves them all.
-    let now_unix_us = clock.unix_us(now_ns);
-    let mut check = Check {
-        tracker: &mut measurements.tracker,
-        e2e: &mut measurements.e2e,
-        reordered: &mut measurements.reordered,
-        now_unix_us,
-    };
-    for record in records {
-        check.event(record, highest_seq);
-    }
-    measurements.series.record_consumed(now_ns, records.len() as u64);
-}
-
 /// Where one consumed event is checked and timed: the run's (partition
 /// consumers) or a consumer group's tracker and histogram.
 struct Check<'a> {
@@ -810,8 +811,8 @@ impl Check<'_> {
     /// Gaps, duplicates and order per producer (`highest_seq`: the highest
     /// sequence seen per producer in this record's partition), end-to-end
     /// latency from the send time in the event.
-    fn event(&mut self, record: &ConsumedRecord, highest_seq: &mut [Option<u64>]) {
-        let header = record.value.as_deref().and_then(payload::decode);
+    fn event(&mut self, value: Option<&[u8]>, highest_seq: &mut [Option<u64>]) {
+        let header = value.and_then(payload::decode);
         let seen = self.tracker.observe(header.as_ref());
         let Some(header) = header.filter(|_| seen != Seen::Foreign) else {
             return;
@@ -984,7 +985,7 @@ fn check_group_records(
     };
     for record in records {
         if let Some(highest) = highest_seq.get_mut(record.partition.0 as usize) {
-            check.event(&record.record, highest);
+            check.event(record.record.value.as_deref(), highest);
         }
     }
     if ctx.plan.groups[group].role.is_end() {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::cluster::{duration_ms, Client};
 use super::error::ClientError;
-use crate::protocol::batch::{peek_batch_len, BatchView, Compression};
+use crate::protocol::batch::{peek_batch_len, BatchView, Compression, HeaderIter, RecordView};
 use crate::protocol::types::{Offset, PartitionId};
 use crate::protocol::wire::OffsetSpec;
 
@@ -113,6 +113,34 @@ impl PartitionConsumer {
     /// `OFFSET_OUT_OF_RANGE` broker error is returned as is: the caller
     /// decides whether to [`seek`](Self::seek) to the start or the end.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ConsumedRecord>, ClientError> {
+        let (payload, from) = self.fetch(max_wait).await?;
+        let mut records = Vec::new();
+        let next = decode_records(&payload, from, &mut records)?;
+        self.advance(from, next);
+        Ok(records)
+    }
+
+    /// Like [`poll`](Self::poll), but hands each record to `visit` as a view
+    /// of the fetched bytes instead of collecting owned records: nothing is
+    /// allocated per record. Returns how many records were visited.
+    pub async fn poll_with(
+        &mut self,
+        max_wait: Duration,
+        mut visit: impl FnMut(RecordRef<'_>),
+    ) -> Result<usize, ClientError> {
+        let (payload, from) = self.fetch(max_wait).await?;
+        let mut visited = 0;
+        let next = visit_records(&payload, from, |record| {
+            visited += 1;
+            visit(record);
+            Ok(())
+        })?;
+        self.advance(from, next);
+        Ok(visited)
+    }
+
+    /// One fetch from the position: its payload and the offset it asked for.
+    async fn fetch(&mut self, max_wait: Duration) -> Result<(Bytes, Offset), ClientError> {
         let from = match self.position {
             Some(offset) => offset,
             None => self.resolve_start().await?,
@@ -120,12 +148,16 @@ impl PartitionConsumer {
         let (result, payload) =
             self.client.fetch(&self.topic, self.partition, from, self.max_bytes, duration_ms(max_wait)).await?;
         self.high_watermark = Some(result.high_watermark);
-        let mut records = Vec::new();
-        if let Some(next) = decode_records(&payload, from, &mut records)? {
+        Ok((payload, from))
+    }
+
+    /// Moves past the batches a fetch from `from` returned (`next`: the
+    /// offset after them, `None` if it held none).
+    fn advance(&mut self, from: Offset, next: Option<Offset>) {
+        if let Some(next) = next {
             // Never move backwards, even if a broker returned only old batches.
             self.position = Some(next.max(from));
         }
-        Ok(records)
     }
 
     async fn resolve_start(&mut self) -> Result<Offset, ClientError> {
@@ -142,6 +174,42 @@ impl PartitionConsumer {
     }
 }
 
+/// One record of a fetch, borrowing key, value and headers from the
+/// fetched bytes; see [`PartitionConsumer::poll_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub offset: Offset,
+    pub timestamp_ms: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    view: RecordView<'a>,
+}
+
+impl<'a> RecordRef<'a> {
+    /// The record's headers as `(key, value)` byte pairs. They were
+    /// validated with the batch, so no item is an error in practice.
+    pub fn headers(&self) -> HeaderIter<'a> {
+        self.view.headers()
+    }
+
+    /// An owned copy sharing the payload's memory. `payload` must be the
+    /// bytes this record was read from.
+    fn to_consumed(self, payload: &Bytes) -> Result<ConsumedRecord, ClientError> {
+        let mut headers = Vec::with_capacity(self.view.header_count());
+        for header in self.headers() {
+            let (key, value) = header.map_err(|error| corrupt(self.offset, &error))?;
+            headers.push((String::from_utf8_lossy(key).into_owned(), value.map(|value| payload.slice_ref(value))));
+        }
+        Ok(ConsumedRecord {
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            key: self.key.map(|key| payload.slice_ref(key)),
+            value: self.value.map(|value| payload.slice_ref(value)),
+            headers,
+        })
+    }
+}
+
 /// Parses the batches of a fetch payload and appends their records at or
 /// after `from` to `out`. Returns the offset after the last complete batch
 /// (`None` if the payload holds none). Every batch is fully validated, CRC
@@ -153,7 +221,20 @@ pub fn decode_records(
     from: Offset,
     out: &mut Vec<ConsumedRecord>,
 ) -> Result<Option<Offset>, ClientError> {
-    let mut rest: &[u8] = payload;
+    visit_records(payload, from, |record| {
+        out.push(record.to_consumed(payload)?);
+        Ok(())
+    })
+}
+
+/// [`decode_records`] handing each record to `visit` as a view instead.
+/// A batch is validated whole before any of its records is visited.
+pub fn visit_records<'a>(
+    payload: &'a [u8],
+    from: Offset,
+    mut visit: impl FnMut(RecordRef<'a>) -> Result<(), ClientError>,
+) -> Result<Option<Offset>, ClientError> {
+    let mut rest = payload;
     let mut next = None;
     while !rest.is_empty() {
         // No limit of its own: the frame limit already bounded the payload.
@@ -171,7 +252,7 @@ pub fn decode_records(
         }
         // Control batches (transaction markers) hold no application records.
         if !view.is_control() {
-            push_records(payload, &view, base, from, out)?;
+            visit_batch(&view, base, from, &mut visit)?;
         }
         // parse checked last_offset_delta >= 0.
         next = Some(base.plus(u64::from(view.last_offset_delta().unsigned_abs()) + 1));
@@ -180,12 +261,11 @@ pub fn decode_records(
     Ok(next)
 }
 
-fn push_records(
-    payload: &Bytes,
-    view: &BatchView<'_>,
+fn visit_batch<'a>(
+    view: &BatchView<'a>,
     base: Offset,
     from: Offset,
-    out: &mut Vec<ConsumedRecord>,
+    visit: &mut impl FnMut(RecordRef<'a>) -> Result<(), ClientError>,
 ) -> Result<(), ClientError> {
     let records = view.records().map_err(|error| corrupt(base, &error))?;
     for record in records {
@@ -195,18 +275,8 @@ fn push_records(
         if offset < from {
             continue;
         }
-        let mut headers = Vec::with_capacity(record.header_count());
-        for header in record.headers() {
-            let (key, value) = header.map_err(|error| corrupt(offset, &error))?;
-            headers.push((String::from_utf8_lossy(key).into_owned(), value.map(|value| payload.slice_ref(value))));
-        }
-        out.push(ConsumedRecord {
-            offset,
-            timestamp_ms: record.timestamp_ms(),
-            key: record.key.map(|key| payload.slice_ref(key)),
-            value: record.value.map(|value| payload.slice_ref(value)),
-            headers,
-        });
+        let timestamp_ms = record.timestamp_ms();
+        visit(RecordRef { offset, timestamp_ms, key: record.key, value: record.value, view: record })?;
     }
     Ok(())
 }
@@ -328,6 +398,61 @@ mod tests {
             consumer.seek(offset(51));
             let error = consumer.poll(Duration::from_millis(10)).await.unwrap_err();
             assert_eq!(error.code(), Some(crate::protocol::wire::ErrorCode::OFFSET_OUT_OF_RANGE));
+        });
+    }
+
+    #[test]
+    fn poll_with_visits_what_poll_returns_without_copying() {
+        executor().run(async {
+            let broker = FakeBroker::start(&[("events", 1)]);
+            let client = crate::client::Client::connect(broker.addr(), ClientOptions::default()).await.unwrap();
+            let config = ProducerConfig { batch_bytes: 200, acks: AckLevel::Written, ..ProducerConfig::default() };
+            let producer = Producer::new(client.clone(), config).unwrap();
+            let headers: &[(&str, Option<&[u8]>)] = &[("trace", Some(b"t1")), ("none", None)];
+            for index in 0..40u32 {
+                let value = index.to_be_bytes();
+                let record = ProducerRecord { headers, ..ProducerRecord::new("events", &value).with_key(b"key") };
+                drop(producer.send(record).await.unwrap());
+            }
+            producer.flush().await;
+            let start = StartPosition::Offset(offset(3));
+            let mut owned = PartitionConsumer::new(client.clone(), "events", PartitionId(0), start).with_max_bytes(300);
+            let mut viewed = PartitionConsumer::new(client, "events", PartitionId(0), start).with_max_bytes(300);
+            let mut expected = Vec::new();
+            while expected.len() < 37 {
+                expected.extend(owned.poll(Duration::from_millis(10)).await.unwrap());
+            }
+            let mut seen = Vec::new();
+            while seen.len() < 37 {
+                let visited = viewed
+                    .poll_with(Duration::from_millis(10), |record| {
+                        let headers: Vec<(Vec<u8>, Option<Vec<u8>>)> = record
+                            .headers()
+                            .map(|header| header.unwrap())
+                            .map(|(key, value)| (key.to_vec(), value.map(<[u8]>::to_vec)))
+                            .collect();
+                        let key = record.key.map(<[u8]>::to_vec);
+                        seen.push((record.offset, record.timestamp_ms, key, record.value.map(<[u8]>::to_vec), headers));
+                    })
+                    .await
+                    .unwrap();
+                assert!(visited > 0, "stalled at {:?}", viewed.position());
+            }
+            assert_eq!(viewed.position(), owned.position());
+            assert_eq!(seen.len(), expected.len());
+            for (view, record) in seen.iter().zip(&expected) {
+                assert_eq!(view.0, record.offset);
+                assert_eq!(view.1, record.timestamp_ms);
+                assert_eq!(view.2.as_deref(), record.key.as_deref());
+                assert_eq!(view.3.as_deref(), record.value.as_deref());
+                let headers: Vec<(Vec<u8>, Option<Vec<u8>>)> = record
+                    .headers
+                    .iter()
+                    .map(|(key, value)| (key.as_bytes().to_vec(), value.as_ref().map(|value| value.to_vec())))
+                    .collect();
+                assert_eq!(view.4, headers);
+            }
+            assert_eq!(seen[0].0, offset(3));
         });
     }
 }

@@ -34,7 +34,7 @@ mod producer;
 
 pub use cluster::{Client, ClientOptions};
 pub use connection::{Connection, ConnectionOptions};
-pub use consumer::{decode_records, ConsumedRecord, PartitionConsumer, StartPosition};
+pub use consumer::{decode_records, ConsumedRecord, PartitionConsumer, RecordRef, StartPosition};
 pub use error::ClientError;
 pub use group::{GroupConfig, GroupConsumer, GroupRecord, GroupStats, PartitionsCallback, TopicPartition};
 pub use producer::{Producer, ProducerConfig, ProducerRecord, SendFuture};
