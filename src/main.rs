@@ -529,9 +529,14 @@ async fn stats(client: Client) -> anyhow::Result<()> {
         for (name, value) in &shard.counters {
             println!("  {name:<22} {value}");
         }
-        if !shard.fsync_latency_us.is_empty() {
-            let line: Vec<String> = shard.fsync_latency_us.iter().map(|(p, us)| format!("p{p}={us}us")).collect();
-            println!("  fsync latency          {}", line.join(" "));
+        let latencies = [
+            ("fsync", &shard.fsync_latency_us),
+            ("produce", &shard.produce_latency_us),
+            ("commit", &shard.commit_latency_us),
+        ];
+        for (name, percentiles) in latencies.into_iter().filter(|(_, percentiles)| !percentiles.is_empty()) {
+            let line: Vec<String> = percentiles.iter().map(|(p, us)| format!("p{p}={us}us")).collect();
+            println!("  {:<22} {}", format!("{name} latency"), line.join(" "));
         }
         for failed in &shard.failed_partitions {
             println!("  FAILED partition       {failed}");

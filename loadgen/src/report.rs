@@ -486,7 +486,7 @@ impl Report {
     /// What the broker did, from its counters: batching and group commit
     /// explain most throughput and latency numbers.
     fn broker_line(&self) -> String {
-        let Some(BrokerStats { counters, fsync_latency_us }) = &self.broker else {
+        let Some(BrokerStats { counters, fsync_latency_us, produce_latency_us }) = &self.broker else {
             return String::new();
         };
         let count = |name: &str| counters.get(name).copied().unwrap_or(0);
@@ -499,10 +499,16 @@ impl Report {
             fsyncs as f64 / self.wall_s.max(1e-9),
             count("forwarded_out"),
         );
-        for (shard, percentiles) in fsync_latency_us.iter().enumerate() {
-            let shown: Vec<String> =
-                percentiles.iter().map(|(percentile, us)| format!("p{percentile} {:.3}", ms(*us))).collect();
-            let _ = writeln!(text, "          shard {shard} fsync ms: {}", shown.join(", "));
+        let shards = fsync_latency_us.iter().zip(produce_latency_us).enumerate();
+        for (shard, (fsync, produce)) in shards {
+            for (name, percentiles) in [("fsync", fsync), ("produce", produce)] {
+                if percentiles.is_empty() {
+                    continue;
+                }
+                let shown: Vec<String> =
+                    percentiles.iter().map(|(percentile, us)| format!("p{percentile} {:.3}", ms(*us))).collect();
+                let _ = writeln!(text, "          shard {shard} {name:<7} ms: {}", shown.join(", "));
+            }
         }
         text.push('\n');
         text

@@ -173,6 +173,9 @@ pub struct BrokerStats {
     /// started (for an embedded broker: this run). Per shard, because
     /// percentiles of different shards cannot be combined.
     pub fsync_latency_us: Vec<Vec<(f64, u64)>>,
+    /// Each shard's produce latency (requests with acks, from decoded to
+    /// answered) as (percentile, us), also since the broker started.
+    pub produce_latency_us: Vec<Vec<(f64, u64)>>,
 }
 
 impl Outcome {
@@ -441,6 +444,7 @@ pub fn run(settings: &Settings, target: Target, show_progress: bool) -> anyhow::
                 .map(|(value, name)| (name, value))
                 .collect(),
             fsync_latency_us: after.fsync_latency_us,
+            produce_latency_us: after.produce_latency_us,
         });
         Ok((driven, stats))
     });
@@ -551,8 +555,9 @@ fn broker_stats(addr: SocketAddr) -> anyhow::Result<BrokerStats> {
     for (name, value) in stats.shards.iter().flat_map(|shard| shard.counters.iter()) {
         *counters.entry(name.clone()).or_insert(0) += value;
     }
-    let fsync_latency_us = stats.shards.into_iter().map(|shard| shard.fsync_latency_us).collect();
-    Ok(BrokerStats { counters, fsync_latency_us })
+    let (fsync_latency_us, produce_latency_us) =
+        stats.shards.into_iter().map(|shard| (shard.fsync_latency_us, shard.produce_latency_us)).unzip();
+    Ok(BrokerStats { counters, fsync_latency_us, produce_latency_us })
 }
 
 /// What the executors produced, merged.

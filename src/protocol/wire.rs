@@ -499,6 +499,10 @@ pub struct ShardStats {
     pub failed_partitions: Vec<String>,
     /// Durable offset-commit latency percentiles: (percentile, microseconds).
     pub commit_latency_us: Vec<(f64, u64)>,
+    /// Produce requests with acks: percentiles of the time from the request
+    /// being decoded to its answer being ready (the broker's share of a
+    /// producer's ack latency; socket and queueing time not included).
+    pub produce_latency_us: Vec<(f64, u64)>,
 }
 
 #[cfg(test)]

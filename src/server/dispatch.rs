@@ -2,6 +2,7 @@
 //! limits, then hands the work to the shard.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 
@@ -118,8 +119,13 @@ async fn produce(
         })
         .collect();
     let timeout_ms = timeout_ms.min(inner_deadline_ms(limits));
+    let started = Instant::now();
     let results = shard.produce(acks, timeout_ms, items).await;
-    (acks != AckLevel::None).then_some(Response::Produce(ProduceResponse { partitions: results }))
+    if acks == AckLevel::None {
+        return None;
+    }
+    shard.counters().record_produce(started.elapsed());
+    Some(Response::Produce(ProduceResponse { partitions: results }))
 }
 
 async fn fetch(shard: &Rc<Shard>, mut request: FetchRequest, limits: &Limits) -> (Response, Vec<u8>) {

@@ -1,4 +1,4 @@
-//! Per-shard counters and the fdatasync latency histogram.
+//! Per-shard counters and latency histograms (fdatasync, produce, commit).
 //!
 //! Plain `Cell`s: a shard's counters are only ever touched by its own
 //! thread. Other shards ask for a snapshot with a Stats message.
@@ -11,8 +11,8 @@ use hdrhistogram::Histogram;
 use crate::protocol::types::ShardId;
 use crate::protocol::wire::ShardStats;
 
-/// Percentiles reported for fdatasync latency.
-const FSYNC_PERCENTILES: [f64; 6] = [50.0, 90.0, 99.0, 99.9, 99.99, 100.0];
+/// Percentiles reported for every latency histogram.
+const PERCENTILES: [f64; 6] = [50.0, 90.0, 99.0, 99.9, 99.99, 100.0];
 
 /// Counters of one shard.
 #[derive(Debug)]
@@ -41,6 +41,7 @@ pub struct Counters {
     pub commits: Cell<u64>,
     fsync_latency_us: RefCell<Histogram<u64>>,
     commit_latency_us: RefCell<Histogram<u64>>,
+    produce_latency_us: RefCell<Histogram<u64>>,
 }
 
 impl Default for Counters {
@@ -70,9 +71,9 @@ impl Counters {
             fsyncs: Cell::new(0),
             group_requests: Cell::new(0),
             commits: Cell::new(0),
-            commit_latency_us: RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")),
-            // 1 us to 1 hour at 3 significant digits: a few tens of KiB, sized once.
-            fsync_latency_us: RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")),
+            commit_latency_us: latency_histogram(),
+            fsync_latency_us: latency_histogram(),
+            produce_latency_us: latency_histogram(),
         }
     }
 
@@ -82,15 +83,19 @@ impl Counters {
 
     pub fn record_fsync(&self, took: Duration) {
         Counters::add(&self.fsyncs, 1);
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
-        self.fsync_latency_us.borrow_mut().saturating_record(micros);
+        record(&self.fsync_latency_us, took);
     }
 
     /// Records how long a durable offset commit took.
     pub fn record_commit(&self, took: Duration) {
         Counters::add(&self.commits, 1);
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
-        self.commit_latency_us.borrow_mut().saturating_record(micros);
+        record(&self.commit_latency_us, took);
+    }
+
+    /// Records how long a produce request that waits for acks took, from
+    /// being decoded to its answer: the broker's share of ack latency.
+    pub fn record_produce(&self, took: Duration) {
+        record(&self.produce_latency_us, took);
     }
 
     /// A snapshot for the Stats response.
@@ -115,26 +120,34 @@ impl Counters {
             ("group_requests", &self.group_requests),
             ("commits", &self.commits),
         ];
-        let histogram = self.fsync_latency_us.borrow();
-        let fsync_latency_us = if histogram.is_empty() {
-            Vec::new()
-        } else {
-            FSYNC_PERCENTILES.iter().map(|p| (*p, histogram.value_at_percentile(*p))).collect()
-        };
-        let commits = self.commit_latency_us.borrow();
-        let commit_latency_us = if commits.is_empty() {
-            Vec::new()
-        } else {
-            FSYNC_PERCENTILES.iter().map(|p| (*p, commits.value_at_percentile(*p))).collect()
-        };
         ShardStats {
-            commit_latency_us,
             shard,
             counters: counters.iter().map(|(name, cell)| (name.to_string(), cell.get())).collect(),
-            fsync_latency_us,
+            fsync_latency_us: percentiles(&self.fsync_latency_us),
             failed_partitions: Vec::new(),
+            commit_latency_us: percentiles(&self.commit_latency_us),
+            produce_latency_us: percentiles(&self.produce_latency_us),
         }
     }
+}
+
+/// 1 us to 1 hour at 3 significant digits: a few tens of KiB, sized once.
+fn latency_histogram() -> RefCell<Histogram<u64>> {
+    RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"))
+}
+
+fn record(histogram: &RefCell<Histogram<u64>>, took: Duration) {
+    let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+    histogram.borrow_mut().saturating_record(micros);
+}
+
+/// (percentile, microseconds) pairs; none for an empty histogram.
+fn percentiles(histogram: &RefCell<Histogram<u64>>) -> Vec<(f64, u64)> {
+    let histogram = histogram.borrow();
+    if histogram.is_empty() {
+        return Vec::new();
+    }
+    PERCENTILES.iter().map(|p| (*p, histogram.value_at_percentile(*p))).collect()
 }
 
 #[cfg(test)]
@@ -154,5 +167,11 @@ mod tests {
         assert!(snapshot.counters.contains(&("fsyncs".to_string(), 100)));
         assert_eq!(snapshot.fsync_latency_us[0], (50.0, 50));
         assert_eq!(snapshot.fsync_latency_us.last(), Some(&(100.0, 100)));
+        assert!(snapshot.produce_latency_us.is_empty(), "no produce recorded yet");
+        counters.record_produce(Duration::from_millis(3));
+        let snapshot = counters.snapshot(ShardId(3));
+        assert_eq!(snapshot.produce_latency_us[0].0, 50.0);
+        // Three significant digits: 3000 us is kept within 0.1%.
+        assert!(snapshot.produce_latency_us.iter().all(|(_, us)| us.abs_diff(3000) <= 3), "{snapshot:?}");
     }
 }
