@@ -205,6 +205,10 @@ struct Options {
     /// glommio io_memory per loadgen executor (bytes).
     #[arg(long, global = true, default_value_t = 1 << 20)]
     io_memory_bytes: usize,
+    /// Microseconds a loadgen executor with nothing to do polls for work
+    /// before it parks (sleeps in the kernel); 0: park at once.
+    #[arg(long, global = true, default_value_t = 0)]
+    spin_us: u64,
 }
 
 fn main() {
@@ -303,6 +307,7 @@ fn settings(scenario: Scenario, options: &Options) -> anyhow::Result<Settings> {
         loadgen_cpus,
         drain_timeout_s: options.drain_timeout_s,
         io_memory_bytes: options.io_memory_bytes,
+        spin: std::time::Duration::from_micros(options.spin_us),
     })
 }
 

@@ -106,6 +106,8 @@ pub struct Settings {
     pub loadgen_cpus: Vec<usize>,
     pub drain_timeout_s: f64,
     pub io_memory_bytes: usize,
+    /// How long an idle loadgen executor spins before it parks.
+    pub spin: Duration,
 }
 
 /// Where the broker comes from.
@@ -577,7 +579,15 @@ fn drive(settings: &Settings, plan: &Arc<Plan>, clock: Clock, show_progress: boo
     let _release = Release(Arc::clone(&shared), clock);
     let mut handles = Vec::new();
     for (index, &cpu) in settings.loadgen_cpus.iter().enumerate() {
-        let spawned = worker::spawn(index, cpu, settings.io_memory_bytes, Arc::clone(plan), Arc::clone(&shared), clock);
+        let spawned = worker::spawn(
+            index,
+            cpu,
+            settings.io_memory_bytes,
+            settings.spin,
+            Arc::clone(plan),
+            Arc::clone(&shared),
+            clock,
+        );
         match spawned {
             Ok(handle) => handles.push(handle),
             Err(error) => {
@@ -722,6 +732,7 @@ mod tests {
             loadgen_cpus: default_loadgen_cpus(&ringbroker::config::allowed_cpus().unwrap()),
             drain_timeout_s: 30.0,
             io_memory_bytes: 64 << 10,
+            spin: Duration::ZERO,
         }
     }
 

@@ -274,15 +274,17 @@ pub fn spawn(
     index: usize,
     cpu: usize,
     io_memory_bytes: usize,
+    spin: Duration,
     plan: Arc<Plan>,
     shared: Arc<Shared>,
     clock: Clock,
 ) -> std::io::Result<ExecutorJoinHandle<Measurements>> {
-    LocalExecutorBuilder::new(Placement::Fixed(cpu))
-        .name(&format!("loadgen-{index}"))
-        .io_memory(io_memory_bytes)
-        .spawn(move || run(index, plan, shared, clock))
-        .map_err(|error| std::io::Error::other(error.to_string()))
+    let mut builder =
+        LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(&format!("loadgen-{index}")).io_memory(io_memory_bytes);
+    if !spin.is_zero() {
+        builder = builder.spin_before_park(spin);
+    }
+    builder.spawn(move || run(index, plan, shared, clock)).map_err(|error| std::io::Error::other(error.to_string()))
 }
 
 /// Per-executor state shared by its tasks.
