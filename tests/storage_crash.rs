@@ -189,6 +189,77 @@ fn the_checker_catches_loss_when_acks_do_not_wait_for_fdatasync() {
     });
 }
 
+#[test]
+fn no_ack_runs_ahead_of_the_synced_bytes() {
+    // Pipelined appenders keep batches arriving while the flusher writes and
+    // syncs. After every step of the run, each acknowledged batch must
+    // already be in what a power cut would leave (the synced bytes), not
+    // just in the written ones. A flusher that acknowledged on write, or that
+    // overlapped the next write with an fdatasync in flight and credited the
+    // write to it, fails here (both tried as mutations).
+    let mut rng = Rng::from_env();
+    println!("seed {} (rerun with RB_TEST_SEED={})", rng.0, rng.0);
+    run(move || async move {
+        let storage = SimStorage::new();
+        let log = open(&storage, config()).await.unwrap();
+        let acked: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+        let finished = Rc::new(std::cell::Cell::new(0));
+        let mut tasks = Vec::new();
+        for appender in 0..4 {
+            let (log, acked, finished) = (log.clone(), Rc::clone(&acked), Rc::clone(&finished));
+            let plan: Vec<(usize, u64)> = (0..30).map(|_| (20 + rng.below(1200) as usize, rng.below(6))).collect();
+            tasks.push(glommio::spawn_local(async move {
+                // Pipelined: up to three appends outstanding, so batches keep
+                // arriving while an fdatasync is in flight.
+                let mut outstanding = std::collections::VecDeque::new();
+                for (seq, (size, pause)) in plan.into_iter().enumerate() {
+                    let batch = numbered_batch(appender * 1000 + seq as u64, 2, size);
+                    let receipt = log.append(batch.clone()).await.unwrap();
+                    let mut stored = batch.to_vec();
+                    stored[..8].copy_from_slice(&receipt.base.to_wire().to_be_bytes());
+                    outstanding.push_back((receipt, stored));
+                    if outstanding.len() == 3 {
+                        let (receipt, stored) = outstanding.pop_front().unwrap();
+                        log.wait(receipt, AckLevel::Durable).await.unwrap();
+                        acked.borrow_mut().push(stored);
+                    }
+                    for _ in 0..pause {
+                        futures_lite::future::yield_now().await;
+                    }
+                }
+                for (receipt, stored) in outstanding {
+                    log.wait(receipt, AckLevel::Durable).await.unwrap();
+                    acked.borrow_mut().push(stored);
+                }
+                finished.set(finished.get() + 1);
+            }));
+        }
+        // Synced bytes never go away here (no retention), so each batch is
+        // checked once: at the first step after its ack.
+        let (mut steps, mut checked) = (0, 0);
+        while finished.get() < tasks.len() {
+            futures_lite::future::yield_now().await;
+            steps += 1;
+            if acked.borrow().len() == checked {
+                continue;
+            }
+            let image = storage.crash_image(CrashMode::LoseUnsynced);
+            // Segments are named by base offset; 120 batches of 2 records.
+            let synced: Vec<Vec<u8>> = (0..=240)
+                .filter_map(|base| image.contents(&dir().join(format!("{base:020}.log"))))
+                .filter(|data| !data.is_empty())
+                .collect();
+            for batch in &acked.borrow()[checked..] {
+                let present = synced.iter().any(|data| data.windows(batch.len()).any(|window| window == batch));
+                assert!(present, "step {steps}: an acknowledged batch is not in the synced bytes");
+            }
+            checked = acked.borrow().len();
+        }
+        assert_eq!(acked.borrow().len(), 120);
+        log.close().await.unwrap();
+    });
+}
+
 /// Builds a one-segment log of `batches` batches on a simulated disk; returns
 /// the segment's pristine bytes and the position where each batch ends.
 async fn fixture(storage: &SimStorage, batches: u64) -> (Vec<u8>, Vec<u64>) {

@@ -4,7 +4,7 @@
 //!
 //! The model, stated so tests can rely on it:
 //! - A write is visible to reads at once, but survives a crash only once an
-//!   `fdatasync` of its file has completed after it.
+//!   `fdatasync` of its file, called after the write completed, has completed.
 //! - A write that was not synced survives a crash as a whole, not at all, or
 //!   torn: an arbitrary subset of its 512-byte sectors (sectors themselves are
 //!   atomic, as on real devices).
@@ -320,6 +320,9 @@ impl Storage for SimStorage {
     }
 }
 
+/// Scheduling turns an `fdatasync` takes; a write takes one.
+const SYNC_TURNS: usize = 4;
+
 impl StorageFile for SimStorageFile {
     type Buf = SimBuf;
 
@@ -340,11 +343,21 @@ impl StorageFile for SimStorageFile {
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
-        future::yield_now().await;
+        // Only writes completed before the call become durable: one landing
+        // while the sync is in flight stays unsynced, as on a real device.
+        let (snapshot, covered) = {
+            let file = self.file.borrow();
+            (file.data.clone(), file.unsynced_writes.len())
+        };
+        // A sync takes longer than a write (several scheduling turns), so
+        // writes issued meanwhile complete while it is still in flight.
+        for _ in 0..SYNC_TURNS {
+            future::yield_now().await;
+        }
         self.storage.take_fault(FaultOp::Sync)?;
         let mut file = self.file.borrow_mut();
-        file.synced = file.data.clone();
-        file.unsynced_writes.clear();
+        file.synced = snapshot;
+        file.unsynced_writes.drain(..covered);
         Ok(())
     }
 
