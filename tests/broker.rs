@@ -392,6 +392,81 @@ fn slow_clients_are_cut_off_and_connections_beyond_the_limit_refused() {
 }
 
 #[test]
+fn a_long_poll_holds_no_budget_its_connections_producers_need() {
+    let dir = temp_dir();
+    // 1 MiB per connection: two parked fetches of 1 MiB would each have held
+    // half of it (the most one fetch may take) for as long as they waited.
+    let tuning = dir.path().join("small-budget.toml");
+    std::fs::write(&tuning, "[network]\ninflight_bytes_per_connection = 1048576\n").unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &["--tuning", tuning.to_str().unwrap()]);
+    let addr = broker.addr;
+    run(move || async move {
+        let client = Client::connect(addr, ClientOptions::default()).await.unwrap();
+        client.create_topic("mixed", PARTITIONS).await.unwrap();
+        let metadata = client.metadata(None).await.unwrap();
+        let owners: Vec<_> = metadata.topics[0].partitions.iter().map(|p| p.shard).collect();
+        // Partitions 0 and 2 live on the same shard: consumers park on 0,
+        // a producer writes to 2, all on one connection.
+        assert_eq!(owners[0], owners[2]);
+        let shard_addr = std::net::SocketAddr::new(addr.ip(), metadata.shards[owners[0].index()].port);
+        let connection = ringbroker::client::Connection::connect(shard_addr, Duration::from_secs(5)).await.unwrap();
+        let fetch = Request::Fetch(wire::FetchRequest {
+            max_wait_ms: 20_000,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            partitions: vec![wire::FetchPartition {
+                topic: "mixed".into(),
+                partition: PartitionId(0),
+                offset: Offset::ZERO,
+                max_bytes: 1 << 20,
+            }],
+        });
+        let done = std::rc::Rc::new(std::cell::Cell::new(0));
+        let parked: Vec<_> = (0..2)
+            .map(|_| {
+                let (connection, done, fetch) = (connection.clone(), std::rc::Rc::clone(&done), fetch.clone());
+                glommio::spawn_local(async move {
+                    let answer = connection.call(&fetch, &[]).await.unwrap();
+                    done.set(done.get() + 1);
+                    answer
+                })
+            })
+            .collect();
+        // The fetches go out first; the ping's answer says the broker read them.
+        for _ in 0..10 {
+            futures_lite::future::yield_now().await;
+        }
+        assert_eq!(connection.call(&Request::Ping, &[]).await.unwrap().0, Response::Pong);
+        let produce = |partition: u32, batch: &[u8]| {
+            Request::Produce(wire::ProduceRequest {
+                acks: AckLevel::Durable,
+                timeout_ms: 10_000,
+                partitions: vec![wire::ProducePartition {
+                    topic: "mixed".into(),
+                    partition: PartitionId(partition),
+                    batch_bytes: batch.len() as u32,
+                }],
+            })
+        };
+        let batch = support::batch(&[&[7u8; 300 << 10]]);
+        let (response, _) = connection.call(&produce(2, &batch), &batch).await.unwrap();
+        let Response::Produce(produced) = response else { panic!("expected a produce response: {response:?}") };
+        assert_eq!(produced.partitions[0].error, ErrorCode::NONE);
+        assert_eq!(done.get(), 0, "the produce was answered while both fetches were still parked");
+        // Data for the parked fetches: they answer now, long before their wait.
+        let small = support::batch(&[b"wake up"]);
+        connection.call(&produce(0, &small), &small).await.unwrap();
+        for fetch in parked {
+            let (response, payload) = fetch.await;
+            let Response::Fetch(fetched) = response else { panic!("expected a fetch response: {response:?}") };
+            assert_eq!(fetched.partitions[0].error, ErrorCode::NONE);
+            assert_eq!(payload.len(), small.len());
+        }
+    });
+    assert!(broker.terminate().success());
+}
+
+#[test]
 fn a_long_poll_waiting_for_more_data_leaves_the_shard_free() {
     let dir = temp_dir();
     let broker = BrokerProcess::start(dir.path(), &[]);

@@ -20,7 +20,7 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_lite::future;
@@ -224,34 +224,11 @@ impl Server {
         future::or(acquire, interrupted).await
     }
 
-    /// Extra budget for a response larger than its request (a fetch), taken
-    /// before the request runs so responses in flight stay bounded too.
-    async fn reserve_response(
-        &self,
-        connection: &Connection,
-        request: &Request,
-    ) -> Result<Option<ResponsePermits>, String> {
-        let Request::Fetch(fetch) = request else { return Ok(None) };
-        let bytes = (fetch.max_bytes as usize).min(dispatch::fetch_bytes_max(&self.limits)) as u64;
-        // Half of each budget at most, so one fetch can never block on its
-        // own request's reservation.
-        let acquire = async {
-            let closed = |_| "shutting down".to_string();
-            let own = bytes.min(self.limits.inflight_bytes_per_connection as u64 / 2);
-            let connection_bytes = connection.budget.acquire_static_permit(own).await.map_err(closed)?;
-            let shared = bytes.min(self.limits.inflight_bytes_per_shard as u64 / 2);
-            let shard_bytes = self.shard_budget.acquire_static_permit(shared).await.map_err(closed)?;
-            Ok(Some(ResponsePermits { _connection_bytes: connection_bytes, _shard_bytes: shard_bytes }))
-        };
-        let interrupted = async {
-            future::or(self.stopping.wait(), connection.dead.wait()).await;
-            Err("stopped while waiting for budget".to_string())
-        };
-        future::or(acquire, interrupted).await
-    }
-
-    /// Parses a frame and runs it in a task of its own, once the response's
-    /// budget is held too.
+    /// Parses a frame and runs it in a task of its own. A fetch first waits
+    /// (holding only its request's budget) until it would find data, then
+    /// takes budget for its response, then reads: a long-poll never holds
+    /// the bytes producers on the same connection need, and the reader
+    /// never stops reading frames to wait for a fetch's budget.
     async fn start_request(&self, connection: &Rc<Connection>, body: BytesMut, permits: Permits) -> Result<(), String> {
         let request_id = wire::peek_request_id(&body).unwrap_or(0);
         let parsed = wire::split_frame(body).and_then(|(head, header, payload)| {
@@ -275,12 +252,30 @@ impl Server {
                 return Ok(());
             }
         };
-        let held = (permits, self.reserve_response(connection, &request).await?);
         // Produce with acks none promises no response, not even a timeout.
         let silent = matches!(&request, Request::Produce(produce) if produce.acks == AckLevel::None);
         let (shard, connection) = (Rc::clone(&self.shard), Rc::clone(connection));
         let (limits, queue) = (self.limits.clone(), self.queue);
+        let budget = ResponseBudget { shard: Rc::clone(&self.shard_budget), stopping: Rc::clone(&self.stopping) };
         let task = async move {
+            let mut request = request;
+            let response_permits = match &mut request {
+                Request::Fetch(fetch) => {
+                    let wait =
+                        Duration::from_millis(u64::from(fetch.max_wait_ms.min(dispatch::inner_deadline_ms(&limits))));
+                    let started = Instant::now();
+                    shard.wait_fetchable(fetch, wait).await;
+                    // The fetch waits only for what is left of its wait.
+                    fetch.max_wait_ms = u32::try_from(wait.saturating_sub(started.elapsed()).as_millis()).unwrap_or(0);
+                    match budget.reserve(&limits, &connection, fetch.max_bytes).await {
+                        Ok(permits) => Some(permits),
+                        // Stopping, or the peer is gone: nobody to answer.
+                        Err(_) => return,
+                    }
+                }
+                _ => None,
+            };
+            let held = (permits, response_permits);
             let handled = glommio::timer::timeout(limits.request_timeout, async {
                 Ok(dispatch::handle(&shard, request, payload, &limits).await)
             })
@@ -343,6 +338,41 @@ struct Permits {
 struct ResponsePermits {
     _connection_bytes: StaticPermit,
     _shard_bytes: StaticPermit,
+}
+
+/// Where a request task takes the extra budget of a large response (a
+/// fetch): the shard's budget and its stop signal, with the connection's.
+struct ResponseBudget {
+    shard: Rc<Semaphore>,
+    stopping: Rc<Stopping>,
+}
+
+impl ResponseBudget {
+    /// Holds what a fetch of `max_bytes` may answer against the
+    /// connection's and the shard's budgets, so responses in flight stay
+    /// bounded. Half of each budget at most, so one fetch can never block on
+    /// its own request's reservation.
+    async fn reserve(
+        &self,
+        limits: &Limits,
+        connection: &Connection,
+        max_bytes: u32,
+    ) -> Result<ResponsePermits, String> {
+        let bytes = (max_bytes as usize).min(dispatch::fetch_bytes_max(limits)) as u64;
+        let acquire = async {
+            let closed = |_| "shutting down".to_string();
+            let own = bytes.min(limits.inflight_bytes_per_connection as u64 / 2);
+            let connection_bytes = connection.budget.acquire_static_permit(own).await.map_err(closed)?;
+            let shared = bytes.min(limits.inflight_bytes_per_shard as u64 / 2);
+            let shard_bytes = self.shard.acquire_static_permit(shared).await.map_err(closed)?;
+            Ok(ResponsePermits { _connection_bytes: connection_bytes, _shard_bytes: shard_bytes })
+        };
+        let interrupted = async {
+            future::or(self.stopping.wait(), connection.dead.wait()).await;
+            Err("stopped while waiting for budget".to_string())
+        };
+        future::or(acquire, interrupted).await
+    }
 }
 
 type Held = (Permits, Option<ResponsePermits>);

@@ -142,7 +142,7 @@ async fn fetch(shard: &Rc<Shard>, mut request: FetchRequest, limits: &Limits) ->
 
 /// A wait a request asks for (long-poll, acks) ends a tenth of the request
 /// deadline before it, so the request's own answer beats the deadline's.
-fn inner_deadline_ms(limits: &Limits) -> u32 {
+pub(super) fn inner_deadline_ms(limits: &Limits) -> u32 {
     let limit = limits.request_timeout.saturating_sub(limits.request_timeout / 10);
     u32::try_from(limit.as_millis()).unwrap_or(u32::MAX)
 }

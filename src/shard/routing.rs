@@ -206,6 +206,35 @@ impl Shard {
         outcome
     }
 
+    /// Waits, holding nothing, until fetching `request` here would find
+    /// something: a listed partition has records at the requested offset
+    /// (or the offset is out of range), or `max_wait` passes. Returns at once
+    /// if any partition is not this shard's or has failed: the fetch itself
+    /// answers those. The server takes a fetch's response budget only after
+    /// this, so a consumer's long-poll holds no budget its connection's
+    /// producers need.
+    pub async fn wait_fetchable(&self, request: &FetchRequest, max_wait: Duration) {
+        let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::with_capacity(request.partitions.len() + 1);
+        for p in &request.partitions {
+            let Some(Partition::Ready(log)) = self.partition(&p.topic, p.partition) else { return };
+            let (high_watermark, _) = log.bounds();
+            if log.poisoned().is_some() || p.offset != high_watermark {
+                return;
+            }
+            let offset = p.offset;
+            waits.push(Box::pin(async move { log.wait_visible_past(offset).await }));
+        }
+        waits.push(Box::pin(glommio::timer::sleep(max_wait)));
+        future::poll_fn(|cx| {
+            if waits.iter_mut().any(|wait| wait.as_mut().poll(cx).is_ready()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
     /// Fetch for partitions this shard owns.
     pub(super) async fn fetch_local(&self, request: FetchRequest) -> FetchOutcome {
         let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
