@@ -224,15 +224,7 @@ impl Shard {
             let offset = p.offset;
             waits.push(Box::pin(async move { log.wait_visible_past(offset).await }));
         }
-        waits.push(Box::pin(glommio::timer::sleep(max_wait)));
-        future::poll_fn(|cx| {
-            if waits.iter_mut().any(|wait| wait.as_mut().poll(cx).is_ready()) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
+        first_of(waits, max_wait).await;
     }
 
     /// Fetch for partitions this shard owns.
@@ -318,15 +310,7 @@ impl Shard {
                 waits.push(Box::pin(async move { log.wait_visible_past(offset).await }));
             }
         }
-        waits.push(Box::pin(glommio::timer::sleep(wait)));
-        future::poll_fn(|cx| {
-            if waits.iter_mut().any(|wait| wait.as_mut().poll(cx).is_ready()) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
+        first_of(waits, wait).await;
     }
 
     fn count_fetched(&self, payload: &[u8]) {
@@ -659,6 +643,20 @@ async fn wait_for_ack(log: &super::Log, last: AppendReceipt, acks: AckLevel, dea
         Ok(Err(error)) => error_code(&error),
         Err(_) => ErrorCode::TIMEOUT,
     }
+}
+
+/// Waits until any of `waits` is done, or `max_wait` passes (callers leave
+/// room in `waits` for the timer).
+async fn first_of(mut waits: Vec<Pin<Box<dyn Future<Output = ()> + '_>>>, max_wait: Duration) {
+    waits.push(Box::pin(glommio::timer::sleep(max_wait)));
+    future::poll_fn(|cx| {
+        if waits.iter_mut().any(|wait| wait.as_mut().poll(cx).is_ready()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
 }
 
 fn produce_error(topic: &str, partition: PartitionId, error: ErrorCode) -> ProducePartitionResult {
