@@ -167,7 +167,7 @@ impl Server {
 
     /// Reads frames until the peer closes, a deadline passes, the input is
     /// beyond repair, or the shard stops.
-    async fn read_loop(&self, connection: &Rc<Connection>) -> Result<(), String> {
+    async fn read_loop(self: &Rc<Self>, connection: &Rc<Connection>) -> Result<(), String> {
         loop {
             let mut prefix = [0u8; FRAME_PREFIX_BYTES];
             let idle = self.limits.idle_timeout;
@@ -188,7 +188,7 @@ impl Server {
                 Ok(len) => len,
                 Err(error) => return self.refuse_frame(connection, error).await,
             };
-            let permits = self.reserve(connection, len, 0).await?;
+            let permits = self.reserve(connection, len).await?;
             let mut body = BytesMut::zeroed(len);
             deadline(self.limits.frame_timeout, connection.stream.read_exact_into(&mut body))
                 .await
@@ -197,26 +197,55 @@ impl Server {
         }
     }
 
-    /// Holds `request_bytes` (a frame) and `response_bytes` (what its
-    /// response may carry) against the connection's and the shard's budgets,
-    /// waiting (and so not reading) while they are spent. Gives up when the
-    /// shard stops or the peer stops taking responses.
-    async fn reserve(
-        &self,
-        connection: &Connection,
-        request_bytes: usize,
-        response_bytes: usize,
-    ) -> Result<Permits, String> {
-        let acquire = async {
+    /// Holds `request_bytes` (a frame) against the connection's and the
+    /// shard's budgets, waiting (and so not reading) while they are spent.
+    async fn reserve(&self, connection: &Connection, request_bytes: usize) -> Result<Permits, String> {
+        self.until_stopped(connection, async {
             let closed = |_| "shutting down".to_string();
             let request = connection.requests.acquire_static_permit(1).await.map_err(closed)?;
-            let bytes = (request_bytes + response_bytes) as u64;
+            let bytes = request_bytes as u64;
             let own = bytes.min(self.limits.inflight_bytes_per_connection as u64);
             let connection_bytes = connection.budget.acquire_static_permit(own).await.map_err(closed)?;
             let shared = bytes.min(self.limits.inflight_bytes_per_shard as u64);
             let shard_bytes = self.shard_budget.acquire_static_permit(shared).await.map_err(closed)?;
             Ok(Permits { _request: request, _connection_bytes: connection_bytes, _shard_bytes: shard_bytes })
-        };
+        })
+        .await
+    }
+
+    /// Waits, holding only the request's budget, until `fetch` would find
+    /// data (or its wait is over), then holds what its response may carry:
+    /// a long-poll never holds bytes producers on the same connection need.
+    /// Half of each budget at most, so one fetch can never block on its own
+    /// request's reservation. `fetch` keeps what is left of its wait.
+    async fn reserve_response(
+        &self,
+        connection: &Connection,
+        fetch: &mut wire::FetchRequest,
+    ) -> Result<ResponsePermits, String> {
+        let wait = Duration::from_millis(u64::from(fetch.max_wait_ms.min(dispatch::inner_deadline_ms(&self.limits))));
+        let started = Instant::now();
+        self.shard.wait_fetchable(fetch, wait).await;
+        fetch.max_wait_ms = u32::try_from(wait.saturating_sub(started.elapsed()).as_millis()).unwrap_or(0);
+        let bytes = (fetch.max_bytes as usize).min(dispatch::fetch_bytes_max(&self.limits)) as u64;
+        self.until_stopped(connection, async {
+            let closed = |_| "shutting down".to_string();
+            let own = bytes.min(self.limits.inflight_bytes_per_connection as u64 / 2);
+            let connection_bytes = connection.budget.acquire_static_permit(own).await.map_err(closed)?;
+            let shared = bytes.min(self.limits.inflight_bytes_per_shard as u64 / 2);
+            let shard_bytes = self.shard_budget.acquire_static_permit(shared).await.map_err(closed)?;
+            Ok(ResponsePermits { _connection_bytes: connection_bytes, _shard_bytes: shard_bytes })
+        })
+        .await
+    }
+
+    /// Runs `acquire` until it is done, or gives up when the shard stops or
+    /// the peer stops taking responses.
+    async fn until_stopped<T>(
+        &self,
+        connection: &Connection,
+        acquire: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
         let interrupted = async {
             future::or(self.stopping.wait(), connection.dead.wait()).await;
             Err("stopped while waiting for budget".to_string())
@@ -224,12 +253,15 @@ impl Server {
         future::or(acquire, interrupted).await
     }
 
-    /// Parses a frame and runs it in a task of its own. A fetch first waits
-    /// (holding only its request's budget) until it would find data, then
-    /// takes budget for its response, then reads: a long-poll never holds
-    /// the bytes producers on the same connection need, and the reader
-    /// never stops reading frames to wait for a fetch's budget.
-    async fn start_request(&self, connection: &Rc<Connection>, body: BytesMut, permits: Permits) -> Result<(), String> {
+    /// Parses a frame and runs it in a task of its own. A fetch takes its
+    /// response's budget in that task (see `reserve_response`), so the
+    /// reader never stops reading frames to wait for it.
+    async fn start_request(
+        self: &Rc<Self>,
+        connection: &Rc<Connection>,
+        body: BytesMut,
+        permits: Permits,
+    ) -> Result<(), String> {
         let request_id = wire::peek_request_id(&body).unwrap_or(0);
         let parsed = wire::split_frame(body).and_then(|(head, header, payload)| {
             if head.kind != FrameKind::Request {
@@ -254,30 +286,21 @@ impl Server {
         };
         // Produce with acks none promises no response, not even a timeout.
         let silent = matches!(&request, Request::Produce(produce) if produce.acks == AckLevel::None);
-        let (shard, connection) = (Rc::clone(&self.shard), Rc::clone(connection));
-        let (limits, queue) = (self.limits.clone(), self.queue);
-        let budget = ResponseBudget { shard: Rc::clone(&self.shard_budget), stopping: Rc::clone(&self.stopping) };
+        let (server, connection) = (Rc::clone(self), Rc::clone(connection));
         let task = async move {
             let mut request = request;
             let response_permits = match &mut request {
-                Request::Fetch(fetch) => {
-                    let wait =
-                        Duration::from_millis(u64::from(fetch.max_wait_ms.min(dispatch::inner_deadline_ms(&limits))));
-                    let started = Instant::now();
-                    shard.wait_fetchable(fetch, wait).await;
-                    // The fetch waits only for what is left of its wait.
-                    fetch.max_wait_ms = u32::try_from(wait.saturating_sub(started.elapsed()).as_millis()).unwrap_or(0);
-                    match budget.reserve(&limits, &connection, fetch.max_bytes).await {
-                        Ok(permits) => Some(permits),
-                        // Stopping, or the peer is gone: nobody to answer.
-                        Err(_) => return,
-                    }
-                }
+                Request::Fetch(fetch) => match server.reserve_response(&connection, fetch).await {
+                    Ok(permits) => Some(permits),
+                    // Stopping, or the peer is gone: nobody to answer.
+                    Err(_) => return,
+                },
                 _ => None,
             };
             let held = (permits, response_permits);
+            let limits = &server.limits;
             let handled = glommio::timer::timeout(limits.request_timeout, async {
-                Ok(dispatch::handle(&shard, request, payload, &limits).await)
+                Ok(dispatch::handle(&server.shard, request, payload, limits).await)
             })
             .await;
             match handled {
@@ -293,7 +316,7 @@ impl Server {
                 }
             }
         };
-        match glommio::spawn_local_into(task, queue) {
+        match glommio::spawn_local_into(task, self.queue) {
             Ok(task) => drop(task.detach()),
             Err(error) => tracing::error!(%error, "could not start a request task"),
         }
@@ -311,7 +334,7 @@ impl Server {
             let request_id = read.ok().and_then(|()| wire::peek_request_id(&head)).unwrap_or(0);
             let response =
                 Response::Error(ErrorResponse { code: ErrorCode::FRAME_TOO_LARGE, message: error.to_string() });
-            if let Ok(permits) = self.reserve(connection, 0, 0).await {
+            if let Ok(permits) = self.reserve(connection, 0).await {
                 connection.respond(request_id, &response, Vec::new(), (permits, None));
             }
         }
@@ -338,41 +361,6 @@ struct Permits {
 struct ResponsePermits {
     _connection_bytes: StaticPermit,
     _shard_bytes: StaticPermit,
-}
-
-/// Where a request task takes the extra budget of a large response (a
-/// fetch): the shard's budget and its stop signal, with the connection's.
-struct ResponseBudget {
-    shard: Rc<Semaphore>,
-    stopping: Rc<Stopping>,
-}
-
-impl ResponseBudget {
-    /// Holds what a fetch of `max_bytes` may answer against the
-    /// connection's and the shard's budgets, so responses in flight stay
-    /// bounded. Half of each budget at most, so one fetch can never block on
-    /// its own request's reservation.
-    async fn reserve(
-        &self,
-        limits: &Limits,
-        connection: &Connection,
-        max_bytes: u32,
-    ) -> Result<ResponsePermits, String> {
-        let bytes = (max_bytes as usize).min(dispatch::fetch_bytes_max(limits)) as u64;
-        let acquire = async {
-            let closed = |_| "shutting down".to_string();
-            let own = bytes.min(limits.inflight_bytes_per_connection as u64 / 2);
-            let connection_bytes = connection.budget.acquire_static_permit(own).await.map_err(closed)?;
-            let shared = bytes.min(limits.inflight_bytes_per_shard as u64 / 2);
-            let shard_bytes = self.shard.acquire_static_permit(shared).await.map_err(closed)?;
-            Ok(ResponsePermits { _connection_bytes: connection_bytes, _shard_bytes: shard_bytes })
-        };
-        let interrupted = async {
-            future::or(self.stopping.wait(), connection.dead.wait()).await;
-            Err("stopped while waiting for budget".to_string())
-        };
-        future::or(acquire, interrupted).await
-    }
 }
 
 type Held = (Permits, Option<ResponsePermits>);
