@@ -772,7 +772,7 @@ async fn consume_partition(
                     reordered: &mut measurements.reordered,
                     now_unix_us,
                 };
-                check.event(record.value, &mut highest_seq);
+                check.event(record.value(), &mut highest_seq);
             })
             .await;
         let count = match polled {

@@ -179,13 +179,22 @@ impl PartitionConsumer {
 #[derive(Debug, Clone, Copy)]
 pub struct RecordRef<'a> {
     pub offset: Offset,
-    pub timestamp_ms: i64,
-    pub key: Option<&'a [u8]>,
-    pub value: Option<&'a [u8]>,
     view: RecordView<'a>,
 }
 
 impl<'a> RecordRef<'a> {
+    pub fn timestamp_ms(&self) -> i64 {
+        self.view.timestamp_ms()
+    }
+
+    pub fn key(&self) -> Option<&'a [u8]> {
+        self.view.key
+    }
+
+    pub fn value(&self) -> Option<&'a [u8]> {
+        self.view.value
+    }
+
     /// The record's headers as `(key, value)` byte pairs. They were
     /// validated with the batch, so no item is an error in practice.
     pub fn headers(&self) -> HeaderIter<'a> {
@@ -202,9 +211,9 @@ impl<'a> RecordRef<'a> {
         }
         Ok(ConsumedRecord {
             offset: self.offset,
-            timestamp_ms: self.timestamp_ms,
-            key: self.key.map(|key| payload.slice_ref(key)),
-            value: self.value.map(|value| payload.slice_ref(value)),
+            timestamp_ms: self.timestamp_ms(),
+            key: self.key().map(|key| payload.slice_ref(key)),
+            value: self.value().map(|value| payload.slice_ref(value)),
             headers,
         })
     }
@@ -229,7 +238,7 @@ pub fn decode_records(
 
 /// [`decode_records`] handing each record to `visit` as a view instead.
 /// A batch is validated whole before any of its records is visited.
-pub fn visit_records<'a>(
+pub(crate) fn visit_records<'a>(
     payload: &'a [u8],
     from: Offset,
     mut visit: impl FnMut(RecordRef<'a>) -> Result<(), ClientError>,
@@ -275,8 +284,7 @@ fn visit_batch<'a>(
         if offset < from {
             continue;
         }
-        let timestamp_ms = record.timestamp_ms();
-        visit(RecordRef { offset, timestamp_ms, key: record.key, value: record.value, view: record })?;
+        visit(RecordRef { offset, view: record })?;
     }
     Ok(())
 }
@@ -402,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn poll_with_visits_what_poll_returns_without_copying() {
+    fn poll_with_visits_exactly_what_poll_returns() {
         executor().run(async {
             let broker = FakeBroker::start(&[("events", 1)]);
             let client = crate::client::Client::connect(broker.addr(), ClientOptions::default()).await.unwrap();
@@ -431,8 +439,9 @@ mod tests {
                             .map(|header| header.unwrap())
                             .map(|(key, value)| (key.to_vec(), value.map(<[u8]>::to_vec)))
                             .collect();
-                        let key = record.key.map(<[u8]>::to_vec);
-                        seen.push((record.offset, record.timestamp_ms, key, record.value.map(<[u8]>::to_vec), headers));
+                        let key = record.key().map(<[u8]>::to_vec);
+                        let value = record.value().map(<[u8]>::to_vec);
+                        seen.push((record.offset, record.timestamp_ms(), key, value, headers));
                     })
                     .await
                     .unwrap();
