@@ -848,17 +848,22 @@ mod tests {
         });
     }
 
+    /// Room for 256 bytes, one request in flight, no linger: the buffer
+    /// fills after a few records.
+    fn tight_buffer() -> ProducerConfig {
+        ProducerConfig {
+            batch_bytes: 256,
+            max_in_flight: 1,
+            linger: Duration::from_secs(60),
+            ..ProducerConfig::default()
+        }
+    }
+
     #[test]
     fn a_full_buffer_makes_send_wait_instead_of_growing() {
         executor().run(async {
             let broker = FakeBroker::start(&[("t", 2)]);
-            let config = ProducerConfig {
-                batch_bytes: 256,
-                max_in_flight: 1,
-                linger: Duration::from_secs(60),
-                ..ProducerConfig::default()
-            };
-            let producer = producer(&broker, config).await;
+            let producer = producer(&broker, tight_buffer()).await;
             let mut futures = Vec::new();
             for index in 0..200u32 {
                 let value = [index as u8; 40];
@@ -878,13 +883,7 @@ mod tests {
     fn try_send_declines_where_send_would_wait() {
         executor().run(async {
             let broker = FakeBroker::start(&[("t", 1)]);
-            let config = ProducerConfig {
-                batch_bytes: 256,
-                max_in_flight: 1,
-                linger: Duration::from_secs(60),
-                ..ProducerConfig::default()
-            };
-            let producer = producer(&broker, config).await;
+            let producer = producer(&broker, tight_buffer()).await;
             let value = [7u8; 100];
             // The topic's partition count is not cached yet.
             assert!(producer.try_send(ProducerRecord::new("t", &value)).unwrap().is_none());
