@@ -758,17 +758,19 @@ async fn consume_partition(
         // Taken at the first record of a fetch, for all of them: the arrival
         // time (they all arrived at once, so one clock reading serves) and
         // the measurements, borrowed once per fetch rather than per record.
-        let mut arrived: Option<(u64, RefMut<'_, Measurements>)> = None;
+        let mut arrived: Option<(u64, u64, RefMut<'_, Measurements>)> = None;
         let polled = consumer
             .poll_with(POLL_WAIT, |record| {
-                let (now_ns, measurements) =
-                    arrived.get_or_insert_with(|| (ctx.clock.now_ns(), ctx.measurements.borrow_mut()));
+                let (_, now_unix_us, measurements) = arrived.get_or_insert_with(|| {
+                    let now_ns = ctx.clock.now_ns();
+                    (now_ns, ctx.clock.unix_us(now_ns), ctx.measurements.borrow_mut())
+                });
                 let measurements = &mut **measurements;
                 let mut check = Check {
                     tracker: &mut measurements.tracker,
                     e2e: &mut measurements.e2e,
                     reordered: &mut measurements.reordered,
-                    now_unix_us: ctx.clock.unix_us(*now_ns),
+                    now_unix_us: *now_unix_us,
                 };
                 check.event(record.value(), &mut highest_seq);
             })
@@ -778,7 +780,7 @@ async fn consume_partition(
             Err(error) => break Err(format!("fetching partition {partition}: {error}")),
         };
         lag.set(consumer.lag().unwrap_or(0));
-        let Some((now_ns, mut measurements)) = arrived else {
+        let Some((now_ns, _, mut measurements)) = arrived else {
             continue;
         };
         advanced_ns = now_ns;
