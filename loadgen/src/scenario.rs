@@ -550,7 +550,7 @@ fn create_topics(addr: SocketAddr, topics: &[String], partitions: u32) -> anyhow
 }
 
 /// The broker's counters summed over its shards (requests, events,
-/// fsyncs...) and each shard's fsync latency.
+/// fsyncs...) and each shard's fsync and produce latency.
 fn broker_stats(addr: SocketAddr) -> anyhow::Result<BrokerStats> {
     let stats = with_client(addr, |client| async move { client.stats().await })?;
     let mut counters = BTreeMap::new();
