@@ -19,7 +19,7 @@
 //! relay forwards each polled batch to the next stage's topic, waits for
 //! the acks, and only then commits (at least once).
 
-use std::cell::{Cell, RefCell, RefMut};
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -755,22 +755,22 @@ async fn consume_partition(
                 break Err(format!("partition {partition}: {behind} records behind its end after the drain timeout"));
             }
         }
-        // Taken at the first record of a fetch, for all of them: the arrival
-        // time (they all arrived at once, so one clock reading serves) and
-        // the measurements, borrowed once per fetch rather than per record.
-        let mut arrived: Option<(u64, u64, RefMut<'_, Measurements>)> = None;
+        // Every record of one fetch arrived at the same moment: the clock is
+        // read at the first one and serves them all.
+        let mut arrived: Option<(u64, u64)> = None;
         let polled = consumer
             .poll_with(POLL_WAIT, |record| {
-                let (_, now_unix_us, measurements) = arrived.get_or_insert_with(|| {
+                let (_, now_unix_us) = *arrived.get_or_insert_with(|| {
                     let now_ns = ctx.clock.now_ns();
-                    (now_ns, ctx.clock.unix_us(now_ns), ctx.measurements.borrow_mut())
+                    (now_ns, ctx.clock.unix_us(now_ns))
                 });
-                let measurements = &mut **measurements;
+                let mut measurements = ctx.measurements.borrow_mut();
+                let measurements = &mut *measurements;
                 let mut check = Check {
                     tracker: &mut measurements.tracker,
                     e2e: &mut measurements.e2e,
                     reordered: &mut measurements.reordered,
-                    now_unix_us: *now_unix_us,
+                    now_unix_us,
                 };
                 check.event(record.value(), &mut highest_seq);
             })
@@ -780,12 +780,11 @@ async fn consume_partition(
             Err(error) => break Err(format!("fetching partition {partition}: {error}")),
         };
         lag.set(consumer.lag().unwrap_or(0));
-        let Some((now_ns, _, mut measurements)) = arrived else {
+        let Some((now_ns, _)) = arrived else {
             continue;
         };
         advanced_ns = now_ns;
-        measurements.series.record_consumed(now_ns, count);
-        drop(measurements);
+        ctx.measurements.borrow_mut().series.record_consumed(now_ns, count);
         ctx.progress.consumed.set(ctx.progress.consumed.get() + count);
         ctx.progress.maybe_flush(&ctx.shared, now_ns);
         if let Some(throttle) = &throttle {
