@@ -172,21 +172,6 @@ pub(crate) fn is_full(open_bytes: usize, batch_bytes: usize) -> bool {
     open_bytes >= batch_bytes
 }
 
-/// The partition of a keyed record: FNV-1a of the key, modulo the partition
-/// count. Stable across processes and versions (it is part of the contract:
-/// records with one key stay in one partition, in order). `partitions` must
-/// not be 0.
-pub(crate) fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
-    debug_assert!(partitions > 0);
-    fnv1a_32(key) % partitions.max(1)
-}
-
-fn fnv1a_32(bytes: &[u8]) -> u32 {
-    const OFFSET_BASIS: u32 = 0x811c_9dc5;
-    const PRIME: u32 = 0x0100_0193;
-    bytes.iter().fold(OFFSET_BASIS, |hash, byte| (hash ^ u32::from(*byte)).wrapping_mul(PRIME))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,25 +228,5 @@ mod tests {
         assert!(must_seal_before(1000, 3, 25, 1024));
         assert!(!is_full(1023, 1024));
         assert!(is_full(1024, 1024));
-    }
-
-    #[test]
-    fn key_partitioning_is_stable_and_in_range() {
-        // Published FNV-1a 32-bit test vectors: the hash must never change.
-        assert_eq!(fnv1a_32(b""), 0x811c_9dc5);
-        assert_eq!(fnv1a_32(b"a"), 0xe40c_292c);
-        assert_eq!(fnv1a_32(b"foobar"), 0xbf9c_f968);
-        for partitions in [1u32, 2, 3, 7, 64, 1000] {
-            for key in 0..500u32 {
-                let key = key.to_be_bytes();
-                let partition = partition_for_key(&key, partitions);
-                assert!(partition < partitions);
-                assert_eq!(partition, partition_for_key(&key, partitions));
-            }
-        }
-        // Keys spread over partitions rather than piling into one.
-        let used: std::collections::HashSet<u32> =
-            (0..1000u32).map(|key| partition_for_key(&key.to_le_bytes(), 8)).collect();
-        assert_eq!(used.len(), 8);
     }
 }

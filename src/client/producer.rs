@@ -19,8 +19,10 @@
 //! `NOT_OWNER` answer may land after a later one (as in Kafka with more than
 //! one request in flight and no idempotence).
 //!
-//! Partitioning: an explicit partition wins; else the key's FNV-1a hash picks
-//! one (stable forever, so a key's records stay in order in one partition);
+//! Partitioning: an explicit partition wins; else the key picks one with
+//! Kafka's default partitioner (`protocol::partitioner`: murmur2, stable
+//! forever, so a key's records stay in order in one partition and land where
+//! a Kafka client would put them);
 //! else records go round-robin by batch — the "sticky" choice: keyless
 //! records fill one partition's batch until it is sealed, then move to the
 //! next partition, so they batch as well as keyed ones.
@@ -37,10 +39,11 @@ use std::time::{Duration, Instant};
 use glommio::sync::Semaphore;
 use rustc_hash::FxHashMap;
 
-use super::accumulator::{is_full, must_seal_before, partition_for_key, OpenBatch};
+use super::accumulator::{is_full, must_seal_before, OpenBatch};
 use super::cluster::Client;
 use super::error::ClientError;
 use crate::protocol::batch::{Record, HEADER_LEN};
+use crate::protocol::partitioner::partition_for_key;
 use crate::protocol::types::{AckLevel, Offset, PartitionId, TimestampMs};
 
 /// A new batch buffer starts this large and grows to what batches need;
@@ -254,11 +257,23 @@ impl Drop for Producer {
 pub struct SendFuture {
     outcome: Rc<BatchOutcome>,
     index: u32,
+    partition: PartitionId,
+}
+
+impl SendFuture {
+    /// The partition the record was appended to (chosen by its key, or the
+    /// sticky partition of a keyless record), known before the ack.
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
 }
 
 impl fmt::Debug for SendFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SendFuture").field("index", &self.index).finish_non_exhaustive()
+        f.debug_struct("SendFuture")
+            .field("partition", &self.partition)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
     }
 }
 
@@ -573,7 +588,7 @@ impl Shared {
         ledger.buffered_bytes += entry.batch.len_bytes() - before;
         // At most i32::MAX records fit a batch, so the index fits a u32.
         let index = (entry.batch.record_count() - 1) as u32;
-        let future = SendFuture { outcome: entry.outcome.clone(), index };
+        let future = SendFuture { outcome: entry.outcome.clone(), index, partition: PartitionId(partition) };
         if is_full(entry.batch.len_bytes(), config.batch_bytes) {
             if let Some(entry) = batches.take(partition) {
                 effects.sealed.extend(ledger.seal(batches.name.clone(), partition, entry));
