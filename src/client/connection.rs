@@ -21,7 +21,9 @@
 //! frames; an incoming frame is checked against `max_frame_bytes` before any
 //! memory is reserved for it. When the connection fails or the last handle is
 //! dropped, every pending call completes with the reason (`Closed` for a
-//! clean close) — no caller is left waiting.
+//! clean close, or the broker's own reason when it sent a notice before
+//! closing: refused at admission, evicted while idle) — no caller is left
+//! waiting.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -511,6 +513,12 @@ async fn write_loop(shared: Rc<Shared>) {
 async fn read_loop(shared: Rc<Shared>) {
     let reason = match read_frames(&shared).await {
         Ok(()) => ClientError::Closed,
+        // The broker said why it closed the connection: every call on it
+        // reports that, so it is not worth a warning of its own.
+        Err(error @ ClientError::Broker { .. }) => {
+            tracing::debug!(peer = %shared.peer, %error, "the broker closed the connection");
+            error
+        }
         Err(error) => {
             tracing::warn!(peer = %shared.peer, %error, "connection failed");
             error
@@ -543,8 +551,19 @@ async fn read_frames(shared: &Shared) -> Result<(), ClientError> {
 /// this client does not know); a broken frame structure ends the connection.
 fn deliver_frame(shared: &Shared, body: BytesMut) -> Result<(), ClientError> {
     let (head, header, payload) = wire::split_frame(body)?;
-    if head.kind != FrameKind::Response {
-        return Err(ClientError::UnexpectedResponse("the broker sent a request frame".into()));
+    match head.kind {
+        FrameKind::Response => {}
+        FrameKind::Request => return Err(ClientError::UnexpectedResponse("the broker sent a request frame".into())),
+        // The broker says why it is closing the connection: that reason,
+        // not "connection closed", is what every pending and later call
+        // on this connection reports.
+        FrameKind::Notice => {
+            return Err(match wire::decode_header::<Response>(&header) {
+                Ok(Response::Error(notice)) => ClientError::broker(notice.code, notice.message),
+                Ok(other) => ClientError::UnexpectedResponse(format!("a notice carrying {other:?}")),
+                Err(error) => ClientError::Wire(error),
+            });
+        }
     }
     let result = wire::decode_header::<Response>(&header).map(|response| (response, payload.freeze()));
     shared.deliver(head.request_id, result.map_err(ClientError::Wire));

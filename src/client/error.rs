@@ -9,10 +9,10 @@ use crate::protocol::wire::{ErrorCode, WireError};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("I/O error: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The broker sent bytes that do not follow the protocol.
     #[error("protocol error: {0}")]
-    Wire(#[from] WireError),
+    Wire(WireError),
     /// The broker answered with an error code.
     #[error("broker error {code}: {message}")]
     Broker { code: ErrorCode, message: String },
@@ -58,6 +58,21 @@ impl ClientError {
 
     pub(crate) fn broker(code: ErrorCode, message: impl Into<String>) -> ClientError {
         ClientError::Broker { code, message: message.into() }
+    }
+}
+
+// The wrapped errors are part of each message, so they are not also
+// exposed as `source()`: a report that walks the chain (anyhow's `{:#}`)
+// would print them twice.
+impl From<io::Error> for ClientError {
+    fn from(error: io::Error) -> ClientError {
+        ClientError::Io(error)
+    }
+}
+
+impl From<WireError> for ClientError {
+    fn from(error: WireError) -> ClientError {
+        ClientError::Wire(error)
     }
 }
 

@@ -5,7 +5,7 @@
 //! ```text
 //! 0   u32  frame length: bytes after this field (checked before allocating)
 //! 4   u8   protocol version (1)
-//! 5   u8   kind: 0 request, 1 response
+//! 5   u8   kind: 0 request, 1 response, 2 notice
 //! 6   u16  flags (reserved, 0)
 //! 8   u32  request id, echoed by the response (many requests in flight)
 //! 12  u32  header length
@@ -34,11 +34,25 @@ pub const FRAME_HEAD_BYTES: usize = 12;
 /// Largest header accepted; headers describe data, they never carry it.
 pub const HEADER_BYTES_MAX: usize = 1 << 20;
 
-/// Whether a frame carries a request or a response.
+/// Whether a frame carries a request, a response, or a notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
     Request,
     Response,
+    /// From the broker, tied to no request (its request id is 0): a
+    /// `Response::Error` saying why the broker is about to close the
+    /// connection (refused at admission, evicted while idle).
+    Notice,
+}
+
+impl FrameKind {
+    fn byte(self) -> u8 {
+        match self {
+            FrameKind::Request => 0,
+            FrameKind::Response => 1,
+            FrameKind::Notice => 2,
+        }
+    }
 }
 
 /// The fixed part of a frame after its length prefix.
@@ -95,6 +109,7 @@ pub fn split_frame(mut body: BytesMut) -> Result<(FrameHead, BytesMut, BytesMut)
     let kind = match body.get_u8() {
         0 => FrameKind::Request,
         1 => FrameKind::Response,
+        2 => FrameKind::Notice,
         other => return Err(WireError::UnknownKind(other)),
     };
     let _flags = body.get_u16();
@@ -143,10 +158,7 @@ pub fn encode_frame_head<H: Serialize>(
     let start = out.len();
     out.put_u32(0);
     out.put_u8(PROTOCOL_VERSION);
-    out.put_u8(match kind {
-        FrameKind::Request => 0,
-        FrameKind::Response => 1,
-    });
+    out.put_u8(kind.byte());
     out.put_u16(0);
     out.put_u32(request_id);
     out.put_u32(0);
@@ -208,6 +220,15 @@ impl ErrorCode {
     /// The group still has members (resets need an empty group).
     pub const GROUP_NOT_EMPTY: ErrorCode = ErrorCode(21);
     pub const INVALID_GROUP: ErrorCode = ErrorCode(22);
+    /// The group has no members and no committed offsets: it does not exist.
+    pub const UNKNOWN_GROUP: ErrorCode = ErrorCode(23);
+    /// The broker will not serve this connection (its shard is full, or the
+    /// client's address has too many connections). Sent in a notice frame
+    /// just before the broker closes the connection; try again later.
+    pub const CONNECTION_REFUSED: ErrorCode = ErrorCode(24);
+    /// A topic creation would take the broker past its partition limit
+    /// (`topics.partitions_max`) or past the free disk space it needs.
+    pub const TOO_MANY_PARTITIONS: ErrorCode = ErrorCode(25);
 
     pub fn is_ok(self) -> bool {
         self == ErrorCode::NONE
@@ -223,6 +244,7 @@ impl ErrorCode {
                 | ErrorCode::SHUTTING_DOWN
                 | ErrorCode::NOT_COORDINATOR
                 | ErrorCode::STALE_GENERATION
+                | ErrorCode::CONNECTION_REFUSED
         )
     }
 
@@ -251,6 +273,9 @@ impl ErrorCode {
             ErrorCode::INVALID_COMMIT => "invalid commit",
             ErrorCode::GROUP_NOT_EMPTY => "group not empty",
             ErrorCode::INVALID_GROUP => "invalid group",
+            ErrorCode::UNKNOWN_GROUP => "unknown group",
+            ErrorCode::CONNECTION_REFUSED => "connection refused",
+            ErrorCode::TOO_MANY_PARTITIONS => "too many partitions",
             _ => "unknown error code",
         }
     }
