@@ -1,4 +1,5 @@
-//! Accepting connections and serving one: framing, limits, pipelining.
+//! Accepting connections and serving one: admission, framing, limits,
+//! pipelining.
 //!
 //! Each connection has a reader (this task) and a writer task sharing the
 //! socket. The reader takes frames off the wire, checking every length
@@ -7,16 +8,20 @@
 //! complete, tagged with their request id. The writer coalesces queued
 //! responses into few writes.
 //!
-//! Bounds: bytes of requests in flight per connection and per shard (a
-//! request's bytes are held until its response is written; when the budget
-//! is spent the reader stops reading the socket, which slows the producer
-//! down through TCP), requests in flight per connection, connections per
-//! shard, an idle deadline between frames and a deadline for each frame
-//! once started (a byte-a-second client is cut off).
+//! Bounds: bytes of requests in flight per connection and per shard (see
+//! `budget.rs`: reserved as a frame's bytes arrive, held until its response
+//! is written; when a budget is spent the reader stops reading the socket,
+//! which slows the producer down through TCP), requests in flight per
+//! connection, connections per shard and per client address (see
+//! `admission.rs`: a full shard evicts its longest-idle connection before
+//! it refuses anyone, and a refused client is told why in a notice frame),
+//! an idle deadline between frames and a deadline for each frame once
+//! started (a byte-a-second client is cut off).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -38,6 +43,8 @@ use crate::protocol::wire::{
 use crate::shard::{Counters, Shard};
 use crate::storage::notify::Notify;
 
+use super::admission::{Admission, AdmissionLimits, ConnectionTable, Presence};
+use super::budget::{Arrival, ByteBudget, Hold};
 use super::{dispatch, Stopping};
 
 /// Requests in flight on one connection (pipelining depth).
@@ -45,12 +52,27 @@ const REQUESTS_IN_FLIGHT_MAX: u64 = 1024;
 /// Queued responses up to this size are copied into one write; larger ones
 /// (fetch data) are written as they are, without the copy.
 const COALESCE_BYTES_MAX: usize = 64 << 10;
+/// A frame's body is read in pieces of at most this size, and the budgets
+/// are charged for each piece once it has arrived.
+const FRAME_READ_BYTES_MAX: usize = 64 << 10;
+/// The first piece of a frame is at most this large, and each later one at
+/// most as large as what has arrived so far: memory touched ahead of the
+/// bytes stays small for a client that announces a frame and stalls.
+const FRAME_READ_BYTES_FIRST: usize = 4 << 10;
+/// Refused connections being told why at once; beyond this a refused
+/// connection is closed without a word, so a flood costs nothing to refuse.
+const REFUSALS_IN_FLIGHT_MAX: u64 = 64;
+/// How long a refused client is given to read its notice before the socket
+/// is closed (closing at once could reset the connection and lose it).
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
 /// The connection limits, from the `[network]` tuning section.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_frame_bytes: usize,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub evict_idle_after: Duration,
     pub inflight_bytes_per_connection: usize,
     pub inflight_bytes_per_shard: usize,
     pub idle_timeout: Duration,
@@ -63,11 +85,21 @@ impl Limits {
         Limits {
             max_frame_bytes: network.max_frame_bytes,
             max_connections: network.max_connections_per_shard,
+            max_connections_per_ip: network.max_connections_per_ip,
+            evict_idle_after: Duration::from_millis(network.evict_idle_after_ms),
             inflight_bytes_per_connection: network.inflight_bytes_per_connection,
             inflight_bytes_per_shard: network.inflight_bytes_per_shard,
             idle_timeout: Duration::from_millis(network.idle_timeout_ms),
             frame_timeout: Duration::from_millis(network.frame_timeout_ms),
             request_timeout: Duration::from_millis(network.request_timeout_ms),
+        }
+    }
+
+    fn admission(&self) -> AdmissionLimits {
+        AdmissionLimits {
+            connections_max: self.max_connections,
+            connections_per_ip_max: self.max_connections_per_ip,
+            evict_idle_after: self.evict_idle_after,
         }
     }
 }
@@ -79,7 +111,11 @@ pub(crate) struct Server {
     stopping: Rc<Stopping>,
     gate: Rc<Gate>,
     queue: TaskQueueHandle,
-    shard_budget: Rc<Semaphore>,
+    shard_budget: Rc<ByteBudget>,
+    connections: RefCell<ConnectionTable>,
+    /// Evict signals of admitted connections, by table id.
+    evictions: RefCell<rustc_hash::FxHashMap<u64, Rc<Stopping>>>,
+    refusals: Rc<Semaphore>,
 }
 
 impl Server {
@@ -90,12 +126,21 @@ impl Server {
         gate: Rc<Gate>,
         queue: TaskQueueHandle,
     ) -> Server {
-        let shard_budget = Rc::new(Semaphore::new(limits.inflight_bytes_per_shard as u64));
-        Server { shard, limits, stopping, gate, queue, shard_budget }
+        let shard_budget = ByteBudget::new(limits.inflight_bytes_per_shard as u64);
+        Server {
+            shard,
+            limits,
+            stopping,
+            gate,
+            queue,
+            shard_budget,
+            connections: RefCell::new(ConnectionTable::default()),
+            evictions: RefCell::new(rustc_hash::FxHashMap::default()),
+            refusals: Rc::new(Semaphore::new(REFUSALS_IN_FLIGHT_MAX)),
+        }
     }
 
-    /// Accepts until the shard stops. Over the connection limit, a new
-    /// connection is closed at once.
+    /// Accepts until the shard stops, admitting or refusing each connection.
     pub(crate) async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
         loop {
             let accepted = future::or(async { Some(listener.accept().await) }, async {
@@ -113,25 +158,96 @@ impl Server {
                     continue;
                 }
             };
-            let counters = self.shard.counters();
-            if counters.connections_open.get() as usize >= self.limits.max_connections {
-                Counters::add(&counters.connections_refused, 1);
-                drop(stream);
-                continue;
+            let Ok(peer) = stream.peer_addr() else { continue };
+            let now = Instant::now();
+            let admission = self.connections.borrow().admit(peer.ip(), now, self.limits.admission(), self.shard.id().0);
+            match admission {
+                Admission::Refuse(reason) => {
+                    self.refuse(stream, reason);
+                    continue;
+                }
+                Admission::EvictThenAdmit(id) => self.evict(id),
+                Admission::Admit => {}
             }
-            Counters::add(&counters.connections_accepted, 1);
-            // Counted here, not when the task first runs, so a burst of
-            // accepts cannot overshoot the limit.
-            Counters::add(&counters.connections_open, 1);
-            let server = Rc::clone(&self);
-            match self.gate.spawn_into(async move { server.serve(stream).await }, self.queue) {
-                Ok(task) => drop(task.detach()),
-                Err(_) => return,
+            if !self.admit(stream, peer.ip(), now) {
+                return;
             }
         }
     }
 
-    async fn serve(self: Rc<Self>, stream: TcpStream) {
+    /// Starts serving an admitted connection; false once the shard stops.
+    fn admit(self: &Rc<Self>, stream: TcpStream, ip: IpAddr, now: Instant) -> bool {
+        let counters = self.shard.counters();
+        Counters::add(&counters.connections_accepted, 1);
+        // Counted here, not when the task first runs, so a burst of
+        // accepts cannot overshoot the limit.
+        Counters::add(&counters.connections_open, 1);
+        let requests = Rc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
+        let presence = Rc::new(Presence::new(ip, now, Rc::clone(&requests)));
+        let id = self.connections.borrow_mut().insert(Rc::clone(&presence));
+        let evicted = Rc::new(Stopping::default());
+        self.evictions.borrow_mut().insert(id, Rc::clone(&evicted));
+        let server = Rc::clone(self);
+        let serve = async move {
+            Rc::clone(&server).serve(stream, requests, presence, &evicted).await;
+            server.connections.borrow_mut().remove(id);
+            server.evictions.borrow_mut().remove(&id);
+        };
+        match self.gate.spawn_into(serve, self.queue) {
+            Ok(task) => {
+                drop(task.detach());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Closes an idle connection to make room: it leaves the table now, and
+    /// its task tells the client why and closes.
+    fn evict(&self, id: u64) {
+        self.connections.borrow_mut().remove(id);
+        if let Some(evicted) = self.evictions.borrow_mut().remove(&id) {
+            Counters::add(&self.shard.counters().connections_evicted, 1);
+            evicted.stop();
+        }
+    }
+
+    /// Tells a client it is not admitted, then closes its connection. At
+    /// most `REFUSALS_IN_FLIGHT_MAX` at a time get the notice; the rest of
+    /// a flood is closed at once.
+    fn refuse(&self, stream: TcpStream, reason: String) {
+        Counters::add(&self.shard.counters().connections_refused, 1);
+        tracing::debug!(%reason, "refusing a connection");
+        let Ok(permit) = self.refusals.try_acquire_static_permit(1) else { return };
+        let notice = notice_frame(ErrorCode::CONNECTION_REFUSED, reason);
+        let task = async move {
+            let mut stream = stream;
+            let _ = glommio::timer::timeout(REFUSAL_LINGER, async {
+                stream.write_all(&notice).await?;
+                stream.flush().await?;
+                stream.shutdown(std::net::Shutdown::Write).await?;
+                // Wait for the client to close, so the notice is not lost
+                // to a reset; what it sends meanwhile is discarded.
+                let mut discard = [0u8; 4096];
+                while stream.read(&mut discard).await? > 0 {}
+                Ok(())
+            })
+            .await;
+            drop(permit);
+        };
+        match glommio::spawn_local_into(task, self.queue) {
+            Ok(task) => drop(task.detach()),
+            Err(error) => tracing::error!(%error, "could not start a refusal task"),
+        }
+    }
+
+    async fn serve(
+        self: Rc<Self>,
+        stream: TcpStream,
+        requests: Rc<Semaphore>,
+        presence: Rc<Presence>,
+        evicted: &Stopping,
+    ) {
         let counters = self.shard.counters();
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay");
@@ -143,12 +259,22 @@ impl Server {
             closing: Cell::new(false),
             dead: Stopping::default(),
             write_timeout: self.limits.request_timeout,
-            requests: Rc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
-            budget: Rc::new(Semaphore::new(self.limits.inflight_bytes_per_connection as u64)),
+            requests,
+            budget: ByteBudget::new(self.limits.inflight_bytes_per_connection as u64),
+            presence,
         });
         let writer = glommio::spawn_local(Rc::clone(&connection).write_loop());
-        if let Err(reason) = self.read_loop(&connection).await {
-            tracing::debug!(%reason, "closing connection");
+        match self.read_loop(&connection, evicted).await {
+            Ok(()) if evicted.is_stopped() => {
+                let reason = format!(
+                    "closed to make room: idle for over {} ms while shard {} was full",
+                    self.limits.evict_idle_after.as_millis(),
+                    self.shard.id()
+                );
+                connection.notice(ErrorCode::CONNECTION_REFUSED, reason);
+            }
+            Ok(()) => {}
+            Err(reason) => tracing::debug!(%reason, "closing connection"),
         }
         // Let requests in flight finish and their responses go out, unless
         // the peer has stopped taking them.
@@ -166,15 +292,15 @@ impl Server {
     }
 
     /// Reads frames until the peer closes, a deadline passes, the input is
-    /// beyond repair, or the shard stops.
-    async fn read_loop(self: &Rc<Self>, connection: &Rc<Connection>) -> Result<(), String> {
+    /// beyond repair, the connection is evicted, or the shard stops.
+    async fn read_loop(self: &Rc<Self>, connection: &Rc<Connection>, evicted: &Stopping) -> Result<(), String> {
         loop {
             let mut prefix = [0u8; FRAME_PREFIX_BYTES];
             let idle = self.limits.idle_timeout;
             let read = future::or(
                 async { Some(deadline(idle, connection.stream.read_exact_into(&mut prefix)).await) },
                 async {
-                    future::or(self.stopping.wait(), connection.dead.wait()).await;
+                    future::or(future::or(self.stopping.wait(), connection.dead.wait()), evicted.wait()).await;
                     None
                 },
             )
@@ -184,33 +310,80 @@ impl Server {
                 Some(Err(error)) => return Err(format!("waiting for a frame: {error}")),
                 Some(Ok(())) => {}
             }
+            connection.presence.touch(Instant::now());
             let len = match wire::frame_len(prefix, self.limits.max_frame_bytes) {
                 Ok(len) => len,
                 Err(error) => return self.refuse_frame(connection, error).await,
             };
-            let permits = self.reserve(connection, len).await?;
-            let mut body = BytesMut::zeroed(len);
-            deadline(self.limits.frame_timeout, connection.stream.read_exact_into(&mut body))
-                .await
-                .map_err(|error| format!("reading a {len}-byte frame: {error}"))?;
+            let (body, permits) = self.read_frame(connection, len).await?;
             self.start_request(connection, body, permits).await?;
         }
     }
 
-    /// Holds `request_bytes` (a frame) against the connection's and the
-    /// shard's budgets, waiting (and so not reading) while they are spent.
-    async fn reserve(&self, connection: &Connection, request_bytes: usize) -> Result<Permits, String> {
+    /// Reads the `len`-byte body of a frame, charging the connection's and
+    /// the shard's budgets for each piece once it has arrived (see
+    /// `budget.rs`). A frame larger than the connection budget is charged
+    /// to it up to the whole budget.
+    async fn read_frame(&self, connection: &Connection, len: usize) -> Result<(BytesMut, Permits), String> {
+        let started = Instant::now();
+        let closed = |_| "shutting down".to_string();
+        let request = self
+            .until_stopped(connection, async { connection.requests.acquire_static_permit(1).await.map_err(closed) })
+            .await?;
+        // Nothing is read while a budget is spent: this is what pushes a
+        // producer that is faster than the broker back.
         self.until_stopped(connection, async {
-            let closed = |_| "shutting down".to_string();
-            let request = connection.requests.acquire_static_permit(1).await.map_err(closed)?;
-            let bytes = request_bytes as u64;
-            let own = bytes.min(self.limits.inflight_bytes_per_connection as u64);
-            let connection_bytes = connection.budget.acquire_static_permit(own).await.map_err(closed)?;
-            let shared = bytes.min(self.limits.inflight_bytes_per_shard as u64);
-            let shard_bytes = self.shard_budget.acquire_static_permit(shared).await.map_err(closed)?;
-            Ok(Permits { _request: request, _connection_bytes: connection_bytes, _shard_bytes: shard_bytes })
+            connection.budget.wait_for_room().await;
+            self.shard_budget.wait_for_room().await;
+            Ok(())
         })
-        .await
+        .await?;
+        let mut permits = Permits {
+            _request: request,
+            connection_bytes: connection.budget.hold(),
+            shard_bytes: self.shard_budget.hold(),
+        };
+        // Capacity is address space, not memory: pages are touched only as
+        // pieces are zeroed and read below.
+        let mut body = BytesMut::with_capacity(len);
+        let mut filled = 0;
+        let mut arrival: Option<Arrival> = None;
+        let connection_bytes_max = connection.budget.capacity();
+        while filled < len {
+            if filled == body.len() {
+                let piece = filled.clamp(FRAME_READ_BYTES_FIRST, FRAME_READ_BYTES_MAX).min(len - filled);
+                body.resize(filled + piece, 0);
+            }
+            let left = self.limits.frame_timeout.saturating_sub(started.elapsed());
+            let read = match glommio::timer::timeout(left, async {
+                Ok(connection.stream.read_some(&mut body[filled..]).await)
+            })
+            .await
+            {
+                Ok(Ok(0)) => Err(format!("the peer closed the connection inside a {len}-byte frame")),
+                Ok(Ok(read)) => Ok(read),
+                Ok(Err(error)) => Err(format!("reading a {len}-byte frame: {error}")),
+                Err(_) => Err(format!("a {len}-byte frame did not arrive within {:?}", self.limits.frame_timeout)),
+            }?;
+            filled += read;
+            // A large frame that is still arriving counts against the half of
+            // the shard budget such frames share (see `budget.rs`).
+            if len > FRAME_READ_BYTES_MAX && filled < len && arrival.is_none() {
+                arrival = Some(self.shard_budget.arrival());
+            }
+            let own = (read as u64).min(connection_bytes_max.saturating_sub(permits.connection_bytes.bytes()));
+            self.until_stopped(connection, async {
+                connection.budget.grow(&mut permits.connection_bytes, own, None).await;
+                self.shard_budget.grow(&mut permits.shard_bytes, read as u64, arrival.as_ref()).await;
+                Ok(())
+            })
+            .await?;
+        }
+        debug_assert_eq!(body.len(), len);
+        // Complete: the frame leaves the line of arriving frames here, its
+        // bytes stay held by `permits` until its response is written.
+        drop(arrival);
+        Ok((body, permits))
     }
 
     /// Waits, holding only the request's budget, until `fetch` would find
@@ -228,15 +401,17 @@ impl Server {
         self.shard.wait_fetchable(fetch, wait).await;
         fetch.max_wait_ms = u32::try_from(wait.saturating_sub(started.elapsed()).as_millis()).unwrap_or(0);
         let bytes = (fetch.max_bytes as usize).min(dispatch::fetch_bytes_max(&self.limits)) as u64;
+        let mut permits =
+            ResponsePermits { _connection_bytes: connection.budget.hold(), _shard_bytes: self.shard_budget.hold() };
         self.until_stopped(connection, async {
-            let closed = |_| "shutting down".to_string();
-            let own = bytes.min(self.limits.inflight_bytes_per_connection as u64 / 2);
-            let connection_bytes = connection.budget.acquire_static_permit(own).await.map_err(closed)?;
-            let shared = bytes.min(self.limits.inflight_bytes_per_shard as u64 / 2);
-            let shard_bytes = self.shard_budget.acquire_static_permit(shared).await.map_err(closed)?;
-            Ok(ResponsePermits { _connection_bytes: connection_bytes, _shard_bytes: shard_bytes })
+            let own = bytes.min(connection.budget.capacity() / 2);
+            connection.budget.grow(&mut permits._connection_bytes, own, None).await;
+            let shared = bytes.min(self.shard_budget.capacity() / 2);
+            self.shard_budget.grow(&mut permits._shard_bytes, shared, None).await;
+            Ok(())
         })
-        .await
+        .await?;
+        Ok(permits)
     }
 
     /// Runs `acquire` until it is done, or gives up when the shard stops or
@@ -265,7 +440,7 @@ impl Server {
         let request_id = wire::peek_request_id(&body).unwrap_or(0);
         let parsed = wire::split_frame(body).and_then(|(head, header, payload)| {
             if head.kind != FrameKind::Request {
-                return Err(WireError::Header("a response frame sent to the broker".into()));
+                return Err(WireError::Header("only request frames may be sent to the broker".into()));
             }
             Ok((decode_header::<Request>(&header)?, payload))
         });
@@ -280,7 +455,7 @@ impl Server {
                     _ => ErrorCode::INVALID_REQUEST,
                 };
                 let response = Response::Error(ErrorResponse { code, message: error.to_string() });
-                connection.respond(request_id, &response, Vec::new(), (permits, None));
+                connection.respond(request_id, &response, Vec::new(), Some((permits, None)));
                 return Ok(());
             }
         };
@@ -304,7 +479,7 @@ impl Server {
             })
             .await;
             match handled {
-                Ok(Some((response, data))) => connection.respond(request_id, &response, data, held),
+                Ok(Some((response, data))) => connection.respond(request_id, &response, data, Some(held)),
                 Ok(None) => drop(held),
                 Err(_) if silent => drop(held),
                 Err(_) => {
@@ -312,7 +487,7 @@ impl Server {
                         code: ErrorCode::TIMEOUT,
                         message: "request timed out".into(),
                     });
-                    connection.respond(request_id, &response, Vec::new(), held);
+                    connection.respond(request_id, &response, Vec::new(), Some(held));
                 }
             }
         };
@@ -334,9 +509,7 @@ impl Server {
             let request_id = read.ok().and_then(|()| wire::peek_request_id(&head)).unwrap_or(0);
             let response =
                 Response::Error(ErrorResponse { code: ErrorCode::FRAME_TOO_LARGE, message: error.to_string() });
-            if let Ok(permits) = self.reserve(connection, 0).await {
-                connection.respond(request_id, &response, Vec::new(), (permits, None));
-            }
+            connection.respond(request_id, &response, Vec::new(), None);
         }
         Err(error.to_string())
     }
@@ -350,17 +523,28 @@ async fn deadline(limit: Duration, io: impl std::future::Future<Output = io::Res
     }
 }
 
-/// What a request holds until its response has been written.
+/// A notice frame: an error tied to no request, sent before closing.
+fn notice_frame(code: ErrorCode, message: String) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(64 + message.len());
+    let notice = Response::Error(ErrorResponse { code, message });
+    if let Err(error) = encode_frame_head(&mut frame, FrameKind::Notice, 0, &notice, 0) {
+        tracing::error!(%error, "encoding a notice");
+    }
+    frame
+}
+
+/// What a request holds until its response has been written: its request
+/// slot and the bytes of its frame.
 struct Permits {
     _request: StaticPermit,
-    _connection_bytes: StaticPermit,
-    _shard_bytes: StaticPermit,
+    connection_bytes: Hold,
+    shard_bytes: Hold,
 }
 
 /// The budget a large response (a fetch) holds on top of its request's.
 struct ResponsePermits {
-    _connection_bytes: StaticPermit,
-    _shard_bytes: StaticPermit,
+    _connection_bytes: Hold,
+    _shard_bytes: Hold,
 }
 
 type Held = (Permits, Option<ResponsePermits>);
@@ -377,12 +561,14 @@ struct Connection {
     dead: Stopping,
     write_timeout: Duration,
     requests: Rc<Semaphore>,
-    budget: Rc<Semaphore>,
+    budget: Rc<ByteBudget>,
+    /// What admission sees of this connection (last activity).
+    presence: Rc<Presence>,
 }
 
 impl Connection {
     /// Encodes a response and queues it for the writer.
-    fn respond(&self, request_id: u32, response: &Response, data: Vec<u8>, permits: Held) {
+    fn respond(&self, request_id: u32, response: &Response, data: Vec<u8>, permits: Option<Held>) {
         if self.dead.is_stopped() {
             return;
         }
@@ -392,6 +578,16 @@ impl Connection {
             return;
         }
         self.queue.borrow_mut().push_back(Queued { head, data, _held: permits });
+        self.queued.notify_all();
+    }
+
+    /// Queues a notice (why the connection is about to close).
+    fn notice(&self, code: ErrorCode, message: String) {
+        if self.dead.is_stopped() {
+            return;
+        }
+        let head = notice_frame(code, message);
+        self.queue.borrow_mut().push_back(Queued { head, data: Vec::new(), _held: None });
         self.queued.notify_all();
     }
 
@@ -434,6 +630,7 @@ impl Connection {
             // The bytes are on their way: the requests no longer count.
             written.clear();
             drop(large);
+            self.presence.touch(Instant::now());
             if let Err(error) = result {
                 // A peer that does not read its responses must not hold
                 // budget or requests forever: everything waiting gives up.
@@ -447,11 +644,11 @@ impl Connection {
 }
 
 /// A response waiting for the writer: its frame head and header, its
-/// payload, and the budget it holds until written.
+/// payload, and the budget it holds until written (none for a notice).
 struct Queued {
     head: Vec<u8>,
     data: Vec<u8>,
-    _held: Held,
+    _held: Option<Held>,
 }
 
 /// The socket, shared by a connection's reader and writer. Borrowed only
@@ -462,6 +659,13 @@ impl SharedStream {
     async fn read_exact_into(&self, buf: &mut [u8]) -> io::Result<()> {
         let mut reader = self;
         reader.read_exact(buf).await
+    }
+
+    /// Reads what has arrived (at least one byte, at most `buf.len()`);
+    /// 0 at the end of the stream.
+    async fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut reader = self;
+        reader.read(buf).await
     }
 
     async fn write_all_from(&self, buf: &[u8]) -> io::Result<()> {

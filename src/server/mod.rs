@@ -12,8 +12,11 @@
 //! [`Broker::stop`]): shards stop accepting, let in-flight requests finish,
 //! flush and fsync every partition, and exit.
 
+mod admission;
+mod budget;
 mod connection;
 mod dispatch;
+pub mod exclusive;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +63,8 @@ pub enum ServerError {
     Metadata(std::io::Error),
     #[error("shard {shard}: {message}")]
     Shard { shard: usize, message: String },
+    #[error(transparent)]
+    Address(#[from] exclusive::AddressError),
 }
 
 /// A running broker: its shard threads and how to reach it.
@@ -95,6 +100,9 @@ impl Broker {
             tracing::warn!(shards = cpus.len(), "fewer shards than before: moved partitions of missing shards");
             metadata::store(&data_dir, &cluster).map_err(ServerError::Metadata)?;
         }
+        // Nothing else may listen on our addresses; held until every shard
+        // has bound, so two brokers starting at once cannot both pass.
+        let claims = exclusive::claim(&listen_addrs(config.network.listen, shard_ports, cpus.len()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut mesh: Vec<Option<mesh::MeshEnds>> =
             mesh::build(cpus.len(), MESH_CHANNEL_CAPACITY).into_iter().map(Some).collect();
@@ -153,6 +161,7 @@ impl Broker {
                 }
             }
         }
+        drop(claims);
         let broker = Broker { addr: shared_addr, shard_ports: own_ports, cpus, stop, threads, _lock: lock };
         if let Some(error) = failure {
             broker.stop();
@@ -197,6 +206,16 @@ impl Broker {
         }
         result
     }
+}
+
+/// Every address the shards will listen on (port 0: the OS picks one).
+fn listen_addrs(shared: SocketAddr, shard_ports: ShardPorts, shards: usize) -> Vec<SocketAddr> {
+    let mut addrs = vec![shared];
+    if let ShardPorts::Base(base) = shard_ports {
+        let ports = (0..shards).filter_map(|shard| u16::try_from(usize::from(base) + shard).ok());
+        addrs.extend(ports.map(|port| SocketAddr::new(shared.ip(), port)));
+    }
+    addrs
 }
 
 /// Everything needed to start one shard's thread.
@@ -265,6 +284,8 @@ impl ShardLaunch {
             data_dir: self.data_dir.clone(),
             log_config: self.config.log_config(),
             default_partitions: self.config.topics.default_partitions,
+            partitions_max: self.config.topics.partitions_max,
+            free_bytes_reserved: self.config.storage.free_bytes_reserved,
             retention_check_interval: self.config.storage.retention_check_interval(),
             metadata: self.metadata.clone(),
             shard_ports,

@@ -7,6 +7,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// How a `ringbroker serve` started by [`BrokerProcess::start_with`] ended up.
+#[derive(Debug)]
+pub enum Started {
+    Serving(BrokerProcess),
+    /// It exited before listening: its status and what it printed on stderr.
+    Failed {
+        status: ExitStatus,
+        stderr: String,
+    },
+}
+
 /// A running broker process. Killed when dropped.
 #[derive(Debug)]
 pub struct BrokerProcess {
@@ -42,6 +53,35 @@ impl BrokerProcess {
         let ports = line.split("shard_ports=[").nth(1).expect("shard ports").trim().trim_end_matches(']');
         let shard_ports = ports.split(',').map(|port| port.trim().parse().expect("a port")).collect();
         BrokerProcess { child, addr, shard_ports, data_dir: data_dir.to_path_buf() }
+    }
+
+    /// Starts `ringbroker serve` with exactly `args` (after `serve` and
+    /// `--data`), and waits until it listens or exits. Its stderr goes to
+    /// `<data_dir>.stderr`.
+    pub fn start_with(data_dir: &Path, args: &[&str]) -> Started {
+        let stderr_path = data_dir.with_extension("stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("creating the stderr file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringbroker"))
+            .args(["serve", "--log", "warn", "--data"])
+            .arg(data_dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("starting ringbroker");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("reading the broker's first line");
+        if line.is_empty() {
+            let status = child.wait().expect("waiting for the broker");
+            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            return Started::Failed { status, stderr };
+        }
+        assert!(line.starts_with("ringbroker listening on "), "unexpected first line {line:?}");
+        let addr = line.split_whitespace().nth(3).expect("address").parse().expect("a socket address");
+        let ports = line.split("shard_ports=[").nth(1).expect("shard ports").trim().trim_end_matches(']');
+        let shard_ports = ports.split(',').map(|port| port.trim().parse().expect("a port")).collect();
+        Started::Serving(BrokerProcess { child, addr, shard_ports, data_dir: data_dir.to_path_buf() })
     }
 
     /// The broker's process id (for reading /proc).

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use bytes::BytesMut;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringbroker::protocol::batch::{BatchBuilder, Record};
+use ringbroker::protocol::wire;
 
 /// Runs `make()` to completion on a fresh, small glommio executor.
 pub fn run<T, Fut>(make: impl FnOnce() -> Fut + Send + 'static) -> T
@@ -58,6 +59,30 @@ pub fn numbered_batch(tag: u64, count: usize, value_len: usize) -> BytesMut {
         .collect();
     let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
     batch(&refs)
+}
+
+/// Reads one frame from a blocking socket: its head and decoded header.
+pub fn read_frame(stream: &mut std::net::TcpStream) -> std::io::Result<(wire::FrameHead, wire::Response)> {
+    use std::io::Read;
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix)?;
+    let len = wire::frame_len(prefix, 64 << 20).map_err(std::io::Error::other)?;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body)?;
+    let (head, header, _) = wire::split_frame(BytesMut::from(&body[..])).map_err(std::io::Error::other)?;
+    Ok((head, wire::decode_header(&header).map_err(std::io::Error::other)?))
+}
+
+/// Reads the notice a broker sends before closing a connection it refuses
+/// or evicts, and checks that the connection is then closed.
+pub fn read_notice(stream: &mut std::net::TcpStream) -> wire::ErrorResponse {
+    use std::io::Read;
+    let (head, response) = read_frame(stream).expect("a notice frame");
+    assert_eq!(head.kind, wire::FrameKind::Notice, "expected a notice, got {response:?}");
+    let wire::Response::Error(notice) = response else { panic!("a notice carries an error, got {response:?}") };
+    let mut rest = [0u8; 16];
+    assert!(matches!(stream.read(&mut rest), Ok(0) | Err(_)), "the connection is closed after the notice");
+    notice
 }
 
 /// A simple deterministic generator for seeded random tests.
