@@ -63,7 +63,7 @@ fn a_full_disk_fails_produce_cleanly_and_producing_resumes_when_space_frees_up()
     let tuning = dir.path().join("small.toml");
     std::fs::write(
         &tuning,
-        "[storage]\nsegment_bytes = 4194304\nwrite_bytes_max = 2097152\nbatch_bytes_max = 1048576\n",
+        "[storage]\nsegment_bytes = 4194304\nwrite_bytes_max = 2097152\nbatch_bytes_max = 1048576\nfree_bytes_reserved = 1048576\n",
     )
     .unwrap();
     let broker = BrokerProcess::start(&data, &["--tuning", tuning.to_str().unwrap()]);

@@ -432,6 +432,48 @@ fn a_full_disk_fails_the_roll_cleanly_and_appends_resume_when_space_frees_up() {
 }
 
 #[test]
+fn a_segment_reserves_space_as_it_fills_and_a_full_disk_fails_the_extension_cleanly() {
+    run(|| async {
+        let storage = SimStorage::new();
+        let log = open(&storage, config_with_big_segments()).await.unwrap();
+        let segment = dir().join("00000000000000000000.log");
+        let size = |storage: &SimStorage| storage.contents(&segment).map_or(0, |bytes| bytes.len());
+        let first = size(&storage);
+        assert_eq!(first, 4 << 20, "a new segment reserves 4 MiB, not its 32 MiB");
+        // Room for what is reserved and a little more, not for doubling it.
+        storage.set_space_left(Some(64 << 10));
+        let mut tag = 0;
+        let error = loop {
+            match log.append_and_wait(numbered_batch(tag, 4, 2000), AckLevel::Durable).await {
+                Ok(_) => tag += 1,
+                Err(error) => break error,
+            }
+        };
+        assert!(matches!(error, StorageError::NoSpace { .. }) && error.is_retriable(), "{error}");
+        let (end, _) = log.bounds();
+        assert_eq!(end, offset(tag * 4), "every acknowledged append is visible, nothing partial");
+        assert!(tag * 4 * 2000 > (4 << 20) - (64 << 10), "the reserved space was used first: {tag} batches");
+        assert!(log.poisoned().is_none());
+        assert_eq!(size(&storage), first, "a failed extension leaves the file as it was");
+        // Space frees up: the segment doubles its reservation and goes on.
+        storage.set_space_left(None);
+        let receipt = log.append_and_wait(numbered_batch(tag, 4, 2000), AckLevel::Durable).await.unwrap();
+        assert_eq!(receipt.base, end);
+        assert_eq!(size(&storage), 8 << 20);
+        assert_eq!(log.segment_count(), 1);
+        // Everything acknowledged survives a power cut.
+        log.close().await.unwrap();
+        let log = open(&storage.crash_image(CrashMode::LoseUnsynced), config_with_big_segments()).await.unwrap();
+        assert_eq!(log.bounds().0, offset((tag + 1) * 4));
+        log.close().await.unwrap();
+    });
+}
+
+fn config_with_big_segments() -> LogConfig {
+    LogConfig { segment_bytes_max: 32 << 20, ..config() }
+}
+
+#[test]
 fn appends_wait_while_too_much_is_pending() {
     run(|| async {
         let storage = SimStorage::new();

@@ -12,8 +12,8 @@ use crate::protocol::types::{FilePos, Offset};
 pub enum StorageError {
     /// An I/O operation failed. `Rc` because one failed flush fails every
     /// append waiting on it.
-    #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: Rc<io::Error> },
+    #[error("{op} {}: {error}", path.display())]
+    Io { op: &'static str, path: PathBuf, error: Rc<io::Error> },
 
     /// The disk (or the simulated disk) is full. Nothing partial became
     /// visible; the append may be retried once space frees up.
@@ -45,7 +45,7 @@ pub enum StorageError {
 
     /// A batch that does not validate.
     #[error("invalid record batch: {0}")]
-    InvalidBatch(#[from] crate::protocol::batch::BatchError),
+    InvalidBatch(crate::protocol::batch::BatchError),
 
     /// The log has been closed.
     #[error("partition log is closed")]
@@ -60,6 +60,14 @@ pub enum StorageError {
     Config(String),
 }
 
+// The batch error is part of the message, so it is not also `source()`
+// (a report that walks the chain would print it twice).
+impl From<crate::protocol::batch::BatchError> for StorageError {
+    fn from(error: crate::protocol::batch::BatchError) -> StorageError {
+        StorageError::InvalidBatch(error)
+    }
+}
+
 impl StorageError {
     /// Wraps an I/O error, recognising a full disk.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> StorageError {
@@ -67,7 +75,7 @@ impl StorageError {
         if source.kind() == io::ErrorKind::StorageFull {
             return StorageError::NoSpace { op, path };
         }
-        StorageError::Io { op, path, source: Rc::new(source) }
+        StorageError::Io { op, path, error: Rc::new(source) }
     }
 
     /// Whether trying the same operation again later may succeed.

@@ -26,7 +26,13 @@ impl DirLock {
     pub fn acquire(dir: &Path) -> Result<DirLock> {
         let lock_path = dir.join(LOCK_FILE_NAME);
         let io_error = |op, source| StorageError::io(op, &lock_path, source);
-        std::fs::create_dir_all(dir).map_err(|source| io_error("creating data directory", source))?;
+        if dir.exists() && !dir.is_dir() {
+            return Err(StorageError::Config(format!(
+                "data directory {} exists and is not a directory",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::io("creating data directory", dir, source))?;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -57,5 +63,15 @@ mod tests {
         assert!(matches!(second, Err(StorageError::Locked { .. })), "{second:?}");
         drop(first);
         DirLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_data_directory_that_is_a_file_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let error = DirLock::acquire(&file).unwrap_err().to_string();
+        assert!(error.contains("exists and is not a directory"), "{error}");
+        assert!(error.contains(&file.display().to_string()), "{error}");
     }
 }

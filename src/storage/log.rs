@@ -134,6 +134,21 @@ pub(crate) struct Segment<F> {
     pub index: SegmentIndex,
     /// Bytes of this segment readers may see (all of it once sealed).
     pub visible_bytes: u64,
+    /// The file's size: bytes reserved on disk (with `preallocate`), which
+    /// appends must not pass before the file is extended.
+    pub allocated_bytes: u64,
+}
+
+/// The first space a new segment reserves (with `preallocate`). Each
+/// extension then doubles it, up to the segment size: a new partition costs
+/// a few MiB of disk, not a whole segment, and a segment filling at full
+/// speed is extended only a handful of times.
+pub const PREALLOCATE_BYTES_FIRST: u64 = 4 << 20;
+
+/// How far to extend a segment holding `allocated` bytes so that `needed`
+/// fit: at least double, at most the segment size.
+pub(crate) fn allocation_for(needed: u64, allocated: u64, segment_bytes_max: u64) -> u64 {
+    align_up(needed).max(allocated.saturating_mul(2)).max(PREALLOCATE_BYTES_FIRST).min(segment_bytes_max.max(needed))
 }
 
 #[derive(Debug)]
@@ -253,6 +268,7 @@ impl<S: Storage> PartitionLog<S> {
                 Admission::Go => break,
                 Admission::Wait => wait.await,
                 Admission::Roll => self.inner.roll().await?,
+                Admission::Extend(target) => self.inner.extend(target).await?,
             }
         }
         Ok(self.inner.push(batch, count, TimestampMs(max_timestamp)))
@@ -511,6 +527,8 @@ enum Admission {
     Go,
     Wait,
     Roll,
+    /// Reserve the active segment's space up to this many bytes first.
+    Extend(u64),
 }
 
 /// One write handed to the flusher: contiguous aligned chunks starting at
@@ -563,6 +581,7 @@ impl<S: Storage> Inner<S> {
         let active = state.active();
         let active_bytes = active.index.segment_bytes;
         let too_big = active_bytes + len as u64 > self.config.segment_bytes_max;
+        let needed = align_up(active_bytes + len as u64);
         let too_old = self
             .config
             .segment_age_max_ms
@@ -577,6 +596,10 @@ impl<S: Storage> Inner<S> {
         }
         if state.pending_bytes + len > self.config.write_bytes_max {
             return Ok(Admission::Wait);
+        }
+        if self.config.preallocate && needed > active.allocated_bytes {
+            let target = allocation_for(needed, active.allocated_bytes, self.config.segment_bytes_max);
+            return Ok(Admission::Extend(target));
         }
         Ok(Admission::Go)
     }
@@ -776,6 +799,28 @@ impl<S: Storage> Inner<S> {
         Ok((bytes, next))
     }
 
+    /// Reserves the active segment's disk space up to `target` bytes. Runs
+    /// in an append's turn, so appends wait meanwhile; the flusher may go
+    /// on writing the bytes already reserved. A full disk fails this append
+    /// with `NoSpace` (retriable) and changes nothing: the space shows as
+    /// full before any byte is written past what is reserved.
+    async fn extend(&self, target: u64) -> Result<()> {
+        let (file, path) = {
+            let state = self.state.borrow();
+            let active = state.active();
+            (Rc::clone(&active.file), active.path.clone())
+        };
+        file.pre_allocate(target).await.map_err(|source| StorageError::io("preallocating", &path, source))?;
+        let mut state = self.state.borrow_mut();
+        let active = state.active_mut();
+        // A roll in between would have started a new segment, whose own
+        // reservation this does not describe.
+        if active.path == path {
+            active.allocated_bytes = active.allocated_bytes.max(target);
+        }
+        Ok(())
+    }
+
     /// Seals the active segment and starts a new one. Appends wait meanwhile.
     async fn roll(self: &Rc<Self>) -> Result<()> {
         self.state.borrow_mut().rolling = true;
@@ -967,9 +1012,10 @@ pub(crate) async fn create_segment<S: Storage>(
     let path = log_path(dir, base);
     let io = |op, source| StorageError::io(op, &path, source);
     let file = storage.create_new(&path).await.map_err(|source| io("creating segment", source))?;
+    let allocated_bytes = if config.preallocate { PREALLOCATE_BYTES_FIRST.min(config.segment_bytes_max) } else { 0 };
     let prepared = async {
         if config.preallocate {
-            file.pre_allocate(config.segment_bytes_max).await.map_err(|source| io("preallocating", source))?;
+            file.pre_allocate(allocated_bytes).await.map_err(|source| io("preallocating", source))?;
             file.fdatasync().await.map_err(|source| io("fdatasync", source))?;
         }
         storage.sync_dir(dir).await.map_err(|source| StorageError::io("syncing", dir, source))
@@ -987,6 +1033,7 @@ pub(crate) async fn create_segment<S: Storage>(
         path,
         index: SegmentIndex::new(base, config.index_interval_bytes),
         visible_bytes: 0,
+        allocated_bytes,
     })
 }
 

@@ -20,9 +20,13 @@ pub(crate) mod notify;
 pub mod recovery;
 mod segment;
 pub mod sim;
+pub mod space;
 
 pub use config::{FlushPolicy, LogConfig};
 pub use error::StorageError;
 pub use lock::DirLock;
-pub use log::{AppendReceipt, FsyncObserver, LogStats, OpenOptions, PartitionLog, ReadOutcome};
+pub use log::{
+    AppendReceipt, FsyncObserver, LogStats, OpenOptions, PartitionLog, ReadOutcome, PREALLOCATE_BYTES_FIRST,
+};
 pub use recovery::RecoveryMode;
+pub use space::free_bytes;

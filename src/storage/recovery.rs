@@ -29,8 +29,8 @@ use crate::protocol::types::{FilePos, Offset, TimestampMs};
 use super::config::LogConfig;
 use super::error::{Result, StorageError};
 use super::index::SegmentIndex;
-use super::io::{align_down, align_up, IoBuf, Storage, StorageFile};
-use super::log::{create_segment, seal_segment, Segment};
+use super::io::{align_down, align_up, IoBuf, Storage, StorageFile, ALIGN};
+use super::log::{allocation_for, create_segment, seal_segment, Segment};
 use super::segment::{classify, index_path, log_path, FileKind, READ_CHUNK_BYTES};
 
 /// What recovery does when it finds corruption before the tail.
@@ -114,7 +114,8 @@ pub(crate) async fn recover<S: Storage>(
         };
         expected_base = Some(index.next_offset);
         let visible_bytes = index.segment_bytes;
-        segments.insert(base, Segment { file: Rc::new(file), path, index, visible_bytes });
+        let allocated_bytes = file.size().await.map_err(|source| StorageError::io("sizing", &path, source))?;
+        segments.insert(base, Segment { file: Rc::new(file), path, index, visible_bytes, allocated_bytes });
         if cut {
             break;
         }
@@ -128,9 +129,20 @@ pub(crate) async fn recover<S: Storage>(
         .read_into(block_start, (end - block_start) as usize, &mut tail_block)
         .await
         .map_err(|source| StorageError::io("reading", &active.path, source))?;
+    // Room for the next appends; a full disk is not an error here (the
+    // partition still serves reads), appends extend the file as they need.
     if config.preallocate {
-        if let Err(error) = active.file.pre_allocate(config.segment_bytes_max).await {
-            tracing::warn!(path = %active.path.display(), %error, "could not preallocate the active segment");
+        let target = allocation_for(align_up(end) + ALIGN, active.allocated_bytes, config.segment_bytes_max);
+        if target > active.allocated_bytes {
+            match active.file.pre_allocate(target).await {
+                Ok(()) => {
+                    let active = segments.last_entry().expect("at least one segment was recovered").into_mut();
+                    active.allocated_bytes = target;
+                }
+                Err(error) => {
+                    tracing::warn!(path = %active.path.display(), %error, "could not preallocate the active segment")
+                }
+            }
         }
     }
     Ok(Recovered { segments, tail_block })
