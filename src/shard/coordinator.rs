@@ -194,16 +194,21 @@ impl Shard {
             None => ("empty".to_string(), 0, Vec::new(), Default::default()),
         };
         let store = self.offsets.borrow().clone();
-        if let Some(store) = &store {
-            keys.extend(store.group(&group).into_iter().map(|(key, _)| key));
+        let committed = store.as_ref().map(|store| store.group(&group)).unwrap_or_default();
+        // No members and no committed offsets: nothing to describe, whatever
+        // the coordinator still remembers until its next tick.
+        if members.is_empty() && committed.is_empty() {
+            let unknown = ErrorCode::UNKNOWN_GROUP;
+            return DescribeGroupResponse { group, error: unknown, state, generation, members, offsets: Vec::new() };
         }
+        keys.extend(committed.into_iter().map(|(key, _)| key));
         let ends = self.log_ends(keys.iter().map(|(topic, partition)| (topic.clone(), PartitionId(*partition)))).await;
         let offsets = keys
             .into_iter()
             .zip(ends)
             .map(|((topic, partition), log_end)| {
                 let committed = store.as_ref().and_then(|s| s.get(&group, &topic, partition)).map(|c| c.offset);
-                let lag = log_end.map(|end| end.distance_from(committed.unwrap_or(Offset::ZERO)));
+                let lag = lag_of(committed, log_end);
                 PartitionLag { topic, partition: PartitionId(partition), committed, log_end, lag }
             })
             .collect();
@@ -322,6 +327,17 @@ impl Shard {
     }
 }
 
+/// How far a group is behind a partition's end. `None` when the end is
+/// unknown, or when the committed offset is past it (a misleading 0 would
+/// hide that the group would skip whatever is produced next).
+fn lag_of(committed: Option<Offset>, log_end: Option<Offset>) -> Option<u64> {
+    let end = log_end?;
+    match committed {
+        Some(committed) if committed > end => None,
+        committed => Some(end.distance_from(committed.unwrap_or(Offset::ZERO))),
+    }
+}
+
 fn group_of(request: &Request) -> Option<&str> {
     Some(match request {
         Request::JoinGroup(r) => &r.group,
@@ -351,4 +367,19 @@ fn assignment_error(error: ErrorCode, member_id: String) -> GroupAssignment {
 
 fn error_response(code: ErrorCode, message: &str) -> Response {
     Response::Error(crate::protocol::wire::ErrorResponse { code, message: message.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_unknown_rather_than_zero_past_the_log_end() {
+        let offset = |value| Offset::new(value);
+        assert_eq!(lag_of(offset(3), offset(10)), Some(7));
+        assert_eq!(lag_of(None, offset(10)), Some(10), "nothing committed: the whole partition");
+        assert_eq!(lag_of(offset(10), offset(10)), Some(0));
+        assert_eq!(lag_of(offset(12), offset(10)), None, "committed past the end");
+        assert_eq!(lag_of(offset(3), None), None, "end unknown");
+    }
 }

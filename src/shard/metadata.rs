@@ -27,7 +27,8 @@ const METADATA_BYTES_MAX: usize = 64 << 20;
 /// open millions of files.
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 4096;
 /// Upper bound on partitions in the whole cluster: each is open files, a
-/// flusher task and write buffers on some shard.
+/// flusher task and write buffers on some shard. The tuning's
+/// `topics.partitions_max` sets the broker's own limit below it.
 pub const PARTITIONS_TOTAL_MAX: usize = 100_000;
 
 /// Everything the shards agree on. Changed only by shard 0.
@@ -55,8 +56,11 @@ pub enum MetadataError {
     InvalidName(String),
     #[error("a topic needs 1 to {PARTITIONS_PER_TOPIC_MAX} partitions, not {0}")]
     InvalidPartitionCount(u32),
-    #[error("the cluster already has {total} partitions; the limit is {max}")]
-    TooManyPartitions { total: usize, max: usize },
+    #[error(
+        "the broker already has {total} partitions; {asked} more would pass its limit of {max} \
+         (topics.partitions_max)"
+    )]
+    TooManyPartitions { total: usize, asked: u32, max: usize },
 }
 
 impl ClusterMetadata {
@@ -67,8 +71,15 @@ impl ClusterMetadata {
 
     /// Adds a topic, placing each partition on the shard that currently owns
     /// the fewest partitions (ties to the lowest shard id), so partitions stay
-    /// balanced by count across all topics.
-    pub fn create_topic(&mut self, name: &str, partitions: u32, shard_count: usize) -> Result<(), MetadataError> {
+    /// balanced by count across all topics. The broker may hold at most
+    /// `partitions_max` partitions (never more than [`PARTITIONS_TOTAL_MAX`]).
+    pub fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        shard_count: usize,
+        partitions_max: usize,
+    ) -> Result<(), MetadataError> {
         crate::protocol::types::validate_topic_name(name).map_err(MetadataError::InvalidName)?;
         if partitions == 0 || partitions > PARTITIONS_PER_TOPIC_MAX {
             return Err(MetadataError::InvalidPartitionCount(partitions));
@@ -76,9 +87,10 @@ impl ClusterMetadata {
         if self.topics.contains_key(name) {
             return Err(MetadataError::TopicExists(name.to_string()));
         }
-        let total: usize = self.topics.values().map(|placement| placement.owners.len()).sum();
-        if total + partitions as usize > PARTITIONS_TOTAL_MAX {
-            return Err(MetadataError::TooManyPartitions { total, max: PARTITIONS_TOTAL_MAX });
+        let total = self.partition_count();
+        let max = partitions_max.min(PARTITIONS_TOTAL_MAX);
+        if total + partitions as usize > max {
+            return Err(MetadataError::TooManyPartitions { total, asked: partitions, max });
         }
         let mut load = self.partitions_per_shard(shard_count);
         let owners = (0..partitions)
@@ -92,6 +104,11 @@ impl ClusterMetadata {
         self.topics.insert(name.to_string(), TopicPlacement { owners });
         self.version += 1;
         Ok(())
+    }
+
+    /// Partitions of every topic.
+    pub fn partition_count(&self) -> usize {
+        self.topics.values().map(|placement| placement.owners.len()).sum()
     }
 
     pub fn delete_topic(&mut self, name: &str) -> Result<TopicPlacement, MetadataError> {
@@ -207,8 +224,8 @@ mod tests {
     #[test]
     fn partitions_are_balanced_by_count_across_topics() {
         let mut metadata = ClusterMetadata::default();
-        metadata.create_topic("a", 3, 2).unwrap();
-        metadata.create_topic("b", 3, 2).unwrap();
+        metadata.create_topic("a", 3, 2, PARTITIONS_TOTAL_MAX).unwrap();
+        metadata.create_topic("b", 3, 2, PARTITIONS_TOTAL_MAX).unwrap();
         let owners = |topic: &str| metadata.topics[topic].owners.iter().map(|s| s.0).collect::<Vec<_>>();
         assert_eq!(owners("a"), vec![0, 1, 0]);
         assert_eq!(owners("b"), vec![1, 0, 1], "b evens out a's extra partition on shard 0");
@@ -221,23 +238,37 @@ mod tests {
     #[test]
     fn bad_topics_are_refused() {
         let mut metadata = ClusterMetadata::default();
-        assert!(matches!(metadata.create_topic("a/b", 1, 1), Err(MetadataError::InvalidName(_))));
-        assert_eq!(metadata.create_topic("a", 0, 1), Err(MetadataError::InvalidPartitionCount(0)));
+        assert!(matches!(metadata.create_topic("a/b", 1, 1, PARTITIONS_TOTAL_MAX), Err(MetadataError::InvalidName(_))));
         assert_eq!(
-            metadata.create_topic("a", PARTITIONS_PER_TOPIC_MAX + 1, 1),
+            metadata.create_topic("a", 0, 1, PARTITIONS_TOTAL_MAX),
+            Err(MetadataError::InvalidPartitionCount(0))
+        );
+        assert_eq!(
+            metadata.create_topic("a", PARTITIONS_PER_TOPIC_MAX + 1, 1, PARTITIONS_TOTAL_MAX),
             Err(MetadataError::InvalidPartitionCount(PARTITIONS_PER_TOPIC_MAX + 1))
         );
-        metadata.create_topic("a", 1, 1).unwrap();
-        assert_eq!(metadata.create_topic("a", 1, 1), Err(MetadataError::TopicExists("a".into())));
+        metadata.create_topic("a", 1, 1, PARTITIONS_TOTAL_MAX).unwrap();
+        assert_eq!(metadata.create_topic("a", 1, 1, PARTITIONS_TOTAL_MAX), Err(MetadataError::TopicExists("a".into())));
         assert_eq!(metadata.delete_topic("b"), Err(MetadataError::UnknownTopic("b".into())));
         assert!(metadata.delete_topic("a").is_ok());
         assert!(metadata.topics.is_empty());
     }
 
     #[test]
+    fn the_broker_partition_limit_is_kept() {
+        let mut metadata = ClusterMetadata::default();
+        metadata.create_topic("a", 6, 2, 10).unwrap();
+        let refused = metadata.create_topic("b", 5, 2, 10).unwrap_err();
+        assert_eq!(refused, MetadataError::TooManyPartitions { total: 6, asked: 5, max: 10 });
+        assert!(refused.to_string().contains("topics.partitions_max"), "{refused}");
+        metadata.create_topic("b", 4, 2, 10).unwrap();
+        assert_eq!(metadata.partition_count(), 10);
+    }
+
+    #[test]
     fn partitions_of_vanished_shards_are_moved() {
         let mut metadata = ClusterMetadata::default();
-        metadata.create_topic("a", 4, 4).unwrap();
+        metadata.create_topic("a", 4, 4, PARTITIONS_TOTAL_MAX).unwrap();
         assert!(metadata.rebalance_for(2));
         assert!(metadata.topics["a"].owners.iter().all(|owner| owner.0 < 2));
         assert!(!metadata.rebalance_for(2));
@@ -246,7 +277,7 @@ mod tests {
     #[test]
     fn the_file_round_trips_and_damage_is_refused() {
         let mut metadata = ClusterMetadata::default();
-        metadata.create_topic("orders", 8, 3).unwrap();
+        metadata.create_topic("orders", 8, 3, PARTITIONS_TOTAL_MAX).unwrap();
         let bytes = metadata.encode();
         assert_eq!(ClusterMetadata::decode(&bytes).unwrap(), metadata);
         for cut in 0..bytes.len() {
@@ -264,7 +295,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), ClusterMetadata::default());
         let mut metadata = ClusterMetadata::default();
-        metadata.create_topic("t", 2, 2).unwrap();
+        metadata.create_topic("t", 2, 2, PARTITIONS_TOTAL_MAX).unwrap();
         store(dir.path(), &metadata).unwrap();
         assert_eq!(load(dir.path()).unwrap(), metadata);
         std::fs::write(metadata_path(dir.path()), b"garbage").unwrap();

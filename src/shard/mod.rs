@@ -124,6 +124,10 @@ pub struct ShardConfig {
     pub log_config: LogConfig,
     /// Partitions of a topic created with 0 partitions.
     pub default_partitions: u32,
+    /// Most partitions the broker holds (`topics.partitions_max`).
+    pub partitions_max: usize,
+    /// Free disk space a topic creation leaves untouched.
+    pub free_bytes_reserved: u64,
     pub retention_check_interval: Duration,
     pub metadata: ClusterMetadata,
     /// Each shard's own port (0: none), indexed by shard.
@@ -149,6 +153,8 @@ pub struct Shard {
     storage: DmaStorage,
     log_config: LogConfig,
     default_partitions: u32,
+    partitions_max: usize,
+    free_bytes_reserved: u64,
     shard_ports: Vec<u16>,
     metadata: RefCell<Rc<ClusterMetadata>>,
     partitions: RefCell<HashMap<Rc<str>, BTreeMap<u32, Partition>>>,
@@ -167,8 +173,8 @@ pub struct Shard {
 /// Why a shard failed to start.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardStartError {
-    #[error("shard {shard}: {source}")]
-    Io { shard: ShardId, source: std::io::Error },
+    #[error("shard {shard}: {error}")]
+    Io { shard: ShardId, error: std::io::Error },
     #[error("shard {shard}: opening the group offsets log: {message}")]
     Offsets { shard: ShardId, message: String },
 }
@@ -180,7 +186,7 @@ impl Shard {
     pub async fn start(config: ShardConfig, mesh: mesh::MeshEnds) -> Result<Rc<Shard>, ShardStartError> {
         let id = config.id;
         let (senders, receivers) = mesh.split();
-        let io = |source| ShardStartError::Io { shard: id, source };
+        let io = |error| ShardStartError::Io { shard: id, error };
         let storage = DmaStorage::new(&config.data_dir).await.map_err(io)?;
         let offsets = offsets::OffsetStore::open(
             storage.clone(),
@@ -203,6 +209,8 @@ impl Shard {
             storage,
             log_config: config.log_config,
             default_partitions: config.default_partitions,
+            partitions_max: config.partitions_max,
+            free_bytes_reserved: config.free_bytes_reserved,
             shard_ports: config.shard_ports,
             metadata: RefCell::new(Rc::new(ClusterMetadata::default())),
             partitions: RefCell::new(HashMap::new()),
@@ -215,6 +223,15 @@ impl Shard {
             offsets: RefCell::new(Some(Rc::new(offsets))),
         });
         shard.apply_metadata(config.metadata).await;
+        // Offsets of topics deleted while a crash kept their tombstones from
+        // being written: the metadata no longer names them.
+        let orphans: Vec<String> = match shard.offsets.borrow().as_ref() {
+            Some(store) => store.topics().into_iter().filter(|t| !shard.metadata().topics.contains_key(t)).collect(),
+            None => Vec::new(),
+        };
+        for topic in orphans {
+            shard.forget_offsets(&topic).await;
+        }
         shard.serve_mesh(receivers);
         shard.spawn_retention(config.retention_check_interval);
         shard.spawn_group_ticker();
@@ -273,10 +290,21 @@ impl Shard {
     }
 
     /// Brings this shard's partitions in line with `next`: opens the ones it
-    /// now owns, closes and deletes the ones whose topic is gone.
+    /// now owns, closes and deletes the ones whose topic is gone. Group
+    /// offsets of a deleted topic are forgotten, and so are any left over
+    /// for a topic that is created (a deletion whose tombstones failed to be
+    /// written), so a topic always starts with no committed offsets.
     async fn apply_metadata(self: &Rc<Self>, next: ClusterMetadata) {
         let next = Rc::new(next);
         let previous = self.metadata();
+        let created: Vec<String> =
+            next.topics.keys().filter(|topic| !previous.topics.contains_key(*topic)).cloned().collect();
+        for topic in &created {
+            let stale = self.offsets.borrow().as_ref().is_some_and(|store| store.topics().contains(topic));
+            if stale && previous.version > 0 {
+                self.forget_offsets(topic).await;
+            }
+        }
         // Open the partitions first, then publish the metadata: requests that
         // see the new topic find its partitions open.
         for (topic, placement) in &next.topics {
@@ -331,6 +359,19 @@ impl Shard {
         let owned_here = previous.topics.get(topic).is_some_and(|p| p.owners.contains(&self.id));
         if owned_here {
             tracing::info!(shard = %self.id, topic, "deleted topic");
+        }
+        self.forget_offsets(topic).await;
+    }
+
+    /// Forgets (durably) every committed offset for `topic` of the groups
+    /// this shard coordinates. A failure is logged: the offsets are then
+    /// forgotten when the topic is created again, or at the next start.
+    async fn forget_offsets(&self, topic: &str) {
+        let Some(store) = self.offsets.borrow().clone() else { return };
+        match store.forget_topic(topic).await {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::info!(shard = %self.id, topic, forgotten, "forgot committed offsets of topic"),
+            Err(error) => tracing::error!(shard = %self.id, topic, %error, "could not forget committed offsets"),
         }
     }
 

@@ -8,12 +8,18 @@
 //! have changed since, which moves groups between shards) and keeps the
 //! newest entry of each key for the groups it now coordinates.
 //!
+//! Deleting a topic forgets every group's offsets for it: a batch of
+//! tombstones (a record with the commit's key and a null value, as in
+//! Kafka's `__consumer_offsets`) is made durable, then the entries leave the
+//! map. Replay applies tombstones like commits, newest wins, so a topic
+//! re-created under the same name starts with no committed offsets.
+//!
 //! The log is never compacted yet: it grows by one small batch per commit.
 //! Compaction (a snapshot of the map, then deleting older segments) is
 //! future work, noted in the issue.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
@@ -28,6 +34,10 @@ use crate::storage::{LogConfig, OpenOptions, PartitionLog, StorageError};
 const OFFSETS_DIR_PREFIX: &str = "group-offsets-";
 /// Offset commits are tiny; segments need not be large.
 const OFFSETS_SEGMENT_BYTES: u64 = 64 << 20;
+/// A tombstone record's bytes besides its key: length, attributes,
+/// timestamp and offset deltas, key length, null value and header count
+/// are at most 5 + 1 + 10 + 5 + 5 + 1 + 5 varint bytes.
+const TOMBSTONE_OVERHEAD_BYTES: usize = 32;
 
 /// A committed position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,25 +97,33 @@ impl OffsetStore {
         let internal = data_dir.join("internal");
         let own_dir = internal.join(format!("{OFFSETS_DIR_PREFIX}{}", shard.0));
         let log = PartitionLog::open(storage, &own_dir, config.clone(), OpenOptions::default()).await?;
-        let mut newest: HashMap<(String, String, u32), (u64, Committed)> = HashMap::new();
+        // The newest entry of each key wins; `None` is a tombstone.
+        let mut newest: HashMap<(String, String, u32), (u64, Option<Committed>)> = HashMap::new();
         for dir in offset_dirs(&internal) {
             let entries =
                 if dir == own_dir { read_own(&log).await? } else { read_foreign(&dir, config.batch_bytes_max) };
-            for (key, value) in entries {
+            for Entry { key, time_us, value } in entries {
                 if coordinator_of(&key.group, shard_count) != shard {
                     continue;
                 }
-                let Some(offset) = Offset::new(value.offset) else { continue };
-                let committed = Committed { offset, metadata: value.metadata };
-                let slot = newest.entry((key.group, key.topic, key.partition)).or_insert((0, committed.clone()));
-                if value.time_us >= slot.0 {
-                    *slot = (value.time_us, committed);
+                let committed = match value {
+                    Some(value) => match Offset::new(value.offset) {
+                        Some(offset) => Some(Committed { offset, metadata: value.metadata }),
+                        None => continue,
+                    },
+                    None => None,
+                };
+                let slot = newest.entry((key.group, key.topic, key.partition)).or_insert((0, None));
+                if time_us >= slot.0 {
+                    *slot = (time_us, committed);
                 }
             }
         }
         let mut committed: HashMap<String, GroupOffsets> = HashMap::new();
         for ((group, topic, partition), (_, value)) in newest {
-            committed.entry(group).or_default().insert((topic, partition), value);
+            if let Some(value) = value {
+                committed.entry(group).or_default().insert((topic, partition), value);
+            }
         }
         Ok(OffsetStore { log, committed: RefCell::new(committed), batch_bytes_max: config.batch_bytes_max })
     }
@@ -115,31 +133,18 @@ impl OffsetStore {
         if updates.is_empty() {
             return Ok(());
         }
-        let time_us = u64::try_from(TimestampMs::now().0).unwrap_or(0) * 1000;
-        let encoded: Vec<(Vec<u8>, Vec<u8>)> = updates
+        let now = TimestampMs::now();
+        let time_us = u64::try_from(now.0).unwrap_or(0) * 1000;
+        let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = updates
             .iter()
             .map(|update| {
                 let key =
                     CommitKey { group: group.to_string(), topic: update.topic.clone(), partition: update.partition };
                 let value = CommitValue { offset: update.offset.get(), metadata: update.metadata.clone(), time_us };
-                (postcard::to_allocvec(&key).expect("encodes"), postcard::to_allocvec(&value).expect("encodes"))
+                (encode(&key), Some(encode(&value)))
             })
             .collect();
-        let mut buf = Vec::new();
-        let mut builder = BatchBuilder::new(&mut buf, TimestampMs::now().0);
-        for (key, value) in &encoded {
-            builder.push(&Record {
-                timestamp_ms: TimestampMs::now().0,
-                key: Some(key),
-                value: Some(value),
-                headers: &[],
-            });
-        }
-        let batch = builder.finish();
-        if batch.len() > self.batch_bytes_max {
-            return Err(StorageError::BatchTooLarge { len_bytes: batch.len(), max_bytes: self.batch_bytes_max });
-        }
-        self.log.append_and_wait(BytesMut::from(batch), AckLevel::Durable).await?;
+        self.append(now, &encoded).await?;
         let mut committed = self.committed.borrow_mut();
         let offsets = committed.entry(group.to_string()).or_default();
         for update in updates {
@@ -148,6 +153,70 @@ impl OffsetStore {
                 Committed { offset: update.offset, metadata: update.metadata },
             );
         }
+        Ok(())
+    }
+
+    /// Forgets every group's offsets for `topic` (deleted): durable
+    /// tombstones first, then the map. Returns how many were forgotten.
+    pub async fn forget_topic(&self, topic: &str) -> Result<usize, StorageError> {
+        let doomed: Vec<CommitKey> = self
+            .committed
+            .borrow()
+            .iter()
+            .flat_map(|(group, offsets)| {
+                offsets.keys().filter(|(t, _)| t == topic).map(|(topic, partition)| CommitKey {
+                    group: group.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                })
+            })
+            .collect();
+        // As many batches as it takes: a busy broker can have many groups
+        // on one topic. Half a batch of keys leaves room for the framing.
+        let mut encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut encoded_bytes = 0;
+        for key in &doomed {
+            let key = encode(key);
+            if encoded_bytes + key.len() > self.batch_bytes_max / 2 && !encoded.is_empty() {
+                self.append(TimestampMs::now(), &encoded).await?;
+                encoded.clear();
+                encoded_bytes = 0;
+            }
+            encoded_bytes += key.len() + TOMBSTONE_OVERHEAD_BYTES;
+            encoded.push((key, None));
+        }
+        if !encoded.is_empty() {
+            self.append(TimestampMs::now(), &encoded).await?;
+        }
+        let mut committed = self.committed.borrow_mut();
+        for key in &doomed {
+            if let Some(offsets) = committed.get_mut(&key.group) {
+                offsets.remove(&(key.topic.clone(), key.partition));
+                if offsets.is_empty() {
+                    committed.remove(&key.group);
+                }
+            }
+        }
+        Ok(doomed.len())
+    }
+
+    /// Topics that have committed offsets in some group.
+    pub fn topics(&self) -> BTreeSet<String> {
+        self.committed.borrow().values().flat_map(|offsets| offsets.keys().map(|(topic, _)| topic.clone())).collect()
+    }
+
+    /// Appends one batch of (key, value) records, durably.
+    async fn append(&self, now: TimestampMs, records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StorageError> {
+        let mut buf = Vec::new();
+        let mut builder = BatchBuilder::new(&mut buf, now.0);
+        for (key, value) in records {
+            builder.push(&Record { timestamp_ms: now.0, key: Some(key), value: value.as_deref(), headers: &[] });
+        }
+        let batch = builder.finish();
+        if batch.len() > self.batch_bytes_max {
+            return Err(StorageError::BatchTooLarge { len_bytes: batch.len(), max_bytes: self.batch_bytes_max });
+        }
+        self.log.append_and_wait(BytesMut::from(batch), AckLevel::Durable).await?;
         Ok(())
     }
 
@@ -185,7 +254,7 @@ fn offset_dirs(internal: &Path) -> Vec<PathBuf> {
 }
 
 /// Every commit in this shard's own log.
-async fn read_own(log: &PartitionLog<DmaStorage>) -> Result<Vec<(CommitKey, CommitValue)>, StorageError> {
+async fn read_own(log: &PartitionLog<DmaStorage>) -> Result<Vec<Entry>, StorageError> {
     let mut entries = Vec::new();
     let (end, mut next) = log.bounds();
     while next < end {
@@ -203,7 +272,7 @@ async fn read_own(log: &PartitionLog<DmaStorage>) -> Result<Vec<(CommitKey, Comm
 /// Every whole, valid commit in another shard's log, read straight from
 /// its segment files (that shard owns the log; this only reads). Reading
 /// stops at the first damaged or partial batch of a segment.
-fn read_foreign(dir: &Path, batch_bytes_max: usize) -> Vec<(CommitKey, CommitValue)> {
+fn read_foreign(dir: &Path, batch_bytes_max: usize) -> Vec<Entry> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut segments: Vec<PathBuf> = entries
         .filter_map(Result::ok)
@@ -221,18 +290,40 @@ fn read_foreign(dir: &Path, batch_bytes_max: usize) -> Vec<(CommitKey, CommitVal
     found
 }
 
-fn decode_batches(mut bytes: &[u8], batch_bytes_max: usize, out: &mut Vec<(CommitKey, CommitValue)>) {
+/// One record of an offsets log: a commit, or a tombstone (`value: None`).
+struct Entry {
+    key: CommitKey,
+    time_us: u64,
+    value: Option<CommitValue>,
+}
+
+fn decode_batches(mut bytes: &[u8], batch_bytes_max: usize, out: &mut Vec<Entry>) {
     while let Ok(Some(len)) = peek_batch_len(bytes, batch_bytes_max) {
         let Ok(view) = BatchView::parse(bytes, batch_bytes_max) else { return };
         if let Ok(records) = view.records() {
             for record in records.flatten() {
-                let key = record.key.and_then(|key| postcard::from_bytes::<CommitKey>(key).ok());
-                let value = record.value.and_then(|value| postcard::from_bytes::<CommitValue>(value).ok());
-                if let (Some(key), Some(value)) = (key, value) {
-                    out.push((key, value));
+                let Some(key) = record.key.and_then(|key| postcard::from_bytes::<CommitKey>(key).ok()) else {
+                    continue;
+                };
+                match record.value {
+                    Some(value) => {
+                        if let Ok(value) = postcard::from_bytes::<CommitValue>(value) {
+                            out.push(Entry { key, time_us: value.time_us, value: Some(value) });
+                        }
+                    }
+                    None => {
+                        // A tombstone carries its time in the record timestamp
+                        // (milliseconds; commits use the same clock times 1000).
+                        let time_us = u64::try_from(record.timestamp_ms()).unwrap_or(0).saturating_mul(1000);
+                        out.push(Entry { key, time_us, value: None });
+                    }
                 }
             }
         }
         bytes = &bytes[len..];
     }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("commit keys and values always encode")
 }

@@ -432,8 +432,14 @@ impl Shard {
                 .await;
         }
         let partitions = if partitions == 0 { self.default_partitions_for_new_topic() } else { partitions };
-        let shard_count = self.shard_count;
-        self.change_metadata(name, move |metadata, name| metadata.create_topic(name, partitions, shard_count)).await
+        if let Err(refusal) = self.check_space_for(partitions).await {
+            return topic_result(name, ErrorCode::STORAGE_FULL, &refusal);
+        }
+        let (shard_count, partitions_max) = (self.shard_count, self.partitions_max);
+        self.change_metadata(name, move |metadata, name| {
+            metadata.create_topic(name, partitions, shard_count, partitions_max)
+        })
+        .await
     }
 
     /// Deletes a topic and its data on every shard.
@@ -443,6 +449,31 @@ impl Shard {
             return self.ask_writer(ShardMessage::DeleteTopic { name: name.clone(), reply }, answer, name).await;
         }
         self.change_metadata(name, |metadata, name| metadata.delete_topic(name).map(drop)).await
+    }
+
+    /// Refuses a creation whose partitions' first reservations would not
+    /// fit the free space, less the reserve the other partitions keep.
+    async fn check_space_for(&self, partitions: u32) -> Result<(), String> {
+        if !self.log_config.preallocate {
+            return Ok(());
+        }
+        let each = crate::storage::PREALLOCATE_BYTES_FIRST.min(self.log_config.segment_bytes_max);
+        let needed = u64::from(partitions) * each;
+        let dir = self.data_dir.clone();
+        let free = glommio::executor().spawn_blocking(move || crate::storage::free_bytes(&dir)).await;
+        let free = free.map_err(|error| format!("reading the free space of the data directory: {error}"))?;
+        let reserve = self.free_bytes_reserved;
+        if needed.saturating_add(reserve) > free {
+            return Err(format!(
+                "{partitions} partitions need {} of disk to start ({} each), but {} is free and {} is kept in \
+                 reserve (storage.free_bytes_reserved)",
+                mib(needed),
+                mib(each),
+                mib(free),
+                mib(reserve)
+            ));
+        }
+        Ok(())
     }
 
     fn default_partitions_for_new_topic(&self) -> u32 {
@@ -497,9 +528,8 @@ impl Shard {
                 MetadataError::TopicExists(_) => ErrorCode::TOPIC_EXISTS,
                 MetadataError::UnknownTopic(_) => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
                 MetadataError::InvalidName(_) => ErrorCode::INVALID_TOPIC_NAME,
-                MetadataError::InvalidPartitionCount(_) | MetadataError::TooManyPartitions { .. } => {
-                    ErrorCode::INVALID_PARTITION_COUNT
-                }
+                MetadataError::InvalidPartitionCount(_) => ErrorCode::INVALID_PARTITION_COUNT,
+                MetadataError::TooManyPartitions { .. } => ErrorCode::TOO_MANY_PARTITIONS,
             };
             return topic_result(name, code, &error.to_string());
         }
@@ -682,6 +712,11 @@ fn fetch_error(p: &FetchPartition, error: ErrorCode) -> FetchPartitionResult {
 
 fn list_offsets_error(p: &ListOffsetsPartition, error: ErrorCode) -> ListOffsetsResult {
     ListOffsetsResult { topic: p.topic.clone(), partition: p.partition, error, offset: None }
+}
+
+/// Bytes as MiB for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
 fn topic_result(name: String, error: ErrorCode, message: &str) -> TopicResult {
