@@ -49,8 +49,8 @@ const RING_DEPTH_RANGE: std::ops::RangeInclusive<usize> = 8..=32768;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The tuning file could not be read.
-    #[error("cannot read tuning file {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read tuning file {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
 
     /// The text is not valid TOML, or a key or value is not accepted.
     #[error("cannot parse tuning: {0}")]
@@ -137,6 +137,11 @@ pub struct NetworkConfig {
     /// Largest frame (header plus record batch) a connection may send.
     pub max_frame_bytes: usize,
     pub max_connections_per_shard: usize,
+    /// Connections one client address may have open to one shard.
+    pub max_connections_per_ip: usize,
+    /// A full shard closes its longest-idle connection (idle at least this
+    /// long) to admit a new one, before it refuses anyone.
+    pub evict_idle_after_ms: u64,
     /// Request bytes one connection may have in flight before reads pause.
     pub inflight_bytes_per_connection: usize,
     /// Request bytes all of a shard's connections may have in flight.
@@ -171,6 +176,9 @@ pub struct StorageConfig {
     pub retention_ms: u64,
     pub retention_check_interval_ms: u64,
     pub preallocate: bool,
+    /// Free disk space a topic creation must leave: a creation whose new
+    /// partitions would not fit the free space less this is refused.
+    pub free_bytes_reserved: u64,
 }
 
 /// The flush policy as written in the file.
@@ -182,11 +190,19 @@ pub enum FlushPolicyName {
 }
 
 /// Defaults for new topics.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TopicsConfig {
     /// Partitions of a topic created without a count; 0: one per shard.
     pub default_partitions: u32,
+    /// Most partitions the broker holds, over all topics.
+    pub partitions_max: usize,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig { default_partitions: 0, partitions_max: 10_000 }
+    }
 }
 
 impl Default for ShardsConfig {
@@ -211,6 +227,8 @@ impl Default for NetworkConfig {
             shard_port_base: 9100,
             max_frame_bytes: 16 << 20,
             max_connections_per_shard: 4096,
+            max_connections_per_ip: 1024,
+            evict_idle_after_ms: 30_000,
             inflight_bytes_per_connection: 8 << 20,
             inflight_bytes_per_shard: 256 << 20,
             idle_timeout_ms: 600_000,
@@ -238,6 +256,7 @@ impl Default for StorageConfig {
             retention_ms: WEEK_MS,
             retention_check_interval_ms: 60_000,
             preallocate: true,
+            free_bytes_reserved: 64 << 20,
         }
     }
 }
@@ -284,8 +303,7 @@ impl TuningConfig {
 
     /// Reads, parses and validates a tuning file; errors name the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
         Self::from_toml_str(&text)
             .map_err(|error| ConfigError::InFile { path: path.to_owned(), error: Box::new(error) })
     }
@@ -295,6 +313,7 @@ impl TuningConfig {
         self.shards.validate()?;
         self.network.validate()?;
         self.storage.validate()?;
+        self.topics.validate()?;
         // The largest batch must fit a frame along with its request header.
         let frame_needed = self.storage.batch_bytes_max.saturating_add(FRAME_HEADROOM_BYTES);
         if self.network.max_frame_bytes <= frame_needed {
@@ -380,6 +399,8 @@ impl NetworkConfig {
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_connections_per_shard", self.max_connections_per_shard as u64),
+            ("max_connections_per_ip", self.max_connections_per_ip as u64),
+            ("evict_idle_after_ms", self.evict_idle_after_ms),
             ("inflight_bytes_per_connection", self.inflight_bytes_per_connection as u64),
             ("inflight_bytes_per_shard", self.inflight_bytes_per_shard as u64),
             ("idle_timeout_ms", self.idle_timeout_ms),
@@ -432,6 +453,23 @@ impl NetworkConfig {
     }
 }
 
+impl TopicsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let limit = crate::shard::metadata::PARTITIONS_TOTAL_MAX;
+        if self.partitions_max == 0 || self.partitions_max > limit {
+            return invalid(format!("topics.partitions_max {} must lie between 1 and {limit}", self.partitions_max));
+        }
+        let per_topic = crate::shard::metadata::PARTITIONS_PER_TOPIC_MAX;
+        if self.default_partitions > per_topic {
+            return invalid(format!(
+                "topics.default_partitions {} exceeds the {per_topic} partitions a topic may have",
+                self.default_partitions
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl StorageConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.data_dir.as_os_str().is_empty() {
@@ -439,6 +477,13 @@ impl StorageConfig {
         }
         if self.retention_check_interval_ms == 0 {
             return invalid("storage.retention_check_interval_ms must be positive");
+        }
+        // Checked here under its tuning name; the log calls it segment_bytes_max.
+        if self.segment_bytes > u64::from(u32::MAX) || self.segment_bytes < self.batch_bytes_max as u64 {
+            return invalid(format!(
+                "storage.segment_bytes {} must lie between storage.batch_bytes_max ({}) and 4 GiB",
+                self.segment_bytes, self.batch_bytes_max
+            ));
         }
         // The log checks its own settings; reuse those rules rather than copy them.
         self.log_config().validate().map_err(|error| match error {
@@ -631,6 +676,20 @@ mod tests {
         assert!(message.contains("segment_byts"), "{message}");
         assert!(message.contains("line 2"), "{message}");
         assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn a_bad_value_is_reported_under_its_tuning_name() {
+        let message = error_text("[storage]\nsegment_bytes = 100\n");
+        assert!(message.contains("storage.segment_bytes 100"), "{message}");
+        assert!(!message.contains("segment_bytes_max"), "the log's internal name leaked: {message}");
+    }
+
+    #[test]
+    fn an_unreadable_file_names_its_cause_once() {
+        let message = TuningConfig::load(Path::new("/nonexistent/ringbroker.toml")).unwrap_err().to_string();
+        assert_eq!(message.matches("No such file").count(), 1, "{message}");
+        assert!(std::error::Error::source(&TuningConfig::load(Path::new("/nonexistent/x.toml")).unwrap_err()).is_none());
     }
 
     #[test]

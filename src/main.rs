@@ -2,22 +2,31 @@
 //! (topics, produce, consume, consumer groups, stats). Errors are one clear
 //! line on stderr and a non-zero exit.
 
-use std::io::{BufRead, Write};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use glommio::{LocalExecutorBuilder, Placement};
-use ringbroker::client::{Client, ClientError, ClientOptions, GroupConfig, GroupConsumer, GroupRecord, StartPosition};
+use ringbroker::client::{
+    Client, ClientError, ClientOptions, GroupConfig, GroupConsumer, GroupRecord, Producer, ProducerConfig,
+    ProducerRecord, SendFuture, StartPosition,
+};
 use ringbroker::config::{CpuSelection, TuningConfig};
-use ringbroker::protocol::batch::{BatchBuilder, BatchView, Record};
-use ringbroker::protocol::types::{AckLevel, Offset, PartitionId, TimestampMs};
-use ringbroker::protocol::wire::{ErrorCode, OffsetSpec, ResetTarget, TopicPartitions};
+use ringbroker::protocol::batch::BatchView;
+use ringbroker::protocol::types::{AckLevel, Offset, PartitionId};
+use ringbroker::protocol::wire::{ErrorCode, FetchPartitionResult, OffsetSpec, ResetTarget, TopicPartitions};
 use ringbroker::server::{Broker, ShardPorts};
+use ringbroker::shard::metadata::PARTITIONS_PER_TOPIC_MAX;
 
 #[derive(Parser, Debug)]
 #[command(name = "ringbroker", version, about = "A thread-per-core, io_uring message broker")]
@@ -79,8 +88,8 @@ enum TopicAction {
     Create {
         name: String,
         /// 0: the broker's default (one per shard).
-        #[arg(long, default_value_t = 0)]
-        partitions: u32,
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        partitions: i64,
     },
     List,
     Describe {
@@ -101,14 +110,18 @@ enum Acks {
 #[derive(Args, Debug)]
 struct ProduceArgs {
     topic: String,
-    #[arg(long, default_value_t = 0)]
-    partition: u32,
+    /// Send every event to this partition. Without it, an event's key picks
+    /// its partition (Kafka's murmur2 partitioner, so keys land where Kafka
+    /// clients put them) and events without a key fill one partition's batch
+    /// at a time.
+    #[arg(long)]
+    partition: Option<u32>,
     /// Split each line at the first occurrence into key and value.
     #[arg(long)]
     key_separator: Option<String>,
     #[arg(long, value_enum, default_value = "durable")]
     acks: Acks,
-    /// Events per batch.
+    /// Most events sent before waiting for the broker's acknowledgements.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
 }
@@ -116,9 +129,11 @@ struct ProduceArgs {
 #[derive(Args, Debug)]
 struct ConsumeArgs {
     topic: String,
-    /// Ignored with --group (the group assigns partitions).
-    #[arg(long, default_value_t = 0)]
-    partition: u32,
+    /// Read only this partition and print values alone. Without it every
+    /// partition is read and each line starts with its partition and
+    /// offset. Ignored with --group (the group assigns partitions).
+    #[arg(long)]
+    partition: Option<u32>,
     /// earliest, latest or an offset. With --group: where partitions the
     /// group never committed start (earliest or latest).
     #[arg(long, default_value = "earliest")]
@@ -134,8 +149,8 @@ struct ConsumeArgs {
     /// Stop when nothing arrives for this long (milliseconds; default: never).
     #[arg(long)]
     idle_exit_ms: Option<u64>,
-    /// Print the offset and key before each value (with --group: the
-    /// topic, partition, offset and key).
+    /// Print the key before each value, and the offset with --partition
+    /// (with --group: the topic, partition, offset and key).
     #[arg(long)]
     verbose: bool,
 }
@@ -163,7 +178,10 @@ fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour only for a person at a terminal: escape codes in a redirected
+    // log file are noise. NO_COLOR (no-color.org) turns it off everywhere.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     let broker = cli.broker;
     let result = match cli.command {
         Command::Serve(args) => serve(args),
@@ -251,9 +269,18 @@ where
 async fn topic(client: Client, action: TopicAction) -> anyhow::Result<()> {
     match action {
         TopicAction::Create { name, partitions } => {
-            client.create_topic(&name, partitions).await?;
+            let asked = u32::try_from(partitions)
+                .ok()
+                .filter(|count| *count <= PARTITIONS_PER_TOPIC_MAX)
+                .with_context(|| {
+                    format!(
+                        "--partitions {partitions}: a topic has 1 to {PARTITIONS_PER_TOPIC_MAX} partitions \
+                         (0: the broker's default, one per shard)"
+                    )
+                })?;
+            client.create_topic(&name, asked).await.with_context(|| format!("creating topic {name}"))?;
             let count = client.partitions(&name).await?;
-            println!("created topic {name} with {count} partitions");
+            println!("created topic {name} with {}", plural(u64::from(count), "partition"));
         }
         TopicAction::Delete { name } => {
             client.delete_topic(&name).await?;
@@ -288,72 +315,138 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
         Acks::Written => AckLevel::Written,
         Acks::Durable => AckLevel::Durable,
     };
-    let lines: Vec<String> = std::io::stdin().lock().lines().collect::<Result<_, _>>().context("reading stdin")?;
-    let mut produced = 0usize;
-    let mut batch = Vec::new();
-    for chunk in lines.chunks(args.batch.max(1)) {
-        let now = TimestampMs::now().0;
-        let mut builder = BatchBuilder::new(&mut batch, now);
-        for line in chunk {
-            let (key, value) = match args.key_separator.as_deref().and_then(|sep| line.split_once(sep)) {
-                Some((key, value)) => (Some(key.as_bytes()), value.as_bytes()),
-                None => (None, line.as_bytes()),
-            };
-            builder.push(&Record { timestamp_ms: now, key, value: Some(value), headers: &[] });
-        }
-        let bytes = builder.finish();
-        let result = client.produce_raw(&args.topic, PartitionId(args.partition), bytes, acks).await?;
-        if !result.error.is_ok() {
-            bail!("produce to {}-{} failed: {}", args.topic, args.partition, result.error);
-        }
-        produced += chunk.len();
+    let topic = args.topic.as_str();
+    let partitions = topic_partitions(&client, topic).await?;
+    if let Some(partition) = args.partition.filter(|partition| *partition >= partitions) {
+        bail!("partition {partition} does not exist: topic {topic} has {}", plural(u64::from(partitions), "partition"));
     }
-    eprintln!("produced {produced} events to {}-{}", args.topic, args.partition);
+    let producer = Producer::new(client, ProducerConfig { acks, ..ProducerConfig::default() })?;
+    let mut per_partition: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut sent = Vec::with_capacity(args.batch.max(1));
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading stdin")?;
+        let (key, value) = match args.key_separator.as_deref().and_then(|sep| line.split_once(sep)) {
+            Some((key, value)) => (Some(key.as_bytes()), value.as_bytes()),
+            None => (None, line.as_bytes()),
+        };
+        let record =
+            ProducerRecord { key, partition: args.partition.map(PartitionId), ..ProducerRecord::new(topic, value) };
+        sent.push(producer.send(record).await?);
+        if sent.len() >= args.batch.max(1) {
+            confirm(&producer, topic, &mut sent, &mut per_partition).await?;
+        }
+    }
+    confirm(&producer, topic, &mut sent, &mut per_partition).await?;
+    producer.close().await;
+    let total: u64 = per_partition.values().sum();
+    let spread: Vec<String> =
+        per_partition.iter().map(|(partition, count)| format!("partition {partition}: {count}")).collect();
+    let place = match per_partition.keys().collect::<Vec<_>>()[..] {
+        [only] => format!("{topic}-{only}"),
+        _ => format!("{topic} ({})", spread.join(", ")),
+    };
+    if acks == AckLevel::None {
+        eprintln!("sent {} to {place} without waiting for acknowledgements (--acks none)", plural(total, "event"));
+    } else {
+        eprintln!("produced {} to {place}", plural(total, "event"));
+    }
     Ok(())
+}
+
+/// Sends what is buffered and waits for every event in `sent`, counting
+/// them per partition; the first failure stops the command.
+async fn confirm(
+    producer: &Producer,
+    topic: &str,
+    sent: &mut Vec<SendFuture>,
+    per_partition: &mut BTreeMap<u32, u64>,
+) -> anyhow::Result<()> {
+    producer.flush().await;
+    for future in sent.drain(..) {
+        let partition = future.partition();
+        future.await.with_context(|| format!("producing to {topic}-{partition}"))?;
+        *per_partition.entry(partition.0).or_default() += 1;
+    }
+    Ok(())
+}
+
+/// A topic's partition count, or a clear error if it does not exist.
+async fn topic_partitions(client: &Client, topic: &str) -> anyhow::Result<u32> {
+    match client.partitions(topic).await {
+        Ok(count) => Ok(count),
+        Err(ClientError::NoSuchTopic(_)) => bail!("topic {topic} does not exist"),
+        Err(error) => Err(error).with_context(|| format!("looking up topic {topic}")),
+    }
+}
+
+/// `1 event`, `2 events`.
+fn plural(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }
 
 async fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
     if let Some(group) = args.group.clone() {
         return consume_group(client, args, group).await;
     }
-    let partition = PartitionId(args.partition);
-    let mut offset = match args.from.as_str() {
-        "earliest" => client.list_offsets(&args.topic, partition, OffsetSpec::Earliest).await?,
-        "latest" => client.list_offsets(&args.topic, partition, OffsetSpec::Latest).await?,
-        number => Offset::new(number.parse().context("--from takes earliest, latest or an offset")?),
+    let topic = args.topic.as_str();
+    let count = topic_partitions(&client, topic).await?;
+    let partitions: Vec<PartitionId> = match args.partition {
+        Some(partition) if partition >= count => {
+            bail!("partition {partition} does not exist: topic {topic} has {}", plural(u64::from(count), "partition"))
+        }
+        Some(partition) => vec![PartitionId(partition)],
+        None => (0..count).map(PartitionId).collect(),
+    };
+    let mut readers = Vec::with_capacity(partitions.len());
+    for partition in partitions {
+        let offset = start_offset(&client, topic, partition, &args.from).await?;
+        readers.push(PartitionReader { partition, offset, fetch: None });
     }
-    .context("no such offset")?;
     let mut printed = 0u64;
     let mut idle_since = std::time::Instant::now();
-    let stdout = std::io::stdout();
     loop {
-        let (result, data) = client.fetch(&args.topic, partition, offset, 1 << 20, 500).await?;
-        if !result.error.is_ok() {
-            bail!("fetch from {}-{} failed: {}", args.topic, args.partition, result.error);
+        for reader in &mut readers {
+            if reader.fetch.is_none() {
+                reader.fetch = Some(fetch_from(&client, topic, reader.partition, reader.offset));
+            }
         }
-        let mut out = stdout.lock();
+        let (index, fetched) = first_fetched(&mut readers).await;
+        let reader = &mut readers[index];
+        let data = match fetched {
+            Ok((_, data)) => data,
+            Err(error) if error.code() == Some(ErrorCode::OFFSET_OUT_OF_RANGE) => {
+                return Err(out_of_range(&client, topic, reader.partition, reader.offset).await);
+            }
+            Err(error) => return Err(error).with_context(|| format!("fetching from {topic}-{}", reader.partition)),
+        };
+        let mut out = std::io::stdout().lock();
         let mut rest = &data[..];
         while !rest.is_empty() {
             let view = BatchView::parse(rest, usize::MAX).context("the broker sent a damaged batch")?;
             for record in view.records()? {
                 let record = record?;
                 let record_offset = view.base_offset() + i64::from(record.offset_delta);
-                if record_offset < offset.to_wire() {
+                if record_offset < reader.offset.to_wire() {
                     continue;
                 }
                 let value = String::from_utf8_lossy(record.value.unwrap_or_default());
-                if args.verbose {
-                    let key = String::from_utf8_lossy(record.key.unwrap_or_default());
-                    writeln!(out, "{record_offset}\t{key}\t{value}")?;
-                } else {
-                    writeln!(out, "{value}")?;
+                let key = String::from_utf8_lossy(record.key.unwrap_or_default());
+                match (args.partition.is_some(), args.verbose) {
+                    (true, false) => writeln!(out, "{value}")?,
+                    (true, true) => writeln!(out, "{record_offset}\t{key}\t{value}")?,
+                    (false, false) => writeln!(out, "{}\t{record_offset}\t{value}", reader.partition)?,
+                    (false, true) => writeln!(out, "{}\t{record_offset}\t{key}\t{value}", reader.partition)?,
                 }
                 printed += 1;
                 if args.max_events.is_some_and(|max| printed >= max) {
                     return Ok(());
                 }
             }
-            offset = Offset::from_wire(view.last_offset() + 1).context("offset overflow")?;
+            reader.offset = Offset::from_wire(view.last_offset() + 1).context("offset overflow")?;
             rest = &rest[view.total_len()..];
         }
         out.flush()?;
@@ -362,6 +455,69 @@ async fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
         } else if args.idle_exit_ms.is_some_and(|ms| idle_since.elapsed() >= Duration::from_millis(ms)) {
             return Ok(());
         }
+    }
+}
+
+type FetchFuture = Pin<Box<dyn Future<Output = Result<(FetchPartitionResult, Bytes), ClientError>>>>;
+
+/// One partition `consume` reads: where it is, and its fetch in flight.
+struct PartitionReader {
+    partition: PartitionId,
+    offset: Offset,
+    fetch: Option<FetchFuture>,
+}
+
+/// A long-poll fetch of one partition (up to 1 MiB, waiting up to 500 ms).
+fn fetch_from(client: &Client, topic: &str, partition: PartitionId, offset: Offset) -> FetchFuture {
+    let (client, topic) = (client.clone(), topic.to_owned());
+    Box::pin(async move { client.fetch(&topic, partition, offset, 1 << 20, 500).await })
+}
+
+/// Waits for the first of the readers' fetches to finish; returns its
+/// reader's index and result, and leaves the others in flight.
+async fn first_fetched(readers: &mut [PartitionReader]) -> (usize, Result<(FetchPartitionResult, Bytes), ClientError>) {
+    std::future::poll_fn(|cx| {
+        for (index, reader) in readers.iter_mut().enumerate() {
+            if let Some(fetch) = reader.fetch.as_mut() {
+                if let Poll::Ready(result) = fetch.as_mut().poll(cx) {
+                    reader.fetch = None;
+                    return Poll::Ready((index, result));
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Where `--from` starts one partition.
+async fn start_offset(client: &Client, topic: &str, partition: PartitionId, from: &str) -> anyhow::Result<Offset> {
+    let spec = match from {
+        "earliest" => OffsetSpec::Earliest,
+        "latest" => OffsetSpec::Latest,
+        number => {
+            let offset = number.parse().ok().and_then(Offset::new);
+            return offset.with_context(|| format!("--from {number:?}: expected earliest, latest or an offset"));
+        }
+    };
+    let offset = client.list_offsets(topic, partition, spec).await?;
+    offset.with_context(|| format!("{topic}-{partition} has no {from} offset"))
+}
+
+/// The error for a start offset the partition does not hold, naming the
+/// offsets it does hold.
+async fn out_of_range(client: &Client, topic: &str, partition: PartitionId, offset: Offset) -> anyhow::Error {
+    let earliest = client.list_offsets(topic, partition, OffsetSpec::Earliest).await;
+    let latest = client.list_offsets(topic, partition, OffsetSpec::Latest).await;
+    match (earliest, latest) {
+        (Ok(Some(earliest)), Ok(Some(latest))) if earliest == latest => anyhow::anyhow!(
+            "offset {offset} is out of range for {topic}-{partition}: it is empty (the next offset is {latest})"
+        ),
+        (Ok(Some(earliest)), Ok(Some(latest))) => anyhow::anyhow!(
+            "offset {offset} is out of range for {topic}-{partition}: it holds offsets {earliest} to {}",
+            latest.get().saturating_sub(1)
+        ),
+        _ => anyhow::anyhow!("offset {offset} is out of range for {topic}-{partition}"),
     }
 }
 
@@ -449,7 +605,12 @@ async fn group(client: Client, action: GroupAction) -> anyhow::Result<()> {
                 println!("{}\tshard {}\t{}\t{} members", group.group, group.coordinator, group.state, group.members);
             }
         }
-        GroupAction::Describe { group } => describe_group(&client, &group).await?,
+        GroupAction::Describe { group } => match describe_group(&client, &group).await {
+            Err(error) if error.code() == Some(ErrorCode::UNKNOWN_GROUP) => {
+                bail!("group {group} does not exist: it has no members and no committed offsets")
+            }
+            other => other.with_context(|| format!("describing group {group}"))?,
+        },
         GroupAction::Reset { group, topic, to } => {
             let target = match to.as_str() {
                 "earliest" => ResetTarget::Earliest,
@@ -507,7 +668,19 @@ async fn describe_group(client: &Client, group: &str) -> Result<(), ClientError>
         println!("topic\tpartition\tcommitted\tlog-end\tlag");
     }
     for lag in &description.offsets {
-        let shown = lag.lag.map_or("-".to_string(), |lag| lag.to_string());
+        let past_end = matches!((lag.committed, lag.log_end), (Some(committed), Some(end)) if committed > end);
+        let shown = match lag.lag {
+            Some(lag) => lag.to_string(),
+            None if past_end => "past-end".to_string(),
+            None => "-".to_string(),
+        };
+        if past_end {
+            eprintln!(
+                "warning: the committed offset of {}-{} is past its log end; \
+                 `ringbroker group reset` moves it back",
+                lag.topic, lag.partition
+            );
+        }
         println!(
             "{}\t{}\t{}\t{}\t{shown}",
             lag.topic,
