@@ -455,11 +455,11 @@ fn a_segment_reserves_space_as_it_fills_and_a_full_disk_fails_the_extension_clea
         assert!(tag * 4 * 2000 > (4 << 20) - (64 << 10), "the reserved space was used first: {tag} batches");
         assert!(log.poisoned().is_none());
         assert_eq!(size(&storage), first, "a failed extension leaves the file as it was");
-        // Space frees up: the segment doubles its reservation and goes on.
+        // Space frees up: the segment reserves its whole size and goes on.
         storage.set_space_left(None);
         let receipt = log.append_and_wait(numbered_batch(tag, 4, 2000), AckLevel::Durable).await.unwrap();
         assert_eq!(receipt.base, end);
-        assert_eq!(size(&storage), 8 << 20);
+        assert_eq!(size(&storage), 32 << 20);
         assert_eq!(log.segment_count(), 1);
         // Everything acknowledged survives a power cut.
         log.close().await.unwrap();

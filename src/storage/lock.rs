@@ -1,9 +1,8 @@
 //! An exclusive lock on a data directory.
 //!
-//! glommio sets SO_REUSEPORT on every listener, so a second broker started
-//! on the same port would silently take half the connections, and two
-//! processes appending to one segment would corrupt it. The lock makes the
-//! second process fail at start instead. It is an advisory `flock`, released
+//! Two processes appending to one segment would corrupt it. The lock makes
+//! the second process on a data directory fail at start instead (a second
+//! broker on the same *address* is refused by `server::exclusive`). It is an advisory `flock`, released
 //! by the kernel when the process dies, so a `kill -9` never leaves a stale
 //! lock behind.
 

@@ -30,7 +30,7 @@ use super::config::LogConfig;
 use super::error::{Result, StorageError};
 use super::index::SegmentIndex;
 use super::io::{align_down, align_up, IoBuf, Storage, StorageFile, ALIGN};
-use super::log::{allocation_for, create_segment, seal_segment, Segment};
+use super::log::{create_segment, seal_segment, Reserve, Segment};
 use super::segment::{classify, index_path, log_path, FileKind, READ_CHUNK_BYTES};
 
 /// What recovery does when it finds corruption before the tail.
@@ -86,7 +86,7 @@ pub(crate) async fn recover<S: Storage>(
     }
     let mut segments = BTreeMap::new();
     let Some(&last_base) = bases.last() else {
-        segments.insert(Offset::ZERO, create_segment(storage, dir, Offset::ZERO, config).await?);
+        segments.insert(Offset::ZERO, create_segment(storage, dir, Offset::ZERO, config, Reserve::First).await?);
         return Ok(Recovered { segments, tail_block: Vec::new() });
     };
     let mut expected_base: Option<Offset> = None;
@@ -129,19 +129,20 @@ pub(crate) async fn recover<S: Storage>(
         .read_into(block_start, (end - block_start) as usize, &mut tail_block)
         .await
         .map_err(|source| StorageError::io("reading", &active.path, source))?;
-    // Room for the next appends; a full disk is not an error here (the
-    // partition still serves reads), appends extend the file as they need.
-    if config.preallocate {
-        let target = allocation_for(align_up(end) + ALIGN, active.allocated_bytes, config.segment_bytes_max);
-        if target > active.allocated_bytes {
-            match active.file.pre_allocate(target).await {
-                Ok(()) => {
-                    let active = segments.last_entry().expect("at least one segment was recovered").into_mut();
-                    active.allocated_bytes = target;
-                }
-                Err(error) => {
-                    tracing::warn!(path = %active.path.display(), %error, "could not preallocate the active segment")
-                }
+    // Room for the next appends: a segment that has none left (a file
+    // written without preallocation, or full) reserves the whole segment,
+    // as a roll does; one that has room (an idle partition's first 4 MiB)
+    // keeps what it has. A full disk is not an error here (the partition
+    // still serves reads), and an append that needs the room reserves it.
+    if config.preallocate && align_up(end) + ALIGN > active.allocated_bytes {
+        let target = config.segment_bytes_max.max(align_up(end) + ALIGN);
+        match active.file.pre_allocate(target).await {
+            Ok(()) => {
+                let active = segments.last_entry().expect("at least one segment was recovered").into_mut();
+                active.allocated_bytes = target;
+            }
+            Err(error) => {
+                tracing::warn!(path = %active.path.display(), %error, "could not preallocate the active segment")
             }
         }
     }
