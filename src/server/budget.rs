@@ -12,7 +12,7 @@
 //! between them, so clients that send most of a large frame and then stall
 //! cannot take the room small requests need: the other half is always left
 //! for requests whose frames are complete and for small frames (up to one
-//! read piece, 64 KiB), which are charged as they arrive like any other.
+//! read piece, 256 KiB), which are charged as they arrive like any other.
 //!
 //! Reserving piece by piece while holding earlier pieces could deadlock:
 //! several large frames, each holding part of the budget and waiting for

@@ -52,13 +52,17 @@ const REQUESTS_IN_FLIGHT_MAX: u64 = 1024;
 /// Queued responses up to this size are copied into one write; larger ones
 /// (fetch data) are written as they are, without the copy.
 const COALESCE_BYTES_MAX: usize = 64 << 10;
-/// A frame's body is read in pieces of at most this size, and the budgets
-/// are charged for each piece once it has arrived.
-const FRAME_READ_BYTES_MAX: usize = 64 << 10;
-/// The first piece of a frame is at most this large, and each later one at
-/// most as large as what has arrived so far: memory touched ahead of the
-/// bytes stays small for a client that announces a frame and stalls.
-const FRAME_READ_BYTES_FIRST: usize = 4 << 10;
+/// A frame's body is read in pieces, and the budgets are charged for each
+/// piece once it has arrived. The first piece is at most this large, and so
+/// is the memory touched ahead of the bytes for a client that announces a
+/// frame and stalls; a frame up to this size (most requests) takes one read.
+/// It is also the size above which a frame still arriving counts as large
+/// (see `budget.rs`).
+const FRAME_READ_BYTES_FIRST: usize = 256 << 10;
+/// Later pieces grow with what has arrived (doubling), up to this: a large
+/// frame that streams in takes few reads, and what is touched ahead is never
+/// more than what has already arrived and been charged.
+const FRAME_READ_BYTES_MAX: usize = 1 << 20;
 /// Refused connections being told why at once; beyond this a refused
 /// connection is closed without a word, so a flood costs nothing to refuse.
 const REFUSALS_IN_FLIGHT_MAX: u64 = 64;
@@ -368,7 +372,7 @@ impl Server {
             filled += read;
             // A large frame that is still arriving counts against the half of
             // the shard budget such frames share (see `budget.rs`).
-            if len > FRAME_READ_BYTES_MAX && filled < len && arrival.is_none() {
+            if len > FRAME_READ_BYTES_FIRST && filled < len && arrival.is_none() {
                 arrival = Some(self.shard_budget.arrival());
             }
             let own = (read as u64).min(connection_bytes_max.saturating_sub(permits.connection_bytes.bytes()));
