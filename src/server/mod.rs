@@ -5,8 +5,9 @@
 //! the kernel spreads connections over the shards) and on a port of its own
 //! that shard-aware clients use to reach the owner of a partition directly.
 //!
-//! Start: the data directory is locked, metadata loaded, then shard 0 is
-//! started first so that when the shared port is 0 the one the OS picks is
+//! Start: the data directory is locked, metadata loaded, the listen
+//! addresses claimed (nothing else may listen on them, see `exclusive.rs`),
+//! then shard 0 is started first so that when the shared port is 0 the one the OS picks is
 //! known to the others; each shard binds, joins the mesh and opens its
 //! partitions before the broker reports ready. Stop (SIGINT/SIGTERM or
 //! [`Broker::stop`]): shards stop accepting, let in-flight requests finish,
