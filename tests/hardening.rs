@@ -154,6 +154,26 @@ fn two_brokers_starting_at_once_on_one_address_leave_exactly_one_serving() {
     }
 }
 
+#[test]
+fn a_broker_restarts_on_its_address_at_once() {
+    let dir = temp_dir();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = serve_args(&listen, "none");
+    let Started::Serving(broker) = start(&dir.path().join("data"), &args) else { panic!("the broker starts") };
+    // A connection the broker closes itself when it stops: its side then
+    // lingers in TIME_WAIT on the listening port.
+    let mut held = TcpStream::connect(broker.addr).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    ping(&mut held, 1);
+    assert!(broker.terminate().success());
+    let mut rest = Vec::new();
+    let _ = held.read_to_end(&mut rest);
+    let Started::Serving(again) = start(&dir.path().join("data"), &args) else {
+        panic!("a restart on {listen} must not be refused over connections in TIME_WAIT")
+    };
+    assert!(again.terminate().success());
+}
+
 // 2. Deleting a topic deletes its groups' committed offsets.
 
 #[test]

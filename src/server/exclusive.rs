@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 /// (binding takes milliseconds; this only guards against a stuck start).
 const LOCK_WAIT_MAX: Duration = Duration::from_secs(10);
 const LOCK_RETRY_EVERY: Duration = Duration::from_millis(5);
+/// How long a probe waits for a connection to a port that a bind found
+/// taken (a listener on this machine answers at once).
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a listen address cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -69,18 +72,53 @@ pub fn claim(addrs: &[SocketAddr]) -> Result<PortClaims, AddressError> {
     Ok(PortClaims { _locks: locks })
 }
 
+/// Claims `addr` if it is free: `None` if anything listens on it (the
+/// caller then picks another), an error only if it cannot be checked.
+pub fn claim_if_free(addr: SocketAddr) -> Result<Option<PortClaims>, AddressError> {
+    match claim(&[addr]) {
+        Ok(claims) => Ok(Some(claims)),
+        Err(AddressError::InUse { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// Binds `addr` without SO_REUSEPORT and lets it go: `InUse` if anything
-/// listens on it. SO_REUSEADDR only lets the probe ignore connections of an
-/// earlier broker still in TIME_WAIT; on Linux it never allows binding a
-/// port that has a listener.
+/// listens on it.
+///
+/// The bind also fails over connections of an earlier broker on the port
+/// still in TIME_WAIT (their sockets carry SO_REUSEPORT, not SO_REUSEADDR,
+/// so SO_REUSEADDR on the probe does not help), which would keep a broker
+/// from restarting for a minute. So a failed bind is checked by connecting:
+/// only a listener accepts, and the port counts as in use only then.
 fn probe(addr: SocketAddr) -> Result<(), AddressError> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
         .map_err(|error| AddressError::Bind { addr, error })?;
     socket.set_reuse_address(true).map_err(|error| AddressError::Bind { addr, error })?;
     match socket.bind(&addr.into()) {
         Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::AddrInUse => Err(AddressError::InUse { addr }),
+        Err(error) if error.kind() == io::ErrorKind::AddrInUse => match has_listener(addr) {
+            true => Err(AddressError::InUse { addr }),
+            false => Ok(()),
+        },
         Err(error) => Err(AddressError::Bind { addr, error }),
+    }
+}
+
+/// Whether something accepts connections on `addr` (a wildcard address is
+/// tried on loopback).
+fn has_listener(addr: SocketAddr) -> bool {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    // Refused: nothing listens. Any other failure (a timeout, say) is
+    // treated as a listener: refusing to start is the safe mistake.
+    match std::net::TcpStream::connect_timeout(&target, PROBE_CONNECT_TIMEOUT) {
+        Ok(_) => true,
+        Err(error) => error.kind() != io::ErrorKind::ConnectionRefused,
     }
 }
 
@@ -136,6 +174,27 @@ mod tests {
         assert_eq!(UnixListener::bind_addr(&address).unwrap_err().kind(), io::ErrorKind::AddrInUse);
         drop(first);
         drop(lock_port(free.port()).unwrap());
+    }
+
+    #[test]
+    fn connections_left_in_time_wait_do_not_count_as_a_listener() {
+        // A listener with SO_REUSEPORT (as glommio binds), one connection
+        // closed by the server side first, so its socket lingers in
+        // TIME_WAIT on the listening port; then the listener goes.
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_reuse_port(true).unwrap();
+        socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        socket.listen(8).unwrap();
+        let listener: std::net::TcpListener = socket.into();
+        let addr = listener.local_addr().unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let (served, _) = listener.accept().unwrap();
+        drop(served);
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut client, &mut rest);
+        drop(client);
+        drop(listener);
+        claim(&[addr]).expect("a port with only TIME_WAIT connections is free");
     }
 
     #[test]
