@@ -319,6 +319,31 @@ pub enum Request {
     ResetGroup(ResetGroupRequest),
 }
 
+impl Request {
+    /// The request's name in snake case, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::Metadata(_) => "metadata",
+            Request::CreateTopic(_) => "create_topic",
+            Request::DeleteTopic(_) => "delete_topic",
+            Request::Produce(_) => "produce",
+            Request::Fetch(_) => "fetch",
+            Request::ListOffsets(_) => "list_offsets",
+            Request::Stats => "stats",
+            Request::FindCoordinator(_) => "find_coordinator",
+            Request::JoinGroup(_) => "join_group",
+            Request::Heartbeat(_) => "heartbeat",
+            Request::LeaveGroup(_) => "leave_group",
+            Request::CommitOffsets(_) => "commit_offsets",
+            Request::FetchCommitted(_) => "fetch_committed",
+            Request::DescribeGroup(_) => "describe_group",
+            Request::ListGroups => "list_groups",
+            Request::ResetGroup(_) => "reset_group",
+        }
+    }
+}
+
 /// A response header. Append new variants at the end only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
@@ -343,6 +368,36 @@ pub enum Response {
     /// The request as a whole failed (it did not parse, or the broker could
     /// not serve it).
     Error(ErrorResponse),
+}
+
+impl Response {
+    /// The request's result as one code: the whole request's error, else
+    /// the first error of its partitions, else `NONE`.
+    pub fn error_code(&self) -> ErrorCode {
+        fn first(mut codes: impl Iterator<Item = ErrorCode>) -> Option<ErrorCode> {
+            codes.find(|code| !code.is_ok())
+        }
+        let code = match self {
+            Response::Error(error) => Some(error.code),
+            Response::CreateTopic(result) | Response::DeleteTopic(result) => Some(result.error),
+            Response::Produce(response) => first(response.partitions.iter().map(|p| p.error)),
+            Response::Fetch(response) => first(response.partitions.iter().map(|p| p.error)),
+            Response::ListOffsets(response) => first(response.partitions.iter().map(|p| p.error)),
+            Response::JoinGroup(assignment) | Response::Heartbeat(assignment) => Some(assignment.error),
+            Response::LeaveGroup(result) | Response::ResetGroup(result) => Some(result.error),
+            Response::CommitOffsets(response) => Some(response.error)
+                .filter(|code| !code.is_ok())
+                .or_else(|| first(response.partitions.iter().map(|p| p.error))),
+            Response::FetchCommitted(response) => Some(response.error),
+            Response::DescribeGroup(response) => Some(response.error),
+            Response::Pong
+            | Response::Metadata(_)
+            | Response::Stats(_)
+            | Response::FindCoordinator(_)
+            | Response::ListGroups(_) => None,
+        };
+        code.unwrap_or(ErrorCode::NONE)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -65,18 +65,22 @@ impl Shard {
                 let Some(state) = groups.get_mut(&heartbeat.group) else {
                     return Response::Heartbeat(assignment_error(ErrorCode::UNKNOWN_MEMBER, heartbeat.member_id));
                 };
-                match state.heartbeat(&heartbeat.member_id, heartbeat.generation, now, &partitions_of) {
+                let before = state.generation;
+                let beat = state.heartbeat(&heartbeat.member_id, heartbeat.generation, now, &partitions_of);
+                self.count_rebalances(before, state.generation);
+                match beat {
                     Ok(()) => Response::Heartbeat(assignment(state, heartbeat.member_id)),
                     Err(code) => Response::Heartbeat(assignment_error(code, heartbeat.member_id)),
                 }
             }
             Request::LeaveGroup(leave) => {
                 let partitions_of = self.partition_counts();
-                let left = self
-                    .groups
-                    .borrow_mut()
-                    .get_mut(&leave.group)
-                    .is_some_and(|state| state.leave(&leave.member_id, now, &partitions_of));
+                let left = self.groups.borrow_mut().get_mut(&leave.group).is_some_and(|state| {
+                    let before = state.generation;
+                    let left = state.leave(&leave.member_id, now, &partitions_of);
+                    self.count_rebalances(before, state.generation);
+                    left
+                });
                 let error = if left { ErrorCode::NONE } else { ErrorCode::UNKNOWN_MEMBER };
                 Response::LeaveGroup(GroupResult { group: leave.group, error, message: String::new() })
             }
@@ -101,10 +105,18 @@ impl Shard {
         let state = groups.entry(join.group.clone()).or_default();
         let session = Duration::from_millis(u64::from(join.session_timeout_ms));
         let rebalance = Duration::from_millis(u64::from(join.rebalance_timeout_ms.clamp(100, 300_000)));
-        match state.join(&join.group, join.member_id, join.topics, session, rebalance, now, &partitions_of) {
+        let before = state.generation;
+        let joined = state.join(&join.group, join.member_id, join.topics, session, rebalance, now, &partitions_of);
+        self.count_rebalances(before, state.generation);
+        match joined {
             JoinOutcome::Joined(id) => assignment(state, id),
             JoinOutcome::Refused(code) => assignment_error(code, member),
         }
+    }
+
+    /// Counts the generations a group went through (each a rebalance).
+    fn count_rebalances(&self, before: u32, after: u32) {
+        Counters::add(&self.counters.rebalances, u64::from(after.wrapping_sub(before)));
     }
 
     async fn commit_offsets(self: &Rc<Self>, commit: CommitOffsetsRequest) -> CommitOffsetsResponse {
@@ -302,7 +314,9 @@ impl Shard {
         let now = Instant::now();
         let mut groups = self.groups.borrow_mut();
         for state in groups.values_mut() {
+            let before = state.generation;
             state.expire(now, &partitions_of);
+            self.count_rebalances(before, state.generation);
         }
         // Forget empty groups; their offsets stay in the offset store.
         groups.retain(|_, state| !state.is_empty());

@@ -18,6 +18,7 @@ pub mod mesh;
 pub mod metadata;
 pub mod offsets;
 mod routing;
+pub mod snapshot;
 mod stats;
 
 use std::cell::RefCell;
@@ -41,7 +42,8 @@ use crate::storage::dma::DmaStorage;
 use crate::storage::{FsyncObserver, LogConfig, OpenOptions, PartitionLog, StorageError};
 
 pub use metadata::ClusterMetadata;
-pub use stats::Counters;
+pub use snapshot::{GroupSnapshot, PartitionSnapshot, ShardSnapshot};
+pub use stats::{Counters, LatencySnapshot, LATENCY_BUCKETS_SECONDS};
 
 /// The log type the broker runs on.
 pub type Log = PartitionLog<DmaStorage>;
@@ -87,6 +89,10 @@ pub enum ShardMessage {
     },
     Stats {
         reply: oneshot::Sender<ShardStats>,
+    },
+    /// Everything a metrics scrape reports of the shard.
+    Snapshot {
+        reply: oneshot::Sender<ShardSnapshot>,
     },
     /// A consumer-group request for the group's coordinator.
     Group {
@@ -425,6 +431,9 @@ impl Shard {
             }
             ShardMessage::Stats { reply } => {
                 let _ = reply.send(self.local_stats());
+            }
+            ShardMessage::Snapshot { reply } => {
+                let _ = reply.send(self.local_snapshot());
             }
             ShardMessage::Group { request, reply } => {
                 let _ = reply.send(self.coordinate(request).await);

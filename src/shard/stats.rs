@@ -1,18 +1,82 @@
 //! Per-shard counters and latency histograms (fdatasync, produce, commit).
 //!
 //! Plain `Cell`s: a shard's counters are only ever touched by its own
-//! thread. Other shards ask for a snapshot with a Stats message.
+//! thread, never through a shared atomic. Other shards, the native Stats
+//! request and a metrics scrape ask for a snapshot with a mesh message.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
 use crate::protocol::types::ShardId;
-use crate::protocol::wire::ShardStats;
+use crate::protocol::wire::{ErrorCode, ShardStats};
 
 /// Percentiles reported for every latency histogram.
 const PERCENTILES: [f64; 6] = [50.0, 90.0, 99.0, 99.9, 99.99, 100.0];
+
+/// Upper bounds (seconds) of the latency buckets a metrics scrape reports:
+/// tails from 50 µs to 1 s, roughly 1-2.5-5 per decade.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 14] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// A latency histogram: HdrHistogram for percentiles, plus the exact sum
+/// that a Prometheus histogram reports.
+#[derive(Debug)]
+pub struct Latency {
+    histogram: RefCell<Histogram<u64>>,
+    sum_us: Cell<u64>,
+}
+
+/// A latency histogram as a metrics scrape reports it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencySnapshot {
+    /// (upper bound in seconds, observations at or below it), cumulative,
+    /// for each of [`LATENCY_BUCKETS_SECONDS`].
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl Latency {
+    fn new() -> Latency {
+        Latency { histogram: latency_histogram(), sum_us: Cell::new(0) }
+    }
+
+    fn record(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.histogram.borrow_mut().saturating_record(micros);
+        self.sum_us.set(self.sum_us.get().saturating_add(micros));
+    }
+
+    fn percentiles(&self) -> Vec<(f64, u64)> {
+        let histogram = self.histogram.borrow();
+        if histogram.is_empty() {
+            return Vec::new();
+        }
+        PERCENTILES.iter().map(|p| (*p, histogram.value_at_percentile(*p))).collect()
+    }
+
+    /// Cumulative bucket counts. A bucket's bound is matched at the
+    /// histogram's precision (3 significant digits).
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let histogram = self.histogram.borrow();
+        let buckets = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .map(|bound| {
+                let bound_us = (bound * 1e6).round() as u64;
+                let count = if histogram.is_empty() { 0 } else { histogram.count_between(0, bound_us) };
+                (*bound, count)
+            })
+            .collect();
+        LatencySnapshot { buckets, count: histogram.len(), sum_seconds: self.sum_us.get() as f64 / 1e6 }
+    }
+}
+
+/// What a request was, for counting requests by kind and result.
+pub type RequestKind = &'static str;
 
 /// Counters of one shard.
 #[derive(Debug)]
@@ -41,9 +105,18 @@ pub struct Counters {
     pub fsyncs: Cell<u64>,
     pub group_requests: Cell<u64>,
     pub commits: Cell<u64>,
-    fsync_latency_us: RefCell<Histogram<u64>>,
-    commit_latency_us: RefCell<Histogram<u64>>,
-    produce_latency_us: RefCell<Histogram<u64>>,
+    /// Request bytes held against the shard's in-flight budget, kept by
+    /// the server's budget as it changes; and that budget.
+    pub inflight_bytes: Rc<Cell<u64>>,
+    pub inflight_bytes_max: Cell<u64>,
+    /// Groups rebalanced (generations started) on this shard.
+    pub rebalances: Cell<u64>,
+    pub fsync_latency: Latency,
+    pub commit_latency: Latency,
+    pub produce_latency: Latency,
+    /// Requests by kind and result code: at most every kind times every
+    /// code, a few hundred entries.
+    requests: RefCell<BTreeMap<(RequestKind, u16), u64>>,
 }
 
 impl Default for Counters {
@@ -74,9 +147,13 @@ impl Counters {
             fsyncs: Cell::new(0),
             group_requests: Cell::new(0),
             commits: Cell::new(0),
-            commit_latency_us: latency_histogram(),
-            fsync_latency_us: latency_histogram(),
-            produce_latency_us: latency_histogram(),
+            inflight_bytes: Rc::new(Cell::new(0)),
+            inflight_bytes_max: Cell::new(0),
+            rebalances: Cell::new(0),
+            commit_latency: Latency::new(),
+            fsync_latency: Latency::new(),
+            produce_latency: Latency::new(),
+            requests: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -86,24 +163,38 @@ impl Counters {
 
     pub fn record_fsync(&self, took: Duration) {
         Counters::add(&self.fsyncs, 1);
-        record(&self.fsync_latency_us, took);
+        self.fsync_latency.record(took);
     }
 
     /// Records how long a durable offset commit took.
     pub fn record_commit(&self, took: Duration) {
         Counters::add(&self.commits, 1);
-        record(&self.commit_latency_us, took);
+        self.commit_latency.record(took);
     }
 
     /// Records how long a produce request that waits for acks took, from
     /// being decoded to its answer: the broker's share of ack latency.
     pub fn record_produce(&self, took: Duration) {
-        record(&self.produce_latency_us, took);
+        self.produce_latency.record(took);
     }
 
-    /// A snapshot for the Stats response.
-    pub fn snapshot(&self, shard: ShardId) -> ShardStats {
-        let counters = [
+    /// Counts a request of `kind` answered with `code`.
+    pub fn record_request(&self, kind: RequestKind, code: ErrorCode) {
+        *self.requests.borrow_mut().entry((kind, code.0)).or_default() += 1;
+    }
+
+    /// (kind, code, count) of every request kind and result seen.
+    pub fn requests(&self) -> Vec<(RequestKind, ErrorCode, u64)> {
+        self.requests.borrow().iter().map(|((kind, code), count)| (*kind, ErrorCode(*code), *count)).collect()
+    }
+
+    /// Every plain counter, by name.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.named().iter().map(|(name, cell)| (*name, cell.get())).collect()
+    }
+
+    fn named(&self) -> [(&'static str, &Cell<u64>); 20] {
+        [
             ("bytes_in", &self.bytes_in),
             ("events_in", &self.events_in),
             ("bytes_out", &self.bytes_out),
@@ -123,14 +214,22 @@ impl Counters {
             ("fsyncs", &self.fsyncs),
             ("group_requests", &self.group_requests),
             ("commits", &self.commits),
-        ];
+            ("rebalances", &self.rebalances),
+        ]
+    }
+
+    /// A snapshot for the Stats response.
+    pub fn snapshot(&self, shard: ShardId) -> ShardStats {
+        let mut counters: Vec<(String, u64)> =
+            self.counters().into_iter().map(|(name, value)| (name.to_string(), value)).collect();
+        counters.push(("inflight_bytes".to_string(), self.inflight_bytes.get()));
         ShardStats {
             shard,
-            counters: counters.iter().map(|(name, cell)| (name.to_string(), cell.get())).collect(),
-            fsync_latency_us: percentiles(&self.fsync_latency_us),
+            counters,
+            fsync_latency_us: self.fsync_latency.percentiles(),
             failed_partitions: Vec::new(),
-            commit_latency_us: percentiles(&self.commit_latency_us),
-            produce_latency_us: percentiles(&self.produce_latency_us),
+            commit_latency_us: self.commit_latency.percentiles(),
+            produce_latency_us: self.produce_latency.percentiles(),
         }
     }
 }
@@ -138,20 +237,6 @@ impl Counters {
 /// 1 us to 1 hour at 3 significant digits: a few tens of KiB, sized once.
 fn latency_histogram() -> RefCell<Histogram<u64>> {
     RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"))
-}
-
-fn record(histogram: &RefCell<Histogram<u64>>, took: Duration) {
-    let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
-    histogram.borrow_mut().saturating_record(micros);
-}
-
-/// (percentile, microseconds) pairs; none for an empty histogram.
-fn percentiles(histogram: &RefCell<Histogram<u64>>) -> Vec<(f64, u64)> {
-    let histogram = histogram.borrow();
-    if histogram.is_empty() {
-        return Vec::new();
-    }
-    PERCENTILES.iter().map(|p| (*p, histogram.value_at_percentile(*p))).collect()
 }
 
 #[cfg(test)]
@@ -177,5 +262,37 @@ mod tests {
         assert_eq!(snapshot.produce_latency_us[0].0, 50.0);
         // Three significant digits: 3000 us is kept within 0.1%.
         assert!(snapshot.produce_latency_us.iter().all(|(_, us)| us.abs_diff(3000) <= 3), "{snapshot:?}");
+    }
+
+    #[test]
+    fn latency_buckets_are_cumulative_and_the_sum_is_exact() {
+        let counters = Counters::new();
+        for micros in [40, 60, 900, 1_500, 2_000_000] {
+            counters.record_produce(Duration::from_micros(micros));
+        }
+        let snapshot = counters.produce_latency.snapshot();
+        assert_eq!(snapshot.count, 5);
+        assert!((snapshot.sum_seconds - 2.002_5).abs() < 1e-9, "{}", snapshot.sum_seconds);
+        let at = |bound: f64| snapshot.buckets.iter().find(|(le, _)| *le == bound).unwrap().1;
+        assert_eq!((at(0.00005), at(0.0001), at(0.001), at(0.0025), at(1.0)), (1, 2, 3, 4, 4));
+        assert!(snapshot.buckets.windows(2).all(|pair| pair[0].1 <= pair[1].1), "cumulative");
+        assert_eq!(Counters::new().fsync_latency.snapshot().count, 0);
+    }
+
+    #[test]
+    fn requests_are_counted_by_kind_and_code() {
+        let counters = Counters::new();
+        counters.record_request("produce", ErrorCode::NONE);
+        counters.record_request("produce", ErrorCode::NONE);
+        counters.record_request("produce", ErrorCode::STORAGE_FULL);
+        counters.record_request("fetch", ErrorCode::NONE);
+        assert_eq!(
+            counters.requests(),
+            vec![
+                ("fetch", ErrorCode::NONE, 1),
+                ("produce", ErrorCode::NONE, 2),
+                ("produce", ErrorCode::STORAGE_FULL, 1)
+            ]
+        );
     }
 }

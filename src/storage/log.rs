@@ -75,6 +75,8 @@ pub struct LogStats {
     pub fsyncs: u64,
     pub segments_rolled: u64,
     pub segments_deleted: u64,
+    /// Write, fdatasync or seal failures (each poisons the log).
+    pub write_errors: u64,
     pub cache_reads: u64,
     pub disk_reads: u64,
 }
@@ -729,6 +731,7 @@ impl<S: Storage> Inner<S> {
 
     fn poison(&self, error: StorageError) {
         tracing::error!(dir = %self.dir.display(), %error, "partition log poisoned; it accepts nothing more until reopened");
+        self.stats.borrow_mut().write_errors += 1;
         self.state.borrow_mut().poisoned = Some(Rc::new(error));
         self.progress.notify_all();
     }
