@@ -89,6 +89,29 @@ pub struct TuningConfig {
     pub network: NetworkConfig,
     pub storage: StorageConfig,
     pub topics: TopicsConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus `/metrics` endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `false` turns the endpoint off.
+    pub enabled: bool,
+    /// Where shard 0 serves `/metrics` over HTTP; port 0 picks one. Unset:
+    /// [`METRICS_LISTEN_DEFAULT`] if it is free, else a port the OS picks
+    /// (with a warning); set, a port in use stops the broker from starting.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Where `/metrics` is served unless configured otherwise.
+pub const METRICS_LISTEN_DEFAULT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9644);
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true, listen: None }
+    }
 }
 
 /// Which CPUs run shards, and how each shard's executor is built.
@@ -347,7 +370,21 @@ impl TuningConfig {
             return Err(ConfigError::NoCpus);
         }
         self.network.check_shard_ports(cpus.len())?;
+        self.check_metrics_port(cpus.len())?;
         Ok(cpus)
+    }
+
+    /// The metrics port must not be one the native listeners take.
+    fn check_metrics_port(&self, shards: usize) -> Result<(), ConfigError> {
+        let port = self.metrics.listen.unwrap_or(METRICS_LISTEN_DEFAULT).port();
+        if !self.metrics.enabled || port == 0 {
+            return Ok(());
+        }
+        let shard_ports = (0..shards).filter_map(|shard| self.network.shard_port(shard));
+        if port == self.network.listen.port() || shard_ports.into_iter().any(|shard_port| shard_port == port) {
+            return invalid(format!("metrics.listen port {port} collides with a native listener's port"));
+        }
+        Ok(())
     }
 }
 

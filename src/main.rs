@@ -34,11 +34,20 @@ struct Cli {
     /// Log level or filter (also RUST_LOG), e.g. info, debug, ringbroker=trace.
     #[arg(long, global = true, default_value = "info")]
     log: String,
+    /// Log lines as text, or as one JSON object per line (for collectors).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Address of any shard of the broker (client commands).
     #[arg(long, global = true, default_value = "127.0.0.1:9092")]
     broker: SocketAddr,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -62,6 +71,8 @@ enum Command {
     },
     /// Show every shard's counters and fdatasync latency.
     Stats,
+    /// A live view: per shard rates, busy time and latency; per group lag.
+    Top(TopArgs),
 }
 
 #[derive(Args, Debug)]
@@ -81,6 +92,23 @@ struct ServeArgs {
     /// CPUs to run shards on, e.g. "0,1" or "all" (overrides the tuning file).
     #[arg(long)]
     cpus: Option<String>,
+    /// Where to serve Prometheus metrics (/metrics over HTTP); port 0 picks
+    /// one (overrides the tuning file).
+    #[arg(long, conflicts_with = "no_metrics")]
+    metrics_listen: Option<SocketAddr>,
+    /// Do not serve /metrics.
+    #[arg(long)]
+    no_metrics: bool,
+}
+
+#[derive(Args, Debug)]
+struct TopArgs {
+    /// Time between redraws (milliseconds).
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Stop after this many redraws (default: until interrupted).
+    #[arg(long)]
+    iterations: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,7 +209,12 @@ fn main() {
     // Colour only for a person at a terminal: escape codes in a redirected
     // log file are noise. NO_COLOR (no-color.org) turns it off everywhere.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+        // One object per line, with the spans (shard, connection) it is in.
+        LogFormat::Json => logs.json().with_current_span(false).with_span_list(true).init(),
+    }
     let broker = cli.broker;
     let result = match cli.command {
         Command::Serve(args) => serve(args),
@@ -190,6 +223,7 @@ fn main() {
         Command::Consume(args) => with_client(broker, move |client| consume(client, args)),
         Command::Group { action } => with_client(broker, move |client| group(client, action)),
         Command::Stats => with_client(broker, stats),
+        Command::Top(args) => with_client(broker, move |client| top(client, broker, args)),
     };
     if let Err(error) = result {
         eprintln!("ringbroker: {error:#}");
@@ -211,6 +245,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(cpus) = args.cpus {
         config.shards.cpus = parse_cpus(&cpus)?;
     }
+    if let Some(listen) = args.metrics_listen {
+        config.metrics.listen = Some(listen);
+    }
+    if args.no_metrics {
+        config.metrics.enabled = false;
+    }
     let shard_ports = match args.shard_ports.as_deref() {
         None if config.network.shard_port_base == 0 => ShardPorts::Disabled,
         None => ShardPorts::Base(config.network.shard_port_base),
@@ -223,9 +263,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, std::sync::Arc::clone(&stop)).context("installing a signal handler")?;
     }
-    // One line that scripts and tests wait for.
+    // One line that scripts and tests wait for (shard_ports stays last).
+    let metrics = broker.metrics_addr().map_or("off".to_string(), |addr| format!("http://{addr}/metrics"));
     println!(
-        "ringbroker listening on {} shards={} cpus={:?} shard_ports={:?}",
+        "ringbroker listening on {} shards={} cpus={:?} metrics={metrics} shard_ports={:?}",
         broker.addr(),
         broker.cpus().len(),
         broker.cpus(),
@@ -667,6 +708,7 @@ async fn describe_group(client: &Client, group: &str) -> Result<(), ClientError>
     if !description.offsets.is_empty() {
         println!("topic\tpartition\tcommitted\tlog-end\tlag");
     }
+    let total: u64 = description.offsets.iter().filter_map(|lag| lag.lag).sum();
     for lag in &description.offsets {
         let past_end = matches!((lag.committed, lag.log_end), (Some(committed), Some(end)) if committed > end);
         let shown = match lag.lag {
@@ -688,6 +730,9 @@ async fn describe_group(client: &Client, group: &str) -> Result<(), ClientError>
             show_offset(lag.committed),
             show_offset(lag.log_end)
         );
+    }
+    if !description.offsets.is_empty() {
+        println!("total lag: {total}");
     }
     Ok(())
 }
@@ -716,4 +761,130 @@ async fn stats(client: Client) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One reading of the broker for `top`.
+struct TopSample {
+    at: std::time::Instant,
+    shards: Vec<ShardReading>,
+    groups: Vec<GroupReading>,
+}
+
+/// A shard's counters by name, and its p99 latencies since it started (µs).
+struct ShardReading {
+    shard: u16,
+    counters: BTreeMap<String, u64>,
+    produce_p99_us: Option<u64>,
+    fsync_p99_us: Option<u64>,
+}
+
+struct GroupReading {
+    group: String,
+    state: String,
+    members: u32,
+    /// Summed over its partitions; `None` if it could not be described.
+    lag: Option<u64>,
+}
+
+/// Groups `top` describes each redraw, at most.
+const TOP_GROUPS_MAX: usize = 20;
+
+async fn top(client: Client, broker: SocketAddr, args: TopArgs) -> anyhow::Result<()> {
+    let interval = Duration::from_millis(args.interval_ms.max(100));
+    let terminal = std::io::stdout().is_terminal();
+    let mut previous: Option<TopSample> = None;
+    let mut drawn = 0u64;
+    loop {
+        let sample = top_sample(&client).await?;
+        let mut out = String::new();
+        if terminal {
+            // Home and clear: redraw in place.
+            out.push_str("\x1b[H\x1b[2J");
+        }
+        render_top(&mut out, broker, interval, previous.as_ref(), &sample);
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(out.as_bytes())?;
+        stdout.flush()?;
+        drop(stdout);
+        drawn += 1;
+        if args.iterations.is_some_and(|iterations| drawn >= iterations) {
+            return Ok(());
+        }
+        previous = Some(sample);
+        glommio::timer::sleep(interval).await;
+    }
+}
+
+async fn top_sample(client: &Client) -> anyhow::Result<TopSample> {
+    let at = std::time::Instant::now();
+    let p99 = |percentiles: &[(f64, u64)]| percentiles.iter().find(|(p, _)| *p == 99.0).map(|(_, us)| *us);
+    let shards = client
+        .stats()
+        .await?
+        .shards
+        .into_iter()
+        .map(|shard| ShardReading {
+            shard: shard.shard.0,
+            produce_p99_us: p99(&shard.produce_latency_us),
+            fsync_p99_us: p99(&shard.fsync_latency_us),
+            counters: shard.counters.into_iter().collect(),
+        })
+        .collect();
+    let mut groups = Vec::new();
+    for listing in client.list_groups().await?.into_iter().take(TOP_GROUPS_MAX) {
+        let lag = match client.describe_group(&listing.group).await {
+            Ok(description) => Some(description.offsets.iter().filter_map(|lag| lag.lag).sum()),
+            Err(_) => None,
+        };
+        groups.push(GroupReading { group: listing.group, state: listing.state, members: listing.members, lag });
+    }
+    Ok(TopSample { at, shards, groups })
+}
+
+/// Rates between two samples (the first frame shows counts only).
+fn render_top(out: &mut String, broker: SocketAddr, interval: Duration, before: Option<&TopSample>, now: &TopSample) {
+    use std::fmt::Write as _;
+    let seconds = before.map(|before| now.at.duration_since(before.at).as_secs_f64()).filter(|s| *s > 0.0);
+    let _ = writeln!(out, "ringbroker top: {broker}, every {:.1} s", interval.as_secs_f64());
+    let _ = writeln!(
+        out,
+        "{:<6}{:>12}{:>10}{:>12}{:>10}{:>7}{:>7}{:>14}{:>12}",
+        "shard", "in ev/s", "in MB/s", "out ev/s", "out MB/s", "busy%", "conns", "produce p99*", "fsync p99*"
+    );
+    for reading in &now.shards {
+        let counter = |name: &str| reading.counters.get(name).copied().unwrap_or(0);
+        let rate = |name: &str| -> Option<f64> {
+            let previous = before?.shards.iter().find(|previous| previous.shard == reading.shard)?;
+            let delta = counter(name).saturating_sub(previous.counters.get(name).copied().unwrap_or(0));
+            Some(delta as f64 / seconds?)
+        };
+        let show = |value: Option<f64>, scale: f64, decimals: usize| {
+            value.map_or("-".to_string(), |value| format!("{:.*}", decimals, value / scale))
+        };
+        let busy = rate("busy_us").map(|us_per_s| us_per_s / 1e4);
+        let ms = |us: &Option<u64>| us.map_or("-".to_string(), |us| format!("{:.2} ms", us as f64 / 1000.0));
+        let _ = writeln!(
+            out,
+            "{:<6}{:>12}{:>10}{:>12}{:>10}{:>7}{:>7}{:>14}{:>12}",
+            reading.shard,
+            show(rate("events_in"), 1.0, 0),
+            show(rate("bytes_in"), 1e6, 1),
+            show(rate("events_out"), 1.0, 0),
+            show(rate("bytes_out"), 1e6, 1),
+            show(busy, 1.0, 0),
+            counter("connections_open"),
+            ms(&reading.produce_p99_us),
+            ms(&reading.fsync_p99_us),
+        );
+    }
+    let _ = writeln!(out, "* since the broker started");
+    if now.groups.is_empty() {
+        let _ = writeln!(out, "no consumer groups");
+        return;
+    }
+    let _ = writeln!(out, "{:<30}{:<14}{:>8}{:>14}", "group", "state", "members", "lag");
+    for group in &now.groups {
+        let lag = group.lag.map_or("-".to_string(), |lag| lag.to_string());
+        let _ = writeln!(out, "{:<30}{:<14}{:>8}{lag:>14}", group.group, group.state, group.members);
+    }
 }

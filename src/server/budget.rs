@@ -45,6 +45,8 @@ pub(crate) struct ByteBudget {
     /// Bytes held by the frames in `arrivals`; at most half the capacity,
     /// except for the head's overdraft.
     arriving: Cell<u64>,
+    /// Mirrors `held` for metrics (the shard's in-flight bytes gauge).
+    gauge: Option<Rc<Cell<u64>>>,
 }
 
 impl fmt::Debug for ByteBudget {
@@ -69,6 +71,15 @@ pub(crate) struct Arrival {
 
 impl ByteBudget {
     pub(crate) fn new(capacity: u64) -> Rc<ByteBudget> {
+        ByteBudget::build(capacity, None)
+    }
+
+    /// A budget whose held bytes are also kept in `gauge`.
+    pub(crate) fn with_gauge(capacity: u64, gauge: Rc<Cell<u64>>) -> Rc<ByteBudget> {
+        ByteBudget::build(capacity, Some(gauge))
+    }
+
+    fn build(capacity: u64, gauge: Option<Rc<Cell<u64>>>) -> Rc<ByteBudget> {
         Rc::new(ByteBudget {
             capacity,
             held: Cell::new(0),
@@ -76,6 +87,7 @@ impl ByteBudget {
             arrivals: RefCell::new(VecDeque::new()),
             next_arrival: Cell::new(0),
             arriving: Cell::new(0),
+            gauge,
         })
     }
 
@@ -124,7 +136,7 @@ impl ByteBudget {
             let fits_arriving = arrival.is_none() || self.arriving.get() + bytes <= self.capacity / 2;
             let heads_the_line = arrival.is_some_and(|arrival| self.arrivals.borrow().front() == Some(&arrival.id));
             if (fits && fits_arriving) || heads_the_line {
-                self.held.set(self.held.get() + bytes);
+                self.set_held(self.held.get() + bytes);
                 hold.bytes += bytes;
                 if let Some(arrival) = arrival {
                     arrival.bytes.set(arrival.bytes.get() + bytes);
@@ -136,12 +148,19 @@ impl ByteBudget {
         }
     }
 
+    fn set_held(&self, held: u64) {
+        self.held.set(held);
+        if let Some(gauge) = &self.gauge {
+            gauge.set(held);
+        }
+    }
+
     fn release(&self, bytes: u64) {
         if bytes == 0 {
             return;
         }
         debug_assert!(self.held.get() >= bytes, "released more than was held");
-        self.held.set(self.held.get().saturating_sub(bytes));
+        self.set_held(self.held.get().saturating_sub(bytes));
         self.freed.notify_all();
     }
 }

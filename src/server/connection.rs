@@ -33,6 +33,7 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{Gate, Semaphore, StaticPermit};
 use glommio::TaskQueueHandle;
+use tracing::Instrument;
 
 use crate::config::NetworkConfig;
 use crate::protocol::types::AckLevel;
@@ -45,6 +46,7 @@ use crate::storage::notify::Notify;
 
 use super::admission::{Admission, AdmissionLimits, ConnectionTable, Presence};
 use super::budget::{Arrival, ByteBudget, Hold};
+use super::warn_limit::WarnLimit;
 use super::{dispatch, Stopping};
 
 /// Requests in flight on one connection (pipelining depth).
@@ -117,6 +119,8 @@ pub(crate) struct Server {
     queue: TaskQueueHandle,
     shard_budget: Rc<ByteBudget>,
     connections: RefCell<ConnectionTable>,
+    /// Client errors logged as warnings, a few per window.
+    warnings: WarnLimit,
     /// Evict signals of admitted connections, by table id.
     evictions: RefCell<rustc_hash::FxHashMap<u64, Rc<Stopping>>>,
     refusals: Rc<Semaphore>,
@@ -130,7 +134,10 @@ impl Server {
         gate: Rc<Gate>,
         queue: TaskQueueHandle,
     ) -> Server {
-        let shard_budget = ByteBudget::new(limits.inflight_bytes_per_shard as u64);
+        let counters = shard.counters();
+        counters.inflight_bytes_max.set(limits.inflight_bytes_per_shard as u64);
+        let shard_budget =
+            ByteBudget::with_gauge(limits.inflight_bytes_per_shard as u64, Rc::clone(&counters.inflight_bytes));
         Server {
             shard,
             limits,
@@ -139,6 +146,7 @@ impl Server {
             queue,
             shard_budget,
             connections: RefCell::new(ConnectionTable::default()),
+            warnings: WarnLimit::new(Instant::now()),
             evictions: RefCell::new(rustc_hash::FxHashMap::default()),
             refusals: Rc::new(Semaphore::new(REFUSALS_IN_FLIGHT_MAX)),
         }
@@ -192,11 +200,14 @@ impl Server {
         let evicted = Rc::new(Stopping::default());
         self.evictions.borrow_mut().insert(id, Rc::clone(&evicted));
         let server = Rc::clone(self);
+        let peer = stream.peer_addr().map_or_else(|_| ip.to_string(), |peer| peer.to_string());
+        let span = tracing::info_span!("conn", conn = id, %peer);
         let serve = async move {
             Rc::clone(&server).serve(stream, requests, presence, &evicted).await;
             server.connections.borrow_mut().remove(id);
             server.evictions.borrow_mut().remove(&id);
-        };
+        }
+        .instrument(span);
         match self.gate.spawn_into(serve, self.queue) {
             Ok(task) => {
                 drop(task.detach());
@@ -458,6 +469,8 @@ impl Server {
                     WireError::UnsupportedVersion(_) => ErrorCode::UNSUPPORTED_VERSION,
                     _ => ErrorCode::INVALID_REQUEST,
                 };
+                self.shard.counters().record_request("malformed", code);
+                self.warn_client_error(&error, "a client sent a malformed request");
                 let response = Response::Error(ErrorResponse { code, message: error.to_string() });
                 connection.respond(request_id, &response, Vec::new(), Some((permits, None)));
                 return Ok(());
@@ -495,7 +508,7 @@ impl Server {
                 }
             }
         };
-        match glommio::spawn_local_into(task, self.queue) {
+        match glommio::spawn_local_into(task.in_current_span(), self.queue) {
             Ok(task) => drop(task.detach()),
             Err(error) => tracing::error!(%error, "could not start a request task"),
         }
@@ -506,6 +519,8 @@ impl Server {
     /// that follow cannot be framed any more.
     async fn refuse_frame(&self, connection: &Rc<Connection>, error: WireError) -> Result<(), String> {
         Counters::add(&self.shard.counters().errors, 1);
+        self.shard.counters().record_request("malformed", ErrorCode::FRAME_TOO_LARGE);
+        self.warn_client_error(&error, "a client sent an unframeable length; closing its connection");
         if let WireError::FrameTooLarge { .. } = error {
             // The head that follows the length names the request to answer.
             let mut head = [0u8; FRAME_HEAD_BYTES];
@@ -516,6 +531,20 @@ impl Server {
             connection.respond(request_id, &response, Vec::new(), None);
         }
         Err(error.to_string())
+    }
+}
+
+impl Server {
+    /// Logs a client's error as a warning, at most a few per window (see
+    /// `warn_limit.rs`); the connection's span names the client.
+    fn warn_client_error(&self, error: &WireError, what: &str) {
+        if let Some(suppressed) = self.warnings.allow(Instant::now()) {
+            if suppressed > 0 {
+                tracing::warn!(%error, suppressed, "{what} (and {suppressed} client errors were not logged)");
+            } else {
+                tracing::warn!(%error, "{what}");
+            }
+        }
     }
 }
 

@@ -28,13 +28,22 @@ pub(super) fn fetch_bytes_max(limits: &Limits) -> usize {
     frame.saturating_sub(FETCH_HEADER_ROOM_BYTES).max(frame / 4)
 }
 
-/// Serves one request. `None`: no response is sent (produce with acks none).
+/// Serves one request and counts it by kind and result. `None`: no
+/// response is sent (produce with acks none).
 pub(super) async fn handle(
     shard: &Rc<Shard>,
     request: Request,
     payload: BytesMut,
     limits: &Limits,
 ) -> Option<(Response, Vec<u8>)> {
+    let kind = request.kind();
+    let answer = serve(shard, request, payload, limits).await;
+    let code = answer.as_ref().map_or(ErrorCode::NONE, |(response, _)| response.error_code());
+    shard.counters().record_request(kind, code);
+    answer
+}
+
+async fn serve(shard: &Rc<Shard>, request: Request, payload: BytesMut, limits: &Limits) -> Option<(Response, Vec<u8>)> {
     let counters = shard.counters();
     let response = match request {
         Request::Ping => {

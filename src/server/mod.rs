@@ -18,6 +18,8 @@ mod budget;
 mod connection;
 mod dispatch;
 pub mod exclusive;
+pub mod metrics;
+mod warn_limit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +30,7 @@ use std::time::Duration;
 
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use tracing::Instrument;
 
 use crate::config::{ConfigError, TuningConfig};
 use crate::protocol::types::ShardId;
@@ -73,6 +76,7 @@ pub enum ServerError {
 pub struct Broker {
     addr: SocketAddr,
     shard_ports: Vec<u16>,
+    metrics_addr: Option<SocketAddr>,
     cpus: Vec<usize>,
     stop: Arc<AtomicBool>,
     threads: Vec<ExecutorJoinHandle<()>>,
@@ -81,7 +85,7 @@ pub struct Broker {
 
 /// What each shard reports to the starting thread.
 enum StartReport {
-    Bound { shard: usize, shared_port: u16, own_port: u16 },
+    Bound { shard: usize, shared_port: u16, own_port: u16, metrics_port: Option<u16> },
     Ready,
     Failed { shard: usize, message: String },
 }
@@ -103,7 +107,11 @@ impl Broker {
         }
         // Nothing else may listen on our addresses; held until every shard
         // has bound, so two brokers starting at once cannot both pass.
-        let claims = exclusive::claim(&listen_addrs(config.network.listen, shard_ports, cpus.len()))?;
+        let mut addrs = listen_addrs(config.network.listen, shard_ports, cpus.len());
+        addrs.extend(config.metrics.listen.filter(|_| config.metrics.enabled));
+        let claims = exclusive::claim(&addrs)?;
+        let (metrics_listen, _metrics_claim) = metrics_listen(&config.metrics)?;
+        let mut metrics_addr = metrics_listen;
         let stop = Arc::new(AtomicBool::new(false));
         let mut mesh: Vec<Option<mesh::MeshEnds>> =
             mesh::build(cpus.len(), MESH_CHANNEL_CAPACITY).into_iter().map(Some).collect();
@@ -122,6 +130,8 @@ impl Broker {
                     ShardPorts::Base(base) => Some(base.checked_add(shard as u16).unwrap_or(0)),
                     ShardPorts::Ephemeral => Some(0),
                 },
+                // Shard 0 serves /metrics; a scrape gathers every shard.
+                metrics_addr: if shard == 0 { metrics_listen } else { None },
                 config: config.clone(),
                 data_dir: data_dir.clone(),
                 metadata: cluster.clone(),
@@ -141,8 +151,11 @@ impl Broker {
         let mut launched = 1;
         while ready < cpus.len() && failure.is_none() {
             match reported.recv_timeout(Duration::from_secs(60)) {
-                Ok(StartReport::Bound { shard, shared_port, own_port }) => {
+                Ok(StartReport::Bound { shard, shared_port, own_port, metrics_port }) => {
                     own_ports[shard] = own_port;
+                    if let (Some(addr), Some(port)) = (metrics_addr.as_mut(), metrics_port) {
+                        addr.set_port(port);
+                    }
                     bound += 1;
                     if shard == 0 {
                         shared_addr.set_port(shared_port);
@@ -163,7 +176,8 @@ impl Broker {
             }
         }
         drop(claims);
-        let broker = Broker { addr: shared_addr, shard_ports: own_ports, cpus, stop, threads, _lock: lock };
+        let broker =
+            Broker { addr: shared_addr, shard_ports: own_ports, metrics_addr, cpus, stop, threads, _lock: lock };
         if let Some(error) = failure {
             broker.stop();
             let _ = broker.wait();
@@ -180,6 +194,11 @@ impl Broker {
     /// Each shard's own port (0 when disabled).
     pub fn shard_ports(&self) -> &[u16] {
         &self.shard_ports
+    }
+
+    /// Where `/metrics` is served, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The CPU each shard runs on.
@@ -209,6 +228,29 @@ impl Broker {
     }
 }
 
+/// Where `/metrics` goes: the configured address (claimed with the other
+/// listeners), or the default one if it is free, or else a port the OS
+/// picks. A second broker on one machine then still starts, and says where
+/// its metrics are, instead of failing over an auxiliary port.
+fn metrics_listen(
+    config: &crate::config::MetricsConfig,
+) -> Result<(Option<SocketAddr>, Option<exclusive::PortClaims>), ServerError> {
+    if !config.enabled {
+        return Ok((None, None));
+    }
+    if let Some(listen) = config.listen {
+        return Ok((Some(listen), None));
+    }
+    let default = crate::config::METRICS_LISTEN_DEFAULT;
+    match exclusive::claim_if_free(default)? {
+        Some(claim) => Ok((Some(default), Some(claim))),
+        None => {
+            tracing::warn!(%default, "the default metrics address is in use: serving /metrics on a port the OS picks");
+            Ok((Some(SocketAddr::new(default.ip(), 0)), None))
+        }
+    }
+}
+
 /// Every address the shards will listen on (port 0: the OS picks one).
 fn listen_addrs(shared: SocketAddr, shard_ports: ShardPorts, shards: usize) -> Vec<SocketAddr> {
     let mut addrs = vec![shared];
@@ -225,6 +267,7 @@ struct ShardLaunch {
     cpu: usize,
     shared_addr: SocketAddr,
     own_port: Option<u16>,
+    metrics_addr: Option<SocketAddr>,
     config: TuningConfig,
     data_dir: PathBuf,
     metadata: metadata::ClusterMetadata,
@@ -249,7 +292,10 @@ impl ShardLaunch {
         }
         let handle = builder.spawn(move || async move {
             let (shard, reports) = (self.shard, self.reports.clone());
-            if let Err(message) = self.run().await {
+            // Everything this shard logs carries its id (tasks it spawns
+            // are instrumented with this span where they log).
+            let span = tracing::info_span!("shard", shard);
+            if let Err(message) = self.run().instrument(span).await {
                 tracing::error!(shard, %message, "shard failed");
                 let _ = reports.send(StartReport::Failed { shard, message });
             }
@@ -275,7 +321,15 @@ impl ShardLaunch {
         };
         let own_port = own.as_ref().map_or(Ok(0), |listener| listener.local_addr().map(|addr| addr.port()));
         let own_port = own_port.map_err(|error| error.to_string())?;
-        let _ = self.reports.send(StartReport::Bound { shard: self.shard, shared_port, own_port });
+        let metrics = match self.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).map_err(|error| format!("binding {addr}: {error}"))?),
+            None => None,
+        };
+        let metrics_port = match &metrics {
+            Some(listener) => Some(listener.local_addr().map_err(|error| error.to_string())?.port()),
+            None => None,
+        };
+        let _ = self.reports.send(StartReport::Bound { shard: self.shard, shared_port, own_port, metrics_port });
         tracing::debug!(shard = self.shard, shared_port, own_port, "bound");
         let shard_ports = self.collect_ports(own_port).await?;
         tracing::debug!(shard = self.shard, ?shard_ports, "learned every shard's port");
@@ -313,9 +367,13 @@ impl ShardLaunch {
             Rc::clone(&gate),
             network_queue,
         ));
-        let mut accept_loops = vec![glommio::spawn_local(Rc::clone(&server).accept_loop(shared))];
+        let mut accept_loops = vec![glommio::spawn_local(Rc::clone(&server).accept_loop(shared).in_current_span())];
         if let Some(own) = own {
-            accept_loops.push(glommio::spawn_local(Rc::clone(&server).accept_loop(own)));
+            accept_loops.push(glommio::spawn_local(Rc::clone(&server).accept_loop(own).in_current_span()));
+        }
+        if let Some(listener) = metrics {
+            let metrics = metrics::MetricsServer::new(Rc::clone(&shard), Rc::clone(&stopping), self.data_dir.clone());
+            accept_loops.push(glommio::spawn_local(Rc::new(metrics).accept_loop(listener).in_current_span()));
         }
         let _ = self.reports.send(StartReport::Ready);
         tracing::info!(shard = self.shard, cpu = self.cpu, shared_port, own_port, "shard serving");
