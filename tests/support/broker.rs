@@ -24,7 +24,21 @@ pub struct BrokerProcess {
     child: Child,
     pub addr: SocketAddr,
     pub shard_ports: Vec<u16>,
+    /// Where `/metrics` is served (`None`: off).
+    pub metrics_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
+}
+
+/// Reads the "ringbroker listening on ..." line.
+fn parse_listening(line: &str) -> (SocketAddr, Vec<u16>, Option<SocketAddr>) {
+    assert!(line.starts_with("ringbroker listening on "), "unexpected first line {line:?}");
+    let addr = line.split_whitespace().nth(3).expect("address").parse().expect("a socket address");
+    let ports = line.split("shard_ports=[").nth(1).expect("shard ports").trim().trim_end_matches(']');
+    let shard_ports = ports.split(',').map(|port| port.trim().parse().expect("a port")).collect();
+    let metrics = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("metrics=http://")?.strip_suffix("/metrics")?.parse().ok());
+    (addr, shard_ports, metrics)
 }
 
 impl BrokerProcess {
@@ -34,6 +48,7 @@ impl BrokerProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringbroker"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--shard-ports", "auto", "--cpus", "0,1", "--log", "warn"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .arg("--data")
             .arg(data_dir)
             .args(extra)
@@ -44,15 +59,9 @@ impl BrokerProcess {
         let mut line = String::new();
         let started = Instant::now();
         BufReader::new(stdout).read_line(&mut line).expect("reading the broker's first line");
-        assert!(
-            line.starts_with("ringbroker listening on "),
-            "unexpected first line {line:?} after {:?}",
-            started.elapsed()
-        );
-        let addr = line.split_whitespace().nth(3).expect("address").parse().expect("a socket address");
-        let ports = line.split("shard_ports=[").nth(1).expect("shard ports").trim().trim_end_matches(']');
-        let shard_ports = ports.split(',').map(|port| port.trim().parse().expect("a port")).collect();
-        BrokerProcess { child, addr, shard_ports, data_dir: data_dir.to_path_buf() }
+        assert!(!line.is_empty(), "the broker exited before listening (after {:?})", started.elapsed());
+        let (addr, shard_ports, metrics_addr) = parse_listening(&line);
+        BrokerProcess { child, addr, shard_ports, metrics_addr, data_dir: data_dir.to_path_buf() }
     }
 
     /// Starts `ringbroker serve` with exactly `args` (after `serve` and
@@ -77,11 +86,8 @@ impl BrokerProcess {
             let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
             return Started::Failed { status, stderr };
         }
-        assert!(line.starts_with("ringbroker listening on "), "unexpected first line {line:?}");
-        let addr = line.split_whitespace().nth(3).expect("address").parse().expect("a socket address");
-        let ports = line.split("shard_ports=[").nth(1).expect("shard ports").trim().trim_end_matches(']');
-        let shard_ports = ports.split(',').map(|port| port.trim().parse().expect("a port")).collect();
-        Started::Serving(BrokerProcess { child, addr, shard_ports, data_dir: data_dir.to_path_buf() })
+        let (addr, shard_ports, metrics_addr) = parse_listening(&line);
+        Started::Serving(BrokerProcess { child, addr, shard_ports, metrics_addr, data_dir: data_dir.to_path_buf() })
     }
 
     /// The broker's process id (for reading /proc).
