@@ -261,3 +261,45 @@ fn a_flood_of_malformed_frames_logs_a_bounded_number_of_lines() {
     println!("2000 malformed frames: {warned} log lines");
     assert!((1..=10).contains(&warned), "{warned} lines: {log}");
 }
+
+#[test]
+fn the_grafana_dashboards_queries_are_valid_promql_over_exported_metrics() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("docs/grafana-dashboard.json").unwrap()).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap().iter())
+        .map(|target| target["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 10);
+    // Every metric a query names is one the broker exports.
+    let dir = temp_dir();
+    let broker = broker_with_lag(dir.path(), 5, 2);
+    let (_, body) = http_get(broker.metrics_addr.unwrap(), "/metrics", None);
+    for expr in &exprs {
+        for name in
+            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("ringbroker_"))
+        {
+            assert!(body.contains(&format!("\n{name}")), "{name} (in {expr}) is not exported");
+        }
+    }
+    assert!(broker.terminate().success());
+    let Some(promtool) = prometheus_tool("promtool") else { return };
+    let rules: String = exprs
+        .iter()
+        .enumerate()
+        .map(|(index, expr)| {
+            format!("      - record: dashboard:query_{index}\n        expr: '{}'\n", expr.replace('\'', "''"))
+        })
+        .collect();
+    let file = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&file, format!("groups:\n  - name: dashboard\n    rules:\n{rules}")).unwrap();
+    let checked = Command::new(promtool).args(["check", "rules"]).arg(&file).output().unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout) + String::from_utf8_lossy(&checked.stderr)
+    );
+}

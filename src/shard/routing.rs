@@ -573,7 +573,7 @@ impl Shard {
 
     pub(super) fn local_stats(&self) -> crate::protocol::wire::ShardStats {
         let mut stats = self.counters.snapshot(self.id);
-        let busy = glommio::executor().executor_stats().total_runtime();
+        let busy = self.counters.busy();
         stats.counters.push(("busy_us".to_string(), u64::try_from(busy.as_micros()).unwrap_or(u64::MAX)));
         for (topic, partitions) in self.partitions.borrow().iter() {
             for (partition, state) in partitions {

@@ -90,7 +90,7 @@ impl Shard {
             requests: counters.requests(),
             inflight_bytes: counters.inflight_bytes.get(),
             inflight_bytes_max: counters.inflight_bytes_max.get(),
-            busy_seconds: glommio::executor().executor_stats().total_runtime().as_secs_f64(),
+            busy_seconds: counters.busy().as_secs_f64(),
             produce_latency: counters.produce_latency.snapshot(),
             fsync_latency: counters.fsync_latency.snapshot(),
             commit_latency: counters.commit_latency.snapshot(),

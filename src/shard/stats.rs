@@ -111,6 +111,8 @@ pub struct Counters {
     pub inflight_bytes_max: Cell<u64>,
     /// Groups rebalanced (generations started) on this shard.
     pub rebalances: Cell<u64>,
+    /// The executor's busy time so far (see [`Counters::busy`]).
+    busy: Cell<Duration>,
     pub fsync_latency: Latency,
     pub commit_latency: Latency,
     pub produce_latency: Latency,
@@ -150,6 +152,7 @@ impl Counters {
             inflight_bytes: Rc::new(Cell::new(0)),
             inflight_bytes_max: Cell::new(0),
             rebalances: Cell::new(0),
+            busy: Cell::new(Duration::ZERO),
             commit_latency: Latency::new(),
             fsync_latency: Latency::new(),
             produce_latency: Latency::new(),
@@ -176,6 +179,16 @@ impl Counters {
     /// being decoded to its answer: the broker's share of ack latency.
     pub fn record_produce(&self, took: Duration) {
         self.produce_latency.record(took);
+    }
+
+    /// The time this shard's executor has spent running tasks and polling
+    /// for I/O since it started. glommio hands out its runtime since the
+    /// last time anyone asked (reading it resets it), so it is added up
+    /// here; call only from the shard's own executor.
+    pub fn busy(&self) -> Duration {
+        let since_last = glommio::executor().executor_stats().total_runtime();
+        self.busy.set(self.busy.get() + since_last);
+        self.busy.get()
     }
 
     /// Counts a request of `kind` answered with `code`.
