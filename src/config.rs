@@ -90,6 +90,62 @@ pub struct TuningConfig {
     pub storage: StorageConfig,
     pub topics: TopicsConfig,
     pub metrics: MetricsConfig,
+    pub kafka: KafkaConfig,
+}
+
+/// The Kafka API front door.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub enabled: bool,
+    /// The bootstrap address every shard accepts on (SO_REUSEPORT). In
+    /// `per-shard` mode it is never advertised; in `node` mode it is the one
+    /// advertised broker. Unset: [`KAFKA_LISTEN_DEFAULT`] if free (with the
+    /// default shard ports), else ports the OS picks, with a warning; set, a
+    /// port in use stops the broker from starting.
+    pub listen: Option<SocketAddr>,
+    /// `per-shard` mode: shard i also listens on this port + i and is
+    /// advertised as Kafka broker i. 0: ports the OS picks. Unset:
+    /// [`KAFKA_SHARD_PORT_BASE_DEFAULT`], as `listen`.
+    pub shard_port_base: Option<u16>,
+    /// The host advertised in Metadata and FindCoordinator answers. An IPv4
+    /// address by default: librdkafka resolves `localhost` to ::1 first.
+    pub advertised_host: String,
+    pub mode: KafkaMode,
+    /// Create a topic that a Metadata or Produce request names and that does
+    /// not exist (with `topics.default_partitions`), as Kafka's
+    /// `auto.create.topics.enable` does.
+    pub auto_create_topics: bool,
+}
+
+/// How shards are advertised to Kafka clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KafkaMode {
+    /// Every shard is a broker of its own, on its own port, and leads its
+    /// partitions: clients send each request straight to the owning core.
+    PerShard,
+    /// One broker on one port; shards forward over the mesh.
+    Node,
+}
+
+/// The Kafka API's bootstrap address unless configured: the port every
+/// Kafka tool assumes.
+pub const KAFKA_LISTEN_DEFAULT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9092);
+/// Per-shard Kafka ports start here unless configured.
+pub const KAFKA_SHARD_PORT_BASE_DEFAULT: u16 = 9200;
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            enabled: true,
+            listen: None,
+            shard_port_base: None,
+            advertised_host: "127.0.0.1".to_string(),
+            mode: KafkaMode::PerShard,
+            auto_create_topics: true,
+        }
+    }
 }
 
 /// The Prometheus `/metrics` endpoint.
@@ -246,7 +302,7 @@ impl Default for ShardsConfig {
 impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             shard_port_base: 9100,
             max_frame_bytes: 16 << 20,
             max_connections_per_shard: 4096,
@@ -702,7 +758,8 @@ mod tests {
         let config = parse("").unwrap();
         assert_eq!(config.shards.cpus, CpuSelection::All);
         assert_eq!(config.shards.io_memory_bytes, 10 << 20);
-        assert_eq!(config.network.listen, "127.0.0.1:9092".parse().unwrap());
+        assert_eq!(config.network.listen, "127.0.0.1:9091".parse().unwrap());
+        assert_eq!(config.kafka.listen, None, "the default, 127.0.0.1:9092 if free");
         assert_eq!(config.storage.write_bytes_max, 4 << 20);
         assert_eq!(config.topics.default_partitions, 0);
     }

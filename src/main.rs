@@ -38,7 +38,7 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
     /// Address of any shard of the broker (client commands).
-    #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+    #[arg(long, global = true, default_value = "127.0.0.1:9091")]
     broker: SocketAddr,
     #[command(subcommand)]
     command: Command,
@@ -99,6 +99,15 @@ struct ServeArgs {
     /// Do not serve /metrics.
     #[arg(long)]
     no_metrics: bool,
+    /// The Kafka API's bootstrap address (overrides the tuning file).
+    #[arg(long, conflicts_with = "no_kafka")]
+    kafka_listen: Option<SocketAddr>,
+    /// Per-shard Kafka ports: "auto" (picked by the OS) or a base port.
+    #[arg(long)]
+    kafka_shard_ports: Option<String>,
+    /// Do not serve the Kafka API.
+    #[arg(long)]
+    no_kafka: bool,
 }
 
 #[derive(Args, Debug)]
@@ -251,6 +260,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.no_metrics {
         config.metrics.enabled = false;
     }
+    if let Some(listen) = args.kafka_listen {
+        config.kafka.listen = Some(listen);
+    }
+    match args.kafka_shard_ports.as_deref() {
+        None => {}
+        Some("auto") => config.kafka.shard_port_base = Some(0),
+        Some(base) => {
+            config.kafka.shard_port_base = Some(base.parse().context("--kafka-shard-ports takes auto or a port")?);
+        }
+    }
+    if args.no_kafka {
+        config.kafka.enabled = false;
+    }
     let shard_ports = match args.shard_ports.as_deref() {
         None if config.network.shard_port_base == 0 => ShardPorts::Disabled,
         None => ShardPorts::Base(config.network.shard_port_base),
@@ -265,11 +287,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     // One line that scripts and tests wait for (shard_ports stays last).
     let metrics = broker.metrics_addr().map_or("off".to_string(), |addr| format!("http://{addr}/metrics"));
+    let kafka = broker.kafka_addr().map_or("off".to_string(), |addr| addr.to_string());
     println!(
-        "ringbroker listening on {} shards={} cpus={:?} metrics={metrics} shard_ports={:?}",
+        "ringbroker listening on {} shards={} cpus={:?} metrics={metrics} kafka={kafka} kafka_ports={:?} shard_ports={:?}",
         broker.addr(),
         broker.cpus().len(),
         broker.cpus(),
+        broker.kafka_ports(),
         broker.shard_ports()
     );
     std::io::stdout().flush()?;

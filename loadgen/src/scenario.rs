@@ -494,6 +494,8 @@ impl EmbeddedBroker {
         config.storage.data_dir = data.path().to_path_buf();
         // Any free port: an embedded broker must not collide with a real one.
         config.network.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.kafka.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.kafka.shard_port_base = Some(0);
         let broker = Broker::start(config, ShardPorts::Ephemeral).context("starting the embedded broker")?;
         let (addr, cpus) = (broker.addr(), broker.cpus().to_vec());
         Ok(EmbeddedBroker { broker: Some(broker), addr, cpus, data: Some(data) })

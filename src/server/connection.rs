@@ -46,6 +46,7 @@ use crate::storage::notify::Notify;
 
 use super::admission::{Admission, AdmissionLimits, ConnectionTable, Presence};
 use super::budget::{Arrival, ByteBudget, Hold};
+use super::kafka::{self, KafkaEndpoints};
 use super::warn_limit::WarnLimit;
 use super::{dispatch, Stopping};
 
@@ -110,6 +111,15 @@ impl Limits {
     }
 }
 
+/// Which protocol a listener speaks. Both use the same framing (a 4-byte
+/// length), admission and byte budgets; they differ in what a frame holds
+/// and in response order (Kafka answers in request order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Native,
+    Kafka,
+}
+
 /// The per-shard part of the server: accept loops share it.
 pub(crate) struct Server {
     shard: Rc<Shard>,
@@ -124,6 +134,8 @@ pub(crate) struct Server {
     /// Evict signals of admitted connections, by table id.
     evictions: RefCell<rustc_hash::FxHashMap<u64, Rc<Stopping>>>,
     refusals: Rc<Semaphore>,
+    /// Where Kafka clients reach the broker (when the Kafka API is on).
+    kafka: Option<KafkaEndpoints>,
 }
 
 impl Server {
@@ -133,6 +145,7 @@ impl Server {
         stopping: Rc<Stopping>,
         gate: Rc<Gate>,
         queue: TaskQueueHandle,
+        kafka: Option<KafkaEndpoints>,
     ) -> Server {
         let counters = shard.counters();
         counters.inflight_bytes_max.set(limits.inflight_bytes_per_shard as u64);
@@ -149,11 +162,12 @@ impl Server {
             warnings: WarnLimit::new(Instant::now()),
             evictions: RefCell::new(rustc_hash::FxHashMap::default()),
             refusals: Rc::new(Semaphore::new(REFUSALS_IN_FLIGHT_MAX)),
+            kafka,
         }
     }
 
     /// Accepts until the shard stops, admitting or refusing each connection.
-    pub(crate) async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
+    pub(crate) async fn accept_loop(self: Rc<Self>, listener: TcpListener, protocol: Protocol) {
         loop {
             let accepted = future::or(async { Some(listener.accept().await) }, async {
                 self.stopping.wait().await;
@@ -175,20 +189,20 @@ impl Server {
             let admission = self.connections.borrow().admit(peer.ip(), now, self.limits.admission(), self.shard.id().0);
             match admission {
                 Admission::Refuse(reason) => {
-                    self.refuse(stream, reason);
+                    self.refuse(stream, reason, protocol);
                     continue;
                 }
                 Admission::EvictThenAdmit(id) => self.evict(id),
                 Admission::Admit => {}
             }
-            if !self.admit(stream, peer.ip(), now) {
+            if !self.admit(stream, peer.ip(), now, protocol) {
                 return;
             }
         }
     }
 
     /// Starts serving an admitted connection; false once the shard stops.
-    fn admit(self: &Rc<Self>, stream: TcpStream, ip: IpAddr, now: Instant) -> bool {
+    fn admit(self: &Rc<Self>, stream: TcpStream, ip: IpAddr, now: Instant, protocol: Protocol) -> bool {
         let counters = self.shard.counters();
         Counters::add(&counters.connections_accepted, 1);
         // Counted here, not when the task first runs, so a burst of
@@ -203,7 +217,7 @@ impl Server {
         let peer = stream.peer_addr().map_or_else(|_| ip.to_string(), |peer| peer.to_string());
         let span = tracing::info_span!("conn", conn = id, %peer);
         let serve = async move {
-            Rc::clone(&server).serve(stream, requests, presence, &evicted).await;
+            Rc::clone(&server).serve(stream, requests, presence, &evicted, protocol).await;
             server.connections.borrow_mut().remove(id);
             server.evictions.borrow_mut().remove(&id);
         }
@@ -230,9 +244,13 @@ impl Server {
     /// Tells a client it is not admitted, then closes its connection. At
     /// most `REFUSALS_IN_FLIGHT_MAX` at a time get the notice; the rest of
     /// a flood is closed at once.
-    fn refuse(&self, stream: TcpStream, reason: String) {
+    fn refuse(&self, stream: TcpStream, reason: String, protocol: Protocol) {
         Counters::add(&self.shard.counters().connections_refused, 1);
         tracing::debug!(%reason, "refusing a connection");
+        // Kafka has no way to say why: the connection just closes.
+        if protocol == Protocol::Kafka {
+            return;
+        }
         let Ok(permit) = self.refusals.try_acquire_static_permit(1) else { return };
         let notice = notice_frame(ErrorCode::CONNECTION_REFUSED, reason);
         let task = async move {
@@ -262,6 +280,7 @@ impl Server {
         requests: Rc<Semaphore>,
         presence: Rc<Presence>,
         evicted: &Stopping,
+        protocol: Protocol,
     ) {
         let counters = self.shard.counters();
         if let Err(error) = stream.set_nodelay(true) {
@@ -277,10 +296,12 @@ impl Server {
             requests,
             budget: ByteBudget::new(self.limits.inflight_bytes_per_connection as u64),
             presence,
+            protocol,
+            order: ResponseOrder::default(),
         });
         let writer = glommio::spawn_local(Rc::clone(&connection).write_loop());
         match self.read_loop(&connection, evicted).await {
-            Ok(()) if evicted.is_stopped() => {
+            Ok(()) if evicted.is_stopped() && protocol == Protocol::Native => {
                 let reason = format!(
                     "closed to make room: idle for over {} ms while shard {} was full",
                     self.limits.evict_idle_after.as_millis(),
@@ -328,10 +349,14 @@ impl Server {
             connection.presence.touch(Instant::now());
             let len = match wire::frame_len(prefix, self.limits.max_frame_bytes) {
                 Ok(len) => len,
+                Err(error) if connection.protocol == Protocol::Kafka => return Err(error.to_string()),
                 Err(error) => return self.refuse_frame(connection, error).await,
             };
             let (body, permits) = self.read_frame(connection, len).await?;
-            self.start_request(connection, body, permits).await?;
+            match connection.protocol {
+                Protocol::Native => self.start_request(connection, body, permits).await?,
+                Protocol::Kafka => self.start_kafka_request(connection, body, permits)?,
+            }
         }
     }
 
@@ -515,6 +540,57 @@ impl Server {
         Ok(())
     }
 
+    /// Parses a Kafka frame and serves it in a task of its own; its
+    /// response takes its place in request order.
+    fn start_kafka_request(
+        self: &Rc<Self>,
+        connection: &Rc<Connection>,
+        body: BytesMut,
+        permits: Permits,
+    ) -> Result<(), String> {
+        let Some(endpoints) = self.kafka.clone() else {
+            return Err("the Kafka API is off".into());
+        };
+        let parsed = match kafka::parse(body.freeze()) {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                self.shard.counters().record_request("kafka_malformed", ErrorCode::INVALID_REQUEST);
+                self.warn_client_error(&WireError::Header(reason.clone()), "a Kafka client sent a malformed request");
+                return Err(reason);
+            }
+        };
+        let seq = connection.order.begin();
+        let kind = kafka_kind(parsed.api_key);
+        let (server, connection) = (Rc::clone(self), Rc::clone(connection));
+        let task = async move {
+            let limits = &server.limits;
+            let handled = glommio::timer::timeout(limits.request_timeout, async {
+                Ok(kafka::handle(&server.shard, &endpoints, limits, parsed).await)
+            })
+            .await;
+            let outcome = handled.unwrap_or_else(|_| kafka::Outcome::Close("request timed out".into()));
+            let code = match &outcome {
+                kafka::Outcome::Close(_) => ErrorCode::INVALID_REQUEST,
+                _ => ErrorCode::NONE,
+            };
+            server.shard.counters().record_request(kind, code);
+            match outcome {
+                kafka::Outcome::Respond(frame) => connection.finish(seq, Some((frame, permits))),
+                kafka::Outcome::Silent => connection.finish(seq, None),
+                kafka::Outcome::Close(reason) => {
+                    server.warn_client_error(&WireError::Header(reason), "a Kafka request could not be served");
+                    connection.finish(seq, None);
+                    connection.dead.stop();
+                }
+            }
+        };
+        match glommio::spawn_local_into(task.in_current_span(), self.queue) {
+            Ok(task) => drop(task.detach()),
+            Err(error) => tracing::error!(%error, "could not start a request task"),
+        }
+        Ok(())
+    }
+
     /// Answers a frame whose length is unacceptable, then closes: the bytes
     /// that follow cannot be framed any more.
     async fn refuse_frame(&self, connection: &Rc<Connection>, error: WireError) -> Result<(), String> {
@@ -545,6 +621,31 @@ impl Server {
                 tracing::warn!(%error, "{what}");
             }
         }
+    }
+}
+
+/// A Kafka request's kind for metrics (`kafka_produce`, ...).
+fn kafka_kind(api_key: kafka_protocol::messages::ApiKey) -> &'static str {
+    use kafka_protocol::messages::ApiKey;
+    match api_key {
+        ApiKey::Produce => "kafka_produce",
+        ApiKey::Fetch => "kafka_fetch",
+        ApiKey::ListOffsets => "kafka_list_offsets",
+        ApiKey::Metadata => "kafka_metadata",
+        ApiKey::OffsetCommit => "kafka_offset_commit",
+        ApiKey::OffsetFetch => "kafka_offset_fetch",
+        ApiKey::FindCoordinator => "kafka_find_coordinator",
+        ApiKey::JoinGroup => "kafka_join_group",
+        ApiKey::Heartbeat => "kafka_heartbeat",
+        ApiKey::LeaveGroup => "kafka_leave_group",
+        ApiKey::SyncGroup => "kafka_sync_group",
+        ApiKey::DescribeGroups => "kafka_describe_groups",
+        ApiKey::ListGroups => "kafka_list_groups",
+        ApiKey::ApiVersions => "kafka_api_versions",
+        ApiKey::CreateTopics => "kafka_create_topics",
+        ApiKey::DeleteTopics => "kafka_delete_topics",
+        ApiKey::InitProducerId => "kafka_init_producer_id",
+        _ => "kafka_other",
     }
 }
 
@@ -597,6 +698,27 @@ struct Connection {
     budget: Rc<ByteBudget>,
     /// What admission sees of this connection (last activity).
     presence: Rc<Presence>,
+    protocol: Protocol,
+    /// Kafka answers in request order.
+    order: ResponseOrder,
+}
+
+/// Puts Kafka responses back in request order: each request takes a
+/// number as it is read; a finished response waits until every earlier
+/// one has gone to the writer. Bounded by the requests in flight.
+#[derive(Default)]
+struct ResponseOrder {
+    next: Cell<u64>,
+    next_to_write: Cell<u64>,
+    done: RefCell<std::collections::BTreeMap<u64, Option<Queued>>>,
+}
+
+impl ResponseOrder {
+    fn begin(&self) -> u64 {
+        let seq = self.next.get();
+        self.next.set(seq + 1);
+        seq
+    }
 }
 
 impl Connection {
@@ -611,6 +733,26 @@ impl Connection {
             return;
         }
         self.queue.borrow_mut().push_back(Queued { head, data, _held: permits });
+        self.queued.notify_all();
+    }
+
+    /// Hands request `seq`'s response (or none: acks 0, or a request that
+    /// closes the connection) to the writer once every earlier one is
+    /// there.
+    fn finish(&self, seq: u64, response: Option<(Vec<u8>, Permits)>) {
+        let queued = response.map(|(head, permits)| Queued { head, data: Vec::new(), _held: Some((permits, None)) });
+        let mut done = self.order.done.borrow_mut();
+        done.insert(seq, queued);
+        let mut queue = self.queue.borrow_mut();
+        while let Some(entry) = done.remove(&self.order.next_to_write.get()) {
+            self.order.next_to_write.set(self.order.next_to_write.get() + 1);
+            if let Some(queued) = entry {
+                if !self.dead.is_stopped() {
+                    queue.push_back(queued);
+                }
+            }
+        }
+        drop((queue, done));
         self.queued.notify_all();
     }
 

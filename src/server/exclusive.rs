@@ -82,6 +82,15 @@ pub fn claim_if_free(addr: SocketAddr) -> Result<Option<PortClaims>, AddressErro
     }
 }
 
+/// [`claim_if_free`] for several addresses at once: all or none.
+pub fn claim_if_free_all(addrs: &[SocketAddr]) -> Result<Option<PortClaims>, AddressError> {
+    match claim(addrs) {
+        Ok(claims) => Ok(Some(claims)),
+        Err(AddressError::InUse { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// Binds `addr` without SO_REUSEPORT and lets it go: `InUse` if anything
 /// listens on it.
 ///

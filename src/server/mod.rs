@@ -18,6 +18,7 @@ mod budget;
 mod connection;
 mod dispatch;
 pub mod exclusive;
+pub mod kafka;
 pub mod metrics;
 mod warn_limit;
 
@@ -32,7 +33,7 @@ use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tracing::Instrument;
 
-use crate::config::{ConfigError, TuningConfig};
+use crate::config::{ConfigError, KafkaMode, TuningConfig};
 use crate::protocol::types::ShardId;
 use crate::shard::{mesh, metadata, Shard, ShardConfig, MESH_CHANNEL_CAPACITY};
 use crate::storage::notify::Notify;
@@ -77,6 +78,8 @@ pub struct Broker {
     addr: SocketAddr,
     shard_ports: Vec<u16>,
     metrics_addr: Option<SocketAddr>,
+    kafka_addr: Option<SocketAddr>,
+    kafka_ports: Vec<u16>,
     cpus: Vec<usize>,
     stop: Arc<AtomicBool>,
     threads: Vec<ExecutorJoinHandle<()>>,
@@ -85,9 +88,19 @@ pub struct Broker {
 
 /// What each shard reports to the starting thread.
 enum StartReport {
-    Bound { shard: usize, shared_port: u16, own_port: u16, metrics_port: Option<u16> },
+    Bound {
+        shard: usize,
+        shared_port: u16,
+        own_port: u16,
+        metrics_port: Option<u16>,
+        kafka_shared_port: Option<u16>,
+        kafka_own_port: Option<u16>,
+    },
     Ready,
-    Failed { shard: usize, message: String },
+    Failed {
+        shard: usize,
+        message: String,
+    },
 }
 
 impl Broker {
@@ -109,8 +122,10 @@ impl Broker {
         // has bound, so two brokers starting at once cannot both pass.
         let mut addrs = listen_addrs(config.network.listen, shard_ports, cpus.len());
         addrs.extend(config.metrics.listen.filter(|_| config.metrics.enabled));
+        addrs.extend(kafka_addrs(config.kafka.listen, config.kafka.shard_port_base, &config.kafka, cpus.len()));
         let claims = exclusive::claim(&addrs)?;
         let (metrics_listen, _metrics_claim) = metrics_listen(&config.metrics)?;
+        let (kafka_listen, kafka_base, _kafka_claim) = kafka_listen(&config.kafka, cpus.len())?;
         let mut metrics_addr = metrics_listen;
         let stop = Arc::new(AtomicBool::new(false));
         let mut mesh: Vec<Option<mesh::MeshEnds>> =
@@ -118,9 +133,11 @@ impl Broker {
         let (reports, reported) = mpsc::channel();
         let mut threads = Vec::with_capacity(cpus.len());
         let mut shared_addr = config.network.listen;
+        let mut kafka_addr = config.kafka.enabled.then_some(kafka_listen);
         let mut own_ports = vec![0u16; cpus.len()];
+        let mut kafka_ports = vec![0u16; cpus.len()];
         let ports = Arc::new(Mutex::new(vec![None; cpus.len()]));
-        let mut spawn = |shard: usize, shared_addr: SocketAddr| {
+        let mut spawn = |shard: usize, shared_addr: SocketAddr, kafka_addr: Option<SocketAddr>| {
             let launch = ShardLaunch {
                 shard,
                 cpu: cpus[shard],
@@ -132,6 +149,12 @@ impl Broker {
                 },
                 // Shard 0 serves /metrics; a scrape gathers every shard.
                 metrics_addr: if shard == 0 { metrics_listen } else { None },
+                kafka_addr,
+                kafka_own_port: match (config.kafka.enabled, config.kafka.mode) {
+                    (true, KafkaMode::PerShard) if kafka_base == 0 => Some(0),
+                    (true, KafkaMode::PerShard) => Some(kafka_base.checked_add(shard as u16).unwrap_or(0)),
+                    _ => None,
+                },
                 config: config.clone(),
                 data_dir: data_dir.clone(),
                 metadata: cluster.clone(),
@@ -144,15 +167,26 @@ impl Broker {
             launch.spawn()
         };
         // Shard 0 first: it fixes the shared port the others then share.
-        threads.push(spawn(0, shared_addr).map_err(|message| ServerError::Shard { shard: 0, message })?);
+        threads.push(spawn(0, shared_addr, kafka_addr).map_err(|message| ServerError::Shard { shard: 0, message })?);
         let mut ready = 0;
         let mut bound = 0;
         let mut failure = None;
         let mut launched = 1;
         while ready < cpus.len() && failure.is_none() {
             match reported.recv_timeout(Duration::from_secs(60)) {
-                Ok(StartReport::Bound { shard, shared_port, own_port, metrics_port }) => {
+                Ok(StartReport::Bound {
+                    shard,
+                    shared_port,
+                    own_port,
+                    metrics_port,
+                    kafka_shared_port,
+                    kafka_own_port,
+                }) => {
                     own_ports[shard] = own_port;
+                    kafka_ports[shard] = kafka_own_port.unwrap_or(0);
+                    if let (Some(addr), Some(port), 0) = (kafka_addr.as_mut(), kafka_shared_port, shard) {
+                        addr.set_port(port);
+                    }
                     if let (Some(addr), Some(port)) = (metrics_addr.as_mut(), metrics_port) {
                         addr.set_port(port);
                     }
@@ -160,7 +194,7 @@ impl Broker {
                     if shard == 0 {
                         shared_addr.set_port(shared_port);
                         while launched < cpus.len() {
-                            match spawn(launched, shared_addr) {
+                            match spawn(launched, shared_addr, kafka_addr) {
                                 Ok(thread) => threads.push(thread),
                                 Err(message) => failure = Some(ServerError::Shard { shard: launched, message }),
                             }
@@ -176,8 +210,17 @@ impl Broker {
             }
         }
         drop(claims);
-        let broker =
-            Broker { addr: shared_addr, shard_ports: own_ports, metrics_addr, cpus, stop, threads, _lock: lock };
+        let broker = Broker {
+            addr: shared_addr,
+            shard_ports: own_ports,
+            metrics_addr,
+            kafka_addr,
+            kafka_ports,
+            cpus,
+            stop,
+            threads,
+            _lock: lock,
+        };
         if let Some(error) = failure {
             broker.stop();
             let _ = broker.wait();
@@ -199,6 +242,16 @@ impl Broker {
     /// Where `/metrics` is served, if enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The Kafka API's bootstrap address, if enabled.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka_addr
+    }
+
+    /// Each shard's Kafka port (per-shard mode; 0 otherwise).
+    pub fn kafka_ports(&self) -> &[u16] {
+        &self.kafka_ports
     }
 
     /// The CPU each shard runs on.
@@ -251,6 +304,59 @@ fn metrics_listen(
     }
 }
 
+/// The Kafka API's configured addresses (claimed with the other
+/// listeners): the bootstrap one and, in per-shard mode with a port base,
+/// each shard's. Unset ones are not here (see [`kafka_listen`]).
+fn kafka_addrs(
+    listen: Option<SocketAddr>,
+    base: Option<u16>,
+    config: &crate::config::KafkaConfig,
+    shards: usize,
+) -> Vec<SocketAddr> {
+    if !config.enabled {
+        return Vec::new();
+    }
+    let mut addrs: Vec<SocketAddr> = listen.into_iter().collect();
+    let ip = listen.unwrap_or(crate::config::KAFKA_LISTEN_DEFAULT).ip();
+    if let (KafkaMode::PerShard, Some(base)) = (config.mode, base.filter(|base| *base != 0)) {
+        let ports = (0..shards).filter_map(|shard| u16::try_from(usize::from(base) + shard).ok());
+        addrs.extend(ports.map(|port| SocketAddr::new(ip, port)));
+    }
+    addrs
+}
+
+/// The Kafka bootstrap address and per-shard port base to bind. What is
+/// configured is used as it is (and was claimed with the other listeners).
+/// What is left unset takes the defaults (9092, 9200 + shard) if they are
+/// all free, else ports the OS picks, with a warning: a second broker or a
+/// test on the same machine still starts, and says where its Kafka API is.
+fn kafka_listen(
+    config: &crate::config::KafkaConfig,
+    shards: usize,
+) -> Result<(SocketAddr, u16, Option<exclusive::PortClaims>), ServerError> {
+    use crate::config::{KAFKA_LISTEN_DEFAULT, KAFKA_SHARD_PORT_BASE_DEFAULT};
+    let listen = config.listen.unwrap_or(KAFKA_LISTEN_DEFAULT);
+    let base = config.shard_port_base.unwrap_or(KAFKA_SHARD_PORT_BASE_DEFAULT);
+    if !config.enabled {
+        return Ok((listen, base, None));
+    }
+    let soft_listen = config.listen.is_none().then_some(listen);
+    let soft_base = config.shard_port_base.is_none().then_some(base);
+    let soft = kafka_addrs(soft_listen, soft_base, config, shards);
+    if soft.is_empty() {
+        return Ok((listen, base, None));
+    }
+    match exclusive::claim_if_free_all(&soft)? {
+        Some(claims) => Ok((listen, base, Some(claims))),
+        None => {
+            tracing::warn!(%listen, base, "the default Kafka ports are in use: serving Kafka on ports the OS picks");
+            let listen = if config.listen.is_none() { SocketAddr::new(listen.ip(), 0) } else { listen };
+            let base = if config.shard_port_base.is_none() { 0 } else { base };
+            Ok((listen, base, None))
+        }
+    }
+}
+
 /// Every address the shards will listen on (port 0: the OS picks one).
 fn listen_addrs(shared: SocketAddr, shard_ports: ShardPorts, shards: usize) -> Vec<SocketAddr> {
     let mut addrs = vec![shared];
@@ -268,14 +374,17 @@ struct ShardLaunch {
     shared_addr: SocketAddr,
     own_port: Option<u16>,
     metrics_addr: Option<SocketAddr>,
+    /// The Kafka bootstrap address (all shards), and this shard's own port.
+    kafka_addr: Option<SocketAddr>,
+    kafka_own_port: Option<u16>,
     config: TuningConfig,
     data_dir: PathBuf,
     metadata: metadata::ClusterMetadata,
     mesh: mesh::MeshEnds,
     stop: Arc<AtomicBool>,
     reports: mpsc::Sender<StartReport>,
-    /// Every shard's own port, filled in as shards bind.
-    ports: Arc<Mutex<Vec<Option<u16>>>>,
+    /// Every shard's own native and Kafka ports, filled in as shards bind.
+    ports: Arc<PortTable>,
     shard_count: usize,
 }
 
@@ -329,9 +438,26 @@ impl ShardLaunch {
             Some(listener) => Some(listener.local_addr().map_err(|error| error.to_string())?.port()),
             None => None,
         };
-        let _ = self.reports.send(StartReport::Bound { shard: self.shard, shared_port, own_port, metrics_port });
+        let bind = |addr: SocketAddr| TcpListener::bind(addr).map_err(|error| format!("binding {addr}: {error}"));
+        let local_port =
+            |listener: &TcpListener| listener.local_addr().map(|addr| addr.port()).map_err(|error| error.to_string());
+        let kafka_shared = self.kafka_addr.map(bind).transpose()?;
+        let kafka_shared_port = kafka_shared.as_ref().map(local_port).transpose()?;
+        let kafka_own = match (self.kafka_addr, self.kafka_own_port) {
+            (Some(addr), Some(port)) => Some(bind(SocketAddr::new(addr.ip(), port))?),
+            _ => None,
+        };
+        let kafka_own_port = kafka_own.as_ref().map(local_port).transpose()?;
+        let _ = self.reports.send(StartReport::Bound {
+            shard: self.shard,
+            shared_port,
+            own_port,
+            metrics_port,
+            kafka_shared_port,
+            kafka_own_port,
+        });
         tracing::debug!(shard = self.shard, shared_port, own_port, "bound");
-        let shard_ports = self.collect_ports(own_port).await?;
+        let (shard_ports, kafka_ports) = self.collect_ports(own_port, kafka_own_port.unwrap_or(0)).await?;
         tracing::debug!(shard = self.shard, ?shard_ports, "learned every shard's port");
         let shard_config = ShardConfig {
             id,
@@ -360,17 +486,28 @@ impl ShardLaunch {
             "network",
         );
         let gate = Rc::new(glommio::sync::Gate::new());
+        let kafka = kafka_shared_port.map(|bootstrap_port| kafka::KafkaEndpoints {
+            mode: self.config.kafka.mode,
+            host: self.config.kafka.advertised_host.clone(),
+            bootstrap_port,
+            shard_ports: kafka_ports,
+            auto_create_topics: self.config.kafka.auto_create_topics,
+        });
         let server = Rc::new(connection::Server::new(
             Rc::clone(&shard),
             limits,
             Rc::clone(&stopping),
             Rc::clone(&gate),
             network_queue,
+            kafka,
         ));
-        let mut accept_loops = vec![glommio::spawn_local(Rc::clone(&server).accept_loop(shared).in_current_span())];
-        if let Some(own) = own {
-            accept_loops.push(glommio::spawn_local(Rc::clone(&server).accept_loop(own).in_current_span()));
-        }
+        let accept = |listener: TcpListener, protocol: connection::Protocol| {
+            glommio::spawn_local(Rc::clone(&server).accept_loop(listener, protocol).in_current_span())
+        };
+        let mut accept_loops = vec![accept(shared, connection::Protocol::Native)];
+        accept_loops.extend(own.map(|own| accept(own, connection::Protocol::Native)));
+        accept_loops.extend(kafka_shared.map(|listener| accept(listener, connection::Protocol::Kafka)));
+        accept_loops.extend(kafka_own.map(|listener| accept(listener, connection::Protocol::Kafka)));
         if let Some(listener) = metrics {
             let metrics = metrics::MetricsServer::new(Rc::clone(&shard), Rc::clone(&stopping), self.data_dir.clone());
             accept_loops.push(glommio::spawn_local(Rc::new(metrics).accept_loop(listener).in_current_span()));
@@ -391,14 +528,15 @@ impl ShardLaunch {
         Ok(())
     }
 
-    /// Publishes this shard's own port and waits until every shard has
-    /// published its own (start-up only; the mutex never sees the data path).
-    async fn collect_ports(&self, own_port: u16) -> Result<Vec<u16>, String> {
-        lock_ports(&self.ports)[self.shard] = Some(own_port);
+    /// Publishes this shard's own native and Kafka ports and waits until
+    /// every shard has published its own (start-up only; the mutex never
+    /// sees the data path).
+    async fn collect_ports(&self, own_port: u16, kafka_port: u16) -> Result<(Vec<u16>, Vec<u16>), String> {
+        lock_ports(&self.ports)[self.shard] = Some((own_port, kafka_port));
         loop {
-            let ports: Option<Vec<u16>> = lock_ports(&self.ports).iter().copied().collect();
+            let ports: Option<Vec<(u16, u16)>> = lock_ports(&self.ports).iter().copied().collect();
             if let Some(ports) = ports {
-                return Ok(ports);
+                return Ok(ports.into_iter().unzip());
             }
             // Another shard failed to start: the broker is being stopped.
             if self.stop.load(Ordering::SeqCst) {
@@ -428,7 +566,10 @@ pub fn spawn_wake_ticker(interval: Duration) {
     .detach();
 }
 
-fn lock_ports(ports: &Mutex<Vec<Option<u16>>>) -> std::sync::MutexGuard<'_, Vec<Option<u16>>> {
+/// Each shard's (native, Kafka) own ports as they bind, at start-up only.
+type PortTable = Mutex<Vec<Option<(u16, u16)>>>;
+
+fn lock_ports(ports: &PortTable) -> std::sync::MutexGuard<'_, Vec<Option<(u16, u16)>>> {
     ports.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

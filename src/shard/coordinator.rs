@@ -100,6 +100,10 @@ impl Shard {
         if !SESSION_TIMEOUT_MS.contains(&join.session_timeout_ms) || join.topics.len() > 1024 {
             return assignment_error(ErrorCode::INVALID_REQUEST, member);
         }
+        // A Kafka-protocol group of that name is active.
+        if self.kafka_groups.contains(&join.group) {
+            return assignment_error(ErrorCode::INVALID_GROUP, member);
+        }
         let partitions_of = self.partition_counts();
         let mut groups = self.groups.borrow_mut();
         let state = groups.entry(join.group.clone()).or_default();

@@ -14,6 +14,7 @@
 
 mod coordinator;
 pub mod groups;
+pub mod kafka_groups;
 pub mod mesh;
 pub mod metadata;
 pub mod offsets;
@@ -102,6 +103,21 @@ pub enum ShardMessage {
     ListGroups {
         reply: oneshot::Sender<Vec<crate::protocol::wire::GroupListing>>,
     },
+    /// A Kafka group request (bounds-checked) for the group's coordinator.
+    KafkaGroup {
+        api_key: i16,
+        version: i16,
+        body: bytes::Bytes,
+        reply: oneshot::Sender<Result<kafka_protocol::messages::ResponseKind, String>>,
+    },
+    /// The Kafka groups of a shard: (group, protocol type, state).
+    KafkaListGroups {
+        reply: oneshot::Sender<Vec<(String, String, String)>>,
+    },
+    KafkaDescribeGroup {
+        group: String,
+        reply: oneshot::Sender<kafka_protocol::messages::describe_groups_response::DescribedGroup>,
+    },
 }
 
 /// One partition's share of a produce request.
@@ -174,6 +190,8 @@ pub struct Shard {
     groups: RefCell<HashMap<String, groups::GroupState>>,
     /// Their committed offsets (`None` once closed).
     offsets: RefCell<Option<Rc<offsets::OffsetStore>>>,
+    /// Kafka (classic protocol) groups this shard coordinates.
+    kafka_groups: kafka_groups::KafkaGroups,
 }
 
 /// Why a shard failed to start.
@@ -227,6 +245,7 @@ impl Shard {
             counters: Rc::new(Counters::new()),
             groups: RefCell::new(HashMap::new()),
             offsets: RefCell::new(Some(Rc::new(offsets))),
+            kafka_groups: kafka_groups::KafkaGroups::default(),
         });
         shard.apply_metadata(config.metadata).await;
         // Offsets of topics deleted while a crash kept their tombstones from
@@ -441,6 +460,19 @@ impl Shard {
             ShardMessage::ListGroups { reply } => {
                 let _ = reply.send(self.local_groups());
             }
+            ShardMessage::KafkaGroup { api_key, version, body, reply } => {
+                let answer = match kafka_protocol::messages::ApiKey::try_from(api_key) {
+                    Ok(api_key) => self.kafka_coordinate(api_key, version, body).await,
+                    Err(()) => Err(format!("unknown Kafka API key {api_key}")),
+                };
+                let _ = reply.send(answer);
+            }
+            ShardMessage::KafkaListGroups { reply } => {
+                let _ = reply.send(self.kafka_local_groups());
+            }
+            ShardMessage::KafkaDescribeGroup { group, reply } => {
+                let _ = reply.send(self.kafka_describe_local(&group));
+            }
         }
     }
 
@@ -464,6 +496,7 @@ impl Shard {
                 glommio::timer::sleep(coordinator::GROUP_TICK).await;
                 let Some(shard) = shard.upgrade() else { return };
                 shard.tick_groups();
+                shard.tick_kafka_groups();
             }
         })
         .detach();

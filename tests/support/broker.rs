@@ -26,11 +26,13 @@ pub struct BrokerProcess {
     pub shard_ports: Vec<u16>,
     /// Where `/metrics` is served (`None`: off).
     pub metrics_addr: Option<SocketAddr>,
+    /// The Kafka API's bootstrap address (`None`: off).
+    pub kafka_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
 }
 
 /// Reads the "ringbroker listening on ..." line.
-fn parse_listening(line: &str) -> (SocketAddr, Vec<u16>, Option<SocketAddr>) {
+fn parse_listening(line: &str) -> (SocketAddr, Vec<u16>, Option<SocketAddr>, Option<SocketAddr>) {
     assert!(line.starts_with("ringbroker listening on "), "unexpected first line {line:?}");
     let addr = line.split_whitespace().nth(3).expect("address").parse().expect("a socket address");
     let ports = line.split("shard_ports=[").nth(1).expect("shard ports").trim().trim_end_matches(']');
@@ -38,7 +40,8 @@ fn parse_listening(line: &str) -> (SocketAddr, Vec<u16>, Option<SocketAddr>) {
     let metrics = line
         .split_whitespace()
         .find_map(|field| field.strip_prefix("metrics=http://")?.strip_suffix("/metrics")?.parse().ok());
-    (addr, shard_ports, metrics)
+    let kafka = line.split_whitespace().find_map(|field| field.strip_prefix("kafka=")?.parse().ok());
+    (addr, shard_ports, metrics, kafka)
 }
 
 impl BrokerProcess {
@@ -48,7 +51,7 @@ impl BrokerProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringbroker"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--shard-ports", "auto", "--cpus", "0,1", "--log", "warn"])
-            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0", "--kafka-shard-ports", "auto"])
             .arg("--data")
             .arg(data_dir)
             .args(extra)
@@ -60,8 +63,8 @@ impl BrokerProcess {
         let started = Instant::now();
         BufReader::new(stdout).read_line(&mut line).expect("reading the broker's first line");
         assert!(!line.is_empty(), "the broker exited before listening (after {:?})", started.elapsed());
-        let (addr, shard_ports, metrics_addr) = parse_listening(&line);
-        BrokerProcess { child, addr, shard_ports, metrics_addr, data_dir: data_dir.to_path_buf() }
+        let (addr, shard_ports, metrics_addr, kafka_addr) = parse_listening(&line);
+        BrokerProcess { child, addr, shard_ports, metrics_addr, kafka_addr, data_dir: data_dir.to_path_buf() }
     }
 
     /// Starts `ringbroker serve` with exactly `args` (after `serve` and
@@ -86,8 +89,15 @@ impl BrokerProcess {
             let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
             return Started::Failed { status, stderr };
         }
-        let (addr, shard_ports, metrics_addr) = parse_listening(&line);
-        Started::Serving(BrokerProcess { child, addr, shard_ports, metrics_addr, data_dir: data_dir.to_path_buf() })
+        let (addr, shard_ports, metrics_addr, kafka_addr) = parse_listening(&line);
+        Started::Serving(BrokerProcess {
+            child,
+            addr,
+            shard_ports,
+            metrics_addr,
+            kafka_addr,
+            data_dir: data_dir.to_path_buf(),
+        })
     }
 
     /// The broker's process id (for reading /proc).

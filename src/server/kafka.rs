@@ -1,0 +1,638 @@
+//! The Kafka API front door: a Kafka request in, the shard's services
+//! called, a Kafka response out.
+//!
+//! Framing is the native protocol's (a 4-byte big-endian length), so the
+//! connection machinery (admission, byte budgets, deadlines) is shared;
+//! what differs is here: the header, the bounds check before decoding
+//! (`protocol::kafka::bounds`), and the translation of each API onto the
+//! same shard calls the native protocol makes. Responses are encoded at the
+//! version asked for, and go out in request order (the connection orders
+//! them, see `connection.rs`).
+//!
+//! Each shard can be advertised as a Kafka broker of its own
+//! ([`KafkaMode::PerShard`]): node id = shard index, its own port, leader
+//! of the partitions it owns, so clients send every produce and fetch
+//! straight to the owning core. In [`KafkaMode::Node`] one broker is
+//! advertised and shards forward, as the native shared port does.
+
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use crate::config::KafkaMode;
+use crate::protocol::kafka::bounds::{self, BoundsError};
+use crate::protocol::kafka::schemas;
+use crate::protocol::types::{AckLevel, PartitionId};
+use crate::protocol::wire::{self, ErrorCode, FetchPartition, ListOffsetsPartition, OffsetSpec};
+use crate::shard::{ProduceItem, Shard};
+
+use super::connection::Limits;
+use super::dispatch;
+
+/// Kafka error codes the broker answers with (Kafka's own numbers).
+pub mod codes {
+    pub const NONE: i16 = 0;
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const CORRUPT_MESSAGE: i16 = 2;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const NOT_COORDINATOR: i16 = 16;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const INVALID_COMMIT_OFFSET_SIZE: i16 = 28;
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const NON_EMPTY_GROUP: i16 = 68;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+}
+
+/// Where Kafka clients reach the broker.
+#[derive(Debug, Clone)]
+pub struct KafkaEndpoints {
+    pub mode: KafkaMode,
+    pub host: String,
+    /// The bootstrap port (advertised only in node mode).
+    pub bootstrap_port: u16,
+    /// Each shard's Kafka port, indexed by shard (per-shard mode).
+    pub shard_ports: Vec<u16>,
+    pub auto_create_topics: bool,
+}
+
+impl KafkaEndpoints {
+    /// The advertised brokers: (node id, port).
+    fn brokers(&self) -> Vec<(i32, u16)> {
+        match self.mode {
+            KafkaMode::PerShard => {
+                self.shard_ports.iter().enumerate().map(|(shard, port)| (shard as i32, *port)).collect()
+            }
+            KafkaMode::Node => vec![(0, self.bootstrap_port)],
+        }
+    }
+
+    /// The node that leads a partition owned by `shard`.
+    fn node_of(&self, shard: u16) -> i32 {
+        match self.mode {
+            KafkaMode::PerShard => i32::from(shard),
+            KafkaMode::Node => 0,
+        }
+    }
+
+    fn port_of_node(&self, node: i32) -> u16 {
+        self.brokers().into_iter().find(|(id, _)| *id == node).map_or(self.bootstrap_port, |(_, port)| port)
+    }
+}
+
+/// What a Kafka request turned into.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A response frame (length prefix included).
+    Respond(Vec<u8>),
+    /// No response (produce with acks 0).
+    Silent,
+    /// Close the connection (unknown API, broken header).
+    Close(String),
+}
+
+/// The header and body of a request frame, checked.
+#[derive(Debug)]
+pub struct Parsed {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    pub body: Bytes,
+}
+
+/// Reads a request frame's header, and checks its body's bounds. An
+/// unknown API key or a header that does not parse closes the connection
+/// (there is no way to answer it in a form the client expects); a body
+/// that does not fit its layout gets INVALID_REQUEST... as a closed
+/// connection too, since the response layout depends on a request the
+/// broker could not read.
+pub fn parse(frame: Bytes) -> Result<Parsed, String> {
+    if frame.len() < 8 {
+        return Err(format!("a {}-byte Kafka frame has no header", frame.len()));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api_key = ApiKey::try_from(key).map_err(|()| format!("unknown Kafka API key {key}"))?;
+    let flexible_header = api_key.request_header_version(version) >= 2;
+    let header_len = bounds::header_len(&frame, flexible_header).map_err(|error| format!("request header: {error}"))?;
+    Ok(Parsed { api_key, version, correlation_id, body: frame.slice(header_len..) })
+}
+
+/// Serves one request.
+pub async fn handle(shard: &Rc<Shard>, endpoints: &KafkaEndpoints, limits: &Limits, request: Parsed) -> Outcome {
+    let Parsed { api_key, version, correlation_id, body } = request;
+    let Some(schema) = schemas::schema(api_key as i16) else {
+        return Outcome::Close(format!("Kafka API {api_key:?} is not served"));
+    };
+    if !(schema.min_version..=schema.max_version).contains(&version) {
+        if api_key == ApiKey::ApiVersions {
+            // Answered in v0 form, listing what is served, so the client can
+            // pick a version it has.
+            return respond(
+                api_key,
+                0,
+                correlation_id,
+                ResponseKind::ApiVersions(api_versions(codes::UNSUPPORTED_VERSION)),
+            );
+        }
+        return Outcome::Close(format!("{api_key:?} v{version} is not served"));
+    }
+    if let Err(error) = bounds::check_body(schema, version, &body) {
+        return Outcome::Close(format!("{api_key:?} v{version}: {error}"));
+    }
+    let response = match serve(shard, endpoints, limits, api_key, version, body).await {
+        Ok(Some(response)) => response,
+        Ok(None) => return Outcome::Silent,
+        Err(error) => return Outcome::Close(format!("{api_key:?} v{version}: {error}")),
+    };
+    respond(api_key, version, correlation_id, response)
+}
+
+/// Encodes a response frame: length, header (at the API's header version),
+/// body at `version`.
+fn respond(api_key: ApiKey, version: i16, correlation_id: i32, response: ResponseKind) -> Outcome {
+    let mut out = BytesMut::with_capacity(64);
+    out.extend_from_slice(&[0; 4]);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let encoded = header
+        .encode(&mut out, api_key.response_header_version(version))
+        .and_then(|()| response.encode(&mut out, version));
+    if let Err(error) = encoded {
+        tracing::error!(?api_key, version, %error, "encoding a Kafka response");
+        return Outcome::Close(format!("could not encode the {api_key:?} response: {error}"));
+    }
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Outcome::Respond(out.to_vec())
+}
+
+/// A request body decoded by the crate (after the bounds check).
+fn decode<T: Decodable>(mut body: Bytes, version: i16) -> Result<T, BoundsError> {
+    T::decode(&mut body, version).map_err(|_| BoundsError::Truncated { at: 0 })
+}
+
+async fn serve(
+    shard: &Rc<Shard>,
+    endpoints: &KafkaEndpoints,
+    limits: &Limits,
+    api_key: ApiKey,
+    version: i16,
+    body: Bytes,
+) -> Result<Option<ResponseKind>, BoundsError> {
+    let response = match api_key {
+        ApiKey::ApiVersions => {
+            let _: ApiVersionsRequest = decode(body, version)?;
+            ResponseKind::ApiVersions(api_versions(codes::NONE))
+        }
+        ApiKey::Metadata => ResponseKind::Metadata(metadata(shard, endpoints, version, decode(body, version)?).await),
+        ApiKey::Produce => {
+            let request: ProduceRequest = decode(body, version)?;
+            let response = produce(shard, endpoints, limits, request).await;
+            return Ok(response.map(ResponseKind::Produce));
+        }
+        ApiKey::Fetch => ResponseKind::Fetch(fetch(shard, limits, version, decode(body, version)?).await),
+        ApiKey::ListOffsets => ResponseKind::ListOffsets(list_offsets(shard, version, decode(body, version)?).await),
+        ApiKey::CreateTopics => ResponseKind::CreateTopics(create_topics(shard, version, decode(body, version)?).await),
+        ApiKey::DeleteTopics => ResponseKind::DeleteTopics(delete_topics(shard, decode(body, version)?).await),
+        ApiKey::FindCoordinator => {
+            ResponseKind::FindCoordinator(find_coordinator(shard, endpoints, version, decode(body, version)?))
+        }
+        group_api => match shard.kafka_group_request(group_api, version, body).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(%error, "a Kafka group request failed");
+                return Err(BoundsError::Truncated { at: 0 });
+            }
+        },
+    };
+    Ok(Some(response))
+}
+
+/// The API version table, from the request layouts the broker checks.
+fn api_versions(error_code: i16) -> ApiVersionsResponse {
+    let api_keys = schemas::SCHEMAS
+        .iter()
+        .map(|schema| {
+            ApiVersion::default()
+                .with_api_key(schema.api_key)
+                .with_min_version(schema.min_version)
+                .with_max_version(schema.max_version)
+        })
+        .collect();
+    ApiVersionsResponse::default().with_error_code(error_code).with_api_keys(api_keys)
+}
+
+fn name(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_string())
+}
+
+/// A native error code as a Kafka one.
+pub fn kafka_code(code: ErrorCode) -> i16 {
+    match code {
+        ErrorCode::NONE => codes::NONE,
+        ErrorCode::UNKNOWN_TOPIC_OR_PARTITION => codes::UNKNOWN_TOPIC_OR_PARTITION,
+        ErrorCode::NOT_OWNER | ErrorCode::SHUTTING_DOWN => codes::NOT_LEADER_OR_FOLLOWER,
+        ErrorCode::INVALID_BATCH => codes::CORRUPT_MESSAGE,
+        ErrorCode::BATCH_TOO_LARGE | ErrorCode::FRAME_TOO_LARGE => codes::MESSAGE_TOO_LARGE,
+        ErrorCode::OFFSET_OUT_OF_RANGE => codes::OFFSET_OUT_OF_RANGE,
+        ErrorCode::TOPIC_EXISTS => codes::TOPIC_ALREADY_EXISTS,
+        ErrorCode::INVALID_REQUEST => codes::INVALID_REQUEST,
+        ErrorCode::STORAGE_FULL | ErrorCode::PARTITION_FAILED => codes::KAFKA_STORAGE_ERROR,
+        ErrorCode::TIMEOUT => codes::REQUEST_TIMED_OUT,
+        ErrorCode::INVALID_TOPIC_NAME => codes::INVALID_TOPIC_EXCEPTION,
+        ErrorCode::INVALID_PARTITION_COUNT | ErrorCode::TOO_MANY_PARTITIONS => codes::INVALID_PARTITIONS,
+        ErrorCode::UNKNOWN_MEMBER => codes::UNKNOWN_MEMBER_ID,
+        ErrorCode::STALE_GENERATION => codes::ILLEGAL_GENERATION,
+        ErrorCode::NOT_COORDINATOR => codes::NOT_COORDINATOR,
+        ErrorCode::GROUP_NOT_EMPTY => codes::NON_EMPTY_GROUP,
+        ErrorCode::INVALID_GROUP => codes::INVALID_GROUP_ID,
+        ErrorCode::UNKNOWN_GROUP => codes::GROUP_ID_NOT_FOUND,
+        ErrorCode::UNSUPPORTED_VERSION => codes::UNSUPPORTED_VERSION,
+        _ => codes::UNKNOWN_SERVER_ERROR,
+    }
+}
+
+/// Creates `topic` with the default partition count if it does not exist
+/// and auto-creation is on; true if it exists afterwards.
+async fn ensure_topic(shard: &Rc<Shard>, endpoints: &KafkaEndpoints, topic: &str, allowed: bool) -> bool {
+    if shard.metadata().topics.contains_key(topic) {
+        return true;
+    }
+    if !(endpoints.auto_create_topics && allowed) {
+        return false;
+    }
+    let created = shard.create_topic(topic.to_string(), 0).await;
+    created.error.is_ok() || created.error == ErrorCode::TOPIC_EXISTS
+}
+
+async fn metadata(
+    shard: &Rc<Shard>,
+    endpoints: &KafkaEndpoints,
+    version: i16,
+    request: MetadataRequest,
+) -> MetadataResponse {
+    let names: Option<Vec<String>> = match request.topics {
+        // v0: an empty list means every topic.
+        Some(topics) if !(version == 0 && topics.is_empty()) => {
+            Some(topics.into_iter().filter_map(|topic| topic.name.map(|name| name.0.to_string())).collect())
+        }
+        _ => None,
+    };
+    let allow_create = version < 4 || request.allow_auto_topic_creation;
+    if let Some(names) = &names {
+        for topic in names {
+            ensure_topic(shard, endpoints, topic, allow_create).await;
+        }
+    }
+    let metadata = shard.metadata();
+    let brokers = endpoints
+        .brokers()
+        .into_iter()
+        .map(|(node, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(node))
+                .with_host(name(&endpoints.host))
+                .with_port(i32::from(port))
+        })
+        .collect();
+    let names = names.unwrap_or_else(|| metadata.topics.keys().cloned().collect());
+    let topics = names
+        .iter()
+        .map(|topic| {
+            let mut entry = MetadataResponseTopic::default().with_name(Some(TopicName(name(topic))));
+            match metadata.topics.get(topic) {
+                Some(placement) => {
+                    let partitions = placement
+                        .owners
+                        .iter()
+                        .enumerate()
+                        .map(|(index, owner)| {
+                            let leader = BrokerId(endpoints.node_of(owner.0));
+                            let mut partition = MetadataResponsePartition::default()
+                                .with_partition_index(index as i32)
+                                .with_leader_id(leader)
+                                .with_replica_nodes(vec![leader])
+                                .with_isr_nodes(vec![leader]);
+                            if version >= 7 {
+                                partition = partition.with_leader_epoch(0);
+                            }
+                            partition
+                        })
+                        .collect();
+                    entry = entry.with_partitions(partitions);
+                }
+                None => entry = entry.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION),
+            }
+            entry
+        })
+        .collect();
+    let mut response = MetadataResponse::default().with_brokers(brokers).with_topics(topics);
+    if version >= 1 {
+        response = response.with_controller_id(BrokerId(endpoints.node_of(0)));
+    }
+    if version >= 2 {
+        response = response.with_cluster_id(Some(name("ringbroker")));
+    }
+    response
+}
+
+async fn produce(
+    shard: &Rc<Shard>,
+    endpoints: &KafkaEndpoints,
+    limits: &Limits,
+    request: ProduceRequest,
+) -> Option<ProduceResponse> {
+    let acks = match request.acks {
+        0 => AckLevel::None,
+        1 => AckLevel::Written,
+        _ => AckLevel::Durable,
+    };
+    // (topic index, partition index, item) for what goes to the log;
+    // errors found here are answered without it.
+    let mut answers: Vec<(String, Vec<PartitionProduceResponse>)> = Vec::with_capacity(request.topic_data.len());
+    let mut items = Vec::new();
+    let mut places = Vec::new();
+    for (topic_index, topic) in request.topic_data.into_iter().enumerate() {
+        let topic_name = topic.name.0.to_string();
+        let exists = ensure_topic(shard, endpoints, &topic_name, true).await;
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        for (partition_index, data) in topic.partition_data.into_iter().enumerate() {
+            let mut answer = PartitionProduceResponse::default().with_index(data.index);
+            let records = data.records.unwrap_or_default();
+            if !exists || data.index < 0 {
+                answer = answer.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
+            } else if records.len() > 16 && records[16] != 2 {
+                // Message formats before RecordBatch v2 are not stored.
+                answer = answer.with_error_code(codes::UNSUPPORTED_VERSION);
+            } else {
+                // The log rewrites each batch's base offset in place: the
+                // records get a buffer of their own.
+                let partition = PartitionId(data.index as u32);
+                items.push(ProduceItem { topic: topic_name.clone(), partition, data: BytesMut::from(&records[..]) });
+                places.push((topic_index, partition_index));
+            }
+            partitions.push(answer);
+        }
+        answers.push((topic_name, partitions));
+    }
+    let timeout_ms = u32::try_from(request.timeout_ms.max(0)).unwrap_or(0).min(dispatch::inner_deadline_ms(limits));
+    let results = if items.is_empty() { Vec::new() } else { shard.produce(acks, timeout_ms, items).await };
+    if acks == AckLevel::None {
+        return None;
+    }
+    for ((topic_index, partition_index), result) in places.into_iter().zip(results) {
+        let answer = &mut answers[topic_index].1[partition_index];
+        answer.error_code = kafka_code(result.error);
+        if result.error.is_ok() {
+            answer.base_offset = result.base_offset.to_wire();
+        } else {
+            answer.base_offset = -1;
+        }
+    }
+    let responses = answers
+        .into_iter()
+        .map(|(topic, partitions)| {
+            TopicProduceResponse::default().with_name(TopicName(name(&topic))).with_partition_responses(partitions)
+        })
+        .collect();
+    Some(ProduceResponse::default().with_responses(responses))
+}
+
+async fn fetch(shard: &Rc<Shard>, limits: &Limits, version: i16, request: FetchRequest) -> FetchResponse {
+    let mut partitions = Vec::new();
+    let mut shape: Vec<(String, Vec<i32>)> = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let topic_name = topic.topic.0.to_string();
+        let mut indexes = Vec::with_capacity(topic.partitions.len());
+        for partition in topic.partitions {
+            indexes.push(partition.partition);
+            partitions.push(FetchPartition {
+                topic: topic_name.clone(),
+                partition: PartitionId(u32::try_from(partition.partition).unwrap_or(u32::MAX)),
+                offset: crate::protocol::types::Offset::from_wire(partition.fetch_offset.max(0))
+                    .unwrap_or(crate::protocol::types::Offset::ZERO),
+                max_bytes: u32::try_from(partition.partition_max_bytes.max(0)).unwrap_or(0),
+            });
+        }
+        shape.push((topic_name, indexes));
+    }
+    let max_bytes = u32::try_from(request.max_bytes.max(0))
+        .unwrap_or(0)
+        .min(u32::try_from(dispatch::fetch_bytes_max(limits)).unwrap_or(u32::MAX));
+    let native = wire::FetchRequest {
+        max_wait_ms: u32::try_from(request.max_wait_ms.max(0)).unwrap_or(0).min(dispatch::inner_deadline_ms(limits)),
+        min_bytes: u32::try_from(request.min_bytes.max(0)).unwrap_or(0),
+        max_bytes,
+        partitions,
+    };
+    let outcome = shard.fetch(native).await;
+    let payload = Bytes::from(outcome.payload);
+    let mut at = 0usize;
+    let mut results = outcome.results.into_iter();
+    let responses = shape
+        .into_iter()
+        .map(|(topic, indexes)| {
+            let partitions = indexes
+                .into_iter()
+                .map(|index| {
+                    let Some(result) = results.next() else {
+                        return PartitionData::default()
+                            .with_partition_index(index)
+                            .with_error_code(codes::UNKNOWN_SERVER_ERROR);
+                    };
+                    let len = (result.bytes as usize).min(payload.len() - at);
+                    let records = payload.slice(at..at + len);
+                    at += len;
+                    let high_watermark = result.high_watermark.to_wire();
+                    let mut data = PartitionData::default()
+                        .with_partition_index(index)
+                        .with_error_code(kafka_code(result.error))
+                        .with_high_watermark(high_watermark)
+                        .with_last_stable_offset(high_watermark)
+                        .with_records(Some(records));
+                    if version >= 5 {
+                        data = data.with_log_start_offset(result.log_start.to_wire());
+                    }
+                    data
+                })
+                .collect();
+            FetchableTopicResponse::default().with_topic(TopicName(name(&topic))).with_partitions(partitions)
+        })
+        .collect();
+    FetchResponse::default().with_responses(responses)
+}
+
+async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut asked = Vec::new();
+    let mut shape: Vec<(String, Vec<i32>)> = Vec::new();
+    for topic in request.topics {
+        let topic_name = topic.name.0.to_string();
+        let mut indexes = Vec::new();
+        for partition in topic.partitions {
+            indexes.push(partition.partition_index);
+            let spec = match partition.timestamp {
+                -1 => OffsetSpec::Latest,
+                -2 => OffsetSpec::Earliest,
+                time => OffsetSpec::Timestamp(time),
+            };
+            asked.push(ListOffsetsPartition {
+                topic: topic_name.clone(),
+                partition: PartitionId(u32::try_from(partition.partition_index).unwrap_or(u32::MAX)),
+                spec,
+            });
+        }
+        shape.push((topic_name, indexes));
+    }
+    let mut answers = shard.list_offsets(asked).await.into_iter();
+    let topics = shape
+        .into_iter()
+        .map(|(topic, indexes)| {
+            let partitions = indexes
+                .into_iter()
+                .map(|index| {
+                    let answer = answers.next();
+                    let (error, offset) = match answer {
+                        Some(answer) => (kafka_code(answer.error), answer.offset.map_or(-1, |offset| offset.to_wire())),
+                        None => (codes::UNKNOWN_SERVER_ERROR, -1),
+                    };
+                    let mut partition = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(index)
+                        .with_error_code(error)
+                        .with_offset(offset)
+                        .with_timestamp(-1);
+                    if version >= 4 {
+                        partition = partition.with_leader_epoch(0);
+                    }
+                    partition
+                })
+                .collect();
+            ListOffsetsTopicResponse::default().with_name(TopicName(name(&topic))).with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+async fn create_topics(shard: &Rc<Shard>, version: i16, request: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let topic_name = topic.name.0.to_string();
+        let mut result = CreatableTopicResult::default().with_name(TopicName(name(&topic_name)));
+        let refusal = if topic.replication_factor > 1 {
+            Some((codes::INVALID_REPLICATION_FACTOR, "replication is not supported yet: use 1 or -1".to_string()))
+        } else if topic.num_partitions == 0 || topic.num_partitions < -1 {
+            Some((codes::INVALID_PARTITIONS, format!("invalid partition count {}", topic.num_partitions)))
+        } else {
+            None
+        };
+        let (code, message) = match refusal {
+            Some(refusal) => refusal,
+            None if request.validate_only => (codes::NONE, String::new()),
+            None => {
+                let partitions = u32::try_from(topic.num_partitions).unwrap_or(0);
+                let created = shard.create_topic(topic_name.clone(), partitions).await;
+                (kafka_code(created.error), created.message)
+            }
+        };
+        result = result.with_error_code(code);
+        if version >= 1 && !message.is_empty() {
+            result = result.with_error_message(Some(name(&message)));
+        }
+        if version >= 5 {
+            let count = shard.metadata().topics.get(&topic_name).map_or(-1, |placement| placement.owners.len() as i32);
+            result = result.with_num_partitions(count).with_replication_factor(1);
+        }
+        topics.push(result);
+    }
+    CreateTopicsResponse::default().with_topics(topics)
+}
+
+async fn delete_topics(shard: &Rc<Shard>, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let mut responses = Vec::with_capacity(request.topic_names.len());
+    for topic in request.topic_names {
+        let deleted = shard.delete_topic(topic.0.to_string()).await;
+        responses
+            .push(DeletableTopicResult::default().with_name(Some(topic)).with_error_code(kafka_code(deleted.error)));
+    }
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+fn find_coordinator(
+    shard: &Rc<Shard>,
+    endpoints: &KafkaEndpoints,
+    version: i16,
+    request: FindCoordinatorRequest,
+) -> FindCoordinatorResponse {
+    let locate = |key: &str| -> (i32, u16, i16) {
+        let coordinator = wire::coordinator_of(key, shard.shard_count());
+        let node = endpoints.node_of(coordinator.0);
+        (node, endpoints.port_of_node(node), codes::NONE)
+    };
+    let transactional = request.key_type != 0;
+    if version >= 4 {
+        let coordinators = request
+            .coordinator_keys
+            .into_iter()
+            .map(|key| {
+                let (node, port, code) = locate(key.as_str());
+                let code = if transactional { codes::COORDINATOR_NOT_AVAILABLE } else { code };
+                Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(BrokerId(node))
+                    .with_host(name(&endpoints.host))
+                    .with_port(i32::from(port))
+                    .with_error_code(code)
+            })
+            .collect();
+        return FindCoordinatorResponse::default().with_coordinators(coordinators);
+    }
+    if transactional {
+        return FindCoordinatorResponse::default()
+            .with_error_code(codes::COORDINATOR_NOT_AVAILABLE)
+            .with_node_id(BrokerId(-1));
+    }
+    let (node, port, code) = locate(request.key.as_str());
+    FindCoordinatorResponse::default()
+        .with_error_code(code)
+        .with_node_id(BrokerId(node))
+        .with_host(name(&endpoints.host))
+        .with_port(i32::from(port))
+}
+
+/// Decodes a request header (for tests and tools that build frames).
+pub fn request_header(frame: &mut Bytes) -> Option<RequestHeader> {
+    kafka_protocol::protocol::decode_request_header_from_buffer(frame).ok()
+}
