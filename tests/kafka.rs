@@ -1,0 +1,337 @@
+//! The Kafka API against clients nobody here wrote: kcat (librdkafka),
+//! confluent-kafka (librdkafka 2.16) and kafka-python, each run against the
+//! real binary on loopback.
+//!
+//! kcat comes from Debian and the Python clients from PyPI, installed by
+//! `.ci/run` (Python into a venv whose interpreter it names in
+//! RB_KAFKA_PYTHON). Where a client is missing a test says so and returns,
+//! unless RB_REQUIRE_KAFKA_CLIENTS is set (CI sets it): then it fails.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::broker::{BrokerProcess, Started};
+use support::temp_dir;
+
+/// A client program, or `None` (with a message) where it is missing and
+/// not required.
+fn client(name: &str, found: Option<PathBuf>) -> Option<PathBuf> {
+    if found.is_none() {
+        assert!(
+            std::env::var_os("RB_REQUIRE_KAFKA_CLIENTS").is_none(),
+            "{name} is required (RB_REQUIRE_KAFKA_CLIENTS)"
+        );
+        println!("skipped: {name} is not installed (see .ci/run)");
+    }
+    found
+}
+
+fn kcat() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join("kcat")).find(|path| path.is_file()));
+    client("kcat", found)
+}
+
+/// The Python interpreter that has confluent-kafka and kafka-python.
+fn python() -> Option<PathBuf> {
+    let found = std::env::var_os("RB_KAFKA_PYTHON").map(PathBuf::from).filter(|path| path.is_file());
+    client("a Python with confluent-kafka and kafka-python (RB_KAFKA_PYTHON)", found)
+}
+
+fn clients_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kafka_clients/clients.py")
+}
+
+fn run(program: &PathBuf, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("running {}: {error}", program.display()));
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{} {args:?} failed: {}",
+        program.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// The JSON lines a client printed.
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+}
+
+fn kafka(broker: &BrokerProcess) -> String {
+    broker.kafka_addr.expect("the Kafka API is on").to_string()
+}
+
+#[test]
+fn kcat_lists_every_shard_as_a_broker() {
+    let Some(kcat) = kcat() else { return };
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let listed = stdout(&run(&kcat, &["-b", &kafka(&broker), "-L", "-m", "10"], ""));
+    assert!(listed.contains(" 2 brokers:"), "{listed}");
+    assert!(listed.contains("broker 0 at 127.0.0.1:") && listed.contains("broker 1 at 127.0.0.1:"), "{listed}");
+    assert!(!listed.contains(&format!("at {}", kafka(&broker))), "the bootstrap address is not advertised: {listed}");
+    assert!(broker.terminate().success());
+}
+
+#[test]
+fn kcat_round_trips_keys_and_headers_byte_for_byte() {
+    let Some(kcat) = kcat() else { return };
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let bootstrap = kafka(&broker);
+    let lines: Vec<String> = (0..50).map(|i| format!("key-{i}|value {i} with spaces, ünïcode and \u{1F600}")).collect();
+    run(
+        &kcat,
+        &["-b", &bootstrap, "-P", "-t", "roundtrip", "-K", "|", "-H", "trace=abc", "-H", "empty="],
+        &(lines.join("\n") + "\n"),
+    );
+    let read = stdout(&run(
+        &kcat,
+        &["-b", &bootstrap, "-C", "-t", "roundtrip", "-o", "beginning", "-e", "-f", "%k|%s|%h\n"],
+        "",
+    ));
+    let mut got: Vec<String> = read.lines().map(str::to_string).collect();
+    got.sort();
+    let mut expected: Vec<String> = lines.iter().map(|line| format!("{line}|trace=abc,empty=")).collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    assert!(broker.terminate().success());
+}
+
+#[test]
+fn kcat_group_members_each_get_every_message_once() {
+    let Some(kcat) = kcat() else { return };
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let bootstrap = kafka(&broker);
+    run(&kcat, &["-b", &bootstrap, "-L", "-t", "shared"], "");
+    let messages: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+    run(&kcat, &["-b", &bootstrap, "-P", "-t", "shared"], &(messages.join("\n") + "\n"));
+    let members: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(&kcat)
+                .args(["-b", &bootstrap, "-G", "kcat-group", "shared", "-o", "beginning", "-e", "-f", "%s\n"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for member in members {
+        let output = member.wait_with_output().unwrap();
+        seen.extend(stdout(&output).lines().map(str::to_string));
+    }
+    let distinct: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(seen.len(), 200, "every message once, not {} times in all", seen.len());
+    assert_eq!(distinct.len(), 200);
+    assert!(broker.terminate().success());
+}
+
+#[test]
+fn kafka_python_produces_consumes_and_commits() {
+    let Some(python) = python() else { return };
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let script = clients_script();
+    let output = run(&python, &[script.to_str().unwrap(), "kafka-python", &kafka(&broker), "python-topic", "300"], "");
+    let report = json_lines(&stdout(&output)).pop().expect("a report");
+    assert_eq!(report["produced"], 300, "{report}");
+    assert_eq!(report["consumed"], 300, "{report}");
+    assert_eq!(report["distinct"], 300, "{report}");
+    assert_eq!(report["committed"], 300, "the committed offsets cover everything: {report}");
+    assert!(broker.terminate().success());
+}
+
+#[test]
+fn librdkafka_finds_every_feature_it_needs() {
+    let Some(python) = python() else { return };
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let script = clients_script();
+    let output = run(&python, &[script.to_str().unwrap(), "debug-features", &kafka(&broker), "features"], "");
+    let report = json_lines(&stdout(&output)).pop().expect("a report");
+    assert_eq!(report["got"], "b", "{report}");
+    let log = String::from_utf8_lossy(&output.stderr);
+    // Not claimed yet, each for a reason: SASL arrives with the security
+    // work; IdempotentProducer needs InitProducerId and deduplication, which
+    // the idempotence work brings; the KIP-848 consumer protocol
+    // (ConsumerGroupHeartbeat) is not served, so librdkafka uses the classic
+    // one, which it does enable (BrokerGroupCoordinator, checked below).
+    let not_claimed = ["Sasl", "SaslHandshake", "SaslAuthReq", "BrokerBalancedConsumer", "IdempotentProducer"];
+    let disabled: BTreeSet<&str> = log
+        .lines()
+        .filter_map(|line| line.split("Disabling feature ").nth(1))
+        .map(str::trim)
+        .filter(|feature| !not_claimed.contains(feature))
+        .collect();
+    assert!(disabled.is_empty(), "librdkafka disabled {disabled:?}");
+    assert!(log.contains("Enabling feature BrokerGroupCoordinator"), "groups are on");
+    assert!(log.contains("Enabling feature MsgVer2"), "RecordBatch v2 is on");
+    for refusal in ["UNSUPPORTED_VERSION", "Unsupported version"] {
+        assert!(!log.contains(refusal), "a request version was refused: {refusal}");
+    }
+    assert!(broker.terminate().success());
+}
+
+/// Two consecutive free ports (a broker's Kafka ports must stay the same
+/// across a restart for clients to find it again).
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two consecutive free ports");
+}
+
+/// A running confluent-kafka group member whose printed lines are read on
+/// a thread and collected.
+struct Member {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+    values: Vec<String>,
+    assigned: Vec<serde_json::Value>,
+}
+
+impl Member {
+    fn start(python: &PathBuf, bootstrap: &str, idle_seconds: &str) -> Member {
+        let script = clients_script();
+        let mut child = Command::new(python)
+            .args([script.to_str().unwrap(), "confluent-consume", bootstrap, "orders", "billing", idle_seconds])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str(&line) {
+                    let _ = send.send(value);
+                }
+            }
+        });
+        Member { child, lines, values: Vec::new(), assigned: Vec::new() }
+    }
+
+    /// Takes in what the member printed so far.
+    fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            if let Some(value) = line["value"].as_str() {
+                self.values.push(value.to_string());
+            }
+            if line.get("assigned").is_some() {
+                self.assigned.push(line["assigned"].clone());
+            }
+        }
+    }
+}
+
+fn produce(python: &PathBuf, bootstrap: &str, first: usize, count: usize) {
+    let script = clients_script();
+    let (first, count) = (first.to_string(), count.to_string());
+    let output = run(python, &[script.to_str().unwrap(), "confluent-produce", bootstrap, "orders", &first, &count], "");
+    let report = json_lines(&stdout(&output)).pop().expect("a report");
+    assert_eq!(report["delivered"].as_u64(), Some(count.parse().unwrap()), "acks=all delivery reports: {report}");
+}
+
+/// Waits until the members have printed `expected` values in all.
+fn wait_for(members: &mut [Member], expected: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        members.iter_mut().for_each(Member::drain);
+        let total: usize = members.iter().map(|member| member.values.len()).sum();
+        if total >= expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {total} of {expected} consumed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn confluent_kafka_group_survives_a_member_kill_and_a_broker_restart() {
+    let Some(python) = python() else { return };
+    let dir = temp_dir();
+    let (listen, base) = (free_port_pair(), free_port_pair());
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--shard-ports",
+        "auto",
+        "--cpus",
+        "0,1",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--kafka-listen",
+        &format!("127.0.0.1:{listen}"),
+        "--kafka-shard-ports",
+        &base.to_string(),
+    ];
+    let data = dir.path().join("data");
+    let Started::Serving(broker) = BrokerProcess::start_with(&data, &args) else { panic!("the broker starts") };
+    let bootstrap = kafka(&broker);
+    // Four partitions, so three members all get some.
+    let created = Command::new(env!("CARGO_BIN_EXE_ringbroker"))
+        .args(["--broker", &broker.addr.to_string(), "topic", "create", "orders", "--partitions", "4"])
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+
+    let mut members: Vec<Member> = (0..3).map(|_| Member::start(&python, &bootstrap, "120")).collect();
+    produce(&python, &bootstrap, 0, 300);
+    wait_for(&mut members, 300, "three members");
+    // Kill one member (it has committed everything it printed): its
+    // partitions move to the other two.
+    let mut killed = members.remove(0);
+    killed.child.kill().unwrap();
+    let _ = killed.child.wait();
+    killed.drain();
+    produce(&python, &bootstrap, 300, 300);
+    wait_for(&mut members, 600 - killed.values.len(), "after a member was killed");
+
+    // Restart the broker on the same ports: the members carry on from their
+    // committed offsets.
+    assert!(broker.terminate().success());
+    let Started::Serving(broker) = BrokerProcess::start_with(&data, &args) else { panic!("the broker restarts") };
+    produce(&python, &bootstrap, 600, 300);
+    wait_for(&mut members, 900 - killed.values.len(), "after the broker restarted");
+    std::thread::sleep(Duration::from_millis(500));
+    members.iter_mut().for_each(Member::drain);
+
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for value in killed.values.iter().chain(members.iter().flat_map(|member| &member.values)) {
+        *counts.entry(value.clone()).or_default() += 1;
+    }
+    let twice: Vec<&String> = counts.iter().filter(|(_, count)| **count > 1).map(|(value, _)| value).collect();
+    assert_eq!(counts.len(), 900, "every message consumed");
+    assert!(twice.is_empty(), "each message once (commits are synchronous, per message): {twice:?}");
+    assert!(killed.values.len() < 300, "the killed member had a share, not everything");
+    for mut member in members {
+        let _ = member.child.kill();
+        let _ = member.child.wait();
+    }
+    assert!(broker.terminate().success());
+}

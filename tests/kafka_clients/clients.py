@@ -1,0 +1,143 @@
+"""Real Kafka clients driven by tests/kafka.rs against the real broker.
+
+Every mode prints one JSON object per line on stdout (flushed), so the Rust
+side can follow what a long-running client does. Modes:
+
+  confluent-produce BOOTSTRAP TOPIC FIRST COUNT
+      acks=all producer with delivery reports; prints {"delivered": n}
+  confluent-consume BOOTSTRAP TOPIC GROUP IDLE_SECONDS
+      a group member committing each message synchronously, then printing
+      {"value": ..., "partition": p, "offset": o}; exits after IDLE_SECONDS
+      with nothing new, printing {"assigned": [...]} on each assignment
+  kafka-python BOOTSTRAP TOPIC COUNT
+      produce COUNT messages, read them back with a group consumer and
+      commit; prints {"produced": n, "consumed": m, "distinct": d}
+  debug-features BOOTSTRAP TOPIC
+      a producer and a group consumer with debug=feature,protocol; the
+      librdkafka log goes to stderr for the test to check
+"""
+
+import json
+import sys
+import time
+
+
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def confluent_produce(bootstrap, topic, first, count):
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    delivered = []
+    failed = []
+
+    def report(error, message):
+        if error is not None:
+            failed.append(str(error))
+        else:
+            delivered.append((message.partition(), message.offset()))
+
+    for i in range(first, first + count):
+        producer.produce(topic, key=f"k{i}", value=f"v{i}", on_delivery=report)
+        producer.poll(0)
+    remaining = producer.flush(30)
+    emit({"delivered": len(delivered), "failed": failed, "undelivered": remaining})
+
+
+def confluent_consume(bootstrap, topic, group, idle_seconds):
+    from confluent_kafka import Consumer
+
+    def on_assign(consumer, partitions):
+        emit({"assigned": sorted(p.partition for p in partitions)})
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+        }
+    )
+    consumer.subscribe([topic], on_assign=on_assign)
+    last = time.time()
+    while time.time() - last < idle_seconds:
+        message = consumer.poll(0.2)
+        if message is None:
+            continue
+        if message.error():
+            emit({"error": str(message.error())})
+            continue
+        consumer.commit(message=message, asynchronous=False)
+        emit({"value": message.value().decode(), "partition": message.partition(), "offset": message.offset()})
+        last = time.time()
+    consumer.close()
+    emit({"closed": True})
+
+
+def kafka_python(bootstrap, topic, count):
+    from kafka import KafkaConsumer, KafkaProducer
+
+    # Idempotence needs InitProducerId, which the broker does not serve yet.
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    futures = [producer.send(topic, key=f"k{i}".encode(), value=f"v{i}".encode()) for i in range(count)]
+    produced = sum(1 for future in futures if future.get(timeout=30) is not None)
+    producer.close()
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id="kafka-python-group",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=5000,
+    )
+    values = []
+    for message in consumer:
+        values.append(message.value.decode())
+        if len(values) == count:
+            break
+    consumer.commit()
+    committed = sum(consumer.committed(tp) or 0 for tp in consumer.assignment())
+    consumer.close()
+    emit({"produced": produced, "consumed": len(values), "distinct": len(set(values)), "committed": committed})
+
+
+def debug_features(bootstrap, topic):
+    from confluent_kafka import Consumer, Producer
+
+    conf = {"bootstrap.servers": bootstrap, "debug": "feature,protocol"}
+    producer = Producer({**conf, "acks": "all"})
+    producer.produce(topic, key="a", value="b")
+    producer.flush(10)
+    consumer = Consumer({**conf, "group.id": "debug-group", "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    got = None
+    deadline = time.time() + 20
+    while got is None and time.time() < deadline:
+        message = consumer.poll(0.2)
+        if message is not None and not message.error():
+            got = message.value().decode()
+            consumer.commit(message=message, asynchronous=False)
+    consumer.close()
+    emit({"got": got})
+
+
+def main(argv):
+    mode = argv[1]
+    if mode == "confluent-produce":
+        confluent_produce(argv[2], argv[3], int(argv[4]), int(argv[5]))
+    elif mode == "confluent-consume":
+        confluent_consume(argv[2], argv[3], argv[4], float(argv[5]))
+    elif mode == "kafka-python":
+        kafka_python(argv[2], argv[3], int(argv[4]))
+    elif mode == "debug-features":
+        debug_features(argv[2], argv[3])
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
