@@ -1,0 +1,400 @@
+//! The Kafka API at the byte level, against the real binary: every served
+//! API at its lowest and highest version through the real listener, and
+//! malformed requests (truncated, impossible lengths, an unknown API, a
+//! 2 GiB length) that get a closed connection while nothing else is
+//! disturbed. Requests are built and responses read with `kafka-protocol`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use support::broker::BrokerProcess;
+use support::temp_dir;
+
+fn text(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_string())
+}
+
+struct KafkaConnection {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl KafkaConnection {
+    fn open(addr: SocketAddr) -> KafkaConnection {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        KafkaConnection { stream, correlation: 0 }
+    }
+
+    fn send_raw(&mut self, frame: &[u8]) {
+        self.stream.write_all(frame).unwrap();
+    }
+
+    /// Sends `request` at `version` and returns the decoded response.
+    fn call<T: Encodable>(&mut self, api_key: ApiKey, version: i16, request: &T) -> ResponseKind {
+        self.correlation += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(text("protocol-test")));
+        let mut body = BytesMut::new();
+        header.encode(&mut body, api_key.request_header_version(version)).unwrap();
+        request.encode(&mut body, version).unwrap_or_else(|error| panic!("{api_key:?} v{version}: {error}"));
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        self.send_raw(&frame);
+        let mut response = self.read_frame().unwrap_or_else(|error| panic!("{api_key:?} v{version}: {error}"));
+        let header = ResponseHeader::decode(&mut response, api_key.response_header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, self.correlation, "{api_key:?} v{version}");
+        ResponseKind::decode(api_key, &mut response, version)
+            .unwrap_or_else(|error| panic!("{api_key:?} v{version}: {error}"))
+    }
+
+    fn read_frame(&mut self) -> std::io::Result<Bytes> {
+        let mut prefix = [0u8; 4];
+        self.stream.read_exact(&mut prefix)?;
+        let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+        self.stream.read_exact(&mut body)?;
+        Ok(Bytes::from(body))
+    }
+
+    /// Whether the broker closed the connection (read returns end of stream).
+    fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+use kafka_protocol::protocol::Decodable;
+
+fn batch(values: &[&[u8]]) -> Bytes {
+    let mut out = Vec::new();
+    let mut builder = ringbroker::protocol::batch::BatchBuilder::new(&mut out, 1_764_000_000_000);
+    for value in values {
+        builder.push(&ringbroker::protocol::batch::Record {
+            timestamp_ms: 1_764_000_000_000,
+            key: None,
+            value: Some(value),
+            headers: &[],
+        });
+    }
+    Bytes::copy_from_slice(builder.finish())
+}
+
+fn versions(connection: &mut KafkaConnection) -> Vec<(i16, i16, i16)> {
+    let ResponseKind::ApiVersions(response) = connection.call(
+        ApiKey::ApiVersions,
+        3,
+        &ApiVersionsRequest::default().with_client_software_name(text("test")).with_client_software_version(text("1")),
+    ) else {
+        panic!("ApiVersions")
+    };
+    assert_eq!(response.error_code, 0);
+    response.api_keys.iter().map(|key| (key.api_key, key.min_version, key.max_version)).collect()
+}
+
+fn range(table: &[(i16, i16, i16)], api_key: ApiKey) -> [i16; 2] {
+    let (_, min, max) = table.iter().find(|(key, ..)| *key == api_key as i16).expect("advertised");
+    [*min, *max]
+}
+
+#[test]
+fn every_served_api_answers_at_its_lowest_and_highest_version() {
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &["--tuning", "tuning/default.toml"][..0]);
+    let bootstrap = broker.kafka_addr.unwrap();
+    let mut connection = KafkaConnection::open(bootstrap);
+    let table = versions(&mut connection);
+    assert!(!table.iter().any(|(key, ..)| *key == ApiKey::InitProducerId as i16), "not served yet");
+
+    for version in range(&table, ApiKey::CreateTopics) {
+        let topic = format!("created-v{version}");
+        let request = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
+            kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+                .with_name(TopicName(text(&topic)))
+                .with_num_partitions(2)
+                .with_replication_factor(1),
+        ]);
+        let ResponseKind::CreateTopics(created) = connection.call(ApiKey::CreateTopics, version, &request) else {
+            panic!()
+        };
+        assert_eq!(created.topics[0].error_code, 0, "v{version}");
+    }
+    for version in range(&table, ApiKey::Metadata) {
+        let topics = if version == 0 { Some(vec![]) } else { None };
+        let request = MetadataRequest::default().with_topics(topics);
+        let ResponseKind::Metadata(metadata) = connection.call(ApiKey::Metadata, version, &request) else { panic!() };
+        assert_eq!(metadata.brokers.len(), 2, "v{version}: one broker per shard");
+        let created = metadata.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "created-v2"));
+        assert_eq!(created.map(|t| t.partitions.len()), Some(2), "v{version}");
+    }
+    // Produce and fetch partition 0 of a topic, at each end of the ranges,
+    // on the shard that leads it (shard 0's own port).
+    let ResponseKind::Metadata(metadata) =
+        connection.call(ApiKey::Metadata, 1, &MetadataRequest::default().with_topics(None))
+    else {
+        panic!()
+    };
+    let leader = &metadata.brokers.iter().find(|b| b.node_id.0 == 0).unwrap();
+    let mut owner = KafkaConnection::open(SocketAddr::from(([127, 0, 0, 1], leader.port as u16)));
+    let mut next_offset = 0;
+    for version in range(&table, ApiKey::Produce) {
+        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+            kafka_protocol::messages::produce_request::TopicProduceData::default()
+                .with_name(TopicName(text("created-v2")))
+                .with_partition_data(vec![kafka_protocol::messages::produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(batch(&[b"a", b"b"])))]),
+        ]);
+        let ResponseKind::Produce(produced) = owner.call(ApiKey::Produce, version, &request) else { panic!() };
+        let partition = &produced.responses[0].partition_responses[0];
+        assert_eq!((partition.error_code, partition.base_offset), (0, next_offset), "v{version}");
+        next_offset += 2;
+    }
+    for version in range(&table, ApiKey::Fetch) {
+        let request = FetchRequest::default().with_max_wait_ms(100).with_max_bytes(1 << 20).with_topics(vec![
+            kafka_protocol::messages::fetch_request::FetchTopic::default()
+                .with_topic(TopicName(text("created-v2")))
+                .with_partitions(vec![kafka_protocol::messages::fetch_request::FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)]),
+        ]);
+        let ResponseKind::Fetch(fetched) = owner.call(ApiKey::Fetch, version, &request) else { panic!() };
+        let partition = &fetched.responses[0].partitions[0];
+        assert_eq!((partition.error_code, partition.high_watermark), (0, next_offset), "v{version}");
+        assert!(partition.records.as_ref().is_some_and(|records| !records.is_empty()), "v{version}");
+    }
+    for version in range(&table, ApiKey::ListOffsets) {
+        let request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![
+            kafka_protocol::messages::list_offsets_request::ListOffsetsTopic::default()
+                .with_name(TopicName(text("created-v2")))
+                .with_partitions(vec![kafka_protocol::messages::list_offsets_request::ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-1)]),
+        ]);
+        let ResponseKind::ListOffsets(listed) = owner.call(ApiKey::ListOffsets, version, &request) else { panic!() };
+        assert_eq!(listed.topics[0].partitions[0].offset, next_offset, "v{version}");
+    }
+    for version in range(&table, ApiKey::FindCoordinator) {
+        let request = if version >= 4 {
+            FindCoordinatorRequest::default().with_coordinator_keys(vec![text("g")])
+        } else {
+            FindCoordinatorRequest::default().with_key(text("g"))
+        };
+        let ResponseKind::FindCoordinator(found) = connection.call(ApiKey::FindCoordinator, version, &request) else {
+            panic!()
+        };
+        let (error, port) = match found.coordinators.first() {
+            Some(coordinator) => (coordinator.error_code, coordinator.port),
+            None => (found.error_code, found.port),
+        };
+        assert_eq!(error, 0, "v{version}");
+        assert!(metadata.brokers.iter().any(|b| b.port == port), "v{version}: a shard's port");
+    }
+    // Offsets outside group management (generation -1).
+    for version in range(&table, ApiKey::OffsetCommit) {
+        let group = format!("simple-v{version}");
+        let request = OffsetCommitRequest::default()
+            .with_group_id(GroupId(text(&group)))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![kafka_protocol::messages::offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(TopicName(text("created-v2")))
+                .with_partitions(vec![
+                    kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(3),
+                ])]);
+        let ResponseKind::OffsetCommit(committed) = connection.call(ApiKey::OffsetCommit, version, &request) else {
+            panic!()
+        };
+        assert_eq!(committed.topics[0].partitions[0].error_code, 0, "v{version}");
+    }
+    for version in range(&table, ApiKey::OffsetFetch) {
+        let group = GroupId(text("simple-v2"));
+        let topics = vec![kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic::default()
+            .with_name(TopicName(text("created-v2")))
+            .with_partition_indexes(vec![0])];
+        let request = if version >= 8 {
+            OffsetFetchRequest::default().with_groups(vec![
+                kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup::default()
+                    .with_group_id(group)
+                    .with_topics(Some(vec![
+                        kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopics::default()
+                            .with_name(TopicName(text("created-v2")))
+                            .with_partition_indexes(vec![0]),
+                    ])),
+            ])
+        } else {
+            OffsetFetchRequest::default().with_group_id(group).with_topics(Some(topics))
+        };
+        let ResponseKind::OffsetFetch(fetched) = connection.call(ApiKey::OffsetFetch, version, &request) else {
+            panic!()
+        };
+        let offset = match fetched.groups.first() {
+            Some(group) => group.topics[0].partitions[0].committed_offset,
+            None => fetched.topics[0].partitions[0].committed_offset,
+        };
+        assert_eq!(offset, 3, "v{version}");
+    }
+    // A one-member group through join, sync, heartbeat and leave, at each
+    // end of the ranges (a member id first, from v4 on).
+    for (round, version) in range(&table, ApiKey::JoinGroup).into_iter().enumerate() {
+        let group = GroupId(text(&format!("classic-{round}")));
+        let find = FindCoordinatorRequest::default().with_key(text(&group.0));
+        let ResponseKind::FindCoordinator(found) = connection.call(ApiKey::FindCoordinator, 0, &find) else { panic!() };
+        let mut coordinator = KafkaConnection::open(SocketAddr::from(([127, 0, 0, 1], found.port as u16)));
+        let join = |member: &str| {
+            JoinGroupRequest::default()
+                .with_group_id(group.clone())
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(if version >= 1 { 10_000 } else { -1 })
+                .with_member_id(text(member))
+                .with_protocol_type(text("consumer"))
+                .with_protocols(vec![kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol::default()
+                    .with_name(text("range"))
+                    .with_metadata(Bytes::from_static(b"meta"))])
+        };
+        let ResponseKind::JoinGroup(mut joined) = coordinator.call(ApiKey::JoinGroup, version, &join("")) else {
+            panic!()
+        };
+        if version >= 4 {
+            assert_eq!(joined.error_code, 79, "MEMBER_ID_REQUIRED at v{version}");
+            let member = joined.member_id.to_string();
+            let ResponseKind::JoinGroup(again) = coordinator.call(ApiKey::JoinGroup, version, &join(&member)) else {
+                panic!()
+            };
+            joined = again;
+        }
+        assert_eq!((joined.error_code, joined.generation_id), (0, 1), "v{version}");
+        assert_eq!(joined.leader, joined.member_id, "the only member leads");
+        assert_eq!(joined.members.len(), 1);
+        let member = joined.member_id.clone();
+        let sync_version = range(&table, ApiKey::SyncGroup)[round];
+        let mut sync = SyncGroupRequest::default()
+            .with_group_id(group.clone())
+            .with_generation_id(1)
+            .with_member_id(member.clone())
+            .with_assignments(vec![kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment::default(
+            )
+            .with_member_id(member.clone())
+            .with_assignment(Bytes::from_static(b"assigned"))]);
+        if sync_version >= 5 {
+            sync = sync.with_protocol_type(Some(text("consumer"))).with_protocol_name(Some(text("range")));
+        }
+        let ResponseKind::SyncGroup(synced) = coordinator.call(ApiKey::SyncGroup, sync_version, &sync) else {
+            panic!()
+        };
+        assert_eq!((synced.error_code, &synced.assignment[..]), (0, &b"assigned"[..]), "v{sync_version}");
+        let heartbeat_version = range(&table, ApiKey::Heartbeat)[round];
+        let beat = HeartbeatRequest::default()
+            .with_group_id(group.clone())
+            .with_generation_id(1)
+            .with_member_id(member.clone());
+        let ResponseKind::Heartbeat(beaten) = coordinator.call(ApiKey::Heartbeat, heartbeat_version, &beat) else {
+            panic!()
+        };
+        assert_eq!(beaten.error_code, 0);
+        for describe_version in range(&table, ApiKey::DescribeGroups) {
+            let request = DescribeGroupsRequest::default().with_groups(vec![group.clone()]);
+            let ResponseKind::DescribeGroups(described) =
+                connection.call(ApiKey::DescribeGroups, describe_version, &request)
+            else {
+                panic!()
+            };
+            assert_eq!(described.groups[0].group_state.as_str(), "Stable", "v{describe_version}");
+            assert_eq!(described.groups[0].members.len(), 1);
+        }
+        for list_version in range(&table, ApiKey::ListGroups) {
+            let ResponseKind::ListGroups(listed) =
+                connection.call(ApiKey::ListGroups, list_version, &ListGroupsRequest::default())
+            else {
+                panic!()
+            };
+            assert!(listed.groups.iter().any(|listed| listed.group_id == group), "v{list_version}");
+        }
+        let leave_version = range(&table, ApiKey::LeaveGroup)[round];
+        let leave = if leave_version >= 3 {
+            LeaveGroupRequest::default()
+                .with_group_id(group.clone())
+                .with_members(vec![kafka_protocol::messages::leave_group_request::MemberIdentity::default()
+                    .with_member_id(member.clone())])
+        } else {
+            LeaveGroupRequest::default().with_group_id(group.clone()).with_member_id(member.clone())
+        };
+        let ResponseKind::LeaveGroup(left) = coordinator.call(ApiKey::LeaveGroup, leave_version, &leave) else {
+            panic!()
+        };
+        let error = left.members.first().map_or(left.error_code, |member| member.error_code);
+        assert_eq!(error, 0, "v{leave_version}");
+    }
+    for version in range(&table, ApiKey::DeleteTopics) {
+        let request = DeleteTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topic_names(vec![TopicName(text(&format!("created-v{}", [2, 5][(version >= 4) as usize])))]);
+        let ResponseKind::DeleteTopics(deleted) = connection.call(ApiKey::DeleteTopics, version, &request) else {
+            panic!()
+        };
+        assert_eq!(deleted.responses[0].error_code, 0, "v{version}");
+    }
+    assert!(broker.terminate().success());
+}
+
+/// A request frame by hand: header v1 (client id "t"), then `body`.
+fn raw_frame(api_key: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&api_key.to_be_bytes());
+    frame.extend_from_slice(&version.to_be_bytes());
+    frame.extend_from_slice(&7i32.to_be_bytes());
+    frame.extend_from_slice(&[0, 1, b't']);
+    frame.extend_from_slice(body);
+    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&frame);
+    out
+}
+
+#[test]
+fn malformed_kafka_requests_close_only_their_connection() {
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let bootstrap = broker.kafka_addr.unwrap();
+    let mut good = KafkaConnection::open(bootstrap);
+    versions(&mut good);
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        // Produce v3: null transactional id, acks, timeout, then 2^31 - 1 topics.
+        ("an impossible array count", raw_frame(0, 3, &[0xff, 0xff, 0, 1, 0, 0, 0x75, 0x30, 0x7f, 0xff, 0xff, 0xff])),
+        ("a truncated body", raw_frame(0, 3, &[0xff, 0xff, 0, 1, 0])),
+        ("an unknown API key", raw_frame(999, 0, &[])),
+        ("an unserved version", raw_frame(0, 1, &[])),
+        ("a header cut short", vec![0, 0, 0, 3, 0, 18, 0]),
+        ("a 2 GiB length", vec![0x7f, 0xff, 0xff, 0xff, 0, 18, 0, 3]),
+    ];
+    for (what, frame) in cases {
+        let mut bad = KafkaConnection::open(bootstrap);
+        bad.send_raw(&frame);
+        assert!(bad.is_closed(), "{what}: the connection is closed");
+        // The well-behaved connection never noticed.
+        versions(&mut good);
+    }
+    // An ApiVersions version the broker does not know gets a v0 answer
+    // with error 35 and the table, so the client can pick another.
+    let mut newer = KafkaConnection::open(bootstrap);
+    // (Its header is the flexible kind, as for every ApiVersions from v3:
+    // the tagged-fields byte after the client id.)
+    newer.send_raw(&raw_frame(18, 99, &[0]));
+    let mut response = newer.read_frame().unwrap();
+    let header = ResponseHeader::decode(&mut response, 0).unwrap();
+    assert_eq!(header.correlation_id, 7);
+    let answer = ApiVersionsResponse::decode(&mut response, 0).unwrap();
+    assert_eq!(answer.error_code, 35);
+    assert!(answer.api_keys.iter().any(|key| key.api_key == ApiKey::Produce as i16));
+    assert!(broker.terminate().success());
+}
