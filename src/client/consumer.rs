@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use super::cluster::{duration_ms, Client};
 use super::error::ClientError;
+use super::transport::Transport;
 use crate::protocol::batch::{peek_batch_len, BatchView, Compression, HeaderIter, RecordView};
 use crate::protocol::types::{Offset, PartitionId};
 use crate::protocol::wire::OffsetSpec;
@@ -43,9 +44,11 @@ pub struct ConsumedRecord {
 }
 
 /// Reads one partition in order from a position it advances.
+///
+/// Generic over its [`Transport`]: the native [`Client`] by default.
 #[derive(Debug)]
-pub struct PartitionConsumer {
-    client: Client,
+pub struct PartitionConsumer<T: Transport = Client> {
+    client: T,
     topic: String,
     partition: PartitionId,
     start: StartPosition,
@@ -55,8 +58,8 @@ pub struct PartitionConsumer {
     high_watermark: Option<Offset>,
 }
 
-impl PartitionConsumer {
-    pub fn new(client: Client, topic: impl Into<String>, partition: PartitionId, start: StartPosition) -> Self {
+impl<T: Transport> PartitionConsumer<T> {
+    pub fn new(client: T, topic: impl Into<String>, partition: PartitionId, start: StartPosition) -> Self {
         let position = match start {
             StartPosition::Offset(offset) => Some(offset),
             StartPosition::Earliest | StartPosition::Latest => None,

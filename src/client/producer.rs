@@ -42,6 +42,7 @@ use rustc_hash::FxHashMap;
 use super::accumulator::{is_full, must_seal_before, OpenBatch};
 use super::cluster::Client;
 use super::error::ClientError;
+use super::transport::Transport;
 use crate::protocol::batch::{Record, HEADER_LEN};
 use crate::protocol::partitioner::partition_for_key;
 use crate::protocol::types::{AckLevel, Offset, PartitionId, TimestampMs};
@@ -108,11 +109,13 @@ impl<'a> ProducerRecord<'a> {
 /// [`close`](Self::close)) before dropping it: records still buffered when it
 /// is dropped fail with [`ClientError::Closed`]; requests already sent
 /// complete normally.
-pub struct Producer {
-    shared: Rc<Shared>,
+///
+/// Generic over its [`Transport`]: the native [`Client`] by default.
+pub struct Producer<T: Transport = Client> {
+    shared: Rc<Shared<T>>,
 }
 
-impl fmt::Debug for Producer {
+impl<T: Transport> fmt::Debug for Producer<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Producer")
             .field("config", &self.shared.config)
@@ -121,14 +124,14 @@ impl fmt::Debug for Producer {
     }
 }
 
-impl Producer {
+impl<T: Transport> Producer<T> {
     /// Starts a producer (and its linger task) on the current executor.
-    pub fn new(client: Client, config: ProducerConfig) -> Result<Producer, ClientError> {
+    pub fn new(client: T, config: ProducerConfig) -> Result<Producer<T>, ClientError> {
         if config.batch_bytes == 0 || config.max_in_flight == 0 {
             return Err(ClientError::InvalidArgument(format!("producer limits out of range: {config:?}")));
         }
         let buffer_bytes_max = config.max_in_flight.saturating_mul(config.batch_bytes);
-        let record_bytes_max = client.options().max_frame_bytes.saturating_sub(HEADER_LEN);
+        let record_bytes_max = client.max_frame_bytes().saturating_sub(HEADER_LEN);
         let shared = Rc::new(Shared {
             client,
             in_flight: Rc::new(Semaphore::new(config.max_in_flight as u64)),
@@ -246,7 +249,7 @@ impl Producer {
     }
 }
 
-impl Drop for Producer {
+impl<T: Transport> Drop for Producer<T> {
     fn drop(&mut self) {
         self.shared.close();
     }
@@ -347,8 +350,8 @@ enum Target {
     Sticky,
 }
 
-struct Shared {
-    client: Client,
+struct Shared<T> {
+    client: T,
     config: ProducerConfig,
     in_flight: Rc<Semaphore>,
     /// `send` waits while this many bytes are buffered.
@@ -505,7 +508,7 @@ fn unencodable() -> ClientError {
     ClientError::InvalidArgument("a key, value or header is too long for a record batch".into())
 }
 
-impl Shared {
+impl<T: Transport> Shared<T> {
     /// The synchronous part of `send`: the record goes into its partition's
     /// open batch; full batches are sealed and dispatched.
     fn append(
@@ -744,7 +747,7 @@ enum NextTick {
 /// Seals batches as their linger runs out. One task per producer, however
 /// many partitions: deadlines are kept in order, so it sleeps exactly until
 /// the next one, and parks when no batch is open.
-async fn linger_loop(shared: Rc<Shared>) {
+async fn linger_loop<T: Transport>(shared: Rc<Shared<T>>) {
     loop {
         match shared.seal_due(Instant::now()) {
             NextTick::At(at) => glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await,
@@ -758,13 +761,13 @@ async fn linger_loop(shared: Rc<Shared>) {
 /// Only this task waits for the in-flight semaphore, so no batch can
 /// overtake an earlier one (glommio's semaphore does not serve waiters in
 /// arrival order).
-async fn dispatch_loop(shared: Rc<Shared>) {
+async fn dispatch_loop<T: Transport>(shared: Rc<Shared<T>>) {
     while let Some(sealed) = poll_fn(|cx| shared.poll_ready(cx)).await {
         // Resolve the partition's connection here, in order: a send that
         // had to wait for it (metadata, connecting) could otherwise be
         // overtaken by a later one of the same partition. Errors surface in
         // the send itself.
-        let _ = shared.client.partition_connection(&sealed.topic, sealed.partition).await;
+        let _ = shared.client.prepare_route(&sealed.topic, sealed.partition).await;
         match shared.in_flight.acquire_static_permit(1).await {
             Ok(permit) => {
                 glommio::spawn_local(send_batch(Rc::clone(&shared), sealed, permit)).detach();
@@ -778,13 +781,13 @@ async fn dispatch_loop(shared: Rc<Shared>) {
     }
 }
 
-async fn send_batch(shared: Rc<Shared>, sealed: Sealed, permit: glommio::sync::StaticPermit) {
+async fn send_batch<T: Transport>(shared: Rc<Shared<T>>, sealed: Sealed, permit: glommio::sync::StaticPermit) {
     let Sealed { topic, partition, id, batch, outcome } = sealed;
     let acks = shared.config.acks;
     let timeout_ms = shared.config.timeout_ms;
-    let produced = shared.client.produce_raw_with_timeout(&topic, partition, &batch, acks, timeout_ms).await;
+    let produced = shared.client.produce_batches(&topic, partition, &batch, acks, timeout_ms).await;
     drop(permit);
-    let result = produced.map(|result| (acks != AckLevel::None).then_some(result.base_offset));
+    let result = produced.map(|base_offset| (acks != AckLevel::None).then_some(base_offset));
     outcome.complete(result);
     shared.finished(id, batch);
 }
