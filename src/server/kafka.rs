@@ -16,6 +16,7 @@
 //! advertised and shards forward, as the native shared port does.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -27,6 +28,7 @@ use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionRespon
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
+use kafka_protocol::messages::produce_request::TopicProduceData;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
@@ -41,7 +43,7 @@ use crate::protocol::kafka::bounds::{self, BoundsError};
 use crate::protocol::kafka::schemas;
 use crate::protocol::types::{AckLevel, PartitionId};
 use crate::protocol::wire::{self, ErrorCode, FetchPartition, ListOffsetsPartition, OffsetSpec};
-use crate::shard::{ProduceItem, Shard};
+use crate::shard::{Counters, ProduceItem, Shard};
 
 use super::connection::Limits;
 use super::dispatch;
@@ -185,7 +187,20 @@ pub async fn handle(shard: &Rc<Shard>, endpoints: &KafkaEndpoints, limits: &Limi
 /// Encodes a response frame: length, header (at the API's header version),
 /// body at `version`.
 fn respond(api_key: ApiKey, version: i16, correlation_id: i32, response: ResponseKind) -> Outcome {
-    let mut out = BytesMut::with_capacity(64);
+    // Straight into the frame that is written: the records of a fetch are
+    // copied once, from the log's read into this buffer.
+    let records: usize = match &response {
+        ResponseKind::Fetch(fetch) => fetch
+            .responses
+            .iter()
+            .flat_map(|topic| &topic.partitions)
+            .map(|partition| partition.records.as_ref().map_or(0, Bytes::len))
+            .sum(),
+        _ => 0,
+    };
+    // Room for the records of a fetch and the fields around them, so the
+    // buffer is not grown (and copied) while they are encoded.
+    let mut out = BytesMut::with_capacity(records + 1024);
     out.extend_from_slice(&[0; 4]);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let encoded = header
@@ -197,7 +212,7 @@ fn respond(api_key: ApiKey, version: i16, correlation_id: i32, response: Respons
     }
     let len = (out.len() - 4) as u32;
     out[..4].copy_from_slice(&len.to_be_bytes());
-    Outcome::Respond(out.to_vec())
+    Outcome::Respond(Vec::from(out))
 }
 
 /// A request body decoded by the crate (after the bounds check).
@@ -213,6 +228,16 @@ async fn serve(
     version: i16,
     body: Bytes,
 ) -> Result<Option<ResponseKind>, BoundsError> {
+    let counters = shard.counters();
+    let counter = match api_key {
+        ApiKey::Produce => &counters.produce_requests,
+        ApiKey::Fetch => &counters.fetch_requests,
+        ApiKey::Metadata => &counters.metadata_requests,
+        ApiKey::CreateTopics | ApiKey::DeleteTopics => &counters.admin_requests,
+        ApiKey::ApiVersions | ApiKey::ListOffsets | ApiKey::FindCoordinator => &counters.other_requests,
+        _ => &counters.group_requests,
+    };
+    Counters::add(counter, 1);
     let response = match api_key {
         ApiKey::ApiVersions => {
             let _: ApiVersionsRequest = decode(body, version)?;
@@ -401,10 +426,14 @@ async fn produce(
     let mut items = Vec::new();
     let mut places = Vec::new();
     for (topic_index, topic) in request.topic_data.into_iter().enumerate() {
-        let topic_name = topic.name.0.to_string();
+        // The decoded name shares the frame's memory: let it go, so that a
+        // batch can keep that memory without a copy (see `writable`).
+        let TopicProduceData { name, partition_data, .. } = topic;
+        let topic_name = name.0.to_string();
+        drop(name);
         let exists = ensure_topic(shard, endpoints, &topic_name, true).await;
-        let mut partitions = Vec::with_capacity(topic.partition_data.len());
-        for (partition_index, data) in topic.partition_data.into_iter().enumerate() {
+        let mut partitions = Vec::with_capacity(partition_data.len());
+        for (partition_index, data) in partition_data.into_iter().enumerate() {
             let mut answer = PartitionProduceResponse::default().with_index(data.index);
             let records = data.records.unwrap_or_default();
             if !exists || data.index < 0 {
@@ -413,10 +442,8 @@ async fn produce(
                 // Message formats before RecordBatch v2 are not stored.
                 answer = answer.with_error_code(codes::UNSUPPORTED_VERSION);
             } else {
-                // The log rewrites each batch's base offset in place: the
-                // records get a buffer of their own.
                 let partition = PartitionId(data.index as u32);
-                items.push(ProduceItem { topic: topic_name.clone(), partition, data: BytesMut::from(&records[..]) });
+                items.push(ProduceItem { topic: topic_name.clone(), partition, data: writable(records) });
                 places.push((topic_index, partition_index));
             }
             partitions.push(answer);
@@ -424,10 +451,12 @@ async fn produce(
         answers.push((topic_name, partitions));
     }
     let timeout_ms = u32::try_from(request.timeout_ms.max(0)).unwrap_or(0).min(dispatch::inner_deadline_ms(limits));
+    let started = Instant::now();
     let results = if items.is_empty() { Vec::new() } else { shard.produce(acks, timeout_ms, items).await };
     if acks == AckLevel::None {
         return None;
     }
+    shard.counters().record_produce(started.elapsed());
     for ((topic_index, partition_index), result) in places.into_iter().zip(results) {
         let answer = &mut answers[topic_index].1[partition_index];
         answer.error_code = kafka_code(result.error);
@@ -444,6 +473,15 @@ async fn produce(
         })
         .collect();
     Some(ProduceResponse::default().with_responses(responses))
+}
+
+/// A produced batch as the buffer the log appends (it rewrites the base
+/// offset in place). When the request's frame holds nothing else still in
+/// use, the batch keeps the frame's memory (the usual one-partition
+/// request costs no copy); else it gets a buffer of its own, so a batch
+/// kept in a log's tail cache never pins a larger frame.
+fn writable(records: Bytes) -> BytesMut {
+    records.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]))
 }
 
 async fn fetch(shard: &Rc<Shard>, limits: &Limits, version: i16, request: FetchRequest) -> FetchResponse {
