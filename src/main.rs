@@ -108,6 +108,18 @@ struct ServeArgs {
     /// Do not serve the Kafka API.
     #[arg(long)]
     no_kafka: bool,
+    /// How shards are advertised to Kafka clients (overrides the tuning
+    /// file): per-shard (each shard a broker of its own port, requests go
+    /// straight to the owning core) or node (one broker on the bootstrap
+    /// port, shards forward).
+    #[arg(long, value_enum)]
+    kafka_mode: Option<KafkaModeArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KafkaModeArg {
+    PerShard,
+    Node,
 }
 
 #[derive(Args, Debug)]
@@ -272,6 +284,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.no_kafka {
         config.kafka.enabled = false;
+    }
+    match args.kafka_mode {
+        Some(KafkaModeArg::PerShard) => config.kafka.mode = ringbroker::config::KafkaMode::PerShard,
+        Some(KafkaModeArg::Node) => config.kafka.mode = ringbroker::config::KafkaMode::Node,
+        None => {}
     }
     let shard_ports = match args.shard_ports.as_deref() {
         None if config.network.shard_port_base == 0 => ShardPorts::Disabled,

@@ -148,6 +148,52 @@ fn kcat_group_members_each_get_every_message_once() {
 }
 
 #[test]
+fn node_mode_serves_everything_through_one_advertised_broker() {
+    let Some(kcat) = kcat() else { return };
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &["--kafka-mode", "node"]);
+    let bootstrap = kafka(&broker);
+    let listed = stdout(&run(&kcat, &["-b", &bootstrap, "-L", "-t", "node-topic", "-m", "10"], ""));
+    assert!(listed.contains(" 1 brokers:"), "{listed}");
+    assert!(listed.contains(&format!("broker 0 at {bootstrap}")), "the bootstrap address is the broker: {listed}");
+    let partitions = listed.matches("leader 0,").count();
+    assert!(partitions >= 2, "partitions on both shards, all led by broker 0: {listed}");
+    let lines: Vec<String> = (0..100).map(|i| format!("k{i}|v{i}")).collect();
+    run(&kcat, &["-b", &bootstrap, "-P", "-t", "node-topic", "-K", "|"], &(lines.join("\n") + "\n"));
+    let read = stdout(&run(
+        &kcat,
+        &["-b", &bootstrap, "-C", "-t", "node-topic", "-o", "beginning", "-e", "-f", "%k|%s\n"],
+        "",
+    ));
+    let mut got: Vec<&str> = read.lines().collect();
+    got.sort();
+    let mut expected: Vec<&str> = lines.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    // Shard 0 took every request and forwarded those of shard 1's partitions.
+    assert!(broker.shard_counter(broker.addr, 0, "forwarded_out") > 0);
+    assert!(broker.shard_counter(broker.addr, 1, "forwarded_in") > 0);
+    // A group in node mode: two members, each message exactly once.
+    let members: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(&kcat)
+                .args(["-b", &bootstrap, "-G", "node-group", "node-topic", "-o", "beginning", "-e", "-f", "%s\n"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for member in members {
+        seen.extend(stdout(&member.wait_with_output().unwrap()).lines().map(str::to_string));
+    }
+    let distinct: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!((seen.len(), distinct.len()), (100, 100), "every message once: {seen:?}");
+    assert!(broker.terminate().success());
+}
+
+#[test]
 fn kafka_python_produces_consumes_and_commits() {
     let Some(python) = python() else { return };
     let dir = temp_dir();
