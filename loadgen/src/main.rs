@@ -15,6 +15,8 @@
 mod acks;
 mod clock;
 mod cpustat;
+mod kafka;
+mod link;
 mod metrics;
 mod payload;
 mod report;
@@ -31,7 +33,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ringbroker::protocol::types::AckLevel;
 
+use link::Protocol;
 use report::Report;
+use ringbroker::config::KafkaMode;
 use scenario::{Scenario, Settings, Target};
 
 /// Default burst size: about 10 s on the 2-core development VM (broker on
@@ -101,6 +105,12 @@ enum Command {
     /// topic (committing once the forward is acknowledged); the last stage's
     /// group measures end-to-end latency across the whole chain.
     Pipeline,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KafkaModeArg {
+    PerShard,
+    Node,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,6 +187,21 @@ struct Options {
     /// A running broker (host:port); absent: start an embedded one.
     #[arg(long, global = true)]
     broker: Option<String>,
+    /// What producers and consumers speak: the native protocol, or the Kafka
+    /// API through loadgen's own Kafka client (burst, steady, peaks; fanout
+    /// and pipeline use consumer groups, which run over native only).
+    /// Topics are created and broker counters read natively either way.
+    #[arg(long, global = true, value_enum, default_value_t = Protocol::Native)]
+    protocol: Protocol,
+    /// With --broker: the broker's Kafka bootstrap address
+    /// [default: --broker's host, port 9092].
+    #[arg(long, global = true)]
+    kafka_broker: Option<String>,
+    /// The embedded broker's Kafka mode [default: the tuning file's]:
+    /// per-shard (each shard a Kafka broker of its own) or node (one
+    /// advertised broker, shards forward).
+    #[arg(long, global = true, value_enum)]
+    kafka_mode: Option<KafkaModeArg>,
     /// The embedded broker's tuning file [default: tuning/dev-2core.toml,
     /// else built-in defaults on CPU 0].
     #[arg(long, global = true)]
@@ -236,13 +261,26 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     let settings = settings(scenario, &options)?;
     let target = match &options.broker {
         Some(broker) => {
-            if options.tuning.is_some() {
-                eprintln!("loadgen: --tuning only applies to an embedded broker; ignored with --broker");
+            if options.tuning.is_some() || options.kafka_mode.is_some() {
+                eprintln!("loadgen: --tuning and --kafka-mode only apply to an embedded broker; ignored with --broker");
             }
-            Target::Remote(resolve(broker)?)
+            let native = resolve("--broker", broker)?;
+            let kafka = match &options.kafka_broker {
+                Some(kafka) => resolve("--kafka-broker", kafka)?,
+                None => SocketAddr::new(native.ip(), ringbroker::config::KAFKA_LISTEN_DEFAULT.port()),
+            };
+            Target::Remote { native, kafka }
         }
         None => {
-            let (config, source) = scenario::load_tuning(options.tuning.as_deref())?;
+            let (mut config, source) = scenario::load_tuning(options.tuning.as_deref())?;
+            match options.kafka_mode {
+                Some(KafkaModeArg::PerShard) => config.kafka.mode = KafkaMode::PerShard,
+                Some(KafkaModeArg::Node) => config.kafka.mode = KafkaMode::Node,
+                None => {}
+            }
+            if options.protocol == Protocol::Kafka {
+                config.kafka.enabled = true;
+            }
             Target::Embedded { config: Box::new(config), source, data_parent: data_parent() }
         }
     };
@@ -277,6 +315,7 @@ fn settings(scenario: Scenario, options: &Options) -> anyhow::Result<Settings> {
     };
     Ok(Settings {
         scenario,
+        protocol: options.protocol,
         events: options.events.unwrap_or(match scenario {
             Scenario::Fanout => FANOUT_EVENTS,
             Scenario::Pipeline => PIPELINE_EVENTS,
@@ -322,12 +361,12 @@ fn default_batch_bytes(event_bytes: usize) -> usize {
     event_bytes.saturating_mul(256).clamp(64 << 10, 1 << 20)
 }
 
-fn resolve(broker: &str) -> anyhow::Result<SocketAddr> {
+fn resolve(flag: &str, broker: &str) -> anyhow::Result<SocketAddr> {
     broker
         .to_socket_addrs()
-        .with_context(|| format!("--broker {broker:?}: expected host:port"))?
+        .with_context(|| format!("{flag} {broker:?}: expected host:port"))?
         .next()
-        .with_context(|| format!("--broker {broker:?} resolves to no address"))
+        .with_context(|| format!("{flag} {broker:?} resolves to no address"))
 }
 
 /// The embedded broker's data goes on the real disk: `target/` when run

@@ -311,6 +311,14 @@ impl Report {
         );
         let broker_cpus = env.broker.cpus.as_ref().map_or("unknown (remote)".to_string(), |cpus| format!("{cpus:?}"));
         let _ = writeln!(text, "broker    {} at {}, shard CPUs {}", env.broker.mode, env.broker.addr, broker_cpus);
+        let protocol = match (config.protocol, env.broker.kafka) {
+            (crate::link::Protocol::Kafka, Some(kafka)) => {
+                let mode = env.broker.kafka_mode.map_or(String::new(), |mode| format!(", {mode} mode"));
+                format!("kafka (loadgen's Kafka client), bootstrap {kafka}{mode}")
+            }
+            (protocol, _) => protocol.name().to_string(),
+        };
+        let _ = writeln!(text, "protocol  {protocol}");
         if let Some(tuning) = &env.broker.tuning {
             let _ = writeln!(text, "tuning    {tuning}");
         }

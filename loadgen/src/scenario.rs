@@ -30,13 +30,14 @@ use anyhow::{bail, Context};
 use glommio::{LocalExecutorBuilder, Placement};
 use indicatif::{ProgressBar, ProgressStyle};
 use ringbroker::client::{Client, ClientError, ClientOptions, ProducerConfig};
-use ringbroker::config::{CpuSelection, TuningConfig};
+use ringbroker::config::{CpuSelection, KafkaMode, TuningConfig};
 use ringbroker::protocol::types::AckLevel;
 use ringbroker::server::{Broker, ShardPorts};
 use serde::Serialize;
 
 use crate::clock::{self, Clock};
 use crate::cpustat::{self, ThreadCpu};
+use crate::link::Protocol;
 use crate::metrics::Measurements;
 use crate::schedule::{self, Phase, Schedule};
 use crate::worker::{self, ConsumerPlan, GroupPlan, GroupRole, Plan, ProducerPlan, Shared};
@@ -76,6 +77,8 @@ impl Scenario {
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     pub scenario: Scenario,
+    /// What producers and consumers speak to the broker.
+    pub protocol: Protocol,
     /// burst, fanout, pipeline: events to send; open-loop scenarios: ignored
     /// (rate x duration).
     pub events: u64,
@@ -113,14 +116,12 @@ pub struct Settings {
 /// Where the broker comes from.
 #[derive(Debug, Clone)]
 pub enum Target {
-    Remote(SocketAddr),
+    /// A running broker: its native address (topics are created and its
+    /// counters read there) and its Kafka bootstrap address.
+    Remote { native: SocketAddr, kafka: SocketAddr },
     /// Start one in this process with `config` (its data dir and listen
     /// address are replaced), data in a temp dir under `data_parent`.
-    Embedded {
-        config: Box<TuningConfig>,
-        source: String,
-        data_parent: PathBuf,
-    },
+    Embedded { config: Box<TuningConfig>, source: String, data_parent: PathBuf },
 }
 
 /// The broker side of the report header.
@@ -128,6 +129,10 @@ pub enum Target {
 pub struct BrokerInfo {
     pub mode: &'static str,
     pub addr: SocketAddr,
+    /// The Kafka bootstrap address, if it serves Kafka (remote: as given).
+    pub kafka: Option<SocketAddr>,
+    /// How its shards are advertised to Kafka clients, when embedded.
+    pub kafka_mode: Option<&'static str>,
     /// Shard CPUs, when embedded.
     pub cpus: Option<Vec<usize>>,
     /// The tuning file, when embedded.
@@ -249,6 +254,12 @@ pub fn validate(settings: &Settings) -> anyhow::Result<()> {
     if settings.loadgen_cpus.is_empty() {
         bail!("--cpus is empty");
     }
+    if settings.protocol == Protocol::Kafka && settings.scenario.uses_groups() {
+        bail!(
+            "{} uses consumer groups, which loadgen drives over the native protocol only: run it without --protocol kafka",
+            settings.scenario.name()
+        );
+    }
     let positive = |value: f64, name: &str| {
         if value.is_finite() && value > 0.0 {
             Ok(())
@@ -349,6 +360,7 @@ pub fn build_plan(settings: &Settings, broker: SocketAddr, topic: String) -> Pla
         .collect();
     Plan {
         broker,
+        protocol: settings.protocol,
         topic: topics[0].clone(),
         topics,
         partitions: settings.partitions,
@@ -412,12 +424,20 @@ pub fn run(settings: &Settings, target: Target, show_progress: bool) -> anyhow::
     let date_utc = clock::format_utc(clock.origin_unix_us() / 1_000_000);
     let mut embedded = None;
     let broker = match target {
-        Target::Remote(addr) => BrokerInfo { mode: "remote", addr, cpus: None, tuning: None },
+        Target::Remote { native, kafka } => {
+            BrokerInfo { mode: "remote", addr: native, kafka: Some(kafka), kafka_mode: None, cpus: None, tuning: None }
+        }
         Target::Embedded { config, source, data_parent } => {
+            let kafka_mode = config.kafka.enabled.then_some(match config.kafka.mode {
+                KafkaMode::PerShard => "per-shard",
+                KafkaMode::Node => "node",
+            });
             let started = EmbeddedBroker::start(*config, &data_parent)?;
             let info = BrokerInfo {
                 mode: "embedded",
                 addr: started.addr,
+                kafka: started.kafka,
+                kafka_mode,
                 cpus: Some(started.cpus.clone()),
                 tuning: Some(source),
             };
@@ -426,7 +446,11 @@ pub fn run(settings: &Settings, target: Target, show_progress: bool) -> anyhow::
         }
     };
     let name = format!("{}-{}-{}", settings.topic_prefix, settings.scenario.name(), clock.origin_unix_us() / 1000);
-    let plan = Arc::new(build_plan(settings, broker.addr, name));
+    let data_addr = match settings.protocol {
+        Protocol::Native => broker.addr,
+        Protocol::Kafka => broker.kafka.context("--protocol kafka: the broker does not serve the Kafka API")?,
+    };
+    let plan = Arc::new(build_plan(settings, data_addr, name));
     // Group names follow the topic name rules too.
     for name in plan.topics.iter().chain(plan.groups.iter().map(|group| &group.name)) {
         ringbroker::protocol::types::validate_topic_name(name)
@@ -481,6 +505,7 @@ pub fn run(settings: &Settings, target: Target, show_progress: bool) -> anyhow::
 struct EmbeddedBroker {
     broker: Option<Broker>,
     addr: SocketAddr,
+    kafka: Option<SocketAddr>,
     cpus: Vec<usize>,
     data: Option<tempfile::TempDir>,
 }
@@ -497,8 +522,8 @@ impl EmbeddedBroker {
         config.kafka.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.kafka.shard_port_base = Some(0);
         let broker = Broker::start(config, ShardPorts::Ephemeral).context("starting the embedded broker")?;
-        let (addr, cpus) = (broker.addr(), broker.cpus().to_vec());
-        Ok(EmbeddedBroker { broker: Some(broker), addr, cpus, data: Some(data) })
+        let (addr, kafka, cpus) = (broker.addr(), broker.kafka_addr(), broker.cpus().to_vec());
+        Ok(EmbeddedBroker { broker: Some(broker), addr, kafka, cpus, data: Some(data) })
     }
 
     fn shutdown(&mut self) -> anyhow::Result<()> {
@@ -713,6 +738,7 @@ mod tests {
     fn settings(scenario: Scenario) -> Settings {
         Settings {
             scenario,
+            protocol: Protocol::Native,
             events: 20_000,
             event_bytes: 100,
             partitions: 4,
@@ -922,6 +948,65 @@ mod tests {
         assert_eq!(chain.count, 2_000 + last.duplicated);
         assert!(chain.p50_us >= first.e2e.as_ref().unwrap().p50_us);
         assert_eq!(report.exit_code(), 0);
+    }
+
+    #[test]
+    fn a_short_burst_through_the_kafka_api_loses_nothing() {
+        let mut settings = settings(Scenario::Burst);
+        settings.protocol = Protocol::Kafka;
+        let outcome = run(&settings, embedded_target(), false).unwrap();
+        assert_complete(&outcome, 20_000);
+        assert!(outcome.environment.broker.kafka.is_some());
+        // The broker counted the requests it got through its Kafka port.
+        let counters = &outcome.broker_stats.as_ref().expect("the broker's counters").counters;
+        assert!(counters["produce_requests"] > 0 && counters["fetch_requests"] > 0, "{counters:?}");
+    }
+
+    #[test]
+    fn a_short_steady_run_through_the_kafka_api_with_acks_none_loses_nothing_acknowledged() {
+        let mut settings = settings(Scenario::Steady);
+        settings.protocol = Protocol::Kafka;
+        settings.rate = 8_000;
+        settings.duration_s = 0.5;
+        settings.acks = AckLevel::None;
+        let outcome = run(&settings, embedded_target(), false).unwrap();
+        let report = crate::report::Report::build(&outcome);
+        assert_eq!(report.errors, Vec::<String>::new());
+        // Nothing is acknowledged with acks 0, yet every event arrives once.
+        assert_eq!((report.totals.produced, report.totals.consumed), (4_000, 4_000));
+        assert_eq!((report.totals.missing, report.totals.duplicated), (0, 0));
+    }
+
+    /// Two shards on the first two allowed CPUs; per-shard mode sends
+    /// every request to the owning shard, node mode sends all to one.
+    #[test]
+    fn per_shard_kafka_forwards_nothing_and_node_mode_forwards() {
+        let allowed = ringbroker::config::allowed_cpus().unwrap();
+        let [first, second, ..] = allowed[..] else {
+            eprintln!("skipped: two shards need two CPUs, this process may use {allowed:?}");
+            return;
+        };
+        let mut settings = settings(Scenario::Burst);
+        settings.protocol = Protocol::Kafka;
+        for (mode, forwards) in [(KafkaMode::PerShard, false), (KafkaMode::Node, true)] {
+            let Target::Embedded { mut config, source, data_parent } = embedded_target() else { unreachable!() };
+            config.shards.cpus = CpuSelection::List(vec![first, second]);
+            config.kafka.mode = mode;
+            let outcome = run(&settings, Target::Embedded { config, source, data_parent }, false).unwrap();
+            assert_complete(&outcome, 20_000);
+            let counters = &outcome.broker_stats.as_ref().expect("the broker's counters").counters;
+            assert_eq!(counters["forwarded_out"] > 0, forwards, "{mode:?}: {counters:?}");
+        }
+    }
+
+    #[test]
+    fn consumer_group_scenarios_are_refused_over_kafka() {
+        for scenario in [Scenario::Fanout, Scenario::Pipeline] {
+            let mut grouped = settings(scenario);
+            grouped.protocol = Protocol::Kafka;
+            let refused = validate(&grouped).unwrap_err().to_string();
+            assert!(refused.contains("native protocol only"), "{refused}");
+        }
     }
 
     #[test]

@@ -30,14 +30,15 @@ use std::time::Duration;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use ringbroker::client::{
-    Client, ClientError, ClientOptions, GroupConfig, GroupConsumer, GroupRecord, GroupStats, PartitionConsumer,
-    Producer, ProducerConfig, ProducerRecord, SendFuture, StartPosition,
+    Client, ClientError, GroupConfig, GroupConsumer, GroupRecord, GroupStats, PartitionConsumer, Producer,
+    ProducerConfig, ProducerRecord, SendFuture, StartPosition, Transport,
 };
 use ringbroker::protocol::types::{Offset, PartitionId};
 use ringbroker::protocol::wire::OffsetSpec;
 
 use crate::acks::{Lane, Pending};
 use crate::clock::Clock;
+use crate::link::{Link, Protocol};
 use crate::metrics::Measurements;
 use crate::payload::{self, Bitmap, EventHeader, Seen, SeqTracker};
 use crate::schedule::Schedule;
@@ -104,7 +105,10 @@ const NOT_STABLE: usize = usize::MAX;
 /// read-only.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Where producers and consumers connect: the native address, or the
+    /// Kafka bootstrap address.
     pub broker: SocketAddr,
+    pub protocol: Protocol,
     /// The producers' topic.
     pub topic: String,
     /// Every topic of the run, the producers' first.
@@ -295,7 +299,7 @@ struct Ctx {
     shared: Arc<Shared>,
     clock: Clock,
     start_ns: u64,
-    client: Client,
+    client: Link,
     measurements: RefCell<Measurements>,
     /// Each partition consumer's last known lag, summed by the sampler.
     lags: RefCell<Vec<Rc<Cell<u64>>>>,
@@ -346,7 +350,7 @@ async fn measure(
     shared: &Arc<Shared>,
     clock: Clock,
     start_ns: u64,
-    client: Client,
+    client: Link,
     members: Vec<Member>,
 ) -> Measurements {
     let measurements = RefCell::new(Measurements::for_plan(start_ns, plan));
@@ -393,8 +397,8 @@ async fn measure(
     ctx.measurements.replace(Measurements::new(start_ns, &[], 0))
 }
 
-async fn connect(plan: &Plan) -> Result<Client, ClientError> {
-    let client = Client::connect(plan.broker, ClientOptions::default()).await?;
+async fn connect(plan: &Plan) -> Result<Link, ClientError> {
+    let client = Link::connect(plan.protocol, plan.broker).await?;
     // Learn the topic's placement now, so the first send does not wait for it.
     client.partitions(&plan.topic).await?;
     Ok(client)
@@ -421,8 +425,12 @@ fn group_config(group: &GroupPlan) -> GroupConfig {
 }
 
 /// Joins this executor's members of every group.
-async fn join_members(index: usize, plan: &Plan, client: &Client) -> Result<Vec<Member>, String> {
+async fn join_members(index: usize, plan: &Plan, link: &Link) -> Result<Vec<Member>, String> {
     let mut members = Vec::new();
+    if plan.groups.is_empty() {
+        return Ok(members);
+    }
+    let client: &Client = link.native().ok_or("consumer groups are driven over the native protocol only")?;
     for (group_index, group) in plan.groups.iter().enumerate() {
         for (member_index, _) in group.members.iter().enumerate().filter(|(_, executor)| **executor == index) {
             if let GroupRole::Relay(next) = &group.role {
@@ -477,7 +485,8 @@ async fn produce(ctx: Rc<Ctx>, plan: ProducerPlan) {
 }
 
 async fn produce_events(ctx: &Rc<Ctx>, plan: &ProducerPlan) -> Result<(), String> {
-    let producer = Producer::new(ctx.client.clone(), ctx.plan.producer.clone()).map_err(|error| error.to_string())?;
+    let producer: Producer<Link> =
+        Producer::new(ctx.client.clone(), ctx.plan.producer.clone()).map_err(|error| error.to_string())?;
     let acked = Rc::new(RefCell::new(Bitmap::new(plan.events)));
     let lane: Rc<Lane<SendFuture>> = Rc::new(Lane::new());
     let collector = glommio::spawn_local(collect_acks(Rc::clone(ctx), Rc::clone(&acked), Rc::clone(&lane)));
@@ -499,7 +508,7 @@ async fn produce_events(ctx: &Rc<Ctx>, plan: &ProducerPlan) -> Result<(), String
 async fn send_events(
     ctx: &Ctx,
     plan: &ProducerPlan,
-    producer: &Producer,
+    producer: &Producer<Link>,
     lane: &Lane<SendFuture>,
     acked: &RefCell<Bitmap>,
 ) -> (u64, Result<(), String>) {
@@ -512,7 +521,7 @@ async fn send_events(
 async fn send_loop(
     ctx: &Ctx,
     plan: &ProducerPlan,
-    producer: &Producer,
+    producer: &Producer<Link>,
     lane: &Lane<SendFuture>,
     acked: &RefCell<Bitmap>,
     seq: &mut u64,
@@ -1002,7 +1011,7 @@ fn check_group_records(
 
 /// A pipeline stage's way to the next topic.
 struct Relay {
-    producer: Producer,
+    producer: Producer<Link>,
     topic: String,
     /// The acks of the batch being forwarded (kept for its allocation).
     pending: Vec<SendFuture>,
