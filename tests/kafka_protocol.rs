@@ -398,3 +398,92 @@ fn malformed_kafka_requests_close_only_their_connection() {
     assert!(answer.api_keys.iter().any(|key| key.api_key == ApiKey::Produce as i16));
     assert!(broker.terminate().success());
 }
+
+/// The broker's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the broker's /proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib << 10
+}
+
+/// A client that pipelines fetches and never reads the answers must not
+/// make the broker build them all: each fetch's response bytes are held
+/// against the connection's budget (8 MiB by default) before it is served,
+/// so at most a couple of 4 MiB answers exist at once, not 128.
+#[test]
+fn pipelined_fetches_of_a_reader_that_stalls_hold_only_their_budget() {
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut connection = KafkaConnection::open(broker.kafka_addr.unwrap());
+    let create = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
+        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(text("hoard")))
+            .with_num_partitions(1)
+            .with_replication_factor(1),
+    ]);
+    let ResponseKind::CreateTopics(created) = connection.call(ApiKey::CreateTopics, 5, &create) else { panic!() };
+    assert_eq!(created.topics[0].error_code, 0);
+    let ResponseKind::Metadata(metadata) =
+        connection.call(ApiKey::Metadata, 1, &MetadataRequest::default().with_topics(None))
+    else {
+        panic!()
+    };
+    let leader = metadata.brokers.iter().find(|b| b.node_id.0 == 0).unwrap().port as u16;
+    let leader = SocketAddr::from(([127, 0, 0, 1], leader));
+    // 4 MiB in the partition: four batches of 1,000 values of 1 KiB.
+    let mut owner = KafkaConnection::open(leader);
+    let value = vec![b'x'; 1024];
+    for _ in 0..4 {
+        let values: Vec<&[u8]> = (0..1000).map(|_| &value[..]).collect();
+        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+            kafka_protocol::messages::produce_request::TopicProduceData::default()
+                .with_name(TopicName(text("hoard")))
+                .with_partition_data(vec![kafka_protocol::messages::produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(batch(&values)))]),
+        ]);
+        let ResponseKind::Produce(produced) = owner.call(ApiKey::Produce, 7, &request) else { panic!() };
+        assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
+    }
+    let before = rss_bytes(broker.pid());
+    // 128 fetches of everything, written at once, answers never read.
+    let fetch = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(4 << 20).with_topics(vec![
+        kafka_protocol::messages::fetch_request::FetchTopic::default()
+            .with_topic(TopicName(text("hoard")))
+            .with_partitions(vec![kafka_protocol::messages::fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(4 << 20)]),
+    ]);
+    let mut frames = Vec::new();
+    for correlation in 0..128 {
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Fetch as i16)
+            .with_request_api_version(4)
+            .with_correlation_id(correlation);
+        let mut body = BytesMut::new();
+        header.encode(&mut body, ApiKey::Fetch.request_header_version(4)).unwrap();
+        fetch.encode(&mut body, 4).unwrap();
+        frames.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frames.extend_from_slice(&body);
+    }
+    let mut hoarder = KafkaConnection::open(leader);
+    hoarder.send_raw(&frames);
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = rss_bytes(broker.pid()).saturating_sub(before);
+    println!("the broker grew by {} MiB", grown >> 20);
+    assert!(grown < 128 << 20, "the broker grew by {} MiB for one stalled reader", grown >> 20);
+    // Everyone else is still served meanwhile.
+    let ResponseKind::Metadata(again) =
+        connection.call(ApiKey::Metadata, 1, &MetadataRequest::default().with_topics(None))
+    else {
+        panic!()
+    };
+    assert_eq!(again.brokers.len(), 2);
+    drop(hoarder);
+    assert!(broker.terminate().success());
+}

@@ -562,10 +562,25 @@ impl Server {
         let seq = connection.order.begin();
         let kind = kafka_kind(parsed.api_key);
         let (server, connection) = (Rc::clone(self), Rc::clone(connection));
+        let mut fetch = kafka::fetch_to_reserve(&parsed, &self.limits);
         let task = async move {
+            // A fetch waits for data and holds its response's bytes first,
+            // as a native fetch does (see `reserve_response`).
+            let (response_permits, fetch_wait_ms) = match &mut fetch {
+                Some(fetch) => match server.reserve_response(&connection, fetch).await {
+                    Ok(held) => (Some(held), Some(fetch.max_wait_ms)),
+                    Err(_) => {
+                        // Stopping, or the peer is gone: nobody to answer.
+                        connection.finish(seq, None);
+                        return;
+                    }
+                },
+                None => (None, None),
+            };
+            let held = (permits, response_permits);
             let limits = &server.limits;
             let handled = glommio::timer::timeout(limits.request_timeout, async {
-                Ok(kafka::handle(&server.shard, &endpoints, limits, parsed).await)
+                Ok(kafka::handle(&server.shard, &endpoints, limits, parsed, fetch_wait_ms).await)
             })
             .await;
             let outcome = handled.unwrap_or_else(|_| kafka::Outcome::Close("request timed out".into()));
@@ -575,7 +590,7 @@ impl Server {
             };
             server.shard.counters().record_request(kind, code);
             match outcome {
-                kafka::Outcome::Respond(frame) => connection.finish(seq, Some((frame, permits))),
+                kafka::Outcome::Respond(frame) => connection.finish(seq, Some((frame, held))),
                 kafka::Outcome::Silent => connection.finish(seq, None),
                 kafka::Outcome::Close(reason) => {
                     server.warn_client_error(&WireError::Header(reason), "a Kafka request could not be served");
@@ -739,8 +754,8 @@ impl Connection {
     /// Hands request `seq`'s response (or none: acks 0, or a request that
     /// closes the connection) to the writer once every earlier one is
     /// there.
-    fn finish(&self, seq: u64, response: Option<(Vec<u8>, Permits)>) {
-        let queued = response.map(|(head, permits)| Queued { head, data: Vec::new(), _held: Some((permits, None)) });
+    fn finish(&self, seq: u64, response: Option<(Vec<u8>, Held)>) {
+        let queued = response.map(|(head, held)| Queued { head, data: Vec::new(), _held: Some(held) });
         let mut done = self.order.done.borrow_mut();
         done.insert(seq, queued);
         let mut queue = self.queue.borrow_mut();

@@ -155,7 +155,17 @@ pub fn parse(frame: Bytes) -> Result<Parsed, String> {
 }
 
 /// Serves one request.
-pub async fn handle(shard: &Rc<Shard>, endpoints: &KafkaEndpoints, limits: &Limits, request: Parsed) -> Outcome {
+///
+/// `fetch_wait_ms`: for a Fetch, what is left of its long-poll after the
+/// connection waited for data and reserved its response budget (see
+/// [`fetch_to_reserve`]).
+pub async fn handle(
+    shard: &Rc<Shard>,
+    endpoints: &KafkaEndpoints,
+    limits: &Limits,
+    request: Parsed,
+    fetch_wait_ms: Option<u32>,
+) -> Outcome {
     let Parsed { api_key, version, correlation_id, body } = request;
     let Some(schema) = served(api_key) else {
         return Outcome::Close(format!("Kafka API {api_key:?} is not served"));
@@ -176,7 +186,7 @@ pub async fn handle(shard: &Rc<Shard>, endpoints: &KafkaEndpoints, limits: &Limi
     if let Err(error) = bounds::check_body(schema, version, &body) {
         return Outcome::Close(format!("{api_key:?} v{version}: {error}"));
     }
-    let response = match serve(shard, endpoints, limits, api_key, version, body).await {
+    let response = match serve(shard, endpoints, limits, api_key, version, body, fetch_wait_ms).await {
         Ok(Some(response)) => response,
         Ok(None) => return Outcome::Silent,
         Err(error) => return Outcome::Close(format!("{api_key:?} v{version}: {error}")),
@@ -227,6 +237,7 @@ async fn serve(
     api_key: ApiKey,
     version: i16,
     body: Bytes,
+    fetch_wait_ms: Option<u32>,
 ) -> Result<Option<ResponseKind>, BoundsError> {
     let counters = shard.counters();
     let counter = match api_key {
@@ -249,7 +260,14 @@ async fn serve(
             let response = produce(shard, endpoints, limits, request).await;
             return Ok(response.map(ResponseKind::Produce));
         }
-        ApiKey::Fetch => ResponseKind::Fetch(fetch(shard, limits, version, decode(body, version)?).await),
+        ApiKey::Fetch => {
+            let request: FetchRequest = decode(body, version)?;
+            let (mut native, shape) = native_fetch(&request, limits);
+            if let Some(wait_ms) = fetch_wait_ms {
+                native.max_wait_ms = native.max_wait_ms.min(wait_ms);
+            }
+            ResponseKind::Fetch(fetch(shard, version, native, shape).await)
+        }
         ApiKey::ListOffsets => ResponseKind::ListOffsets(list_offsets(shard, version, decode(body, version)?).await),
         ApiKey::CreateTopics => ResponseKind::CreateTopics(create_topics(shard, version, decode(body, version)?).await),
         ApiKey::DeleteTopics => ResponseKind::DeleteTopics(delete_topics(shard, decode(body, version)?).await),
@@ -484,13 +502,19 @@ fn writable(records: Bytes) -> BytesMut {
     records.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]))
 }
 
-async fn fetch(shard: &Rc<Shard>, limits: &Limits, version: i16, request: FetchRequest) -> FetchResponse {
+/// Each fetched topic's name and the partitions asked for, in request
+/// order: the shape the response is built in.
+type FetchShape = Vec<(String, Vec<i32>)>;
+
+/// A Kafka fetch as the shard's fetch, its waits and sizes capped by the
+/// broker's limits, and the shape of its answer.
+fn native_fetch(request: &FetchRequest, limits: &Limits) -> (wire::FetchRequest, FetchShape) {
     let mut partitions = Vec::new();
-    let mut shape: Vec<(String, Vec<i32>)> = Vec::with_capacity(request.topics.len());
-    for topic in request.topics {
+    let mut shape: FetchShape = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
         let topic_name = topic.topic.0.to_string();
         let mut indexes = Vec::with_capacity(topic.partitions.len());
-        for partition in topic.partitions {
+        for partition in &topic.partitions {
             indexes.push(partition.partition);
             partitions.push(FetchPartition {
                 topic: topic_name.clone(),
@@ -511,6 +535,27 @@ async fn fetch(shard: &Rc<Shard>, limits: &Limits, version: i16, request: FetchR
         max_bytes,
         partitions,
     };
+    (native, shape)
+}
+
+/// For a Fetch request the broker serves: what it asks for, as the shard's
+/// fetch, so the connection can wait for data and reserve the response's
+/// bytes before it is served, as it does for native fetches. `None` for
+/// anything else (and for a fetch that `handle` will refuse).
+pub fn fetch_to_reserve(request: &Parsed, limits: &Limits) -> Option<wire::FetchRequest> {
+    if request.api_key != ApiKey::Fetch {
+        return None;
+    }
+    let schema = served(ApiKey::Fetch)?;
+    if !(schema.min_version..=schema.max_version).contains(&request.version) {
+        return None;
+    }
+    bounds::check_body(schema, request.version, &request.body).ok()?;
+    let fetch: FetchRequest = decode(request.body.clone(), request.version).ok()?;
+    Some(native_fetch(&fetch, limits).0)
+}
+
+async fn fetch(shard: &Rc<Shard>, version: i16, native: wire::FetchRequest, shape: FetchShape) -> FetchResponse {
     let outcome = shard.fetch(native).await;
     let payload = Bytes::from(outcome.payload);
     let mut at = 0usize;
