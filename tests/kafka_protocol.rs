@@ -487,3 +487,164 @@ fn pipelined_fetches_of_a_reader_that_stalls_hold_only_their_budget() {
     drop(hoarder);
     assert!(broker.terminate().success());
 }
+
+/// Kafka answers a connection's requests in order, so a response that is
+/// ready waits for every earlier one. A long-poll fetch followed by large
+/// produces on the same connection (what librdkafka and loadgen do) must
+/// not wait for budget that those later produces hold until their own
+/// answers go out: that deadlocked (seen with `loadgen --protocol kafka`).
+#[test]
+fn a_fetch_answered_in_order_never_waits_for_budget_later_requests_hold() {
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut connection = KafkaConnection::open(broker.kafka_addr.unwrap());
+    let create = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
+        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(text("ordered")))
+            .with_num_partitions(1)
+            .with_replication_factor(1),
+    ]);
+    let ResponseKind::CreateTopics(created) = connection.call(ApiKey::CreateTopics, 5, &create) else { panic!() };
+    assert_eq!(created.topics[0].error_code, 0);
+    let ResponseKind::Metadata(metadata) =
+        connection.call(ApiKey::Metadata, 1, &MetadataRequest::default().with_topics(None))
+    else {
+        panic!()
+    };
+    let leader = metadata.brokers.iter().find(|b| b.node_id.0 == 0).unwrap().port as u16;
+    let frame = |correlation: i32, api_key: ApiKey, version: i16, request: &dyn Fn(&mut BytesMut)| {
+        let header = RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation);
+        let mut body = BytesMut::new();
+        header.encode(&mut body, api_key.request_header_version(version)).unwrap();
+        request(&mut body);
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out
+    };
+    // A long-poll at the end of the empty partition, asking for half the
+    // 8 MiB connection budget...
+    let fetch = FetchRequest::default().with_max_wait_ms(2000).with_max_bytes(4 << 20).with_topics(vec![
+        kafka_protocol::messages::fetch_request::FetchTopic::default()
+            .with_topic(TopicName(text("ordered")))
+            .with_partitions(vec![kafka_protocol::messages::fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(4 << 20)]),
+    ]);
+    let mut frames = frame(1, ApiKey::Fetch, 4, &|body| fetch.encode(body, 4).unwrap());
+    // ...then six produces of 1 MB: 6 MB of the budget, and data for it.
+    let value = vec![b'y'; 1000];
+    let values: Vec<&[u8]> = (0..1000).map(|_| &value[..]).collect();
+    let produce = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+        kafka_protocol::messages::produce_request::TopicProduceData::default()
+            .with_name(TopicName(text("ordered")))
+            .with_partition_data(vec![kafka_protocol::messages::produce_request::PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch(&values)))]),
+    ]);
+    for correlation in 2..8 {
+        frames.extend(frame(correlation, ApiKey::Produce, 7, &|body| produce.encode(body, 7).unwrap()));
+    }
+    let mut owner = KafkaConnection::open(SocketAddr::from(([127, 0, 0, 1], leader)));
+    owner.send_raw(&frames);
+    for correlation in 1..8 {
+        let (api_key, version) = if correlation == 1 { (ApiKey::Fetch, 4) } else { (ApiKey::Produce, 7) };
+        let mut response =
+            owner.read_frame().unwrap_or_else(|error| panic!("no answer to request {correlation}: {error}"));
+        let header = ResponseHeader::decode(&mut response, api_key.response_header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, correlation, "answers come in request order");
+        if let ResponseKind::Produce(produced) = ResponseKind::decode(api_key, &mut response, version).unwrap() {
+            assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
+        }
+    }
+    assert!(broker.terminate().success());
+}
+
+/// The other half of the same rule: fetches reserve their response bytes
+/// in request order. A long-poll on an empty partition followed by fetches
+/// of a full one must not let the later fetches take the whole connection
+/// budget while their answers wait behind the long-poll's.
+#[test]
+fn fetches_reserve_their_answers_in_request_order() {
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut connection = KafkaConnection::open(broker.kafka_addr.unwrap());
+    let create = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
+        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(text("turns")))
+            .with_num_partitions(4)
+            .with_replication_factor(1),
+    ]);
+    let ResponseKind::CreateTopics(created) = connection.call(ApiKey::CreateTopics, 5, &create) else { panic!() };
+    assert_eq!(created.topics[0].error_code, 0);
+    let ResponseKind::Metadata(metadata) =
+        connection.call(ApiKey::Metadata, 1, &MetadataRequest::default().with_topics(None))
+    else {
+        panic!()
+    };
+    // Two partitions of one shard: one stays empty, one gets data.
+    let topic = metadata.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "turns")).unwrap();
+    let leader = topic.partitions.iter().find(|p| p.partition_index == 0).unwrap().leader_id;
+    let mut same_shard = topic.partitions.iter().filter(|p| p.leader_id == leader).map(|p| p.partition_index);
+    let (empty, full) = (same_shard.next().unwrap(), same_shard.next().expect("two partitions on one shard"));
+    let port = metadata.brokers.iter().find(|b| b.node_id == leader).unwrap().port as u16;
+    let shard = SocketAddr::from(([127, 0, 0, 1], port));
+    let produce = |partition: i32| {
+        let value = [b'z'; 100];
+        let values: Vec<&[u8]> = (0..10).map(|_| &value[..]).collect();
+        ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+            kafka_protocol::messages::produce_request::TopicProduceData::default()
+                .with_name(TopicName(text("turns")))
+                .with_partition_data(vec![kafka_protocol::messages::produce_request::PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(batch(&values)))]),
+        ])
+    };
+    // A fetch reserves what it may return (4 MiB here), whatever is there.
+    let mut owner = KafkaConnection::open(shard);
+    let ResponseKind::Produce(produced) = owner.call(ApiKey::Produce, 7, &produce(full)) else { panic!() };
+    assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
+    let fetch = |partition: i32, wait_ms: i32| {
+        FetchRequest::default().with_max_wait_ms(wait_ms).with_max_bytes(4 << 20).with_topics(vec![
+            kafka_protocol::messages::fetch_request::FetchTopic::default()
+                .with_topic(TopicName(text("turns")))
+                .with_partitions(vec![kafka_protocol::messages::fetch_request::FetchPartition::default()
+                    .with_partition(partition)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(4 << 20)]),
+        ])
+    };
+    let mut frames = Vec::new();
+    for (correlation, request) in [(1, fetch(empty, 3000)), (2, fetch(full, 0)), (3, fetch(full, 0))] {
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Fetch as i16)
+            .with_request_api_version(4)
+            .with_correlation_id(correlation);
+        let mut body = BytesMut::new();
+        header.encode(&mut body, ApiKey::Fetch.request_header_version(4)).unwrap();
+        request.encode(&mut body, 4).unwrap();
+        frames.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frames.extend_from_slice(&body);
+    }
+    let mut fetcher = KafkaConnection::open(shard);
+    fetcher.send_raw(&frames);
+    // Data for the long-poll arrives while the later fetches wait.
+    std::thread::sleep(Duration::from_millis(300));
+    let ResponseKind::Produce(produced) = owner.call(ApiKey::Produce, 7, &produce(empty)) else { panic!() };
+    assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
+    for correlation in 1..=3 {
+        let mut response =
+            fetcher.read_frame().unwrap_or_else(|error| panic!("no answer to fetch {correlation}: {error}"));
+        let header = ResponseHeader::decode(&mut response, ApiKey::Fetch.response_header_version(4)).unwrap();
+        assert_eq!(header.correlation_id, correlation);
+        let ResponseKind::Fetch(fetched) = ResponseKind::decode(ApiKey::Fetch, &mut response, 4).unwrap() else {
+            panic!()
+        };
+        let records = fetched.responses[0].partitions[0].records.as_ref().map_or(0, |records| records.len());
+        assert!(records > 0, "fetch {correlation} returned records");
+    }
+    assert!(broker.terminate().success());
+}

@@ -169,6 +169,14 @@ impl Hold {
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// Gives back what is held beyond `bytes`.
+    pub(crate) fn shrink_to(&mut self, bytes: u64) {
+        if self.bytes > bytes {
+            self.budget.release(self.bytes - bytes);
+            self.bytes = bytes;
+        }
+    }
 }
 
 impl fmt::Debug for Hold {

@@ -563,21 +563,36 @@ impl Server {
         let kind = kafka_kind(parsed.api_key);
         let (server, connection) = (Rc::clone(self), Rc::clone(connection));
         let mut fetch = kafka::fetch_to_reserve(&parsed, &self.limits);
+        let ticket = fetch.as_ref().map(|_| connection.order.fetch_ticket());
         let task = async move {
             // A fetch waits for data and holds its response's bytes first,
-            // as a native fetch does (see `reserve_response`).
-            let (response_permits, fetch_wait_ms) = match &mut fetch {
-                Some(fetch) => match server.reserve_response(&connection, fetch).await {
-                    Ok(held) => (Some(held), Some(fetch.max_wait_ms)),
-                    Err(_) => {
-                        // Stopping, or the peer is gone: nobody to answer.
-                        connection.finish(seq, None);
-                        return;
+            // as a native fetch does (see `reserve_response`), in its turn.
+            let (response_permits, fetch_wait_ms) = match (&mut fetch, ticket) {
+                (Some(fetch), Some(ticket)) => {
+                    let ticket = FetchTicket { order: &connection.order, ticket };
+                    let reserved = server
+                        .until_stopped(&connection, async {
+                            ticket.turn().await;
+                            Ok(())
+                        })
+                        .await;
+                    let reserved = match reserved {
+                        Ok(()) => server.reserve_response(&connection, fetch).await,
+                        Err(reason) => Err(reason),
+                    };
+                    drop(ticket);
+                    match reserved {
+                        Ok(held) => (Some(held), Some(fetch.max_wait_ms)),
+                        Err(_) => {
+                            // Stopping, or the peer is gone: nobody to answer.
+                            connection.finish(seq, None);
+                            return;
+                        }
                     }
-                },
-                None => (None, None),
+                }
+                _ => (None, None),
             };
-            let held = (permits, response_permits);
+            let mut permits = permits;
             let limits = &server.limits;
             let handled = glommio::timer::timeout(limits.request_timeout, async {
                 Ok(kafka::handle(&server.shard, &endpoints, limits, parsed, fetch_wait_ms).await)
@@ -589,6 +604,16 @@ impl Server {
                 _ => ErrorCode::NONE,
             };
             server.shard.counters().record_request(kind, code);
+            // Served: the request's bytes are in the log or gone; what stays
+            // held until the response is written is the response's size (a
+            // fetch's records are held by its own reservation).
+            let response_bytes = match &outcome {
+                kafka::Outcome::Respond(frame) => frame.len() as u64,
+                _ => 0,
+            };
+            permits.connection_bytes.shrink_to(response_bytes);
+            permits.shard_bytes.shrink_to(response_bytes);
+            let held = (permits, response_permits);
             match outcome {
                 kafka::Outcome::Respond(frame) => connection.finish(seq, Some((frame, held))),
                 kafka::Outcome::Silent => connection.finish(seq, None),
@@ -721,11 +746,23 @@ struct Connection {
 /// Puts Kafka responses back in request order: each request takes a
 /// number as it is read; a finished response waits until every earlier
 /// one has gone to the writer. Bounded by the requests in flight.
+///
+/// Ordered responses change what budgets may wait for. A response that is
+/// done but queued behind an earlier one cannot free what it holds until
+/// that one is written, so an earlier request must never wait for budget
+/// a later one holds: a served Kafka request keeps only its response's
+/// bytes (see `start_kafka_request`), and fetches reserve their response
+/// bytes one after another, in request order (`fetch_turn`).
 #[derive(Default)]
 struct ResponseOrder {
     next: Cell<u64>,
     next_to_write: Cell<u64>,
     done: RefCell<std::collections::BTreeMap<u64, Option<Queued>>>,
+    /// The next fetch ticket to hand out, and the ticket whose turn it is
+    /// to reserve.
+    fetch_tickets: Cell<u64>,
+    fetch_turn: Cell<u64>,
+    fetch_turn_moved: Notify,
 }
 
 impl ResponseOrder {
@@ -733,6 +770,43 @@ impl ResponseOrder {
         let seq = self.next.get();
         self.next.set(seq + 1);
         seq
+    }
+
+    /// A fetch's place in the line of reservations, taken as it is read.
+    fn fetch_ticket(&self) -> u64 {
+        let ticket = self.fetch_tickets.get();
+        self.fetch_tickets.set(ticket + 1);
+        ticket
+    }
+}
+
+/// A fetch's turn to reserve its response bytes; passes the turn on when
+/// dropped (reserved, or given up).
+struct FetchTicket<'a> {
+    order: &'a ResponseOrder,
+    ticket: u64,
+}
+
+impl FetchTicket<'_> {
+    async fn turn(&self) {
+        loop {
+            let moved = self.order.fetch_turn_moved.notified();
+            if self.order.fetch_turn.get() == self.ticket {
+                return;
+            }
+            moved.await;
+        }
+    }
+}
+
+impl Drop for FetchTicket<'_> {
+    fn drop(&mut self) {
+        // Only the ticket whose turn it is can be dropped before the
+        // connection's end: tasks wait for their turn before anything else.
+        if self.order.fetch_turn.get() == self.ticket {
+            self.order.fetch_turn.set(self.ticket + 1);
+            self.order.fetch_turn_moved.notify_all();
+        }
     }
 }
 
