@@ -648,3 +648,131 @@ fn fetches_reserve_their_answers_in_request_order() {
     }
     assert!(broker.terminate().success());
 }
+
+/// Joins `group` at JoinGroup v5 (asking for a member id first when
+/// `member` is empty) and returns the answer.
+fn join_v5(connection: &mut KafkaConnection, group: &str, member: &str) -> JoinGroupResponse {
+    let join = |member: &str| {
+        JoinGroupRequest::default()
+            .with_group_id(GroupId(text(group)))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(text(member))
+            .with_protocol_type(text("consumer"))
+            .with_protocols(vec![kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol::default()
+                .with_name(text("range"))
+                .with_metadata(Bytes::from_static(b"meta"))])
+    };
+    let ResponseKind::JoinGroup(mut joined) = connection.call(ApiKey::JoinGroup, 5, &join(member)) else { panic!() };
+    if joined.error_code == 79 {
+        let member = joined.member_id.to_string();
+        let ResponseKind::JoinGroup(again) = connection.call(ApiKey::JoinGroup, 5, &join(&member)) else { panic!() };
+        joined = again;
+    }
+    joined
+}
+
+fn sync_v3(connection: &mut KafkaConnection, group: &str, joined: &JoinGroupResponse) -> i16 {
+    let assignments = joined
+        .members
+        .iter()
+        .map(|member| {
+            kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(member.member_id.clone())
+                .with_assignment(Bytes::from_static(b"assigned"))
+        })
+        .collect();
+    let sync = SyncGroupRequest::default()
+        .with_group_id(GroupId(text(group)))
+        .with_generation_id(joined.generation_id)
+        .with_member_id(joined.member_id.clone())
+        .with_assignments(assignments);
+    let ResponseKind::SyncGroup(synced) = connection.call(ApiKey::SyncGroup, 3, &sync) else { panic!() };
+    synced.error_code
+}
+
+fn commit_v7(connection: &mut KafkaConnection, group: &str, joined: &JoinGroupResponse, offset: i64) -> i16 {
+    let request = OffsetCommitRequest::default()
+        .with_group_id(GroupId(text(group)))
+        .with_generation_id_or_member_epoch(joined.generation_id)
+        .with_member_id(joined.member_id.clone())
+        .with_topics(vec![kafka_protocol::messages::offset_commit_request::OffsetCommitRequestTopic::default()
+            .with_name(TopicName(text("rebalanced")))
+            .with_partitions(vec![
+                kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(offset),
+            ])]);
+    let ResponseKind::OffsetCommit(committed) = connection.call(ApiKey::OffsetCommit, 7, &request) else { panic!() };
+    committed.topics[0].partitions[0].error_code
+}
+
+/// An eager consumer commits what it consumed when a rebalance starts, and
+/// only then rejoins: Kafka accepts that commit (the old generation's
+/// assignment still holds while the group prepares the rebalance) and
+/// refuses commits only between the join and the sync. Refusing the first
+/// made every rebalance of a Kafka group re-deliver what its members had
+/// consumed since their last commit.
+#[test]
+fn a_member_commits_while_its_group_prepares_a_rebalance() {
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut admin = KafkaConnection::open(broker.kafka_addr.unwrap());
+    let request = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
+        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(text("rebalanced")))
+            .with_num_partitions(1)
+            .with_replication_factor(1),
+    ]);
+    let ResponseKind::CreateTopics(created) = admin.call(ApiKey::CreateTopics, 5, &request) else { panic!() };
+    assert_eq!(created.topics[0].error_code, 0);
+    let group = "eager";
+    let find = FindCoordinatorRequest::default().with_key(text(group));
+    let ResponseKind::FindCoordinator(found) = admin.call(ApiKey::FindCoordinator, 0, &find) else { panic!() };
+    let coordinator = SocketAddr::from(([127, 0, 0, 1], found.port as u16));
+
+    let mut first = KafkaConnection::open(coordinator);
+    let joined = join_v5(&mut first, group, "");
+    assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+    assert_eq!(sync_v3(&mut first, group, &joined), 0);
+    assert_eq!(commit_v7(&mut first, group, &joined, 5), 0, "a stable member commits");
+
+    // A second member joins; its join waits for the first to rejoin.
+    let second = std::thread::spawn(move || {
+        let mut connection = KafkaConnection::open(coordinator);
+        let joined = join_v5(&mut connection, group, "");
+        assert_eq!((joined.error_code, joined.generation_id), (0, 2));
+        sync_v3(&mut connection, group, &joined)
+    });
+    let beat = HeartbeatRequest::default()
+        .with_group_id(GroupId(text(group)))
+        .with_generation_id(1)
+        .with_member_id(joined.member_id.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ResponseKind::Heartbeat(beaten) = first.call(ApiKey::Heartbeat, 3, &beat) else { panic!() };
+        if beaten.error_code == 27 {
+            break;
+        }
+        assert_eq!(beaten.error_code, 0);
+        assert!(std::time::Instant::now() < deadline, "no rebalance announced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(commit_v7(&mut first, group, &joined, 7), 0, "commit before rejoining, at generation 1");
+
+    let rejoined = join_v5(&mut first, group, &joined.member_id);
+    assert_eq!((rejoined.error_code, rejoined.generation_id), (0, 2));
+    assert_eq!(rejoined.leader, rejoined.member_id, "the first member still leads");
+    assert_eq!(commit_v7(&mut first, group, &rejoined, 8), 27, "between join and sync: REBALANCE_IN_PROGRESS");
+    assert_eq!(sync_v3(&mut first, group, &rejoined), 0);
+    assert_eq!(second.join().unwrap(), 0, "the second member synced");
+
+    let fetch = OffsetFetchRequest::default().with_group_id(GroupId(text(group))).with_topics(Some(vec![
+        kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic::default()
+            .with_name(TopicName(text("rebalanced")))
+            .with_partition_indexes(vec![0]),
+    ]));
+    let ResponseKind::OffsetFetch(fetched) = admin.call(ApiKey::OffsetFetch, 7, &fetch) else { panic!() };
+    assert_eq!(fetched.topics[0].partitions[0].committed_offset, 7, "the commit made during the rebalance holds");
+    assert!(broker.terminate().success());
+}

@@ -608,8 +608,12 @@ impl Shard {
                 None if generation < 0 => NONE,
                 None => UNKNOWN_MEMBER_ID,
                 Some(group) if generation < 0 && group.members.is_empty() => NONE,
+                // Between the join and the sync no generation's assignment
+                // holds. While a rebalance is being prepared the old one
+                // still does: an eager consumer commits what it consumed
+                // before it rejoins, and Kafka accepts that commit.
+                Some(group) if group.phase == Phase::CompletingRebalance => REBALANCE_IN_PROGRESS,
                 Some(group) if !group.members.contains_key(&member_id) => UNKNOWN_MEMBER_ID,
-                Some(group) if group.phase == Phase::PreparingRebalance => REBALANCE_IN_PROGRESS,
                 Some(group) if generation != group.generation => ILLEGAL_GENERATION,
                 Some(_) => NONE,
             }
