@@ -4,8 +4,9 @@
 //! and the library's `Producer` and `PartitionConsumer` run over it.
 //!
 //! Messages are encoded and decoded by the `kafka-protocol` crate. The
-//! connection is written here because no Kafka client runs on glommio: one
-//! TCP connection per broker, requests pipelined (a caller writes its frame
+//! connection is written here because no Kafka client runs on glommio: a
+//! TCP connection per broker (and one more per consumer for its fetches,
+//! see [`KafkaClient`]), requests pipelined (a caller writes its frame
 //! under a lock, one at a time), and a reader task that completes the calls
 //! in order, since Kafka answers a connection's requests in the order they
 //! came. It speaks what loadgen needs (Metadata, Produce, Fetch,
@@ -17,7 +18,7 @@
 //! response longer than [`MAX_FRAME_BYTES`] closes the connection before
 //! anything is reserved for it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
@@ -36,8 +37,9 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, BrokerId, FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use ringbroker::client::{ClientError, Transport};
@@ -50,6 +52,8 @@ const METADATA_VERSION: i16 = 12;
 const PRODUCE_VERSION: i16 = 9;
 const FETCH_VERSION: i16 = 12;
 const LIST_OFFSETS_VERSION: i16 = 7;
+/// The newest that asks for one coordinator.
+const FIND_COORDINATOR_VERSION: i16 = 3;
 
 /// Largest response accepted: a fetch of loadgen's largest size plus room.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -67,11 +71,45 @@ const WRITE_BUFFER_RETAIN_BYTES: usize = 4 << 20;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 
+/// A connection of a group member's own to its group's coordinator. The
+/// broker holds a JoinGroup until the whole group has joined; on the
+/// shared connection that would hold up every produce and fetch pipelined
+/// behind it, since answers come in order.
+#[derive(Clone, Debug)]
+pub struct CoordinatorLink {
+    connection: Connection,
+}
+
+impl CoordinatorLink {
+    /// Sends `request` and decodes its answer; `held`: how long the broker
+    /// may hold it before answering.
+    pub async fn call<R: Encodable, T: Decodable>(
+        &self,
+        api_key: ApiKey,
+        version: i16,
+        request: &R,
+        held: Duration,
+    ) -> Result<T, ClientError> {
+        decode(self.connection.call(api_key, version, request, held).await?, version)
+    }
+}
+
 /// A client of one Kafka cluster, on one executor; cheap to clone.
+///
+/// Fetches go over connections of their own (a "fetch lane"): Kafka
+/// answers a connection's requests in order, so a fetch the broker holds
+/// while it waits for data would hold up every produce queued behind it.
+/// Real deployments get the same split from separate producer and consumer
+/// clients. [`KafkaClient::with_own_fetch_lane`] gives a consumer a lane of
+/// its own, so one consumer's long-poll does not delay another's data.
 #[derive(Clone, Debug)]
 pub struct KafkaClient {
     inner: Rc<Inner>,
+    fetch_lane: u32,
 }
+
+/// The connections everything but fetches uses.
+const REQUEST_LANE: u32 = 0;
 
 #[derive(Debug)]
 struct Inner {
@@ -80,7 +118,10 @@ struct Inner {
     brokers: RefCell<FxHashMap<i32, SocketAddr>>,
     /// Per topic, the leader node of each partition.
     leaders: RefCell<FxHashMap<String, Rc<[i32]>>>,
-    connections: RefCell<FxHashMap<SocketAddr, Connection>>,
+    /// By broker and lane.
+    connections: RefCell<FxHashMap<(SocketAddr, u32), Connection>>,
+    /// The last fetch lane handed out.
+    lanes: Cell<u32>,
 }
 
 impl KafkaClient {
@@ -92,31 +133,54 @@ impl KafkaClient {
                 brokers: RefCell::default(),
                 leaders: RefCell::default(),
                 connections: RefCell::default(),
+                lanes: Cell::new(REQUEST_LANE + 1),
             }),
+            fetch_lane: REQUEST_LANE + 1,
         };
         client.metadata(None).await?;
         Ok(client)
     }
 
-    async fn connection_to(&self, addr: SocketAddr) -> Result<Connection, ClientError> {
-        if let Some(connection) = self.inner.connections.borrow().get(&addr).filter(|c| !c.is_closed()) {
+    /// This client, fetching over connections of its own.
+    pub fn with_own_fetch_lane(&self) -> KafkaClient {
+        let lane = self.inner.lanes.get() + 1;
+        self.inner.lanes.set(lane);
+        KafkaClient { inner: Rc::clone(&self.inner), fetch_lane: lane }
+    }
+
+    async fn connection_to(&self, addr: SocketAddr, lane: u32) -> Result<Connection, ClientError> {
+        let key = (addr, lane);
+        if let Some(connection) = self.inner.connections.borrow().get(&key).filter(|c| !c.is_closed()) {
             return Ok(connection.clone());
         }
         let connection = Connection::connect(addr).await?;
         let mut connections = self.inner.connections.borrow_mut();
         // Another task may have connected meanwhile: keep one.
-        let kept = connections.entry(addr).or_insert_with(|| connection.clone());
+        let kept = connections.entry(key).or_insert_with(|| connection.clone());
         if kept.is_closed() {
             *kept = connection;
         }
         Ok(kept.clone())
     }
 
+    /// Finds `group`'s coordinator and opens a connection of its own to it.
+    pub async fn coordinator(&self, group: &str) -> Result<CoordinatorLink, ClientError> {
+        let request = FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.to_owned()));
+        let connection = self.connection_to(self.inner.bootstrap, REQUEST_LANE).await?;
+        let body = connection.call(ApiKey::FindCoordinator, FIND_COORDINATOR_VERSION, &request, Duration::ZERO).await?;
+        let response: FindCoordinatorResponse = decode(body, FIND_COORDINATOR_VERSION)?;
+        if response.error_code != 0 {
+            return Err(kafka_error(response.error_code, &format!("finding the coordinator of group {group}")));
+        }
+        let addr = resolve(&response.host, response.port)?;
+        Ok(CoordinatorLink { connection: Connection::connect(addr).await? })
+    }
+
     /// Asks the bootstrap broker for the brokers and `topic`'s leaders.
     async fn metadata(&self, topic: Option<&str>) -> Result<(), ClientError> {
         let topics = topic.map(|topic| vec![MetadataRequestTopic::default().with_name(Some(topic_name(topic)))]);
         let request = MetadataRequest::default().with_topics(topics).with_allow_auto_topic_creation(false);
-        let connection = self.connection_to(self.inner.bootstrap).await?;
+        let connection = self.connection_to(self.inner.bootstrap, REQUEST_LANE).await?;
         let body = connection.call(ApiKey::Metadata, METADATA_VERSION, &request, Duration::ZERO).await?;
         let response: MetadataResponse = decode(body, METADATA_VERSION)?;
         let mut brokers = FxHashMap::default();
@@ -145,12 +209,12 @@ impl KafkaClient {
 
     /// The connection to the partition's leader, asking for metadata once
     /// if it is not known.
-    async fn leader(&self, topic: &str, partition: PartitionId) -> Result<Connection, ClientError> {
+    async fn leader(&self, topic: &str, partition: PartitionId, lane: u32) -> Result<Connection, ClientError> {
         if self.leader_addr(topic, partition).is_none() {
             self.metadata(Some(topic)).await?;
         }
         match self.leader_addr(topic, partition) {
-            Some(addr) => self.connection_to(addr).await,
+            Some(addr) => self.connection_to(addr, lane).await,
             None if self.inner.leaders.borrow().contains_key(topic) => {
                 Err(ClientError::InvalidArgument(format!("{topic} has no partition {partition} with a leader")))
             }
@@ -170,14 +234,20 @@ impl KafkaClient {
 
     /// Runs `call` against the partition's leader; a "not the leader" or
     /// "unknown partition" answer refreshes the metadata and tries once more.
-    async fn on_leader<T, F, Fut>(&self, topic: &str, partition: PartitionId, call: F) -> Result<T, ClientError>
+    async fn on_leader<T, F, Fut>(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        lane: u32,
+        call: F,
+    ) -> Result<T, ClientError>
     where
         F: Fn(Connection) -> Fut,
         Fut: std::future::Future<Output = Result<Result<T, i16>, ClientError>>,
     {
         let mut refreshed = false;
         loop {
-            match call(self.leader(topic, partition).await?).await? {
+            match call(self.leader(topic, partition, lane).await?).await? {
                 Ok(answer) => return Ok(answer),
                 Err(code) if !refreshed && matches!(code, NOT_LEADER_OR_FOLLOWER | UNKNOWN_TOPIC_OR_PARTITION) => {
                     refreshed = true;
@@ -207,7 +277,7 @@ impl Transport for KafkaClient {
     }
 
     async fn prepare_route(&self, topic: &str, partition: PartitionId) -> Result<(), ClientError> {
-        self.leader(topic, partition).await.map(drop)
+        self.leader(topic, partition, REQUEST_LANE).await.map(drop)
     }
 
     async fn produce_batches(
@@ -231,7 +301,7 @@ impl Transport for KafkaClient {
                 PartitionProduceData::default().with_index(partition.0 as i32).with_records(Some(records)),
             ])]);
         let wait = Duration::from_millis(u64::from(timeout_ms));
-        self.on_leader(topic, partition, |connection| {
+        self.on_leader(topic, partition, REQUEST_LANE, |connection| {
             let request = &request;
             async move {
                 if acks == AckLevel::None {
@@ -274,7 +344,7 @@ impl Transport for KafkaClient {
                     .with_partition_max_bytes(max_bytes),
             ])]);
         let wait = Duration::from_millis(u64::from(max_wait_ms));
-        self.on_leader(topic, partition, |connection| {
+        self.on_leader(topic, partition, self.fetch_lane, |connection| {
             let request = &request;
             async move {
                 let body = connection.call(ApiKey::Fetch, FETCH_VERSION, request, wait).await?;
@@ -323,7 +393,7 @@ impl Transport for KafkaClient {
                 .with_partitions(vec![ListOffsetsPartition::default()
                     .with_partition_index(partition.0 as i32)
                     .with_timestamp(timestamp)])]);
-        self.on_leader(topic, partition, |connection| {
+        self.on_leader(topic, partition, REQUEST_LANE, |connection| {
             let request = &request;
             async move {
                 let body = connection.call(ApiKey::ListOffsets, LIST_OFFSETS_VERSION, request, Duration::ZERO).await?;
@@ -343,7 +413,7 @@ impl Transport for KafkaClient {
     }
 }
 
-fn topic_name(topic: &str) -> TopicName {
+pub fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_owned()))
 }
 
@@ -371,7 +441,7 @@ fn resolve(host: &str, port: i32) -> Result<SocketAddr, ClientError> {
 }
 
 /// A Kafka error code as the client error loadgen reports.
-fn kafka_error(code: i16, what: &str) -> ClientError {
+pub fn kafka_error(code: i16, what: &str) -> ClientError {
     let native = match code {
         1 => ErrorCode::OFFSET_OUT_OF_RANGE,
         2 => ErrorCode::INVALID_BATCH,
@@ -379,6 +449,10 @@ fn kafka_error(code: i16, what: &str) -> ClientError {
         NOT_LEADER_OR_FOLLOWER => ErrorCode::NOT_OWNER,
         7 => ErrorCode::TIMEOUT,
         10 => ErrorCode::BATCH_TOO_LARGE,
+        15 | 16 => ErrorCode::NOT_COORDINATOR,
+        22 => ErrorCode::STALE_GENERATION,
+        24 => ErrorCode::INVALID_GROUP,
+        25 => ErrorCode::UNKNOWN_MEMBER,
         35 => ErrorCode::UNSUPPORTED_VERSION,
         42 => ErrorCode::INVALID_REQUEST,
         56 => ErrorCode::PARTITION_FAILED,

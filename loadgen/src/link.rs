@@ -1,15 +1,20 @@
 //! The run's way to the broker: the native client, or loadgen's Kafka
 //! client, behind one [`Transport`] so producers and partition consumers
-//! are the same code either way.
+//! are the same code either way; and a group member of either kind.
 
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use ringbroker::client::{Client, ClientError, ClientOptions, Transport};
+use ringbroker::client::{
+    Client, ClientError, ClientOptions, GroupConfig, GroupConsumer, GroupRecord, GroupStats, TopicPartition, Transport,
+};
 use ringbroker::protocol::types::{AckLevel, Offset, PartitionId};
 use ringbroker::protocol::wire::{FetchPartitionResult, OffsetSpec};
 
 use crate::kafka::KafkaClient;
+use crate::kafka_group::KafkaGroupMember;
 
 /// Which protocol a run speaks to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -44,11 +49,80 @@ impl Link {
         })
     }
 
-    /// The native client, which consumer groups need.
-    pub fn native(&self) -> Option<&Client> {
+    /// The link for one consumer: over Kafka, with fetch connections of its
+    /// own, as a consumer client of its own would have.
+    pub fn for_consumer(&self) -> Link {
         match self {
-            Link::Native(client) => Some(client),
-            Link::Kafka(_) => None,
+            Link::Native(client) => Link::Native(client.clone()),
+            Link::Kafka(client) => Link::Kafka(client.with_own_fetch_lane()),
+        }
+    }
+
+    /// Joins a consumer group: the native group protocol, or Kafka's
+    /// classic one.
+    pub async fn join_group(&self, config: GroupConfig) -> Result<GroupMember, ClientError> {
+        Ok(match self {
+            Link::Native(client) => GroupMember::Native(GroupConsumer::join(client.clone(), config).await?),
+            Link::Kafka(client) => {
+                GroupMember::Kafka(KafkaGroupMember::join(client.with_own_fetch_lane(), config).await?)
+            }
+        })
+    }
+}
+
+/// A consumer group member over either protocol.
+pub enum GroupMember {
+    Native(GroupConsumer),
+    Kafka(KafkaGroupMember),
+}
+
+impl GroupMember {
+    pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<GroupRecord>, ClientError> {
+        match self {
+            GroupMember::Native(member) => member.poll(max_wait).await,
+            GroupMember::Kafka(member) => member.poll(max_wait).await,
+        }
+    }
+
+    pub async fn commit(&mut self) -> Result<(), ClientError> {
+        match self {
+            GroupMember::Native(member) => member.commit().await,
+            GroupMember::Kafka(member) => member.commit().await,
+        }
+    }
+
+    pub async fn close(self) -> Result<(), ClientError> {
+        match self {
+            GroupMember::Native(member) => member.close().await,
+            GroupMember::Kafka(member) => member.close().await,
+        }
+    }
+
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        match self {
+            GroupMember::Native(member) => member.assignment(),
+            GroupMember::Kafka(member) => member.assignment(),
+        }
+    }
+
+    pub fn position(&self, topic: &str, partition: PartitionId) -> Option<Offset> {
+        match self {
+            GroupMember::Native(member) => member.position(topic, partition),
+            GroupMember::Kafka(member) => member.position(topic, partition),
+        }
+    }
+
+    pub fn is_stable(&self) -> bool {
+        match self {
+            GroupMember::Native(member) => member.is_stable(),
+            GroupMember::Kafka(member) => member.is_stable(),
+        }
+    }
+
+    pub fn stats(&self) -> GroupStats {
+        match self {
+            GroupMember::Native(member) => member.stats(),
+            GroupMember::Kafka(member) => member.stats(),
         }
     }
 }

@@ -16,6 +16,7 @@ mod acks;
 mod clock;
 mod cpustat;
 mod kafka;
+mod kafka_group;
 mod link;
 mod metrics;
 mod payload;

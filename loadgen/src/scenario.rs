@@ -254,12 +254,6 @@ pub fn validate(settings: &Settings) -> anyhow::Result<()> {
     if settings.loadgen_cpus.is_empty() {
         bail!("--cpus is empty");
     }
-    if settings.protocol == Protocol::Kafka && settings.scenario.uses_groups() {
-        bail!(
-            "{} uses consumer groups, which loadgen drives over the native protocol only: run it without --protocol kafka",
-            settings.scenario.name()
-        );
-    }
     let positive = |value: f64, name: &str| {
         if value.is_finite() && value > 0.0 {
             Ok(())
@@ -894,7 +888,17 @@ mod tests {
 
     #[test]
     fn a_short_fanout_delivers_every_event_to_every_group() {
+        fanout_delivers_every_event_to_every_group(Protocol::Native);
+    }
+
+    #[test]
+    fn a_short_fanout_through_the_kafka_api_delivers_every_event_to_every_group() {
+        fanout_delivers_every_event_to_every_group(Protocol::Kafka);
+    }
+
+    fn fanout_delivers_every_event_to_every_group(protocol: Protocol) {
         let mut settings = settings(Scenario::Fanout);
+        settings.protocol = protocol;
         settings.events = 5_000;
         settings.producers = 1;
         // Two members per group: the start waits for both to settle, and
@@ -922,7 +926,17 @@ mod tests {
 
     #[test]
     fn a_short_pipeline_carries_every_event_through_every_stage() {
+        pipeline_carries_every_event_through_every_stage(Protocol::Native);
+    }
+
+    #[test]
+    fn a_short_pipeline_through_the_kafka_api_carries_every_event_through_every_stage() {
+        pipeline_carries_every_event_through_every_stage(Protocol::Kafka);
+    }
+
+    fn pipeline_carries_every_event_through_every_stage(protocol: Protocol) {
         let mut settings = settings(Scenario::Pipeline);
+        settings.protocol = protocol;
         settings.events = 2_000;
         settings.producers = 1;
         settings.consumers = 1;
@@ -996,16 +1010,6 @@ mod tests {
             assert_complete(&outcome, 20_000);
             let counters = &outcome.broker_stats.as_ref().expect("the broker's counters").counters;
             assert_eq!(counters["forwarded_out"] > 0, forwards, "{mode:?}: {counters:?}");
-        }
-    }
-
-    #[test]
-    fn consumer_group_scenarios_are_refused_over_kafka() {
-        for scenario in [Scenario::Fanout, Scenario::Pipeline] {
-            let mut grouped = settings(scenario);
-            grouped.protocol = Protocol::Kafka;
-            let refused = validate(&grouped).unwrap_err().to_string();
-            assert!(refused.contains("native protocol only"), "{refused}");
         }
     }
 

@@ -30,15 +30,15 @@ use std::time::Duration;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use ringbroker::client::{
-    Client, ClientError, GroupConfig, GroupConsumer, GroupRecord, GroupStats, PartitionConsumer, Producer,
-    ProducerConfig, ProducerRecord, SendFuture, StartPosition, Transport,
+    ClientError, GroupConfig, GroupRecord, GroupStats, PartitionConsumer, Producer, ProducerConfig, ProducerRecord,
+    SendFuture, StartPosition, Transport,
 };
 use ringbroker::protocol::types::{Offset, PartitionId};
 use ringbroker::protocol::wire::OffsetSpec;
 
 use crate::acks::{Lane, Pending};
 use crate::clock::Clock;
-use crate::link::{Link, Protocol};
+use crate::link::{GroupMember, Link, Protocol};
 use crate::metrics::Measurements;
 use crate::payload::{self, Bitmap, EventHeader, Seen, SeqTracker};
 use crate::schedule::Schedule;
@@ -373,10 +373,18 @@ async fn measure(
     let mut consumers = Vec::new();
     for consumer in plan.consumers.iter().filter(|consumer| consumer.executor == index) {
         let throttle = consumer.events_per_s.map(|rate| Rc::new(Throttle::new(rate, start_ns)));
+        let link = ctx.client.for_consumer();
         for &partition in &consumer.partitions {
             let lag = Rc::new(Cell::new(0));
             ctx.lags.borrow_mut().push(Rc::clone(&lag));
-            let task = consume_partition(Rc::clone(&ctx), partition, throttle.clone(), lag, consumer.events_per_s);
+            let task = consume_partition(
+                Rc::clone(&ctx),
+                link.clone(),
+                partition,
+                throttle.clone(),
+                lag,
+                consumer.events_per_s,
+            );
             consumers.push(glommio::spawn_local(task));
         }
     }
@@ -410,7 +418,7 @@ struct Member {
     group: usize,
     /// Index among the group's members.
     index: usize,
-    consumer: GroupConsumer,
+    consumer: GroupMember,
 }
 
 fn group_config(group: &GroupPlan) -> GroupConfig {
@@ -430,14 +438,14 @@ async fn join_members(index: usize, plan: &Plan, link: &Link) -> Result<Vec<Memb
     if plan.groups.is_empty() {
         return Ok(members);
     }
-    let client: &Client = link.native().ok_or("consumer groups are driven over the native protocol only")?;
     for (group_index, group) in plan.groups.iter().enumerate() {
         for (member_index, _) in group.members.iter().enumerate().filter(|(_, executor)| **executor == index) {
             if let GroupRole::Relay(next) = &group.role {
                 // Learn the next topic's placement now, not on the first forward.
-                client.partitions(next).await.map_err(|error| format!("{}: topic {next}: {error}", group.label))?;
+                link.partitions(next).await.map_err(|error| format!("{}: topic {next}: {error}", group.label))?;
             }
-            let consumer = GroupConsumer::join(client.clone(), group_config(group))
+            let consumer = link
+                .join_group(group_config(group))
                 .await
                 .map_err(|error| format!("{}: joining group {}: {error}", group.label, group.name))?;
             members.push(Member { group: group_index, index: member_index, consumer });
@@ -723,6 +731,7 @@ impl Throttle {
 /// after every producer finished, checking and timing every event.
 async fn consume_partition(
     ctx: Rc<Ctx>,
+    link: Link,
     partition: u32,
     throttle: Option<Rc<Throttle>>,
     lag: Rc<Cell<u64>>,
@@ -736,8 +745,7 @@ async fn consume_partition(
     });
     let start = StartPosition::Offset(Offset::ZERO);
     let mut consumer =
-        PartitionConsumer::new(ctx.client.clone(), ctx.plan.topic.clone(), PartitionId(partition), start)
-            .with_max_bytes(fetch_bytes);
+        PartitionConsumer::new(link, ctx.plan.topic.clone(), PartitionId(partition), start).with_max_bytes(fetch_bytes);
     let mut end: Option<(Offset, u64)> = None;
     let mut advanced_ns = ctx.start_ns;
     // Each producer sends its events to this partition in sequence order,
@@ -904,7 +912,7 @@ fn rebalances(stats: &GroupStats) -> u64 {
 async fn follow_group(
     ctx: &Ctx,
     group: usize,
-    consumer: &mut GroupConsumer,
+    consumer: &mut GroupMember,
     mut relay: Option<&mut Relay>,
 ) -> Result<u64, String> {
     let plan = &ctx.plan.groups[group];
