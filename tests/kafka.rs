@@ -170,9 +170,14 @@ fn node_mode_serves_everything_through_one_advertised_broker() {
     let mut expected: Vec<&str> = lines.iter().map(String::as_str).collect();
     expected.sort();
     assert_eq!(got, expected);
-    // Shard 0 took every request and forwarded those of shard 1's partitions.
-    assert!(broker.shard_counter(broker.addr, 0, "forwarded_out") > 0);
-    assert!(broker.shard_counter(broker.addr, 1, "forwarded_in") > 0);
+    // The one port is served by both shards (the kernel spreads the
+    // connections), and each forwards what the other's partitions need.
+    let counter = |shard, name| broker.shard_counter(broker.addr, shard, name);
+    let (out, into) = (
+        counter(0, "forwarded_out") + counter(1, "forwarded_out"),
+        counter(0, "forwarded_in") + counter(1, "forwarded_in"),
+    );
+    assert!(out > 0 && into > 0, "forwarded out {out}, in {into}");
     // A group in node mode: two members, each message exactly once.
     let members: Vec<Child> = (0..2)
         .map(|_| {

@@ -1013,6 +1013,53 @@ mod tests {
         }
     }
 
+    /// Four loadgen executors (two per CPU on a 2-CPU box), members of each
+    /// group spread over them. Executors start at once, so one executor's
+    /// producers may run while another still settles its members; and at
+    /// the end members leave one after another. Both once failed runs.
+    #[test]
+    fn fanout_and_pipeline_with_four_executors_lose_nothing() {
+        let allowed = ringbroker::config::allowed_cpus().unwrap();
+        let four: Vec<usize> = allowed.iter().copied().cycle().take(4).collect();
+        for protocol in [Protocol::Native, Protocol::Kafka] {
+            let mut fanout = settings(Scenario::Fanout);
+            fanout.protocol = protocol;
+            fanout.loadgen_cpus = four.clone();
+            fanout.events = 20_000;
+            fanout.partitions = 8;
+            fanout.consumers = 4;
+            let outcome = run(&fanout, embedded_target(), false).unwrap();
+            let report = crate::report::Report::build(&outcome);
+            assert_eq!(report.errors, Vec::<String>::new(), "{protocol:?}");
+            for group in &report.groups {
+                assert_eq!(
+                    (group.consumed, group.missing, group.duplicated),
+                    (20_000, 0, 0),
+                    "{protocol:?}: {group:?}"
+                );
+            }
+            assert_eq!(report.exit_code(), 0);
+
+            let mut pipeline = settings(Scenario::Pipeline);
+            pipeline.protocol = protocol;
+            pipeline.loadgen_cpus = four.clone();
+            pipeline.events = 10_000;
+            pipeline.partitions = 4;
+            pipeline.consumers = 2;
+            let outcome = run(&pipeline, embedded_target(), false).unwrap();
+            let report = crate::report::Report::build(&outcome);
+            assert_eq!(report.errors, Vec::<String>::new(), "{protocol:?}");
+            for stage in &report.groups {
+                assert_eq!(
+                    (stage.consumed, stage.missing, stage.duplicated),
+                    (10_000, 0, 0),
+                    "{protocol:?}: {stage:?}"
+                );
+            }
+            assert_eq!(report.exit_code(), 0);
+        }
+    }
+
     #[test]
     fn loadgen_defaults_to_the_second_allowed_cpu() {
         assert_eq!(default_loadgen_cpus(&[0, 1, 2]), [1]);

@@ -419,6 +419,8 @@ struct Member {
     /// Index among the group's members.
     index: usize,
     consumer: GroupMember,
+    /// Records a settling poll returned after the run had started.
+    early: Vec<GroupRecord>,
 }
 
 fn group_config(group: &GroupPlan) -> GroupConfig {
@@ -448,7 +450,7 @@ async fn join_members(index: usize, plan: &Plan, link: &Link) -> Result<Vec<Memb
                 .join_group(group_config(group))
                 .await
                 .map_err(|error| format!("{}: joining group {}: {error}", group.label, group.name))?;
-            members.push(Member { group: group_index, index: member_index, consumer });
+            members.push(Member { group: group_index, index: member_index, consumer, early: Vec::new() });
         }
     }
     Ok(members)
@@ -465,7 +467,14 @@ async fn settle(members: &mut [Member], shared: &Shared) -> Result<(), String> {
         for member in members.iter_mut() {
             let records = member.consumer.poll(SETTLE_POLL_WAIT).await.map_err(|error| format!("polling: {error}"))?;
             if !records.is_empty() {
-                return Err(format!("{} records consumed before the run started", records.len()));
+                // Producers start only once the start is set, so records
+                // mean it was set during this poll (producers on another
+                // executor went at once): they belong to the run.
+                if shared.start_ns.load(Ordering::SeqCst) == 0 {
+                    return Err(format!("{} records consumed before the run started", records.len()));
+                }
+                member.early.extend(records);
+                break;
             }
             let owned = if member.consumer.is_stable() { member.consumer.assignment().len() } else { NOT_STABLE };
             shared.groups[member.group].owned[member.index].store(owned, Ordering::SeqCst);
@@ -850,7 +859,7 @@ impl Check<'_> {
 /// One group member, from the start until its group consumed its topic to
 /// the end (or it failed); then it leaves the group.
 async fn consume_group(ctx: Rc<Ctx>, member: Member) {
-    let Member { group, mut consumer, .. } = member;
+    let Member { group, mut consumer, early, .. } = member;
     let plan = &ctx.plan.groups[group];
     let before = consumer.stats();
     let relay = match &plan.role {
@@ -860,7 +869,7 @@ async fn consume_group(ctx: Rc<Ctx>, member: Member) {
         _ => Ok(None),
     };
     let result = match relay {
-        Ok(mut relay) => follow_group(&ctx, group, &mut consumer, relay.as_mut()).await,
+        Ok(mut relay) => follow_group(&ctx, group, &mut consumer, early, relay.as_mut()).await,
         Err(error) => Err(error),
     };
     let after = consumer.stats();
@@ -913,6 +922,7 @@ async fn follow_group(
     ctx: &Ctx,
     group: usize,
     consumer: &mut GroupMember,
+    mut early: Vec<GroupRecord>,
     mut relay: Option<&mut Relay>,
 ) -> Result<u64, String> {
     let plan = &ctx.plan.groups[group];
@@ -955,10 +965,14 @@ async fn follow_group(
                 ));
             }
         }
-        let records = consumer
-            .poll(POLL_WAIT)
-            .await
-            .map_err(|error| format!("{}: polling {}: {error}", plan.label, plan.topic))?;
+        let records = if early.is_empty() {
+            consumer
+                .poll(POLL_WAIT)
+                .await
+                .map_err(|error| format!("{}: polling {}: {error}", plan.label, plan.topic))?
+        } else {
+            std::mem::take(&mut early)
+        };
         if !records.is_empty() {
             let now_ns = ctx.clock.now_ns();
             advanced_ns = now_ns;

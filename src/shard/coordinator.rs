@@ -126,13 +126,14 @@ impl Shard {
     async fn commit_offsets(self: &Rc<Self>, commit: CommitOffsetsRequest) -> CommitOffsetsResponse {
         let CommitOffsetsRequest { group, member_id, generation, offsets } = commit;
         let checked = match self.groups.borrow().get(&group) {
-            None => Err(ErrorCode::UNKNOWN_MEMBER),
-            Some(state) => state.check_commit(&member_id, generation).map(|()| {
-                offsets.iter().map(|o| state.owns(&member_id, &o.topic, o.partition.0)).collect::<Vec<bool>>()
-            }),
+            Some(state) if state.is_member(&member_id) => Ok(offsets
+                .iter()
+                .map(|o| state.check_commit(&member_id, generation, &o.topic, o.partition.0))
+                .collect::<Vec<_>>()),
+            _ => Err(ErrorCode::UNKNOWN_MEMBER),
         };
-        let owned = match checked {
-            Ok(owned) => owned,
+        let allowed = match checked {
+            Ok(allowed) => allowed,
             Err(error) => return CommitOffsetsResponse { error, partitions: Vec::new() },
         };
         let Some(store) = self.offsets.borrow().clone() else {
@@ -142,11 +143,15 @@ impl Shard {
         let ends = self.log_ends(offsets.iter().map(|o| (o.topic.clone(), o.partition))).await;
         let mut results = Vec::with_capacity(offsets.len());
         let mut updates = Vec::new();
-        for ((commit, owns), end) in offsets.into_iter().zip(owned).zip(ends) {
+        for ((commit, allowed), end) in offsets.into_iter().zip(allowed).zip(ends) {
             let previous = store.get(&group, &commit.topic, commit.partition.0).map(|c| c.offset);
-            let valid =
-                owns && end.is_some_and(|end| commit.offset <= end) && previous.is_none_or(|p| commit.offset >= p);
-            let error = if valid { ErrorCode::NONE } else { ErrorCode::INVALID_COMMIT };
+            let in_range = end.is_some_and(|end| commit.offset <= end) && previous.is_none_or(|p| commit.offset >= p);
+            let error = match allowed {
+                Err(error) => error,
+                Ok(()) if in_range => ErrorCode::NONE,
+                Ok(()) => ErrorCode::INVALID_COMMIT,
+            };
+            let valid = error == ErrorCode::NONE;
             results.push(CommitResult { topic: commit.topic.clone(), partition: commit.partition, error });
             if valid && previous != Some(commit.offset) {
                 let (topic, partition, offset, metadata) =

@@ -40,9 +40,6 @@ struct Member {
     last_seen: Instant,
     /// The newest generation this member has heartbeated with.
     acked_generation: u32,
-    /// The generation in which this member's target set last changed; its
-    /// commits must carry at least this generation.
-    assignment_generation: u32,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -53,6 +50,8 @@ struct Ownership {
     target: Option<String>,
     /// When the current owner was asked to release, and in which generation.
     revoke: Option<(Instant, u32)>,
+    /// The generation in which the current owner took the partition over.
+    owned_since: u32,
 }
 
 /// How a join went.
@@ -111,14 +110,8 @@ impl GroupState {
                 format!("{group}-{}-{:x}", self.next_member, now.elapsed().as_nanos() ^ u128::from(self.next_member))
             }
         };
-        let member = Member {
-            topics,
-            session_timeout,
-            rebalance_timeout,
-            last_seen: now,
-            acked_generation: self.generation,
-            assignment_generation: self.generation,
-        };
+        let member =
+            Member { topics, session_timeout, rebalance_timeout, last_seen: now, acked_generation: self.generation };
         self.members.insert(id.clone(), member);
         self.rebalance(now, partitions_of);
         JoinOutcome::Joined(id)
@@ -175,13 +168,27 @@ impl GroupState {
         removed || owners_before != self.partitions.values().map(|p| p.owner.clone()).collect::<Vec<_>>()
     }
 
-    /// Whether `member_id` may commit with `generation`.
-    pub fn check_commit(&self, member_id: &str, generation: u32) -> Result<(), ErrorCode> {
-        let member = self.members.get(member_id).ok_or(ErrorCode::UNKNOWN_MEMBER)?;
-        if generation < member.assignment_generation {
-            return Err(ErrorCode::STALE_GENERATION);
+    /// Whether `member_id` may commit its position in (topic, partition)
+    /// with `generation`: it must have consumed the partition without a
+    /// break since that generation or an earlier one. A partition it is
+    /// releasing counts (it commits before it lets go), and so does one it
+    /// keeps while other members' assignments change, even when it has not
+    /// heard of the newer generation yet: a member about to leave commits
+    /// what it consumed. A partition it took over after `generation` is
+    /// refused (STALE_GENERATION), one it does not own INVALID_COMMIT.
+    pub fn check_commit(&self, member_id: &str, generation: u32, topic: &str, partition: u32) -> Result<(), ErrorCode> {
+        if !self.members.contains_key(member_id) {
+            return Err(ErrorCode::UNKNOWN_MEMBER);
         }
-        Ok(())
+        match self.partitions.get(&(topic.to_string(), partition)) {
+            Some(p) if p.owner.as_deref() == Some(member_id) && p.owned_since <= generation => Ok(()),
+            Some(p) if p.owner.as_deref() == Some(member_id) => Err(ErrorCode::STALE_GENERATION),
+            _ => Err(ErrorCode::INVALID_COMMIT),
+        }
+    }
+
+    pub fn is_member(&self, member_id: &str) -> bool {
+        self.members.contains_key(member_id)
     }
 
     /// Whether `member_id` currently consumes (topic, partition), including
@@ -266,11 +273,6 @@ impl GroupState {
         let dropped = before.keys().any(|key| !self.partitions.contains_key(key));
         if !changed.is_empty() || dropped {
             self.generation += 1;
-            for id in &changed {
-                if let Some(member) = self.members.get_mut(id) {
-                    member.assignment_generation = self.generation;
-                }
-            }
         }
         for p in self.partitions.values_mut() {
             match (&p.owner, &p.target) {
@@ -362,8 +364,9 @@ impl GroupState {
                     p.revoke = None;
                 }
             }
-            if p.owner.is_none() {
+            if p.owner.is_none() && p.target.is_some() {
                 p.owner = p.target.clone();
+                p.owned_since = self.generation;
             }
         }
     }
@@ -425,19 +428,46 @@ mod tests {
         assert_eq!(owned(&group, &a), 3);
         assert_eq!(owned(&group, &b), 0);
         assert!(group.is_rebalancing());
-        // A's commit for a partition it is releasing is still accepted...
+        // A's commit for a partition it is releasing is still accepted, with
+        // the generation it knows or a newer one; B may not commit it yet.
         let releasing = (0..6)
-            .find(|p| group.owns(&a, "t", *p) && !group.assignment_of(&a)[0].partitions.contains(&PartitionId(*p)));
-        assert!(releasing.is_some());
-        // ...with the new generation only.
-        assert_eq!(group.check_commit(&a, generation_one), Err(ErrorCode::STALE_GENERATION));
-        assert_eq!(group.check_commit(&a, group.generation), Ok(()));
+            .find(|p| group.owns(&a, "t", *p) && !group.assignment_of(&a)[0].partitions.contains(&PartitionId(*p)))
+            .expect("a partition A releases");
+        assert_eq!(group.check_commit(&a, generation_one, "t", releasing), Ok(()));
+        assert_eq!(group.check_commit(&a, group.generation, "t", releasing), Ok(()));
+        assert_eq!(group.check_commit(&b, group.generation, "t", releasing), Err(ErrorCode::INVALID_COMMIT));
         // A heartbeats with the new generation: the partitions move to B.
         group.heartbeat(&a, group.generation, now, &counts).unwrap();
         assert_eq!(owned(&group, &b), 3);
         assert!(!group.is_rebalancing());
         for p in 0..6 {
             assert!(group.owns(&a, "t", p) != group.owns(&b, "t", p), "exactly one owner of partition {p}");
+        }
+        // B owns them from this generation on: a commit made with an older
+        // one was made before B could have consumed them.
+        assert_eq!(group.check_commit(&b, generation_one, "t", releasing), Err(ErrorCode::STALE_GENERATION));
+        assert_eq!(group.check_commit(&b, group.generation, "t", releasing), Ok(()));
+        assert_eq!(group.check_commit(&a, group.generation, "t", releasing), Err(ErrorCode::INVALID_COMMIT));
+        assert_eq!(group.check_commit("nobody", group.generation, "t", 0), Err(ErrorCode::UNKNOWN_MEMBER));
+    }
+
+    /// The end of a run: members leave one after another, each committing
+    /// first. A member still owns its partitions while another's leaving
+    /// moves the generation on, and its commit (made with the generation it
+    /// knows) is accepted. It was refused with STALE_GENERATION before.
+    #[test]
+    fn a_member_commits_what_it_owns_while_another_leaves() {
+        let now = Instant::now();
+        let mut group = GroupState::default();
+        let a = join(&mut group, now, &["t"]);
+        let b = join(&mut group, now, &["t"]);
+        settle(&mut group, &[&a, &b], now);
+        let known = group.generation;
+        let kept: Vec<u32> = group.assignment_of(&a)[0].partitions.iter().map(|p| p.0).collect();
+        group.leave(&b, now, &counts);
+        assert!(group.generation > known, "B's leaving moved the generation on");
+        for partition in kept {
+            assert_eq!(group.check_commit(&a, known, "t", partition), Ok(()), "partition {partition}");
         }
     }
 
