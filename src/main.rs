@@ -18,11 +18,11 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use glommio::{LocalExecutorBuilder, Placement};
 use ringbroker::client::{
-    Client, ClientError, ClientOptions, GroupConfig, GroupConsumer, GroupRecord, Producer, ProducerConfig,
-    ProducerRecord, SendFuture, StartPosition,
+    decode_records, Client, ClientError, ClientOptions, GroupConfig, GroupConsumer, GroupRecord, Producer,
+    ProducerConfig, ProducerRecord, SendFuture, StartPosition,
 };
 use ringbroker::config::{CpuSelection, TuningConfig};
-use ringbroker::protocol::batch::BatchView;
+use ringbroker::protocol::batch::Compression;
 use ringbroker::protocol::types::{AckLevel, Offset, PartitionId};
 use ringbroker::protocol::wire::{ErrorCode, FetchPartitionResult, OffsetSpec, ResetTarget, TopicPartitions};
 use ringbroker::server::{Broker, ShardPorts};
@@ -170,6 +170,9 @@ struct ProduceArgs {
     key_separator: Option<String>,
     #[arg(long, value_enum, default_value = "durable")]
     acks: Acks,
+    /// Compress batches: none, gzip, snappy, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    compression: Compression,
     /// Most events sent before waiting for the broker's acknowledgements.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
@@ -402,7 +405,8 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
     if let Some(partition) = args.partition.filter(|partition| *partition >= partitions) {
         bail!("partition {partition} does not exist: topic {topic} has {}", plural(u64::from(partitions), "partition"));
     }
-    let producer = Producer::new(client, ProducerConfig { acks, ..ProducerConfig::default() })?;
+    let config = ProducerConfig { acks, compression: args.compression, ..ProducerConfig::default() };
+    let producer = Producer::new(client, config)?;
     let mut per_partition: BTreeMap<u32, u64> = BTreeMap::new();
     let mut sent = Vec::with_capacity(args.batch.max(1));
     for line in std::io::stdin().lock().lines() {
@@ -506,30 +510,26 @@ async fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
             Err(error) => return Err(error).with_context(|| format!("fetching from {topic}-{}", reader.partition)),
         };
         let mut out = std::io::stdout().lock();
-        let mut rest = &data[..];
-        while !rest.is_empty() {
-            let view = BatchView::parse(rest, usize::MAX).context("the broker sent a damaged batch")?;
-            for record in view.records()? {
-                let record = record?;
-                let record_offset = view.base_offset() + i64::from(record.offset_delta);
-                if record_offset < reader.offset.to_wire() {
-                    continue;
-                }
-                let value = String::from_utf8_lossy(record.value.unwrap_or_default());
-                let key = String::from_utf8_lossy(record.key.unwrap_or_default());
-                match (args.partition.is_some(), args.verbose) {
-                    (true, false) => writeln!(out, "{value}")?,
-                    (true, true) => writeln!(out, "{record_offset}\t{key}\t{value}")?,
-                    (false, false) => writeln!(out, "{}\t{record_offset}\t{value}", reader.partition)?,
-                    (false, true) => writeln!(out, "{}\t{record_offset}\t{key}\t{value}", reader.partition)?,
-                }
-                printed += 1;
-                if args.max_events.is_some_and(|max| printed >= max) {
-                    return Ok(());
-                }
+        // Compressed batches are inflated by the client's decoder.
+        let mut records = Vec::new();
+        let next = decode_records(&data, reader.offset, &mut records).context("the broker sent a damaged batch")?;
+        for record in records {
+            let record_offset = record.offset;
+            let value = String::from_utf8_lossy(record.value.as_deref().unwrap_or_default());
+            let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
+            match (args.partition.is_some(), args.verbose) {
+                (true, false) => writeln!(out, "{value}")?,
+                (true, true) => writeln!(out, "{record_offset}\t{key}\t{value}")?,
+                (false, false) => writeln!(out, "{}\t{record_offset}\t{value}", reader.partition)?,
+                (false, true) => writeln!(out, "{}\t{record_offset}\t{key}\t{value}", reader.partition)?,
             }
-            reader.offset = Offset::from_wire(view.last_offset() + 1).context("offset overflow")?;
-            rest = &rest[view.total_len()..];
+            printed += 1;
+            if args.max_events.is_some_and(|max| printed >= max) {
+                return Ok(());
+            }
+        }
+        if let Some(next) = next {
+            reader.offset = next.max(reader.offset);
         }
         out.flush()?;
         if !data.is_empty() {

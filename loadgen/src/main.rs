@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ringbroker::protocol::batch::Compression;
 use ringbroker::protocol::types::AckLevel;
 
 use link::Protocol;
@@ -160,6 +161,11 @@ struct Options {
     /// Produce requests in flight per producer (its buffer is this many batches).
     #[arg(long, global = true, default_value_t = 16)]
     max_in_flight: usize,
+    /// Producers compress their batches: none, gzip, snappy, lz4 or zstd.
+    /// Event payloads are random, so they compress little; this measures
+    /// the codec's cost, not its savings.
+    #[arg(long, global = true, default_value = "none")]
+    compression: Compression,
     /// steady: events/s [default: 100000]; peaks: the peak rate [default:
     /// 200000]; fanout, pipeline: send open loop at this rate, --events in
     /// all [default: as fast as acked].
@@ -332,6 +338,7 @@ fn settings(scenario: Scenario, options: &Options) -> anyhow::Result<Settings> {
         batch_bytes: options.batch_bytes.unwrap_or_else(|| default_batch_bytes(options.size)),
         linger_ms: options.linger_ms,
         max_in_flight: options.max_in_flight,
+        compression: options.compression,
         // 0: fanout and pipeline send as fast as acked.
         rate: options.rate.unwrap_or(if grouped {
             0

@@ -31,6 +31,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use indicatif::{ProgressBar, ProgressStyle};
 use ringbroker::client::{Client, ClientError, ClientOptions, ProducerConfig};
 use ringbroker::config::{CpuSelection, KafkaMode, TuningConfig};
+use ringbroker::protocol::batch::Compression;
 use ringbroker::protocol::types::AckLevel;
 use ringbroker::server::{Broker, ShardPorts};
 use serde::Serialize;
@@ -96,6 +97,8 @@ pub struct Settings {
     pub batch_bytes: usize,
     pub linger_ms: f64,
     pub max_in_flight: usize,
+    /// Producers' batch codec.
+    pub compression: Compression,
     /// steady: the rate; peaks: the peak rate (events/s, all producers);
     /// fanout, pipeline: open loop at this rate, 0: as fast as acked.
     pub rate: u64,
@@ -365,6 +368,7 @@ pub fn build_plan(settings: &Settings, broker: SocketAddr, topic: String) -> Pla
             linger: Duration::from_secs_f64(settings.linger_ms / 1000.0),
             max_in_flight: settings.max_in_flight,
             acks: settings.acks,
+            compression: settings.compression,
             ..ProducerConfig::default()
         },
         producers: producer_plans,
@@ -744,6 +748,7 @@ mod tests {
             batch_bytes: 64 << 10,
             linger_ms: 1.0,
             max_in_flight: 16,
+            compression: Compression::None,
             rate: 10_000,
             duration_s: 1.0,
             valley_rate: 1_000,

@@ -133,7 +133,7 @@ impl<T: Transport> PartitionConsumer<T> {
     ) -> Result<usize, ClientError> {
         let (payload, from) = self.fetch(max_wait).await?;
         let mut visited = 0;
-        let next = visit_records(&payload, from, |record| {
+        let next = visit_records(&payload, from, |record, _| {
             visited += 1;
             visit(record);
             Ok(())
@@ -226,27 +226,33 @@ impl<'a> RecordRef<'a> {
 /// after `from` to `out`. Returns the offset after the last complete batch
 /// (`None` if the payload holds none). Every batch is fully validated, CRC
 /// included; a batch cut off at the end of the payload is ignored (the next
-/// fetch starts at it); compressed batches are refused, as this client does
-/// not decompress.
+/// fetch starts at it). Compressed batches (any of Kafka's four codecs) are
+/// inflated, to at most [`INFLATED_BYTES_MAX`]; their records then share
+/// the inflated copy's memory.
 pub fn decode_records(
     payload: &Bytes,
     from: Offset,
     out: &mut Vec<ConsumedRecord>,
 ) -> Result<Option<Offset>, ClientError> {
-    visit_records(payload, from, |record| {
-        out.push(record.to_consumed(payload)?);
+    visit_records(payload, from, |record, backing| {
+        out.push(record.to_consumed(backing)?);
         Ok(())
     })
 }
 
-/// [`decode_records`] handing each record to `visit` as a view instead.
-/// A batch is validated whole before any of its records is visited.
-pub(crate) fn visit_records<'a>(
-    payload: &'a [u8],
+/// The most one compressed batch may inflate to in this client.
+pub const INFLATED_BYTES_MAX: usize = 64 << 20;
+
+/// [`decode_records`] handing each record to `visit` as a view instead,
+/// with the bytes it borrows from (the payload, or a compressed batch's
+/// inflated records). A batch is validated whole before any of its records
+/// is visited.
+pub(crate) fn visit_records(
+    payload: &Bytes,
     from: Offset,
-    mut visit: impl FnMut(RecordRef<'a>) -> Result<(), ClientError>,
+    mut visit: impl FnMut(RecordRef<'_>, &Bytes) -> Result<(), ClientError>,
 ) -> Result<Option<Offset>, ClientError> {
-    let mut rest = payload;
+    let mut rest: &[u8] = payload;
     let mut next = None;
     while !rest.is_empty() {
         // No limit of its own: the frame limit already bounded the payload.
@@ -259,12 +265,13 @@ pub(crate) fn visit_records<'a>(
         let base = Offset::from_wire(view.base_offset()).ok_or_else(|| {
             ClientError::UnexpectedResponse(format!("batch with negative base offset {}", view.base_offset()))
         })?;
-        if view.compression() != Compression::None {
-            return Err(ClientError::UnexpectedResponse("compressed batches are not supported by this client".into()));
-        }
         // Control batches (transaction markers) hold no application records.
-        if !view.is_control() {
-            visit_batch(&view, base, from, &mut visit)?;
+        if view.is_control() {
+        } else if view.compression() == Compression::None {
+            visit_batch(&view, view.records_area(), base, from, &mut |record| visit(record, payload))?;
+        } else {
+            let inflated = Bytes::from(view.inflate(INFLATED_BYTES_MAX).map_err(|error| corrupt(base, &error))?);
+            visit_batch(&view, &inflated, base, from, &mut |record| visit(record, &inflated))?;
         }
         // parse checked last_offset_delta >= 0.
         next = Some(base.plus(u64::from(view.last_offset_delta().unsigned_abs()) + 1));
@@ -273,14 +280,14 @@ pub(crate) fn visit_records<'a>(
     Ok(next)
 }
 
-fn visit_batch<'a>(
-    view: &BatchView<'a>,
+fn visit_batch<'r>(
+    view: &BatchView<'_>,
+    records: &'r [u8],
     base: Offset,
     from: Offset,
-    visit: &mut impl FnMut(RecordRef<'a>) -> Result<(), ClientError>,
+    visit: &mut impl FnMut(RecordRef<'r>) -> Result<(), ClientError>,
 ) -> Result<(), ClientError> {
-    let records = view.records().map_err(|error| corrupt(base, &error))?;
-    for record in records {
+    for record in view.records_in(records) {
         let record = record.map_err(|error| corrupt(base, &error))?;
         // parse checked offset deltas run 0..count.
         let offset = base.plus(u64::from(record.offset_delta.unsigned_abs()));
@@ -361,6 +368,29 @@ mod tests {
     }
 
     #[test]
+    fn compressed_batches_of_every_codec_decode_to_the_same_records() {
+        use crate::protocol::batch::{compress_batch, Compression};
+        let values: Vec<String> = (0..50).map(|i| format!("value {i} value {i} value {i}")).collect();
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        let plain = batch(10, &refs);
+        let mut expected = Vec::new();
+        decode_records(&Bytes::from(plain.clone()), offset(15), &mut expected).unwrap();
+        assert_eq!(expected.len(), 45);
+        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+            let compressed = compress_batch(&plain, codec).unwrap();
+            assert!(compressed.len() < plain.len(), "{codec:?}");
+            // Two batches in one payload: the compressed one, then a plain one.
+            let mut payload = compressed;
+            payload.extend_from_slice(&batch(60, &["after"]));
+            let mut records = Vec::new();
+            let next = decode_records(&Bytes::from(payload), offset(15), &mut records).unwrap();
+            assert_eq!(next, Some(offset(61)), "{codec:?}");
+            assert_eq!(&records[..45], &expected[..], "{codec:?}");
+            assert_eq!(records[45].value.as_deref(), Some(&b"after"[..]));
+        }
+    }
+
+    #[test]
     fn corrupt_and_compressed_batches_are_refused() {
         let mut corrupted = batch(0, &["payload"]);
         let last = corrupted.len() - 1;
@@ -368,7 +398,8 @@ mod tests {
         let error = decode_records(&Bytes::from(corrupted), offset(0), &mut Vec::new()).unwrap_err();
         assert!(error.to_string().contains("CRC") || error.to_string().contains("crc"), "{error}");
 
-        // Mark the batch gzip-compressed and fix the CRC so only the codec is wrong.
+        // Mark the batch gzip-compressed and fix the CRC: its records do not
+        // inflate.
         let mut compressed = batch(0, &["payload"]);
         compressed[ATTRIBUTES_POS + 1] |= 1;
         let crc = crc32c::crc32c(&compressed[ATTRIBUTES_POS..]);

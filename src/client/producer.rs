@@ -43,7 +43,7 @@ use super::accumulator::{is_full, must_seal_before, OpenBatch};
 use super::cluster::Client;
 use super::error::ClientError;
 use super::transport::Transport;
-use crate::protocol::batch::{Record, HEADER_LEN};
+use crate::protocol::batch::{compress_batch, Compression, Record, HEADER_LEN};
 use crate::protocol::partitioner::partition_for_key;
 use crate::protocol::types::{AckLevel, Offset, PartitionId, TimestampMs};
 
@@ -63,6 +63,9 @@ pub struct ProducerConfig {
     pub acks: AckLevel,
     /// How long the broker may take to reach `acks` before answering TIMEOUT.
     pub timeout_ms: u32,
+    /// The codec batches are compressed with when sealed; `batch_bytes`
+    /// counts bytes before compression.
+    pub compression: Compression,
 }
 
 impl Default for ProducerConfig {
@@ -73,6 +76,7 @@ impl Default for ProducerConfig {
             max_in_flight: 16,
             acks: AckLevel::Durable,
             timeout_ms: 10_000,
+            compression: Compression::None,
         }
     }
 }
@@ -130,6 +134,9 @@ impl<T: Transport> Producer<T> {
         if config.batch_bytes == 0 || config.max_in_flight == 0 {
             return Err(ClientError::InvalidArgument(format!("producer limits out of range: {config:?}")));
         }
+        if let Compression::Unknown(code) = config.compression {
+            return Err(ClientError::InvalidArgument(format!("unknown compression codec {code}")));
+        }
         let buffer_bytes_max = config.max_in_flight.saturating_mul(config.batch_bytes);
         let record_bytes_max = client.max_frame_bytes().saturating_sub(HEADER_LEN);
         let shared = Rc::new(Shared {
@@ -137,8 +144,11 @@ impl<T: Transport> Producer<T> {
             in_flight: Rc::new(Semaphore::new(config.max_in_flight as u64)),
             buffer_bytes_max,
             record_bytes_max,
+            state: RefCell::new(State {
+                ledger: Ledger { compression: config.compression, ..Ledger::default() },
+                ..State::default()
+            }),
             config,
-            state: RefCell::new(State::default()),
         });
         glommio::spawn_local(linger_loop(shared.clone())).detach();
         glommio::spawn_local(dispatch_loop(shared.clone())).detach();
@@ -408,6 +418,7 @@ struct Ledger {
     /// The dispatcher, when it waits for a sealed batch.
     dispatcher: Option<Waker>,
     closed: bool,
+    compression: Compression,
 }
 
 struct Deadline {
@@ -457,12 +468,28 @@ impl Ledger {
             return None;
         }
         let len = batch.len_bytes();
-        let Some(batch) = batch.finish() else {
+        let Some(mut batch) = batch.finish() else {
             // Only a batch over 2 GiB gets here; batch_bytes keeps them far smaller.
             self.buffered_bytes = self.buffered_bytes.saturating_sub(len);
             outcome.complete(Err(ClientError::InvalidArgument("batch exceeds the record batch format".into())));
             return None;
         };
+        if self.compression != Compression::None {
+            match compress_batch(&batch, self.compression) {
+                Ok(compressed) => {
+                    // The sealed batch now holds only its compressed bytes
+                    // (the plain buffer is dropped: compressing allocates
+                    // per batch anyway).
+                    self.buffered_bytes = self.buffered_bytes.saturating_sub(len.saturating_sub(compressed.len()));
+                    batch = compressed;
+                }
+                Err(error) => {
+                    self.buffered_bytes = self.buffered_bytes.saturating_sub(len);
+                    outcome.complete(Err(ClientError::InvalidArgument(format!("compressing a batch: {error}"))));
+                    return None;
+                }
+            }
+        }
         self.outstanding.insert(id, outcome.clone());
         Some(Sealed { topic, partition: PartitionId(partition), id, batch, outcome })
     }

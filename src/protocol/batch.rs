@@ -24,6 +24,7 @@
 //! Everything here is pure: no I/O, and reading never allocates, so a length
 //! field from the network can never make the broker allocate.
 
+use super::compression::{self, CompressionError};
 use super::varint::{self, VarintError};
 
 /// Bytes of the fixed batch header; records start here.
@@ -88,6 +89,9 @@ pub enum BatchError {
     /// Records of a compressed batch cannot be read without decompressing.
     #[error("records are {0:?}-compressed")]
     Compressed(Compression),
+    /// A compressed batch's records do not inflate (within the limit).
+    #[error("compressed records: {0}")]
+    Inflate(CompressionError),
 }
 
 /// The coarse class of a [`BatchError`], for callers that map errors to
@@ -107,9 +111,10 @@ impl BatchError {
             BatchError::Length(_) => BatchErrorKind::Length,
             BatchError::Magic(_) => BatchErrorKind::Magic,
             BatchError::Crc { .. } => BatchErrorKind::Crc,
-            BatchError::Count { .. } | BatchError::Records { .. } | BatchError::Compressed(_) => {
-                BatchErrorKind::Records
-            }
+            BatchError::Count { .. }
+            | BatchError::Records { .. }
+            | BatchError::Compressed(_)
+            | BatchError::Inflate(_) => BatchErrorKind::Records,
         }
     }
 }
@@ -153,8 +158,9 @@ pub enum RecordsProblem {
 }
 
 /// Compression codec from attribute bits 0-2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
+    #[default]
     None,
     Gzip,
     Snappy,
@@ -175,6 +181,47 @@ impl Compression {
             // The mask leaves 0..=7, so the cast is lossless.
             other => Compression::Unknown(other as u8),
         }
+    }
+
+    /// The codec's name as Kafka's `compression.type` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+            Compression::Unknown(_) => "unknown",
+        }
+    }
+
+    /// The codec's id in attribute bits 0-2.
+    pub fn code(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+            Compression::Unknown(code) => i16::from(code) & COMPRESSION_MASK,
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd]
+            .into_iter()
+            .find(|codec| codec.name() == name)
+            .ok_or_else(|| format!("unknown compression {name:?}: one of none, gzip, snappy, lz4, zstd"))
+    }
+}
+
+impl serde::Serialize for Compression {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
     }
 }
 
@@ -406,8 +453,19 @@ impl<'a> BatchView<'a> {
     }
 
     fn record_iter(&self) -> RecordIter<'a> {
+        self.records_in(&self.buf[RECORDS_POS..])
+    }
+
+    /// The records area as stored: compressed for a compressed batch.
+    pub fn records_area(&self) -> &'a [u8] {
+        &self.buf[RECORDS_POS..]
+    }
+
+    /// Iterates records laid out in `records` (this batch's records area,
+    /// or what it inflates to) with this batch's base timestamp and count.
+    pub fn records_in<'r>(&self, records: &'r [u8]) -> RecordIter<'r> {
         RecordIter {
-            rest: &self.buf[RECORDS_POS..],
+            rest: records,
             base_timestamp: self.first_timestamp(),
             next_index: 0,
             // parse_header already rejected counts below 1.
@@ -415,6 +473,49 @@ impl<'a> BatchView<'a> {
             done: false,
         }
     }
+
+    /// A compressed batch's records area, inflated, refusing to pass
+    /// `limit` bytes. (`None` compression: a copy.)
+    pub fn inflate(&self, limit: usize) -> Result<Vec<u8>, BatchError> {
+        compression::decompress(self.compression(), self.records_area(), limit).map_err(BatchError::Inflate)
+    }
+
+    /// What [`parse`](Self::parse) cannot check without inflating: that a
+    /// compressed batch inflates within `limit` bytes to exactly its
+    /// records. The inflated bytes are dropped; the batch is stored as
+    /// produced. Uncompressed batches were checked by `parse` already.
+    pub fn verify_compressed_records(&self, limit: usize) -> Result<(), BatchError> {
+        if self.compression() == Compression::None {
+            return Ok(());
+        }
+        let inflated = self.inflate(limit)?;
+        for record in self.records_in(&inflated) {
+            record?;
+        }
+        Ok(())
+    }
+}
+
+/// The uncompressed batch `batch` with its records area compressed by
+/// `codec`: same header fields, the codec in the attributes, new length and
+/// CRC. `codec` `None` returns it unchanged.
+pub fn compress_batch(batch: &[u8], codec: Compression) -> Result<Vec<u8>, BatchError> {
+    let view = BatchView::parse(batch, usize::MAX)?;
+    if view.compression() != Compression::None {
+        return Err(BatchError::Compressed(view.compression()));
+    }
+    let compressed = compression::compress(codec, view.records_area()).map_err(BatchError::Inflate)?;
+    let mut out = Vec::with_capacity(RECORDS_POS + compressed.len());
+    out.extend_from_slice(&batch[..RECORDS_POS]);
+    out.extend_from_slice(&compressed);
+    let batch_length = i32::try_from(out.len() - LOG_OVERHEAD)
+        .map_err(|_| BatchError::Length(LengthProblem::TooLarge { total: out.len(), max: i32::MAX as usize }))?;
+    let attributes = (view.attributes() & !COMPRESSION_MASK) | codec.code();
+    put(&mut out, BATCH_LENGTH_POS, &batch_length.to_be_bytes());
+    put(&mut out, ATTRIBUTES_POS, &attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&out[ATTRIBUTES_POS..]);
+    put(&mut out, CRC_POS, &crc.to_be_bytes());
+    Ok(out)
 }
 
 /// Iterator over the records of one uncompressed batch. It checks what

@@ -5,6 +5,7 @@
 //! data both on the wire and on disk, and the native wire protocol's frames
 //! and messages.
 pub mod batch;
+pub mod compression;
 pub mod kafka;
 pub mod partitioner;
 pub mod types;

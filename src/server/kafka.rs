@@ -298,15 +298,30 @@ fn served(api_key: ApiKey) -> Option<&'static bounds::RequestSchema> {
     schemas::schema(api_key as i16)
 }
 
+/// Produce's lowest version as advertised. Produce v0-v2 are not served
+/// (they carry the old message formats), but librdkafka compresses with
+/// gzip, snappy or lz4 only if the broker's Produce range reaches down to
+/// v0 (librdkafka issue 4956; kcat 1.7 and librdkafka before 2.10 still do
+/// this). Kafka 4.0 advertises v0 for the same reason (KAFKA-18659) and
+/// refuses the old versions when they are used, as this broker does: the
+/// request fails its version check and the connection is closed. Clients
+/// pick the highest version both sides speak, so none uses them.
+const PRODUCE_ADVERTISED_MIN_VERSION: i16 = 0;
+
 /// The API version table, from the request layouts the broker checks.
 fn api_versions(error_code: i16) -> ApiVersionsResponse {
     let api_keys = schemas::SCHEMAS
         .iter()
         .filter(|schema| ApiKey::try_from(schema.api_key).is_ok_and(|key| served(key).is_some()))
         .map(|schema| {
+            let min_version = if schema.api_key == ApiKey::Produce as i16 {
+                PRODUCE_ADVERTISED_MIN_VERSION
+            } else {
+                schema.min_version
+            };
             ApiVersion::default()
                 .with_api_key(schema.api_key)
-                .with_min_version(schema.min_version)
+                .with_min_version(min_version)
                 .with_max_version(schema.max_version)
         })
         .collect();

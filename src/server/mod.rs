@@ -467,6 +467,7 @@ impl ShardLaunch {
             default_partitions: self.config.topics.default_partitions,
             partitions_max: self.config.topics.partitions_max,
             free_bytes_reserved: self.config.storage.free_bytes_reserved,
+            inflated_bytes_max: self.config.network.max_frame_bytes,
             retention_check_interval: self.config.storage.retention_check_interval(),
             metadata: self.metadata.clone(),
             shard_ports,

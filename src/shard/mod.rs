@@ -150,6 +150,9 @@ pub struct ShardConfig {
     pub partitions_max: usize,
     /// Free disk space a topic creation leaves untouched.
     pub free_bytes_reserved: u64,
+    /// Most bytes a compressed batch may inflate to when it is checked
+    /// (the frame limit).
+    pub inflated_bytes_max: usize,
     pub retention_check_interval: Duration,
     pub metadata: ClusterMetadata,
     /// Each shard's own port (0: none), indexed by shard.
@@ -177,6 +180,7 @@ pub struct Shard {
     default_partitions: u32,
     partitions_max: usize,
     free_bytes_reserved: u64,
+    inflated_bytes_max: usize,
     shard_ports: Vec<u16>,
     metadata: RefCell<Rc<ClusterMetadata>>,
     partitions: RefCell<HashMap<Rc<str>, BTreeMap<u32, Partition>>>,
@@ -235,6 +239,7 @@ impl Shard {
             default_partitions: config.default_partitions,
             partitions_max: config.partitions_max,
             free_bytes_reserved: config.free_bytes_reserved,
+            inflated_bytes_max: config.inflated_bytes_max,
             shard_ports: config.shard_ports,
             metadata: RefCell::new(Rc::new(ClusterMetadata::default())),
             partitions: RefCell::new(HashMap::new()),

@@ -17,6 +17,7 @@ use futures_channel::oneshot;
 use futures_lite::future;
 
 use crate::protocol::batch::{peek_batch_len, BatchError, BatchView, LengthProblem, LOG_OVERHEAD};
+use crate::protocol::compression::CompressionError;
 use crate::protocol::types::{AckLevel, Offset, PartitionId, ShardId, TimestampMs};
 use crate::protocol::wire::{
     ErrorCode, FetchPartition, FetchPartitionResult, FetchRequest, ListOffsetsPartition, ListOffsetsResult,
@@ -131,6 +132,17 @@ impl Shard {
         }
         if batches.len() > 1 && batches.iter().any(|batch| BatchView::parse(batch, batch_bytes_max).is_err()) {
             return Err(ErrorCode::INVALID_BATCH);
+        }
+        // A compressed batch is stored as produced, but first inflated once
+        // (bounded by the frame limit) to check it holds its records.
+        for batch in &batches {
+            let checked = BatchView::parse_header(batch, batch_bytes_max)
+                .and_then(|view| view.verify_compressed_records(self.inflated_bytes_max));
+            match checked {
+                Ok(()) => {}
+                Err(BatchError::Inflate(CompressionError::TooLarge { .. })) => return Err(ErrorCode::BATCH_TOO_LARGE),
+                Err(_) => return Err(ErrorCode::INVALID_BATCH),
+            }
         }
         let (mut first, mut last) = (None, None);
         for batch in batches {

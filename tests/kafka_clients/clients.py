@@ -15,6 +15,10 @@ side can follow what a long-running client does. Modes:
   debug-features BOOTSTRAP TOPIC
       a producer and a group consumer with debug=feature,protocol; the
       librdkafka log goes to stderr for the test to check
+  confluent-compressed BOOTSTRAP TOPIC CODEC COUNT
+      acks=all producer with compression.type=CODEC sending COUNT values to
+      partition 0, then a consumer reading partition 0 from the start;
+      prints {"delivered": n, "failed": [...], "values": [...]}
 """
 
 import json
@@ -125,6 +129,44 @@ def debug_features(bootstrap, topic):
     emit({"got": got})
 
 
+def confluent_compressed(bootstrap, topic, codec, count):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "acks": "all", "compression.type": codec, "linger.ms": 20}
+    )
+    delivered = []
+    failed = []
+
+    def report(error, message):
+        if error is not None:
+            failed.append(str(error))
+        else:
+            delivered.append(message.offset())
+
+    for i in range(count):
+        producer.produce(topic, value=f"{codec} value {i}, {codec} value {i}", partition=0, on_delivery=report)
+        producer.poll(0)
+    producer.flush(30)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"compressed-{codec}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    values = []
+    deadline = time.time() + 30
+    while len(values) < count and time.time() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and not message.error():
+            values.append(message.value().decode())
+    consumer.close()
+    emit({"delivered": len(delivered), "failed": failed, "values": values})
+
+
 def main(argv):
     mode = argv[1]
     if mode == "confluent-produce":
@@ -135,6 +177,8 @@ def main(argv):
         kafka_python(argv[2], argv[3], int(argv[4]))
     elif mode == "debug-features":
         debug_features(argv[2], argv[3])
+    elif mode == "confluent-compressed":
+        confluent_compressed(argv[2], argv[3], argv[4], int(argv[5]))
     else:
         raise SystemExit(f"unknown mode {mode}")
 
