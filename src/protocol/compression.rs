@@ -219,4 +219,29 @@ mod tests {
         }
         assert_eq!(decompress(Compression::Unknown(6), b"x", 10), Err(CompressionError::UnknownCodec(6)));
     }
+
+    proptest::proptest! {
+        /// Arbitrary bytes, and valid streams with bytes flipped, under
+        /// every codec: an error or at most `limit` bytes, never a panic.
+        #[test]
+        fn any_input_inflates_within_the_limit_or_fails(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            flips in proptest::collection::vec((0usize..4096, 1u8..=255), 0..4),
+            limit in 0usize..100_000,
+        ) {
+            for codec in CODECS {
+                if let Ok(out) = decompress(codec, &garbage, limit) {
+                    proptest::prop_assert!(out.len() <= limit);
+                }
+                let mut damaged = compress(codec, &garbage).unwrap();
+                for (at, mask) in &flips {
+                    let len = damaged.len();
+                    damaged[at % len] ^= mask;
+                }
+                if let Ok(out) = decompress(codec, &damaged, limit) {
+                    proptest::prop_assert!(out.len() <= limit);
+                }
+            }
+        }
+    }
 }
