@@ -18,8 +18,8 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use glommio::{LocalExecutorBuilder, Placement};
 use ringbroker::client::{
-    decode_records, Client, ClientError, ClientOptions, GroupConfig, GroupConsumer, GroupRecord, Producer,
-    ProducerConfig, ProducerRecord, SendFuture, StartPosition,
+    decode_records, Client, ClientError, ClientOptions, ConsumedRecord, GroupConfig, GroupConsumer, GroupRecord,
+    Producer, ProducerConfig, ProducerRecord, SendFuture, StartPosition,
 };
 use ringbroker::config::{CpuSelection, TuningConfig};
 use ringbroker::protocol::batch::Compression;
@@ -173,6 +173,10 @@ struct ProduceArgs {
     /// Compress batches: none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "none")]
     compression: Compression,
+    /// A header on every event: KEY=VALUE, or KEY alone for a null value.
+    /// Repeat for several.
+    #[arg(long = "header", value_name = "KEY=VALUE")]
+    headers: Vec<String>,
     /// Most events sent before waiting for the broker's acknowledgements.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
@@ -205,6 +209,39 @@ struct ConsumeArgs {
     /// (with --group: the topic, partition, offset and key).
     #[arg(long)]
     verbose: bool,
+    /// Print each event's timestamp (milliseconds since the epoch) after
+    /// its offset.
+    #[arg(long)]
+    timestamps: bool,
+    /// Print each event's headers before its value, as KEY=VALUE joined by
+    /// commas (a null value prints as KEY alone).
+    #[arg(long)]
+    headers: bool,
+}
+
+/// One consumed event as a `consume` line: `lead` columns (partition,
+/// offset), then the timestamp, key and headers as asked, then the value.
+fn event_line(mut columns: Vec<String>, record: &ConsumedRecord, args: &ConsumeArgs, key: bool) -> String {
+    let text = |bytes: &Option<Bytes>| String::from_utf8_lossy(bytes.as_deref().unwrap_or_default()).into_owned();
+    if args.timestamps {
+        columns.push(record.timestamp_ms.to_string());
+    }
+    if key {
+        columns.push(text(&record.key));
+    }
+    if args.headers {
+        let headers: Vec<String> = record
+            .headers
+            .iter()
+            .map(|(name, value)| match value {
+                Some(bytes) => format!("{name}={}", String::from_utf8_lossy(bytes)),
+                None => name.clone(),
+            })
+            .collect();
+        columns.push(headers.join(","));
+    }
+    columns.push(text(&record.value));
+    columns.join("\t")
 }
 
 #[derive(Subcommand, Debug)]
@@ -405,6 +442,14 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
     if let Some(partition) = args.partition.filter(|partition| *partition >= partitions) {
         bail!("partition {partition} does not exist: topic {topic} has {}", plural(u64::from(partitions), "partition"));
     }
+    let headers: Vec<(&str, Option<&[u8]>)> = args
+        .headers
+        .iter()
+        .map(|header| match header.split_once('=') {
+            Some((name, value)) => (name, Some(value.as_bytes())),
+            None => (header.as_str(), None),
+        })
+        .collect();
     let config = ProducerConfig { acks, compression: args.compression, ..ProducerConfig::default() };
     let producer = Producer::new(client, config)?;
     let mut per_partition: BTreeMap<u32, u64> = BTreeMap::new();
@@ -415,8 +460,12 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
             Some((key, value)) => (Some(key.as_bytes()), value.as_bytes()),
             None => (None, line.as_bytes()),
         };
-        let record =
-            ProducerRecord { key, partition: args.partition.map(PartitionId), ..ProducerRecord::new(topic, value) };
+        let record = ProducerRecord {
+            key,
+            partition: args.partition.map(PartitionId),
+            headers: &headers,
+            ..ProducerRecord::new(topic, value)
+        };
         sent.push(producer.send(record).await?);
         if sent.len() >= args.batch.max(1) {
             confirm(&producer, topic, &mut sent, &mut per_partition).await?;
@@ -514,15 +563,12 @@ async fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
         let mut records = Vec::new();
         let next = decode_records(&data, reader.offset, &mut records).context("the broker sent a damaged batch")?;
         for record in records {
-            let record_offset = record.offset;
-            let value = String::from_utf8_lossy(record.value.as_deref().unwrap_or_default());
-            let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
-            match (args.partition.is_some(), args.verbose) {
-                (true, false) => writeln!(out, "{value}")?,
-                (true, true) => writeln!(out, "{record_offset}\t{key}\t{value}")?,
-                (false, false) => writeln!(out, "{}\t{record_offset}\t{value}", reader.partition)?,
-                (false, true) => writeln!(out, "{}\t{record_offset}\t{key}\t{value}", reader.partition)?,
-            }
+            let lead = match (args.partition.is_some(), args.verbose) {
+                (true, false) => vec![],
+                (true, true) => vec![record.offset.to_string()],
+                (false, _) => vec![reader.partition.to_string(), record.offset.to_string()],
+            };
+            writeln!(out, "{}", event_line(lead, &record, &args, args.verbose))?;
             printed += 1;
             if args.max_events.is_some_and(|max| printed >= max) {
                 return Ok(());
@@ -645,13 +691,12 @@ async fn print_group_records(
                 out.flush()?;
                 return Ok(());
             }
-            let value = String::from_utf8_lossy(record.record.value.as_deref().unwrap_or_default());
-            if args.verbose {
-                let key = String::from_utf8_lossy(record.record.key.as_deref().unwrap_or_default());
-                writeln!(out, "{}\t{}\t{}\t{key}\t{value}", record.topic, record.partition, record.record.offset)?;
+            let lead = if args.verbose {
+                vec![record.topic.to_string(), record.partition.to_string(), record.record.offset.to_string()]
             } else {
-                writeln!(out, "{value}")?;
-            }
+                vec![]
+            };
+            writeln!(out, "{}", event_line(lead, &record.record, args, args.verbose))?;
             printed += 1;
         }
         out.flush()?;

@@ -186,6 +186,66 @@ fn compressed_batches_from_kafka_clients_read_back_byte_for_byte_on_both_apis() 
     assert!(broker.terminate().success());
 }
 
+/// Headers and timestamps cross between the protocols: kcat's show up in
+/// `ringbroker consume --headers --timestamps`, and the CLI's
+/// `produce --header` in kcat's `%h`.
+#[test]
+fn headers_and_timestamps_cross_between_the_cli_and_kcat() {
+    let Some(kcat) = kcat() else { return };
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let bootstrap = kafka(&broker);
+    let cli = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringbroker"))
+            .args(["--broker", &broker.addr.to_string()])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        stdout(&output)
+    };
+    cli(&["topic", "create", "headed", "--partitions", "1"], "");
+    run(&kcat, &["-b", &bootstrap, "-P", "-t", "headed", "-p", "0", "-H", "trace=t-1", "-H", "empty="], "from kcat\n");
+    cli(&["produce", "headed", "--partition", "0", "--header", "trace=t-2", "--header", "bare"], "from the cli\n");
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let native = cli(
+        &[
+            "consume",
+            "headed",
+            "--partition",
+            "0",
+            "--from",
+            "earliest",
+            "--idle-exit-ms",
+            "500",
+            "--headers",
+            "--timestamps",
+        ],
+        "",
+    );
+    let lines: Vec<Vec<&str>> = native.lines().map(|line| line.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 2, "{native}");
+    assert_eq!(lines[0][1..], ["trace=t-1,empty=", "from kcat"]);
+    assert_eq!(lines[1][1..], ["trace=t-2,bare", "from the cli"]);
+    for line in &lines {
+        let timestamp: i64 = line[0].parse().unwrap();
+        assert!((before - 60_000..=before).contains(&timestamp), "a produce-time timestamp: {line:?}");
+    }
+    let read = stdout(&run(
+        &kcat,
+        &["-b", &bootstrap, "-C", "-t", "headed", "-p", "0", "-o", "beginning", "-e", "-f", "%s|%h\n"],
+        "",
+    ));
+    // kcat prints a null header value as NULL: the CLI's bare header stayed null.
+    assert_eq!(read, "from kcat|trace=t-1,empty=\nfrom the cli|trace=t-2,bare=NULL\n");
+    assert!(broker.terminate().success());
+}
+
 #[test]
 fn kcat_group_members_each_get_every_message_once() {
     let Some(kcat) = kcat() else { return };
