@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
@@ -33,7 +33,7 @@ use ringbroker::client::{
     ClientError, GroupConfig, GroupRecord, GroupStats, PartitionConsumer, Producer, ProducerConfig, ProducerRecord,
     SendFuture, StartPosition, Transport,
 };
-use ringbroker::protocol::types::{Offset, PartitionId};
+use ringbroker::protocol::types::{AckLevel, Offset, PartitionId};
 use ringbroker::protocol::wire::OffsetSpec;
 
 use crate::acks::{Lane, Pending};
@@ -76,6 +76,10 @@ const POLL_WAIT: Duration = Duration::from_millis(100);
 /// agree (with `acks = none` or `written`, records become visible a little
 /// after their producer is done).
 const SETTLE_INTERVAL: Duration = Duration::from_millis(20);
+/// How long the end of a partition written without durable acks must stay
+/// put before it is taken as final (a CI run once saw 20 ms pass without an
+/// fdatasync completing, and took three quarters of an acks-0 run as lost).
+const NOT_DURABLE_SETTLE_QUIET: Duration = Duration::from_millis(500);
 
 /// The largest fetch a consumer asks for. A fetch returns whole batches up to
 /// this size; at 512 KiB a consumer of 256 KiB batches got one batch per
@@ -1079,18 +1083,26 @@ impl Relay {
     }
 }
 
-/// The partition's end once it stops moving.
+/// The partition's end once it stops moving. With durable acks every event
+/// is durable once its producer is done, so one quiet interval suffices;
+/// with `written` or none, events may still be on their way to the disk
+/// (the end read is the durable end), and the end must stay put for
+/// [`NOT_DURABLE_SETTLE_QUIET`], longer than a slow fdatasync.
 async fn settled_end(ctx: &Ctx, topic: &str, partition: u32) -> Result<Offset, ClientError> {
     let partition = PartitionId(partition);
+    let quiet = if ctx.plan.producer.acks == AckLevel::Durable { SETTLE_INTERVAL } else { NOT_DURABLE_SETTLE_QUIET };
     let read = || ctx.client.list_offsets(topic, partition, OffsetSpec::Latest);
     let mut last = read().await?.unwrap_or(Offset::ZERO);
+    let mut unchanged_since = Instant::now();
     loop {
         glommio::timer::sleep(SETTLE_INTERVAL).await;
         let now = read().await?.unwrap_or(Offset::ZERO);
-        if now == last {
+        if now != last {
+            last = now;
+            unchanged_since = Instant::now();
+        } else if unchanged_since.elapsed() >= quiet {
             return Ok(now);
         }
-        last = now;
     }
 }
 
