@@ -258,6 +258,10 @@ pub struct StorageConfig {
     /// Free disk space a topic creation must leave: a creation whose new
     /// partitions would not fit the free space less this is refused.
     pub free_bytes_reserved: u64,
+    /// Idempotent producers remembered per partition.
+    pub producers_per_partition_max: usize,
+    /// An idempotent producer unheard of for this long is forgotten.
+    pub producer_expiry_ms: u64,
 }
 
 /// The flush policy as written in the file.
@@ -336,6 +340,8 @@ impl Default for StorageConfig {
             retention_check_interval_ms: 60_000,
             preallocate: true,
             free_bytes_reserved: 64 << 20,
+            producers_per_partition_max: 1024,
+            producer_expiry_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -599,6 +605,8 @@ impl StorageConfig {
             retention_bytes: non_zero(self.retention_bytes),
             retention_ms: non_zero(self.retention_ms),
             preallocate: self.preallocate,
+            producers_max: self.producers_per_partition_max,
+            producer_expiry_ms: self.producer_expiry_ms,
         }
     }
 

@@ -29,6 +29,7 @@ fn config() -> LogConfig {
         retention_bytes: None,
         retention_ms: None,
         preallocate: true,
+        ..LogConfig::default()
     }
 }
 

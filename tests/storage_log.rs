@@ -26,6 +26,7 @@ fn small_config() -> LogConfig {
         retention_bytes: None,
         retention_ms: None,
         preallocate: true,
+        ..LogConfig::default()
     }
 }
 
@@ -434,4 +435,68 @@ fn a_second_process_cannot_lock_the_data_directory() {
     let _lock = ringbroker::storage::DirLock::acquire(dir.path()).unwrap();
     let again = ringbroker::storage::DirLock::acquire(dir.path());
     assert!(matches!(again, Err(StorageError::Locked { .. })));
+}
+
+/// A batch of idempotent producer `producer` (epoch `epoch`) starting at
+/// sequence `seq`, with `count` records.
+fn idempotent_batch(producer: i64, epoch: i16, seq: i32, count: usize) -> bytes::BytesMut {
+    use ringbroker::protocol::batch::{BatchBuilder, BatchOptions, Record};
+    let mut out = Vec::new();
+    let options =
+        BatchOptions { producer_id: producer, producer_epoch: epoch, base_sequence: seq, ..BatchOptions::default() };
+    let mut builder = BatchBuilder::with_options(&mut out, 1_764_000_000_000, options);
+    for index in 0..count {
+        let value = format!("p{producer}-s{}", seq as usize + index);
+        builder.push(&Record {
+            timestamp_ms: 1_764_000_000_000,
+            key: None,
+            value: Some(value.as_bytes()),
+            headers: &[],
+        });
+    }
+    bytes::BytesMut::from(builder.finish())
+}
+
+/// An idempotent producer's retry is answered with the original offsets and
+/// stored once, before and after the log is reopened (the producers are
+/// rebuilt from the active segment's batches); a gap and an older epoch
+/// are refused.
+#[test]
+fn an_idempotent_producers_retries_are_stored_once_across_a_restart() {
+    use ringbroker::storage::producers::SequenceError;
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig::default();
+        let log = open(&path, config.clone()).await.unwrap();
+        let first = log.append_and_wait(idempotent_batch(7, 0, 0, 3), AckLevel::Durable).await.unwrap();
+        let second = log.append_and_wait(idempotent_batch(7, 0, 3, 2), AckLevel::Durable).await.unwrap();
+        assert_eq!((first.base, second.base), (offset(0), offset(3)));
+        let retried = log.append_and_wait(idempotent_batch(7, 0, 0, 3), AckLevel::Durable).await.unwrap();
+        assert_eq!(retried, first, "the retry gets the original offsets");
+        // Batches of no producer are not checked; another producer is independent.
+        log.append_and_wait(batch(&[b"plain"]), AckLevel::Durable).await.unwrap();
+        log.append_and_wait(idempotent_batch(8, 0, 0, 1), AckLevel::Durable).await.unwrap();
+        match log.append(idempotent_batch(7, 0, 9, 1)).await {
+            Err(StorageError::Sequence(SequenceError::OutOfOrder { expected: 5, got: 9, .. })) => {}
+            other => panic!("a gap: {other:?}"),
+        }
+        assert_eq!(log.bounds().0, offset(7));
+        drop(log);
+
+        // As after a crash: the producers come back from the log itself.
+        let log = open(&path, config).await.unwrap();
+        let retried = log.append_and_wait(idempotent_batch(7, 0, 3, 2), AckLevel::Durable).await.unwrap();
+        assert_eq!(retried, second, "recognised after the restart");
+        let next = log.append_and_wait(idempotent_batch(7, 0, 5, 1), AckLevel::Durable).await.unwrap();
+        assert_eq!(next.base, offset(7));
+        log.append_and_wait(idempotent_batch(7, 1, 0, 1), AckLevel::Durable).await.unwrap();
+        match log.append(idempotent_batch(7, 0, 6, 1)).await {
+            Err(StorageError::Sequence(SequenceError::Fenced { current: 1, got: 0, .. })) => {}
+            other => panic!("an older epoch: {other:?}"),
+        }
+        assert_eq!(log.bounds().0, offset(9));
+        assert_eq!(read_all(&log, offset(0)).await.len(), 6, "six batches, each once");
+        log.close().await.unwrap();
+    });
 }

@@ -229,6 +229,13 @@ impl ErrorCode {
     /// A topic creation would take the broker past its partition limit
     /// (`topics.partitions_max`) or past the free disk space it needs.
     pub const TOO_MANY_PARTITIONS: ErrorCode = ErrorCode(25);
+    /// An idempotent producer's batch does not follow its previous one.
+    pub const OUT_OF_ORDER_SEQUENCE: ErrorCode = ErrorCode(26);
+    /// An idempotent producer's epoch is older than the partition's.
+    pub const PRODUCER_FENCED: ErrorCode = ErrorCode(27);
+    /// A retried batch stored long ago: older than the batches remembered,
+    /// so its offsets are not known. It is not stored again.
+    pub const DUPLICATE_SEQUENCE: ErrorCode = ErrorCode(28);
 
     pub fn is_ok(self) -> bool {
         self == ErrorCode::NONE
@@ -276,6 +283,9 @@ impl ErrorCode {
             ErrorCode::UNKNOWN_GROUP => "unknown group",
             ErrorCode::CONNECTION_REFUSED => "connection refused",
             ErrorCode::TOO_MANY_PARTITIONS => "too many partitions",
+            ErrorCode::OUT_OF_ORDER_SEQUENCE => "out of order sequence",
+            ErrorCode::PRODUCER_FENCED => "producer fenced",
+            ErrorCode::DUPLICATE_SEQUENCE => "duplicate sequence",
             _ => "unknown error code",
         }
     }

@@ -73,6 +73,9 @@ pub mod codes {
     pub const INVALID_PARTITIONS: i16 = 37;
     pub const INVALID_REPLICATION_FACTOR: i16 = 38;
     pub const INVALID_REQUEST: i16 = 42;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const NON_EMPTY_GROUP: i16 = 68;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
@@ -354,6 +357,9 @@ pub fn kafka_code(code: ErrorCode) -> i16 {
         ErrorCode::INVALID_GROUP => codes::INVALID_GROUP_ID,
         ErrorCode::UNKNOWN_GROUP => codes::GROUP_ID_NOT_FOUND,
         ErrorCode::UNSUPPORTED_VERSION => codes::UNSUPPORTED_VERSION,
+        ErrorCode::OUT_OF_ORDER_SEQUENCE => codes::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        ErrorCode::PRODUCER_FENCED => codes::INVALID_PRODUCER_EPOCH,
+        ErrorCode::DUPLICATE_SEQUENCE => codes::DUPLICATE_SEQUENCE_NUMBER,
         _ => codes::UNKNOWN_SERVER_ERROR,
     }
 }

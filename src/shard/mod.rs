@@ -40,6 +40,7 @@ use crate::protocol::wire::{
     ShardStats, TopicResult,
 };
 use crate::storage::dma::DmaStorage;
+use crate::storage::producers::SequenceError;
 use crate::storage::{FsyncObserver, LogConfig, OpenOptions, PartitionLog, StorageError};
 
 pub use metadata::ClusterMetadata;
@@ -548,6 +549,9 @@ pub fn error_code(error: &StorageError) -> ErrorCode {
     match error {
         StorageError::InvalidBatch(_) | StorageError::NotOneBatch { .. } => ErrorCode::INVALID_BATCH,
         StorageError::BatchTooLarge { .. } => ErrorCode::BATCH_TOO_LARGE,
+        StorageError::Sequence(SequenceError::OutOfOrder { .. }) => ErrorCode::OUT_OF_ORDER_SEQUENCE,
+        StorageError::Sequence(SequenceError::Fenced { .. }) => ErrorCode::PRODUCER_FENCED,
+        StorageError::Sequence(SequenceError::OldDuplicate { .. }) => ErrorCode::DUPLICATE_SEQUENCE,
         StorageError::NoSpace { .. } => ErrorCode::STORAGE_FULL,
         StorageError::OffsetOutOfRange { .. } => ErrorCode::OFFSET_OUT_OF_RANGE,
         StorageError::Closed => ErrorCode::SHUTTING_DOWN,

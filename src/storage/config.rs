@@ -48,6 +48,10 @@ pub struct LogConfig {
     /// Reserve each new segment's full size when it is created, so a full
     /// disk shows at roll time instead of in the middle of an append.
     pub preallocate: bool,
+    /// Idempotent producers remembered per partition (see `producers`).
+    pub producers_max: usize,
+    /// A producer unheard of for this long is forgotten.
+    pub producer_expiry_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -64,6 +68,8 @@ impl Default for LogConfig {
             retention_bytes: None,
             retention_ms: Some(7 * 24 * 3600 * 1000),
             preallocate: true,
+            producers_max: 1024,
+            producer_expiry_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -110,6 +116,9 @@ impl LogConfig {
         }
         if self.index_interval_bytes == 0 {
             return fail("index_interval_bytes must be positive".into());
+        }
+        if self.producers_max == 0 || self.producer_expiry_ms == 0 {
+            return fail("producers_max and producer_expiry_ms must be positive".into());
         }
         if let FlushPolicy::Interval { interval_ms: 0 } = self.flush {
             return fail("flush interval must be positive (use every-batch instead)".into());

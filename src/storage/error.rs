@@ -47,6 +47,10 @@ pub enum StorageError {
     #[error("invalid record batch: {0}")]
     InvalidBatch(crate::protocol::batch::BatchError),
 
+    /// An idempotent producer's batch that may not be appended.
+    #[error("{0}")]
+    Sequence(super::producers::SequenceError),
+
     /// The log has been closed.
     #[error("partition log is closed")]
     Closed,

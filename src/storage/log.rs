@@ -40,6 +40,7 @@ use super::error::{Result, StorageError};
 use super::index::SegmentIndex;
 use super::io::{align_down, align_up, IoBuf, Storage, StorageFile};
 use super::notify::Notify;
+use super::producers::{self, ProducerFields, ProducerTable, Verdict};
 use super::recovery::{self, RecoveryMode};
 use super::segment::{index_path, index_tmp_path, log_path, BatchCursor};
 
@@ -127,6 +128,9 @@ struct Inner<S: Storage> {
     stats: RefCell<LogStats>,
     fsync_observer: Option<FsyncObserver>,
     line: RefCell<Line>,
+    /// Idempotent producers' last batches, checked and updated at each
+    /// append's turn.
+    producers: RefCell<ProducerTable>,
 }
 
 #[derive(Debug)]
@@ -202,6 +206,7 @@ impl<S: Storage> PartitionLog<S> {
     pub async fn open(storage: S, dir: &Path, config: LogConfig, options: OpenOptions) -> Result<Self> {
         config.validate()?;
         let recovered = recovery::recover(&storage, dir, &config, options.recovery).await?;
+        let producers = recovered.producers;
         let next_offset = recovered.segments.last_key_value().map_or(Offset::ZERO, |(_, seg)| seg.index.next_offset);
         let flushed_end = recovered.segments.last_key_value().map_or(0, |(_, seg)| seg.index.segment_bytes);
         let now = Instant::now();
@@ -234,6 +239,7 @@ impl<S: Storage> PartitionLog<S> {
             stats: RefCell::new(LogStats::default()),
             fsync_observer: options.fsync_observer.clone(),
             line: RefCell::new(Line::default()),
+            producers: RefCell::new(producers),
         });
         let flusher = run_flusher(Rc::clone(&inner));
         let task = match options.flush_queue {
@@ -250,6 +256,12 @@ impl<S: Storage> PartitionLog<S> {
     /// offsets and queues it for the flusher. Waits while the log has
     /// `write_bytes_max` bytes pending (backpressure) or is rolling a
     /// segment. The returned receipt is what [`PartitionLog::wait`] takes.
+    ///
+    /// A batch of an idempotent producer is checked against the producer's
+    /// last batches at its turn: one stored already is not stored again,
+    /// and its receipt is the original one (waiting on it waits for the
+    /// original to be durable); one out of sequence or of an older epoch is
+    /// refused with [`StorageError::Sequence`].
     pub async fn append(&self, batch: BytesMut) -> Result<AppendReceipt> {
         let config = &self.inner.config;
         if batch.len() > config.batch_bytes_max {
@@ -262,6 +274,7 @@ impl<S: Storage> PartitionLog<S> {
         // Invariant: parse checked last_offset_delta >= 0.
         let count = u64::from(view.last_offset_delta() as u32) + 1;
         let max_timestamp = view.max_timestamp();
+        let producer = ProducerFields::of(&view);
         // Appends take their offsets in the order they were called: a later
         // append never overtakes one waiting for room (or a roll), so a
         // producer's pipelined batches keep their order in the log.
@@ -272,6 +285,14 @@ impl<S: Storage> PartitionLog<S> {
                 wait.await;
                 continue;
             }
+            if let Some(fields) = &producer {
+                // Checked at the turn: every earlier batch of the producer
+                // has been recorded by now.
+                match self.inner.producers.borrow().check(fields).map_err(StorageError::Sequence)? {
+                    Verdict::Duplicate(stored) => return Ok(AppendReceipt { base: stored.base, next: stored.next }),
+                    Verdict::Append => {}
+                }
+            }
             match self.inner.admit(batch.len(), count)? {
                 Admission::Go => break,
                 Admission::Wait => wait.await,
@@ -279,7 +300,11 @@ impl<S: Storage> PartitionLog<S> {
                 Admission::Extend(target) => self.inner.extend(target).await?,
             }
         }
-        Ok(self.inner.push(batch, count, TimestampMs(max_timestamp)))
+        let receipt = self.inner.push(batch, count, TimestampMs(max_timestamp));
+        if let Some(fields) = &producer {
+            self.inner.producers.borrow_mut().record(fields, receipt.base, receipt.next, producers::now_ms());
+        }
+        Ok(receipt)
     }
 
     /// Waits until the batch of `receipt` has reached `level`.

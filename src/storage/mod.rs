@@ -17,6 +17,7 @@ pub mod io;
 pub mod lock;
 pub mod log;
 pub(crate) mod notify;
+pub mod producers;
 pub mod recovery;
 mod segment;
 pub mod sim;

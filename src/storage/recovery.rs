@@ -31,6 +31,7 @@ use super::error::{Result, StorageError};
 use super::index::SegmentIndex;
 use super::io::{align_down, align_up, IoBuf, Storage, StorageFile, ALIGN};
 use super::log::{create_segment, seal_segment, Reserve, Segment};
+use super::producers::{ProducerFields, ProducerTable};
 use super::segment::{classify, index_path, log_path, FileKind, READ_CHUNK_BYTES};
 
 /// What recovery does when it finds corruption before the tail.
@@ -44,11 +45,14 @@ pub enum RecoveryMode {
     TruncateCorruption,
 }
 
-/// The segments found, and the partial last block of the active one.
+/// The segments found, the partial last block of the active one, and the
+/// idempotent producers whose batches the scans read (the active segment
+/// always, sealed ones whose index had to be rebuilt).
 #[derive(Debug)]
 pub(crate) struct Recovered<F> {
     pub segments: BTreeMap<Offset, Segment<F>>,
     pub tail_block: Vec<u8>,
+    pub producers: ProducerTable,
 }
 
 /// Where a scan of a segment stopped.
@@ -85,9 +89,10 @@ pub(crate) async fn recover<S: Storage>(
         storage.remove(&path).await.map_err(|source| StorageError::io("removing", &path, source))?;
     }
     let mut segments = BTreeMap::new();
+    let mut producers = ProducerTable::new(config.producers_max, config.producer_expiry_ms as i64);
     let Some(&last_base) = bases.last() else {
         segments.insert(Offset::ZERO, create_segment(storage, dir, Offset::ZERO, config, Reserve::First).await?);
-        return Ok(Recovered { segments, tail_block: Vec::new() });
+        return Ok(Recovered { segments, tail_block: Vec::new(), producers });
     };
     let mut expected_base: Option<Offset> = None;
     for &base in &bases {
@@ -104,7 +109,7 @@ pub(crate) async fn recover<S: Storage>(
         let (index, end) = match load_sealed(storage, dir, &file, base, has_index && !is_last, config).await? {
             Some(index) => (index, None),
             None => {
-                let (index, end) = scan(&file, &path, base, config).await?;
+                let (index, end) = scan(&file, &path, base, config, &mut producers).await?;
                 (index, Some(end))
             }
         };
@@ -146,7 +151,7 @@ pub(crate) async fn recover<S: Storage>(
             }
         }
     }
-    Ok(Recovered { segments, tail_block })
+    Ok(Recovered { segments, tail_block, producers })
 }
 
 /// Loads a sealed segment's index file if it is intact and matches the file.
@@ -189,7 +194,9 @@ async fn scan<F: StorageFile>(
     path: &Path,
     base: Offset,
     config: &LogConfig,
+    producers: &mut ProducerTable,
 ) -> Result<(SegmentIndex, ScanEnd)> {
+    let now_ms = super::producers::now_ms();
     let size = file.size().await.map_err(|source| StorageError::io("stat", path, source))?;
     let mut index = SegmentIndex::new(base, config.index_interval_bytes);
     let mut buf = Vec::new();
@@ -229,6 +236,9 @@ async fn scan<F: StorageFile>(
         }
         let next = expected.plus(u64::from(view.last_offset_delta() as u32) + 1);
         index.push_batch(expected, next, len as u64, TimestampMs(view.max_timestamp()));
+        if let Some(fields) = ProducerFields::of(&view) {
+            producers.record(&fields, expected, next, now_ms);
+        }
         expected = next;
         pos += len as u64;
     }
