@@ -353,11 +353,10 @@ fn librdkafka_finds_every_feature_it_needs() {
     assert_eq!(report["got"], "b", "{report}");
     let log = String::from_utf8_lossy(&output.stderr);
     // Not claimed yet, each for a reason: SASL arrives with the security
-    // work; IdempotentProducer needs InitProducerId and deduplication, which
-    // the idempotence work brings; the KIP-848 consumer protocol
-    // (ConsumerGroupHeartbeat) is not served, so librdkafka uses the classic
-    // one, which it does enable (BrokerGroupCoordinator, checked below).
-    let not_claimed = ["Sasl", "SaslHandshake", "SaslAuthReq", "BrokerBalancedConsumer", "IdempotentProducer"];
+    // work; the KIP-848 consumer protocol (ConsumerGroupHeartbeat) is not
+    // served, so librdkafka uses the classic one, which it does enable
+    // (BrokerGroupCoordinator, checked below).
+    let not_claimed = ["Sasl", "SaslHandshake", "SaslAuthReq", "BrokerBalancedConsumer"];
     let disabled: BTreeSet<&str> = log
         .lines()
         .filter_map(|line| line.split("Disabling feature ").nth(1))
@@ -367,6 +366,7 @@ fn librdkafka_finds_every_feature_it_needs() {
     assert!(disabled.is_empty(), "librdkafka disabled {disabled:?}");
     assert!(log.contains("Enabling feature BrokerGroupCoordinator"), "groups are on");
     assert!(log.contains("Enabling feature MsgVer2"), "RecordBatch v2 is on");
+    assert!(log.contains("Enabling feature IdempotentProducer"), "InitProducerId is served");
     for refusal in ["UNSUPPORTED_VERSION", "Unsupported version"] {
         assert!(!log.contains(refusal), "a request version was refused: {refusal}");
     }

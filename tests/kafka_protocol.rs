@@ -112,7 +112,37 @@ fn every_served_api_answers_at_its_lowest_and_highest_version() {
     let bootstrap = broker.kafka_addr.unwrap();
     let mut connection = KafkaConnection::open(bootstrap);
     let table = versions(&mut connection);
-    assert!(!table.iter().any(|(key, ..)| *key == ApiKey::InitProducerId as i16), "not served yet");
+    // InitProducerId: a new producer at each end of the range, an epoch
+    // bump for one that names itself (v3+), no transactions.
+    let mut producer_ids = Vec::new();
+    for version in range(&table, ApiKey::InitProducerId) {
+        let request = InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
+        let ResponseKind::InitProducerId(init) = connection.call(ApiKey::InitProducerId, version, &request) else {
+            panic!()
+        };
+        assert_eq!((init.error_code, init.producer_epoch), (0, 0), "v{version}");
+        assert!(init.producer_id.0 >= 0);
+        producer_ids.push(init.producer_id.0);
+        if version >= 3 {
+            let again = InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_producer_id(init.producer_id)
+                .with_producer_epoch(0);
+            let ResponseKind::InitProducerId(bumped) = connection.call(ApiKey::InitProducerId, version, &again) else {
+                panic!()
+            };
+            assert_eq!((bumped.error_code, bumped.producer_id, bumped.producer_epoch), (0, init.producer_id, 1));
+        }
+        let transactional = InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(text("tx"))))
+            .with_transaction_timeout_ms(60_000);
+        let ResponseKind::InitProducerId(refused) = connection.call(ApiKey::InitProducerId, version, &transactional)
+        else {
+            panic!()
+        };
+        assert_eq!(refused.error_code, 15, "no transactions: COORDINATOR_NOT_AVAILABLE");
+    }
+    assert_ne!(producer_ids[0], producer_ids[1], "every producer gets its own id");
 
     for version in range(&table, ApiKey::CreateTopics) {
         let topic = format!("created-v{version}");
@@ -779,5 +809,94 @@ fn a_member_commits_while_its_group_prepares_a_rebalance() {
     ]));
     let ResponseKind::OffsetFetch(fetched) = admin.call(ApiKey::OffsetFetch, 7, &fetch) else { panic!() };
     assert_eq!(fetched.topics[0].partitions[0].committed_offset, 7, "the commit made during the rebalance holds");
+    assert!(broker.terminate().success());
+}
+
+/// Produce v9 of one batch of idempotent producer `producer` at `epoch`
+/// and `seq` with `count` records to `topic` partition 0: (error, base offset).
+fn idempotent_produce(
+    connection: &mut KafkaConnection,
+    topic: &str,
+    producer: i64,
+    epoch: i16,
+    seq: i32,
+    count: usize,
+) -> (i16, i64) {
+    use ringbroker::protocol::batch::{BatchBuilder, BatchOptions, Record};
+    let mut out = Vec::new();
+    let options =
+        BatchOptions { producer_id: producer, producer_epoch: epoch, base_sequence: seq, ..BatchOptions::default() };
+    let mut builder = BatchBuilder::with_options(&mut out, 1_764_000_000_000, options);
+    for index in 0..count {
+        let value = format!("seq {}", seq as usize + index);
+        builder.push(&Record {
+            timestamp_ms: 1_764_000_000_000,
+            key: None,
+            value: Some(value.as_bytes()),
+            headers: &[],
+        });
+    }
+    let records = Bytes::copy_from_slice(builder.finish());
+    let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+        kafka_protocol::messages::produce_request::TopicProduceData::default()
+            .with_name(TopicName(text(topic)))
+            .with_partition_data(vec![kafka_protocol::messages::produce_request::PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))]),
+    ]);
+    let ResponseKind::Produce(produced) = connection.call(ApiKey::Produce, 9, &request) else { panic!() };
+    let partition = &produced.responses[0].partition_responses[0];
+    (partition.error_code, partition.base_offset)
+}
+
+/// An idempotent producer through the Kafka listener: InitProducerId, then
+/// a retried batch answered with its original offset and stored once, a
+/// gap refused with OUT_OF_ORDER_SEQUENCE_NUMBER, and an older epoch with
+/// INVALID_PRODUCER_EPOCH once the producer moved to a newer one.
+#[test]
+fn an_idempotent_producer_stores_each_batch_once() {
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut connection = KafkaConnection::open(broker.kafka_addr.unwrap());
+    let create = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
+        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(text("once")))
+            .with_num_partitions(1)
+            .with_replication_factor(1),
+    ]);
+    connection.call(ApiKey::CreateTopics, 5, &create);
+    let metadata = MetadataRequest::default()
+        .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+            .with_name(Some(TopicName(text("once"))))]));
+    let ResponseKind::Metadata(metadata) = connection.call(ApiKey::Metadata, 12, &metadata) else { panic!() };
+    let leader = metadata.topics[0].partitions[0].leader_id;
+    let port = metadata.brokers.iter().find(|b| b.node_id == leader).unwrap().port;
+    let mut owner = KafkaConnection::open(SocketAddr::from(([127, 0, 0, 1], port as u16)));
+    let init = InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
+    let ResponseKind::InitProducerId(init) = owner.call(ApiKey::InitProducerId, 4, &init) else { panic!() };
+    assert_eq!(init.error_code, 0);
+    let producer = init.producer_id.0;
+
+    assert_eq!(idempotent_produce(&mut owner, "once", producer, 0, 0, 3), (0, 0));
+    assert_eq!(idempotent_produce(&mut owner, "once", producer, 0, 3, 2), (0, 3));
+    assert_eq!(idempotent_produce(&mut owner, "once", producer, 0, 0, 3), (0, 0), "a retry: its first offset");
+    assert_eq!(idempotent_produce(&mut owner, "once", producer, 0, 9, 1).0, 45, "a gap: OUT_OF_ORDER_SEQUENCE_NUMBER");
+    assert_eq!(idempotent_produce(&mut owner, "once", producer, 1, 0, 1), (0, 5), "a new epoch starts at 0");
+    assert_eq!(
+        idempotent_produce(&mut owner, "once", producer, 0, 5, 1).0,
+        47,
+        "the old epoch: INVALID_PRODUCER_EPOCH"
+    );
+
+    let fetch = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20).with_topics(vec![
+        kafka_protocol::messages::fetch_request::FetchTopic::default()
+            .with_topic(TopicName(text("once")))
+            .with_partitions(vec![kafka_protocol::messages::fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)]),
+    ]);
+    let ResponseKind::Fetch(fetched) = owner.call(ApiKey::Fetch, 12, &fetch) else { panic!() };
+    assert_eq!(fetched.responses[0].partitions[0].high_watermark, 6, "six records, each stored once");
     assert!(broker.terminate().success());
 }

@@ -33,8 +33,9 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
     DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, ResponseKind, TopicName,
+    FindCoordinatorResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader, ResponseHeader,
+    ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -248,7 +249,9 @@ async fn serve(
         ApiKey::Fetch => &counters.fetch_requests,
         ApiKey::Metadata => &counters.metadata_requests,
         ApiKey::CreateTopics | ApiKey::DeleteTopics => &counters.admin_requests,
-        ApiKey::ApiVersions | ApiKey::ListOffsets | ApiKey::FindCoordinator => &counters.other_requests,
+        ApiKey::ApiVersions | ApiKey::ListOffsets | ApiKey::FindCoordinator | ApiKey::InitProducerId => {
+            &counters.other_requests
+        }
         _ => &counters.group_requests,
     };
     Counters::add(counter, 1);
@@ -277,6 +280,7 @@ async fn serve(
         ApiKey::FindCoordinator => {
             ResponseKind::FindCoordinator(find_coordinator(shard, endpoints, version, decode(body, version)?))
         }
+        ApiKey::InitProducerId => ResponseKind::InitProducerId(init_producer_id(shard, decode(body, version)?).await),
         group_api => match shard.kafka_group_request(group_api, version, body).await {
             Ok(response) => response,
             Err(error) => {
@@ -288,16 +292,7 @@ async fn serve(
     Ok(Some(response))
 }
 
-/// APIs whose layouts are known but that are not served yet: InitProducerId
-/// waits for idempotent producers (deduplication by producer id and
-/// sequence). Not advertised, a client turns idempotence off instead of
-/// believing in deduplication the broker does not do.
-const NOT_SERVED_YET: [ApiKey; 1] = [ApiKey::InitProducerId];
-
 fn served(api_key: ApiKey) -> Option<&'static bounds::RequestSchema> {
-    if NOT_SERVED_YET.contains(&api_key) {
-        return None;
-    }
     schemas::schema(api_key as i16)
 }
 
@@ -706,6 +701,37 @@ async fn delete_topics(shard: &Rc<Shard>, request: DeleteTopicsRequest) -> Delet
             .push(DeletableTopicResult::default().with_name(Some(topic)).with_error_code(kafka_code(deleted.error)));
     }
     DeleteTopicsResponse::default().with_responses(responses)
+}
+
+/// InitProducerId for idempotent producers: a new producer id at epoch 0
+/// (from the shard's own durable id space), or, for a producer naming its
+/// id and epoch (v3+, after an error it could not resolve otherwise), the
+/// same id at the next epoch, which fences its older incarnation. Partition
+/// logs then store each of its batches once (see `storage::producers`).
+/// Transactional ids are not served: there are no transactions.
+async fn init_producer_id(shard: &Rc<Shard>, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    let answer = |producer_id: i64, epoch: i16, code: i16| {
+        InitProducerIdResponse::default()
+            .with_error_code(code)
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(epoch)
+    };
+    match request.transactional_id.as_ref().map(|id| id.0.is_empty()) {
+        None => {}
+        // Kafka's answer to an empty transactional id.
+        Some(true) => return answer(-1, -1, codes::INVALID_REQUEST),
+        Some(false) => return answer(-1, -1, codes::COORDINATOR_NOT_AVAILABLE),
+    }
+    if request.producer_id.0 >= 0 && (0..i16::MAX).contains(&request.producer_epoch) {
+        return answer(request.producer_id.0, request.producer_epoch + 1, codes::NONE);
+    }
+    match shard.new_producer_id().await {
+        Ok(producer_id) => answer(producer_id, 0, codes::NONE),
+        Err(error) => {
+            tracing::warn!(%error, "no producer id could be reserved");
+            answer(-1, -1, codes::COORDINATOR_NOT_AVAILABLE)
+        }
+    }
 }
 
 fn find_coordinator(

@@ -18,6 +18,7 @@ pub mod kafka_groups;
 pub mod mesh;
 pub mod metadata;
 pub mod offsets;
+pub mod producer_ids;
 mod routing;
 pub mod snapshot;
 mod stats;
@@ -182,6 +183,8 @@ pub struct Shard {
     partitions_max: usize,
     free_bytes_reserved: u64,
     inflated_bytes_max: usize,
+    /// Ids for idempotent producers, from this shard's own space.
+    producer_ids: producer_ids::ProducerIds,
     shard_ports: Vec<u16>,
     metadata: RefCell<Rc<ClusterMetadata>>,
     partitions: RefCell<HashMap<Rc<str>, BTreeMap<u32, Partition>>>,
@@ -234,6 +237,7 @@ impl Shard {
         let shard = Rc::new(Shard {
             id,
             shard_count: config.shard_count,
+            producer_ids: producer_ids::ProducerIds::new(&config.data_dir, config.id.0),
             data_dir: config.data_dir,
             storage,
             log_config: config.log_config,
@@ -287,6 +291,11 @@ impl Shard {
 
     pub fn log_config(&self) -> &LogConfig {
         &self.log_config
+    }
+
+    /// A new idempotent producer's id (durably never handed out before).
+    pub async fn new_producer_id(&self) -> std::io::Result<i64> {
+        self.producer_ids.next().await
     }
 
     /// This shard's copy of the cluster metadata.

@@ -16,7 +16,7 @@ side can follow what a long-running client does. Modes:
       a producer and a group consumer with debug=feature,protocol; the
       librdkafka log goes to stderr for the test to check
   confluent-compressed BOOTSTRAP TOPIC CODEC COUNT
-      acks=all producer with compression.type=CODEC sending COUNT values to
+      idempotent acks=all producer with compression.type=CODEC sending COUNT values to
       partition 0, then a consumer reading partition 0 from the start;
       prints {"delivered": n, "failed": [...], "values": [...]}
 """
@@ -85,8 +85,8 @@ def confluent_consume(bootstrap, topic, group, idle_seconds):
 def kafka_python(bootstrap, topic, count):
     from kafka import KafkaConsumer, KafkaProducer
 
-    # Idempotence needs InitProducerId, which the broker does not serve yet.
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    # kafka-python's defaults: idempotence on (InitProducerId, sequences).
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     futures = [producer.send(topic, key=f"k{i}".encode(), value=f"v{i}".encode()) for i in range(count)]
     produced = sum(1 for future in futures if future.get(timeout=30) is not None)
     producer.close()
@@ -133,7 +133,13 @@ def confluent_compressed(bootstrap, topic, codec, count):
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "acks": "all", "compression.type": codec, "linger.ms": 20}
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "compression.type": codec,
+            "linger.ms": 20,
+            "enable.idempotence": True,
+        }
     )
     delivered = []
     failed = []
