@@ -500,3 +500,46 @@ fn an_idempotent_producers_retries_are_stored_once_across_a_restart() {
         log.close().await.unwrap();
     });
 }
+
+/// A producer whose batches lie only in sealed segments is still known
+/// after a restart: each roll writes the producers' state as of the new
+/// segment's start, and recovery starts from the newest such snapshot.
+#[test]
+fn idempotent_producers_in_sealed_segments_survive_a_restart() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let log = open(&path, small_config()).await.unwrap();
+        let first = log.append_and_wait(idempotent_batch(11, 0, 0, 4), AckLevel::Durable).await.unwrap();
+        let second = log.append_and_wait(idempotent_batch(11, 0, 4, 4), AckLevel::Durable).await.unwrap();
+        // Other data rolls the log past the producer's segment several times.
+        for tag in 0..60u64 {
+            log.append_and_wait(numbered_batch(tag, 5, 700), AckLevel::Durable).await.unwrap();
+        }
+        assert!(log.segment_count() > 3);
+        let end = log.bounds().0;
+        log.close().await.unwrap();
+        // The snapshot of the last roll is written in the background.
+        let snapshots = || {
+            std::fs::read_dir(path.join("orders-0"))
+                .unwrap()
+                .filter(|entry| entry.as_ref().unwrap().path().extension().is_some_and(|ext| ext == "producers"))
+                .count()
+        };
+        for _ in 0..100 {
+            if snapshots() == 2 {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(snapshots(), 2, "the newest two snapshots are kept");
+
+        let log = open(&path, small_config()).await.unwrap();
+        assert_eq!(log.append_and_wait(idempotent_batch(11, 0, 4, 4), AckLevel::Durable).await.unwrap(), second);
+        assert_eq!(log.append_and_wait(idempotent_batch(11, 0, 0, 4), AckLevel::Durable).await.unwrap(), first);
+        assert_eq!(log.bounds().0, end, "nothing stored twice");
+        let next = log.append_and_wait(idempotent_batch(11, 0, 8, 1), AckLevel::Durable).await.unwrap();
+        assert_eq!(next.base, end);
+        log.close().await.unwrap();
+    });
+}

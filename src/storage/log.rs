@@ -42,7 +42,9 @@ use super::io::{align_down, align_up, IoBuf, Storage, StorageFile};
 use super::notify::Notify;
 use super::producers::{self, ProducerFields, ProducerTable, Verdict};
 use super::recovery::{self, RecoveryMode};
-use super::segment::{index_path, index_tmp_path, log_path, BatchCursor};
+use super::segment::{
+    classify, index_path, index_tmp_path, log_path, producers_path, producers_tmp_path, BatchCursor, FileKind,
+};
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -906,10 +908,40 @@ impl<S: Storage> Inner<S> {
         state.flushed_end = 0;
         state.tail_block.clear();
         state.active_created = Instant::now();
+        let previous_base = state.segments.range(..base).next_back().map(|(base, _)| *base);
         drop(state);
         self.stats.borrow_mut().segments_rolled += 1;
+        // The producers' state as of the new segment's start, taken now
+        // (nothing is appended while rolling) and written in the background
+        // so appends do not wait for it: a restart reads it instead of the
+        // sealed segments. The newest two are kept. Failing costs a restart
+        // that knowledge, not the roll.
+        let snapshot = self.producers.borrow().encode_snapshot();
+        let inner = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let (tmp, target) = (producers_tmp_path(&inner.dir, base), producers_path(&inner.dir, base));
+            if let Err(error) = write_small_file(&inner.storage, &inner.dir, &tmp, &target, &snapshot).await {
+                tracing::warn!(dir = %inner.dir.display(), %error, "could not write a producer snapshot");
+            }
+            inner.remove_producer_snapshots_before(previous_base.unwrap_or(base)).await;
+        })
+        .detach();
         tracing::debug!(dir = %self.dir.display(), base = %base, "rolled segment");
         Ok(())
+    }
+
+    /// Removes producer snapshots of segments before `keep_from`.
+    async fn remove_producer_snapshots_before(&self, keep_from: Offset) {
+        let Ok(listing) = self.storage.list(&self.dir).await else { return };
+        for path in listing {
+            if let FileKind::Producers(base) = classify(&path) {
+                if base < keep_from {
+                    if let Err(error) = self.storage.remove(&path).await {
+                        tracing::warn!(path = %path.display(), %error, "could not remove an old producer snapshot");
+                    }
+                }
+            }
+        }
     }
 
     fn take_expired_segment(&self, now: TimestampMs) -> Option<Segment<S::File>> {
@@ -1092,19 +1124,29 @@ pub(crate) async fn seal_segment<S: Storage>(
 /// Writes an index file atomically: temp file, fdatasync, rename, directory sync.
 pub(crate) async fn write_index_file<S: Storage>(storage: &S, dir: &Path, index: &SegmentIndex) -> Result<()> {
     let encoded = index.encode();
-    let tmp = index_tmp_path(dir, index.base);
-    let io = |op, source| StorageError::io(op, &tmp, source);
+    write_small_file(storage, dir, &index_tmp_path(dir, index.base), &index_path(dir, index.base), &encoded).await
+}
+
+/// Writes a small file atomically: `tmp`, fdatasync, rename to `target`,
+/// directory sync.
+async fn write_small_file<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    tmp: &Path,
+    target: &Path,
+    encoded: &[u8],
+) -> Result<()> {
+    let io = |op, source| StorageError::io(op, tmp, source);
     // A leftover from a crash during an earlier attempt.
-    let _ = storage.remove(&tmp).await;
-    let file = storage.create_new(&tmp).await.map_err(|source| io("creating index", source))?;
+    let _ = storage.remove(tmp).await;
+    let file = storage.create_new(tmp).await.map_err(|source| io("creating", source))?;
     let mut buf = storage.alloc_buf(align_up(encoded.len() as u64) as usize);
-    buf.as_mut_slice()[..encoded.len()].copy_from_slice(&encoded);
+    buf.as_mut_slice()[..encoded.len()].copy_from_slice(encoded);
     buf.as_mut_slice()[encoded.len()..].fill(0);
-    file.write_at(buf, 0).await.map_err(|source| io("writing index", source))?;
-    file.truncate(encoded.len() as u64).await.map_err(|source| io("truncating index", source))?;
+    file.write_at(buf, 0).await.map_err(|source| io("writing", source))?;
+    file.truncate(encoded.len() as u64).await.map_err(|source| io("truncating", source))?;
     file.fdatasync().await.map_err(|source| io("fdatasync", source))?;
-    file.close().await.map_err(|source| io("closing index", source))?;
-    let target = index_path(dir, index.base);
-    storage.rename(&tmp, &target).await.map_err(|source| io("renaming index", source))?;
+    file.close().await.map_err(|source| io("closing", source))?;
+    storage.rename(tmp, target).await.map_err(|source| io("renaming", source))?;
     storage.sync_dir(dir).await.map_err(|source| StorageError::io("syncing", dir, source))
 }

@@ -192,6 +192,81 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
+/// Snapshot file layout: magic `RBPS` | producer count u32 LE | per
+/// producer: id i64, epoch i16, last seen ms i64, batch count u8, per batch
+/// first seq i32, last seq i32, base u64, next u64 (all LE) | CRC-32C u32
+/// LE of everything between the magic and the CRC.
+const SNAPSHOT_MAGIC: [u8; 4] = *b"RBPS";
+const SNAPSHOT_ENTRY_BYTES: usize = 8 + 2 + 8 + 1;
+const SNAPSHOT_BATCH_BYTES: usize = 4 + 4 + 8 + 8;
+
+impl ProducerTable {
+    /// The table as a snapshot file's bytes.
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + self.entries.len() * (SNAPSHOT_ENTRY_BYTES + 5 * SNAPSHOT_BATCH_BYTES));
+        out.extend_from_slice(&SNAPSHOT_MAGIC);
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        let mut ids: Vec<&i64> = self.entries.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let entry = &self.entries[id];
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&entry.epoch.to_le_bytes());
+            out.extend_from_slice(&entry.last_seen_ms.to_le_bytes());
+            out.push(entry.batches.len() as u8);
+            for batch in &entry.batches {
+                out.extend_from_slice(&batch.first_seq.to_le_bytes());
+                out.extend_from_slice(&batch.last_seq.to_le_bytes());
+                out.extend_from_slice(&batch.base.get().to_le_bytes());
+                out.extend_from_slice(&batch.next.get().to_le_bytes());
+            }
+        }
+        let crc = crc32c::crc32c(&out[4..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// A table from a snapshot file's bytes; `None` if they are damaged,
+    /// or hold more producers than `producers_max` or more batches than kept.
+    pub fn decode_snapshot(bytes: &[u8], producers_max: usize, expiry_ms: i64) -> Option<ProducerTable> {
+        let body = bytes.strip_prefix(&SNAPSHOT_MAGIC)?;
+        let (body, crc) = body.split_last_chunk::<4>()?;
+        if crc32c::crc32c(body).to_le_bytes() != *crc {
+            return None;
+        }
+        let mut rest = body;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (head, tail) = rest.split_at_checked(n)?;
+            rest = tail;
+            Some(head)
+        };
+        let count = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        if count > producers_max.max(1) {
+            return None;
+        }
+        let mut table = ProducerTable::new(producers_max, expiry_ms);
+        for _ in 0..count {
+            let id = i64::from_le_bytes(take(8)?.try_into().ok()?);
+            let epoch = i16::from_le_bytes(take(2)?.try_into().ok()?);
+            let last_seen_ms = i64::from_le_bytes(take(8)?.try_into().ok()?);
+            let batch_count = usize::from(take(1)?[0]);
+            if batch_count > BATCHES_KEPT {
+                return None;
+            }
+            let mut batches = VecDeque::with_capacity(batch_count);
+            for _ in 0..batch_count {
+                let first_seq = i32::from_le_bytes(take(4)?.try_into().ok()?);
+                let last_seq = i32::from_le_bytes(take(4)?.try_into().ok()?);
+                let base = Offset::new(u64::from_le_bytes(take(8)?.try_into().ok()?))?;
+                let next = Offset::new(u64::from_le_bytes(take(8)?.try_into().ok()?))?;
+                batches.push_back(ProducedBatch { first_seq, last_seq, base, next });
+            }
+            table.entries.insert(id, Entry { epoch, batches, last_seen_ms });
+        }
+        rest.is_empty().then_some(table)
+    }
+}
+
 /// `seq + n`, wrapping from `i32::MAX` to 0 as Kafka's sequences do.
 fn add_seq(seq: i32, n: u32) -> i32 {
     ((i64::from(seq) + i64::from(n)) % (i64::from(i32::MAX) + 1)) as i32
@@ -296,6 +371,30 @@ mod tests {
         assert_eq!(offer(&mut table, fields(9, 0, 0, 5), &mut end), Ok(Verdict::Append), "0 follows i32::MAX");
         assert!(matches!(offer(&mut table, fields(9, 0, i32::MAX - 1, 2), &mut end), Ok(Verdict::Duplicate(_))));
         assert_eq!(offer(&mut table, fields(9, 0, 5, 1), &mut end), Ok(Verdict::Append));
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_as_the_table_and_damage_is_refused() {
+        let mut table = ProducerTable::new(16, 60_000);
+        let mut end = 0;
+        for producer in 1..4 {
+            for seq in 0..7 {
+                offer(&mut table, fields(producer, 2, seq * 2, 2), &mut end).unwrap();
+            }
+        }
+        let bytes = table.encode_snapshot();
+        let read = ProducerTable::decode_snapshot(&bytes, 16, 60_000).unwrap();
+        assert_eq!(read.encode_snapshot(), bytes);
+        let retry = fields(2, 2, 12, 2);
+        assert_eq!(read.check(&retry), table.check(&retry));
+        assert!(matches!(read.check(&retry), Ok(Verdict::Duplicate(_))));
+        for cut in 0..bytes.len() {
+            assert!(ProducerTable::decode_snapshot(&bytes[..cut], 16, 60_000).is_none(), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[10] ^= 1;
+        assert!(ProducerTable::decode_snapshot(&flipped, 16, 60_000).is_none());
+        assert!(ProducerTable::decode_snapshot(&bytes, 2, 60_000).is_none(), "more producers than allowed");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use super::index::SegmentIndex;
 use super::io::{align_down, align_up, IoBuf, Storage, StorageFile, ALIGN};
 use super::log::{create_segment, seal_segment, Reserve, Segment};
 use super::producers::{ProducerFields, ProducerTable};
-use super::segment::{classify, index_path, log_path, FileKind, READ_CHUNK_BYTES};
+use super::segment::{classify, index_path, log_path, producers_path, FileKind, READ_CHUNK_BYTES};
 
 /// What recovery does when it finds corruption before the tail.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,11 +72,12 @@ pub(crate) async fn recover<S: Storage>(
 ) -> Result<Recovered<S::File>> {
     storage.create_dir_all(dir).await.map_err(|source| StorageError::io("creating", dir, source))?;
     let listing = storage.list(dir).await.map_err(|source| StorageError::io("listing", dir, source))?;
-    let (mut bases, mut index_bases) = (BTreeSet::new(), BTreeSet::new());
+    let (mut bases, mut index_bases, mut snapshot_bases) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for path in listing {
         match classify(&path) {
             FileKind::Log(base) => drop(bases.insert(base)),
             FileKind::Index(base) => drop(index_bases.insert(base)),
+            FileKind::Producers(base) => drop(snapshot_bases.insert(base)),
             FileKind::Temporary => {
                 storage.remove(&path).await.map_err(|source| StorageError::io("removing", &path, source))?
             }
@@ -94,6 +95,18 @@ pub(crate) async fn recover<S: Storage>(
         segments.insert(Offset::ZERO, create_segment(storage, dir, Offset::ZERO, config, Reserve::First).await?);
         return Ok(Recovered { segments, tail_block: Vec::new(), producers });
     };
+    // The newest readable producer snapshot of a segment that exists: the
+    // producers as of that segment's start. Batches of it and later
+    // segments are applied on top (normally it is the active segment's,
+    // which recovery scans anyway).
+    let mut producers_from = None;
+    for &base in snapshot_bases.iter().rev().filter(|base| bases.contains(base)) {
+        if let Some(table) = read_producer_snapshot(storage, dir, base, config).await {
+            producers = table;
+            producers_from = Some(base);
+            break;
+        }
+    }
     let mut expected_base: Option<Offset> = None;
     for &base in &bases {
         let path = log_path(dir, base);
@@ -106,10 +119,19 @@ pub(crate) async fn recover<S: Storage>(
         }
         let is_last = base == last_base;
         let has_index = index_bases.contains(&base);
+        let after_snapshot = producers_from.is_some_and(|from| base >= from);
         let (index, end) = match load_sealed(storage, dir, &file, base, has_index && !is_last, config).await? {
-            Some(index) => (index, None),
+            Some(index) => {
+                if after_snapshot {
+                    // Sealed after the newest snapshot (a crash came between
+                    // a roll and its snapshot): read its producers too.
+                    scan(&file, &path, base, config, Some(&mut producers)).await?;
+                }
+                (index, None)
+            }
             None => {
-                let (index, end) = scan(&file, &path, base, config, &mut producers).await?;
+                let record = after_snapshot || producers_from.is_none();
+                let (index, end) = scan(&file, &path, base, config, record.then_some(&mut producers)).await?;
                 (index, Some(end))
             }
         };
@@ -154,6 +176,32 @@ pub(crate) async fn recover<S: Storage>(
     Ok(Recovered { segments, tail_block, producers })
 }
 
+/// The producer snapshot of segment `base`, if it is there and intact.
+async fn read_producer_snapshot<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    base: Offset,
+    config: &LogConfig,
+) -> Option<ProducerTable> {
+    let path = producers_path(dir, base);
+    let file = storage.open(&path).await.ok()?;
+    let size = file.size().await.ok()?;
+    // The most a snapshot of `producers_max` producers can take.
+    let size_max = 8 + config.producers_max as u64 * (19 + 5 * 24) + 4;
+    if size > size_max {
+        tracing::warn!(path = %path.display(), size, "a producer snapshot larger than any this log writes: ignored");
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.read_into(0, size as usize, &mut bytes).await.ok()?;
+    let _ = file.close().await;
+    let table = ProducerTable::decode_snapshot(&bytes, config.producers_max, config.producer_expiry_ms as i64);
+    if table.is_none() {
+        tracing::warn!(path = %path.display(), "a damaged producer snapshot: ignored");
+    }
+    table
+}
+
 /// Loads a sealed segment's index file if it is intact and matches the file.
 async fn load_sealed<S: Storage>(
     storage: &S,
@@ -194,7 +242,7 @@ async fn scan<F: StorageFile>(
     path: &Path,
     base: Offset,
     config: &LogConfig,
-    producers: &mut ProducerTable,
+    mut producers: Option<&mut ProducerTable>,
 ) -> Result<(SegmentIndex, ScanEnd)> {
     let now_ms = super::producers::now_ms();
     let size = file.size().await.map_err(|source| StorageError::io("stat", path, source))?;
@@ -236,7 +284,7 @@ async fn scan<F: StorageFile>(
         }
         let next = expected.plus(u64::from(view.last_offset_delta() as u32) + 1);
         index.push_batch(expected, next, len as u64, TimestampMs(view.max_timestamp()));
-        if let Some(fields) = ProducerFields::of(&view) {
+        if let (Some(producers), Some(fields)) = (producers.as_deref_mut(), ProducerFields::of(&view)) {
             producers.record(&fields, expected, next, now_ms);
         }
         expected = next;

@@ -15,6 +15,7 @@ use super::io::StorageFile;
 
 const LOG_SUFFIX: &str = "log";
 const INDEX_SUFFIX: &str = "index";
+const PRODUCERS_SUFFIX: &str = "producers";
 const TMP_SUFFIX: &str = "tmp";
 
 /// Bytes read from disk at a time when scanning batches.
@@ -28,6 +29,15 @@ pub(crate) fn index_path(dir: &Path, base: Offset) -> PathBuf {
     dir.join(format!("{:020}.{INDEX_SUFFIX}", base.get()))
 }
 
+/// The idempotent producers' state as of the start of segment `base`.
+pub(crate) fn producers_path(dir: &Path, base: Offset) -> PathBuf {
+    dir.join(format!("{:020}.{PRODUCERS_SUFFIX}", base.get()))
+}
+
+pub(crate) fn producers_tmp_path(dir: &Path, base: Offset) -> PathBuf {
+    dir.join(format!("{:020}.{PRODUCERS_SUFFIX}.{TMP_SUFFIX}", base.get()))
+}
+
 pub(crate) fn index_tmp_path(dir: &Path, base: Offset) -> PathBuf {
     dir.join(format!("{:020}.{INDEX_SUFFIX}.{TMP_SUFFIX}", base.get()))
 }
@@ -37,6 +47,7 @@ pub(crate) fn index_tmp_path(dir: &Path, base: Offset) -> PathBuf {
 pub(crate) enum FileKind {
     Log(Offset),
     Index(Offset),
+    Producers(Offset),
     Temporary,
     Other,
 }
@@ -55,6 +66,7 @@ pub(crate) fn classify(path: &Path) -> FileKind {
     match (base, suffix) {
         (Some(base), LOG_SUFFIX) => FileKind::Log(base),
         (Some(base), INDEX_SUFFIX) => FileKind::Index(base),
+        (Some(base), PRODUCERS_SUFFIX) => FileKind::Producers(base),
         _ => FileKind::Other,
     }
 }
