@@ -6,71 +6,15 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use kafka_protocol::protocol::Encodable;
 use support::broker::BrokerProcess;
+use support::kafka::{text, KafkaConnection};
 use support::temp_dir;
-
-fn text(value: &str) -> StrBytes {
-    StrBytes::from_string(value.to_string())
-}
-
-struct KafkaConnection {
-    stream: TcpStream,
-    correlation: i32,
-}
-
-impl KafkaConnection {
-    fn open(addr: SocketAddr) -> KafkaConnection {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        KafkaConnection { stream, correlation: 0 }
-    }
-
-    fn send_raw(&mut self, frame: &[u8]) {
-        self.stream.write_all(frame).unwrap();
-    }
-
-    /// Sends `request` at `version` and returns the decoded response.
-    fn call<T: Encodable>(&mut self, api_key: ApiKey, version: i16, request: &T) -> ResponseKind {
-        self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api_key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(text("protocol-test")));
-        let mut body = BytesMut::new();
-        header.encode(&mut body, api_key.request_header_version(version)).unwrap();
-        request.encode(&mut body, version).unwrap_or_else(|error| panic!("{api_key:?} v{version}: {error}"));
-        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        self.send_raw(&frame);
-        let mut response = self.read_frame().unwrap_or_else(|error| panic!("{api_key:?} v{version}: {error}"));
-        let header = ResponseHeader::decode(&mut response, api_key.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, self.correlation, "{api_key:?} v{version}");
-        ResponseKind::decode(api_key, &mut response, version)
-            .unwrap_or_else(|error| panic!("{api_key:?} v{version}: {error}"))
-    }
-
-    fn read_frame(&mut self) -> std::io::Result<Bytes> {
-        let mut prefix = [0u8; 4];
-        self.stream.read_exact(&mut prefix)?;
-        let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
-        self.stream.read_exact(&mut body)?;
-        Ok(Bytes::from(body))
-    }
-
-    /// Whether the broker closed the connection (read returns end of stream).
-    fn is_closed(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
-    }
-}
 
 use kafka_protocol::protocol::Decodable;
 
