@@ -208,3 +208,114 @@ fn without_idempotence_the_same_retries_store_events_twice() {
     assert!(duplicated >= 2 * IN_FLIGHT * RECORDS_PER_BATCH as usize, "{duplicated} events stored twice");
     println!("negative control: {duplicated} of {total} events stored twice");
 }
+
+/// The native client's idempotent producer: records sent while the broker
+/// is killed with kill -9 and restarted (twice) are retried by the producer
+/// until they land, and each is in the log exactly once. The broker keeps
+/// its address across restarts (no shard ports, so everything goes through
+/// it).
+#[test]
+fn the_native_idempotent_producer_retries_through_kill_9_and_stores_each_record_once() {
+    use ringbroker::client::{Client, ClientOptions, Producer, ProducerConfig, ProducerRecord};
+    use ringbroker::protocol::types::{AckLevel, PartitionId};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use support::broker::Started;
+
+    const RECORDS: usize = 6_000;
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "--listen",
+        &listen,
+        "--shard-ports",
+        "none",
+        "--cpus",
+        "0,1",
+        "--no-kafka",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let start = || match BrokerProcess::start_with(&data, &args) {
+        Started::Serving(broker) => broker,
+        Started::Failed { stderr, .. } => panic!("the broker did not start: {stderr}"),
+    };
+    let mut broker = start();
+    let addr = broker.addr;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::clone(&sent);
+    let producer_thread = std::thread::spawn(move || {
+        support::run(move || async move {
+            let client = Client::connect(addr, ClientOptions::default()).await.unwrap();
+            client.create_topic(TOPIC, 2).await.unwrap();
+            let config = ProducerConfig {
+                idempotent: true,
+                batch_bytes: 2048,
+                acks: AckLevel::Durable,
+                delivery_timeout: Duration::from_secs(60),
+                ..ProducerConfig::default()
+            };
+            let producer = Producer::new(client.clone(), config).unwrap();
+            let mut futures = Vec::new();
+            for index in 0..RECORDS {
+                let value = format!("event {index}");
+                let partition = PartitionId((index % 2) as u32);
+                let record = ProducerRecord::new(TOPIC, value.as_bytes()).with_partition(partition);
+                futures.push(producer.send(record).await.unwrap());
+                progress.store(index + 1, Ordering::SeqCst);
+                if index % 50 == 0 {
+                    // A steady pace, so the kills land mid-stream.
+                    glommio::timer::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            producer.flush().await;
+            let mut failures = Vec::new();
+            for future in futures {
+                if let Err(error) = future.await {
+                    failures.push(error.to_string());
+                }
+            }
+            failures
+        })
+    });
+    for kill_after in [RECORDS / 3, 2 * RECORDS / 3] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while sent.load(std::sync::atomic::Ordering::SeqCst) < kill_after {
+            assert!(!producer_thread.is_finished(), "the producer stopped early");
+            assert!(std::time::Instant::now() < deadline, "the producer stalled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        broker.kill9();
+        std::thread::sleep(Duration::from_millis(200));
+        broker = start();
+    }
+    let failures = producer_thread.join().unwrap();
+    assert!(failures.is_empty(), "every send delivered: {failures:?}");
+    // Read both partitions back.
+    let counts = support::run(move || async move {
+        let client = Client::connect(addr, ClientOptions::default()).await.unwrap();
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for partition in 0..2 {
+            let mut offset = Offset::ZERO;
+            loop {
+                let (result, payload) = client.fetch(TOPIC, PartitionId(partition), offset, 1 << 20, 0).await.unwrap();
+                let mut records = Vec::new();
+                let next = decode_records(&payload, offset, &mut records).unwrap();
+                for record in records {
+                    *counts.entry(String::from_utf8(record.value.unwrap().to_vec()).unwrap()).or_insert(0) += 1;
+                }
+                match next {
+                    Some(next) if next < result.high_watermark => offset = next,
+                    _ => break,
+                }
+            }
+        }
+        counts
+    });
+    assert!(broker.terminate().success());
+    assert_eq!(counts.len(), RECORDS, "every record is there");
+    let duplicated: Vec<_> = counts.iter().filter(|(_, count)| **count > 1).take(5).collect();
+    assert!(duplicated.is_empty(), "stored twice: {duplicated:?}");
+}

@@ -37,14 +37,14 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    ResponseHeader, TopicName,
+    ApiKey, BrokerId, FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use ringbroker::client::{ClientError, Transport};
 use ringbroker::protocol::types::{AckLevel, Offset, PartitionId};
-use ringbroker::protocol::wire::{ErrorCode, FetchPartitionResult, OffsetSpec};
+use ringbroker::protocol::wire::{ErrorCode, FetchPartitionResult, OffsetSpec, ProducerIdentity};
 use rustc_hash::FxHashMap;
 
 /// The versions loadgen speaks: the newest the broker serves of each.
@@ -54,6 +54,7 @@ const FETCH_VERSION: i16 = 12;
 const LIST_OFFSETS_VERSION: i16 = 7;
 /// The newest that asks for one coordinator.
 const FIND_COORDINATOR_VERSION: i16 = 3;
+const INIT_PRODUCER_ID_VERSION: i16 = 4;
 
 /// Largest response accepted: a fetch of loadgen's largest size plus room.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -410,6 +411,17 @@ impl Transport for KafkaClient {
             }
         })
         .await
+    }
+
+    async fn init_producer_id(&self) -> Result<ProducerIdentity, ClientError> {
+        let request = InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
+        let connection = self.connection_to(self.inner.bootstrap, REQUEST_LANE).await?;
+        let body = connection.call(ApiKey::InitProducerId, INIT_PRODUCER_ID_VERSION, &request, Duration::ZERO).await?;
+        let response: InitProducerIdResponse = decode(body, INIT_PRODUCER_ID_VERSION)?;
+        if response.error_code != 0 {
+            return Err(kafka_error(response.error_code, "InitProducerId"));
+        }
+        Ok(ProducerIdentity { producer_id: response.producer_id.0, epoch: response.producer_epoch })
     }
 }
 

@@ -11,7 +11,7 @@ use ringbroker::client::{
     Client, ClientError, ClientOptions, GroupConfig, GroupConsumer, GroupRecord, GroupStats, TopicPartition, Transport,
 };
 use ringbroker::protocol::types::{AckLevel, Offset, PartitionId};
-use ringbroker::protocol::wire::{FetchPartitionResult, OffsetSpec};
+use ringbroker::protocol::wire::{FetchPartitionResult, OffsetSpec, ProducerIdentity};
 
 use crate::kafka::KafkaClient;
 use crate::kafka_group::KafkaGroupMember;
@@ -193,6 +193,13 @@ impl Transport for Link {
         match self {
             Link::Native(client) => Transport::list_offsets(client, topic, partition, spec).await,
             Link::Kafka(client) => client.list_offsets(topic, partition, spec).await,
+        }
+    }
+
+    async fn init_producer_id(&self) -> Result<ProducerIdentity, ClientError> {
+        match self {
+            Link::Native(client) => Transport::init_producer_id(client).await,
+            Link::Kafka(client) => client.init_producer_id().await,
         }
     }
 }

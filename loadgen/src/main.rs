@@ -167,6 +167,10 @@ struct Options {
     /// is real.
     #[arg(long, global = true, default_value = "none")]
     compression: Compression,
+    /// Idempotent producers: a producer id, sequence numbers per partition,
+    /// at most 5 requests in flight, retries that are stored once.
+    #[arg(long, global = true)]
+    idempotent: bool,
     /// steady: events/s [default: 100000]; peaks: the peak rate [default:
     /// 200000]; fanout, pipeline: send open loop at this rate, --events in
     /// all [default: as fast as acked].
@@ -340,6 +344,7 @@ fn settings(scenario: Scenario, options: &Options) -> anyhow::Result<Settings> {
         linger_ms: options.linger_ms,
         max_in_flight: options.max_in_flight,
         compression: options.compression,
+        idempotent: options.idempotent,
         // 0: fanout and pipeline send as fast as acked.
         rate: options.rate.unwrap_or(if grouped {
             0

@@ -361,13 +361,14 @@ impl Report {
         };
         let _ = writeln!(
             text,
-            "clients   {} producers (acks {:?}, batch {} B, linger {} ms, {} in flight, compression {}), {consumers}\n",
+            "clients   {} producers (acks {:?}, batch {} B, linger {} ms, {} in flight, compression {}{}), {consumers}\n",
             config.producers,
             config.acks,
             config.batch_bytes,
             config.linger_ms,
             config.max_in_flight,
             config.compression.name(),
+            if config.idempotent { ", idempotent" } else { "" },
         );
         text
     }

@@ -99,6 +99,7 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Producers' batch codec.
     pub compression: Compression,
+    pub idempotent: bool,
     /// steady: the rate; peaks: the peak rate (events/s, all producers);
     /// fanout, pipeline: open loop at this rate, 0: as fast as acked.
     pub rate: u64,
@@ -369,6 +370,7 @@ pub fn build_plan(settings: &Settings, broker: SocketAddr, topic: String) -> Pla
             max_in_flight: settings.max_in_flight,
             acks: settings.acks,
             compression: settings.compression,
+            idempotent: settings.idempotent,
             ..ProducerConfig::default()
         },
         producers: producer_plans,
@@ -749,6 +751,7 @@ mod tests {
             linger_ms: 1.0,
             max_in_flight: 16,
             compression: Compression::None,
+            idempotent: false,
             rate: 10_000,
             duration_s: 1.0,
             valley_rate: 1_000,

@@ -39,8 +39,8 @@ use crate::protocol::wire::{
     FetchPartitionResult, FetchRequest, FindCoordinatorRequest, FindCoordinatorResponse, GroupAssignment, GroupListing,
     GroupResult, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListOffsetsPartition, ListOffsetsRequest,
     ListOffsetsResult, MetadataRequest, MetadataResponse, OffsetCommit, OffsetSpec, ProducePartition,
-    ProducePartitionResult, ProduceRequest, Request, ResetGroupRequest, ResetTarget, Response, StatsResponse,
-    TopicMetadata, TopicPartitions, TopicResult,
+    ProducePartitionResult, ProduceRequest, ProducerIdentity, Request, ResetGroupRequest, ResetTarget, Response,
+    StatsResponse, TopicMetadata, TopicPartitions, TopicResult,
 };
 
 /// Groups whose coordinator address is cached. A client uses a handful of
@@ -332,6 +332,14 @@ impl Client {
 
     /// Asks which shard coordinates `group` and caches where its requests go
     /// (port 0: the broker has no shard ports, so the bootstrap address).
+    /// A new idempotent producer's id and epoch (from the bootstrap shard).
+    pub async fn init_producer_id(&self) -> Result<ProducerIdentity, ClientError> {
+        match self.bootstrap_call(&Request::InitProducerId).await? {
+            Response::InitProducerId(identity) => Ok(identity),
+            other => Err(unexpected("InitProducerId", &other)),
+        }
+    }
+
     pub async fn find_coordinator(&self, group: &str) -> Result<FindCoordinatorResponse, ClientError> {
         let request = Request::FindCoordinator(FindCoordinatorRequest { group: group.to_owned() });
         let response = match self.bootstrap_call(&request).await? {
@@ -804,6 +812,7 @@ pub(crate) fn unexpected(expected: &str, got: &Response) -> ClientError {
         Response::ListGroups(_) => "ListGroups",
         Response::ResetGroup(_) => "ResetGroup",
         Response::Error(_) => "Error",
+        Response::InitProducerId(_) => "InitProducerId",
     };
     ClientError::UnexpectedResponse(format!("expected a {expected} response, got {name}"))
 }

@@ -43,9 +43,10 @@ use super::accumulator::{is_full, must_seal_before, OpenBatch};
 use super::cluster::Client;
 use super::error::ClientError;
 use super::transport::Transport;
-use crate::protocol::batch::{compress_batch, Compression, Record, HEADER_LEN};
+use crate::protocol::batch::{compress_batch, set_producer, BatchView, Compression, Record, HEADER_LEN};
 use crate::protocol::partitioner::partition_for_key;
 use crate::protocol::types::{AckLevel, Offset, PartitionId, TimestampMs};
+use crate::protocol::wire::{ErrorCode, ProducerIdentity};
 
 /// A new batch buffer starts this large and grows to what batches need;
 /// buffers are recycled, so this only matters while warming up.
@@ -66,7 +67,21 @@ pub struct ProducerConfig {
     /// The codec batches are compressed with when sealed; `batch_bytes`
     /// counts bytes before compression.
     pub compression: Compression,
+    /// Idempotent: the producer takes a producer id, numbers its batches
+    /// per partition, keeps at most [`IDEMPOTENT_IN_FLIGHT_MAX`] requests
+    /// in flight, and sends a batch again after a retriable failure (a lost
+    /// connection, a timeout, a moved partition) until `delivery_timeout`;
+    /// the broker stores each batch once however often it arrives.
+    pub idempotent: bool,
+    /// How long an idempotent producer keeps retrying a batch.
+    pub delivery_timeout: Duration,
 }
+
+/// Requests an idempotent producer keeps in flight at most: the batches
+/// per producer and partition the broker remembers.
+pub const IDEMPOTENT_IN_FLIGHT_MAX: usize = 5;
+/// Pause before an idempotent producer sends a failed batch again.
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 
 impl Default for ProducerConfig {
     fn default() -> Self {
@@ -77,6 +92,8 @@ impl Default for ProducerConfig {
             acks: AckLevel::Durable,
             timeout_ms: 10_000,
             compression: Compression::None,
+            idempotent: false,
+            delivery_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -139,9 +156,13 @@ impl<T: Transport> Producer<T> {
         }
         let buffer_bytes_max = config.max_in_flight.saturating_mul(config.batch_bytes);
         let record_bytes_max = client.max_frame_bytes().saturating_sub(HEADER_LEN);
+        let in_flight =
+            if config.idempotent { config.max_in_flight.min(IDEMPOTENT_IN_FLIGHT_MAX) } else { config.max_in_flight };
         let shared = Rc::new(Shared {
             client,
-            in_flight: Rc::new(Semaphore::new(config.max_in_flight as u64)),
+            in_flight: Rc::new(Semaphore::new(in_flight as u64)),
+            identity: RefCell::new(None),
+            sequences: RefCell::new(FxHashMap::default()),
             buffer_bytes_max,
             record_bytes_max,
             state: RefCell::new(State {
@@ -369,6 +390,11 @@ struct Shared<T> {
     /// A record that cannot fit a frame even alone is refused at `send`.
     record_bytes_max: usize,
     state: RefCell<State>,
+    /// Idempotent mode: the producer id and epoch, taken at the first
+    /// dispatch (and again after a batch finally failed).
+    identity: RefCell<Option<ProducerIdentity>>,
+    /// Idempotent mode: the next sequence number per partition.
+    sequences: RefCell<FxHashMap<(Rc<str>, u32), i32>>,
 }
 
 #[derive(Default)]
@@ -795,6 +821,15 @@ async fn dispatch_loop<T: Transport>(shared: Rc<Shared<T>>) {
         // overtaken by a later one of the same partition. Errors surface in
         // the send itself.
         let _ = shared.client.prepare_route(&sealed.topic, sealed.partition).await;
+        let mut sealed = sealed;
+        if shared.config.idempotent {
+            if let Err(error) = stamp(&shared, &mut sealed).await {
+                let Sealed { id, batch, outcome, .. } = sealed;
+                outcome.complete(Err(error));
+                shared.finished(id, batch);
+                continue;
+            }
+        }
         match shared.in_flight.acquire_static_permit(1).await {
             Ok(permit) => {
                 glommio::spawn_local(send_batch(Rc::clone(&shared), sealed, permit)).detach();
@@ -808,13 +843,67 @@ async fn dispatch_loop<T: Transport>(shared: Rc<Shared<T>>) {
     }
 }
 
+/// Idempotent mode: gives the batch the producer's id and epoch and the
+/// partition's next sequence number (taking an id first if there is none).
+/// Batches are stamped in dispatch order, which is each partition's order.
+async fn stamp<T: Transport>(shared: &Shared<T>, sealed: &mut Sealed) -> Result<(), ClientError> {
+    let current = *shared.identity.borrow();
+    let identity = match current {
+        Some(identity) => identity,
+        None => {
+            let identity = shared.client.init_producer_id().await?;
+            shared.sequences.borrow_mut().clear();
+            *shared.identity.borrow_mut() = Some(identity);
+            identity
+        }
+    };
+    let count = BatchView::parse_header(&sealed.batch, usize::MAX)
+        .map_err(|error| ClientError::InvalidArgument(format!("a sealed batch does not parse: {error}")))?
+        .record_count();
+    let mut sequences = shared.sequences.borrow_mut();
+    let next = sequences.entry((Rc::clone(&sealed.topic), sealed.partition.0)).or_insert(0);
+    set_producer(&mut sealed.batch, identity.producer_id, identity.epoch, *next);
+    // Sequences wrap from i32::MAX to 0, as Kafka's do.
+    *next = ((i64::from(*next) + i64::from(count)) % (i64::from(i32::MAX) + 1)) as i32;
+    Ok(())
+}
+
 async fn send_batch<T: Transport>(shared: Rc<Shared<T>>, sealed: Sealed, permit: glommio::sync::StaticPermit) {
     let Sealed { topic, partition, id, batch, outcome } = sealed;
     let acks = shared.config.acks;
     let timeout_ms = shared.config.timeout_ms;
-    let produced = shared.client.produce_batches(&topic, partition, &batch, acks, timeout_ms).await;
+    let deadline = Instant::now() + shared.config.delivery_timeout;
+    let produced = loop {
+        let produced = shared.client.produce_batches(&topic, partition, &batch, acks, timeout_ms).await;
+        match produced {
+            // Idempotent: the same batch again is stored at most once. Out
+            // of order means an earlier batch of the partition is itself
+            // being sent again; this one follows once it has landed.
+            Err(error)
+                if shared.config.idempotent
+                    && (error.is_retriable() || error.code() == Some(ErrorCode::OUT_OF_ORDER_SEQUENCE))
+                    && Instant::now() < deadline =>
+            {
+                glommio::timer::sleep(RETRY_BACKOFF).await;
+            }
+            other => break other,
+        }
+    };
     drop(permit);
-    let result = produced.map(|base_offset| (acks != AckLevel::None).then_some(base_offset));
+    let result = match produced {
+        Ok(base_offset) => Ok((acks != AckLevel::None).then_some(base_offset)),
+        // Stored long ago (older than the batches the broker remembers):
+        // delivered, its offset no longer known.
+        Err(error) if shared.config.idempotent && error.code() == Some(ErrorCode::DUPLICATE_SEQUENCE) => Ok(None),
+        Err(error) => {
+            if shared.config.idempotent {
+                // The partition's sequence has a gap now: later batches go
+                // under a new producer id.
+                *shared.identity.borrow_mut() = None;
+            }
+            Err(error)
+        }
+    };
     outcome.complete(result);
     shared.finished(id, batch);
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::cluster::Client;
 use super::error::ClientError;
 use crate::protocol::types::{AckLevel, Offset, PartitionId};
-use crate::protocol::wire::{FetchPartitionResult, OffsetSpec};
+use crate::protocol::wire::{FetchPartitionResult, OffsetSpec, ProducerIdentity};
 
 /// A way to reach the partitions of a cluster. Implementations live on one
 /// executor (nothing is `Send`) and are cheap to clone.
@@ -65,6 +65,9 @@ pub trait Transport: Clone + 'static {
         partition: PartitionId,
         spec: OffsetSpec,
     ) -> impl Future<Output = Result<Option<Offset>, ClientError>>;
+
+    /// A new idempotent producer's id and epoch.
+    fn init_producer_id(&self) -> impl Future<Output = Result<ProducerIdentity, ClientError>>;
 }
 
 impl Transport for Client {
@@ -114,5 +117,9 @@ impl Transport for Client {
         spec: OffsetSpec,
     ) -> Result<Option<Offset>, ClientError> {
         Client::list_offsets(self, topic, partition, spec).await
+    }
+
+    async fn init_producer_id(&self) -> Result<ProducerIdentity, ClientError> {
+        Client::init_producer_id(self).await
     }
 }

@@ -270,6 +270,20 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[BASE_OFFSET_POS..BASE_OFFSET_POS + 8].copy_from_slice(&base_offset.to_be_bytes());
 }
 
+/// Sets a finished batch's producer id, epoch and base sequence and
+/// recomputes its CRC, which covers them. A buffer shorter than a batch
+/// header is left alone.
+pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    if batch.len() < HEADER_LEN {
+        return;
+    }
+    put(batch, PRODUCER_ID_POS, &producer_id.to_be_bytes());
+    put(batch, PRODUCER_EPOCH_POS, &epoch.to_be_bytes());
+    put(batch, BASE_SEQUENCE_POS, &base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_POS..]);
+    put(batch, CRC_POS, &crc.to_be_bytes());
+}
+
 /// A zero-copy, validated view over exactly one batch.
 #[derive(Clone, Copy)]
 pub struct BatchView<'a> {

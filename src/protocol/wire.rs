@@ -327,6 +327,8 @@ pub enum Request {
     /// Any shard; lists the groups of every shard.
     ListGroups,
     ResetGroup(ResetGroupRequest),
+    /// Any shard: a new idempotent producer's id and epoch.
+    InitProducerId,
 }
 
 impl Request {
@@ -350,6 +352,7 @@ impl Request {
             Request::DescribeGroup(_) => "describe_group",
             Request::ListGroups => "list_groups",
             Request::ResetGroup(_) => "reset_group",
+            Request::InitProducerId => "init_producer_id",
         }
     }
 }
@@ -378,6 +381,16 @@ pub enum Response {
     /// The request as a whole failed (it did not parse, or the broker could
     /// not serve it).
     Error(ErrorResponse),
+    InitProducerId(ProducerIdentity),
+}
+
+/// An idempotent producer's id and epoch: its batches carry them, with a
+/// sequence number per partition, and each partition stores each of its
+/// batches once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerIdentity {
+    pub producer_id: i64,
+    pub epoch: i16,
 }
 
 impl Response {
@@ -404,7 +417,8 @@ impl Response {
             | Response::Metadata(_)
             | Response::Stats(_)
             | Response::FindCoordinator(_)
-            | Response::ListGroups(_) => None,
+            | Response::ListGroups(_)
+            | Response::InitProducerId(_) => None,
         };
         code.unwrap_or(ErrorCode::NONE)
     }

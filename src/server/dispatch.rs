@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use crate::protocol::types::AckLevel;
 use crate::protocol::wire::{
     ErrorCode, ErrorResponse, FetchRequest, FetchResponse, ListOffsetsResponse, ProduceRequest, ProduceResponse,
-    Request, Response,
+    ProducerIdentity, Request, Response,
 };
 use crate::shard::{Counters, ProduceItem, Shard};
 
@@ -81,6 +81,16 @@ async fn serve(shard: &Rc<Shard>, request: Request, payload: BytesMut, limits: &
         Request::Stats => {
             Counters::add(&counters.other_requests, 1);
             Response::Stats(shard.stats().await)
+        }
+        Request::InitProducerId => {
+            Counters::add(&counters.other_requests, 1);
+            match shard.new_producer_id().await {
+                Ok(producer_id) => Response::InitProducerId(ProducerIdentity { producer_id, epoch: 0 }),
+                Err(error) => {
+                    tracing::warn!(%error, "no producer id could be reserved");
+                    Response::Error(ErrorResponse { code: ErrorCode::INTERNAL, message: error.to_string() })
+                }
+            }
         }
         group @ (Request::FindCoordinator(_)
         | Request::JoinGroup(_)
