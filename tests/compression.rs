@@ -6,9 +6,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use bytes::BytesMut;
 use ringbroker::client::{decode_records, Client, ClientOptions};
 use ringbroker::protocol::batch::{
@@ -17,24 +14,9 @@ use ringbroker::protocol::batch::{
 use ringbroker::protocol::types::{AckLevel, Offset, PartitionId};
 use ringbroker::protocol::wire::ErrorCode;
 use support::broker::BrokerProcess;
-use support::{batch, run, temp_dir};
+use support::{batch, cli, run, temp_dir};
 
 const CODECS: [Compression; 4] = [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
-
-fn cli(broker: &BrokerProcess, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringbroker"))
-        .args(["--broker", &broker.addr.to_string()])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
-}
 
 #[test]
 fn every_codec_is_stored_as_produced_and_read_back() {
@@ -44,10 +26,13 @@ fn every_codec_is_stored_as_produced_and_read_back() {
     let input = lines.join("\n") + "\n";
     for codec in CODECS {
         let topic = format!("squeezed-{}", codec.name());
-        cli(&broker, &["topic", "create", &topic, "--partitions", "1"], "");
-        cli(&broker, &["produce", &topic, "--partition", "0", "--compression", codec.name()], &input);
-        let read =
-            cli(&broker, &["consume", &topic, "--partition", "0", "--from", "earliest", "--idle-exit-ms", "500"], "");
+        cli(broker.addr, &["topic", "create", &topic, "--partitions", "1"], "");
+        cli(broker.addr, &["produce", &topic, "--partition", "0", "--compression", codec.name()], &input);
+        let read = cli(
+            broker.addr,
+            &["consume", &topic, "--partition", "0", "--from", "earliest", "--idle-exit-ms", "500"],
+            "",
+        );
         assert_eq!(read, input, "{codec:?}: the CLI reads back what it produced");
     }
     let addr = broker.addr;

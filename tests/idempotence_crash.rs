@@ -288,6 +288,7 @@ fn the_native_idempotent_producer_retries_through_kill_9_and_stores_each_record_
             std::thread::sleep(Duration::from_millis(1));
         }
         broker.kill9();
+        // Down for a while: the producer's sends fail and are retried.
         std::thread::sleep(Duration::from_millis(200));
         broker = start();
     }

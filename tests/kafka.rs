@@ -131,13 +131,8 @@ fn stored_codec(broker: &BrokerProcess, topic: &str) -> ringbroker::protocol::ba
 }
 
 fn native_values(broker: &BrokerProcess, topic: &str) -> Vec<String> {
-    let output = Command::new(env!("CARGO_BIN_EXE_ringbroker"))
-        .args(["--broker", &broker.addr.to_string(), "consume", topic, "--partition", "0"])
-        .args(["--from", "earliest", "--idle-exit-ms", "500"])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    stdout(&output).lines().map(str::to_string).collect()
+    let args = ["consume", topic, "--partition", "0", "--from", "earliest", "--idle-exit-ms", "500"];
+    support::cli(broker.addr, &args, "").lines().map(str::to_string).collect()
 }
 
 /// kcat `-z` and confluent-kafka `compression.type` with each codec: the
@@ -195,20 +190,7 @@ fn headers_and_timestamps_cross_between_the_cli_and_kcat() {
     let dir = temp_dir();
     let broker = BrokerProcess::start(dir.path(), &[]);
     let bootstrap = kafka(&broker);
-    let cli = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringbroker"))
-            .args(["--broker", &broker.addr.to_string()])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        stdout(&output)
-    };
+    let cli = |args: &[&str], stdin: &str| support::cli(broker.addr, args, stdin);
     cli(&["topic", "create", "headed", "--partitions", "1"], "");
     run(&kcat, &["-b", &bootstrap, "-P", "-t", "headed", "-p", "0", "-H", "trace=t-1", "-H", "empty="], "from kcat\n");
     cli(&["produce", "headed", "--partition", "0", "--header", "trace=t-2", "--header", "bare"], "from the cli\n");

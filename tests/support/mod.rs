@@ -111,3 +111,22 @@ impl Rng {
         self.next() % bound.max(1)
     }
 }
+
+/// Runs the `ringbroker` CLI against the broker at `addr` with `stdin`,
+/// asserts it succeeded, and returns what it printed.
+pub fn cli(addr: std::net::SocketAddr, args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringbroker"))
+        .args(["--broker", &addr.to_string()])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running ringbroker");
+    child.stdin.take().expect("piped stdin").write_all(stdin.as_bytes()).expect("writing stdin");
+    let output = child.wait_with_output().expect("waiting for ringbroker");
+    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
