@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,14 +58,7 @@ fn produce_request(producer: i64, index: i32) -> ProduceRequest {
 
 /// A connection to the shard that leads the topic's partition 0.
 fn leader(broker: &BrokerProcess) -> KafkaConnection {
-    let mut bootstrap = KafkaConnection::open(broker.kafka_addr.unwrap());
-    let request = MetadataRequest::default()
-        .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-            .with_name(Some(TopicName(text(TOPIC))))]));
-    let ResponseKind::Metadata(metadata) = bootstrap.call(ApiKey::Metadata, 12, &request) else { panic!() };
-    let leader = metadata.topics[0].partitions[0].leader_id;
-    let port = metadata.brokers.iter().find(|broker| broker.node_id == leader).unwrap().port;
-    KafkaConnection::open(SocketAddr::from(([127, 0, 0, 1], port as u16)))
+    KafkaConnection::open(KafkaConnection::open(broker.kafka_addr.unwrap()).leader_of(TOPIC))
 }
 
 /// The partition's durable end (ListOffsets latest answers it).
@@ -104,13 +96,7 @@ fn run_cycles(idempotent: bool) -> BTreeMap<String, usize> {
     let dir = temp_dir();
     let mut broker = BrokerProcess::start(dir.path(), &[]);
     let mut connection = KafkaConnection::open(broker.kafka_addr.unwrap());
-    let create = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
-        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-            .with_name(TopicName(text(TOPIC)))
-            .with_num_partitions(1)
-            .with_replication_factor(1),
-    ]);
-    connection.call(ApiKey::CreateTopics, 5, &create);
+    connection.create_topic(TOPIC, 1);
     let producer = if idempotent {
         let init = InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
         let ResponseKind::InitProducerId(init) = connection.call(ApiKey::InitProducerId, 4, &init) else { panic!() };

@@ -398,14 +398,7 @@ fn pipelined_fetches_of_a_reader_that_stalls_hold_only_their_budget() {
     let dir = temp_dir();
     let broker = BrokerProcess::start(dir.path(), &[]);
     let mut connection = KafkaConnection::open(broker.kafka_addr.unwrap());
-    let create = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
-        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-            .with_name(TopicName(text("hoard")))
-            .with_num_partitions(1)
-            .with_replication_factor(1),
-    ]);
-    let ResponseKind::CreateTopics(created) = connection.call(ApiKey::CreateTopics, 5, &create) else { panic!() };
-    assert_eq!(created.topics[0].error_code, 0);
+    connection.create_topic("hoard", 1);
     let ResponseKind::Metadata(metadata) =
         connection.call(ApiKey::Metadata, 1, &MetadataRequest::default().with_topics(None))
     else {
@@ -477,14 +470,7 @@ fn a_fetch_answered_in_order_never_waits_for_budget_later_requests_hold() {
     let dir = temp_dir();
     let broker = BrokerProcess::start(dir.path(), &[]);
     let mut connection = KafkaConnection::open(broker.kafka_addr.unwrap());
-    let create = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
-        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-            .with_name(TopicName(text("ordered")))
-            .with_num_partitions(1)
-            .with_replication_factor(1),
-    ]);
-    let ResponseKind::CreateTopics(created) = connection.call(ApiKey::CreateTopics, 5, &create) else { panic!() };
-    assert_eq!(created.topics[0].error_code, 0);
+    connection.create_topic("ordered", 1);
     let ResponseKind::Metadata(metadata) =
         connection.call(ApiKey::Metadata, 1, &MetadataRequest::default().with_topics(None))
     else {
@@ -551,14 +537,7 @@ fn fetches_reserve_their_answers_in_request_order() {
     let dir = temp_dir();
     let broker = BrokerProcess::start(dir.path(), &[]);
     let mut connection = KafkaConnection::open(broker.kafka_addr.unwrap());
-    let create = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
-        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-            .with_name(TopicName(text("turns")))
-            .with_num_partitions(4)
-            .with_replication_factor(1),
-    ]);
-    let ResponseKind::CreateTopics(created) = connection.call(ApiKey::CreateTopics, 5, &create) else { panic!() };
-    assert_eq!(created.topics[0].error_code, 0);
+    connection.create_topic("turns", 4);
     let ResponseKind::Metadata(metadata) =
         connection.call(ApiKey::Metadata, 1, &MetadataRequest::default().with_topics(None))
     else {
@@ -697,14 +676,7 @@ fn a_member_commits_while_its_group_prepares_a_rebalance() {
     let dir = temp_dir();
     let broker = BrokerProcess::start(dir.path(), &[]);
     let mut admin = KafkaConnection::open(broker.kafka_addr.unwrap());
-    let request = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
-        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-            .with_name(TopicName(text("rebalanced")))
-            .with_num_partitions(1)
-            .with_replication_factor(1),
-    ]);
-    let ResponseKind::CreateTopics(created) = admin.call(ApiKey::CreateTopics, 5, &request) else { panic!() };
-    assert_eq!(created.topics[0].error_code, 0);
+    admin.create_topic("rebalanced", 1);
     let group = "eager";
     let find = FindCoordinatorRequest::default().with_key(text(group));
     let ResponseKind::FindCoordinator(found) = admin.call(ApiKey::FindCoordinator, 0, &find) else { panic!() };
@@ -802,20 +774,8 @@ fn an_idempotent_producer_stores_each_batch_once() {
     let dir = temp_dir();
     let broker = BrokerProcess::start(dir.path(), &[]);
     let mut connection = KafkaConnection::open(broker.kafka_addr.unwrap());
-    let create = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
-        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-            .with_name(TopicName(text("once")))
-            .with_num_partitions(1)
-            .with_replication_factor(1),
-    ]);
-    connection.call(ApiKey::CreateTopics, 5, &create);
-    let metadata = MetadataRequest::default()
-        .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-            .with_name(Some(TopicName(text("once"))))]));
-    let ResponseKind::Metadata(metadata) = connection.call(ApiKey::Metadata, 12, &metadata) else { panic!() };
-    let leader = metadata.topics[0].partitions[0].leader_id;
-    let port = metadata.brokers.iter().find(|b| b.node_id == leader).unwrap().port;
-    let mut owner = KafkaConnection::open(SocketAddr::from(([127, 0, 0, 1], port as u16)));
+    connection.create_topic("once", 1);
+    let mut owner = KafkaConnection::open(connection.leader_of("once"));
     let init = InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
     let ResponseKind::InitProducerId(init) = owner.call(ApiKey::InitProducerId, 4, &init) else { panic!() };
     assert_eq!(init.error_code, 0);

@@ -6,7 +6,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, ResponseKind};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, MetadataRequest, RequestHeader, ResponseHeader, ResponseKind, TopicName,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 pub fn text(value: &str) -> StrBytes {
@@ -33,6 +36,32 @@ impl KafkaConnection {
     pub fn call<T: Encodable>(&mut self, api_key: ApiKey, version: i16, request: &T) -> ResponseKind {
         let correlation = self.send(api_key, version, request);
         self.receive(api_key, version, correlation).unwrap_or_else(|error| panic!("{api_key:?} v{version}: {error}"))
+    }
+
+    /// Creates `topic` with `partitions` partitions (CreateTopics v5) and
+    /// checks it was created.
+    pub fn create_topic(&mut self, topic: &str, partitions: i32) {
+        let request = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(text(topic)))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)]);
+        let ResponseKind::CreateTopics(created) = self.call(ApiKey::CreateTopics, 5, &request) else {
+            panic!("not a CreateTopics answer")
+        };
+        assert_eq!(created.topics[0].error_code, 0, "creating {topic}");
+    }
+
+    /// The address of the broker leading `topic`'s partition 0.
+    pub fn leader_of(&mut self, topic: &str) -> SocketAddr {
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(TopicName(text(topic))))]));
+        let ResponseKind::Metadata(metadata) = self.call(ApiKey::Metadata, 12, &request) else {
+            panic!("not a Metadata answer")
+        };
+        let leader = metadata.topics[0].partitions[0].leader_id;
+        let port = metadata.brokers.iter().find(|broker| broker.node_id == leader).expect("the leader").port;
+        SocketAddr::from(([127, 0, 0, 1], port as u16))
     }
 
     /// Sends `request` without waiting for its answer; returns its
