@@ -246,6 +246,66 @@ fn retention_by_age_deletes_segments_whose_newest_record_is_too_old() {
 }
 
 #[test]
+fn deleting_records_moves_the_log_start_durably_and_removes_whole_segments_below_it() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let log = open(&path, small_config()).await.unwrap();
+        // 100 one-record batches of 2000 bytes: about 32 per 64 KiB segment.
+        fill_old_then_recent(&log).await;
+        let segments = log.segment_count();
+        assert!(segments >= 3, "{segments} segments");
+        let mut out = Vec::new();
+        let beyond = log.delete_records_before(offset(101)).await.unwrap_err();
+        assert!(matches!(beyond, StorageError::OffsetOutOfRange { .. }), "past the end is refused: {beyond}");
+        assert_eq!(log.delete_records_before(offset(70)).await.unwrap(), offset(70));
+        assert!(log.segment_count() < segments, "segments wholly below 70 are gone");
+        assert_eq!(log.bounds(), (offset(100), offset(70)));
+        let below = log.read(offset(69), 1000, &mut out).await.unwrap_err();
+        assert!(matches!(below, StorageError::OffsetOutOfRange { .. }), "{below}");
+        assert_eq!(read_all(&log, offset(70)).await.len(), 30);
+        // Moving it back is not possible; asking for less changes nothing.
+        assert_eq!(log.delete_records_before(offset(10)).await.unwrap(), offset(70));
+        assert_eq!(log.offset_for_time(TimestampMs(0)).await.unwrap(), Some(offset(70)));
+        log.close().await.unwrap();
+        // The start survives a restart, though the oldest segment begins below it.
+        let log = open(&path, small_config()).await.unwrap();
+        assert_eq!(log.bounds(), (offset(100), offset(70)));
+        // Everything may go: the log is then empty and goes on at its end.
+        assert_eq!(log.delete_records_before(offset(100)).await.unwrap(), offset(100));
+        assert_eq!(log.segment_count(), 1);
+        let receipt = log.append_and_wait(batch(&[b"after"]), AckLevel::Durable).await.unwrap();
+        assert_eq!(receipt.base, offset(100));
+        assert_eq!(read_all(&log, offset(100)).await, vec![(100, vec![b"after".to_vec()])]);
+        log.close().await.unwrap();
+        let log = open(&path, small_config()).await.unwrap();
+        assert_eq!(log.bounds(), (offset(101), offset(100)));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn changed_limits_apply_to_a_running_log() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let log = open(&path, small_config()).await.unwrap();
+        let limits = log.limits();
+        // Segments of 16 KiB instead of 64: 2000-byte batches now roll every eight.
+        log.set_limits(ringbroker::storage::LogLimits { segment_bytes_max: 16 << 10, ..limits });
+        for _ in 0..40 {
+            log.append_and_wait(batch(&[&[b'y'; 2000]]), AckLevel::Durable).await.unwrap();
+        }
+        assert!(log.segment_count() >= 5, "{} segments", log.segment_count());
+        assert_eq!(log.enforce_retention(TimestampMs::now()).await.unwrap(), 0, "no retention limit yet");
+        log.set_limits(ringbroker::storage::LogLimits { retention_bytes: Some(20 << 10), ..log.limits() });
+        assert!(log.enforce_retention(TimestampMs::now()).await.unwrap() > 0);
+        assert!(log.size_bytes() < 40 << 10, "{} bytes left", log.size_bytes());
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn offsets_can_be_found_by_time() {
     let dir = temp_dir();
     let path = dir.path().to_path_buf();

@@ -74,7 +74,31 @@ impl Default for LogConfig {
     }
 }
 
+/// The settings of a running log that a topic's configuration may change
+/// (see [`crate::storage::PartitionLog::set_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    pub segment_bytes_max: u64,
+    pub retention_bytes: Option<u64>,
+    pub retention_ms: Option<u64>,
+}
+
 impl LogConfig {
+    pub fn limits(&self) -> LogLimits {
+        LogLimits {
+            segment_bytes_max: self.segment_bytes_max,
+            retention_bytes: self.retention_bytes,
+            retention_ms: self.retention_ms,
+        }
+    }
+
+    pub fn with_limits(mut self, limits: LogLimits) -> LogConfig {
+        self.segment_bytes_max = limits.segment_bytes_max;
+        self.retention_bytes = limits.retention_bytes;
+        self.retention_ms = limits.retention_ms;
+        self
+    }
+
     /// How far past the start of the first damaged batch a crash can have
     /// left bytes: the unsynced region is at most `write_bytes_max` of new
     /// data plus the rewritten partial block before it and the zero padding

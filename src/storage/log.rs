@@ -19,7 +19,7 @@
 //! Readers only ever see the durable prefix of the log: a consumer never sees
 //! an event that a crash could take back.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -35,10 +35,11 @@ use glommio::TaskQueueHandle;
 use crate::protocol::batch::{set_base_offset, BatchView};
 use crate::protocol::types::{AckLevel, Offset, TimestampMs};
 
-use super::config::{FlushPolicy, LogConfig};
+use super::config::{FlushPolicy, LogConfig, LogLimits};
 use super::error::{Result, StorageError};
 use super::index::SegmentIndex;
 use super::io::{align_down, align_up, IoBuf, Storage, StorageFile};
+use super::log_start;
 use super::notify::Notify;
 use super::producers::{self, ProducerFields, ProducerTable, Verdict};
 use super::recovery::{self, RecoveryMode};
@@ -121,7 +122,11 @@ impl std::fmt::Debug for FsyncObserver {
 struct Inner<S: Storage> {
     storage: S,
     dir: PathBuf,
+    /// As opened; `limits` holds what a topic's configuration changes later.
     config: LogConfig,
+    limits: Cell<LogLimits>,
+    /// One change of the log start file at a time.
+    start_writer: glommio::sync::Semaphore,
     state: RefCell<State<S>>,
     /// Signalled when there is new work for the flusher.
     work: Notify,
@@ -190,6 +195,9 @@ struct State<S: Storage> {
     /// Bytes of the active segment from `align_down(flushed_end)` to
     /// `flushed_end`: the partial block the next write rewrites.
     tail_block: Vec<u8>,
+    /// Records below this were deleted (DeleteRecords); the log starts at
+    /// the later of this and the oldest segment's base.
+    start_floor: Offset,
     /// Recent batches, oldest first, serving tail readers from memory.
     cache: VecDeque<CachedBatch>,
     cache_bytes: usize,
@@ -221,6 +229,7 @@ impl<S: Storage> PartitionLog<S> {
             pending_bytes: 0,
             flushed_end,
             tail_block: recovered.tail_block,
+            start_floor: recovered.start_floor,
             cache: VecDeque::new(),
             cache_bytes: 0,
             poisoned: None,
@@ -234,7 +243,9 @@ impl<S: Storage> PartitionLog<S> {
         let inner = Rc::new(Inner {
             storage,
             dir: dir.to_path_buf(),
+            limits: Cell::new(config.limits()),
             config,
+            start_writer: glommio::sync::Semaphore::new(1),
             state: RefCell::new(state),
             work: Notify::default(),
             progress: Notify::default(),
@@ -395,7 +406,8 @@ impl<S: Storage> PartitionLog<S> {
                     return Ok(None);
                 }
                 if info.max_timestamp >= time {
-                    return Ok(Some(info.base));
+                    // The batch may begin below a start set by DeleteRecords.
+                    return Ok(Some(info.base.max(self.bounds().1)));
                 }
             }
         }
@@ -407,24 +419,48 @@ impl<S: Storage> PartitionLog<S> {
     pub async fn enforce_retention(&self, now: TimestampMs) -> Result<usize> {
         let mut deleted = 0;
         while let Some(victim) = self.inner.take_expired_segment(now) {
-            let Segment { file, path, index, .. } = victim;
-            // Readers holding the file keep it open; the unlink is safe.
-            drop(file);
-            let io = |op, source| StorageError::io(op, &path, source);
-            self.inner.storage.remove(&path).await.map_err(|source| io("removing segment", source))?;
-            let index_file = index_path(&self.inner.dir, index.base);
-            if let Err(error) = self.inner.storage.remove(&index_file).await {
-                tracing::debug!(path = %index_file.display(), %error, "no index file to remove");
-            }
-            // One directory sync per segment: a crash must never bring back
-            // an older segment without the newer ones (a gap in the log).
-            let dir = &self.inner.dir;
-            self.inner.storage.sync_dir(dir).await.map_err(|source| StorageError::io("syncing", dir, source))?;
+            self.inner.remove_segment(victim).await?;
             deleted += 1;
-            self.inner.stats.borrow_mut().segments_deleted += 1;
-            tracing::info!(segment = %path.display(), "retention deleted segment");
         }
         Ok(deleted)
+    }
+
+    /// Deletes the records below `before` (Kafka's DeleteRecords): the log
+    /// then starts there, durably, and whole segments below it are removed.
+    /// `before` may be at most the durable end; one at or below the current
+    /// start changes nothing. Returns the log start afterwards.
+    pub async fn delete_records_before(&self, before: Offset) -> Result<Offset> {
+        let Ok(_writer) = self.inner.start_writer.acquire_permit(1).await else {
+            return Err(StorageError::Closed);
+        };
+        let (visible_end, start) = self.bounds();
+        if before > visible_end {
+            return Err(StorageError::OffsetOutOfRange { requested: before, start, end: visible_end });
+        }
+        if before <= start {
+            return Ok(start);
+        }
+        let inner = &self.inner;
+        let (tmp, target) = (log_start::tmp_path(&inner.dir), log_start::path(&inner.dir));
+        write_small_file(&inner.storage, &inner.dir, &tmp, &target, &log_start::encode(before)).await?;
+        inner.state.borrow_mut().start_floor = before;
+        inner.evict_cached_below_start();
+        // Whole segments below the new start go now rather than at the next
+        // retention pass; their index files go with them.
+        while let Some(victim) = inner.take_segment_below_start() {
+            inner.remove_segment(victim).await?;
+        }
+        Ok(self.bounds().1)
+    }
+
+    /// Changes the settings a topic's configuration controls. A new segment
+    /// size applies from the next roll check; retention from its next pass.
+    pub fn set_limits(&self, limits: LogLimits) {
+        self.inner.limits.set(limits);
+    }
+
+    pub fn limits(&self) -> LogLimits {
+        self.inner.limits.get()
     }
 
     /// The visible (durable) end and the first offset still held.
@@ -589,7 +625,8 @@ enum FlushWork<F, B> {
 
 impl<S: Storage> State<S> {
     fn log_start(&self) -> Offset {
-        self.segments.first_key_value().map_or(self.next_offset, |(base, _)| *base)
+        let oldest = self.segments.first_key_value().map_or(self.next_offset, |(base, _)| *base);
+        oldest.max(self.start_floor).min(self.next_offset)
     }
 
     fn active(&self) -> &Segment<S::File> {
@@ -615,7 +652,8 @@ impl<S: Storage> Inner<S> {
         }
         let active = state.active();
         let active_bytes = active.index.segment_bytes;
-        let too_big = active_bytes + len as u64 > self.config.segment_bytes_max;
+        let segment_bytes_max = self.limits.get().segment_bytes_max;
+        let too_big = active_bytes + len as u64 > segment_bytes_max;
         let needed = align_up(active_bytes + len as u64);
         let too_old = self
             .config
@@ -633,7 +671,7 @@ impl<S: Storage> Inner<S> {
             return Ok(Admission::Wait);
         }
         if self.config.preallocate && needed > active.allocated_bytes {
-            return Ok(Admission::Extend(self.config.segment_bytes_max.max(needed)));
+            return Ok(Admission::Extend(segment_bytes_max.max(needed)));
         }
         Ok(Admission::Go)
     }
@@ -883,7 +921,9 @@ impl<S: Storage> Inner<S> {
         }
         // Create the next segment first: if the disk is full, nothing changes.
         let base = self.state.borrow().next_offset;
-        let new_segment = create_segment(&self.storage, &self.dir, base, &self.config, Reserve::Whole).await?;
+        let segment_bytes_max = self.limits.get().segment_bytes_max;
+        let new_segment =
+            create_segment(&self.storage, &self.dir, base, &self.config, segment_bytes_max, Reserve::Whole).await?;
         let (old_file, old_path, old_index) = {
             let state = self.state.borrow();
             let active = state.active();
@@ -944,6 +984,48 @@ impl<S: Storage> Inner<S> {
         }
     }
 
+    /// Removes a segment already taken out of the log, and its index file.
+    async fn remove_segment(&self, victim: Segment<S::File>) -> Result<()> {
+        let Segment { file, path, index, .. } = victim;
+        // Readers holding the file keep it open; the unlink is safe.
+        drop(file);
+        let io = |op, source| StorageError::io(op, &path, source);
+        self.storage.remove(&path).await.map_err(|source| io("removing segment", source))?;
+        let index_file = index_path(&self.dir, index.base);
+        if let Err(error) = self.storage.remove(&index_file).await {
+            tracing::debug!(path = %index_file.display(), %error, "no index file to remove");
+        }
+        // One directory sync per segment: a crash must never bring back
+        // an older segment without the newer ones (a gap in the log).
+        let dir = &self.dir;
+        self.storage.sync_dir(dir).await.map_err(|source| StorageError::io("syncing", dir, source))?;
+        self.stats.borrow_mut().segments_deleted += 1;
+        tracing::info!(segment = %path.display(), "deleted segment");
+        Ok(())
+    }
+
+    /// The oldest segment if every record in it lies below the log start
+    /// (never the active segment).
+    fn take_segment_below_start(&self) -> Option<Segment<S::File>> {
+        let mut state = self.state.borrow_mut();
+        let start = state.log_start();
+        let second = *state.segments.keys().nth(1)?;
+        // The next segment's base is one past the oldest one's last record.
+        if second > start {
+            return None;
+        }
+        state.segments.pop_first().map(|(_, victim)| victim)
+    }
+
+    fn evict_cached_below_start(&self) {
+        let mut state = self.state.borrow_mut();
+        let start = state.log_start();
+        while state.cache.front().is_some_and(|batch| batch.next <= start) {
+            let evicted = state.cache.pop_front().expect("checked non-empty");
+            state.cache_bytes -= evicted.bytes.len();
+        }
+    }
+
     fn take_expired_segment(&self, now: TimestampMs) -> Option<Segment<S::File>> {
         let mut state = self.state.borrow_mut();
         if state.segments.len() < 2 {
@@ -951,8 +1033,9 @@ impl<S: Storage> Inner<S> {
         }
         let total: u64 = state.segments.values().map(|seg| seg.index.segment_bytes).sum();
         let (_, oldest) = state.segments.first_key_value()?;
-        let over_size = self.config.retention_bytes.is_some_and(|limit| total - oldest.index.segment_bytes >= limit);
-        let expired = self.config.retention_ms.is_some_and(|limit_ms| {
+        let limits = self.limits.get();
+        let over_size = limits.retention_bytes.is_some_and(|limit| total - oldest.index.segment_bytes >= limit);
+        let expired = limits.retention_ms.is_some_and(|limit_ms| {
             let limit_ms = i64::try_from(limit_ms).unwrap_or(i64::MAX);
             oldest.index.max_timestamp.0 < now.0.saturating_sub(limit_ms)
         });
@@ -960,11 +1043,8 @@ impl<S: Storage> Inner<S> {
             return None;
         }
         let (_, victim) = state.segments.pop_first()?;
-        let start = state.log_start();
-        while state.cache.front().is_some_and(|batch| batch.base < start) {
-            let evicted = state.cache.pop_front().expect("checked non-empty");
-            state.cache_bytes -= evicted.bytes.len();
-        }
+        drop(state);
+        self.evict_cached_below_start();
         Some(victim)
     }
 }
@@ -1073,6 +1153,7 @@ pub(crate) async fn create_segment<S: Storage>(
     dir: &Path,
     base: Offset,
     config: &LogConfig,
+    segment_bytes_max: u64,
     reserve: Reserve,
 ) -> Result<Segment<S::File>> {
     let path = log_path(dir, base);
@@ -1080,8 +1161,8 @@ pub(crate) async fn create_segment<S: Storage>(
     let file = storage.create_new(&path).await.map_err(|source| io("creating segment", source))?;
     let allocated_bytes = match (config.preallocate, reserve) {
         (false, _) => 0,
-        (true, Reserve::First) => PREALLOCATE_BYTES_FIRST.min(config.segment_bytes_max),
-        (true, Reserve::Whole) => config.segment_bytes_max,
+        (true, Reserve::First) => PREALLOCATE_BYTES_FIRST.min(segment_bytes_max),
+        (true, Reserve::Whole) => segment_bytes_max,
     };
     let prepared = async {
         if config.preallocate {

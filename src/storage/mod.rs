@@ -16,6 +16,7 @@ pub mod index;
 pub mod io;
 pub mod lock;
 pub mod log;
+mod log_start;
 pub(crate) mod notify;
 pub mod producers;
 pub mod recovery;
@@ -23,7 +24,7 @@ mod segment;
 pub mod sim;
 pub mod space;
 
-pub use config::{FlushPolicy, LogConfig};
+pub use config::{FlushPolicy, LogConfig, LogLimits};
 pub use error::StorageError;
 pub use lock::DirLock;
 pub use log::{

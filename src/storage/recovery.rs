@@ -53,6 +53,8 @@ pub(crate) struct Recovered<F> {
     pub segments: BTreeMap<Offset, Segment<F>>,
     pub tail_block: Vec<u8>,
     pub producers: ProducerTable,
+    /// Records below this were deleted (see `log_start`).
+    pub start_floor: Offset,
 }
 
 /// Where a scan of a segment stopped.
@@ -92,8 +94,10 @@ pub(crate) async fn recover<S: Storage>(
     let mut segments = BTreeMap::new();
     let mut producers = ProducerTable::new(config.producers_max, config.producer_expiry_ms as i64);
     let Some(&last_base) = bases.last() else {
-        segments.insert(Offset::ZERO, create_segment(storage, dir, Offset::ZERO, config, Reserve::First).await?);
-        return Ok(Recovered { segments, tail_block: Vec::new(), producers });
+        let first =
+            create_segment(storage, dir, Offset::ZERO, config, config.segment_bytes_max, Reserve::First).await?;
+        segments.insert(Offset::ZERO, first);
+        return Ok(Recovered { segments, tail_block: Vec::new(), producers, start_floor: Offset::ZERO });
     };
     // The newest readable producer snapshot of a segment that exists: the
     // producers as of that segment's start. Batches of it and later
@@ -173,7 +177,8 @@ pub(crate) async fn recover<S: Storage>(
             }
         }
     }
-    Ok(Recovered { segments, tail_block, producers })
+    let start_floor = super::log_start::read(storage, dir).await.unwrap_or(Offset::ZERO);
+    Ok(Recovered { segments, tail_block, producers, start_floor })
 }
 
 /// The producer snapshot of segment `base`, if it is there and intact.
