@@ -481,6 +481,7 @@ impl<'a> BatchView<'a> {
         RecordIter {
             rest: records,
             base_timestamp: self.first_timestamp(),
+            append_time: self.is_log_append_time().then(|| self.max_timestamp()),
             next_index: 0,
             // parse_header already rejected counts below 1.
             count: self.record_count(),
@@ -518,7 +519,40 @@ pub fn compress_batch(batch: &[u8], codec: Compression) -> Result<Vec<u8>, Batch
     if view.compression() != Compression::None {
         return Err(BatchError::Compressed(view.compression()));
     }
-    let compressed = compression::compress(codec, view.records_area()).map_err(BatchError::Inflate)?;
+    with_records(&view, view.records_area(), codec)
+}
+
+/// A batch (compressed or not) with its records stored under `codec`
+/// instead: inflated within `limit` bytes, each record checked, compressed
+/// again; same header fields, new length, attributes and CRC.
+pub fn recompress_batch(view: &BatchView<'_>, codec: Compression, limit: usize) -> Result<Vec<u8>, BatchError> {
+    let inflated = view.inflate(limit)?;
+    for record in view.records_in(&inflated) {
+        record?;
+    }
+    with_records(view, &inflated, codec)
+}
+
+/// Marks a batch's timestamps as log-append time `now` (Kafka's
+/// `message.timestamp.type=LogAppendTime`): the timestamp-type bit and
+/// `maxTimestamp` change, and the CRC is recomputed. Readers then take
+/// `now` as every record's timestamp. A buffer shorter than a batch header
+/// is left alone.
+pub fn set_log_append_time(batch: &mut [u8], now: i64) {
+    if batch.len() < HEADER_LEN {
+        return;
+    }
+    let attributes = i16::from_be_bytes(bytes_at(batch, ATTRIBUTES_POS)) | TIMESTAMP_TYPE_FLAG;
+    put(batch, ATTRIBUTES_POS, &attributes.to_be_bytes());
+    put(batch, MAX_TIMESTAMP_POS, &now.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_POS..]);
+    put(batch, CRC_POS, &crc.to_be_bytes());
+}
+
+/// `view`'s header with `records` (uncompressed records) stored under `codec`.
+fn with_records(view: &BatchView<'_>, records: &[u8], codec: Compression) -> Result<Vec<u8>, BatchError> {
+    let batch = view.as_bytes();
+    let compressed = compression::compress(codec, records).map_err(BatchError::Inflate)?;
     let mut out = Vec::with_capacity(RECORDS_POS + compressed.len());
     out.extend_from_slice(&batch[..RECORDS_POS]);
     out.extend_from_slice(&compressed);
@@ -540,6 +574,8 @@ pub fn compress_batch(batch: &[u8], codec: Compression) -> Result<Vec<u8>, Batch
 pub struct RecordIter<'a> {
     rest: &'a [u8],
     base_timestamp: i64,
+    /// The batch's log-append time, which replaces every record's own.
+    append_time: Option<i64>,
     next_index: i32,
     count: i32,
     done: bool,
@@ -576,7 +612,7 @@ impl<'a> RecordIter<'a> {
             return fail(RecordsProblem::TooFew { expected: self.count, found: index });
         }
         let record = match read_record(&mut self.rest, self.base_timestamp) {
-            Ok(record) => record,
+            Ok(record) => RecordView { append_time: self.append_time, ..record },
             Err(problem) => return fail(problem),
         };
         if record.offset_delta != index {
@@ -599,6 +635,7 @@ pub struct RecordView<'a> {
     headers: &'a [u8],
     header_count: usize,
     base_timestamp: i64,
+    append_time: Option<i64>,
 }
 
 impl<'a> RecordView<'a> {
@@ -614,9 +651,10 @@ impl<'a> RecordView<'a> {
     }
 
     /// Absolute timestamp: the batch's first timestamp plus this record's
-    /// delta (wrapping, as the encoder does).
+    /// delta (wrapping, as the encoder does), or for a batch stamped with
+    /// log-append time, that time.
     pub fn timestamp_ms(&self) -> i64 {
-        self.base_timestamp.wrapping_add(self.timestamp_delta)
+        self.append_time.unwrap_or(self.base_timestamp.wrapping_add(self.timestamp_delta))
     }
 }
 
@@ -680,7 +718,17 @@ fn read_record<'a>(input: &mut &'a [u8], base_timestamp: i64) -> Result<RecordVi
         return Err(RecordsProblem::RecordTrailing { bytes: body.len() });
     }
     *input = rest;
-    Ok(RecordView { offset_delta, timestamp_delta, attributes, key, value, headers, header_count, base_timestamp })
+    Ok(RecordView {
+        offset_delta,
+        timestamp_delta,
+        attributes,
+        key,
+        value,
+        headers,
+        header_count,
+        base_timestamp,
+        append_time: None,
+    })
 }
 
 #[inline]
@@ -1205,6 +1253,47 @@ mod tests {
     }
 
     #[test]
+    fn batches_recompress_between_codecs_keeping_header_and_records() {
+        let options = BatchOptions { producer_id: 9, producer_epoch: 2, base_sequence: 40, ..BatchOptions::default() };
+        let plain = build(&[simple(b"one"), simple(b"two"), simple(b"three")], 7, options);
+        let gzip = compress_batch(&plain, Compression::Gzip).unwrap();
+        for (from, to) in [(&plain, Compression::Zstd), (&gzip, Compression::Lz4), (&gzip, Compression::None)] {
+            let view = BatchView::parse(from, MAX).unwrap();
+            let again = recompress_batch(&view, to, 1 << 20).unwrap();
+            let stored = BatchView::parse(&again, MAX).unwrap();
+            assert_eq!(stored.compression(), to);
+            assert_eq!((stored.producer_id(), stored.producer_epoch(), stored.base_sequence()), (9, 2, 40));
+            assert_eq!((stored.record_count(), stored.max_timestamp()), (3, view.max_timestamp()));
+            let inflated = stored.inflate(1 << 20).unwrap();
+            let values: Vec<_> = stored.records_in(&inflated).map(|r| r.unwrap().value.unwrap()).collect();
+            assert_eq!(values, vec![&b"one"[..], b"two", b"three"]);
+        }
+        // Damaged compressed records are refused, not recompressed.
+        let mut damaged = gzip.clone();
+        let last = damaged.len() - 3;
+        damaged[last] ^= 0xff;
+        let crc = crc32c::crc32c(&damaged[ATTRIBUTES_POS..]);
+        damaged[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+        let view = BatchView::parse_header(&damaged, MAX).unwrap();
+        assert!(recompress_batch(&view, Compression::Zstd, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn log_append_time_stamps_every_record_and_keeps_the_batch_valid() {
+        let records = [Record { timestamp_ms: 5, ..simple(b"a") }, Record { timestamp_ms: 9, ..simple(b"b") }];
+        let mut batch = build(&records, 5, BatchOptions::default()).to_vec();
+        set_log_append_time(&mut batch, 1_000_000);
+        let view = BatchView::parse(&batch, MAX).expect("the CRC was recomputed");
+        assert!(view.is_log_append_time());
+        assert_eq!((view.first_timestamp(), view.max_timestamp()), (5, 1_000_000));
+        let times: Vec<_> = view.records().unwrap().map(|r| r.unwrap().timestamp_ms()).collect();
+        assert_eq!(times, vec![1_000_000, 1_000_000]);
+        let mut short = vec![0u8; 10];
+        set_log_append_time(&mut short, 1);
+        assert_eq!(short, vec![0u8; 10], "too short to be a batch: untouched");
+    }
+
+    #[test]
     fn error_messages_are_informative() {
         let err = BatchError::Crc { stored: 1, computed: 2 };
         assert_eq!(err.to_string(), "batch CRC mismatch: stored 0x00000001, computed 0x00000002");
@@ -1314,7 +1403,9 @@ mod tests {
             prop_assert_eq!(parsed.len(), records.len());
             for (i, (got, want)) in parsed.iter().zip(&records).enumerate() {
                 prop_assert_eq!(got.offset_delta as usize, i);
-                prop_assert_eq!(got.timestamp_ms(), want.timestamp_ms);
+                // A batch stamped with log-append time shows that time for every record.
+                let time = if view.is_log_append_time() { max_ts } else { want.timestamp_ms };
+                prop_assert_eq!(got.timestamp_ms(), time);
                 prop_assert_eq!(got.attributes, 0);
                 prop_assert_eq!(got.key, want.key.as_deref());
                 prop_assert_eq!(got.value, want.value.as_deref());
