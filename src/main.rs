@@ -141,11 +141,36 @@ enum TopicAction {
         partitions: i64,
     },
     List,
+    /// Partitions with their offsets, and the topic's configs.
     Describe {
         name: String,
     },
     Delete {
         name: String,
+    },
+    /// Change the topic's configs (Kafka's names: retention.ms,
+    /// retention.bytes, segment.bytes, compression.type,
+    /// message.timestamp.type, max.message.bytes).
+    Alter {
+        name: String,
+        /// KEY=VALUE; repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Return KEY to the broker's setting; repeatable.
+        #[arg(long = "delete", value_name = "KEY")]
+        delete: Vec<String>,
+        /// Check the change without applying it.
+        #[arg(long)]
+        validate_only: bool,
+    },
+    /// Delete a partition's records below an offset (all of them by default).
+    DeleteRecords {
+        name: String,
+        #[arg(long)]
+        partition: u32,
+        /// Records below this offset go; default: every record.
+        #[arg(long)]
+        before: Option<u64>,
     },
 }
 
@@ -426,6 +451,38 @@ async fn topic(client: Client, action: TopicAction) -> anyhow::Result<()> {
                 let show = |offset: Option<Offset>| offset.map_or("-".to_string(), |offset| offset.to_string());
                 println!("{}\t{}\t{}\t{}", p.partition, p.shard, show(earliest), show(latest));
             }
+            println!("config\tvalue\tsource");
+            for config in client.describe_configs(&name).await? {
+                let source = if config.is_default { "broker" } else { "topic" };
+                println!("{}\t{}\t{source}", config.name, config.value);
+            }
+        }
+        TopicAction::Alter { name, set, delete, validate_only } => {
+            if set.is_empty() && delete.is_empty() {
+                bail!("nothing to change: give --set KEY=VALUE or --delete KEY");
+            }
+            let set = set
+                .iter()
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+                    _ => Err(anyhow::anyhow!("--set {pair:?}: expected KEY=VALUE")),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            client
+                .alter_configs(&name, set, delete, validate_only)
+                .await
+                .with_context(|| format!("altering topic {name}"))?;
+            println!("{} topic {name}", if validate_only { "validated a change of" } else { "altered" });
+        }
+        TopicAction::DeleteRecords { name, partition, before } => {
+            let before = before
+                .map(|offset| Offset::new(offset).with_context(|| format!("--before {offset}: not an offset")))
+                .transpose()?;
+            let start = client
+                .delete_records(&name, PartitionId(partition), before)
+                .await
+                .with_context(|| format!("deleting records of {name}-{partition}"))?;
+            println!("{name}-{partition} now starts at offset {start}");
         }
     }
     Ok(())

@@ -117,15 +117,18 @@ fn kcat_round_trips_keys_and_headers_byte_for_byte() {
     assert!(broker.terminate().success());
 }
 
-/// The codec of the first batch stored in `topic`'s partition 0, read
+/// The codec of the first batch still held in `topic`'s partition 0, read
 /// with the native client: what the producer sent, stored as produced.
 fn stored_codec(broker: &BrokerProcess, topic: &str) -> ringbroker::protocol::batch::Compression {
     let (addr, topic) = (broker.addr, topic.to_string());
     support::run(move || async move {
         use ringbroker::client::{Client, ClientOptions};
         use ringbroker::protocol::types::{Offset, PartitionId};
+        use ringbroker::protocol::wire::OffsetSpec;
         let client = Client::connect(addr, ClientOptions::default()).await.unwrap();
-        let (_, payload) = client.fetch(&topic, PartitionId(0), Offset::ZERO, 1 << 20, 0).await.unwrap();
+        let earliest = client.list_offsets(&topic, PartitionId(0), OffsetSpec::Earliest).await.unwrap();
+        let from = earliest.unwrap_or(Offset::ZERO);
+        let (_, payload) = client.fetch(&topic, PartitionId(0), from, 1 << 20, 0).await.unwrap();
         ringbroker::protocol::batch::BatchView::parse(&payload, usize::MAX).unwrap().compression()
     })
 }
@@ -495,5 +498,49 @@ fn confluent_kafka_group_survives_a_member_kill_and_a_broker_restart() {
         let _ = member.child.kill();
         let _ = member.child.wait();
     }
+    assert!(broker.terminate().success());
+}
+
+/// Topic configs and record deletion through the admin clients of
+/// confluent-kafka and kafka-python: configs at creation, describe,
+/// incremental and whole-set changes, an unknown config refused with
+/// INVALID_CONFIG, LogAppendTime seen by the consumer, DeleteRecords
+/// moving the low watermark; the native CLI sees the same.
+#[test]
+fn admin_clients_manage_topic_configs_and_delete_records() {
+    let Some(python) = python() else { return };
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let script = clients_script();
+    let output = run(&python, &[script.to_str().unwrap(), "confluent-admin", &kafka(&broker), "administered"], "");
+    let report = json_lines(&stdout(&output)).pop().expect("a report");
+    assert_eq!(report["created administered"], "ok", "{report}");
+    assert_eq!(report["created administered-bad"], "INVALID_CONFIG", "{report}");
+    assert_eq!(report["described"]["retention.ms"], serde_json::json!(["3600000", false]), "{report}");
+    assert_eq!(report["described"]["compression.type"], serde_json::json!(["producer", true]), "{report}");
+    assert_eq!(report["altered"]["compression.type"], serde_json::json!(["zstd", false]), "{report}");
+    assert_eq!(report["altered"]["retention.ms"][1], true, "deleted: the broker's again: {report}");
+    assert_eq!(report["bad alter"], "INVALID_CONFIG", "{report}");
+    assert_eq!(report["low watermark"], serde_json::json!([5]), "{report}");
+    assert_eq!(report["watermarks"], serde_json::json!([5, 10]), "{report}");
+    let read = report["read"].as_array().unwrap();
+    let offsets: Vec<i64> = read.iter().map(|record| record[0].as_i64().unwrap()).collect();
+    assert_eq!(offsets, vec![5, 6, 7, 8, 9], "{report}");
+    for record in read {
+        assert_eq!(record[2], 2, "TIMESTAMP_LOG_APPEND_TIME: {report}");
+        let stamp = record[3].as_i64().unwrap();
+        assert!(stamp > 1000 && stamp <= report["now"].as_i64().unwrap(), "the append time: {report}");
+    }
+    assert_eq!(stored_codec(&broker, "administered").name(), "zstd", "recompressed to the topic's codec");
+    let described = support::cli(broker.addr, &["topic", "describe", "administered"], "");
+    assert!(described.contains("compression.type\tzstd\ttopic"), "{described}");
+
+    let output = run(&python, &[script.to_str().unwrap(), "kafka-python-admin", &kafka(&broker), "administered"], "");
+    let report = json_lines(&stdout(&output)).pop().expect("a report");
+    assert_eq!(report["described"]["retention.bytes"]["value"], "10485760", "{report}");
+    assert_eq!(report["deleted"]["0"]["error_code"], 0, "{report}");
+    assert_eq!(report["deleted"]["0"]["low_watermark"], 10, "everything deleted: {report}");
+    let described = support::cli(broker.addr, &["topic", "describe", "administered"], "");
+    assert!(described.lines().any(|line| line.starts_with("0\t") && line.ends_with("\t10\t10")), "{described}");
     assert!(broker.terminate().success());
 }

@@ -804,3 +804,230 @@ fn an_idempotent_producer_stores_each_batch_once() {
     assert_eq!(fetched.responses[0].partitions[0].high_watermark, 6, "six records, each stored once");
     assert!(broker.terminate().success());
 }
+
+/// Produce v9 of `batch` to `topic` partition 0: (error, base offset).
+fn produce_batch(connection: &mut KafkaConnection, topic: &str, records: Bytes) -> (i16, i64) {
+    let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+        kafka_protocol::messages::produce_request::TopicProduceData::default()
+            .with_name(TopicName(text(topic)))
+            .with_partition_data(vec![kafka_protocol::messages::produce_request::PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))]),
+    ]);
+    let ResponseKind::Produce(produced) = connection.call(ApiKey::Produce, 9, &request) else { panic!() };
+    let partition = &produced.responses[0].partition_responses[0];
+    (partition.error_code, partition.base_offset)
+}
+
+/// Fetch v12 of `topic` partition 0 from `offset`: (error, log start, records).
+fn fetch_records(connection: &mut KafkaConnection, topic: &str, offset: i64) -> (i16, i64, Bytes) {
+    let request = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20).with_topics(vec![
+        kafka_protocol::messages::fetch_request::FetchTopic::default()
+            .with_topic(TopicName(text(topic)))
+            .with_partitions(vec![kafka_protocol::messages::fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)]),
+    ]);
+    let ResponseKind::Fetch(fetched) = connection.call(ApiKey::Fetch, 12, &request) else { panic!() };
+    let partition = &fetched.responses[0].partitions[0];
+    (partition.error_code, partition.log_start_offset, partition.records.clone().unwrap_or_default())
+}
+
+/// A topic's configs as DescribeConfigs `version` shows them: name to
+/// (value, source).
+fn described(connection: &mut KafkaConnection, version: i16, topic: &str) -> Vec<(String, String, i8)> {
+    let request = DescribeConfigsRequest::default().with_resources(vec![
+        kafka_protocol::messages::describe_configs_request::DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(text(topic))
+            .with_configuration_keys(None),
+    ]);
+    let ResponseKind::DescribeConfigs(response) = connection.call(ApiKey::DescribeConfigs, version, &request) else {
+        panic!()
+    };
+    assert_eq!(response.results[0].error_code, 0, "v{version}");
+    response.results[0]
+        .configs
+        .iter()
+        .map(|config| {
+            (
+                config.name.to_string(),
+                config.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                config.config_source,
+            )
+        })
+        .collect()
+}
+
+fn value_of(configs: &[(String, String, i8)], name: &str) -> (String, i8) {
+    let (_, value, source) = configs.iter().find(|(key, ..)| key == name).expect("described");
+    (value.clone(), *source)
+}
+
+/// Topic configs through DescribeConfigs, AlterConfigs (the whole set
+/// replaced), IncrementalAlterConfigs (set and delete) and CreateTopics,
+/// each at its lowest and highest version; unknown configs refused with
+/// INVALID_CONFIG; and each config doing what it says: a fixed codec
+/// recompresses, LogAppendTime stamps, max.message.bytes refuses; then
+/// DeleteRecords moves the log start.
+#[test]
+fn topic_configs_and_record_deletion_at_every_version() {
+    use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    use kafka_protocol::messages::incremental_alter_configs_request as incremental;
+    use ringbroker::protocol::batch::{BatchView, Compression};
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut connection = KafkaConnection::open(broker.kafka_addr.unwrap());
+    let table = versions(&mut connection);
+    // Created with a config.
+    let config = |key: &str, value: &str| {
+        kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default()
+            .with_name(text(key))
+            .with_value(Some(text(value)))
+    };
+    let create = |name: &str, configs| {
+        CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
+            kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+                .with_name(TopicName(text(name)))
+                .with_num_partitions(1)
+                .with_replication_factor(1)
+                .with_configs(configs),
+        ])
+    };
+    let ResponseKind::CreateTopics(created) =
+        connection.call(ApiKey::CreateTopics, 5, &create("tuned", vec![config("retention.ms", "3600000")]))
+    else {
+        panic!()
+    };
+    assert_eq!(created.topics[0].error_code, 0);
+    let shown = created.topics[0].configs.as_ref().expect("v5 shows the configs");
+    assert!(shown.iter().any(|c| c.name.as_str() == "retention.ms" && c.value.as_deref() == Some("3600000")));
+    let ResponseKind::CreateTopics(refused) =
+        connection.call(ApiKey::CreateTopics, 5, &create("untuned", vec![config("cleanup.policy", "compact")]))
+    else {
+        panic!()
+    };
+    assert_eq!(refused.topics[0].error_code, 40, "INVALID_CONFIG");
+    assert!(refused.topics[0].error_message.as_ref().is_some_and(|m| m.contains("cleanup.policy")));
+
+    for version in range(&table, ApiKey::DescribeConfigs) {
+        let configs = described(&mut connection, version, "tuned");
+        assert_eq!(configs.len(), 6, "v{version}: every served config");
+        assert_eq!(value_of(&configs, "retention.ms"), ("3600000".into(), 1), "v{version}: set for the topic");
+        assert_eq!(value_of(&configs, "compression.type"), ("producer".into(), 5), "v{version}: the default");
+    }
+    // AlterConfigs replaces the whole set: retention.ms returns to the default.
+    for version in range(&table, ApiKey::AlterConfigs) {
+        let alter = |configs: Vec<(&str, &str)>, validate_only| {
+            AlterConfigsRequest::default().with_validate_only(validate_only).with_resources(vec![
+                AlterConfigsResource::default().with_resource_type(2).with_resource_name(text("tuned")).with_configs(
+                    configs
+                        .into_iter()
+                        .map(|(k, v)| AlterableConfig::default().with_name(text(k)).with_value(Some(text(v))))
+                        .collect(),
+                ),
+            ])
+        };
+        let request = alter(vec![("compression.type", "gzip"), ("message.timestamp.type", "LogAppendTime")], false);
+        let ResponseKind::AlterConfigs(altered) = connection.call(ApiKey::AlterConfigs, version, &request) else {
+            panic!()
+        };
+        assert_eq!(altered.responses[0].error_code, 0, "v{version}");
+        let request = alter(vec![("segment.bytes", "12")], false);
+        let ResponseKind::AlterConfigs(bad) = connection.call(ApiKey::AlterConfigs, version, &request) else {
+            panic!()
+        };
+        assert_eq!(bad.responses[0].error_code, 40, "v{version}: a segment of 12 bytes");
+        let request = alter(vec![("retention.bytes", "1")], true);
+        let ResponseKind::AlterConfigs(checked) = connection.call(ApiKey::AlterConfigs, version, &request) else {
+            panic!()
+        };
+        assert_eq!(checked.responses[0].error_code, 0, "v{version}: validate only");
+    }
+    let configs = described(&mut connection, 4, "tuned");
+    assert_eq!(value_of(&configs, "retention.ms"), ("604800000".into(), 5), "replaced: back to the default");
+    assert_eq!(value_of(&configs, "retention.bytes"), ("-1".into(), 5), "validate-only changed nothing");
+    assert_eq!(value_of(&configs, "compression.type"), ("gzip".into(), 1));
+
+    for version in range(&table, ApiKey::IncrementalAlterConfigs) {
+        let op = |key: &str, operation, value: Option<&str>| {
+            incremental::AlterableConfig::default()
+                .with_name(text(key))
+                .with_config_operation(operation)
+                .with_value(value.map(text))
+        };
+        let request = |configs| {
+            IncrementalAlterConfigsRequest::default().with_resources(vec![incremental::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(text("tuned"))
+                .with_configs(configs)])
+        };
+        let ResponseKind::IncrementalAlterConfigs(altered) = connection.call(
+            ApiKey::IncrementalAlterConfigs,
+            version,
+            &request(vec![op("max.message.bytes", 0, Some("2000")), op("retention.ms", 1, None)]),
+        ) else {
+            panic!()
+        };
+        assert_eq!(altered.responses[0].error_code, 0, "v{version}");
+        let ResponseKind::IncrementalAlterConfigs(unknown) = connection.call(
+            ApiKey::IncrementalAlterConfigs,
+            version,
+            &request(vec![op("cleanup.policy", 0, Some("compact"))]),
+        ) else {
+            panic!()
+        };
+        assert_eq!(unknown.responses[0].error_code, 40, "v{version}: INVALID_CONFIG");
+    }
+    let configs = described(&mut connection, 1, "tuned");
+    assert_eq!(value_of(&configs, "max.message.bytes"), ("2000".into(), 1));
+    assert_eq!(value_of(&configs, "compression.type"), ("gzip".into(), 1), "incremental: the rest kept");
+
+    // The configs at work: an uncompressed batch is stored gzip, stamped
+    // with the append time; a batch over max.message.bytes is refused.
+    let mut owner = KafkaConnection::open(connection.leader_of("tuned"));
+    let before = ringbroker::protocol::types::TimestampMs::now().0;
+    assert_eq!(produce_batch(&mut owner, "tuned", batch(&[b"one", b"two"])), (0, 0));
+    let (code, _, records) = fetch_records(&mut owner, "tuned", 0);
+    assert_eq!(code, 0);
+    let view = BatchView::parse_header(&records, usize::MAX).unwrap();
+    assert_eq!(view.compression(), Compression::Gzip, "recompressed to the topic's codec");
+    assert!(view.is_log_append_time());
+    assert!(view.max_timestamp() >= before, "stamped with the append time, not the producer's 2025 stamp");
+    let inflated = view.inflate(1 << 20).unwrap();
+    let values: Vec<_> = view.records_in(&inflated).map(|r| r.unwrap().value.unwrap().to_vec()).collect();
+    assert_eq!(values, vec![b"one".to_vec(), b"two".to_vec()]);
+    let big = vec![b'x'; 3000];
+    assert_eq!(produce_batch(&mut owner, "tuned", batch(&[&big])).0, 10, "MESSAGE_TOO_LARGE");
+    for value in [b"3", b"4", b"5"] {
+        assert_eq!(produce_batch(&mut owner, "tuned", batch(&[value])).0, 0);
+    }
+
+    // DeleteRecords: below 3, then everything (-1), then past the end.
+    let delete = |offset: i64| {
+        DeleteRecordsRequest::default().with_timeout_ms(5000).with_topics(vec![
+            kafka_protocol::messages::delete_records_request::DeleteRecordsTopic::default()
+                .with_name(TopicName(text("tuned")))
+                .with_partitions(vec![
+                    kafka_protocol::messages::delete_records_request::DeleteRecordsPartition::default()
+                        .with_partition_index(0)
+                        .with_offset(offset),
+                ]),
+        ])
+    };
+    let [low, high] = range(&table, ApiKey::DeleteRecords);
+    for (version, offset, expected) in [(low, 3, (0, 3)), (high, -1, (0, 5)), (high, 99, (1, -1))] {
+        let ResponseKind::DeleteRecords(deleted) = owner.call(ApiKey::DeleteRecords, version, &delete(offset)) else {
+            panic!()
+        };
+        let partition = &deleted.topics[0].partitions[0];
+        assert_eq!((partition.error_code, partition.low_watermark), expected, "v{version} offset {offset}");
+        if offset == 3 {
+            let (code, log_start, _) = fetch_records(&mut owner, "tuned", 3);
+            assert_eq!((code, log_start), (0, 3));
+            assert_eq!(fetch_records(&mut owner, "tuned", 2).0, 1, "below the start: OFFSET_OUT_OF_RANGE");
+        }
+    }
+    assert!(broker.terminate().success());
+}

@@ -34,13 +34,14 @@ use super::connection::{Connection, ConnectionOptions};
 use super::error::ClientError;
 use crate::protocol::types::{AckLevel, Offset, PartitionId, ShardId};
 use crate::protocol::wire::{
-    CommitOffsetsRequest, CommitOffsetsResponse, CommittedOffset, CreateTopicRequest, DeleteTopicRequest,
-    DescribeGroupRequest, DescribeGroupResponse, ErrorCode, FetchCommittedRequest, FetchPartition,
-    FetchPartitionResult, FetchRequest, FindCoordinatorRequest, FindCoordinatorResponse, GroupAssignment, GroupListing,
-    GroupResult, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListOffsetsPartition, ListOffsetsRequest,
-    ListOffsetsResult, MetadataRequest, MetadataResponse, OffsetCommit, OffsetSpec, ProducePartition,
-    ProducePartitionResult, ProduceRequest, ProducerIdentity, Request, ResetGroupRequest, ResetTarget, Response,
-    StatsResponse, TopicMetadata, TopicPartitions, TopicResult,
+    AlterConfigsRequest, CommitOffsetsRequest, CommitOffsetsResponse, CommittedOffset, ConfigValue, CreateTopicRequest,
+    DeleteRecordsPartition, DeleteRecordsRequest, DeleteTopicRequest, DescribeConfigsRequest, DescribeGroupRequest,
+    DescribeGroupResponse, ErrorCode, FetchCommittedRequest, FetchPartition, FetchPartitionResult, FetchRequest,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupAssignment, GroupListing, GroupResult, HeartbeatRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsResult, MetadataRequest,
+    MetadataResponse, OffsetCommit, OffsetSpec, ProducePartition, ProducePartitionResult, ProduceRequest,
+    ProducerIdentity, Request, ResetGroupRequest, ResetTarget, Response, StatsResponse, TopicMetadata, TopicPartitions,
+    TopicResult,
 };
 
 /// Groups whose coordinator address is cached. A client uses a handful of
@@ -177,6 +178,62 @@ impl Client {
         };
         self.inner.cache.borrow_mut().forget(name);
         topic_result(result)
+    }
+
+    /// Every config the broker serves for `topic`, with its value.
+    pub async fn describe_configs(&self, topic: &str) -> Result<Vec<ConfigValue>, ClientError> {
+        let request = Request::DescribeConfigs(DescribeConfigsRequest { topics: vec![topic.to_owned()] });
+        let response = match self.bootstrap_call(&request).await? {
+            Response::DescribeConfigs(response) => response,
+            other => return Err(unexpected("DescribeConfigs", &other)),
+        };
+        let found = response.topics.into_iter().find(|configs| configs.name == topic);
+        let configs = found.ok_or_else(|| ClientError::UnexpectedResponse(format!("no configs for {topic}")))?;
+        if !configs.error.is_ok() {
+            return Err(ClientError::broker(configs.error, format!("topic {topic}: {}", configs.error.name())));
+        }
+        Ok(configs.configs)
+    }
+
+    /// Sets configs of `topic` (Kafka's names, such as `retention.ms`) and
+    /// returns others (`reset`) to the broker's settings; the rest keep
+    /// their values. An unknown config or a bad value is an error with code
+    /// `INVALID_CONFIG`, and nothing changes.
+    pub async fn alter_configs(
+        &self,
+        topic: &str,
+        set: Vec<(String, String)>,
+        reset: Vec<String>,
+        validate_only: bool,
+    ) -> Result<(), ClientError> {
+        let request = Request::AlterConfigs(AlterConfigsRequest { topic: topic.to_owned(), set, reset, validate_only });
+        match self.bootstrap_call(&request).await? {
+            Response::AlterConfigs(result) => topic_result(result),
+            other => Err(unexpected("AlterConfigs", &other)),
+        }
+    }
+
+    /// Deletes the records of a partition below `before` (`None`: every
+    /// durable record). Returns the partition's first offset afterwards.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        before: Option<Offset>,
+    ) -> Result<Offset, ClientError> {
+        let partitions = vec![DeleteRecordsPartition { topic: topic.to_owned(), partition, before }];
+        let request = Request::DeleteRecords(DeleteRecordsRequest { partitions });
+        let response = match self.bootstrap_call(&request).await? {
+            Response::DeleteRecords(response) => response,
+            other => return Err(unexpected("DeleteRecords", &other)),
+        };
+        let result = response.partitions.into_iter().next();
+        let result = result.ok_or_else(|| ClientError::UnexpectedResponse("an empty DeleteRecords answer".into()))?;
+        if !result.error.is_ok() {
+            let message = format!("{topic}/{partition}: {}", result.error.name());
+            return Err(ClientError::broker(result.error, message));
+        }
+        Ok(result.log_start)
     }
 
     /// The topic's partition count, from the cache, asking the broker once
@@ -813,6 +870,9 @@ pub(crate) fn unexpected(expected: &str, got: &Response) -> ClientError {
         Response::ResetGroup(_) => "ResetGroup",
         Response::Error(_) => "Error",
         Response::InitProducerId(_) => "InitProducerId",
+        Response::DescribeConfigs(_) => "DescribeConfigs",
+        Response::AlterConfigs(_) => "AlterConfigs",
+        Response::DeleteRecords(_) => "DeleteRecords",
     };
     ClientError::UnexpectedResponse(format!("expected a {expected} response, got {name}"))
 }

@@ -236,6 +236,8 @@ impl ErrorCode {
     /// A retried batch stored long ago: older than the batches remembered,
     /// so its offsets are not known. It is not stored again.
     pub const DUPLICATE_SEQUENCE: ErrorCode = ErrorCode(28);
+    /// A topic config the broker does not know, or a value out of range.
+    pub const INVALID_CONFIG: ErrorCode = ErrorCode(29);
 
     pub fn is_ok(self) -> bool {
         self == ErrorCode::NONE
@@ -286,6 +288,7 @@ impl ErrorCode {
             ErrorCode::OUT_OF_ORDER_SEQUENCE => "out of order sequence",
             ErrorCode::PRODUCER_FENCED => "producer fenced",
             ErrorCode::DUPLICATE_SEQUENCE => "duplicate sequence",
+            ErrorCode::INVALID_CONFIG => "invalid config",
             _ => "unknown error code",
         }
     }
@@ -329,6 +332,12 @@ pub enum Request {
     ResetGroup(ResetGroupRequest),
     /// Any shard: a new idempotent producer's id and epoch.
     InitProducerId,
+    /// Any shard: the configs of topics.
+    DescribeConfigs(DescribeConfigsRequest),
+    /// Any shard (shard 0 applies it): changes a topic's configs.
+    AlterConfigs(AlterConfigsRequest),
+    /// Deletes the records below an offset in partitions (any shard).
+    DeleteRecords(DeleteRecordsRequest),
 }
 
 impl Request {
@@ -353,6 +362,9 @@ impl Request {
             Request::ListGroups => "list_groups",
             Request::ResetGroup(_) => "reset_group",
             Request::InitProducerId => "init_producer_id",
+            Request::DescribeConfigs(_) => "describe_configs",
+            Request::AlterConfigs(_) => "alter_configs",
+            Request::DeleteRecords(_) => "delete_records",
         }
     }
 }
@@ -382,6 +394,74 @@ pub enum Response {
     /// not serve it).
     Error(ErrorResponse),
     InitProducerId(ProducerIdentity),
+    DescribeConfigs(DescribeConfigsResponse),
+    AlterConfigs(TopicResult),
+    DeleteRecords(DeleteRecordsResponse),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeConfigsRequest {
+    pub topics: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeConfigsResponse {
+    pub topics: Vec<TopicConfigs>,
+}
+
+/// One topic's configs: every config the broker serves, with its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfigs {
+    pub name: String,
+    pub error: ErrorCode,
+    pub configs: Vec<ConfigValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigValue {
+    /// Kafka's name for it, such as `retention.ms`.
+    pub name: String,
+    pub value: String,
+    /// Not set for the topic: the broker's setting.
+    pub is_default: bool,
+}
+
+/// Sets and resets configs of one topic; the others keep their values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlterConfigsRequest {
+    pub topic: String,
+    pub set: Vec<(String, String)>,
+    /// Returned to the broker's setting.
+    pub reset: Vec<String>,
+    /// Check the change, apply nothing.
+    pub validate_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRecordsRequest {
+    pub partitions: Vec<DeleteRecordsPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRecordsPartition {
+    pub topic: String,
+    pub partition: PartitionId,
+    /// Records below this go; `None`: all durable records.
+    pub before: Option<Offset>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRecordsResponse {
+    pub partitions: Vec<DeleteRecordsResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRecordsResult {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub error: ErrorCode,
+    /// The partition's first offset afterwards.
+    pub log_start: Offset,
 }
 
 /// An idempotent producer's id and epoch: its batches carry them, with a
@@ -402,7 +482,11 @@ impl Response {
         }
         let code = match self {
             Response::Error(error) => Some(error.code),
-            Response::CreateTopic(result) | Response::DeleteTopic(result) => Some(result.error),
+            Response::CreateTopic(result) | Response::DeleteTopic(result) | Response::AlterConfigs(result) => {
+                Some(result.error)
+            }
+            Response::DescribeConfigs(response) => first(response.topics.iter().map(|t| t.error)),
+            Response::DeleteRecords(response) => first(response.partitions.iter().map(|p| p.error)),
             Response::Produce(response) => first(response.partitions.iter().map(|p| p.error)),
             Response::Fetch(response) => first(response.partitions.iter().map(|p| p.error)),
             Response::ListOffsets(response) => first(response.partitions.iter().map(|p| p.error)),

@@ -685,6 +685,10 @@ fn kafka_kind(api_key: kafka_protocol::messages::ApiKey) -> &'static str {
         ApiKey::CreateTopics => "kafka_create_topics",
         ApiKey::DeleteTopics => "kafka_delete_topics",
         ApiKey::InitProducerId => "kafka_init_producer_id",
+        ApiKey::DescribeConfigs => "kafka_describe_configs",
+        ApiKey::AlterConfigs => "kafka_alter_configs",
+        ApiKey::IncrementalAlterConfigs => "kafka_incremental_alter_configs",
+        ApiKey::DeleteRecords => "kafka_delete_records",
         _ => "kafka_other",
     }
 }

@@ -8,9 +8,10 @@ use bytes::BytesMut;
 
 use crate::protocol::types::AckLevel;
 use crate::protocol::wire::{
-    ErrorCode, ErrorResponse, FetchRequest, FetchResponse, ListOffsetsResponse, ProduceRequest, ProduceResponse,
-    ProducerIdentity, Request, Response,
+    ConfigValue, DeleteRecordsResponse, DescribeConfigsResponse, ErrorCode, ErrorResponse, FetchRequest, FetchResponse,
+    ListOffsetsResponse, ProduceRequest, ProduceResponse, ProducerIdentity, Request, Response, TopicConfigs,
 };
+use crate::shard::topic_config::{ConfigEdit, TopicConfig};
 use crate::shard::{Counters, ProduceItem, Shard};
 
 use super::connection::Limits;
@@ -56,7 +57,7 @@ async fn serve(shard: &Rc<Shard>, request: Request, payload: BytesMut, limits: &
         }
         Request::CreateTopic(request) => {
             Counters::add(&counters.admin_requests, 1);
-            Response::CreateTopic(shard.create_topic(request.name, request.partitions).await)
+            Response::CreateTopic(shard.create_topic(request.name, request.partitions, TopicConfig::default()).await)
         }
         Request::DeleteTopic(request) => {
             Counters::add(&counters.admin_requests, 1);
@@ -92,6 +93,29 @@ async fn serve(shard: &Rc<Shard>, request: Request, payload: BytesMut, limits: &
                 }
             }
         }
+        Request::DescribeConfigs(request) => {
+            Counters::add(&counters.admin_requests, 1);
+            if request.topics.len() > PARTITIONS_PER_REQUEST_MAX {
+                too_many_partitions()
+            } else {
+                Response::DescribeConfigs(describe_configs(shard, &request.topics))
+            }
+        }
+        Request::AlterConfigs(request) => {
+            Counters::add(&counters.admin_requests, 1);
+            let edit = ConfigEdit { replace: false, set: request.set, reset: request.reset };
+            Response::AlterConfigs(shard.alter_topic_config(request.topic, edit, request.validate_only).await)
+        }
+        Request::DeleteRecords(request) => {
+            Counters::add(&counters.admin_requests, 1);
+            if request.partitions.len() > PARTITIONS_PER_REQUEST_MAX {
+                too_many_partitions()
+            } else {
+                Response::DeleteRecords(DeleteRecordsResponse {
+                    partitions: shard.delete_records(request.partitions).await,
+                })
+            }
+        }
         group @ (Request::FindCoordinator(_)
         | Request::JoinGroup(_)
         | Request::Heartbeat(_)
@@ -103,6 +127,29 @@ async fn serve(shard: &Rc<Shard>, request: Request, payload: BytesMut, limits: &
         | Request::ResetGroup(_)) => shard.group_request(group).await,
     };
     Some((response, Vec::new()))
+}
+
+fn describe_configs(shard: &Rc<Shard>, topics: &[String]) -> DescribeConfigsResponse {
+    let topics = shard
+        .describe_topic_configs(topics)
+        .into_iter()
+        .map(|(name, entries)| match entries {
+            None => TopicConfigs { name, error: ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, configs: Vec::new() },
+            Some(entries) => TopicConfigs {
+                name,
+                error: ErrorCode::NONE,
+                configs: entries
+                    .into_iter()
+                    .map(|entry| ConfigValue {
+                        name: entry.key.name().to_string(),
+                        value: entry.value,
+                        is_default: entry.is_default,
+                    })
+                    .collect(),
+            },
+        })
+        .collect();
+    DescribeConfigsResponse { topics }
 }
 
 async fn produce(

@@ -20,8 +20,6 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
-use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
-use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
@@ -31,8 +29,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::produce_request::TopicProduceData;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse, FindCoordinatorRequest,
     FindCoordinatorResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
     MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader, ResponseHeader,
     ResponseKind, TopicName,
@@ -44,10 +41,11 @@ use crate::protocol::kafka::bounds::{self, BoundsError};
 use crate::protocol::kafka::schemas;
 use crate::protocol::types::{AckLevel, PartitionId};
 use crate::protocol::wire::{self, ErrorCode, FetchPartition, ListOffsetsPartition, OffsetSpec};
+use crate::shard::topic_config::TopicConfig;
 use crate::shard::{Counters, ProduceItem, Shard};
 
 use super::connection::Limits;
-use super::dispatch;
+use super::{dispatch, kafka_admin};
 
 /// Kafka error codes the broker answers with (Kafka's own numbers).
 pub mod codes {
@@ -73,6 +71,7 @@ pub mod codes {
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_PARTITIONS: i16 = 37;
     pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_CONFIG: i16 = 40;
     pub const INVALID_REQUEST: i16 = 42;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
@@ -248,7 +247,12 @@ async fn serve(
         ApiKey::Produce => &counters.produce_requests,
         ApiKey::Fetch => &counters.fetch_requests,
         ApiKey::Metadata => &counters.metadata_requests,
-        ApiKey::CreateTopics | ApiKey::DeleteTopics => &counters.admin_requests,
+        ApiKey::CreateTopics
+        | ApiKey::DeleteTopics
+        | ApiKey::DescribeConfigs
+        | ApiKey::AlterConfigs
+        | ApiKey::IncrementalAlterConfigs
+        | ApiKey::DeleteRecords => &counters.admin_requests,
         ApiKey::ApiVersions | ApiKey::ListOffsets | ApiKey::FindCoordinator | ApiKey::InitProducerId => {
             &counters.other_requests
         }
@@ -275,8 +279,24 @@ async fn serve(
             ResponseKind::Fetch(fetch(shard, version, native, shape).await)
         }
         ApiKey::ListOffsets => ResponseKind::ListOffsets(list_offsets(shard, version, decode(body, version)?).await),
-        ApiKey::CreateTopics => ResponseKind::CreateTopics(create_topics(shard, version, decode(body, version)?).await),
-        ApiKey::DeleteTopics => ResponseKind::DeleteTopics(delete_topics(shard, decode(body, version)?).await),
+        ApiKey::CreateTopics => {
+            ResponseKind::CreateTopics(kafka_admin::create_topics(shard, version, decode(body, version)?).await)
+        }
+        ApiKey::DeleteTopics => {
+            ResponseKind::DeleteTopics(kafka_admin::delete_topics(shard, decode(body, version)?).await)
+        }
+        ApiKey::DescribeConfigs => {
+            ResponseKind::DescribeConfigs(kafka_admin::describe_configs(shard, version, decode(body, version)?))
+        }
+        ApiKey::AlterConfigs => {
+            ResponseKind::AlterConfigs(kafka_admin::alter_configs(shard, decode(body, version)?).await)
+        }
+        ApiKey::IncrementalAlterConfigs => ResponseKind::IncrementalAlterConfigs(
+            kafka_admin::incremental_alter_configs(shard, decode(body, version)?).await,
+        ),
+        ApiKey::DeleteRecords => {
+            ResponseKind::DeleteRecords(kafka_admin::delete_records(shard, decode(body, version)?).await)
+        }
         ApiKey::FindCoordinator => {
             ResponseKind::FindCoordinator(find_coordinator(shard, endpoints, version, decode(body, version)?))
         }
@@ -355,6 +375,7 @@ pub fn kafka_code(code: ErrorCode) -> i16 {
         ErrorCode::OUT_OF_ORDER_SEQUENCE => codes::OUT_OF_ORDER_SEQUENCE_NUMBER,
         ErrorCode::PRODUCER_FENCED => codes::INVALID_PRODUCER_EPOCH,
         ErrorCode::DUPLICATE_SEQUENCE => codes::DUPLICATE_SEQUENCE_NUMBER,
+        ErrorCode::INVALID_CONFIG => codes::INVALID_CONFIG,
         _ => codes::UNKNOWN_SERVER_ERROR,
     }
 }
@@ -368,7 +389,7 @@ async fn ensure_topic(shard: &Rc<Shard>, endpoints: &KafkaEndpoints, topic: &str
     if !(endpoints.auto_create_topics && allowed) {
         return false;
     }
-    let created = shard.create_topic(topic.to_string(), 0).await;
+    let created = shard.create_topic(topic.to_string(), 0, TopicConfig::default()).await;
     created.error.is_ok() || created.error == ErrorCode::TOPIC_EXISTS
 }
 
@@ -657,50 +678,6 @@ async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsReque
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)
-}
-
-async fn create_topics(shard: &Rc<Shard>, version: i16, request: CreateTopicsRequest) -> CreateTopicsResponse {
-    let mut topics = Vec::with_capacity(request.topics.len());
-    for topic in request.topics {
-        let topic_name = topic.name.0.to_string();
-        let mut result = CreatableTopicResult::default().with_name(TopicName(name(&topic_name)));
-        let refusal = if topic.replication_factor > 1 {
-            Some((codes::INVALID_REPLICATION_FACTOR, "replication is not supported yet: use 1 or -1".to_string()))
-        } else if topic.num_partitions == 0 || topic.num_partitions < -1 {
-            Some((codes::INVALID_PARTITIONS, format!("invalid partition count {}", topic.num_partitions)))
-        } else {
-            None
-        };
-        let (code, message) = match refusal {
-            Some(refusal) => refusal,
-            None if request.validate_only => (codes::NONE, String::new()),
-            None => {
-                let partitions = u32::try_from(topic.num_partitions).unwrap_or(0);
-                let created = shard.create_topic(topic_name.clone(), partitions).await;
-                (kafka_code(created.error), created.message)
-            }
-        };
-        result = result.with_error_code(code);
-        if version >= 1 && !message.is_empty() {
-            result = result.with_error_message(Some(name(&message)));
-        }
-        if version >= 5 {
-            let count = shard.metadata().topics.get(&topic_name).map_or(-1, |placement| placement.owners.len() as i32);
-            result = result.with_num_partitions(count).with_replication_factor(1);
-        }
-        topics.push(result);
-    }
-    CreateTopicsResponse::default().with_topics(topics)
-}
-
-async fn delete_topics(shard: &Rc<Shard>, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
-    let mut responses = Vec::with_capacity(request.topic_names.len());
-    for topic in request.topic_names {
-        let deleted = shard.delete_topic(topic.0.to_string()).await;
-        responses
-            .push(DeletableTopicResult::default().with_name(Some(topic)).with_error_code(kafka_code(deleted.error)));
-    }
-    DeleteTopicsResponse::default().with_responses(responses)
 }
 
 /// InitProducerId for idempotent producers: a new producer id at epoch 0

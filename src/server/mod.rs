@@ -19,6 +19,7 @@ mod connection;
 mod dispatch;
 pub mod exclusive;
 pub mod kafka;
+mod kafka_admin;
 pub mod metrics;
 mod warn_limit;
 

@@ -9,6 +9,7 @@
 //!
 //! File layout: magic `RBMD` | version u16 LE | body length u32 LE | body
 //! (postcard-encoded [`ClusterMetadata`]) | CRC-32C u32 LE of the body.
+//! Version 1 had no topic configs; it is still read.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -18,8 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::types::{PartitionId, ShardId};
 
+use super::topic_config::TopicConfig;
+
 const METADATA_MAGIC: [u8; 4] = *b"RBMD";
-const METADATA_VERSION: u16 = 1;
+const METADATA_VERSION: u16 = 2;
 const METADATA_FILE: &str = "metadata";
 /// A metadata file is small; anything larger is not ours.
 const METADATA_BYTES_MAX: usize = 64 << 20;
@@ -39,10 +42,24 @@ pub struct ClusterMetadata {
     pub topics: BTreeMap<String, TopicPlacement>,
 }
 
-/// Where a topic's partitions live: `owners[p]` owns partition `p`.
+/// Where a topic's partitions live (`owners[p]` owns partition `p`), and
+/// the configs set for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicPlacement {
     pub owners: Vec<ShardId>,
+    pub config: TopicConfig,
+}
+
+/// Version 1 of the file, before topic configs.
+#[derive(Deserialize)]
+struct ClusterMetadataV1 {
+    version: u64,
+    topics: BTreeMap<String, TopicPlacementV1>,
+}
+
+#[derive(Deserialize)]
+struct TopicPlacementV1 {
+    owners: Vec<ShardId>,
 }
 
 /// Why a metadata change was refused.
@@ -54,6 +71,8 @@ pub enum MetadataError {
     UnknownTopic(String),
     #[error("invalid topic name: {0}")]
     InvalidName(String),
+    #[error("{0}")]
+    InvalidConfig(String),
     #[error("a topic needs 1 to {PARTITIONS_PER_TOPIC_MAX} partitions, not {0}")]
     InvalidPartitionCount(u32),
     #[error(
@@ -77,6 +96,7 @@ impl ClusterMetadata {
         &mut self,
         name: &str,
         partitions: u32,
+        config: TopicConfig,
         shard_count: usize,
         partitions_max: usize,
     ) -> Result<(), MetadataError> {
@@ -101,7 +121,15 @@ impl ClusterMetadata {
                 ShardId(least as u16)
             })
             .collect();
-        self.topics.insert(name.to_string(), TopicPlacement { owners });
+        self.topics.insert(name.to_string(), TopicPlacement { owners, config });
+        self.version += 1;
+        Ok(())
+    }
+
+    /// Replaces a topic's configs.
+    pub fn set_topic_config(&mut self, name: &str, config: TopicConfig) -> Result<(), MetadataError> {
+        let placement = self.topics.get_mut(name).ok_or_else(|| MetadataError::UnknownTopic(name.to_string()))?;
+        placement.config = config;
         self.version += 1;
         Ok(())
     }
@@ -166,8 +194,9 @@ impl ClusterMetadata {
     pub fn decode(bytes: &[u8]) -> Result<ClusterMetadata, String> {
         let rest = bytes.strip_prefix(&METADATA_MAGIC).ok_or("not a metadata file (bad magic)")?;
         let (version, rest) = rest.split_first_chunk::<2>().ok_or("truncated header")?;
-        if u16::from_le_bytes(*version) != METADATA_VERSION {
-            return Err(format!("unsupported metadata version {}", u16::from_le_bytes(*version)));
+        let version = u16::from_le_bytes(*version);
+        if version != METADATA_VERSION && version != 1 {
+            return Err(format!("unsupported metadata version {version}"));
         }
         let (len, rest) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
         let len = u32::from_le_bytes(*len) as usize;
@@ -178,7 +207,17 @@ impl ClusterMetadata {
         if crc32c::crc32c(body).to_le_bytes() != crc {
             return Err("checksum mismatch".into());
         }
-        postcard::from_bytes(body).map_err(|error| format!("undecodable body: {error}"))
+        let undecodable = |error: postcard::Error| format!("undecodable body: {error}");
+        if version == 1 {
+            let old: ClusterMetadataV1 = postcard::from_bytes(body).map_err(undecodable)?;
+            let topics = old
+                .topics
+                .into_iter()
+                .map(|(name, old)| (name, TopicPlacement { owners: old.owners, config: TopicConfig::default() }))
+                .collect();
+            return Ok(ClusterMetadata { version: old.version, topics });
+        }
+        postcard::from_bytes(body).map_err(undecodable)
     }
 }
 
@@ -224,8 +263,8 @@ mod tests {
     #[test]
     fn partitions_are_balanced_by_count_across_topics() {
         let mut metadata = ClusterMetadata::default();
-        metadata.create_topic("a", 3, 2, PARTITIONS_TOTAL_MAX).unwrap();
-        metadata.create_topic("b", 3, 2, PARTITIONS_TOTAL_MAX).unwrap();
+        metadata.create_topic("a", 3, TopicConfig::default(), 2, PARTITIONS_TOTAL_MAX).unwrap();
+        metadata.create_topic("b", 3, TopicConfig::default(), 2, PARTITIONS_TOTAL_MAX).unwrap();
         let owners = |topic: &str| metadata.topics[topic].owners.iter().map(|s| s.0).collect::<Vec<_>>();
         assert_eq!(owners("a"), vec![0, 1, 0]);
         assert_eq!(owners("b"), vec![1, 0, 1], "b evens out a's extra partition on shard 0");
@@ -238,17 +277,23 @@ mod tests {
     #[test]
     fn bad_topics_are_refused() {
         let mut metadata = ClusterMetadata::default();
-        assert!(matches!(metadata.create_topic("a/b", 1, 1, PARTITIONS_TOTAL_MAX), Err(MetadataError::InvalidName(_))));
+        assert!(matches!(
+            metadata.create_topic("a/b", 1, TopicConfig::default(), 1, PARTITIONS_TOTAL_MAX),
+            Err(MetadataError::InvalidName(_))
+        ));
         assert_eq!(
-            metadata.create_topic("a", 0, 1, PARTITIONS_TOTAL_MAX),
+            metadata.create_topic("a", 0, TopicConfig::default(), 1, PARTITIONS_TOTAL_MAX),
             Err(MetadataError::InvalidPartitionCount(0))
         );
         assert_eq!(
-            metadata.create_topic("a", PARTITIONS_PER_TOPIC_MAX + 1, 1, PARTITIONS_TOTAL_MAX),
+            metadata.create_topic("a", PARTITIONS_PER_TOPIC_MAX + 1, TopicConfig::default(), 1, PARTITIONS_TOTAL_MAX),
             Err(MetadataError::InvalidPartitionCount(PARTITIONS_PER_TOPIC_MAX + 1))
         );
-        metadata.create_topic("a", 1, 1, PARTITIONS_TOTAL_MAX).unwrap();
-        assert_eq!(metadata.create_topic("a", 1, 1, PARTITIONS_TOTAL_MAX), Err(MetadataError::TopicExists("a".into())));
+        metadata.create_topic("a", 1, TopicConfig::default(), 1, PARTITIONS_TOTAL_MAX).unwrap();
+        assert_eq!(
+            metadata.create_topic("a", 1, TopicConfig::default(), 1, PARTITIONS_TOTAL_MAX),
+            Err(MetadataError::TopicExists("a".into()))
+        );
         assert_eq!(metadata.delete_topic("b"), Err(MetadataError::UnknownTopic("b".into())));
         assert!(metadata.delete_topic("a").is_ok());
         assert!(metadata.topics.is_empty());
@@ -257,18 +302,18 @@ mod tests {
     #[test]
     fn the_broker_partition_limit_is_kept() {
         let mut metadata = ClusterMetadata::default();
-        metadata.create_topic("a", 6, 2, 10).unwrap();
-        let refused = metadata.create_topic("b", 5, 2, 10).unwrap_err();
+        metadata.create_topic("a", 6, TopicConfig::default(), 2, 10).unwrap();
+        let refused = metadata.create_topic("b", 5, TopicConfig::default(), 2, 10).unwrap_err();
         assert_eq!(refused, MetadataError::TooManyPartitions { total: 6, asked: 5, max: 10 });
         assert!(refused.to_string().contains("topics.partitions_max"), "{refused}");
-        metadata.create_topic("b", 4, 2, 10).unwrap();
+        metadata.create_topic("b", 4, TopicConfig::default(), 2, 10).unwrap();
         assert_eq!(metadata.partition_count(), 10);
     }
 
     #[test]
     fn partitions_of_vanished_shards_are_moved() {
         let mut metadata = ClusterMetadata::default();
-        metadata.create_topic("a", 4, 4, PARTITIONS_TOTAL_MAX).unwrap();
+        metadata.create_topic("a", 4, TopicConfig::default(), 4, PARTITIONS_TOTAL_MAX).unwrap();
         assert!(metadata.rebalance_for(2));
         assert!(metadata.topics["a"].owners.iter().all(|owner| owner.0 < 2));
         assert!(!metadata.rebalance_for(2));
@@ -277,7 +322,7 @@ mod tests {
     #[test]
     fn the_file_round_trips_and_damage_is_refused() {
         let mut metadata = ClusterMetadata::default();
-        metadata.create_topic("orders", 8, 3, PARTITIONS_TOTAL_MAX).unwrap();
+        metadata.create_topic("orders", 8, TopicConfig::default(), 3, PARTITIONS_TOTAL_MAX).unwrap();
         let bytes = metadata.encode();
         assert_eq!(ClusterMetadata::decode(&bytes).unwrap(), metadata);
         for cut in 0..bytes.len() {
@@ -291,11 +336,49 @@ mod tests {
     }
 
     #[test]
+    fn topic_configs_round_trip_and_version_1_files_still_load() {
+        let mut metadata = ClusterMetadata::default();
+        let config = TopicConfig { retention_ms: Some(60_000), ..TopicConfig::default() };
+        metadata.create_topic("orders", 2, config.clone(), 2, PARTITIONS_TOTAL_MAX).unwrap();
+        assert_eq!(ClusterMetadata::decode(&metadata.encode()).unwrap().topics["orders"].config, config);
+        metadata.set_topic_config("orders", TopicConfig::default()).unwrap();
+        assert_eq!(metadata.version, 2);
+        assert_eq!(
+            metadata.set_topic_config("nope", TopicConfig::default()),
+            Err(MetadataError::UnknownTopic("nope".into()))
+        );
+        // A file as version 1 wrote it: the same body without configs.
+        #[derive(Serialize)]
+        struct OldPlacement {
+            owners: Vec<ShardId>,
+        }
+        #[derive(Serialize)]
+        struct Old {
+            version: u64,
+            topics: BTreeMap<String, OldPlacement>,
+        }
+        let old = Old {
+            version: 7,
+            topics: BTreeMap::from([("orders".to_string(), OldPlacement { owners: vec![ShardId(1), ShardId(0)] })]),
+        };
+        let body = postcard::to_allocvec(&old).unwrap();
+        let mut file = b"RBMD".to_vec();
+        file.extend_from_slice(&1u16.to_le_bytes());
+        file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        file.extend_from_slice(&body);
+        file.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        let loaded = ClusterMetadata::decode(&file).unwrap();
+        assert_eq!(loaded.version, 7);
+        assert_eq!(loaded.topics["orders"].owners, vec![ShardId(1), ShardId(0)]);
+        assert_eq!(loaded.topics["orders"].config, TopicConfig::default());
+    }
+
+    #[test]
     fn store_and_load_through_the_file_system() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), ClusterMetadata::default());
         let mut metadata = ClusterMetadata::default();
-        metadata.create_topic("t", 2, 2, PARTITIONS_TOTAL_MAX).unwrap();
+        metadata.create_topic("t", 2, TopicConfig::default(), 2, PARTITIONS_TOTAL_MAX).unwrap();
         store(dir.path(), &metadata).unwrap();
         assert_eq!(load(dir.path()).unwrap(), metadata);
         std::fs::write(metadata_path(dir.path()), b"garbage").unwrap();

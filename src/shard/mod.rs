@@ -12,6 +12,7 @@
 //! so a simple client works against any shard; a shard-aware client talks to
 //! the owner directly and nothing is forwarded.
 
+mod admin;
 mod coordinator;
 pub mod groups;
 pub mod kafka_groups;
@@ -22,6 +23,7 @@ pub mod producer_ids;
 mod routing;
 pub mod snapshot;
 mod stats;
+pub mod topic_config;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -78,7 +80,18 @@ pub enum ShardMessage {
     CreateTopic {
         name: String,
         partitions: u32,
+        config: topic_config::TopicConfig,
         reply: oneshot::Sender<TopicResult>,
+    },
+    /// To shard 0, the metadata writer.
+    AlterTopicConfig {
+        name: String,
+        edit: topic_config::ConfigEdit,
+        reply: oneshot::Sender<TopicResult>,
+    },
+    DeleteRecords {
+        partitions: Vec<crate::protocol::wire::DeleteRecordsPartition>,
+        reply: oneshot::Sender<Vec<crate::protocol::wire::DeleteRecordsResult>>,
     },
     /// To shard 0, the metadata writer.
     DeleteTopic {
@@ -330,7 +343,8 @@ impl Shard {
     }
 
     /// Brings this shard's partitions in line with `next`: opens the ones it
-    /// now owns, closes and deletes the ones whose topic is gone. Group
+    /// now owns, closes and deletes the ones whose topic is gone, and gives
+    /// the logs of a topic whose configs changed their new limits. Group
     /// offsets of a deleted topic are forgotten, and so are any left over
     /// for a topic that is created (a deletion whose tombstones failed to be
     /// written), so a topic always starts with no committed offsets.
@@ -348,11 +362,19 @@ impl Shard {
         // Open the partitions first, then publish the metadata: requests that
         // see the new topic find its partitions open.
         for (topic, placement) in &next.topics {
+            let limits = placement.config.log_limits(self.log_config.limits());
+            if previous.topics.get(topic).is_some_and(|before| before.config != placement.config) {
+                for state in self.partitions.borrow().get(topic.as_str()).into_iter().flat_map(BTreeMap::values) {
+                    if let Partition::Ready(log) = state {
+                        log.set_limits(limits);
+                    }
+                }
+            }
             for (partition, owner) in placement.owners.iter().enumerate() {
                 let partition = partition as u32;
                 let open = self.partitions.borrow().get(topic.as_str()).is_some_and(|map| map.contains_key(&partition));
                 if *owner == self.id && !open {
-                    let opened = self.open_partition(topic, partition).await;
+                    let opened = self.open_partition(topic, partition, limits).await;
                     let mut partitions = self.partitions.borrow_mut();
                     partitions.entry(Rc::from(topic.as_str())).or_default().insert(partition, opened);
                 }
@@ -366,7 +388,7 @@ impl Shard {
         }
     }
 
-    async fn open_partition(&self, topic: &str, partition: u32) -> Partition {
+    async fn open_partition(&self, topic: &str, partition: u32, limits: crate::storage::LogLimits) -> Partition {
         let dir = self.partition_dir(topic, partition);
         let counters = Rc::clone(&self.counters);
         let options = OpenOptions {
@@ -374,7 +396,8 @@ impl Shard {
             fsync_observer: Some(FsyncObserver(Rc::new(move |took| counters.record_fsync(took)))),
             ..OpenOptions::default()
         };
-        match PartitionLog::open(self.storage.clone(), &dir, self.log_config.clone(), options).await {
+        let config = self.log_config.clone().with_limits(limits);
+        match PartitionLog::open(self.storage.clone(), &dir, config, options).await {
             Ok(log) => Partition::Ready(log),
             Err(error) => {
                 tracing::error!(shard = %self.id, topic, partition, %error, "partition quarantined; other partitions keep serving");
@@ -453,8 +476,14 @@ impl Shard {
             ShardMessage::ListOffsets { partitions, reply } => {
                 let _ = reply.send(self.list_offsets_local(partitions).await);
             }
-            ShardMessage::CreateTopic { name, partitions, reply } => {
-                let _ = reply.send(self.create_topic(name, partitions).await);
+            ShardMessage::CreateTopic { name, partitions, config, reply } => {
+                let _ = reply.send(self.create_topic(name, partitions, config).await);
+            }
+            ShardMessage::AlterTopicConfig { name, edit, reply } => {
+                let _ = reply.send(self.alter_topic_config(name, edit, false).await);
+            }
+            ShardMessage::DeleteRecords { partitions, reply } => {
+                let _ = reply.send(self.delete_records_local(partitions).await);
             }
             ShardMessage::DeleteTopic { name, reply } => {
                 let _ = reply.send(self.delete_topic(name).await);

@@ -16,22 +16,24 @@ use bytes::BytesMut;
 use futures_channel::oneshot;
 use futures_lite::future;
 
-use crate::protocol::batch::{peek_batch_len, BatchError, BatchView, LengthProblem, LOG_OVERHEAD};
+use crate::protocol::batch::{
+    peek_batch_len, recompress_batch, set_log_append_time, BatchError, BatchView, LengthProblem, LOG_OVERHEAD,
+};
 use crate::protocol::compression::CompressionError;
 use crate::protocol::types::{AckLevel, Offset, PartitionId, ShardId, TimestampMs};
 use crate::protocol::wire::{
     ErrorCode, FetchPartition, FetchPartitionResult, FetchRequest, ListOffsetsPartition, ListOffsetsResult,
     MetadataResponse, OffsetSpec, PartitionMetadata, ProducePartitionResult, ShardEndpoint, StatsResponse,
-    TopicMetadata, TopicResult,
+    TopicMetadata,
 };
 use crate::storage::AppendReceipt;
 
-use super::metadata::{self, MetadataError};
+use super::topic_config::{TimestampType, TopicCompression};
 use super::{error_code, Counters, FetchOutcome, Partition, ProduceItem, Shard, ShardMessage};
 
 /// Items of one request grouped by owning shard, each with its position in
 /// the request.
-type Routed<T> = BTreeMap<ShardId, Vec<(usize, T)>>;
+pub(super) type Routed<T> = BTreeMap<ShardId, Vec<(usize, T)>>;
 
 impl Shard {
     /// Appends each item's batches to its partition (wherever it lives) and
@@ -117,7 +119,8 @@ impl Shard {
             Some(Partition::Failed(_)) => return Err(ErrorCode::PARTITION_FAILED),
             None => return Err(ErrorCode::NOT_OWNER),
         };
-        let batch_bytes_max = self.log_config.batch_bytes_max;
+        let config = self.metadata().topics.get(topic).map(|placement| placement.config.clone()).unwrap_or_default();
+        let batch_bytes_max = config.max_batch_bytes(self.log_config.batch_bytes_max);
         let mut batches = Vec::new();
         while !data.is_empty() {
             let len = match peek_batch_len(&data, batch_bytes_max) {
@@ -134,14 +137,30 @@ impl Shard {
             return Err(ErrorCode::INVALID_BATCH);
         }
         // A compressed batch is stored as produced, but first inflated once
-        // (bounded by the frame limit) to check it holds its records.
-        for batch in &batches {
-            let checked = BatchView::parse_header(batch, batch_bytes_max)
-                .and_then(|view| view.verify_compressed_records(self.inflated_bytes_max));
+        // (bounded by the frame limit) to check it holds its records. A topic
+        // with a fixed codec gets it recompressed instead, which checks the
+        // same; and one with log-append time gets its timestamps stamped.
+        let recompress_to = config.compression.and_then(TopicCompression::codec);
+        let append_time = config.timestamp_type == Some(TimestampType::LogAppendTime);
+        for batch in &mut batches {
+            let view = BatchView::parse_header(batch, batch_bytes_max).map_err(|_| ErrorCode::INVALID_BATCH)?;
+            let checked = match recompress_to {
+                Some(codec) if codec != view.compression() => recompress_batch(&view, codec, self.inflated_bytes_max)
+                    .map(|stored| Some(BytesMut::from(&stored[..]))),
+                _ => view.verify_compressed_records(self.inflated_bytes_max).map(|()| None),
+            };
             match checked {
-                Ok(()) => {}
+                Ok(None) => {}
+                Ok(Some(recompressed)) => {
+                    *batch = recompressed;
+                    // Compressing is the costliest thing a shard does per batch.
+                    glommio::yield_if_needed().await;
+                }
                 Err(BatchError::Inflate(CompressionError::TooLarge { .. })) => return Err(ErrorCode::BATCH_TOO_LARGE),
                 Err(_) => return Err(ErrorCode::INVALID_BATCH),
+            }
+            if append_time {
+                set_log_append_time(batch, TimestampMs::now().0);
             }
         }
         let (mut first, mut last) = (None, None);
@@ -434,137 +453,6 @@ impl Shard {
         MetadataResponse { shards, topics }
     }
 
-    /// Creates a topic. Shard 0 makes the change durable, then every shard
-    /// applies it (opening the partitions it owns) before this returns.
-    pub async fn create_topic(self: &Rc<Self>, name: String, partitions: u32) -> TopicResult {
-        if self.id != ShardId(0) {
-            let (reply, answer) = oneshot::channel();
-            return self
-                .ask_writer(ShardMessage::CreateTopic { name: name.clone(), partitions, reply }, answer, name)
-                .await;
-        }
-        let partitions = if partitions == 0 { self.default_partitions_for_new_topic() } else { partitions };
-        if let Err(refusal) = self.check_space_for(partitions).await {
-            return topic_result(name, ErrorCode::STORAGE_FULL, &refusal);
-        }
-        let (shard_count, partitions_max) = (self.shard_count, self.partitions_max);
-        self.change_metadata(name, move |metadata, name| {
-            metadata.create_topic(name, partitions, shard_count, partitions_max)
-        })
-        .await
-    }
-
-    /// Deletes a topic and its data on every shard.
-    pub async fn delete_topic(self: &Rc<Self>, name: String) -> TopicResult {
-        if self.id != ShardId(0) {
-            let (reply, answer) = oneshot::channel();
-            return self.ask_writer(ShardMessage::DeleteTopic { name: name.clone(), reply }, answer, name).await;
-        }
-        self.change_metadata(name, |metadata, name| metadata.delete_topic(name).map(drop)).await
-    }
-
-    /// Refuses a creation whose partitions' first reservations would not
-    /// fit the free space, less the reserve the other partitions keep.
-    async fn check_space_for(&self, partitions: u32) -> Result<(), String> {
-        if !self.log_config.preallocate {
-            return Ok(());
-        }
-        let each = crate::storage::PREALLOCATE_BYTES_FIRST.min(self.log_config.segment_bytes_max);
-        let needed = u64::from(partitions) * each;
-        let dir = self.data_dir.clone();
-        let free = glommio::executor().spawn_blocking(move || crate::storage::free_bytes(&dir)).await;
-        let free = free.map_err(|error| format!("reading the free space of the data directory: {error}"))?;
-        let reserve = self.free_bytes_reserved;
-        if needed.saturating_add(reserve) > free {
-            return Err(format!(
-                "{partitions} partitions need {} of disk to start ({} each), but {} is free and {} is kept in \
-                 reserve (storage.free_bytes_reserved)",
-                mib(needed),
-                mib(each),
-                mib(free),
-                mib(reserve)
-            ));
-        }
-        Ok(())
-    }
-
-    fn default_partitions_for_new_topic(&self) -> u32 {
-        match self.default_partitions {
-            0 => self.shard_count as u32,
-            n => n,
-        }
-    }
-
-    async fn ask_writer(
-        &self,
-        message: ShardMessage,
-        answer: oneshot::Receiver<TopicResult>,
-        name: String,
-    ) -> TopicResult {
-        match self.send_to(ShardId(0), message).await {
-            Some(()) => {
-                answer.await.unwrap_or_else(|_| topic_result(name, ErrorCode::SHUTTING_DOWN, "shard 0 stopped"))
-            }
-            None => topic_result(name, ErrorCode::SHUTTING_DOWN, "shard 0 stopped"),
-        }
-    }
-
-    /// Shard 0 only: applies `change` to a copy of the metadata, persists it,
-    /// broadcasts it, and applies it here.
-    async fn change_metadata(
-        self: &Rc<Self>,
-        name: String,
-        change: impl FnOnce(&mut metadata::ClusterMetadata, &str) -> Result<(), MetadataError> + 'static,
-    ) -> TopicResult {
-        // Detached: a requester that times out must not cancel a change half
-        // way through persisting or applying it.
-        let shard = Rc::clone(self);
-        let task = glommio::spawn_local(async move { shard.change_metadata_now(name, change).await }).detach();
-        match task.await {
-            Some(result) => result,
-            None => topic_result(String::new(), ErrorCode::SHUTTING_DOWN, "the metadata change was cancelled"),
-        }
-    }
-
-    async fn change_metadata_now(
-        self: &Rc<Self>,
-        name: String,
-        change: impl FnOnce(&mut metadata::ClusterMetadata, &str) -> Result<(), MetadataError>,
-    ) -> TopicResult {
-        let Ok(_writer) = self.metadata_writer.acquire_permit(1).await else {
-            return topic_result(name, ErrorCode::SHUTTING_DOWN, "metadata writer closed");
-        };
-        let mut next = (*self.metadata()).clone();
-        if let Err(error) = change(&mut next, &name) {
-            let code = match error {
-                MetadataError::TopicExists(_) => ErrorCode::TOPIC_EXISTS,
-                MetadataError::UnknownTopic(_) => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
-                MetadataError::InvalidName(_) => ErrorCode::INVALID_TOPIC_NAME,
-                MetadataError::InvalidPartitionCount(_) => ErrorCode::INVALID_PARTITION_COUNT,
-                MetadataError::TooManyPartitions { .. } => ErrorCode::TOO_MANY_PARTITIONS,
-            };
-            return topic_result(name, code, &error.to_string());
-        }
-        let (dir, snapshot) = (self.data_dir.clone(), next.clone());
-        let stored = glommio::executor().spawn_blocking(move || metadata::store(&dir, &snapshot)).await;
-        if let Err(error) = stored {
-            tracing::error!(%error, "persisting metadata failed; the change is not applied");
-            return topic_result(name, ErrorCode::INTERNAL, &format!("persisting metadata: {error}"));
-        }
-        let mut acks = Vec::new();
-        for peer in (1..self.shard_count).map(|peer| ShardId(peer as u16)) {
-            let (reply, answer) = oneshot::channel();
-            if self.send_to(peer, ShardMessage::ApplyMetadata { metadata: next.clone(), reply }).await.is_some() {
-                acks.push(answer);
-            }
-        }
-        self.apply_metadata(next).await;
-        for ack in acks {
-            let _ = ack.await;
-        }
-        topic_result(name, ErrorCode::NONE, "")
-    }
-
     /// Counters of every shard.
     pub async fn stats(self: &Rc<Self>) -> StatsResponse {
         let mut shards = Vec::with_capacity(self.shard_count);
@@ -601,7 +489,7 @@ impl Shard {
     /// shard's part here, the others' by message. Returns each part with its
     /// items' positions in the request, their (topic, partition), and the
     /// answer (`None` if that shard is gone).
-    async fn scatter<T, A: 'static>(
+    pub(super) async fn scatter<T, A: 'static>(
         self: &Rc<Self>,
         routed: Routed<T>,
         key: impl Fn(&T) -> (String, PartitionId),
@@ -634,7 +522,11 @@ impl Shard {
 
     /// Splits items by owning shard; items of unknown topics or partitions
     /// come back separately.
-    fn route<T>(&self, items: Vec<T>, key: impl Fn(&T) -> (&str, PartitionId)) -> (Routed<T>, Vec<(usize, T)>) {
+    pub(super) fn route<T>(
+        &self,
+        items: Vec<T>,
+        key: impl Fn(&T) -> (&str, PartitionId),
+    ) -> (Routed<T>, Vec<(usize, T)>) {
         let metadata = self.metadata();
         let mut routed: Routed<T> = BTreeMap::new();
         let mut unknown = Vec::new();
@@ -650,10 +542,10 @@ impl Shard {
 }
 
 /// One shard's share of a request, see [`Shard::scatter`].
-struct Part<A> {
-    indexes: Vec<usize>,
-    keys: Vec<(String, PartitionId)>,
-    answer: Option<A>,
+pub(super) struct Part<A> {
+    pub indexes: Vec<usize>,
+    pub keys: Vec<(String, PartitionId)>,
+    pub answer: Option<A>,
 }
 
 /// Polls every future until all have completed; outputs in input order.
@@ -726,13 +618,4 @@ fn fetch_error(p: &FetchPartition, error: ErrorCode) -> FetchPartitionResult {
 
 fn list_offsets_error(p: &ListOffsetsPartition, error: ErrorCode) -> ListOffsetsResult {
     ListOffsetsResult { topic: p.topic.clone(), partition: p.partition, error, offset: None }
-}
-
-/// Bytes as MiB for messages.
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
-}
-
-fn topic_result(name: String, error: ErrorCode, message: &str) -> TopicResult {
-    TopicResult { name, error, message: message.to_string() }
 }

@@ -19,6 +19,14 @@ side can follow what a long-running client does. Modes:
       idempotent acks=all producer with compression.type=CODEC sending COUNT values to
       partition 0, then a consumer reading partition 0 from the start;
       prints {"delivered": n, "failed": [...], "values": [...]}
+  confluent-admin BOOTSTRAP TOPIC
+      AdminClient: create TOPIC with configs (and a topic with an unknown
+      config), describe, incrementally alter, produce ten records with
+      timestamp 1000 to partition 0, delete the records below 5, read back;
+      prints one report of everything seen
+  kafka-python-admin BOOTSTRAP TOPIC
+      KafkaAdminClient on an existing TOPIC: alter_configs, describe_configs,
+      delete_records of partition 0 to the end; prints a report
 """
 
 import json
@@ -173,6 +181,90 @@ def confluent_compressed(bootstrap, topic, codec, count):
     emit({"delivered": len(delivered), "failed": failed, "values": values})
 
 
+def confluent_admin(bootstrap, topic):
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        NewTopic,
+        ResourceType,
+    )
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    report = {}
+    configs = {"retention.ms": "3600000", "message.timestamp.type": "LogAppendTime"}
+    created = admin.create_topics(
+        [NewTopic(topic, 2, 1, config=configs), NewTopic(topic + "-bad", 1, 1, config={"cleanup.policy": "compact"})]
+    )
+    for name, future in created.items():
+        try:
+            future.result()
+            report["created " + name] = "ok"
+        except KafkaException as error:
+            report["created " + name] = error.args[0].name()
+
+    def describe():
+        resource = ConfigResource(ResourceType.TOPIC, topic)
+        found = admin.describe_configs([resource])[resource].result()
+        return {name: [entry.value, entry.is_default] for name, entry in found.items()}
+
+    report["described"] = describe()
+    changes = [
+        ConfigEntry("compression.type", "zstd", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE),
+    ]
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=changes)
+    admin.incremental_alter_configs([resource])[resource].result()
+    report["altered"] = describe()
+    bad = [ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.SET)]
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=bad)
+    try:
+        admin.incremental_alter_configs([resource])[resource].result()
+        report["bad alter"] = "ok"
+    except KafkaException as error:
+        report["bad alter"] = error.args[0].name()
+
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    for i in range(10):
+        producer.produce(topic, value=f"v{i}", partition=0, timestamp=1000)
+    producer.flush(30)
+    deleted = admin.delete_records([TopicPartition(topic, 0, 5)])
+    report["low watermark"] = [future.result().low_watermark for future in deleted.values()]
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "admin-check", "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition(topic, 0, -2)])
+    read = []
+    deadline = time.time() + 20
+    while len(read) < 5 and time.time() < deadline:
+        message = consumer.poll(0.2)
+        if message is not None and not message.error():
+            kind, stamp = message.timestamp()
+            read.append([message.offset(), message.value().decode(), kind, stamp])
+    report["read"] = read
+    report["watermarks"] = list(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10))
+    consumer.close()
+    report["now"] = int(time.time() * 1000)
+    emit(report)
+
+
+def kafka_python_admin(bootstrap, topic):
+    from kafka import KafkaAdminClient, TopicPartition
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    report = {}
+    altered = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.bytes": "10485760"})])
+    report["altered"] = str(altered)
+    keys = ["retention.bytes", "segment.bytes"]
+    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, keys)])
+    report["described"] = described["topic"][topic] if isinstance(described, dict) else str(described)
+    deleted = admin.delete_records({TopicPartition(topic, 0): -1})
+    report["deleted"] = {str(tp.partition): result for tp, result in deleted.items()}
+    admin.close()
+    emit(report)
+
+
 def main(argv):
     mode = argv[1]
     if mode == "confluent-produce":
@@ -185,6 +277,10 @@ def main(argv):
         debug_features(argv[2], argv[3])
     elif mode == "confluent-compressed":
         confluent_compressed(argv[2], argv[3], argv[4], int(argv[5]))
+    elif mode == "confluent-admin":
+        confluent_admin(argv[2], argv[3])
+    elif mode == "kafka-python-admin":
+        kafka_python_admin(argv[2], argv[3])
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -149,6 +149,31 @@ const DELETE_TOPICS: &[Field] = &[always(Shape::Primitives(&Shape::String)), alw
 const INIT_PRODUCER_ID: &[Field] =
     &[always(Shape::String), always(Shape::Int32), since(3, Shape::Int64), since(3, Shape::Int16)];
 
+// DeleteRecords (key 21), versions 0-2, flexible from 2.
+const DELETE_RECORDS_PARTITION: &[Field] = &[always(Shape::Int32), always(Shape::Int64)];
+const DELETE_RECORDS_TOPIC: &[Field] = &[always(Shape::String), always(Shape::Structs(DELETE_RECORDS_PARTITION))];
+const DELETE_RECORDS: &[Field] = &[always(Shape::Structs(DELETE_RECORDS_TOPIC)), always(Shape::Int32)];
+
+// DescribeConfigs (key 32), versions 1-4 (the crate has no v0), flexible
+// from 4.
+const DESCRIBE_CONFIGS_RESOURCE: &[Field] =
+    &[always(Shape::Int8), always(Shape::String), always(Shape::Primitives(&Shape::String))];
+const DESCRIBE_CONFIGS: &[Field] =
+    &[always(Shape::Structs(DESCRIBE_CONFIGS_RESOURCE)), since(1, Shape::Bool), since(3, Shape::Bool)];
+
+// AlterConfigs (key 33), versions 0-2, flexible from 2.
+const ALTER_CONFIGS_CONFIG: &[Field] = &[always(Shape::String), always(Shape::String)];
+const ALTER_CONFIGS_RESOURCE: &[Field] =
+    &[always(Shape::Int8), always(Shape::String), always(Shape::Structs(ALTER_CONFIGS_CONFIG))];
+const ALTER_CONFIGS: &[Field] = &[always(Shape::Structs(ALTER_CONFIGS_RESOURCE)), always(Shape::Bool)];
+
+// IncrementalAlterConfigs (key 44), versions 0-1, flexible from 1.
+const INCREMENTAL_ALTER_CONFIGS_CONFIG: &[Field] = &[always(Shape::String), always(Shape::Int8), always(Shape::String)];
+const INCREMENTAL_ALTER_CONFIGS_RESOURCE: &[Field] =
+    &[always(Shape::Int8), always(Shape::String), always(Shape::Structs(INCREMENTAL_ALTER_CONFIGS_CONFIG))];
+const INCREMENTAL_ALTER_CONFIGS: &[Field] =
+    &[always(Shape::Structs(INCREMENTAL_ALTER_CONFIGS_RESOURCE)), always(Shape::Bool)];
+
 /// Every request the broker serves: (api key, versions, layout).
 pub const SCHEMAS: &[RequestSchema] = &[
     RequestSchema { api_key: 0, min_version: 3, max_version: 9, flexible_from: 9, fields: PRODUCE },
@@ -167,7 +192,11 @@ pub const SCHEMAS: &[RequestSchema] = &[
     RequestSchema { api_key: 18, min_version: 0, max_version: 3, flexible_from: 3, fields: API_VERSIONS },
     RequestSchema { api_key: 19, min_version: 2, max_version: 5, flexible_from: 5, fields: CREATE_TOPICS },
     RequestSchema { api_key: 20, min_version: 1, max_version: 4, flexible_from: 4, fields: DELETE_TOPICS },
+    RequestSchema { api_key: 21, min_version: 0, max_version: 2, flexible_from: 2, fields: DELETE_RECORDS },
     RequestSchema { api_key: 22, min_version: 0, max_version: 4, flexible_from: 2, fields: INIT_PRODUCER_ID },
+    RequestSchema { api_key: 32, min_version: 1, max_version: 4, flexible_from: 4, fields: DESCRIBE_CONFIGS },
+    RequestSchema { api_key: 33, min_version: 0, max_version: 2, flexible_from: 2, fields: ALTER_CONFIGS },
+    RequestSchema { api_key: 44, min_version: 0, max_version: 1, flexible_from: 1, fields: INCREMENTAL_ALTER_CONFIGS },
 ];
 
 /// The layout of `api_key`'s requests, if the broker serves it.
@@ -556,6 +585,70 @@ mod tests {
                 .with_transaction_timeout_ms(60_000)
                 .with_producer_id(ProducerId(producer_id))
                 .with_producer_epoch(producer_epoch)
+        });
+    }
+
+    #[test]
+    fn delete_records_requests_walk_exactly_at_every_version() {
+        use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+        let partition =
+            |index, offset| DeleteRecordsPartition::default().with_partition_index(index).with_offset(offset);
+        walks_exactly_at_every_version(21, |_| {
+            kafka_protocol::messages::DeleteRecordsRequest::default()
+                .with_topics(vec![DeleteRecordsTopic::default()
+                    .with_name(topic_name("orders"))
+                    .with_partitions(vec![partition(0, 42), partition(3, -1)])])
+                .with_timeout_ms(30_000)
+        });
+    }
+
+    #[test]
+    fn describe_configs_requests_walk_exactly_at_every_version() {
+        use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+        walks_exactly_at_every_version(32, |version| {
+            let resources = vec![
+                DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name("orders"))
+                    .with_configuration_keys(Some(vec![name("retention.ms"), name("segment.bytes")])),
+                DescribeConfigsResource::default().with_resource_type(4).with_resource_name(name("0")),
+            ];
+            kafka_protocol::messages::DescribeConfigsRequest::default()
+                .with_resources(resources)
+                .with_include_synonyms(true)
+                .with_include_documentation(from(version, 3, true))
+        });
+    }
+
+    #[test]
+    fn alter_configs_requests_walk_exactly_at_every_version() {
+        use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+        let config = |key: &str, value: Option<&str>| {
+            AlterableConfig::default().with_name(name(key)).with_value(value.map(name))
+        };
+        walks_exactly_at_every_version(33, |_| {
+            kafka_protocol::messages::AlterConfigsRequest::default()
+                .with_resources(vec![AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name("orders"))
+                    .with_configs(vec![config("retention.ms", Some("60000")), config("segment.bytes", None)])])
+                .with_validate_only(true)
+        });
+    }
+
+    #[test]
+    fn incremental_alter_configs_requests_walk_exactly_at_every_version() {
+        use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+        let config = |key: &str, op, value: Option<&str>| {
+            AlterableConfig::default().with_name(name(key)).with_config_operation(op).with_value(value.map(name))
+        };
+        walks_exactly_at_every_version(44, |_| {
+            kafka_protocol::messages::IncrementalAlterConfigsRequest::default()
+                .with_resources(vec![AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name("orders"))
+                    .with_configs(vec![config("retention.ms", 0, Some("60000")), config("segment.bytes", 1, None)])])
+                .with_validate_only(false)
         });
     }
 }

@@ -1,0 +1,273 @@
+//! Topic administration on a shard: create, delete, configs and record
+//! deletion. Shard 0 is the single writer of the metadata (see
+//! `metadata`): the other shards send it their changes, and it persists
+//! each one before every shard applies it.
+
+use std::rc::Rc;
+
+use futures_channel::oneshot;
+
+use crate::protocol::types::Offset;
+use crate::protocol::types::{PartitionId, ShardId};
+use crate::protocol::wire::{DeleteRecordsPartition, DeleteRecordsResult, ErrorCode, TopicResult};
+
+use super::metadata::{self, MetadataError};
+use super::topic_config::{ConfigEdit, ConfigEntry, ConfigError, TopicConfig};
+use super::{error_code, Partition, Shard, ShardMessage};
+
+impl Shard {
+    /// Creates a topic. Shard 0 makes the change durable, then every shard
+    /// applies it (opening the partitions it owns) before this returns.
+    pub async fn create_topic(self: &Rc<Self>, name: String, partitions: u32, config: TopicConfig) -> TopicResult {
+        if self.id != ShardId(0) {
+            let (reply, answer) = oneshot::channel();
+            let message = ShardMessage::CreateTopic { name: name.clone(), partitions, config, reply };
+            return self.ask_writer(message, answer, name).await;
+        }
+        let partitions = if partitions == 0 { self.default_partitions_for_new_topic() } else { partitions };
+        if let Err(refusal) = self.check_space_for(partitions).await {
+            return topic_result(name, ErrorCode::STORAGE_FULL, &refusal);
+        }
+        let (shard_count, partitions_max) = (self.shard_count, self.partitions_max);
+        self.change_metadata(name, move |metadata, name| {
+            metadata.create_topic(name, partitions, config, shard_count, partitions_max)
+        })
+        .await
+    }
+
+    /// Changes a topic's configs: checked and made durable by shard 0, then
+    /// applied by every shard to its partitions of the topic before this
+    /// returns. With `validate_only`, only checked (against this shard's
+    /// copy of the metadata).
+    pub async fn alter_topic_config(
+        self: &Rc<Self>,
+        name: String,
+        edit: ConfigEdit,
+        validate_only: bool,
+    ) -> TopicResult {
+        if validate_only {
+            let checked = match self.metadata().topics.get(&name) {
+                None => Err(MetadataError::UnknownTopic(name.clone())),
+                Some(placement) => placement.config.edited(&edit, &self.log_config).map(drop).map_err(invalid_config),
+            };
+            return match checked {
+                Ok(()) => topic_result(name, ErrorCode::NONE, ""),
+                Err(error) => topic_result(name, metadata_error_code(&error), &error.to_string()),
+            };
+        }
+        if self.id != ShardId(0) {
+            let (reply, answer) = oneshot::channel();
+            let message = ShardMessage::AlterTopicConfig { name: name.clone(), edit, reply };
+            return self.ask_writer(message, answer, name).await;
+        }
+        let broker = self.log_config.clone();
+        self.change_metadata(name, move |metadata, name| {
+            let current = metadata.topics.get(name).ok_or_else(|| MetadataError::UnknownTopic(name.to_string()))?;
+            let next = current.config.edited(&edit, &broker).map_err(invalid_config)?;
+            metadata.set_topic_config(name, next)
+        })
+        .await
+    }
+
+    /// The configs of each topic, from this shard's copy of the metadata.
+    pub fn describe_topic_configs(&self, topics: &[String]) -> Vec<(String, Option<Vec<ConfigEntry>>)> {
+        let metadata = self.metadata();
+        topics
+            .iter()
+            .map(|name| {
+                let entries = metadata.topics.get(name).map(|placement| placement.config.entries(&self.log_config));
+                (name.clone(), entries)
+            })
+            .collect()
+    }
+
+    /// Deletes the records below each partition's offset, wherever the
+    /// partition lives. Results come back in request order.
+    pub async fn delete_records(self: &Rc<Self>, partitions: Vec<DeleteRecordsPartition>) -> Vec<DeleteRecordsResult> {
+        let count = partitions.len();
+        let mut results: Vec<Option<DeleteRecordsResult>> = vec![None; count];
+        let (routed, unknown) = self.route(partitions, |p| (p.topic.as_str(), p.partition));
+        for (index, p) in unknown {
+            results[index] = Some(delete_records_error(&p.topic, p.partition, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION));
+        }
+        let parts = self
+            .scatter(
+                routed,
+                |p| (p.topic.clone(), p.partition),
+                |shard, partitions| Box::pin(async move { shard.delete_records_local(partitions).await }),
+                |partitions, reply| ShardMessage::DeleteRecords { partitions, reply },
+            )
+            .await;
+        for part in parts {
+            for (position, index) in part.indexes.into_iter().enumerate() {
+                let answer = part.answer.as_ref().and_then(|answers| answers.get(position).cloned());
+                let (topic, partition) = &part.keys[position];
+                results[index] =
+                    Some(answer.unwrap_or_else(|| delete_records_error(topic, *partition, ErrorCode::SHUTTING_DOWN)));
+            }
+        }
+        results.into_iter().map(|result| result.expect("every partition got a result")).collect()
+    }
+
+    pub(super) async fn delete_records_local(
+        &self,
+        partitions: Vec<DeleteRecordsPartition>,
+    ) -> Vec<DeleteRecordsResult> {
+        let mut results = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let log = match self.partition(&p.topic, p.partition) {
+                Some(Partition::Ready(log)) => log,
+                Some(Partition::Failed(_)) => {
+                    results.push(delete_records_error(&p.topic, p.partition, ErrorCode::PARTITION_FAILED));
+                    continue;
+                }
+                None => {
+                    results.push(delete_records_error(&p.topic, p.partition, ErrorCode::NOT_OWNER));
+                    continue;
+                }
+            };
+            let before = p.before.unwrap_or_else(|| log.bounds().0);
+            let result = match log.delete_records_before(before).await {
+                Ok(log_start) => {
+                    tracing::info!(topic = %p.topic, partition = %p.partition, %log_start, "deleted records");
+                    DeleteRecordsResult { topic: p.topic, partition: p.partition, error: ErrorCode::NONE, log_start }
+                }
+                Err(error) => delete_records_error(&p.topic, p.partition, error_code(&error)),
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    /// Deletes a topic and its data on every shard.
+    pub async fn delete_topic(self: &Rc<Self>, name: String) -> TopicResult {
+        if self.id != ShardId(0) {
+            let (reply, answer) = oneshot::channel();
+            return self.ask_writer(ShardMessage::DeleteTopic { name: name.clone(), reply }, answer, name).await;
+        }
+        self.change_metadata(name, |metadata, name| metadata.delete_topic(name).map(drop)).await
+    }
+
+    /// Refuses a creation whose partitions' first reservations would not
+    /// fit the free space, less the reserve the other partitions keep.
+    async fn check_space_for(&self, partitions: u32) -> Result<(), String> {
+        if !self.log_config.preallocate {
+            return Ok(());
+        }
+        let each = crate::storage::PREALLOCATE_BYTES_FIRST.min(self.log_config.segment_bytes_max);
+        let needed = u64::from(partitions) * each;
+        let dir = self.data_dir.clone();
+        let free = glommio::executor().spawn_blocking(move || crate::storage::free_bytes(&dir)).await;
+        let free = free.map_err(|error| format!("reading the free space of the data directory: {error}"))?;
+        let reserve = self.free_bytes_reserved;
+        if needed.saturating_add(reserve) > free {
+            return Err(format!(
+                "{partitions} partitions need {} of disk to start ({} each), but {} is free and {} is kept in \
+                 reserve (storage.free_bytes_reserved)",
+                mib(needed),
+                mib(each),
+                mib(free),
+                mib(reserve)
+            ));
+        }
+        Ok(())
+    }
+
+    fn default_partitions_for_new_topic(&self) -> u32 {
+        match self.default_partitions {
+            0 => self.shard_count as u32,
+            n => n,
+        }
+    }
+
+    async fn ask_writer(
+        &self,
+        message: ShardMessage,
+        answer: oneshot::Receiver<TopicResult>,
+        name: String,
+    ) -> TopicResult {
+        match self.send_to(ShardId(0), message).await {
+            Some(()) => {
+                answer.await.unwrap_or_else(|_| topic_result(name, ErrorCode::SHUTTING_DOWN, "shard 0 stopped"))
+            }
+            None => topic_result(name, ErrorCode::SHUTTING_DOWN, "shard 0 stopped"),
+        }
+    }
+
+    /// Shard 0 only: applies `change` to a copy of the metadata, persists it,
+    /// broadcasts it, and applies it here.
+    async fn change_metadata(
+        self: &Rc<Self>,
+        name: String,
+        change: impl FnOnce(&mut metadata::ClusterMetadata, &str) -> Result<(), MetadataError> + 'static,
+    ) -> TopicResult {
+        // Detached: a requester that times out must not cancel a change half
+        // way through persisting or applying it.
+        let shard = Rc::clone(self);
+        let task = glommio::spawn_local(async move { shard.change_metadata_now(name, change).await }).detach();
+        match task.await {
+            Some(result) => result,
+            None => topic_result(String::new(), ErrorCode::SHUTTING_DOWN, "the metadata change was cancelled"),
+        }
+    }
+
+    async fn change_metadata_now(
+        self: &Rc<Self>,
+        name: String,
+        change: impl FnOnce(&mut metadata::ClusterMetadata, &str) -> Result<(), MetadataError>,
+    ) -> TopicResult {
+        let Ok(_writer) = self.metadata_writer.acquire_permit(1).await else {
+            return topic_result(name, ErrorCode::SHUTTING_DOWN, "metadata writer closed");
+        };
+        let mut next = (*self.metadata()).clone();
+        if let Err(error) = change(&mut next, &name) {
+            return topic_result(name, metadata_error_code(&error), &error.to_string());
+        }
+        let (dir, snapshot) = (self.data_dir.clone(), next.clone());
+        let stored = glommio::executor().spawn_blocking(move || metadata::store(&dir, &snapshot)).await;
+        if let Err(error) = stored {
+            tracing::error!(%error, "persisting metadata failed; the change is not applied");
+            return topic_result(name, ErrorCode::INTERNAL, &format!("persisting metadata: {error}"));
+        }
+        let mut acks = Vec::new();
+        for peer in (1..self.shard_count).map(|peer| ShardId(peer as u16)) {
+            let (reply, answer) = oneshot::channel();
+            if self.send_to(peer, ShardMessage::ApplyMetadata { metadata: next.clone(), reply }).await.is_some() {
+                acks.push(answer);
+            }
+        }
+        self.apply_metadata(next).await;
+        for ack in acks {
+            let _ = ack.await;
+        }
+        topic_result(name, ErrorCode::NONE, "")
+    }
+}
+
+fn metadata_error_code(error: &MetadataError) -> ErrorCode {
+    match error {
+        MetadataError::TopicExists(_) => ErrorCode::TOPIC_EXISTS,
+        MetadataError::UnknownTopic(_) => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+        MetadataError::InvalidName(_) => ErrorCode::INVALID_TOPIC_NAME,
+        MetadataError::InvalidPartitionCount(_) => ErrorCode::INVALID_PARTITION_COUNT,
+        MetadataError::TooManyPartitions { .. } => ErrorCode::TOO_MANY_PARTITIONS,
+        MetadataError::InvalidConfig(_) => ErrorCode::INVALID_CONFIG,
+    }
+}
+
+fn invalid_config(error: ConfigError) -> MetadataError {
+    MetadataError::InvalidConfig(error.to_string())
+}
+
+fn delete_records_error(topic: &str, partition: PartitionId, error: ErrorCode) -> DeleteRecordsResult {
+    DeleteRecordsResult { topic: topic.to_string(), partition, error, log_start: Offset::ZERO }
+}
+
+/// Bytes as MiB for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+fn topic_result(name: String, error: ErrorCode, message: &str) -> TopicResult {
+    TopicResult { name, error, message: message.to_string() }
+}
