@@ -69,7 +69,7 @@ pub struct ProducerConfig {
     pub compression: Compression,
     /// Idempotent: the producer takes a producer id, numbers its batches
     /// per partition, keeps at most [`IDEMPOTENT_IN_FLIGHT_MAX`] requests
-    /// in flight, and sends a batch again after a retriable failure (a lost
+    /// in flight per partition, and sends a batch again after a retriable failure (a lost
     /// connection, a timeout, a moved partition) until `delivery_timeout`;
     /// the broker stores each batch once however often it arrives.
     pub idempotent: bool,
@@ -77,8 +77,9 @@ pub struct ProducerConfig {
     pub delivery_timeout: Duration,
 }
 
-/// Requests an idempotent producer keeps in flight at most: the batches
-/// per producer and partition the broker remembers.
+/// Requests an idempotent producer keeps in flight per partition at most:
+/// the batches per producer and partition the broker remembers, so every
+/// retry finds its original there.
 pub const IDEMPOTENT_IN_FLIGHT_MAX: usize = 5;
 /// Pause before an idempotent producer sends a failed batch again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
@@ -156,13 +157,13 @@ impl<T: Transport> Producer<T> {
         }
         let buffer_bytes_max = config.max_in_flight.saturating_mul(config.batch_bytes);
         let record_bytes_max = client.max_frame_bytes().saturating_sub(HEADER_LEN);
-        let in_flight =
-            if config.idempotent { config.max_in_flight.min(IDEMPOTENT_IN_FLIGHT_MAX) } else { config.max_in_flight };
         let shared = Rc::new(Shared {
             client,
-            in_flight: Rc::new(Semaphore::new(in_flight as u64)),
+            in_flight: Rc::new(Semaphore::new(config.max_in_flight as u64)),
             identity: RefCell::new(None),
             sequences: RefCell::new(FxHashMap::default()),
+            partition_in_flight: RefCell::new(FxHashMap::default()),
+            partition_waiter: RefCell::new(None),
             buffer_bytes_max,
             record_bytes_max,
             state: RefCell::new(State {
@@ -395,6 +396,11 @@ struct Shared<T> {
     identity: RefCell<Option<ProducerIdentity>>,
     /// Idempotent mode: the next sequence number per partition.
     sequences: RefCell<FxHashMap<(Rc<str>, u32), i32>>,
+    /// Idempotent mode: requests in flight per partition (only partitions
+    /// with some), at most [`IDEMPOTENT_IN_FLIGHT_MAX`] each.
+    partition_in_flight: RefCell<FxHashMap<(Rc<str>, u32), usize>>,
+    /// The dispatcher, when it waits for a partition's in-flight slot.
+    partition_waiter: RefCell<Option<Waker>>,
 }
 
 #[derive(Default)]
@@ -666,6 +672,33 @@ impl<T: Transport> Shared<T> {
     }
 
     /// The next sealed batch, in sealing order; `None` once closed and empty.
+    /// Idempotent mode: takes one of the partition's in-flight slots, or
+    /// parks the dispatcher until one is released.
+    fn poll_partition_slot(&self, key: &(Rc<str>, u32), cx: &mut Context<'_>) -> Poll<()> {
+        let mut in_flight = self.partition_in_flight.borrow_mut();
+        let count = in_flight.entry(key.clone()).or_insert(0);
+        if *count < IDEMPOTENT_IN_FLIGHT_MAX {
+            *count += 1;
+            return Poll::Ready(());
+        }
+        *self.partition_waiter.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn release_partition_slot(&self, key: &(Rc<str>, u32)) {
+        let mut in_flight = self.partition_in_flight.borrow_mut();
+        if let Some(count) = in_flight.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(key);
+            }
+        }
+        drop(in_flight);
+        if let Some(waker) = self.partition_waiter.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Option<Sealed>> {
         let mut state = self.state.borrow_mut();
         if let Some(sealed) = state.ledger.ready.pop_front() {
@@ -823,7 +856,10 @@ async fn dispatch_loop<T: Transport>(shared: Rc<Shared<T>>) {
         let _ = shared.client.prepare_route(&sealed.topic, sealed.partition).await;
         let mut sealed = sealed;
         if shared.config.idempotent {
+            let key = (Rc::clone(&sealed.topic), sealed.partition.0);
+            poll_fn(|cx| shared.poll_partition_slot(&key, cx)).await;
             if let Err(error) = stamp(&shared, &mut sealed).await {
+                shared.release_partition_slot(&key);
                 let Sealed { id, batch, outcome, .. } = sealed;
                 outcome.complete(Err(error));
                 shared.finished(id, batch);
@@ -835,6 +871,9 @@ async fn dispatch_loop<T: Transport>(shared: Rc<Shared<T>>) {
                 glommio::spawn_local(send_batch(Rc::clone(&shared), sealed, permit)).detach();
             }
             Err(_) => {
+                if shared.config.idempotent {
+                    shared.release_partition_slot(&(Rc::clone(&sealed.topic), sealed.partition.0));
+                }
                 let Sealed { id, batch, outcome, .. } = sealed;
                 outcome.complete(Err(ClientError::Closed));
                 shared.finished(id, batch);
@@ -890,6 +929,9 @@ async fn send_batch<T: Transport>(shared: Rc<Shared<T>>, sealed: Sealed, permit:
         }
     };
     drop(permit);
+    if shared.config.idempotent {
+        shared.release_partition_slot(&(Rc::clone(&topic), partition.0));
+    }
     let result = match produced {
         Ok(base_offset) => Ok((acks != AckLevel::None).then_some(base_offset)),
         // Stored long ago (older than the batches the broker remembers):
@@ -913,6 +955,8 @@ mod tests {
     use super::*;
     use crate::client::fake_broker::{executor, FakeBroker};
     use crate::client::ClientOptions;
+    use crate::protocol::wire::{FetchPartitionResult, OffsetSpec};
+    use bytes::Bytes;
 
     async fn producer(broker: &FakeBroker, config: ProducerConfig) -> Producer {
         let client = Client::connect(broker.addr(), ClientOptions::default()).await.unwrap();
@@ -1070,6 +1114,136 @@ mod tests {
             let unsent = producer.send(ProducerRecord::new("t", b"never sent")).await.unwrap();
             drop(producer);
             assert!(matches!(unsent.await, Err(ClientError::Closed)));
+        });
+    }
+
+    /// A transport whose produce requests wait until released, counting
+    /// how many are in flight per partition and in all.
+    #[derive(Clone, Default)]
+    struct HeldTransport {
+        state: Rc<RefCell<Held>>,
+    }
+
+    #[derive(Default)]
+    struct Held {
+        in_flight: FxHashMap<u32, usize>,
+        most_per_partition: FxHashMap<u32, usize>,
+        total: usize,
+        most_total: usize,
+        released: bool,
+        next_offset: FxHashMap<u32, u64>,
+    }
+
+    impl Transport for HeldTransport {
+        fn max_frame_bytes(&self) -> usize {
+            1 << 20
+        }
+
+        fn cached_partitions(&self, _topic: &str) -> Option<u32> {
+            Some(2)
+        }
+
+        async fn partitions(&self, _topic: &str) -> Result<u32, ClientError> {
+            Ok(2)
+        }
+
+        async fn prepare_route(&self, _topic: &str, _partition: PartitionId) -> Result<(), ClientError> {
+            Ok(())
+        }
+
+        async fn produce_batches(
+            &self,
+            _topic: &str,
+            partition: PartitionId,
+            batches: &[u8],
+            _acks: AckLevel,
+            _timeout_ms: u32,
+        ) -> Result<Offset, ClientError> {
+            {
+                let mut held = self.state.borrow_mut();
+                let now = held.in_flight.entry(partition.0).or_insert(0);
+                *now += 1;
+                let now = *now;
+                let most = held.most_per_partition.entry(partition.0).or_insert(0);
+                *most = (*most).max(now);
+                held.total += 1;
+                held.most_total = held.most_total.max(held.total);
+            }
+            while !self.state.borrow().released {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            let mut held = self.state.borrow_mut();
+            *held.in_flight.get_mut(&partition.0).expect("counted") -= 1;
+            held.total -= 1;
+            let count = BatchView::parse_header(batches, usize::MAX).expect("a batch").record_count() as u64;
+            let next = held.next_offset.entry(partition.0).or_insert(0);
+            let base = *next;
+            *next += count;
+            Ok(Offset::new(base).expect("small"))
+        }
+
+        async fn fetch(
+            &self,
+            _topic: &str,
+            _partition: PartitionId,
+            _offset: Offset,
+            _max_bytes: u32,
+            _max_wait_ms: u32,
+        ) -> Result<(FetchPartitionResult, Bytes), ClientError> {
+            Err(ClientError::InvalidArgument("not served".into()))
+        }
+
+        async fn list_offsets(
+            &self,
+            _topic: &str,
+            _partition: PartitionId,
+            _spec: OffsetSpec,
+        ) -> Result<Option<Offset>, ClientError> {
+            Err(ClientError::InvalidArgument("not served".into()))
+        }
+
+        async fn init_producer_id(&self) -> Result<ProducerIdentity, ClientError> {
+            Ok(ProducerIdentity { producer_id: 7, epoch: 0 })
+        }
+    }
+
+    #[test]
+    fn an_idempotent_producer_keeps_at_most_five_requests_in_flight_per_partition() {
+        executor().run(async {
+            let transport = HeldTransport::default();
+            // One record per batch: each send is a request of its own.
+            let config = ProducerConfig {
+                batch_bytes: 256,
+                max_in_flight: 16,
+                idempotent: true,
+                linger: Duration::ZERO,
+                ..ProducerConfig::default()
+            };
+            let producer = Producer::new(transport.clone(), config).unwrap();
+            // Six per partition (about 330 bytes each): within the
+            // producer's buffer of 16 x 256 bytes, so no send waits.
+            let value = [b'v'; 250];
+            let mut sent = Vec::new();
+            for index in 0..12u32 {
+                let record = ProducerRecord::new("t", &value).with_partition(PartitionId(index % 2));
+                sent.push((index % 2, producer.send(record).await.unwrap()));
+            }
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            {
+                let held = transport.state.borrow();
+                assert_eq!(held.most_per_partition.get(&0), Some(&IDEMPOTENT_IN_FLIGHT_MAX));
+                assert_eq!(held.most_per_partition.get(&1), Some(&IDEMPOTENT_IN_FLIGHT_MAX));
+                assert_eq!(held.most_total, 2 * IDEMPOTENT_IN_FLIGHT_MAX, "both partitions at their cap at once");
+            }
+            transport.state.borrow_mut().released = true;
+            let mut expected = [0u64; 2];
+            for (partition, future) in sent {
+                let offset = future.await.unwrap().unwrap();
+                assert_eq!(offset.get(), expected[partition as usize], "in order within the partition");
+                expected[partition as usize] += 1;
+            }
+            let held = transport.state.borrow();
+            assert!(held.most_per_partition.values().all(|most| *most <= IDEMPOTENT_IN_FLIGHT_MAX));
         });
     }
 }
