@@ -167,9 +167,10 @@ struct Options {
     /// is real.
     #[arg(long, global = true, default_value = "none")]
     compression: Compression,
-    /// Idempotent producers: a producer id, sequence numbers per partition,
-    /// at most 5 requests in flight, retries that are stored once.
-    #[arg(long, global = true)]
+    /// Idempotent producers (the client's default): a producer id, sequence
+    /// numbers per partition, at most 5 requests in flight per partition,
+    /// retries that are stored once. `--idempotent false` turns it off.
+    #[arg(long, global = true, default_value_t = true, action = clap::ArgAction::Set)]
     idempotent: bool,
     /// steady: events/s [default: 100000]; peaks: the peak rate [default:
     /// 200000]; fanout, pipeline: send open loop at this rate, --events in

@@ -368,7 +368,7 @@ impl Report {
             config.linger_ms,
             config.max_in_flight,
             config.compression.name(),
-            if config.idempotent { ", idempotent" } else { "" },
+            if config.idempotent { ", idempotent" } else { ", not idempotent" },
         );
         text
     }

@@ -751,7 +751,7 @@ mod tests {
             linger_ms: 1.0,
             max_in_flight: 16,
             compression: Compression::None,
-            idempotent: false,
+            idempotent: true,
             rate: 10_000,
             duration_s: 1.0,
             valley_rate: 1_000,

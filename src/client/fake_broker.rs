@@ -20,8 +20,8 @@ use crate::protocol::batch::{set_base_offset, BatchBuilder, BatchView, Record};
 use crate::protocol::types::{AckLevel, Offset, PartitionId, ShardId};
 use crate::protocol::wire::{
     self, ErrorCode, FetchPartitionResult, FetchResponse, FrameKind, ListOffsetsResponse, ListOffsetsResult,
-    MetadataResponse, OffsetSpec, PartitionMetadata, ProducePartitionResult, ProduceResponse, Request, Response,
-    ShardEndpoint, StatsResponse, TopicMetadata, TopicResult,
+    MetadataResponse, OffsetSpec, PartitionMetadata, ProducePartitionResult, ProduceResponse, ProducerIdentity,
+    Request, Response, ShardEndpoint, StatsResponse, TopicMetadata, TopicResult,
 };
 
 /// A test executor, as GLOMMIO.md prescribes (small io_memory, shallow rings).
@@ -56,6 +56,7 @@ struct State {
     logs: HashMap<String, Vec<Log>>,
     fail_next_produce: Option<ErrorCode>,
     metadata_requests: usize,
+    next_producer_id: i64,
     /// Produce requests received, by the local port they came in on.
     produce_by_port: HashMap<u16, usize>,
 }
@@ -222,6 +223,13 @@ fn handle(
             Some((Response::ListOffsets(ListOffsetsResponse { partitions }), Vec::new()))
         }
         Request::Stats => Some((Response::Stats(StatsResponse { shards: Vec::new() }), Vec::new())),
+        // Producer ids are handed out; sequences are not checked here
+        // (storage/producers.rs and tests/idempotence_crash.rs do).
+        Request::InitProducerId => {
+            state.next_producer_id += 1;
+            let identity = ProducerIdentity { producer_id: state.next_producer_id, epoch: 0 };
+            Some((Response::InitProducerId(identity), Vec::new()))
+        }
         // Consumer groups are tested against the real broker (tests/groups.rs).
         _ => {
             let message = "the fake broker has no consumer groups".to_string();

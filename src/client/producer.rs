@@ -67,7 +67,7 @@ pub struct ProducerConfig {
     /// The codec batches are compressed with when sealed; `batch_bytes`
     /// counts bytes before compression.
     pub compression: Compression,
-    /// Idempotent: the producer takes a producer id, numbers its batches
+    /// Idempotent (the default): the producer takes a producer id, numbers its batches
     /// per partition, keeps at most [`IDEMPOTENT_IN_FLIGHT_MAX`] requests
     /// in flight per partition, and sends a batch again after a retriable failure (a lost
     /// connection, a timeout, a moved partition) until `delivery_timeout`;
@@ -93,7 +93,7 @@ impl Default for ProducerConfig {
             acks: AckLevel::Durable,
             timeout_ms: 10_000,
             compression: Compression::None,
-            idempotent: false,
+            idempotent: true,
             delivery_timeout: Duration::from_secs(30),
         }
     }
