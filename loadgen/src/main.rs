@@ -172,6 +172,11 @@ struct Options {
     /// retries that are stored once. `--idempotent false` turns it off.
     #[arg(long, global = true, default_value_t = true, action = clap::ArgAction::Set)]
     idempotent: bool,
+    /// A config of the run's topics, set after they are created (Kafka's
+    /// names: compression.type=zstd makes the broker recompress,
+    /// message.timestamp.type=LogAppendTime makes it stamp); repeatable.
+    #[arg(long = "topic-config", global = true, value_name = "KEY=VALUE", value_parser = key_value)]
+    topic_configs: Vec<(String, String)>,
     /// steady: events/s [default: 100000]; peaks: the peak rate [default:
     /// 200000]; fanout, pipeline: send open loop at this rate, --events in
     /// all [default: as fast as acked].
@@ -346,6 +351,7 @@ fn settings(scenario: Scenario, options: &Options) -> anyhow::Result<Settings> {
         max_in_flight: options.max_in_flight,
         compression: options.compression,
         idempotent: options.idempotent,
+        topic_configs: options.topic_configs.clone(),
         // 0: fanout and pipeline send as fast as acked.
         rate: options.rate.unwrap_or(if grouped {
             0
@@ -443,5 +449,13 @@ mod tests {
         let cli = Cli::try_parse_from(["loadgen", "pipeline", "--consumers", "2"]).unwrap();
         let pipeline = settings(Scenario::Pipeline, &cli.options).unwrap();
         assert_eq!((pipeline.events, pipeline.stages, pipeline.consumers), (PIPELINE_EVENTS, PIPELINE_STAGES, 2));
+    }
+}
+
+/// Parses `KEY=VALUE`.
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
     }
 }

@@ -100,6 +100,8 @@ pub struct Settings {
     /// Producers' batch codec.
     pub compression: Compression,
     pub idempotent: bool,
+    /// Set on the run's topics once created.
+    pub topic_configs: Vec<(String, String)>,
     /// steady: the rate; peaks: the peak rate (events/s, all producers);
     /// fanout, pipeline: open loop at this rate, 0: as fast as acked.
     pub rate: u64,
@@ -456,7 +458,8 @@ pub fn run(settings: &Settings, target: Target, show_progress: bool) -> anyhow::
         ringbroker::protocol::types::validate_topic_name(name)
             .map_err(|reason| anyhow::anyhow!("--topic-prefix gives an invalid topic or group name: {reason}"))?;
     }
-    let result = create_topics(broker.addr, &plan.topics, settings.partitions).and_then(|()| {
+    let created = create_topics(broker.addr, &plan.topics, settings.partitions, &settings.topic_configs);
+    let result = created.and_then(|()| {
         // Counters are extra insight, not part of the verdict: a broker that
         // cannot report them still gets measured.
         let before = broker_stats(broker.addr).ok();
@@ -564,12 +567,20 @@ where
     Ok(result?)
 }
 
-/// Creates the run's topics.
-fn create_topics(addr: SocketAddr, topics: &[String], partitions: u32) -> anyhow::Result<()> {
-    let topics = topics.to_vec();
+/// Creates the run's topics, with `configs` set on each.
+fn create_topics(
+    addr: SocketAddr,
+    topics: &[String],
+    partitions: u32,
+    configs: &[(String, String)],
+) -> anyhow::Result<()> {
+    let (topics, configs) = (topics.to_vec(), configs.to_vec());
     with_client(addr, move |client| async move {
         for topic in &topics {
             client.create_topic(topic, partitions).await?;
+            if !configs.is_empty() {
+                client.alter_configs(topic, configs.clone(), Vec::new(), false).await?;
+            }
         }
         Ok(())
     })
@@ -752,6 +763,7 @@ mod tests {
             max_in_flight: 16,
             compression: Compression::None,
             idempotent: true,
+            topic_configs: Vec::new(),
             rate: 10_000,
             duration_s: 1.0,
             valley_rate: 1_000,
