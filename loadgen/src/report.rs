@@ -371,7 +371,8 @@ impl Report {
             if config.idempotent { ", idempotent" } else { ", not idempotent" },
         );
         if !config.topic_configs.is_empty() {
-            let configs: Vec<String> = config.topic_configs.iter().map(|(key, value)| format!("{key}={value}")).collect();
+            let configs: Vec<String> =
+                config.topic_configs.iter().map(|(key, value)| format!("{key}={value}")).collect();
             let _ = writeln!(text, "topics    {}\n", configs.join(", "));
         }
         text

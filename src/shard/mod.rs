@@ -362,7 +362,7 @@ impl Shard {
         // Open the partitions first, then publish the metadata: requests that
         // see the new topic find its partitions open.
         for (topic, placement) in &next.topics {
-            let limits = placement.config.log_limits(self.log_config.limits());
+            let limits = placement.config.log_limits(&self.log_config);
             if previous.topics.get(topic).is_some_and(|before| before.config != placement.config) {
                 for state in self.partitions.borrow().get(topic.as_str()).into_iter().flat_map(BTreeMap::values) {
                     if let Partition::Ready(log) = state {

@@ -271,7 +271,7 @@ impl TopicConfig {
     /// Every config the broker serves, with this topic's value or the
     /// broker's, in name order.
     pub fn entries(&self, broker: &LogConfig) -> Vec<ConfigEntry> {
-        let limits = self.log_limits(broker.limits());
+        let limits = self.log_limits(broker);
         let unlimited = |limit: Option<u64>| limit.map_or("-1".to_string(), |limit| limit.to_string());
         ConfigKey::ALL
             .into_iter()
@@ -297,14 +297,17 @@ impl TopicConfig {
             .collect()
     }
 
-    /// The broker's log limits with this topic's overrides.
-    pub fn log_limits(&self, broker: LogLimits) -> LogLimits {
+    /// The broker's log limits with this topic's overrides. A segment
+    /// always has room for the broker's largest batch, even if the broker
+    /// was restarted with a larger one than when the topic was configured.
+    pub fn log_limits(&self, broker: &LogConfig) -> LogLimits {
         let limit = |set: Option<i64>, broker: Option<u64>| match set {
             None => broker,
             Some(value) => u64::try_from(value).ok(),
         };
+        let segment_bytes_max = self.segment_bytes.unwrap_or(broker.segment_bytes_max);
         LogLimits {
-            segment_bytes_max: self.segment_bytes.unwrap_or(broker.segment_bytes_max),
+            segment_bytes_max: segment_bytes_max.max(broker.batch_bytes_max as u64),
             retention_bytes: limit(self.retention_bytes, broker.retention_bytes),
             retention_ms: limit(self.retention_ms, broker.retention_ms),
         }
@@ -340,11 +343,13 @@ mod tests {
                 &broker,
             )
             .unwrap();
-        let limits = config.log_limits(broker.limits());
+        let limits = config.log_limits(&broker);
         assert_eq!(limits, LogLimits { segment_bytes_max: 1 << 20, retention_bytes: None, retention_ms: Some(60_000) });
         assert_eq!(config.max_batch_bytes(broker.batch_bytes_max), 4096);
         assert_eq!(config.compression.and_then(TopicCompression::codec), Some(Compression::Zstd));
         assert!(config.entries(&broker).iter().all(|entry| !entry.is_default));
+        let bigger_batches = LogConfig { batch_bytes_max: 2 << 20, write_bytes_max: 4 << 20, ..LogConfig::default() };
+        assert_eq!(config.log_limits(&bigger_batches).segment_bytes_max, 2 << 20, "room for the largest batch");
         // Incremental: reset one, keep the rest; replace: only what is named.
         let edit = ConfigEdit { reset: vec!["retention.ms".into()], ..ConfigEdit::default() };
         let fewer = config.edited(&edit, &broker).unwrap();
