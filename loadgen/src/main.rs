@@ -420,6 +420,14 @@ fn write_outputs(options: &Options, outcome: &scenario::Outcome, report: &Report
     Ok(())
 }
 
+/// Parses `KEY=VALUE`.
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,13 +457,5 @@ mod tests {
         let cli = Cli::try_parse_from(["loadgen", "pipeline", "--consumers", "2"]).unwrap();
         let pipeline = settings(Scenario::Pipeline, &cli.options).unwrap();
         assert_eq!((pipeline.events, pipeline.stages, pipeline.consumers), (PIPELINE_EVENTS, PIPELINE_STAGES, 2));
-    }
-}
-
-/// Parses `KEY=VALUE`.
-fn key_value(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-        _ => Err(format!("{text:?}: expected KEY=VALUE")),
     }
 }
