@@ -1228,6 +1228,12 @@ mod tests {
                 let record = ProducerRecord::new("t", &value).with_partition(PartitionId(index % 2));
                 sent.push((index % 2, producer.send(record).await.unwrap()));
             }
+            // Wait (however loaded the machine) until both partitions are
+            // at their cap, then a little longer for any excess to show.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while transport.state.borrow().total < 2 * IDEMPOTENT_IN_FLIGHT_MAX && Instant::now() < deadline {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
             glommio::timer::sleep(Duration::from_millis(50)).await;
             {
                 let held = transport.state.borrow();
