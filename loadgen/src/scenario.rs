@@ -559,7 +559,7 @@ where
         .name("loadgen-setup")
         .io_memory(64 << 10)
         .spawn(move || async move {
-            ringbroker::server::spawn_wake_ticker(Duration::from_millis(1));
+            ringbroker::runtime::spawn_wake_ticker(Duration::from_millis(1));
             job(Client::connect(addr, ClientOptions::default()).await?).await
         })
         .map_err(|error| anyhow::anyhow!("starting a setup executor: {error}"))?;

@@ -311,7 +311,7 @@ struct Ctx {
 }
 
 async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, clock: Clock) -> Measurements {
-    ringbroker::server::spawn_wake_ticker(WAKE_INTERVAL);
+    ringbroker::runtime::spawn_wake_ticker(WAKE_INTERVAL);
     let joined = match connect(&plan).await {
         Ok(client) => join_members(index, &plan, &client).await.map(|members| (client, members)),
         Err(error) => Err(format!("connecting to {}: {error}", plan.broker)),

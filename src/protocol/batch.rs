@@ -25,6 +25,7 @@
 //! field from the network can never make the broker allocate.
 
 use super::compression::{self, CompressionError};
+pub use super::compression::{Compression, COMPRESSION_MASK};
 use super::varint::{self, VarintError};
 
 /// Bytes of the fixed batch header; records start here.
@@ -52,8 +53,6 @@ pub const BASE_SEQUENCE_POS: usize = 53;
 pub const RECORDS_COUNT_POS: usize = 57;
 pub const RECORDS_POS: usize = HEADER_LEN;
 
-/// Attribute bits 0-2: the compression codec.
-pub const COMPRESSION_MASK: i16 = 0x07;
 /// Attribute bit 3: timestamps are log-append time rather than create time.
 pub const TIMESTAMP_TYPE_FLAG: i16 = 0x08;
 /// Attribute bit 4: the batch belongs to a transaction.
@@ -155,74 +154,6 @@ pub enum RecordsProblem {
     /// Bytes remain after `recordsCount` records.
     #[error("{bytes} bytes after the last record")]
     TrailingBytes { bytes: usize },
-}
-
-/// Compression codec from attribute bits 0-2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Compression {
-    #[default]
-    None,
-    Gzip,
-    Snappy,
-    Lz4,
-    Zstd,
-    /// Codec ids 5-7, which Kafka does not define.
-    Unknown(u8),
-}
-
-impl Compression {
-    pub fn from_attributes(attributes: i16) -> Self {
-        match attributes & COMPRESSION_MASK {
-            0 => Compression::None,
-            1 => Compression::Gzip,
-            2 => Compression::Snappy,
-            3 => Compression::Lz4,
-            4 => Compression::Zstd,
-            // The mask leaves 0..=7, so the cast is lossless.
-            other => Compression::Unknown(other as u8),
-        }
-    }
-
-    /// The codec's name as Kafka's `compression.type` spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Gzip => "gzip",
-            Compression::Snappy => "snappy",
-            Compression::Lz4 => "lz4",
-            Compression::Zstd => "zstd",
-            Compression::Unknown(_) => "unknown",
-        }
-    }
-
-    /// The codec's id in attribute bits 0-2.
-    pub fn code(self) -> i16 {
-        match self {
-            Compression::None => 0,
-            Compression::Gzip => 1,
-            Compression::Snappy => 2,
-            Compression::Lz4 => 3,
-            Compression::Zstd => 4,
-            Compression::Unknown(code) => i16::from(code) & COMPRESSION_MASK,
-        }
-    }
-}
-
-impl std::str::FromStr for Compression {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd]
-            .into_iter()
-            .find(|codec| codec.name() == name)
-            .ok_or_else(|| format!("unknown compression {name:?}: one of none, gzip, snappy, lz4, zstd"))
-    }
-}
-
-impl serde::Serialize for Compression {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.name())
-    }
 }
 
 /// Copies `N` bytes at `pos`. Callers only pass positions inside a buffer

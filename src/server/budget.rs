@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::rc::Rc;
 
-use crate::storage::notify::Notify;
+use crate::runtime::notify::Notify;
 
 /// Bytes a connection or a shard lets requests hold in memory.
 pub(crate) struct ByteBudget {

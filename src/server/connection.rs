@@ -35,18 +35,18 @@ use glommio::sync::{Gate, Semaphore, StaticPermit};
 use glommio::TaskQueueHandle;
 use tracing::Instrument;
 
-use crate::config::NetworkConfig;
 use crate::protocol::types::AckLevel;
 use crate::protocol::wire::{
     self, decode_header, encode_frame_head, ErrorCode, ErrorResponse, FrameKind, Request, Response, WireError,
     FRAME_HEAD_BYTES, FRAME_PREFIX_BYTES,
 };
+use crate::runtime::notify::Notify;
 use crate::shard::{Counters, Shard};
-use crate::storage::notify::Notify;
 
-use super::admission::{Admission, AdmissionLimits, ConnectionTable, Presence};
+use super::admission::{Admission, ConnectionTable, Presence};
 use super::budget::{Arrival, ByteBudget, Hold};
 use super::kafka::{self, KafkaEndpoints};
+use super::limits::Limits;
 use super::warn_limit::WarnLimit;
 use super::{dispatch, Stopping};
 
@@ -72,44 +72,6 @@ const REFUSALS_IN_FLIGHT_MAX: u64 = 64;
 /// How long a refused client is given to read its notice before the socket
 /// is closed (closing at once could reset the connection and lose it).
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
-
-/// The connection limits, from the `[network]` tuning section.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_frame_bytes: usize,
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    pub evict_idle_after: Duration,
-    pub inflight_bytes_per_connection: usize,
-    pub inflight_bytes_per_shard: usize,
-    pub idle_timeout: Duration,
-    pub frame_timeout: Duration,
-    pub request_timeout: Duration,
-}
-
-impl Limits {
-    pub fn from_config(network: &NetworkConfig) -> Limits {
-        Limits {
-            max_frame_bytes: network.max_frame_bytes,
-            max_connections: network.max_connections_per_shard,
-            max_connections_per_ip: network.max_connections_per_ip,
-            evict_idle_after: Duration::from_millis(network.evict_idle_after_ms),
-            inflight_bytes_per_connection: network.inflight_bytes_per_connection,
-            inflight_bytes_per_shard: network.inflight_bytes_per_shard,
-            idle_timeout: Duration::from_millis(network.idle_timeout_ms),
-            frame_timeout: Duration::from_millis(network.frame_timeout_ms),
-            request_timeout: Duration::from_millis(network.request_timeout_ms),
-        }
-    }
-
-    fn admission(&self) -> AdmissionLimits {
-        AdmissionLimits {
-            connections_max: self.max_connections,
-            connections_per_ip_max: self.max_connections_per_ip,
-            evict_idle_after: self.evict_idle_after,
-        }
-    }
-}
 
 /// Which protocol a listener speaks. Both use the same framing (a 4-byte
 /// length), admission and byte budgets; they differ in what a frame holds

@@ -14,7 +14,7 @@ use crate::protocol::wire::{
 use crate::shard::topic_config::{ConfigEdit, TopicConfig};
 use crate::shard::{Counters, ProduceItem, Shard};
 
-use super::connection::Limits;
+use super::limits::Limits;
 
 /// Most partitions one request may name.
 const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;

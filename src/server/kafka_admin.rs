@@ -25,7 +25,7 @@ use crate::protocol::wire::{DeleteRecordsPartition, ErrorCode};
 use crate::shard::topic_config::{ConfigEdit, ConfigEntry, TopicConfig};
 use crate::shard::Shard;
 
-use super::kafka::{codes, kafka_code};
+use super::kafka_codes::{codes, kafka_code};
 
 /// Kafka's config resource types.
 const RESOURCE_TOPIC: i8 = 2;

@@ -20,6 +20,8 @@ mod dispatch;
 pub mod exclusive;
 pub mod kafka;
 mod kafka_admin;
+mod kafka_codes;
+mod limits;
 pub mod metrics;
 mod warn_limit;
 
@@ -36,11 +38,12 @@ use tracing::Instrument;
 
 use crate::config::{ConfigError, KafkaMode, TuningConfig};
 use crate::protocol::types::ShardId;
-use crate::shard::{mesh, metadata, Shard, ShardConfig, MESH_CHANNEL_CAPACITY};
-use crate::storage::notify::Notify;
+use crate::runtime::notify::Notify;
+use crate::runtime::spawn_wake_ticker;
+use crate::shard::{mesh, metadata, Shard, ShardConfig, ShardMessage, MESH_CHANNEL_CAPACITY};
 use crate::storage::{DirLock, StorageError};
 
-pub use connection::Limits;
+pub use limits::Limits;
 
 /// How often each shard looks at the stop flag. Stopping is rare; a short
 /// poll keeps the flag a plain atomic instead of a cross-thread waker.
@@ -129,7 +132,7 @@ impl Broker {
         let (kafka_listen, kafka_base, _kafka_claim) = kafka_listen(&config.kafka, cpus.len())?;
         let mut metrics_addr = metrics_listen;
         let stop = Arc::new(AtomicBool::new(false));
-        let mut mesh: Vec<Option<mesh::MeshEnds>> =
+        let mut mesh: Vec<Option<mesh::MeshEnds<ShardMessage>>> =
             mesh::build(cpus.len(), MESH_CHANNEL_CAPACITY).into_iter().map(Some).collect();
         let (reports, reported) = mpsc::channel();
         let mut threads = Vec::with_capacity(cpus.len());
@@ -381,7 +384,7 @@ struct ShardLaunch {
     config: TuningConfig,
     data_dir: PathBuf,
     metadata: metadata::ClusterMetadata,
-    mesh: mesh::MeshEnds,
+    mesh: mesh::MeshEnds<ShardMessage>,
     stop: Arc<AtomicBool>,
     reports: mpsc::Sender<StartReport>,
     /// Every shard's own native and Kafka ports, filled in as shards bind.
@@ -547,25 +550,6 @@ impl ShardLaunch {
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
     }
-}
-
-/// Keeps the executor from sleeping longer than `interval`.
-///
-/// glommio 0.9.0 queues a waker sent from another thread and writes the
-/// executor's eventfd only if the executor has already announced it is going
-/// to sleep; just before sleeping it re-checks its cross-thread channels but
-/// not that waker queue. A wake-up that lands in between (a forwarded
-/// request's reply, a mesh join) is noticed only at the next wake-up. This
-/// ticker makes sure there is one within `interval`. Found as a start-up
-/// hang under parallel tests; see GLOMMIO.md in the design notes for the
-/// runtime's other traps.
-pub fn spawn_wake_ticker(interval: Duration) {
-    glommio::spawn_local(async move {
-        loop {
-            glommio::timer::sleep(interval).await;
-        }
-    })
-    .detach();
 }
 
 /// Each shard's (native, Kafka) own ports as they bind, at start-up only.

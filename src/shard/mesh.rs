@@ -4,24 +4,25 @@
 //! handshake between executors (glommio's own channel mesh needs one, and it
 //! could hang at start-up under load). A full channel makes the sender wait:
 //! backpressure from a busy shard to the shards forwarding to it.
+//!
+//! Generic over the message type `M`: the mesh knows nothing of what
+//! shards say to each other (`ShardMessage`, in `shard/mod.rs`).
 
 use crate::protocol::types::ShardId;
 
-use super::ShardMessage;
-
 /// One shard's ends of the mesh.
 #[derive(Debug)]
-pub struct MeshEnds {
+pub struct MeshEnds<M> {
     id: ShardId,
     /// `senders[j]`: to shard j (`None` for this shard itself).
-    senders: Vec<Option<flume::Sender<ShardMessage>>>,
+    senders: Vec<Option<flume::Sender<M>>>,
     /// `receivers[j]`: from shard j (`None` for this shard itself).
-    receivers: Vec<Option<flume::Receiver<ShardMessage>>>,
+    receivers: Vec<Option<flume::Receiver<M>>>,
 }
 
 /// Builds the mesh for `shard_count` shards; element i goes to shard i.
-pub fn build(shard_count: usize, capacity: usize) -> Vec<MeshEnds> {
-    let mut ends: Vec<MeshEnds> = (0..shard_count)
+pub fn build<M>(shard_count: usize, capacity: usize) -> Vec<MeshEnds<M>> {
+    let mut ends: Vec<MeshEnds<M>> = (0..shard_count)
         .map(|id| MeshEnds {
             id: ShardId(id as u16),
             senders: (0..shard_count).map(|_| None).collect(),
@@ -38,13 +39,13 @@ pub fn build(shard_count: usize, capacity: usize) -> Vec<MeshEnds> {
     ends
 }
 
-impl MeshEnds {
+impl<M> MeshEnds<M> {
     pub fn id(&self) -> ShardId {
         self.id
     }
 
     /// Splits into the sending half and the receivers, one per peer.
-    pub(super) fn split(self) -> (MeshSenders, Vec<(ShardId, flume::Receiver<ShardMessage>)>) {
+    pub(super) fn split(self) -> (MeshSenders<M>, Vec<(ShardId, flume::Receiver<M>)>) {
         let receivers = self
             .receivers
             .into_iter()
@@ -57,14 +58,14 @@ impl MeshEnds {
 
 /// The sending half a shard keeps.
 #[derive(Debug)]
-pub(super) struct MeshSenders {
-    senders: std::cell::RefCell<Vec<Option<flume::Sender<ShardMessage>>>>,
+pub(super) struct MeshSenders<M> {
+    senders: std::cell::RefCell<Vec<Option<flume::Sender<M>>>>,
 }
 
-impl MeshSenders {
+impl<M> MeshSenders<M> {
     /// Sends to `to`, waiting while its channel is full. `None` if that
     /// shard is gone (or this one is closing).
-    pub(super) async fn send(&self, to: ShardId, message: ShardMessage) -> Option<()> {
+    pub(super) async fn send(&self, to: ShardId, message: M) -> Option<()> {
         let sender = self.senders.borrow().get(to.index())?.clone()?;
         sender.send_async(message).await.ok()
     }
@@ -81,7 +82,7 @@ mod tests {
 
     #[test]
     fn every_ordered_pair_gets_a_channel() {
-        let ends = build(3, 4);
+        let ends = build::<u32>(3, 4);
         assert_eq!(ends.len(), 3);
         for (id, end) in ends.iter().enumerate() {
             assert_eq!(end.id(), ShardId(id as u16));

@@ -201,7 +201,7 @@ pub struct Shard {
     shard_ports: Vec<u16>,
     metadata: RefCell<Rc<ClusterMetadata>>,
     partitions: RefCell<HashMap<Rc<str>, BTreeMap<u32, Partition>>>,
-    mesh: mesh::MeshSenders,
+    mesh: mesh::MeshSenders<ShardMessage>,
     mesh_handlers: Rc<Semaphore>,
     /// Shard 0 applies one metadata change at a time.
     metadata_writer: Semaphore,
@@ -228,7 +228,7 @@ impl Shard {
     /// Starts the shard on the current executor: joins the mesh, opens the
     /// partitions it owns, and starts serving forwarded requests and
     /// enforcing retention.
-    pub async fn start(config: ShardConfig, mesh: mesh::MeshEnds) -> Result<Rc<Shard>, ShardStartError> {
+    pub async fn start(config: ShardConfig, mesh: mesh::MeshEnds<ShardMessage>) -> Result<Rc<Shard>, ShardStartError> {
         let id = config.id;
         let (senders, receivers) = mesh.split();
         let io = |error| ShardStartError::Io { shard: id, error };

@@ -17,7 +17,6 @@ pub mod io;
 pub mod lock;
 pub mod log;
 mod log_start;
-pub(crate) mod notify;
 pub mod producers;
 pub mod recovery;
 mod segment;
@@ -27,8 +26,7 @@ pub mod space;
 pub use config::{FlushPolicy, LogConfig, LogLimits};
 pub use error::StorageError;
 pub use lock::DirLock;
-pub use log::{
-    AppendReceipt, FsyncObserver, LogStats, OpenOptions, PartitionLog, ReadOutcome, PREALLOCATE_BYTES_FIRST,
-};
+pub use log::{AppendReceipt, FsyncObserver, LogStats, OpenOptions, PartitionLog, ReadOutcome};
 pub use recovery::RecoveryMode;
+pub use segment::PREALLOCATE_BYTES_FIRST;
 pub use space::free_bytes;

@@ -30,9 +30,11 @@ use super::config::LogConfig;
 use super::error::{Result, StorageError};
 use super::index::SegmentIndex;
 use super::io::{align_down, align_up, IoBuf, Storage, StorageFile, ALIGN};
-use super::log::{create_segment, seal_segment, Reserve, Segment};
 use super::producers::{ProducerFields, ProducerTable};
-use super::segment::{classify, index_path, log_path, producers_path, FileKind, READ_CHUNK_BYTES};
+use super::segment::{
+    classify, create_segment, index_path, log_path, producers_path, seal_segment, FileKind, Reserve, Segment,
+    READ_CHUNK_BYTES,
+};
 
 /// What recovery does when it finds corruption before the tail.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
