@@ -1000,6 +1000,12 @@ fn topic_configs_and_record_deletion_at_every_version() {
     assert_eq!(values, vec![b"one".to_vec(), b"two".to_vec()]);
     let big = vec![b'x'; 3000];
     assert_eq!(produce_batch(&mut owner, "tuned", batch(&[&big])).0, 10, "MESSAGE_TOO_LARGE");
+    // A damaged batch is refused before it is recompressed or stamped
+    // (both recompute the CRC, which must not launder the damage).
+    let mut damaged = BytesMut::from(&batch(&[b"damaged"])[..]);
+    let last = damaged.len() - 2;
+    damaged[last] ^= 0x01;
+    assert_eq!(produce_batch(&mut owner, "tuned", damaged.freeze()).0, 2, "CORRUPT_MESSAGE");
     for value in [b"3", b"4", b"5"] {
         assert_eq!(produce_batch(&mut owner, "tuned", batch(&[value])).0, 0);
     }

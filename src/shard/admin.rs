@@ -84,29 +84,14 @@ impl Shard {
     /// Deletes the records below each partition's offset, wherever the
     /// partition lives. Results come back in request order.
     pub async fn delete_records(self: &Rc<Self>, partitions: Vec<DeleteRecordsPartition>) -> Vec<DeleteRecordsResult> {
-        let count = partitions.len();
-        let mut results: Vec<Option<DeleteRecordsResult>> = vec![None; count];
-        let (routed, unknown) = self.route(partitions, |p| (p.topic.as_str(), p.partition));
-        for (index, p) in unknown {
-            results[index] = Some(delete_records_error(&p.topic, p.partition, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION));
-        }
-        let parts = self
-            .scatter(
-                routed,
-                |p| (p.topic.clone(), p.partition),
-                |shard, partitions| Box::pin(async move { shard.delete_records_local(partitions).await }),
-                |partitions, reply| ShardMessage::DeleteRecords { partitions, reply },
-            )
-            .await;
-        for part in parts {
-            for (position, index) in part.indexes.into_iter().enumerate() {
-                let answer = part.answer.as_ref().and_then(|answers| answers.get(position).cloned());
-                let (topic, partition) = &part.keys[position];
-                results[index] =
-                    Some(answer.unwrap_or_else(|| delete_records_error(topic, *partition, ErrorCode::SHUTTING_DOWN)));
-            }
-        }
-        results.into_iter().map(|result| result.expect("every partition got a result")).collect()
+        self.scatter_gather(
+            partitions,
+            |p| (p.topic.as_str(), p.partition),
+            |shard, partitions| Box::pin(async move { shard.delete_records_local(partitions).await }),
+            |partitions, reply| ShardMessage::DeleteRecords { partitions, reply },
+            delete_records_error,
+        )
+        .await
     }
 
     pub(super) async fn delete_records_local(

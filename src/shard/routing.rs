@@ -26,9 +26,9 @@ use crate::protocol::wire::{
     MetadataResponse, OffsetSpec, PartitionMetadata, ProducePartitionResult, ShardEndpoint, StatsResponse,
     TopicMetadata,
 };
-use crate::storage::AppendReceipt;
+use crate::storage::{AppendReceipt, CheckedBatch};
 
-use super::topic_config::{TimestampType, TopicCompression};
+use super::topic_config::{TimestampType, TopicCompression, TopicConfig};
 use super::{error_code, Counters, FetchOutcome, Partition, ProduceItem, Shard, ShardMessage};
 
 /// Items of one request grouped by owning shard, each with its position in
@@ -44,29 +44,14 @@ impl Shard {
         timeout_ms: u32,
         items: Vec<ProduceItem>,
     ) -> Vec<ProducePartitionResult> {
-        let count = items.len();
-        let mut results: Vec<Option<ProducePartitionResult>> = vec![None; count];
-        let (routed, unknown) = self.route(items, |item| (item.topic.as_str(), item.partition));
-        for (index, item) in unknown {
-            results[index] = Some(produce_error(&item.topic, item.partition, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION));
-        }
-        let parts = self
-            .scatter(
-                routed,
-                |item| (item.topic.clone(), item.partition),
-                move |shard, items| Box::pin(async move { shard.produce_local(acks, timeout_ms, items).await }),
-                move |items, reply| ShardMessage::Produce { acks, timeout_ms, items, reply },
-            )
-            .await;
-        for part in parts {
-            for (position, index) in part.indexes.into_iter().enumerate() {
-                let result = part.answer.as_ref().and_then(|answers| answers.get(position).cloned());
-                let (topic, partition) = &part.keys[position];
-                results[index] =
-                    Some(result.unwrap_or_else(|| produce_error(topic, *partition, ErrorCode::SHUTTING_DOWN)));
-            }
-        }
-        results.into_iter().map(|result| result.expect("every item got a result")).collect()
+        self.scatter_gather(
+            items,
+            |item| (item.topic.as_str(), item.partition),
+            move |shard, items| Box::pin(async move { shard.produce_local(acks, timeout_ms, items).await }),
+            move |items, reply| ShardMessage::Produce { acks, timeout_ms, items, reply },
+            produce_error,
+        )
+        .await
     }
 
     /// Produce for partitions this shard owns.
@@ -133,46 +118,60 @@ impl Shard {
         if batches.is_empty() {
             return Err(ErrorCode::INVALID_BATCH);
         }
-        if batches.len() > 1 && batches.iter().any(|batch| BatchView::parse(batch, batch_bytes_max).is_err()) {
-            return Err(ErrorCode::INVALID_BATCH);
-        }
-        // A compressed batch is stored as produced, but first inflated once
-        // (bounded by the frame limit) to check it holds its records. A topic
-        // with a fixed codec gets it recompressed instead, which checks the
-        // same; and one with log-append time gets its timestamps stamped.
-        let recompress_to = config.compression.and_then(TopicCompression::codec);
-        let append_time = config.timestamp_type == Some(TimestampType::LogAppendTime);
-        for batch in &mut batches {
-            let view = BatchView::parse_header(batch, batch_bytes_max).map_err(|_| ErrorCode::INVALID_BATCH)?;
-            let checked = match recompress_to {
-                Some(codec) if codec != view.compression() => recompress_batch(&view, codec, self.inflated_bytes_max)
-                    .map(|stored| Some(BytesMut::from(&stored[..]))),
-                _ => view.verify_compressed_records(self.inflated_bytes_max).map(|()| None),
-            };
-            match checked {
-                Ok(None) => {}
-                Ok(Some(recompressed)) => {
-                    *batch = recompressed;
-                    // Compressing is the costliest thing a shard does per batch.
-                    glommio::yield_if_needed().await;
-                }
-                Err(BatchError::Inflate(CompressionError::TooLarge { .. })) => return Err(ErrorCode::BATCH_TOO_LARGE),
-                Err(_) => return Err(ErrorCode::INVALID_BATCH),
-            }
-            if append_time {
-                set_log_append_time(batch, TimestampMs::now().0);
-            }
+        // Every batch is checked (CRC included, once) before any is
+        // appended, then made what the topic's configs say.
+        let mut checked = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let batch = CheckedBatch::check(batch, batch_bytes_max).map_err(|error| error_code(&error))?;
+            checked.push(self.apply_topic_config(batch, &config, batch_bytes_max).await?);
         }
         let (mut first, mut last) = (None, None);
-        for batch in batches {
-            let len = batch.len() as u64;
-            let receipt = log.append(batch).await.map_err(|error| error_code(&error))?;
+        for batch in checked {
+            let len = batch.bytes().len() as u64;
+            let receipt = log.append_checked(batch).await.map_err(|error| error_code(&error))?;
             Counters::add(&self.counters.bytes_in, len);
             Counters::add(&self.counters.events_in, receipt.next.distance_from(receipt.base));
             first.get_or_insert(receipt);
             last = Some(receipt);
         }
         Ok((log, first.expect("one batch at least"), last.expect("one batch at least")))
+    }
+
+    /// A checked batch as the topic keeps it. A compressed batch is stored
+    /// as produced, but first inflated once (bounded by the frame limit) to
+    /// check it holds its records; a topic with a fixed codec gets it
+    /// recompressed instead, which checks the same; a topic with
+    /// log-append time gets it stamped.
+    async fn apply_topic_config(
+        &self,
+        batch: CheckedBatch,
+        config: &TopicConfig,
+        batch_bytes_max: usize,
+    ) -> Result<CheckedBatch, ErrorCode> {
+        let recompress_to = config.compression.and_then(TopicCompression::codec);
+        let append_time = config.timestamp_type == Some(TimestampType::LogAppendTime);
+        let view = BatchView::parse_header(batch.bytes(), batch_bytes_max).map_err(|_| ErrorCode::INVALID_BATCH)?;
+        let rebuilt = match recompress_to {
+            Some(codec) if codec != view.compression() => {
+                recompress_batch(&view, codec, self.inflated_bytes_max).map(|stored| Some(BytesMut::from(&stored[..])))
+            }
+            _ => view.verify_compressed_records(self.inflated_bytes_max).map(|()| None),
+        };
+        let mut bytes = match rebuilt {
+            Ok(Some(recompressed)) => {
+                // Compressing is the costliest thing a shard does per batch.
+                glommio::yield_if_needed().await;
+                recompressed
+            }
+            Ok(None) if append_time => batch.into_bytes(),
+            Ok(None) => return Ok(batch),
+            Err(BatchError::Inflate(CompressionError::TooLarge { .. })) => return Err(ErrorCode::BATCH_TOO_LARGE),
+            Err(_) => return Err(ErrorCode::INVALID_BATCH),
+        };
+        if append_time {
+            set_log_append_time(&mut bytes, TimestampMs::now().0);
+        }
+        CheckedBatch::rebuilt(bytes, batch_bytes_max).map_err(|error| error_code(&error))
     }
 
     /// Reads from each listed partition (wherever it lives), long-polling up
@@ -357,34 +356,14 @@ impl Shard {
 
     /// Resolves offsets (earliest, latest, by time) of partitions anywhere.
     pub async fn list_offsets(self: &Rc<Self>, partitions: Vec<ListOffsetsPartition>) -> Vec<ListOffsetsResult> {
-        let count = partitions.len();
-        let mut results: Vec<Option<ListOffsetsResult>> = vec![None; count];
-        let (routed, unknown) = self.route(partitions, |p| (p.topic.as_str(), p.partition));
-        for (index, p) in unknown {
-            results[index] = Some(list_offsets_error(&p, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION));
-        }
-        let parts = self
-            .scatter(
-                routed,
-                |p| (p.topic.clone(), p.partition),
-                |shard, partitions| Box::pin(async move { shard.list_offsets_local(partitions).await }),
-                |partitions, reply| ShardMessage::ListOffsets { partitions, reply },
-            )
-            .await;
-        for part in parts {
-            for (position, index) in part.indexes.into_iter().enumerate() {
-                let answer = part.answer.as_ref().and_then(|answers| answers.get(position).cloned());
-                let (topic, partition) = &part.keys[position];
-                let missing = ListOffsetsResult {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    error: ErrorCode::SHUTTING_DOWN,
-                    offset: None,
-                };
-                results[index] = Some(answer.unwrap_or(missing));
-            }
-        }
-        results.into_iter().map(|result| result.expect("every partition got a result")).collect()
+        self.scatter_gather(
+            partitions,
+            |p| (p.topic.as_str(), p.partition),
+            |shard, partitions| Box::pin(async move { shard.list_offsets_local(partitions).await }),
+            |partitions, reply| ShardMessage::ListOffsets { partitions, reply },
+            |topic, partition, error| ListOffsetsResult { topic: topic.to_string(), partition, error, offset: None },
+        )
+        .await
     }
 
     pub(super) async fn list_offsets_local(&self, partitions: Vec<ListOffsetsPartition>) -> Vec<ListOffsetsResult> {
@@ -483,6 +462,39 @@ impl Shard {
             }
         }
         stats
+    }
+
+    /// Runs a request whose items each name a partition on the shards that
+    /// own them (see [`Shard::scatter`]) and returns one result per item, in
+    /// request order: `failed` makes the result of an item of an unknown
+    /// partition (UNKNOWN_TOPIC_OR_PARTITION) or of a shard that is gone
+    /// (SHUTTING_DOWN).
+    pub(super) async fn scatter_gather<T, R: Clone + 'static>(
+        self: &Rc<Self>,
+        items: Vec<T>,
+        key: impl Fn(&T) -> (&str, PartitionId),
+        local: impl FnOnce(Rc<Shard>, Vec<T>) -> Pin<Box<dyn Future<Output = Vec<R>>>>,
+        message: impl Fn(Vec<T>, oneshot::Sender<Vec<R>>) -> ShardMessage,
+        failed: impl Fn(&str, PartitionId, ErrorCode) -> R,
+    ) -> Vec<R> {
+        let mut results: Vec<Option<R>> = vec![None; items.len()];
+        let (routed, unknown) = self.route(items, &key);
+        for (index, item) in unknown {
+            let (topic, partition) = key(&item);
+            results[index] = Some(failed(topic, partition, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION));
+        }
+        let owned_key = |item: &T| {
+            let (topic, partition) = key(item);
+            (topic.to_string(), partition)
+        };
+        for part in self.scatter(routed, owned_key, local, message).await {
+            for (position, index) in part.indexes.into_iter().enumerate() {
+                let answer = part.answer.as_ref().and_then(|answers| answers.get(position).cloned());
+                let (topic, partition) = &part.keys[position];
+                results[index] = Some(answer.unwrap_or_else(|| failed(topic, *partition, ErrorCode::SHUTTING_DOWN)));
+            }
+        }
+        results.into_iter().map(|result| result.expect("every item got a result")).collect()
     }
 
     /// Runs one part of a request per owning shard, all at once: this

@@ -56,6 +56,78 @@ pub struct AppendReceipt {
     pub next: Offset,
 }
 
+/// A batch that passed every check an append makes (one whole batch, size,
+/// magic, CRC, counts, the records of an uncompressed one), with the facts
+/// the append needs. A caller that must check several batches before
+/// appending any (a produce item is taken whole or not at all) checks each
+/// once and appends them with [`PartitionLog::append_checked`].
+#[derive(Debug)]
+pub struct CheckedBatch {
+    bytes: BytesMut,
+    count: u64,
+    max_timestamp: TimestampMs,
+    producer: Option<ProducerFields>,
+}
+
+impl CheckedBatch {
+    /// Checks `batch`, which must be exactly one batch of at most
+    /// `batch_bytes_max` bytes.
+    pub fn check(batch: BytesMut, batch_bytes_max: usize) -> Result<CheckedBatch> {
+        if batch.len() > batch_bytes_max {
+            return Err(StorageError::BatchTooLarge { len_bytes: batch.len(), max_bytes: batch_bytes_max });
+        }
+        let view = BatchView::parse(&batch, batch_bytes_max)?;
+        let facts = Facts::of(&view, batch.len())?;
+        Ok(facts.with(batch))
+    }
+
+    /// A batch the caller built from a checked one (recompressed, or
+    /// stamped with the append time, its CRC recomputed): only its header is
+    /// read again, the CRC is not checked.
+    pub(crate) fn rebuilt(batch: BytesMut, batch_bytes_max: usize) -> Result<CheckedBatch> {
+        if batch.len() > batch_bytes_max {
+            return Err(StorageError::BatchTooLarge { len_bytes: batch.len(), max_bytes: batch_bytes_max });
+        }
+        let view = BatchView::parse_header(&batch, batch_bytes_max)?;
+        let facts = Facts::of(&view, batch.len())?;
+        Ok(facts.with(batch))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> BytesMut {
+        self.bytes
+    }
+}
+
+/// What an append needs to know of a parsed batch.
+struct Facts {
+    count: u64,
+    max_timestamp: TimestampMs,
+    producer: Option<ProducerFields>,
+}
+
+impl Facts {
+    /// The facts of `view`, a parse of `len` bytes that must be one batch.
+    fn of(view: &BatchView<'_>, len: usize) -> Result<Facts> {
+        if view.total_len() != len {
+            return Err(StorageError::NotOneBatch { len_bytes: len, batch_bytes: view.total_len() });
+        }
+        Ok(Facts {
+            // Invariant: parsing checked last_offset_delta >= 0.
+            count: u64::from(view.last_offset_delta() as u32) + 1,
+            max_timestamp: TimestampMs(view.max_timestamp()),
+            producer: ProducerFields::of(view),
+        })
+    }
+
+    fn with(self, bytes: BytesMut) -> CheckedBatch {
+        CheckedBatch { bytes, count: self.count, max_timestamp: self.max_timestamp, producer: self.producer }
+    }
+}
+
 /// What a read returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadOutcome {
@@ -246,18 +318,16 @@ impl<S: Storage> PartitionLog<S> {
     /// original to be durable); one out of sequence or of an older epoch is
     /// refused with [`StorageError::Sequence`].
     pub async fn append(&self, batch: BytesMut) -> Result<AppendReceipt> {
-        let config = &self.inner.config;
-        if batch.len() > config.batch_bytes_max {
-            return Err(StorageError::BatchTooLarge { len_bytes: batch.len(), max_bytes: config.batch_bytes_max });
+        self.append_checked(CheckedBatch::check(batch, self.inner.config.batch_bytes_max)?).await
+    }
+
+    /// [`append`](Self::append) of a batch checked already.
+    pub async fn append_checked(&self, batch: CheckedBatch) -> Result<AppendReceipt> {
+        let batch_bytes_max = self.inner.config.batch_bytes_max;
+        if batch.bytes.len() > batch_bytes_max {
+            return Err(StorageError::BatchTooLarge { len_bytes: batch.bytes.len(), max_bytes: batch_bytes_max });
         }
-        let view = BatchView::parse(&batch, config.batch_bytes_max)?;
-        if view.total_len() != batch.len() {
-            return Err(StorageError::NotOneBatch { len_bytes: batch.len(), batch_bytes: view.total_len() });
-        }
-        // Invariant: parse checked last_offset_delta >= 0.
-        let count = u64::from(view.last_offset_delta() as u32) + 1;
-        let max_timestamp = view.max_timestamp();
-        let producer = ProducerFields::of(&view);
+        let CheckedBatch { bytes: batch, count, max_timestamp, producer } = batch;
         // Appends take their offsets in the order they were called: a later
         // append never overtakes one waiting for room (or a roll), so a
         // producer's pipelined batches keep their order in the log.
@@ -283,7 +353,7 @@ impl<S: Storage> PartitionLog<S> {
                 Admission::Extend(target) => self.inner.extend(target).await?,
             }
         }
-        let receipt = self.inner.push(batch, count, TimestampMs(max_timestamp));
+        let receipt = self.inner.push(batch, count, max_timestamp);
         if let Some(fields) = &producer {
             self.inner.producers.borrow_mut().record(fields, receipt.base, receipt.next, producers::now_ms());
         }
