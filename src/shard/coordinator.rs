@@ -106,6 +106,12 @@ impl Shard {
         }
         let partitions_of = self.partition_counts();
         let mut groups = self.groups.borrow_mut();
+        // Bounded like Kafka groups: a flood of new group names cannot grow
+        // the shard's memory without limit (empty groups are forgotten at
+        // the next tick, their offsets kept).
+        if !groups.contains_key(&join.group) && groups.len() >= super::kafka_groups::GROUPS_MAX {
+            return assignment_error(ErrorCode::INVALID_GROUP, member);
+        }
         let state = groups.entry(join.group.clone()).or_default();
         let session = Duration::from_millis(u64::from(join.session_timeout_ms));
         let rebalance = Duration::from_millis(u64::from(join.rebalance_timeout_ms.clamp(100, 300_000)));

@@ -47,7 +47,7 @@ use crate::protocol::wire::coordinator_of;
 use super::offsets::OffsetUpdate;
 use super::{Shard, ShardMessage};
 
-/// Kafka groups one shard coordinates, at most.
+/// Groups one shard coordinates, at most, of each protocol (Kafka and native).
 pub const GROUPS_MAX: usize = 10_000;
 /// Members (and member ids handed out, not yet used) per group, at most.
 pub const MEMBERS_PER_GROUP_MAX: usize = 1024;
