@@ -73,6 +73,30 @@ const REFUSALS_IN_FLIGHT_MAX: u64 = 64;
 /// is closed (closing at once could reset the connection and lose it).
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
+/// Why a connection stops reading (logged at debug level when it closes).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Closed {
+    #[error("waiting for a frame: {0}")]
+    Idle(io::Error),
+    #[error("the peer closed the connection inside a {len}-byte frame")]
+    MidFrame { len: usize },
+    #[error("reading a {len}-byte frame: {source}")]
+    Read { len: usize, source: io::Error },
+    #[error("a {len}-byte frame did not arrive within {timeout:?}")]
+    FrameDeadline { len: usize, timeout: Duration },
+    #[error("stopped while waiting for budget")]
+    Stopped,
+    #[error("the Kafka API is off")]
+    KafkaOff,
+    /// A native frame length that cannot be framed (answered, then closed).
+    #[error("{0}")]
+    Unframeable(WireError),
+    /// A Kafka frame that cannot be parsed or framed: a Kafka broker
+    /// cannot shape an answer either, so the connection closes.
+    #[error("{0}")]
+    KafkaMalformed(String),
+}
+
 /// Which protocol a listener speaks. Both use the same framing (a 4-byte
 /// length), admission and byte budgets; they differ in what a frame holds
 /// and in response order (Kafka answers in request order).
@@ -291,7 +315,7 @@ impl Server {
 
     /// Reads frames until the peer closes, a deadline passes, the input is
     /// beyond repair, the connection is evicted, or the shard stops.
-    async fn read_loop(self: &Rc<Self>, connection: &Rc<Connection>, evicted: &Stopping) -> Result<(), String> {
+    async fn read_loop(self: &Rc<Self>, connection: &Rc<Connection>, evicted: &Stopping) -> Result<(), Closed> {
         loop {
             let mut prefix = [0u8; FRAME_PREFIX_BYTES];
             let idle = self.limits.idle_timeout;
@@ -305,13 +329,15 @@ impl Server {
             .await;
             match read {
                 None => return Ok(()),
-                Some(Err(error)) => return Err(format!("waiting for a frame: {error}")),
+                Some(Err(error)) => return Err(Closed::Idle(error)),
                 Some(Ok(())) => {}
             }
             connection.presence.touch(Instant::now());
             let len = match wire::frame_len(prefix, self.limits.max_frame_bytes) {
                 Ok(len) => len,
-                Err(error) if connection.protocol == Protocol::Kafka => return Err(error.to_string()),
+                Err(error) if connection.protocol == Protocol::Kafka => {
+                    return Err(Closed::KafkaMalformed(error.to_string()))
+                }
                 Err(error) => return self.refuse_frame(connection, error).await,
             };
             let (body, permits) = self.read_frame(connection, len).await?;
@@ -326,9 +352,9 @@ impl Server {
     /// the shard's budgets for each piece once it has arrived (see
     /// `budget.rs`). A frame larger than the connection budget is charged
     /// to it up to the whole budget.
-    async fn read_frame(&self, connection: &Connection, len: usize) -> Result<(BytesMut, Permits), String> {
+    async fn read_frame(&self, connection: &Connection, len: usize) -> Result<(BytesMut, Permits), Closed> {
         let started = Instant::now();
-        let closed = |_| "shutting down".to_string();
+        let closed = |_| Closed::Stopped;
         let request = self
             .until_stopped(connection, async { connection.requests.acquire_static_permit(1).await.map_err(closed) })
             .await?;
@@ -362,10 +388,10 @@ impl Server {
             })
             .await
             {
-                Ok(Ok(0)) => Err(format!("the peer closed the connection inside a {len}-byte frame")),
+                Ok(Ok(0)) => Err(Closed::MidFrame { len }),
                 Ok(Ok(read)) => Ok(read),
-                Ok(Err(error)) => Err(format!("reading a {len}-byte frame: {error}")),
-                Err(_) => Err(format!("a {len}-byte frame did not arrive within {:?}", self.limits.frame_timeout)),
+                Ok(Err(source)) => Err(Closed::Read { len, source }),
+                Err(_) => Err(Closed::FrameDeadline { len, timeout: self.limits.frame_timeout }),
             }?;
             filled += read;
             // A large frame that is still arriving counts against the half of
@@ -397,7 +423,7 @@ impl Server {
         &self,
         connection: &Connection,
         fetch: &mut wire::FetchRequest,
-    ) -> Result<ResponsePermits, String> {
+    ) -> Result<ResponsePermits, Closed> {
         let wait = Duration::from_millis(u64::from(fetch.max_wait_ms.min(dispatch::inner_deadline_ms(&self.limits))));
         let started = Instant::now();
         self.shard.wait_fetchable(fetch, wait).await;
@@ -421,11 +447,11 @@ impl Server {
     async fn until_stopped<T>(
         &self,
         connection: &Connection,
-        acquire: impl std::future::Future<Output = Result<T, String>>,
-    ) -> Result<T, String> {
+        acquire: impl std::future::Future<Output = Result<T, Closed>>,
+    ) -> Result<T, Closed> {
         let interrupted = async {
             future::or(self.stopping.wait(), connection.dead.wait()).await;
-            Err("stopped while waiting for budget".to_string())
+            Err(Closed::Stopped)
         };
         future::or(acquire, interrupted).await
     }
@@ -438,7 +464,7 @@ impl Server {
         connection: &Rc<Connection>,
         body: BytesMut,
         permits: Permits,
-    ) -> Result<(), String> {
+    ) -> Result<(), Closed> {
         let request_id = wire::peek_request_id(&body).unwrap_or(0);
         let parsed = wire::split_frame(body).and_then(|(head, header, payload)| {
             if head.kind != FrameKind::Request {
@@ -509,16 +535,16 @@ impl Server {
         connection: &Rc<Connection>,
         body: BytesMut,
         permits: Permits,
-    ) -> Result<(), String> {
+    ) -> Result<(), Closed> {
         let Some(endpoints) = self.kafka.clone() else {
-            return Err("the Kafka API is off".into());
+            return Err(Closed::KafkaOff);
         };
         let parsed = match kafka::parse(body.freeze()) {
             Ok(parsed) => parsed,
             Err(reason) => {
                 self.shard.counters().record_request("kafka_malformed", ErrorCode::INVALID_REQUEST);
                 self.warn_client_error(&WireError::Header(reason.clone()), "a Kafka client sent a malformed request");
-                return Err(reason);
+                return Err(Closed::KafkaMalformed(reason));
             }
         };
         let seq = connection.order.begin();
@@ -595,7 +621,7 @@ impl Server {
 
     /// Answers a frame whose length is unacceptable, then closes: the bytes
     /// that follow cannot be framed any more.
-    async fn refuse_frame(&self, connection: &Rc<Connection>, error: WireError) -> Result<(), String> {
+    async fn refuse_frame(&self, connection: &Rc<Connection>, error: WireError) -> Result<(), Closed> {
         Counters::add(&self.shard.counters().errors, 1);
         self.shard.counters().record_request("malformed", ErrorCode::FRAME_TOO_LARGE);
         self.warn_client_error(&error, "a client sent an unframeable length; closing its connection");
@@ -608,7 +634,7 @@ impl Server {
                 Response::Error(ErrorResponse { code: ErrorCode::FRAME_TOO_LARGE, message: error.to_string() });
             connection.respond(request_id, &response, Vec::new(), None);
         }
-        Err(error.to_string())
+        Err(Closed::Unframeable(error))
     }
 }
 
