@@ -1159,8 +1159,13 @@ mod tests {
             _acks: AckLevel,
             _timeout_ms: u32,
         ) -> Result<Offset, ClientError> {
-            {
+            // Offsets in arrival order, as a broker assigns them.
+            let count = BatchView::parse_header(batches, usize::MAX).expect("a batch").record_count() as u64;
+            let base = {
                 let mut held = self.state.borrow_mut();
+                let next = held.next_offset.entry(partition.0).or_insert(0);
+                let base = *next;
+                *next += count;
                 let now = held.in_flight.entry(partition.0).or_insert(0);
                 *now += 1;
                 let now = *now;
@@ -1168,17 +1173,14 @@ mod tests {
                 *most = (*most).max(now);
                 held.total += 1;
                 held.most_total = held.most_total.max(held.total);
-            }
+                base
+            };
             while !self.state.borrow().released {
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
             let mut held = self.state.borrow_mut();
             *held.in_flight.get_mut(&partition.0).expect("counted") -= 1;
             held.total -= 1;
-            let count = BatchView::parse_header(batches, usize::MAX).expect("a batch").record_count() as u64;
-            let next = held.next_offset.entry(partition.0).or_insert(0);
-            let base = *next;
-            *next += count;
             Ok(Offset::new(base).expect("small"))
         }
 
