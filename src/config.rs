@@ -91,6 +91,42 @@ pub struct TuningConfig {
     pub topics: TopicsConfig,
     pub metrics: MetricsConfig,
     pub kafka: KafkaConfig,
+    pub tls: TlsConfig,
+}
+
+/// TLS on the native and Kafka listeners: off unless a certificate and its
+/// key are given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the broker's own certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// TLS on the native listeners (shared and per-shard ports).
+    pub native: bool,
+    /// TLS on the Kafka listeners (bootstrap and per-shard ports).
+    pub kafka: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { cert_file: None, key_file: None, native: true, kafka: true }
+    }
+}
+
+impl TlsConfig {
+    /// The certificate and key files, when TLS is configured.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return invalid("tls.cert_file and tls.key_file go together: give both or neither");
+        }
+        Ok(())
+    }
 }
 
 /// The Kafka API front door.
@@ -399,6 +435,7 @@ impl TuningConfig {
         self.network.validate()?;
         self.storage.validate()?;
         self.topics.validate()?;
+        self.tls.validate()?;
         // The largest batch must fit a frame along with its request header.
         let frame_needed = self.storage.batch_bytes_max.saturating_add(FRAME_HEADROOM_BYTES);
         if self.network.max_frame_bytes <= frame_needed {

@@ -114,6 +114,13 @@ struct ServeArgs {
     /// port, shards forward).
     #[arg(long, value_enum)]
     kafka_mode: Option<KafkaModeArg>,
+    /// TLS on the native and Kafka listeners: the PEM certificate chain
+    /// (overrides the tuning file; needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -349,6 +356,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.no_kafka {
         config.kafka.enabled = false;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls.cert_file = Some(cert);
+        config.tls.key_file = Some(key);
     }
     match args.kafka_mode {
         Some(KafkaModeArg::PerShard) => config.kafka.mode = ringbroker::config::KafkaMode::PerShard,

@@ -17,36 +17,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::broker::{BrokerProcess, Started};
+use support::clients::{clients_script, kcat, python};
 use support::temp_dir;
-
-/// A client program, or `None` (with a message) where it is missing and
-/// not required.
-fn client(name: &str, found: Option<PathBuf>) -> Option<PathBuf> {
-    if found.is_none() {
-        assert!(
-            std::env::var_os("RB_REQUIRE_KAFKA_CLIENTS").is_none(),
-            "{name} is required (RB_REQUIRE_KAFKA_CLIENTS)"
-        );
-        println!("skipped: {name} is not installed (see .ci/run)");
-    }
-    found
-}
-
-fn kcat() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join("kcat")).find(|path| path.is_file()));
-    client("kcat", found)
-}
-
-/// The Python interpreter that has confluent-kafka and kafka-python.
-fn python() -> Option<PathBuf> {
-    let found = std::env::var_os("RB_KAFKA_PYTHON").map(PathBuf::from).filter(|path| path.is_file());
-    client("a Python with confluent-kafka and kafka-python (RB_KAFKA_PYTHON)", found)
-}
-
-fn clients_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kafka_clients/clients.py")
-}
 
 fn run(program: &PathBuf, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(program)

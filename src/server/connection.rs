@@ -47,6 +47,7 @@ use super::admission::{Admission, ConnectionTable, Presence};
 use super::budget::{Arrival, ByteBudget, Hold};
 use super::kafka::{self, KafkaEndpoints};
 use super::limits::Limits;
+use super::tls::Stream;
 use super::warn_limit::WarnLimit;
 use super::{dispatch, Stopping};
 
@@ -122,6 +123,25 @@ pub(crate) struct Server {
     refusals: Rc<Semaphore>,
     /// Where Kafka clients reach the broker (when the Kafka API is on).
     kafka: Option<KafkaEndpoints>,
+    tls: TlsSetup,
+}
+
+/// Which listeners take TLS, and how.
+pub(crate) struct TlsSetup {
+    /// `None`: no certificate configured, every listener is plain.
+    pub acceptor: Option<futures_rustls::TlsAcceptor>,
+    pub native: bool,
+    pub kafka: bool,
+}
+
+impl TlsSetup {
+    fn for_protocol(&self, protocol: Protocol) -> Option<&futures_rustls::TlsAcceptor> {
+        let wanted = match protocol {
+            Protocol::Native => self.native,
+            Protocol::Kafka => self.kafka,
+        };
+        self.acceptor.as_ref().filter(|_| wanted)
+    }
 }
 
 impl Server {
@@ -132,6 +152,7 @@ impl Server {
         gate: Rc<Gate>,
         queue: TaskQueueHandle,
         kafka: Option<KafkaEndpoints>,
+        tls: TlsSetup,
     ) -> Server {
         let counters = shard.counters();
         counters.inflight_bytes_max.set(limits.inflight_bytes_per_shard as u64);
@@ -149,6 +170,7 @@ impl Server {
             evictions: RefCell::new(rustc_hash::FxHashMap::default()),
             refusals: Rc::new(Semaphore::new(REFUSALS_IN_FLIGHT_MAX)),
             kafka,
+            tls,
         }
     }
 
@@ -233,8 +255,9 @@ impl Server {
     fn refuse(&self, stream: TcpStream, reason: String, protocol: Protocol) {
         Counters::add(&self.shard.counters().connections_refused, 1);
         tracing::debug!(%reason, "refusing a connection");
-        // Kafka has no way to say why: the connection just closes.
-        if protocol == Protocol::Kafka {
+        // Kafka has no way to say why, and a TLS client cannot read a
+        // plain notice: the connection just closes.
+        if protocol == Protocol::Kafka || self.tls.for_protocol(protocol).is_some() {
             return;
         }
         let Ok(permit) = self.refusals.try_acquire_static_permit(1) else { return };
@@ -272,6 +295,32 @@ impl Server {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay");
         }
+        // The handshake must finish within the frame deadline: a client that
+        // starts one and stalls holds its connection slot no longer than a
+        // client that starts a frame and stalls.
+        let stream = match self.tls.for_protocol(protocol) {
+            None => Stream::Plain(stream),
+            Some(acceptor) => {
+                let handshake =
+                    glommio::timer::timeout(self.limits.frame_timeout, async { Ok(acceptor.accept(stream).await) })
+                        .await;
+                match handshake {
+                    Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                    Ok(Err(error)) => {
+                        Counters::add(&counters.tls_handshake_failures, 1);
+                        tracing::debug!(%error, "TLS handshake failed");
+                        counters.connections_open.set(counters.connections_open.get() - 1);
+                        return;
+                    }
+                    Err(_) => {
+                        Counters::add(&counters.tls_handshake_failures, 1);
+                        tracing::debug!(timeout = ?self.limits.frame_timeout, "TLS handshake did not finish in time");
+                        counters.connections_open.set(counters.connections_open.get() - 1);
+                        return;
+                    }
+                }
+            }
+        };
         let connection = Rc::new(Connection {
             stream: SharedStream(RefCell::new(stream)),
             queue: RefCell::new(VecDeque::new()),
@@ -909,7 +958,7 @@ struct Queued {
 
 /// The socket, shared by a connection's reader and writer. Borrowed only
 /// inside each poll, never across an `.await`.
-struct SharedStream(RefCell<TcpStream>);
+struct SharedStream(RefCell<Stream>);
 
 impl SharedStream {
     async fn read_exact_into(&self, buf: &mut [u8]) -> io::Result<()> {

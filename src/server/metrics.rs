@@ -354,7 +354,7 @@ fn histogram_buckets(latency: &LatencySnapshot) -> Vec<(f64, u64)> {
 }
 
 /// (counter name in `Counters`, metric name, help, extra labels).
-const SHARD_COUNTERS: [(&str, &str, &str); 11] = [
+const SHARD_COUNTERS: [(&str, &str, &str); 12] = [
     ("bytes_in", "ringbroker_produced_bytes", "Record batch bytes appended to this shard's partitions."),
     ("events_in", "ringbroker_produced_events", "Events (records) appended to this shard's partitions."),
     ("bytes_out", "ringbroker_fetched_bytes", "Record batch bytes served to consumers by this shard."),
@@ -362,6 +362,11 @@ const SHARD_COUNTERS: [(&str, &str, &str); 11] = [
     ("connections_accepted", "ringbroker_connections_accepted", "Connections admitted."),
     ("connections_refused", "ringbroker_connections_refused", "Connections refused at admission."),
     ("connections_evicted", "ringbroker_connections_evicted", "Idle connections closed to admit new ones."),
+    (
+        "tls_handshake_failures",
+        "ringbroker_tls_handshake_failures",
+        "TLS handshakes that failed or did not finish within the frame deadline.",
+    ),
     ("fsyncs", "ringbroker_fsyncs", "fdatasync calls made by this shard's partition logs."),
     ("commits", "ringbroker_group_commits", "Durable consumer-group offset commits."),
     ("rebalances", "ringbroker_group_rebalances", "Consumer-group generations started (rebalances) on this shard."),

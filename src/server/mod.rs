@@ -23,6 +23,7 @@ mod kafka_admin;
 mod kafka_codes;
 mod limits;
 pub mod metrics;
+pub mod tls;
 mod warn_limit;
 
 use std::net::SocketAddr;
@@ -74,6 +75,8 @@ pub enum ServerError {
     Shard { shard: usize, message: String },
     #[error(transparent)]
     Address(#[from] exclusive::AddressError),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A running broker: its shard threads and how to reach it.
@@ -112,6 +115,10 @@ impl Broker {
     pub fn start(config: TuningConfig, shard_ports: ShardPorts) -> Result<Broker, ServerError> {
         config.validate()?;
         let cpus = config.resolve_cpus()?;
+        let tls = match config.tls.files() {
+            Some((cert, key)) => Some(tls::server_config(cert, key).map_err(ServerError::Tls)?),
+            None => None,
+        };
         // Absolute, so every path the shards log or sync names the same
         // place whatever the current directory.
         let data_dir = std::path::absolute(&config.storage.data_dir).map_err(ServerError::Metadata)?;
@@ -160,6 +167,7 @@ impl Broker {
                     _ => None,
                 },
                 config: config.clone(),
+                tls: tls.clone(),
                 data_dir: data_dir.clone(),
                 metadata: cluster.clone(),
                 mesh: mesh[shard].take().expect("each shard is launched once"),
@@ -382,6 +390,8 @@ struct ShardLaunch {
     kafka_addr: Option<SocketAddr>,
     kafka_own_port: Option<u16>,
     config: TuningConfig,
+    /// The server side of TLS, when the tuning names a certificate.
+    tls: Option<Arc<futures_rustls::rustls::ServerConfig>>,
     data_dir: PathBuf,
     metadata: metadata::ClusterMetadata,
     mesh: mesh::MeshEnds<ShardMessage>,
@@ -505,6 +515,11 @@ impl ShardLaunch {
             Rc::clone(&gate),
             network_queue,
             kafka,
+            connection::TlsSetup {
+                acceptor: self.tls.clone().map(futures_rustls::TlsAcceptor::from),
+                native: self.config.tls.native,
+                kafka: self.config.tls.kafka,
+            },
         ));
         let accept = |listener: TcpListener, protocol: connection::Protocol| {
             glommio::spawn_local(Rc::clone(&server).accept_loop(listener, protocol).in_current_span())

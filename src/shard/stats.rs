@@ -101,6 +101,8 @@ pub struct Counters {
     pub connections_refused: Cell<u64>,
     /// Idle connections closed to admit a new one on a full shard.
     pub connections_evicted: Cell<u64>,
+    /// TLS handshakes that failed or did not finish within the frame deadline.
+    pub tls_handshake_failures: Cell<u64>,
     pub connections_open: Cell<u64>,
     pub fsyncs: Cell<u64>,
     pub group_requests: Cell<u64>,
@@ -145,6 +147,7 @@ impl Counters {
             connections_accepted: Cell::new(0),
             connections_refused: Cell::new(0),
             connections_evicted: Cell::new(0),
+            tls_handshake_failures: Cell::new(0),
             connections_open: Cell::new(0),
             fsyncs: Cell::new(0),
             group_requests: Cell::new(0),
@@ -206,7 +209,7 @@ impl Counters {
         self.named().iter().map(|(name, cell)| (*name, cell.get())).collect()
     }
 
-    fn named(&self) -> [(&'static str, &Cell<u64>); 20] {
+    fn named(&self) -> [(&'static str, &Cell<u64>); 21] {
         [
             ("bytes_in", &self.bytes_in),
             ("events_in", &self.events_in),
@@ -223,6 +226,7 @@ impl Counters {
             ("connections_accepted", &self.connections_accepted),
             ("connections_refused", &self.connections_refused),
             ("connections_evicted", &self.connections_evicted),
+            ("tls_handshake_failures", &self.tls_handshake_failures),
             ("connections_open", &self.connections_open),
             ("fsyncs", &self.fsyncs),
             ("group_requests", &self.group_requests),

@@ -24,6 +24,10 @@ side can follow what a long-running client does. Modes:
       config), describe, incrementally alter, produce ten records with
       timestamp 1000 to partition 0, delete the records below 5, read back;
       prints one report of everything seen
+  confluent-ssl BOOTSTRAP TOPIC CA_FILE
+      security.protocol=SSL trusting CA_FILE: an acks=all producer sends
+      100 values to partition 0, a consumer reads them back; prints
+      {"delivered": n, "values": [...]}
   kafka-python-admin BOOTSTRAP TOPIC
       KafkaAdminClient on an existing TOPIC: alter_configs, describe_configs,
       delete_records of partition 0 to the end; prints a report
@@ -248,6 +252,27 @@ def confluent_admin(bootstrap, topic):
     emit(report)
 
 
+def confluent_ssl(bootstrap, topic, ca_file):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    tls = {"bootstrap.servers": bootstrap, "security.protocol": "SSL", "ssl.ca.location": ca_file}
+    producer = Producer({**tls, "acks": "all"})
+    delivered = []
+    for i in range(100):
+        producer.produce(topic, value=f"sealed {i}", partition=0, on_delivery=lambda e, m: e or delivered.append(1))
+    producer.flush(30)
+    consumer = Consumer({**tls, "group.id": "tls-check", "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition(topic, 0, -2)])
+    values = []
+    deadline = time.time() + 30
+    while len(values) < 100 and time.time() < deadline:
+        message = consumer.poll(0.2)
+        if message is not None and not message.error():
+            values.append(message.value().decode())
+    consumer.close()
+    emit({"delivered": len(delivered), "values": values})
+
+
 def kafka_python_admin(bootstrap, topic):
     from kafka import KafkaAdminClient, TopicPartition
     from kafka.admin import ConfigResource, ConfigResourceType
@@ -279,6 +304,8 @@ def main(argv):
         confluent_compressed(argv[2], argv[3], argv[4], int(argv[5]))
     elif mode == "confluent-admin":
         confluent_admin(argv[2], argv[3])
+    elif mode == "confluent-ssl":
+        confluent_ssl(argv[2], argv[3], argv[4])
     elif mode == "kafka-python-admin":
         kafka_python_admin(argv[2], argv[3])
     else:

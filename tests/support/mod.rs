@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod clients;
 pub mod kafka;
 
 use std::future::Future;

@@ -1,0 +1,36 @@
+//! The real Kafka clients the tests drive: kcat on the PATH and a Python
+//! with confluent-kafka and kafka-python (`RB_KAFKA_PYTHON`), both
+//! installed by `.ci/run`. Missing ones skip their tests, unless
+//! `RB_REQUIRE_KAFKA_CLIENTS` is set (as CI sets it).
+
+use std::path::PathBuf;
+
+/// A client program, or `None` (with a message) where it is missing and
+/// not required.
+fn client(name: &str, found: Option<PathBuf>) -> Option<PathBuf> {
+    if found.is_none() {
+        assert!(
+            std::env::var_os("RB_REQUIRE_KAFKA_CLIENTS").is_none(),
+            "{name} is required (RB_REQUIRE_KAFKA_CLIENTS)"
+        );
+        println!("skipped: {name} is not installed (see .ci/run)");
+    }
+    found
+}
+
+pub fn kcat() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join("kcat")).find(|path| path.is_file()));
+    client("kcat", found)
+}
+
+/// The Python interpreter that has confluent-kafka and kafka-python.
+pub fn python() -> Option<PathBuf> {
+    let found = std::env::var_os("RB_KAFKA_PYTHON").map(PathBuf::from).filter(|path| path.is_file());
+    client("a Python with confluent-kafka and kafka-python (RB_KAFKA_PYTHON)", found)
+}
+
+/// The script that drives the Python clients (`tests/kafka_clients/clients.py`).
+pub fn clients_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kafka_clients/clients.py")
+}

@@ -1,0 +1,200 @@
+//! TLS on the listeners, against the real binary: a certificate authority
+//! and a broker certificate made for the test (rcgen), kcat and
+//! confluent-kafka over SSL round-tripping messages, a client that does not
+//! trust the certificate refused, plaintext to a TLS port and a handshake
+//! left half-done both closed (not hung) while the broker keeps serving, and
+//! the native protocol over TLS.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_rustls::rustls;
+use ringbroker::protocol::wire::{self, FrameKind, Request, Response};
+use support::broker::BrokerProcess;
+use support::clients::{clients_script, kcat, python};
+use support::temp_dir;
+
+/// A CA and a broker certificate for 127.0.0.1 and localhost, written as
+/// PEM files into `dir`: (ca, cert, key).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ringbroker test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+    params.distinguished_name.push(rcgen::DnType::CommonName, "ringbroker");
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("broker.pem"), dir.join("broker.key"));
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// A broker with TLS on its native and Kafka listeners and a short frame
+/// deadline.
+fn tls_broker(dir: &Path) -> (BrokerProcess, PathBuf) {
+    let (ca, cert, key) = certificates(dir);
+    let tuning = dir.join("tls.toml");
+    let text = format!(
+        "[network]\nframe_timeout_ms = 500\n\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        cert.to_str().unwrap(),
+        key.to_str().unwrap()
+    );
+    std::fs::write(&tuning, text).unwrap();
+    let broker = BrokerProcess::start(&dir.join("data"), &["--tuning", tuning.to_str().unwrap()]);
+    (broker, ca)
+}
+
+fn run(program: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting a client");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Whether the broker closes `stream` (rather than leaving it hanging)
+/// within `within`.
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return started.elapsed() < within,
+        }
+    }
+}
+
+#[test]
+fn kcat_produces_and_consumes_over_tls_and_an_untrusting_client_is_refused() {
+    let Some(kcat) = kcat() else { return };
+    let dir = temp_dir();
+    let (broker, ca) = tls_broker(dir.path());
+    let bootstrap = broker.kafka_addr.unwrap().to_string();
+    let ssl = ["-X", "security.protocol=ssl", "-X", &format!("ssl.ca.location={}", ca.display())];
+    let lines: Vec<String> = (0..50).map(|i| format!("k{i}|over TLS {i}")).collect();
+    let produce = [&["-b", &bootstrap, "-P", "-t", "secret", "-p", "0", "-K", "|"][..], &ssl[..]].concat();
+    let sent = run(&kcat, &produce, &(lines.join("\n") + "\n"));
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    let consume =
+        [&["-b", &bootstrap, "-C", "-t", "secret", "-p", "0", "-o", "beginning", "-e", "-f", "%k|%s\n"][..], &ssl[..]]
+            .concat();
+    let read = run(&kcat, &consume, "");
+    assert_eq!(String::from_utf8_lossy(&read.stdout).lines().collect::<Vec<_>>(), lines, "byte for byte");
+
+    // Without the CA the broker's certificate is not trusted: kcat fails.
+    let untrusting = ["-b", &bootstrap, "-L", "-X", "security.protocol=ssl", "-m", "5"];
+    let refused = run(&kcat, &untrusting, "");
+    assert!(!refused.status.success(), "a certificate no CA vouches for must be refused");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("certificate verify failed"), "refused for its certificate: {said}");
+    // The broker is unharmed.
+    let again = run(&kcat, &[&["-b", &bootstrap, "-L"][..], &ssl[..]].concat(), "");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(broker.terminate().success());
+}
+
+#[test]
+fn plaintext_and_stalled_handshakes_are_closed_and_others_still_served() {
+    let dir = temp_dir();
+    let (broker, ca) = tls_broker(dir.path());
+    let kafka = broker.kafka_addr.unwrap();
+    // A plaintext Kafka request to the TLS port: closed, not left hanging.
+    let mut plain = TcpStream::connect(kafka).unwrap();
+    plain.write_all(&[0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0, 0]).unwrap();
+    assert!(closed_within(&mut plain, Duration::from_secs(5)), "plaintext to a TLS port is closed");
+    // A connection that never finishes its handshake is cut by the frame
+    // deadline (500 ms here).
+    let mut stalled = TcpStream::connect(SocketAddr::new(broker.addr.ip(), broker.shard_ports[0])).unwrap();
+    let started = Instant::now();
+    assert!(closed_within(&mut stalled, Duration::from_secs(5)), "a stalled handshake is cut");
+    assert!(started.elapsed() >= Duration::from_millis(400), "by the frame deadline, not at once");
+    // The native protocol over TLS still answers.
+    let addr = SocketAddr::new(broker.addr.ip(), broker.shard_ports[1]);
+    assert_eq!(native_ping(addr, &ca), Response::Pong);
+    // Failures are counted (the metrics listener stays plain HTTP).
+    let scrape = scrape(broker.metrics_addr.unwrap());
+    let failures: u64 = scrape
+        .lines()
+        .filter(|line| line.starts_with("ringbroker_tls_handshake_failures_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(failures >= 2, "both failed handshakes counted: {failures}");
+    assert!(broker.terminate().success());
+}
+
+/// The text of one `/metrics` scrape.
+fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// A native Ping over TLS, with a blocking rustls client trusting `ca`.
+fn native_ping(addr: SocketAddr, ca: &Path) -> Response {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let socket = TcpStream::connect(addr).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    let mut frame = Vec::new();
+    wire::encode_frame(&mut frame, FrameKind::Request, 7, &Request::Ping, &[]).unwrap();
+    tls.write_all(&frame).unwrap();
+    let mut prefix = [0u8; 4];
+    tls.read_exact(&mut prefix).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    tls.read_exact(&mut body).unwrap();
+    let (head, header, _) = wire::split_frame(bytes::BytesMut::from(&body[..])).unwrap();
+    assert_eq!(head.request_id, 7);
+    wire::decode_header(&header).unwrap()
+}
+
+#[test]
+fn confluent_kafka_produces_and_consumes_over_tls() {
+    let Some(python) = python() else { return };
+    let dir = temp_dir();
+    let (broker, ca) = tls_broker(dir.path());
+    let script = clients_script();
+    let bootstrap = broker.kafka_addr.unwrap().to_string();
+    let output =
+        run(&python, &[script.to_str().unwrap(), "confluent-ssl", &bootstrap, "secret", ca.to_str().unwrap()], "");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().expect("a report")).unwrap();
+    assert_eq!(report["delivered"], 100, "{report}");
+    assert_eq!(report["values"].as_array().map(Vec::len), Some(100), "{report}");
+    assert!(broker.terminate().success());
+}
