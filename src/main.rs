@@ -18,8 +18,8 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use glommio::{LocalExecutorBuilder, Placement};
 use ringbroker::client::{
-    decode_records, Client, ClientError, ClientOptions, ConsumedRecord, GroupConfig, GroupConsumer, GroupRecord,
-    Producer, ProducerConfig, ProducerRecord, SendFuture, StartPosition,
+    decode_records, Client, ClientError, ClientOptions, ClientTls, ConsumedRecord, GroupConfig, GroupConsumer,
+    GroupRecord, Producer, ProducerConfig, ProducerRecord, SendFuture, StartPosition,
 };
 use ringbroker::config::{CpuSelection, TuningConfig};
 use ringbroker::protocol::batch::Compression;
@@ -40,6 +40,14 @@ struct Cli {
     /// Address of any shard of the broker (client commands).
     #[arg(long, global = true, default_value = "127.0.0.1:9091")]
     broker: SocketAddr,
+    /// Client commands: speak TLS to the broker, trusting the CA
+    /// certificates in this PEM file.
+    #[arg(long, global = true)]
+    tls_ca: Option<PathBuf>,
+    /// The name expected on the broker's certificate (default: the
+    /// --broker address's IP).
+    #[arg(long, global = true, requires = "tls_ca")]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -308,7 +316,7 @@ fn main() {
         // One object per line, with the spans (shard, connection) it is in.
         LogFormat::Json => logs.json().with_current_span(false).with_span_list(true).init(),
     }
-    let broker = cli.broker;
+    let broker = Target { addr: cli.broker, tls_ca: cli.tls_ca, tls_server_name: cli.tls_server_name };
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Topic { action } => with_client(broker, move |client| topic(client, action)),
@@ -316,7 +324,10 @@ fn main() {
         Command::Consume(args) => with_client(broker, move |client| consume(client, args)),
         Command::Group { action } => with_client(broker, move |client| group(client, action)),
         Command::Stats => with_client(broker, stats),
-        Command::Top(args) => with_client(broker, move |client| top(client, broker, args)),
+        Command::Top(args) => {
+            let addr = broker.addr;
+            with_client(broker, move |client| top(client, addr, args))
+        }
     };
     if let Err(error) = result {
         eprintln!("ringbroker: {error:#}");
@@ -405,18 +416,32 @@ fn parse_cpus(text: &str) -> anyhow::Result<CpuSelection> {
     Ok(CpuSelection::List(cpus.with_context(|| format!("--cpus {text:?}: expected \"all\" or a list like 0,1"))?))
 }
 
+/// The broker a client command talks to, and how.
+struct Target {
+    addr: SocketAddr,
+    tls_ca: Option<PathBuf>,
+    tls_server_name: Option<String>,
+}
+
 /// Runs a client command on a small executor of its own.
-fn with_client<F, Fut>(broker: SocketAddr, command: F) -> anyhow::Result<()>
+fn with_client<F, Fut>(target: Target, command: F) -> anyhow::Result<()>
 where
     F: FnOnce(Client) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + 'static,
 {
+    let broker = target.addr;
+    let tls = match &target.tls_ca {
+        None => None,
+        Some(ca) => {
+            let name = target.tls_server_name.clone().unwrap_or_else(|| broker.ip().to_string());
+            Some(ClientTls::from_ca_file(ca, &name).context("--tls-ca")?)
+        }
+    };
+    let options = ClientOptions { tls, ..ClientOptions::default() };
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(256 << 10)
         .spawn(move || async move {
-            let client = Client::connect(broker, ClientOptions::default())
-                .await
-                .with_context(|| format!("connecting to {broker}"))?;
+            let client = Client::connect(broker, options).await.with_context(|| format!("connecting to {broker}"))?;
             command(client).await
         })
         .map_err(|error| anyhow::anyhow!("starting an executor: {error}"))?

@@ -198,3 +198,39 @@ fn confluent_kafka_produces_and_consumes_over_tls() {
     assert_eq!(report["values"].as_array().map(Vec::len), Some(100), "{report}");
     assert!(broker.terminate().success());
 }
+
+/// The CLI (the native Rust client) over TLS: it produces and consumes
+/// with `--tls-ca`; without it, or trusting another CA, it fails with an
+/// error instead of hanging, and the broker serves on.
+#[test]
+fn the_cli_speaks_tls_with_its_ca_and_fails_cleanly_without() {
+    let dir = temp_dir();
+    let (broker, ca) = tls_broker(dir.path());
+    let tls = ["--tls-ca", ca.to_str().unwrap()];
+    support::cli(broker.addr, &[&tls[..], &["topic", "create", "sealed", "--partitions", "2"][..]].concat(), "");
+    let lines: String = (0..20).map(|i| format!("k{i}:sealed {i}\n")).collect();
+    support::cli(broker.addr, &[&tls[..], &["produce", "sealed", "--key-separator", ":"][..]].concat(), &lines);
+    let consume = ["consume", "sealed", "--from", "earliest", "--idle-exit-ms", "500"];
+    let read = support::cli(broker.addr, &[&tls[..], &consume[..]].concat(), "");
+    assert_eq!(read.lines().count(), 20, "{read}");
+
+    let fails = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_ringbroker"))
+            .args(["--broker", &broker.addr.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} must fail");
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    let plain = fails(&["topic", "list"]);
+    assert!(plain.contains("the broker answered with TLS"), "{plain}");
+    let other_dir = temp_dir();
+    let (other_ca, _, _) = certificates(other_dir.path());
+    let untrusted = fails(&["--tls-ca", other_ca.to_str().unwrap(), "topic", "list"]);
+    assert!(untrusted.contains("certificate"), "refused for its certificate: {untrusted}");
+    let listed = support::cli(broker.addr, &[&tls[..], &["topic", "list"][..]].concat(), "");
+    assert!(listed.contains("sealed"), "the broker serves on: {listed}");
+    assert!(broker.terminate().success());
+}

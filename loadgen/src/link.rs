@@ -42,9 +42,15 @@ pub enum Link {
 }
 
 impl Link {
-    pub async fn connect(protocol: Protocol, addr: SocketAddr) -> Result<Link, ClientError> {
+    pub async fn connect(
+        protocol: Protocol,
+        addr: SocketAddr,
+        tls: Option<ringbroker::client::ClientTls>,
+    ) -> Result<Link, ClientError> {
         Ok(match protocol {
-            Protocol::Native => Link::Native(Client::connect(addr, ClientOptions::default()).await?),
+            Protocol::Native => {
+                Link::Native(Client::connect(addr, ClientOptions { tls, ..ClientOptions::default() }).await?)
+            }
             Protocol::Kafka => Link::Kafka(KafkaClient::connect(addr).await?),
         })
     }

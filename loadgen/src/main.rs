@@ -177,6 +177,11 @@ struct Options {
     /// message.timestamp.type=LogAppendTime makes it stamp); repeatable.
     #[arg(long = "topic-config", global = true, value_name = "KEY=VALUE", value_parser = key_value)]
     topic_configs: Vec<(String, String)>,
+    /// Speak TLS to the broker's native listeners, trusting the CA
+    /// certificates in this PEM file (the broker's certificate must name
+    /// its IP). For an embedded broker, give a --tuning file with [tls].
+    #[arg(long, global = true)]
+    tls_ca: Option<std::path::PathBuf>,
     /// steady: events/s [default: 100000]; peaks: the peak rate [default:
     /// 200000]; fanout, pipeline: send open loop at this rate, --events in
     /// all [default: as fast as acked].
@@ -352,6 +357,7 @@ fn settings(scenario: Scenario, options: &Options) -> anyhow::Result<Settings> {
         compression: options.compression,
         idempotent: options.idempotent,
         topic_configs: options.topic_configs.clone(),
+        tls_ca: options.tls_ca.clone(),
         // 0: fanout and pipeline send as fast as acked.
         rate: options.rate.unwrap_or(if grouped {
             0

@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use glommio::{LocalExecutorBuilder, Placement};
 use indicatif::{ProgressBar, ProgressStyle};
-use ringbroker::client::{Client, ClientError, ClientOptions, ProducerConfig};
+use ringbroker::client::{Client, ClientError, ClientOptions, ClientTls, ProducerConfig};
 use ringbroker::config::{CpuSelection, KafkaMode, TuningConfig};
 use ringbroker::protocol::batch::Compression;
 use ringbroker::protocol::types::AckLevel;
@@ -102,6 +102,8 @@ pub struct Settings {
     pub idempotent: bool,
     /// Set on the run's topics once created.
     pub topic_configs: Vec<(String, String)>,
+    /// TLS to the native listeners, trusting these CA certificates.
+    pub tls_ca: Option<std::path::PathBuf>,
     /// steady: the rate; peaks: the peak rate (events/s, all producers);
     /// fanout, pipeline: open loop at this rate, 0: as fast as acked.
     pub rate: u64,
@@ -297,7 +299,7 @@ pub fn validate(settings: &Settings) -> anyhow::Result<()> {
 /// members) spread round-robin over the executors, rates and event counts
 /// split evenly. `topic` is the run's name: the producers' topic, or with
 /// `pipeline` the stem of the stage topics.
-pub fn build_plan(settings: &Settings, broker: SocketAddr, topic: String) -> Plan {
+pub fn build_plan(settings: &Settings, broker: SocketAddr, tls: Option<ClientTls>, topic: String) -> Plan {
     let executors = settings.loadgen_cpus.len();
     let producers = u64::from(settings.producers);
     let producer_plans = (0..settings.producers)
@@ -360,6 +362,7 @@ pub fn build_plan(settings: &Settings, broker: SocketAddr, topic: String) -> Pla
         .collect();
     Plan {
         broker,
+        tls,
         protocol: settings.protocol,
         topic: topics[0].clone(),
         topics,
@@ -452,19 +455,23 @@ pub fn run(settings: &Settings, target: Target, show_progress: bool) -> anyhow::
         Protocol::Native => broker.addr,
         Protocol::Kafka => broker.kafka.context("--protocol kafka: the broker does not serve the Kafka API")?,
     };
-    let plan = Arc::new(build_plan(settings, data_addr, name));
+    let tls = match &settings.tls_ca {
+        None => None,
+        Some(ca) => Some(ClientTls::from_ca_file(ca, &broker.addr.ip().to_string()).context("--tls-ca")?),
+    };
+    let plan = Arc::new(build_plan(settings, data_addr, tls.clone(), name));
     // Group names follow the topic name rules too.
     for name in plan.topics.iter().chain(plan.groups.iter().map(|group| &group.name)) {
         ringbroker::protocol::types::validate_topic_name(name)
             .map_err(|reason| anyhow::anyhow!("--topic-prefix gives an invalid topic or group name: {reason}"))?;
     }
-    let created = create_topics(broker.addr, &plan.topics, settings.partitions, &settings.topic_configs);
+    let created = create_topics(broker.addr, &tls, &plan.topics, settings.partitions, &settings.topic_configs);
     let result = created.and_then(|()| {
         // Counters are extra insight, not part of the verdict: a broker that
         // cannot report them still gets measured.
-        let before = broker_stats(broker.addr).ok();
+        let before = broker_stats(broker.addr, &tls).ok();
         let driven = drive(settings, &plan, clock, show_progress)?;
-        let after = broker_stats(broker.addr).ok();
+        let after = broker_stats(broker.addr, &tls).ok();
         let stats = before.zip(after).map(|(before, after)| BrokerStats {
             counters: after
                 .counters
@@ -549,18 +556,19 @@ impl Drop for EmbeddedBroker {
 
 /// Runs `job` with a client of its own on a short-lived executor (setup
 /// and bookkeeping, never the measured work).
-fn with_client<T, F, Fut>(addr: SocketAddr, job: F) -> anyhow::Result<T>
+fn with_client<T, F, Fut>(addr: SocketAddr, tls: &Option<ClientTls>, job: F) -> anyhow::Result<T>
 where
     T: Send + 'static,
     F: FnOnce(Client) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, ClientError>> + 'static,
 {
+    let options = ClientOptions { tls: tls.clone(), ..ClientOptions::default() };
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("loadgen-setup")
         .io_memory(64 << 10)
         .spawn(move || async move {
             ringbroker::runtime::spawn_wake_ticker(Duration::from_millis(1));
-            job(Client::connect(addr, ClientOptions::default()).await?).await
+            job(Client::connect(addr, options).await?).await
         })
         .map_err(|error| anyhow::anyhow!("starting a setup executor: {error}"))?;
     let result = handle.join().map_err(|error| anyhow::anyhow!("setup executor failed: {error}"))?;
@@ -570,12 +578,13 @@ where
 /// Creates the run's topics, with `configs` set on each.
 fn create_topics(
     addr: SocketAddr,
+    tls: &Option<ClientTls>,
     topics: &[String],
     partitions: u32,
     configs: &[(String, String)],
 ) -> anyhow::Result<()> {
     let (topics, configs) = (topics.to_vec(), configs.to_vec());
-    with_client(addr, move |client| async move {
+    with_client(addr, tls, move |client| async move {
         for topic in &topics {
             client.create_topic(topic, partitions).await?;
             if !configs.is_empty() {
@@ -589,8 +598,8 @@ fn create_topics(
 
 /// The broker's counters summed over its shards (requests, events,
 /// fsyncs...) and each shard's fsync and produce latency.
-fn broker_stats(addr: SocketAddr) -> anyhow::Result<BrokerStats> {
-    let stats = with_client(addr, |client| async move { client.stats().await })?;
+fn broker_stats(addr: SocketAddr, tls: &Option<ClientTls>) -> anyhow::Result<BrokerStats> {
+    let stats = with_client(addr, tls, |client| async move { client.stats().await })?;
     let mut counters = BTreeMap::new();
     for (name, value) in stats.shards.iter().flat_map(|shard| shard.counters.iter()) {
         *counters.entry(name.clone()).or_insert(0) += value;
@@ -764,6 +773,7 @@ mod tests {
             compression: Compression::None,
             idempotent: true,
             topic_configs: Vec::new(),
+            tls_ca: None,
             rate: 10_000,
             duration_s: 1.0,
             valley_rate: 1_000,
@@ -784,7 +794,7 @@ mod tests {
         steady.producers = 3;
         steady.consumers = 3;
         steady.loadgen_cpus = vec![0, 1];
-        let plan = build_plan(&steady, "127.0.0.1:1".parse().unwrap(), "t".into());
+        let plan = build_plan(&steady, "127.0.0.1:1".parse().unwrap(), None, "t".into());
         assert_eq!(plan.planned().iter().sum::<u64>(), 10_000);
         let executors: Vec<usize> = plan.producers.iter().map(|producer| producer.executor).collect();
         assert_eq!(executors, [0, 1, 0]);
@@ -797,12 +807,12 @@ mod tests {
         let mut burst = settings(Scenario::Burst);
         burst.events = 10;
         burst.producers = 4;
-        let plan = build_plan(&burst, "127.0.0.1:1".parse().unwrap(), "t".into());
+        let plan = build_plan(&burst, "127.0.0.1:1".parse().unwrap(), None, "t".into());
         assert_eq!(plan.planned(), [3, 3, 2, 2]);
         assert!(plan.producers.iter().all(|producer| producer.schedule.is_none()));
 
         let peaks = settings(Scenario::Peaks);
-        let plan = build_plan(&peaks, "127.0.0.1:1".parse().unwrap(), "t".into());
+        let plan = build_plan(&peaks, "127.0.0.1:1".parse().unwrap(), None, "t".into());
         // 0.5 s at 10,000/s, then 0.5 s at 1,000/s.
         assert_eq!(plan.planned().iter().sum::<u64>(), 5_500);
     }
@@ -813,7 +823,7 @@ mod tests {
         fanout.groups = 3;
         fanout.consumers = 1;
         fanout.loadgen_cpus = vec![0, 1];
-        let plan = build_plan(&fanout, "127.0.0.1:1".parse().unwrap(), "t".into());
+        let plan = build_plan(&fanout, "127.0.0.1:1".parse().unwrap(), None, "t".into());
         assert_eq!((plan.topic.as_str(), plan.topics.clone()), ("t", vec!["t".to_string()]));
         assert!(plan.consumers.is_empty(), "groups replace partition consumers");
         let names: Vec<&str> = plan.groups.iter().map(|group| group.name.as_str()).collect();
@@ -825,7 +835,7 @@ mod tests {
         let mut pipeline = settings(Scenario::Pipeline);
         pipeline.stages = 3;
         pipeline.consumers = 2;
-        let plan = build_plan(&pipeline, "127.0.0.1:1".parse().unwrap(), "p".into());
+        let plan = build_plan(&pipeline, "127.0.0.1:1".parse().unwrap(), None, "p".into());
         assert_eq!(plan.topics, ["p-stage-0", "p-stage-1", "p-stage-2"]);
         assert_eq!(plan.topic, "p-stage-0");
         let roles: Vec<GroupRole> = plan.groups.iter().map(|group| group.role.clone()).collect();

@@ -112,6 +112,8 @@ pub struct Plan {
     /// Where producers and consumers connect: the native address, or the
     /// Kafka bootstrap address.
     pub broker: SocketAddr,
+    /// TLS to the native listeners (`None`: plain).
+    pub tls: Option<ringbroker::client::ClientTls>,
     pub protocol: Protocol,
     /// The producers' topic.
     pub topic: String,
@@ -410,7 +412,7 @@ async fn measure(
 }
 
 async fn connect(plan: &Plan) -> Result<Link, ClientError> {
-    let client = Link::connect(plan.protocol, plan.broker).await?;
+    let client = Link::connect(plan.protocol, plan.broker, plan.tls.clone()).await?;
     // Learn the topic's placement now, so the first send does not wait for it.
     client.partitions(&plan.topic).await?;
     Ok(client)

@@ -32,6 +32,7 @@ use bytes::Bytes;
 
 use super::connection::{Connection, ConnectionOptions};
 use super::error::ClientError;
+use super::tls::ClientTls;
 use crate::protocol::types::{AckLevel, Offset, PartitionId, ShardId};
 use crate::protocol::wire::{
     AlterConfigsRequest, CommitOffsetsRequest, CommitOffsetsResponse, CommittedOffset, ConfigValue, CreateTopicRequest,
@@ -61,6 +62,8 @@ pub struct ClientOptions {
     pub max_frame_bytes: usize,
     /// Requests in flight per connection.
     pub max_in_flight_requests: usize,
+    /// TLS to every broker port (`None`: plain TCP).
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -72,6 +75,7 @@ impl Default for ClientOptions {
             connect_timeout: connection.connect_timeout,
             max_frame_bytes: connection.max_frame_bytes,
             max_in_flight_requests: connection.max_in_flight_requests,
+            tls: connection.tls,
         }
     }
 }
@@ -83,6 +87,7 @@ impl ClientOptions {
             request_timeout: self.request_timeout,
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight_requests: self.max_in_flight_requests,
+            tls: self.tls.clone(),
         }
     }
 }

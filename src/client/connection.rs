@@ -38,6 +38,9 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+
+use super::tls::ClientTls;
+use crate::runtime::stream::Stream;
 use glommio::sync::Semaphore;
 use rustc_hash::FxHashMap;
 
@@ -63,6 +66,9 @@ pub struct ConnectionOptions {
     pub max_frame_bytes: usize,
     /// Calls registered or queued at once; further calls wait for a slot.
     pub max_in_flight_requests: usize,
+    /// TLS to the broker (`None`: plain TCP). The handshake counts against
+    /// `connect_timeout`.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ConnectionOptions {
@@ -72,6 +78,7 @@ impl Default for ConnectionOptions {
             request_timeout: Duration::from_secs(30),
             max_frame_bytes: 64 << 20,
             max_in_flight_requests: 1024,
+            tls: None,
         }
     }
 }
@@ -116,6 +123,10 @@ impl Connection {
             other => ClientError::Io(other),
         })?;
         stream.set_nodelay(true).map_err(io::Error::from)?;
+        let stream = match &options.tls {
+            None => Stream::Plain(stream),
+            Some(tls) => Stream::TlsClient(Box::new(tls.connect(stream, options.connect_timeout).await?)),
+        };
         let in_flight = Semaphore::new(options.max_in_flight_requests as u64);
         let shared = Rc::new(Shared {
             peer: addr,
@@ -220,7 +231,7 @@ impl Drop for Handle {
 struct Shared {
     peer: SocketAddr,
     /// Borrowed only inside one `poll_read` / `poll_write`.
-    stream: RefCell<TcpStream>,
+    stream: RefCell<Stream>,
     state: RefCell<State>,
     /// One unit per call registered or frame queued.
     in_flight: Semaphore,
@@ -478,7 +489,7 @@ impl Drop for Registration<'_> {
 
 /// The stream's write half as seen by the writer task: borrows the stream
 /// for the duration of one poll only.
-struct WriteHalf<'a>(&'a RefCell<TcpStream>);
+struct WriteHalf<'a>(&'a RefCell<Stream>);
 
 impl AsyncWrite for WriteHalf<'_> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -600,6 +611,12 @@ impl ReadBuffer {
         // Invariant: filled <= buf.len(), so the prefix is in bounds.
         let mut prefix = [0u8; FRAME_PREFIX_BYTES];
         prefix.copy_from_slice(&self.buf[..FRAME_PREFIX_BYTES]);
+        // A TLS record (an alert, or a handshake) where a frame should be:
+        // the broker speaks TLS and this connection does not.
+        if matches!(prefix, [0x15 | 0x16, 0x03, 0x00..=0x04, _]) && self.filled >= FRAME_PREFIX_BYTES {
+            let message = "the broker answered with TLS: connect with TLS (ClientOptions::tls, --tls-ca)";
+            return Err(ClientError::Wire(wire::WireError::Header(message.into())));
+        }
         let total = FRAME_PREFIX_BYTES + wire::frame_len(prefix, max_frame_bytes)?;
         if self.filled < total {
             return Ok(NextFrame::NeedBytes(total));

@@ -31,6 +31,7 @@ mod consumer;
 mod error;
 mod group;
 mod producer;
+mod tls;
 mod transport;
 
 pub use cluster::{Client, ClientOptions};
@@ -39,6 +40,7 @@ pub use consumer::{decode_records, ConsumedRecord, PartitionConsumer, RecordRef,
 pub use error::ClientError;
 pub use group::{GroupConfig, GroupConsumer, GroupRecord, GroupStats, PartitionsCallback, TopicPartition};
 pub use producer::{Producer, ProducerConfig, ProducerRecord, SendFuture};
+pub use tls::ClientTls;
 pub use transport::Transport;
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Helpers on top of glommio that every layer may use; they depend on
-//! nothing else in the crate.
+//! nothing else in the crate: a local notify, the wake ticker, and a
+//! stream that is plain TCP or TLS.
 
 pub(crate) mod notify;
+pub(crate) mod stream;
 
 use std::time::Duration;
 

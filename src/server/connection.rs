@@ -41,13 +41,13 @@ use crate::protocol::wire::{
     FRAME_HEAD_BYTES, FRAME_PREFIX_BYTES,
 };
 use crate::runtime::notify::Notify;
+use crate::runtime::stream::Stream;
 use crate::shard::{Counters, Shard};
 
 use super::admission::{Admission, ConnectionTable, Presence};
 use super::budget::{Arrival, ByteBudget, Hold};
 use super::kafka::{self, KafkaEndpoints};
 use super::limits::Limits;
-use super::tls::Stream;
 use super::warn_limit::WarnLimit;
 use super::{dispatch, Stopping};
 
