@@ -10,26 +10,19 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::broker::{BrokerProcess, Started};
-use support::clients::{clients_script, kcat, python};
+use support::clients::{clients_script, kcat, python, run_client};
 use support::temp_dir;
 
-fn run(program: &PathBuf, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("running {}: {error}", program.display()));
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
+/// Runs a client, asserting it succeeded.
+fn run(program: &Path, args: &[&str], stdin: &str) -> Output {
+    let output = run_client(program, args, stdin);
     assert!(
         output.status.success(),
         "{} {args:?} failed: {}",
@@ -386,7 +379,7 @@ impl Member {
     }
 }
 
-fn produce(python: &PathBuf, bootstrap: &str, first: usize, count: usize) {
+fn produce(python: &Path, bootstrap: &str, first: usize, count: usize) {
     let script = clients_script();
     let (first, count) = (first.to_string(), count.to_string());
     let output = run(python, &[script.to_str().unwrap(), "confluent-produce", bootstrap, "orders", &first, &count], "");

@@ -752,17 +752,7 @@ fn idempotent_produce(
             headers: &[],
         });
     }
-    let records = Bytes::copy_from_slice(builder.finish());
-    let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
-        kafka_protocol::messages::produce_request::TopicProduceData::default()
-            .with_name(TopicName(text(topic)))
-            .with_partition_data(vec![kafka_protocol::messages::produce_request::PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(records))]),
-    ]);
-    let ResponseKind::Produce(produced) = connection.call(ApiKey::Produce, 9, &request) else { panic!() };
-    let partition = &produced.responses[0].partition_responses[0];
-    (partition.error_code, partition.base_offset)
+    produce_batch(connection, topic, Bytes::copy_from_slice(builder.finish()))
 }
 
 /// An idempotent producer through the Kafka listener: InitProducerId, then

@@ -10,14 +10,14 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_rustls::rustls;
 use ringbroker::protocol::wire::{self, FrameKind, Request, Response};
 use support::broker::BrokerProcess;
-use support::clients::{clients_script, kcat, python};
+use support::clients::{clients_script, kcat, python, run_client};
 use support::temp_dir;
 
 /// A CA and a broker certificate for 127.0.0.1 and localhost, written as
@@ -56,18 +56,6 @@ fn tls_broker(dir: &Path) -> (BrokerProcess, PathBuf) {
     (broker, ca)
 }
 
-fn run(program: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting a client");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
 /// Whether the broker closes `stream` (rather than leaving it hanging)
 /// within `within`.
 fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
@@ -93,22 +81,22 @@ fn kcat_produces_and_consumes_over_tls_and_an_untrusting_client_is_refused() {
     let ssl = ["-X", "security.protocol=ssl", "-X", &format!("ssl.ca.location={}", ca.display())];
     let lines: Vec<String> = (0..50).map(|i| format!("k{i}|over TLS {i}")).collect();
     let produce = [&["-b", &bootstrap, "-P", "-t", "secret", "-p", "0", "-K", "|"][..], &ssl[..]].concat();
-    let sent = run(&kcat, &produce, &(lines.join("\n") + "\n"));
+    let sent = run_client(&kcat, &produce, &(lines.join("\n") + "\n"));
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
     let consume =
         [&["-b", &bootstrap, "-C", "-t", "secret", "-p", "0", "-o", "beginning", "-e", "-f", "%k|%s\n"][..], &ssl[..]]
             .concat();
-    let read = run(&kcat, &consume, "");
+    let read = run_client(&kcat, &consume, "");
     assert_eq!(String::from_utf8_lossy(&read.stdout).lines().collect::<Vec<_>>(), lines, "byte for byte");
 
     // Without the CA the broker's certificate is not trusted: kcat fails.
     let untrusting = ["-b", &bootstrap, "-L", "-X", "security.protocol=ssl", "-m", "5"];
-    let refused = run(&kcat, &untrusting, "");
+    let refused = run_client(&kcat, &untrusting, "");
     assert!(!refused.status.success(), "a certificate no CA vouches for must be refused");
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("certificate verify failed"), "refused for its certificate: {said}");
     // The broker is unharmed.
-    let again = run(&kcat, &[&["-b", &bootstrap, "-L"][..], &ssl[..]].concat(), "");
+    let again = run_client(&kcat, &[&["-b", &bootstrap, "-L"][..], &ssl[..]].concat(), "");
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     assert!(broker.terminate().success());
 }
@@ -189,8 +177,11 @@ fn confluent_kafka_produces_and_consumes_over_tls() {
     let (broker, ca) = tls_broker(dir.path());
     let script = clients_script();
     let bootstrap = broker.kafka_addr.unwrap().to_string();
-    let output =
-        run(&python, &[script.to_str().unwrap(), "confluent-ssl", &bootstrap, "secret", ca.to_str().unwrap()], "");
+    let output = run_client(
+        &python,
+        &[script.to_str().unwrap(), "confluent-ssl", &bootstrap, "secret", ca.to_str().unwrap()],
+        "",
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().expect("a report")).unwrap();

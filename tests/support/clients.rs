@@ -3,7 +3,9 @@
 //! installed by `.ci/run`. Missing ones skip their tests, unless
 //! `RB_REQUIRE_KAFKA_CLIENTS` is set (as CI sets it).
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 /// A client program, or `None` (with a message) where it is missing and
 /// not required.
@@ -33,4 +35,17 @@ pub fn python() -> Option<PathBuf> {
 /// The script that drives the Python clients (`tests/kafka_clients/clients.py`).
 pub fn clients_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kafka_clients/clients.py")
+}
+
+/// Runs a client with `stdin` and returns how it ended (success or not).
+pub fn run_client(program: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("running {}: {error}", program.display()));
+    child.stdin.take().expect("piped stdin").write_all(stdin.as_bytes()).expect("writing stdin");
+    child.wait_with_output().expect("waiting for the client")
 }
