@@ -42,6 +42,18 @@ def emit(obj):
     print(json.dumps(obj), flush=True)
 
 
+def poll_messages(consumer, count, seconds):
+    """Up to `count` messages from an assigned consumer, giving up after
+    `seconds`."""
+    messages = []
+    deadline = time.time() + seconds
+    while len(messages) < count and time.time() < deadline:
+        message = consumer.poll(0.2)
+        if message is not None and not message.error():
+            messages.append(message)
+    return messages
+
+
 def confluent_produce(bootstrap, topic, first, count):
     from confluent_kafka import Producer
 
@@ -175,12 +187,7 @@ def confluent_compressed(bootstrap, topic, codec, count):
         }
     )
     consumer.assign([TopicPartition(topic, 0, 0)])
-    values = []
-    deadline = time.time() + 30
-    while len(values) < count and time.time() < deadline:
-        message = consumer.poll(0.5)
-        if message is not None and not message.error():
-            values.append(message.value().decode())
+    values = [message.value().decode() for message in poll_messages(consumer, count, 30)]
     consumer.close()
     emit({"delivered": len(delivered), "failed": failed, "values": values})
 
@@ -238,14 +245,9 @@ def confluent_admin(bootstrap, topic):
     report["low watermark"] = [future.result().low_watermark for future in deleted.values()]
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "admin-check", "auto.offset.reset": "earliest"})
     consumer.assign([TopicPartition(topic, 0, -2)])
-    read = []
-    deadline = time.time() + 20
-    while len(read) < 5 and time.time() < deadline:
-        message = consumer.poll(0.2)
-        if message is not None and not message.error():
-            kind, stamp = message.timestamp()
-            read.append([message.offset(), message.value().decode(), kind, stamp])
-    report["read"] = read
+    report["read"] = [
+        [message.offset(), message.value().decode(), *message.timestamp()] for message in poll_messages(consumer, 5, 20)
+    ]
     report["watermarks"] = list(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10))
     consumer.close()
     report["now"] = int(time.time() * 1000)
@@ -263,12 +265,7 @@ def confluent_ssl(bootstrap, topic, ca_file):
     producer.flush(30)
     consumer = Consumer({**tls, "group.id": "tls-check", "auto.offset.reset": "earliest"})
     consumer.assign([TopicPartition(topic, 0, -2)])
-    values = []
-    deadline = time.time() + 30
-    while len(values) < 100 and time.time() < deadline:
-        message = consumer.poll(0.2)
-        if message is not None and not message.error():
-            values.append(message.value().decode())
+    values = [message.value().decode() for message in poll_messages(consumer, 100, 30)]
     consumer.close()
     emit({"delivered": len(delivered), "values": values})
 
