@@ -290,34 +290,24 @@ impl Client {
         let partitions = vec![ProducePartition { topic: topic.to_owned(), partition, batch_bytes }];
         let request = Request::Produce(ProduceRequest { acks, timeout_ms, partitions });
         let deadline = self.inner.options.request_timeout + Duration::from_millis(u64::from(timeout_ms));
-        let mut refreshed = false;
-        loop {
-            let connection = self.partition_connection(topic, partition).await?;
+        let request = &request;
+        self.with_partition_retry(topic, partition, "produce to", |connection| async move {
             if acks == AckLevel::None {
-                connection.send_only(&request, batches).await?;
-                let (base_offset, next_offset) = (Offset::ZERO, Offset::ZERO);
+                connection.send_only(request, batches).await?;
                 return Ok(ProducePartitionResult {
                     topic: topic.to_owned(),
                     partition,
                     error: ErrorCode::NONE,
-                    base_offset,
-                    next_offset,
+                    base_offset: Offset::ZERO,
+                    next_offset: Offset::ZERO,
                 });
             }
-            let result = match connection.call_with_timeout(&request, batches, deadline).await?.0 {
-                Response::Produce(response) => only_partition(response.partitions, topic, partition)?,
-                other => return Err(unexpected("Produce", &other)),
-            };
-            if result.error.is_ok() {
-                return Ok(result);
+            match connection.call_with_timeout(request, batches, deadline).await?.0 {
+                Response::Produce(response) => only_partition(response.partitions, topic, partition),
+                other => Err(unexpected("Produce", &other)),
             }
-            if !refreshed && needs_refresh(result.error) {
-                refreshed = true;
-                self.refresh_topic(topic).await?;
-                continue;
-            }
-            return Err(partition_error(result.error, "produce to", topic, partition));
-        }
+        })
+        .await
     }
 
     /// Fetches whole batches from `offset` on: the first batch returned is the
@@ -334,25 +324,16 @@ impl Client {
         let partitions = vec![FetchPartition { topic: topic.to_owned(), partition, offset, max_bytes }];
         let request = Request::Fetch(FetchRequest { max_wait_ms, min_bytes: 1, max_bytes, partitions });
         let deadline = self.inner.options.request_timeout + Duration::from_millis(u64::from(max_wait_ms));
-        let mut refreshed = false;
-        loop {
-            let connection = self.partition_connection(topic, partition).await?;
-            let (result, data) = match connection.call_with_timeout(&request, &[], deadline).await? {
+        let request = &request;
+        self.with_partition_retry(topic, partition, "fetch from", |connection| async move {
+            match connection.call_with_timeout(request, &[], deadline).await? {
                 (Response::Fetch(response), payload) => {
-                    fetched_partition(response.partitions, payload, topic, partition)?
+                    fetched_partition(response.partitions, payload, topic, partition)
                 }
-                (other, _) => return Err(unexpected("Fetch", &other)),
-            };
-            if result.error.is_ok() {
-                return Ok((result, data));
+                (other, _) => Err(unexpected("Fetch", &other)),
             }
-            if !refreshed && needs_refresh(result.error) {
-                refreshed = true;
-                self.refresh_topic(topic).await?;
-                continue;
-            }
-            return Err(partition_error(result.error, "fetch from", topic, partition));
-        }
+        })
+        .await
     }
 
     /// Looks up an offset of one partition: its start, its end, or the first
@@ -365,22 +346,47 @@ impl Client {
     ) -> Result<Option<Offset>, ClientError> {
         let partitions = vec![ListOffsetsPartition { topic: topic.to_owned(), partition, spec }];
         let request = Request::ListOffsets(ListOffsetsRequest { partitions });
+        let request = &request;
+        let result = self
+            .with_partition_retry(topic, partition, "list offsets of", |connection| async move {
+                match connection.call(request, &[]).await?.0 {
+                    Response::ListOffsets(response) => only_partition(response.partitions, topic, partition),
+                    other => Err(unexpected("ListOffsets", &other)),
+                }
+            })
+            .await?;
+        Ok(result.offset)
+    }
+
+    /// Runs `attempt` on the partition's connection. An answer whose
+    /// partition error says the metadata is stale (`NOT_OWNER`,
+    /// `UNKNOWN_TOPIC_OR_PARTITION`) refreshes the topic's metadata and
+    /// tries once more; any other error is the caller's.
+    async fn with_partition_retry<R: PartitionAnswer, F, Fut>(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        what: &str,
+        mut attempt: F,
+    ) -> Result<R, ClientError>
+    where
+        F: FnMut(Connection) -> Fut,
+        Fut: std::future::Future<Output = Result<R, ClientError>>,
+    {
         let mut refreshed = false;
         loop {
             let connection = self.partition_connection(topic, partition).await?;
-            let result = match connection.call(&request, &[]).await?.0 {
-                Response::ListOffsets(response) => only_partition(response.partitions, topic, partition)?,
-                other => return Err(unexpected("ListOffsets", &other)),
-            };
-            if result.error.is_ok() {
-                return Ok(result.offset);
+            let answer = attempt(connection).await?;
+            let code = answer.error();
+            if code.is_ok() {
+                return Ok(answer);
             }
-            if !refreshed && needs_refresh(result.error) {
+            if !refreshed && needs_refresh(code) {
                 refreshed = true;
                 self.refresh_topic(topic).await?;
                 continue;
             }
-            return Err(partition_error(result.error, "list offsets of", topic, partition));
+            return Err(partition_error(code, what, topic, partition));
         }
     }
 
@@ -744,6 +750,29 @@ fn partition_owners(topic: &TopicMetadata) -> Option<Vec<ShardId>> {
         }
     }
     owners.into_iter().collect()
+}
+
+/// A partition's answer, with its error code.
+trait PartitionAnswer {
+    fn error(&self) -> ErrorCode;
+}
+
+impl PartitionAnswer for ProducePartitionResult {
+    fn error(&self) -> ErrorCode {
+        self.error
+    }
+}
+
+impl PartitionAnswer for ListOffsetsResult {
+    fn error(&self) -> ErrorCode {
+        self.error
+    }
+}
+
+impl PartitionAnswer for (FetchPartitionResult, Bytes) {
+    fn error(&self) -> ErrorCode {
+        self.0.error
+    }
 }
 
 fn needs_refresh(code: ErrorCode) -> bool {
