@@ -92,6 +92,47 @@ pub struct TuningConfig {
     pub metrics: MetricsConfig,
     pub kafka: KafkaConfig,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
+}
+
+/// SASL authentication on the native and Kafka listeners (off by default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The native listeners require a SASL login as the first request.
+    pub native: bool,
+    /// The Kafka listeners require SaslHandshake and SaslAuthenticate first.
+    pub kafka: bool,
+    /// Principals (user names) allowed everything, including managing users.
+    pub superusers: Vec<String>,
+    /// How long a failed login waits before it is answered (and the
+    /// connection closed), whatever made it fail.
+    pub failure_delay_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { native: false, kafka: false, superusers: Vec::new(), failure_delay_ms: 500 }
+    }
+}
+
+impl AuthConfig {
+    /// Whether any listener requires a login.
+    pub fn enabled(&self) -> bool {
+        self.native || self.kafka
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.failure_delay_ms > 60_000 {
+            return invalid("auth.failure_delay_ms must be at most 60000");
+        }
+        for user in &self.superusers {
+            if let Err(error) = crate::protocol::scram::validate_user_name(user) {
+                return invalid(format!("auth.superusers: {error}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// TLS on the native and Kafka listeners: off unless a certificate and its
@@ -436,6 +477,7 @@ impl TuningConfig {
         self.storage.validate()?;
         self.topics.validate()?;
         self.tls.validate()?;
+        self.auth.validate()?;
         // The largest batch must fit a frame along with its request header.
         let frame_needed = self.storage.batch_bytes_max.saturating_add(FRAME_HEADROOM_BYTES);
         if self.network.max_frame_bytes <= frame_needed {

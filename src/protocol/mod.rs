@@ -8,6 +8,7 @@ pub mod batch;
 pub mod compression;
 pub mod kafka;
 pub mod partitioner;
+pub mod scram;
 pub mod types;
 pub mod varint;
 pub mod wire;

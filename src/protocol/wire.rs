@@ -238,6 +238,19 @@ impl ErrorCode {
     pub const DUPLICATE_SEQUENCE: ErrorCode = ErrorCode(28);
     /// A topic config the broker does not know, or a value out of range.
     pub const INVALID_CONFIG: ErrorCode = ErrorCode(29);
+    /// SASL authentication failed: unknown user, wrong password, or a
+    /// malformed exchange. The broker closes the connection after it.
+    pub const AUTHENTICATION_FAILED: ErrorCode = ErrorCode(30);
+    /// The listener requires authentication and the request came before it.
+    pub const AUTHENTICATION_REQUIRED: ErrorCode = ErrorCode(31);
+    /// A SASL mechanism the listener does not offer.
+    pub const UNSUPPORTED_SASL_MECHANISM: ErrorCode = ErrorCode(32);
+    /// The authenticated principal may not do this.
+    pub const NOT_AUTHORIZED: ErrorCode = ErrorCode(33);
+    /// A credential or user name the broker will not store.
+    pub const INVALID_CREDENTIAL: ErrorCode = ErrorCode(34);
+    /// The user has no credential for that mechanism.
+    pub const UNKNOWN_CREDENTIAL: ErrorCode = ErrorCode(35);
 
     pub fn is_ok(self) -> bool {
         self == ErrorCode::NONE
@@ -289,6 +302,12 @@ impl ErrorCode {
             ErrorCode::PRODUCER_FENCED => "producer fenced",
             ErrorCode::DUPLICATE_SEQUENCE => "duplicate sequence",
             ErrorCode::INVALID_CONFIG => "invalid config",
+            ErrorCode::AUTHENTICATION_FAILED => "authentication failed",
+            ErrorCode::AUTHENTICATION_REQUIRED => "authentication required",
+            ErrorCode::UNSUPPORTED_SASL_MECHANISM => "unsupported SASL mechanism",
+            ErrorCode::NOT_AUTHORIZED => "not authorized",
+            ErrorCode::INVALID_CREDENTIAL => "invalid credential",
+            ErrorCode::UNKNOWN_CREDENTIAL => "unknown credential",
             _ => "unknown error code",
         }
     }
@@ -338,6 +357,14 @@ pub enum Request {
     AlterConfigs(AlterConfigsRequest),
     /// Deletes the records below an offset in partitions (any shard).
     DeleteRecords(DeleteRecordsRequest),
+    /// One step of a SASL login: the first requests on a listener that
+    /// requires one.
+    SaslAuthenticate(SaslAuthenticateRequest),
+    /// Sets and removes users' SCRAM credentials (superusers only when
+    /// logins are on).
+    AlterCredentials(AlterCredentialsRequest),
+    /// Lists users and the mechanisms they have credentials for.
+    DescribeCredentials,
 }
 
 impl Request {
@@ -365,6 +392,9 @@ impl Request {
             Request::DescribeConfigs(_) => "describe_configs",
             Request::AlterConfigs(_) => "alter_configs",
             Request::DeleteRecords(_) => "delete_records",
+            Request::SaslAuthenticate(_) => "sasl_authenticate",
+            Request::AlterCredentials(_) => "alter_credentials",
+            Request::DescribeCredentials => "describe_credentials",
         }
     }
 }
@@ -397,6 +427,62 @@ pub enum Response {
     DescribeConfigs(DescribeConfigsResponse),
     AlterConfigs(TopicResult),
     DeleteRecords(DeleteRecordsResponse),
+    SaslAuthenticate(SaslAuthenticateResponse),
+    AlterCredentials(AlterCredentialsResponse),
+    DescribeCredentials(DescribeCredentialsResponse),
+}
+
+/// One step of a SASL login. `mechanism` names it in every step (the
+/// broker checks it stays the same).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaslAuthenticateRequest {
+    pub mechanism: String,
+    pub token: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaslAuthenticateResponse {
+    pub error: ErrorCode,
+    pub message: String,
+    /// The broker's next token (or its last, once `done`).
+    pub token: Vec<u8>,
+    /// The login succeeded: requests are served from now on.
+    pub done: bool,
+}
+
+/// Credentials to set (each from a password the client salted) and remove.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlterCredentialsRequest {
+    pub upserts: Vec<CredentialUpsert>,
+    pub deletions: Vec<CredentialDeletion>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialUpsert {
+    pub user: String,
+    pub mechanism: crate::protocol::scram::ScramMechanism,
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub salted_password: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialDeletion {
+    pub user: String,
+    pub mechanism: crate::protocol::scram::ScramMechanism,
+}
+
+/// One result per upsert, then one per deletion, each named by its user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlterCredentialsResponse {
+    pub results: Vec<TopicResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeCredentialsResponse {
+    pub error: ErrorCode,
+    /// Each user with its (mechanism, iterations).
+    pub users: Vec<(String, Vec<(crate::protocol::scram::ScramMechanism, u32)>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -497,6 +583,9 @@ impl Response {
                 .or_else(|| first(response.partitions.iter().map(|p| p.error))),
             Response::FetchCommitted(response) => Some(response.error),
             Response::DescribeGroup(response) => Some(response.error),
+            Response::SaslAuthenticate(response) => Some(response.error),
+            Response::AlterCredentials(response) => first(response.results.iter().map(|r| r.error)),
+            Response::DescribeCredentials(response) => Some(response.error),
             Response::Pong
             | Response::Metadata(_)
             | Response::Stats(_)

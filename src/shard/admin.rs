@@ -1,5 +1,5 @@
 //! Topic administration on a shard: create, delete, configs and record
-//! deletion. Shard 0 is the single writer of the metadata (see
+//! deletion; and the users' SCRAM credentials. Shard 0 is the single writer of the metadata (see
 //! `metadata`): the other shards send it their changes, and it persists
 //! each one before every shard applies it.
 
@@ -7,15 +7,80 @@ use std::rc::Rc;
 
 use futures_channel::oneshot;
 
+use crate::protocol::scram::{ScramCredential, ScramMechanism};
 use crate::protocol::types::Offset;
 use crate::protocol::types::{PartitionId, ShardId};
-use crate::protocol::wire::{DeleteRecordsPartition, DeleteRecordsResult, ErrorCode, TopicResult};
+use crate::protocol::wire::{
+    CredentialDeletion, CredentialUpsert, DeleteRecordsPartition, DeleteRecordsResult, ErrorCode, TopicResult,
+};
 
 use super::metadata::{self, MetadataError};
 use super::topic_config::{ConfigEdit, ConfigEntry, ConfigError, TopicConfig};
 use super::{error_code, Partition, Shard, ShardMessage};
 
+/// A change to one user's credentials.
+#[derive(Debug, Clone)]
+pub enum CredentialChange {
+    Upsert { mechanism: ScramMechanism, credential: ScramCredential },
+    Delete { mechanism: ScramMechanism },
+}
+
 impl Shard {
+    /// Applies upserts, then deletions, one at a time: one result each, in
+    /// that order, named by the user.
+    pub async fn alter_credentials(
+        self: &Rc<Self>,
+        upserts: Vec<CredentialUpsert>,
+        deletions: Vec<CredentialDeletion>,
+    ) -> Vec<TopicResult> {
+        let mut results = Vec::with_capacity(upserts.len() + deletions.len());
+        for upsert in upserts {
+            let CredentialUpsert { user, mechanism, iterations, salt, salted_password } = upsert;
+            let result = match ScramCredential::from_salted_password(mechanism, &salt, iterations, &salted_password) {
+                Ok(credential) => self.alter_credential(user, CredentialChange::Upsert { mechanism, credential }).await,
+                Err(error) => topic_result(user, ErrorCode::INVALID_CREDENTIAL, &error.to_string()),
+            };
+            results.push(result);
+        }
+        for CredentialDeletion { user, mechanism } in deletions {
+            results.push(self.alter_credential(user, CredentialChange::Delete { mechanism }).await);
+        }
+        results
+    }
+
+    /// Every user (or those named) with its mechanisms and their iterations;
+    /// a named user without credentials has none listed.
+    pub fn describe_credentials(&self, users: Option<&[String]>) -> Vec<(String, Vec<(ScramMechanism, u32)>)> {
+        let metadata = self.metadata();
+        let describe = |name: &String| {
+            let credentials = metadata.users.get(name).map(|credentials| {
+                credentials.iter().map(|(mechanism, credential)| (*mechanism, credential.iterations)).collect()
+            });
+            (name.clone(), credentials.unwrap_or_default())
+        };
+        match users {
+            Some(names) => names.iter().map(describe).collect(),
+            None => metadata.users.keys().map(describe).collect(),
+        }
+    }
+
+    /// Sets or removes a user's SCRAM credential: made durable by shard 0,
+    /// then every shard's logins use it. The result is named by the user.
+    pub async fn alter_credential(self: &Rc<Self>, user: String, change: CredentialChange) -> TopicResult {
+        if self.id != ShardId(0) {
+            let (reply, answer) = oneshot::channel();
+            let message = ShardMessage::AlterCredential { user: user.clone(), change, reply };
+            return self.ask_writer(message, answer, user).await;
+        }
+        self.change_metadata(user, move |metadata, user| match change {
+            CredentialChange::Upsert { mechanism, credential } => {
+                metadata.upsert_credential(user, mechanism, credential)
+            }
+            CredentialChange::Delete { mechanism } => metadata.delete_credential(user, mechanism),
+        })
+        .await
+    }
+
     /// Creates a topic. Shard 0 makes the change durable, then every shard
     /// applies it (opening the partitions it owns) before this returns.
     pub async fn create_topic(self: &Rc<Self>, name: String, partitions: u32, config: TopicConfig) -> TopicResult {
@@ -237,6 +302,8 @@ fn metadata_error_code(error: &MetadataError) -> ErrorCode {
         MetadataError::InvalidPartitionCount(_) => ErrorCode::INVALID_PARTITION_COUNT,
         MetadataError::TooManyPartitions { .. } => ErrorCode::TOO_MANY_PARTITIONS,
         MetadataError::InvalidConfig(_) => ErrorCode::INVALID_CONFIG,
+        MetadataError::InvalidCredential(_) | MetadataError::TooManyUsers => ErrorCode::INVALID_CREDENTIAL,
+        MetadataError::UnknownCredential(..) => ErrorCode::UNKNOWN_CREDENTIAL,
     }
 }
 

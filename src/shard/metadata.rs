@@ -9,20 +9,22 @@
 //!
 //! File layout: magic `RBMD` | version u16 LE | body length u32 LE | body
 //! (postcard-encoded [`ClusterMetadata`]) | CRC-32C u32 LE of the body.
-//! Version 1 had no topic configs; it is still read.
+//! Version 1 had no topic configs, version 2 no users; both are still read.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::scram::{self, ScramCredential, ScramMechanism};
 use crate::protocol::types::{PartitionId, ShardId};
 
 use super::topic_config::TopicConfig;
 
 const METADATA_MAGIC: [u8; 4] = *b"RBMD";
-const METADATA_VERSION: u16 = 2;
+const METADATA_VERSION: u16 = 3;
 const METADATA_FILE: &str = "metadata";
 /// A metadata file is small; anything larger is not ours.
 const METADATA_BYTES_MAX: usize = 64 << 20;
@@ -33,6 +35,8 @@ pub const PARTITIONS_PER_TOPIC_MAX: u32 = 4096;
 /// flusher task and write buffers on some shard. The tuning's
 /// `topics.partitions_max` sets the broker's own limit below it.
 pub const PARTITIONS_TOTAL_MAX: usize = 100_000;
+/// Upper bound on users with credentials.
+pub const USERS_MAX: usize = 10_000;
 
 /// Everything the shards agree on. Changed only by shard 0.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +44,13 @@ pub struct ClusterMetadata {
     /// Bumped by every change.
     pub version: u64,
     pub topics: BTreeMap<String, TopicPlacement>,
+    /// SCRAM credentials by user name. Shared, since logins on every
+    /// connection of a shard read them.
+    pub users: Arc<Users>,
 }
+
+/// Each user's SCRAM credentials, one per mechanism it may log in with.
+pub type Users = BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>;
 
 /// Where a topic's partitions live (`owners[p]` owns partition `p`), and
 /// the configs set for it.
@@ -48,6 +58,13 @@ pub struct ClusterMetadata {
 pub struct TopicPlacement {
     pub owners: Vec<ShardId>,
     pub config: TopicConfig,
+}
+
+/// Version 2 of the file, before users.
+#[derive(Deserialize)]
+struct ClusterMetadataV2 {
+    version: u64,
+    topics: BTreeMap<String, TopicPlacement>,
 }
 
 /// Version 1 of the file, before topic configs.
@@ -80,6 +97,12 @@ pub enum MetadataError {
          (topics.partitions_max)"
     )]
     TooManyPartitions { total: usize, asked: u32, max: usize },
+    #[error("{0}")]
+    InvalidCredential(#[from] scram::CredentialError),
+    #[error("user {0} has no {1} credential")]
+    UnknownCredential(String, &'static str),
+    #[error("the broker already has {USERS_MAX} users")]
+    TooManyUsers,
 }
 
 impl ClusterMetadata {
@@ -134,6 +157,36 @@ impl ClusterMetadata {
         Ok(())
     }
 
+    /// Sets a user's credential for one mechanism (creating the user).
+    pub fn upsert_credential(
+        &mut self,
+        user: &str,
+        mechanism: ScramMechanism,
+        credential: ScramCredential,
+    ) -> Result<(), MetadataError> {
+        scram::validate_user_name(user)?;
+        if !self.users.contains_key(user) && self.users.len() >= USERS_MAX {
+            return Err(MetadataError::TooManyUsers);
+        }
+        Arc::make_mut(&mut self.users).entry(user.to_string()).or_default().insert(mechanism, credential);
+        self.version += 1;
+        Ok(())
+    }
+
+    /// Removes a user's credential for one mechanism; a user left with
+    /// none is gone.
+    pub fn delete_credential(&mut self, user: &str, mechanism: ScramMechanism) -> Result<(), MetadataError> {
+        let unknown = || MetadataError::UnknownCredential(user.to_string(), mechanism.name());
+        let users = Arc::make_mut(&mut self.users);
+        let credentials = users.get_mut(user).ok_or_else(unknown)?;
+        credentials.remove(&mechanism).ok_or_else(unknown)?;
+        if credentials.is_empty() {
+            users.remove(user);
+        }
+        self.version += 1;
+        Ok(())
+    }
+
     /// Partitions of every topic.
     pub fn partition_count(&self) -> usize {
         self.topics.values().map(|placement| placement.owners.len()).sum()
@@ -181,13 +234,20 @@ impl ClusterMetadata {
     /// Encodes the metadata file.
     pub fn encode(&self) -> Vec<u8> {
         let body = postcard::to_allocvec(self).expect("metadata always encodes");
-        let mut out = Vec::with_capacity(body.len() + 14);
-        out.extend_from_slice(&METADATA_MAGIC);
-        out.extend_from_slice(&METADATA_VERSION.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        out
+        framed(METADATA_VERSION, &body)
+    }
+
+    /// The file as version 2 wrote it (no users), for the tests that
+    /// check old files still load.
+    #[cfg(test)]
+    fn encode_as(&self, version: u16) -> Vec<u8> {
+        assert_eq!(version, 2);
+        #[derive(Serialize)]
+        struct V2<'a> {
+            version: u64,
+            topics: &'a BTreeMap<String, TopicPlacement>,
+        }
+        framed(version, &postcard::to_allocvec(&V2 { version: self.version, topics: &self.topics }).unwrap())
     }
 
     /// Decodes the metadata file, refusing anything damaged.
@@ -195,7 +255,7 @@ impl ClusterMetadata {
         let rest = bytes.strip_prefix(&METADATA_MAGIC).ok_or("not a metadata file (bad magic)")?;
         let (version, rest) = rest.split_first_chunk::<2>().ok_or("truncated header")?;
         let version = u16::from_le_bytes(*version);
-        if version != METADATA_VERSION && version != 1 {
+        if !(1..=METADATA_VERSION).contains(&version) {
             return Err(format!("unsupported metadata version {version}"));
         }
         let (len, rest) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
@@ -215,10 +275,25 @@ impl ClusterMetadata {
                 .into_iter()
                 .map(|(name, old)| (name, TopicPlacement { owners: old.owners, config: TopicConfig::default() }))
                 .collect();
-            return Ok(ClusterMetadata { version: old.version, topics });
+            return Ok(ClusterMetadata { version: old.version, topics, users: Arc::default() });
+        }
+        if version == 2 {
+            let old: ClusterMetadataV2 = postcard::from_bytes(body).map_err(undecodable)?;
+            return Ok(ClusterMetadata { version: old.version, topics: old.topics, users: Arc::default() });
         }
         postcard::from_bytes(body).map_err(undecodable)
     }
+}
+
+/// Header, body and CRC.
+fn framed(version: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 14);
+    out.extend_from_slice(&METADATA_MAGIC);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
+    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    out
 }
 
 /// Path of the metadata file inside a data directory.
@@ -371,6 +446,28 @@ mod tests {
         assert_eq!(loaded.version, 7);
         assert_eq!(loaded.topics["orders"].owners, vec![ShardId(1), ShardId(0)]);
         assert_eq!(loaded.topics["orders"].config, TopicConfig::default());
+    }
+
+    #[test]
+    fn users_round_trip_and_version_2_files_load_without_users() {
+        let mut metadata = ClusterMetadata::default();
+        metadata.create_topic("orders", 1, TopicConfig::default(), 1, PARTITIONS_TOTAL_MAX).unwrap();
+        let version_2 = metadata.encode_as(2);
+        let credential =
+            ScramCredential::from_password(ScramMechanism::Sha512, b"secret", &scram::random_salt(), 4096).unwrap();
+        metadata.upsert_credential("alice", ScramMechanism::Sha512, credential.clone()).unwrap();
+        let loaded = ClusterMetadata::decode(&metadata.encode()).unwrap();
+        assert_eq!(loaded.users["alice"][&ScramMechanism::Sha512], credential);
+        assert_eq!(
+            metadata.delete_credential("alice", ScramMechanism::Sha256),
+            Err(MetadataError::UnknownCredential("alice".into(), "SCRAM-SHA-256"))
+        );
+        assert!(metadata.upsert_credential("a,b", ScramMechanism::Sha256, credential.clone()).is_err());
+        metadata.delete_credential("alice", ScramMechanism::Sha512).unwrap();
+        assert!(metadata.users.is_empty(), "a user without credentials is gone");
+        let old = ClusterMetadata::decode(&version_2).unwrap();
+        assert!(old.users.is_empty());
+        assert_eq!(old.topics["orders"].owners, vec![ShardId(0)]);
     }
 
     #[test]

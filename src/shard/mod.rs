@@ -98,6 +98,12 @@ pub enum ShardMessage {
         name: String,
         reply: oneshot::Sender<TopicResult>,
     },
+    /// To shard 0, the metadata writer.
+    AlterCredential {
+        user: String,
+        change: admin::CredentialChange,
+        reply: oneshot::Sender<TopicResult>,
+    },
     /// From shard 0 after the change is durable.
     ApplyMetadata {
         metadata: ClusterMetadata,
@@ -487,6 +493,9 @@ impl Shard {
             }
             ShardMessage::DeleteTopic { name, reply } => {
                 let _ = reply.send(self.delete_topic(name).await);
+            }
+            ShardMessage::AlterCredential { user, change, reply } => {
+                let _ = reply.send(self.alter_credential(user, change).await);
             }
             ShardMessage::ApplyMetadata { metadata, reply } => {
                 self.apply_metadata(metadata).await;
