@@ -19,14 +19,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use glommio::{LocalExecutorBuilder, Placement};
 use ringbroker::client::{
     decode_records, Client, ClientError, ClientOptions, ClientTls, ConsumedRecord, GroupConfig, GroupConsumer,
-    GroupRecord, Producer, ProducerConfig, ProducerRecord, SendFuture, StartPosition,
+    GroupRecord, Producer, ProducerConfig, ProducerRecord, SaslCredentials, SendFuture, StartPosition,
 };
 use ringbroker::config::{CpuSelection, TuningConfig};
 use ringbroker::protocol::batch::Compression;
+use ringbroker::protocol::scram::{self, ScramCredential, ScramMechanism};
 use ringbroker::protocol::types::{AckLevel, Offset, PartitionId};
+use ringbroker::protocol::wire::{CredentialDeletion, CredentialUpsert};
 use ringbroker::protocol::wire::{ErrorCode, FetchPartitionResult, OffsetSpec, ResetTarget, TopicPartitions};
 use ringbroker::server::{Broker, ShardPorts};
-use ringbroker::shard::metadata::PARTITIONS_PER_TOPIC_MAX;
+use ringbroker::shard::metadata::{self, PARTITIONS_PER_TOPIC_MAX};
+use ringbroker::storage::lock::DirLock;
 
 #[derive(Parser, Debug)]
 #[command(name = "ringbroker", version, about = "A thread-per-core, io_uring message broker")]
@@ -48,6 +51,16 @@ struct Cli {
     /// --broker address's IP).
     #[arg(long, global = true, requires = "tls_ca")]
     tls_server_name: Option<String>,
+    /// Client commands: log in as this user (SASL). The password comes from
+    /// the RINGBROKER_PASSWORD environment variable or --password-file.
+    #[arg(long, global = true)]
+    user: Option<String>,
+    /// A file whose first line is the --user's password.
+    #[arg(long, global = true, requires = "user")]
+    password_file: Option<PathBuf>,
+    /// SCRAM-SHA-512, SCRAM-SHA-256, or PLAIN (only over TLS).
+    #[arg(long, global = true, default_value = "SCRAM-SHA-512")]
+    sasl_mechanism: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,6 +94,45 @@ enum Command {
     Stats,
     /// A live view: per shard rates, busy time and latency; per group lag.
     Top(TopArgs),
+    /// Create, delete or list the users who may log in (SCRAM credentials).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserAction {
+    /// Sets a user's password (creating the user): salted SCRAM credentials
+    /// are stored, never the password. The password is the first line of
+    /// --new-password-file, or of standard input.
+    Create {
+        name: String,
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+        /// scram-sha-256, scram-sha-512, or both.
+        #[arg(long, default_value = "both")]
+        mechanism: String,
+        #[arg(long, default_value_t = 4096)]
+        iterations: u32,
+        /// Write to this stopped broker's data directory instead of asking a
+        /// running broker (how the first superuser is made).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Removes a user's credentials (both mechanisms unless --mechanism).
+    Delete {
+        name: String,
+        #[arg(long, default_value = "both")]
+        mechanism: String,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Every user with its mechanisms.
+    List {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -316,8 +368,24 @@ fn main() {
         // One object per line, with the spans (shard, connection) it is in.
         LogFormat::Json => logs.json().with_current_span(false).with_span_list(true).init(),
     }
-    let broker = Target { addr: cli.broker, tls_ca: cli.tls_ca, tls_server_name: cli.tls_server_name };
-    let result = match cli.command {
+    let result = run(cli);
+    if let Err(error) = result {
+        eprintln!("ringbroker: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let sasl = match &cli.user {
+        None => None,
+        Some(user) => Some(SaslCredentials {
+            mechanism: cli.sasl_mechanism.to_ascii_uppercase(),
+            user: user.clone(),
+            password: read_password(cli.password_file.as_deref(), "RINGBROKER_PASSWORD")?,
+        }),
+    };
+    let broker = Target { addr: cli.broker, tls_ca: cli.tls_ca, tls_server_name: cli.tls_server_name, sasl };
+    match cli.command {
         Command::Serve(args) => serve(args),
         Command::Topic { action } => with_client(broker, move |client| topic(client, action)),
         Command::Produce(args) => with_client(broker, move |client| produce(client, args)),
@@ -328,11 +396,127 @@ fn main() {
             let addr = broker.addr;
             with_client(broker, move |client| top(client, addr, args))
         }
-    };
-    if let Err(error) = result {
-        eprintln!("ringbroker: {error:#}");
-        std::process::exit(1);
+        Command::User { action } => user(broker, action),
     }
+}
+
+/// A password: the first line of `file`, else the environment variable
+/// `env`.
+fn read_password(file: Option<&std::path::Path>, env: &str) -> anyhow::Result<String> {
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        None => std::env::var(env).with_context(|| format!("no password: set {env} or give --password-file"))?,
+    };
+    let password = text.lines().next().unwrap_or_default().to_string();
+    anyhow::ensure!(!password.is_empty(), "the password is empty");
+    Ok(password)
+}
+
+fn mechanisms(name: &str) -> anyhow::Result<Vec<ScramMechanism>> {
+    if name.eq_ignore_ascii_case("both") {
+        return Ok(ScramMechanism::ALL.to_vec());
+    }
+    let mechanism = ScramMechanism::from_name(name)
+        .with_context(|| format!("--mechanism {name:?}: expected scram-sha-256, scram-sha-512 or both"))?;
+    Ok(vec![mechanism])
+}
+
+fn user(broker: Target, action: UserAction) -> anyhow::Result<()> {
+    match action {
+        UserAction::Create { name, new_password_file, mechanism, iterations, data_dir } => {
+            scram::validate_user_name(&name)?;
+            let password = match new_password_file {
+                Some(path) => read_password(Some(&path), "")?,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+                    let password = line.trim_end_matches(['\r', '\n']).to_string();
+                    anyhow::ensure!(!password.is_empty(), "the password is empty");
+                    password
+                }
+            };
+            let upserts: Vec<CredentialUpsert> = mechanisms(&mechanism)?
+                .into_iter()
+                .map(|mechanism| {
+                    let salt = scram::random_salt();
+                    let salted_password = mechanism.salt_password(password.as_bytes(), &salt, iterations);
+                    CredentialUpsert { user: name.clone(), mechanism, iterations, salt, salted_password }
+                })
+                .collect();
+            change_users(broker, data_dir, upserts, Vec::new())?;
+            println!("set the password of user {name}");
+        }
+        UserAction::Delete { name, mechanism, data_dir } => {
+            let deletions = mechanisms(&mechanism)?
+                .into_iter()
+                .map(|mechanism| CredentialDeletion { user: name.clone(), mechanism })
+                .collect();
+            change_users(broker, data_dir, Vec::new(), deletions)?;
+            println!("deleted user {name}");
+        }
+        UserAction::List { data_dir } => {
+            let users = match data_dir {
+                Some(dir) => {
+                    let _lock = lock_stopped(&dir)?;
+                    let metadata = metadata::load(&dir)?;
+                    metadata
+                        .users
+                        .iter()
+                        .map(|(user, credentials)| {
+                            (user.clone(), credentials.iter().map(|(m, c)| (*m, c.iterations)).collect::<Vec<_>>())
+                        })
+                        .collect()
+                }
+                None => run_client(broker, |client| async move { Ok(client.describe_credentials().await?) })?,
+            };
+            for (user, credentials) in users {
+                let mechanisms: Vec<String> = credentials
+                    .iter()
+                    .map(|(m, iterations)| format!("{} ({iterations} iterations)", m.name()))
+                    .collect();
+                println!("{user}\t{}", mechanisms.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Locks a stopped broker's data directory.
+fn lock_stopped(dir: &std::path::Path) -> anyhow::Result<DirLock> {
+    DirLock::acquire(dir).map_err(|error| anyhow::anyhow!("{error} (--data-dir needs the broker stopped)"))
+}
+
+/// Applies credential changes through a running broker, or straight to a
+/// stopped broker's data directory.
+fn change_users(
+    broker: Target,
+    data_dir: Option<PathBuf>,
+    upserts: Vec<CredentialUpsert>,
+    deletions: Vec<CredentialDeletion>,
+) -> anyhow::Result<()> {
+    let Some(dir) = data_dir else {
+        let results =
+            run_client(broker, |client| async move { Ok(client.alter_credentials(upserts, deletions).await?) })?;
+        for result in results {
+            anyhow::ensure!(result.error.is_ok(), "user {}: {} ({})", result.name, result.message, result.error.name());
+        }
+        return Ok(());
+    };
+    let _lock = lock_stopped(&dir)?;
+    let mut metadata = metadata::load(&dir)?;
+    for upsert in upserts {
+        let credential = ScramCredential::from_salted_password(
+            upsert.mechanism,
+            &upsert.salt,
+            upsert.iterations,
+            &upsert.salted_password,
+        )?;
+        metadata.upsert_credential(&upsert.user, upsert.mechanism, credential)?;
+    }
+    for deletion in deletions {
+        metadata.delete_credential(&deletion.user, deletion.mechanism)?;
+    }
+    metadata::store(&dir, &metadata).with_context(|| format!("writing the metadata in {}", dir.display()))
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -421,6 +605,22 @@ struct Target {
     addr: SocketAddr,
     tls_ca: Option<PathBuf>,
     tls_server_name: Option<String>,
+    sasl: Option<SaslCredentials>,
+}
+
+/// Runs `job` with a client and returns what it returns.
+fn run_client<T, F, Fut>(target: Target, job: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>> + 'static,
+{
+    let (sender, receiver) = std::sync::mpsc::channel();
+    with_client(target, move |client| async move {
+        let _ = sender.send(job(client).await?);
+        Ok(())
+    })?;
+    receiver.recv().context("the client command ended without an answer")
 }
 
 /// Runs a client command on a small executor of its own.
@@ -437,7 +637,7 @@ where
             Some(ClientTls::from_ca_file(ca, &name).context("--tls-ca")?)
         }
     };
-    let options = ClientOptions { tls, ..ClientOptions::default() };
+    let options = ClientOptions { tls, sasl: target.sasl.clone(), ..ClientOptions::default() };
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(256 << 10)
         .spawn(move || async move {

@@ -17,29 +17,9 @@ use std::time::{Duration, Instant};
 use futures_rustls::rustls;
 use ringbroker::protocol::wire::{self, FrameKind, Request, Response};
 use support::broker::BrokerProcess;
+use support::certs::certificates;
 use support::clients::{clients_script, kcat, python, run_client};
 use support::temp_dir;
-
-/// A CA and a broker certificate for 127.0.0.1 and localhost, written as
-/// PEM files into `dir`: (ca, cert, key).
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ringbroker test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
-    params.distinguished_name.push(rcgen::DnType::CommonName, "ringbroker");
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("broker.pem"), dir.join("broker.key"));
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
 
 /// A broker with TLS on its native and Kafka listeners and a short frame
 /// deadline.

@@ -64,6 +64,8 @@ pub struct ClientOptions {
     pub max_in_flight_requests: usize,
     /// TLS to every broker port (`None`: plain TCP).
     pub tls: Option<ClientTls>,
+    /// Log in on every connection (`None`: no login).
+    pub sasl: Option<super::SaslCredentials>,
 }
 
 impl Default for ClientOptions {
@@ -76,6 +78,7 @@ impl Default for ClientOptions {
             max_frame_bytes: connection.max_frame_bytes,
             max_in_flight_requests: connection.max_in_flight_requests,
             tls: connection.tls,
+            sasl: connection.sasl,
         }
     }
 }
@@ -88,6 +91,7 @@ impl ClientOptions {
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight_requests: self.max_in_flight_requests,
             tls: self.tls.clone(),
+            sasl: self.sasl.clone(),
         }
     }
 }
@@ -215,6 +219,33 @@ impl Client {
         match self.bootstrap_call(&request).await? {
             Response::AlterConfigs(result) => topic_result(result),
             other => Err(unexpected("AlterConfigs", &other)),
+        }
+    }
+
+    /// Sets and removes users' SCRAM credentials: one result per upsert,
+    /// then per deletion (each with its own error code).
+    pub async fn alter_credentials(
+        &self,
+        upserts: Vec<crate::protocol::wire::CredentialUpsert>,
+        deletions: Vec<crate::protocol::wire::CredentialDeletion>,
+    ) -> Result<Vec<TopicResult>, ClientError> {
+        let request = Request::AlterCredentials(crate::protocol::wire::AlterCredentialsRequest { upserts, deletions });
+        match self.bootstrap_call(&request).await? {
+            Response::AlterCredentials(response) => Ok(response.results),
+            other => Err(unexpected("AlterCredentials", &other)),
+        }
+    }
+
+    /// Every user with the mechanisms (and iterations) it can log in with.
+    pub async fn describe_credentials(
+        &self,
+    ) -> Result<Vec<(String, Vec<(crate::protocol::scram::ScramMechanism, u32)>)>, ClientError> {
+        match self.bootstrap_call(&Request::DescribeCredentials).await? {
+            Response::DescribeCredentials(response) if response.error.is_ok() => Ok(response.users),
+            Response::DescribeCredentials(response) => {
+                Err(ClientError::broker(response.error, format!("describing users: {}", response.error.name())))
+            }
+            other => Err(unexpected("DescribeCredentials", &other)),
         }
     }
 
@@ -907,6 +938,9 @@ pub(crate) fn unexpected(expected: &str, got: &Response) -> ClientError {
         Response::DescribeConfigs(_) => "DescribeConfigs",
         Response::AlterConfigs(_) => "AlterConfigs",
         Response::DeleteRecords(_) => "DeleteRecords",
+        Response::SaslAuthenticate(_) => "SaslAuthenticate",
+        Response::AlterCredentials(_) => "AlterCredentials",
+        Response::DescribeCredentials(_) => "DescribeCredentials",
     };
     ClientError::UnexpectedResponse(format!("expected a {expected} response, got {name}"))
 }

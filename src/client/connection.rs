@@ -69,6 +69,9 @@ pub struct ConnectionOptions {
     /// TLS to the broker (`None`: plain TCP). The handshake counts against
     /// `connect_timeout`.
     pub tls: Option<ClientTls>,
+    /// Log in before the first request (`None`: no login). The login
+    /// counts against `request_timeout`, step by step.
+    pub sasl: Option<super::SaslCredentials>,
 }
 
 impl Default for ConnectionOptions {
@@ -79,6 +82,7 @@ impl Default for ConnectionOptions {
             max_frame_bytes: 64 << 20,
             max_in_flight_requests: 1024,
             tls: None,
+            sasl: None,
         }
     }
 }
@@ -137,7 +141,11 @@ impl Connection {
         });
         glommio::spawn_local(read_loop(shared.clone())).detach();
         glommio::spawn_local(write_loop(shared.clone())).detach();
-        Ok(Connection { handle: Rc::new(Handle { shared }) })
+        let connection = Connection { handle: Rc::new(Handle { shared }) };
+        if let Some(credentials) = connection.options().sasl.clone() {
+            super::sasl::login(&connection, &credentials).await?;
+        }
+        Ok(connection)
     }
 
     /// Sends `request` with `payload` and waits for its response, up to the

@@ -31,6 +31,7 @@ mod consumer;
 mod error;
 mod group;
 mod producer;
+mod sasl;
 mod tls;
 mod transport;
 
@@ -40,6 +41,7 @@ pub use consumer::{decode_records, ConsumedRecord, PartitionConsumer, RecordRef,
 pub use error::ClientError;
 pub use group::{GroupConfig, GroupConsumer, GroupRecord, GroupStats, PartitionsCallback, TopicPartition};
 pub use producer::{Producer, ProducerConfig, ProducerRecord, SendFuture};
+pub use sasl::SaslCredentials;
 pub use tls::ClientTls;
 pub use transport::Transport;
 

@@ -48,6 +48,8 @@ use super::admission::{Admission, ConnectionTable, Presence};
 use super::budget::{Arrival, ByteBudget, Hold};
 use super::kafka::{self, KafkaEndpoints};
 use super::limits::Limits;
+use super::login::{KafkaGate, LoginGate};
+use super::sasl::AuthSetup;
 use super::warn_limit::WarnLimit;
 use super::{dispatch, Stopping};
 
@@ -96,6 +98,10 @@ pub(crate) enum Closed {
     /// cannot shape an answer either, so the connection closes.
     #[error("{0}")]
     KafkaMalformed(String),
+    #[error("a request before the SASL login: {0}")]
+    LoginRequired(String),
+    #[error("the SASL login failed")]
+    LoginFailed,
 }
 
 /// Which protocol a listener speaks. Both use the same framing (a 4-byte
@@ -124,6 +130,7 @@ pub(crate) struct Server {
     /// Where Kafka clients reach the broker (when the Kafka API is on).
     kafka: Option<KafkaEndpoints>,
     tls: TlsSetup,
+    auth: Rc<AuthSetup>,
 }
 
 /// Which listeners take TLS, and how.
@@ -152,7 +159,7 @@ impl Server {
         gate: Rc<Gate>,
         queue: TaskQueueHandle,
         kafka: Option<KafkaEndpoints>,
-        tls: TlsSetup,
+        (tls, auth): (TlsSetup, AuthSetup),
     ) -> Server {
         let counters = shard.counters();
         counters.inflight_bytes_max.set(limits.inflight_bytes_per_shard as u64);
@@ -171,6 +178,7 @@ impl Server {
             refusals: Rc::new(Semaphore::new(REFUSALS_IN_FLIGHT_MAX)),
             kafka,
             tls,
+            auth: Rc::new(auth),
         }
     }
 
@@ -321,7 +329,13 @@ impl Server {
                 }
             }
         };
+        let required = match protocol {
+            Protocol::Native => self.auth.native,
+            Protocol::Kafka => self.auth.kafka,
+        };
+        let login = LoginGate::new(required, matches!(stream, Stream::Tls(_)), Rc::clone(&self.auth));
         let connection = Rc::new(Connection {
+            login,
             stream: SharedStream(RefCell::new(stream)),
             queue: RefCell::new(VecDeque::new()),
             queued: Notify::default(),
@@ -538,6 +552,10 @@ impl Server {
                 return Ok(());
             }
         };
+        if !connection.login.is_open() {
+            return self.native_login(connection, request_id, request, permits).await;
+        }
+        let may_manage_users = connection.login.may_manage_users();
         // Produce with acks none promises no response, not even a timeout.
         let silent = matches!(&request, Request::Produce(produce) if produce.acks == AckLevel::None);
         let (server, connection) = (Rc::clone(self), Rc::clone(connection));
@@ -554,7 +572,7 @@ impl Server {
             let held = (permits, response_permits);
             let limits = &server.limits;
             let handled = glommio::timer::timeout(limits.request_timeout, async {
-                Ok(dispatch::handle(&server.shard, request, payload, limits).await)
+                Ok(dispatch::handle(&server.shard, request, payload, limits, may_manage_users).await)
             })
             .await;
             match handled {
@@ -577,6 +595,70 @@ impl Server {
         Ok(())
     }
 
+    /// A native request on a connection that has not logged in: a step of
+    /// the login, or refused (and the connection closed). A failed login
+    /// is answered after the failure delay, then the connection closes.
+    async fn native_login(
+        &self,
+        connection: &Rc<Connection>,
+        request_id: u32,
+        request: Request,
+        permits: Permits,
+    ) -> Result<(), Closed> {
+        let Request::SaslAuthenticate(step) = request else {
+            let message = "this listener requires a SASL login first (SaslAuthenticate)".to_string();
+            let response = Response::Error(ErrorResponse { code: ErrorCode::AUTHENTICATION_REQUIRED, message });
+            connection.respond(request_id, &response, Vec::new(), Some((permits, None)));
+            return Err(Closed::LoginRequired(request.kind().into()));
+        };
+        let (response, failed) = connection.login.native(&self.shard, &step);
+        if failed {
+            glommio::timer::sleep(connection.login.failure_delay()).await;
+        }
+        connection.respond(request_id, &Response::SaslAuthenticate(response), Vec::new(), Some((permits, None)));
+        if failed {
+            return Err(Closed::LoginFailed);
+        }
+        Ok(())
+    }
+
+    /// A Kafka request on a connection that has not logged in: served
+    /// (ApiVersions), answered here (the SASL steps), or the connection
+    /// closes. `Ok(Some(permits))`: serve it as usual.
+    fn kafka_login(
+        &self,
+        connection: &Rc<Connection>,
+        parsed: &kafka::Parsed,
+        permits: Permits,
+    ) -> Result<Option<Permits>, Closed> {
+        let (response, failed) = match connection.login.kafka(&self.shard, parsed) {
+            KafkaGate::Serve => return Ok(Some(permits)),
+            KafkaGate::Close(reason) => return Err(Closed::LoginRequired(reason)),
+            KafkaGate::Answer { response, failed } => (response, failed),
+        };
+        let seq = connection.order.begin();
+        let frame = match kafka::answer(parsed, *response) {
+            kafka::Outcome::Respond(frame) => Some((frame, (permits, None))),
+            _ => None,
+        };
+        if !failed {
+            connection.finish(seq, frame);
+            return Ok(None);
+        }
+        // Answered after the delay; the read loop ends now, and the
+        // connection closes once the answer is written.
+        let (delay, connection) = (connection.login.failure_delay(), Rc::clone(connection));
+        let task = async move {
+            glommio::timer::sleep(delay).await;
+            connection.finish(seq, frame);
+        };
+        match glommio::spawn_local_into(task.in_current_span(), self.queue) {
+            Ok(task) => drop(task.detach()),
+            Err(error) => tracing::error!(%error, "could not start a login failure task"),
+        }
+        Err(Closed::LoginFailed)
+    }
+
     /// Parses a Kafka frame and serves it in a task of its own; its
     /// response takes its place in request order.
     fn start_kafka_request(
@@ -596,6 +678,15 @@ impl Server {
                 return Err(Closed::KafkaMalformed(reason));
             }
         };
+        let permits = if connection.login.is_open() {
+            permits
+        } else {
+            match self.kafka_login(connection, &parsed, permits)? {
+                Some(permits) => permits,
+                None => return Ok(()),
+            }
+        };
+        let may_manage_users = connection.login.may_manage_users();
         let seq = connection.order.begin();
         let kind = kafka_kind(parsed.api_key);
         let (server, connection) = (Rc::clone(self), Rc::clone(connection));
@@ -632,7 +723,7 @@ impl Server {
             let mut permits = permits;
             let limits = &server.limits;
             let handled = glommio::timer::timeout(limits.request_timeout, async {
-                Ok(kafka::handle(&server.shard, &endpoints, limits, parsed, fetch_wait_ms).await)
+                Ok(kafka::handle(&server.shard, &endpoints, limits, parsed, fetch_wait_ms, may_manage_users).await)
             })
             .await;
             let outcome = handled.unwrap_or_else(|_| kafka::Outcome::Close("request timed out".into()));
@@ -766,6 +857,8 @@ type Held = (Permits, Option<ResponsePermits>);
 
 /// The state a connection's reader, request tasks and writer share.
 struct Connection {
+    /// Whether the client must log in, and who it is once it has.
+    login: LoginGate,
     stream: SharedStream,
     /// Encoded responses waiting for the writer, with what they hold.
     queue: RefCell<VecDeque<Queued>>,

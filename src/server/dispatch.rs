@@ -8,8 +8,9 @@ use bytes::BytesMut;
 
 use crate::protocol::types::AckLevel;
 use crate::protocol::wire::{
-    ConfigValue, DeleteRecordsResponse, DescribeConfigsResponse, ErrorCode, ErrorResponse, FetchRequest, FetchResponse,
-    ListOffsetsResponse, ProduceRequest, ProduceResponse, ProducerIdentity, Request, Response, TopicConfigs,
+    AlterCredentialsResponse, ConfigValue, DeleteRecordsResponse, DescribeConfigsResponse, DescribeCredentialsResponse,
+    ErrorCode, ErrorResponse, FetchRequest, FetchResponse, ListOffsetsResponse, ProduceRequest, ProduceResponse,
+    ProducerIdentity, Request, Response, SaslAuthenticateResponse, TopicConfigs,
 };
 use crate::shard::topic_config::{ConfigEdit, TopicConfig};
 use crate::shard::{Counters, ProduceItem, Shard};
@@ -36,17 +37,50 @@ pub(super) async fn handle(
     request: Request,
     payload: BytesMut,
     limits: &Limits,
+    may_manage_users: bool,
 ) -> Option<(Response, Vec<u8>)> {
     let kind = request.kind();
-    let answer = serve(shard, request, payload, limits).await;
+    let answer = serve(shard, request, payload, limits, may_manage_users).await;
     let code = answer.as_ref().map_or(ErrorCode::NONE, |(response, _)| response.error_code());
     shard.counters().record_request(kind, code);
     answer
 }
 
-async fn serve(shard: &Rc<Shard>, request: Request, payload: BytesMut, limits: &Limits) -> Option<(Response, Vec<u8>)> {
+async fn serve(
+    shard: &Rc<Shard>,
+    request: Request,
+    payload: BytesMut,
+    limits: &Limits,
+    may_manage_users: bool,
+) -> Option<(Response, Vec<u8>)> {
     let counters = shard.counters();
+    let not_authorized = || {
+        Response::Error(ErrorResponse {
+            code: ErrorCode::NOT_AUTHORIZED,
+            message: "managing users takes a superuser (auth.superusers)".into(),
+        })
+    };
     let response = match request {
+        Request::SaslAuthenticate(_) => Response::SaslAuthenticate(SaslAuthenticateResponse {
+            error: ErrorCode::INVALID_REQUEST,
+            message: "already logged in, or this listener requires no login".into(),
+            token: Vec::new(),
+            done: false,
+        }),
+        Request::AlterCredentials(_) | Request::DescribeCredentials if !may_manage_users => {
+            Counters::add(&counters.admin_requests, 1);
+            not_authorized()
+        }
+        Request::AlterCredentials(request) => {
+            Counters::add(&counters.admin_requests, 1);
+            let results = shard.alter_credentials(request.upserts, request.deletions).await;
+            Response::AlterCredentials(AlterCredentialsResponse { results })
+        }
+        Request::DescribeCredentials => {
+            Counters::add(&counters.admin_requests, 1);
+            let users = shard.describe_credentials(None);
+            Response::DescribeCredentials(DescribeCredentialsResponse { error: ErrorCode::NONE, users })
+        }
         Request::Ping => {
             Counters::add(&counters.other_requests, 1);
             Response::Pong

@@ -32,7 +32,8 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse, FindCoordinatorRequest,
     FindCoordinatorResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
     MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader, ResponseHeader,
-    ResponseKind, TopicName,
+    ResponseKind, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -134,6 +135,7 @@ pub async fn handle(
     limits: &Limits,
     request: Parsed,
     fetch_wait_ms: Option<u32>,
+    may_manage_users: bool,
 ) -> Outcome {
     let Parsed { api_key, version, correlation_id, body } = request;
     let Some(schema) = served(api_key) else {
@@ -155,12 +157,26 @@ pub async fn handle(
     if let Err(error) = bounds::check_body(schema, version, &body) {
         return Outcome::Close(format!("{api_key:?} v{version}: {error}"));
     }
-    let response = match serve(shard, endpoints, limits, api_key, version, body, fetch_wait_ms).await {
+    let response = match api_key {
+        // Managing users depends on who asks, which only the connection knows.
+        ApiKey::DescribeUserScramCredentials | ApiKey::AlterUserScramCredentials => {
+            Counters::add(&shard.counters().admin_requests, 1);
+            users_request(shard, api_key, version, body, may_manage_users).await.map(Some)
+        }
+        _ => serve(shard, endpoints, limits, api_key, version, body, fetch_wait_ms).await,
+    };
+    let response = match response {
         Ok(Some(response)) => response,
         Ok(None) => return Outcome::Silent,
         Err(error) => return Outcome::Close(format!("{api_key:?} v{version}: {error}")),
     };
     respond(api_key, version, correlation_id, response)
+}
+
+/// Encodes the response to `request` (the login answers its SASL steps
+/// itself).
+pub(crate) fn answer(request: &Parsed, response: ResponseKind) -> Outcome {
+    respond(request.api_key, request.version, request.correlation_id, response)
 }
 
 /// Encodes a response frame: length, header (at the API's header version),
@@ -219,9 +235,12 @@ async fn serve(
         | ApiKey::AlterConfigs
         | ApiKey::IncrementalAlterConfigs
         | ApiKey::DeleteRecords => &counters.admin_requests,
-        ApiKey::ApiVersions | ApiKey::ListOffsets | ApiKey::FindCoordinator | ApiKey::InitProducerId => {
-            &counters.other_requests
-        }
+        ApiKey::ApiVersions
+        | ApiKey::ListOffsets
+        | ApiKey::FindCoordinator
+        | ApiKey::InitProducerId
+        | ApiKey::SaslHandshake
+        | ApiKey::SaslAuthenticate => &counters.other_requests,
         _ => &counters.group_requests,
     };
     Counters::add(counter, 1);
@@ -267,6 +286,18 @@ async fn serve(
             ResponseKind::FindCoordinator(find_coordinator(shard, endpoints, version, decode(body, version)?))
         }
         ApiKey::InitProducerId => ResponseKind::InitProducerId(init_producer_id(shard, decode(body, version)?).await),
+        // On a connection that is logged in, or needs no login: the
+        // exchange is over (or never started).
+        ApiKey::SaslHandshake => {
+            let _: SaslHandshakeRequest = decode(body, version)?;
+            ResponseKind::SaslHandshake(SaslHandshakeResponse::default().with_error_code(codes::ILLEGAL_SASL_STATE))
+        }
+        ApiKey::SaslAuthenticate => {
+            let _: SaslAuthenticateRequest = decode(body, version)?;
+            ResponseKind::SaslAuthenticate(
+                SaslAuthenticateResponse::default().with_error_code(codes::ILLEGAL_SASL_STATE),
+            )
+        }
         group_api => match shard.kafka_group_request(group_api, version, body).await {
             Ok(response) => response,
             Err(error) => {
@@ -276,6 +307,24 @@ async fn serve(
         },
     };
     Ok(Some(response))
+}
+
+/// DescribeUserScramCredentials and AlterUserScramCredentials.
+async fn users_request(
+    shard: &Rc<Shard>,
+    api_key: ApiKey,
+    version: i16,
+    body: Bytes,
+    may_manage_users: bool,
+) -> Result<ResponseKind, BoundsError> {
+    Ok(match api_key {
+        ApiKey::DescribeUserScramCredentials => ResponseKind::DescribeUserScramCredentials(
+            kafka_admin::describe_user_scram_credentials(shard, may_manage_users, decode(body, version)?),
+        ),
+        _ => ResponseKind::AlterUserScramCredentials(
+            kafka_admin::alter_user_scram_credentials(shard, may_manage_users, decode(body, version)?).await,
+        ),
+    })
 }
 
 fn served(api_key: ApiKey) -> Option<&'static bounds::RequestSchema> {

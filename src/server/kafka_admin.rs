@@ -6,22 +6,28 @@ use std::collections::HashSet;
 use std::rc::Rc;
 
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
+use kafka_protocol::messages::describe_user_scram_credentials_response::{
+    CredentialInfo, DescribeUserScramCredentialsResult,
+};
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterConfigsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest,
-    DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
+    AlterConfigsRequest, AlterConfigsResponse, AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, DescribeUserScramCredentialsRequest,
+    DescribeUserScramCredentialsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
+use crate::protocol::scram::ScramMechanism;
 use crate::protocol::types::{Offset, PartitionId};
-use crate::protocol::wire::{DeleteRecordsPartition, ErrorCode};
+use crate::protocol::wire::{CredentialDeletion, CredentialUpsert, DeleteRecordsPartition, ErrorCode};
 use crate::shard::topic_config::{ConfigEdit, ConfigEntry, TopicConfig};
 use crate::shard::Shard;
 
@@ -373,4 +379,87 @@ pub(super) async fn delete_records(shard: &Rc<Shard>, request: DeleteRecordsRequ
         })
         .collect();
     DeleteRecordsResponse::default().with_topics(topics)
+}
+
+/// DescribeUserScramCredentials: each user's mechanisms and iterations.
+/// A named user without credentials gets RESOURCE_NOT_FOUND.
+pub fn describe_user_scram_credentials(
+    shard: &Shard,
+    may_manage_users: bool,
+    request: DescribeUserScramCredentialsRequest,
+) -> DescribeUserScramCredentialsResponse {
+    let response = DescribeUserScramCredentialsResponse::default();
+    if !may_manage_users {
+        return response
+            .with_error_code(codes::CLUSTER_AUTHORIZATION_FAILED)
+            .with_error_message(Some(StrBytes::from_static_str("describing users takes a superuser")));
+    }
+    let named: Option<Vec<String>> =
+        request.users.map(|users| users.into_iter().map(|user| user.name.to_string()).collect());
+    let results = shard
+        .describe_credentials(named.as_deref())
+        .into_iter()
+        .map(|(user, credentials)| {
+            let result = DescribeUserScramCredentialsResult::default().with_user(StrBytes::from_string(user));
+            if credentials.is_empty() {
+                return result
+                    .with_error_code(codes::RESOURCE_NOT_FOUND)
+                    .with_error_message(Some(StrBytes::from_static_str("no SCRAM credentials for this user")));
+            }
+            result.with_credential_infos(
+                credentials
+                    .into_iter()
+                    .map(|(mechanism, iterations)| {
+                        CredentialInfo::default()
+                            .with_mechanism(mechanism.kafka_type())
+                            .with_iterations(i32::try_from(iterations).unwrap_or(i32::MAX))
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    response.with_results(results)
+}
+
+/// AlterUserScramCredentials: upsertions (from passwords the client
+/// salted) and deletions, one result per user named.
+pub async fn alter_user_scram_credentials(
+    shard: &Rc<Shard>,
+    may_manage_users: bool,
+    request: AlterUserScramCredentialsRequest,
+) -> AlterUserScramCredentialsResponse {
+    let result = |user: &str, code: i16, message: &str| {
+        AlterUserScramCredentialsResult::default()
+            .with_user(StrBytes::from_string(user.to_string()))
+            .with_error_code(code)
+            .with_error_message((code != codes::NONE).then(|| StrBytes::from_string(message.to_string())))
+    };
+    let mut results = Vec::new();
+    let (mut upserts, mut deletions) = (Vec::new(), Vec::new());
+    for upsertion in request.upsertions {
+        let user = upsertion.name.to_string();
+        match (may_manage_users, ScramMechanism::from_kafka_type(upsertion.mechanism)) {
+            (false, _) => results.push(result(&user, codes::CLUSTER_AUTHORIZATION_FAILED, "takes a superuser")),
+            (true, None) => results.push(result(&user, codes::UNSUPPORTED_SASL_MECHANISM, "unknown mechanism")),
+            (true, Some(mechanism)) => upserts.push(CredentialUpsert {
+                user,
+                mechanism,
+                iterations: u32::try_from(upsertion.iterations).unwrap_or(0),
+                salt: upsertion.salt.to_vec(),
+                salted_password: upsertion.salted_password.to_vec(),
+            }),
+        }
+    }
+    for deletion in request.deletions {
+        let user = deletion.name.to_string();
+        match (may_manage_users, ScramMechanism::from_kafka_type(deletion.mechanism)) {
+            (false, _) => results.push(result(&user, codes::CLUSTER_AUTHORIZATION_FAILED, "takes a superuser")),
+            (true, None) => results.push(result(&user, codes::UNSUPPORTED_SASL_MECHANISM, "unknown mechanism")),
+            (true, Some(mechanism)) => deletions.push(CredentialDeletion { user, mechanism }),
+        }
+    }
+    for changed in shard.alter_credentials(upserts, deletions).await {
+        results.push(result(&changed.name, kafka_code(changed.error), &changed.message));
+    }
+    AlterUserScramCredentialsResponse::default().with_results(results)
 }

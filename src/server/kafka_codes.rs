@@ -24,13 +24,19 @@ pub mod codes {
     pub const INVALID_PARTITIONS: i16 = 37;
     pub const INVALID_REPLICATION_FACTOR: i16 = 38;
     pub const INVALID_CONFIG: i16 = 40;
+    pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+    pub const ILLEGAL_SASL_STATE: i16 = 34;
     pub const INVALID_REQUEST: i16 = 42;
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const NON_EMPTY_GROUP: i16 = 68;
+    pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const RESOURCE_NOT_FOUND: i16 = 91;
+    pub const UNACCEPTABLE_CREDENTIAL: i16 = 93;
 }
 
 /// A native error code as a Kafka one.
@@ -59,6 +65,11 @@ pub fn kafka_code(code: ErrorCode) -> i16 {
         ErrorCode::PRODUCER_FENCED => codes::INVALID_PRODUCER_EPOCH,
         ErrorCode::DUPLICATE_SEQUENCE => codes::DUPLICATE_SEQUENCE_NUMBER,
         ErrorCode::INVALID_CONFIG => codes::INVALID_CONFIG,
+        ErrorCode::AUTHENTICATION_FAILED => codes::SASL_AUTHENTICATION_FAILED,
+        ErrorCode::UNSUPPORTED_SASL_MECHANISM => codes::UNSUPPORTED_SASL_MECHANISM,
+        ErrorCode::NOT_AUTHORIZED => codes::CLUSTER_AUTHORIZATION_FAILED,
+        ErrorCode::INVALID_CREDENTIAL => codes::UNACCEPTABLE_CREDENTIAL,
+        ErrorCode::UNKNOWN_CREDENTIAL => codes::RESOURCE_NOT_FOUND,
         _ => codes::UNKNOWN_SERVER_ERROR,
     }
 }

@@ -354,7 +354,7 @@ fn histogram_buckets(latency: &LatencySnapshot) -> Vec<(f64, u64)> {
 }
 
 /// (counter name in `Counters`, metric name, help, extra labels).
-const SHARD_COUNTERS: [(&str, &str, &str); 12] = [
+const SHARD_COUNTERS: [(&str, &str, &str); 14] = [
     ("bytes_in", "ringbroker_produced_bytes", "Record batch bytes appended to this shard's partitions."),
     ("events_in", "ringbroker_produced_events", "Events (records) appended to this shard's partitions."),
     ("bytes_out", "ringbroker_fetched_bytes", "Record batch bytes served to consumers by this shard."),
@@ -366,6 +366,12 @@ const SHARD_COUNTERS: [(&str, &str, &str); 12] = [
         "tls_handshake_failures",
         "ringbroker_tls_handshake_failures",
         "TLS handshakes that failed or did not finish within the frame deadline.",
+    ),
+    ("sasl_logins", "ringbroker_sasl_logins", "SASL logins that succeeded."),
+    (
+        "sasl_failures",
+        "ringbroker_sasl_failures",
+        "SASL logins that failed: wrong password, unknown user, malformed exchange or unsupported mechanism.",
     ),
     ("fsyncs", "ringbroker_fsyncs", "fdatasync calls made by this shard's partition logs."),
     ("commits", "ringbroker_group_commits", "Durable consumer-group offset commits."),

@@ -22,7 +22,9 @@ pub mod kafka;
 mod kafka_admin;
 mod kafka_codes;
 mod limits;
+mod login;
 pub mod metrics;
+pub mod sasl;
 pub mod tls;
 mod warn_limit;
 
@@ -515,11 +517,14 @@ impl ShardLaunch {
             Rc::clone(&gate),
             network_queue,
             kafka,
-            connection::TlsSetup {
-                acceptor: self.tls.clone().map(futures_rustls::TlsAcceptor::from),
-                native: self.config.tls.native,
-                kafka: self.config.tls.kafka,
-            },
+            (
+                connection::TlsSetup {
+                    acceptor: self.tls.clone().map(futures_rustls::TlsAcceptor::from),
+                    native: self.config.tls.native,
+                    kafka: self.config.tls.kafka,
+                },
+                sasl::AuthSetup::new(&self.config.auth),
+            ),
         ));
         let accept = |listener: TcpListener, protocol: connection::Protocol| {
             glommio::spawn_local(Rc::clone(&server).accept_loop(listener, protocol).in_current_span())

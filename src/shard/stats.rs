@@ -103,6 +103,10 @@ pub struct Counters {
     pub connections_evicted: Cell<u64>,
     /// TLS handshakes that failed or did not finish within the frame deadline.
     pub tls_handshake_failures: Cell<u64>,
+    /// SASL logins that succeeded, and that failed (wrong password, unknown
+    /// user, malformed exchange, unsupported mechanism).
+    pub sasl_logins: Cell<u64>,
+    pub sasl_failures: Cell<u64>,
     pub connections_open: Cell<u64>,
     pub fsyncs: Cell<u64>,
     pub group_requests: Cell<u64>,
@@ -148,6 +152,8 @@ impl Counters {
             connections_refused: Cell::new(0),
             connections_evicted: Cell::new(0),
             tls_handshake_failures: Cell::new(0),
+            sasl_logins: Cell::new(0),
+            sasl_failures: Cell::new(0),
             connections_open: Cell::new(0),
             fsyncs: Cell::new(0),
             group_requests: Cell::new(0),
@@ -209,7 +215,7 @@ impl Counters {
         self.named().iter().map(|(name, cell)| (*name, cell.get())).collect()
     }
 
-    fn named(&self) -> [(&'static str, &Cell<u64>); 21] {
+    fn named(&self) -> [(&'static str, &Cell<u64>); 23] {
         [
             ("bytes_in", &self.bytes_in),
             ("events_in", &self.events_in),
@@ -227,6 +233,8 @@ impl Counters {
             ("connections_refused", &self.connections_refused),
             ("connections_evicted", &self.connections_evicted),
             ("tls_handshake_failures", &self.tls_handshake_failures),
+            ("sasl_logins", &self.sasl_logins),
+            ("sasl_failures", &self.sasl_failures),
             ("connections_open", &self.connections_open),
             ("fsyncs", &self.fsyncs),
             ("group_requests", &self.group_requests),

@@ -28,6 +28,11 @@ side can follow what a long-running client does. Modes:
       security.protocol=SSL trusting CA_FILE: an acks=all producer sends
       100 values to partition 0, a consumer reads them back; prints
       {"delivered": n, "values": [...]}
+  confluent-sasl BOOTSTRAP TOPIC CA_FILE MECHANISM USER PASSWORD
+      security.protocol=SASL_SSL with MECHANISM: an acks=all producer sends
+      50 values to partition 0, a consumer reads them back; prints
+      {"delivered": n, "values": [...], "errors": [...]} (errors: what the
+      client reported, e.g. a failed login)
   kafka-python-admin BOOTSTRAP TOPIC
       KafkaAdminClient on an existing TOPIC: alter_configs, describe_configs,
       delete_records of partition 0 to the end; prints a report
@@ -270,6 +275,33 @@ def confluent_ssl(bootstrap, topic, ca_file):
     emit({"delivered": len(delivered), "values": values})
 
 
+def confluent_sasl(bootstrap, topic, ca_file, mechanism, user, password):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    errors = []
+    config = {
+        "bootstrap.servers": bootstrap,
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": ca_file,
+        "sasl.mechanism": mechanism,
+        "sasl.username": user,
+        "sasl.password": password,
+        "error_cb": lambda error: errors.append(error.str()),
+    }
+    producer = Producer({**config, "acks": "all", "message.timeout.ms": 10000})
+    delivered = []
+    for i in range(50):
+        producer.produce(topic, value=f"signed {i}", partition=0, on_delivery=lambda e, m: e or delivered.append(1))
+    producer.flush(15)
+    values = []
+    if delivered:
+        consumer = Consumer({**config, "group.id": "sasl-check", "auto.offset.reset": "earliest"})
+        consumer.assign([TopicPartition(topic, 0, -2)])
+        values = [message.value().decode() for message in poll_messages(consumer, 50, 30)]
+        consumer.close()
+    emit({"delivered": len(delivered), "values": values, "errors": errors[:5]})
+
+
 def kafka_python_admin(bootstrap, topic):
     from kafka import KafkaAdminClient, TopicPartition
     from kafka.admin import ConfigResource, ConfigResourceType
@@ -301,6 +333,8 @@ def main(argv):
         confluent_compressed(argv[2], argv[3], argv[4], int(argv[5]))
     elif mode == "confluent-admin":
         confluent_admin(argv[2], argv[3])
+    elif mode == "confluent-sasl":
+        confluent_sasl(*argv[2:8])
     elif mode == "confluent-ssl":
         confluent_ssl(argv[2], argv[3], argv[4])
     elif mode == "kafka-python-admin":

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod certs;
 pub mod clients;
 pub mod kafka;
 

@@ -174,6 +174,26 @@ const INCREMENTAL_ALTER_CONFIGS_RESOURCE: &[Field] =
 const INCREMENTAL_ALTER_CONFIGS: &[Field] =
     &[always(Shape::Structs(INCREMENTAL_ALTER_CONFIGS_RESOURCE)), always(Shape::Bool)];
 
+// SaslHandshake (key 17), versions 0-1, never flexible. Version 0 is
+// listed because librdkafka looks for it before it uses version 1; after a
+// v0 handshake the tokens would travel without Kafka framing, so the login
+// refuses it (UNSUPPORTED_VERSION).
+const SASL_HANDSHAKE: &[Field] = &[always(Shape::String)];
+
+// SaslAuthenticate (key 36), versions 0-2, flexible from 2.
+const SASL_AUTHENTICATE: &[Field] = &[always(Shape::Bytes)];
+
+// DescribeUserScramCredentials (key 50), version 0, flexible.
+const DESCRIBE_USER_SCRAM_USER: &[Field] = &[always(Shape::String)];
+const DESCRIBE_USER_SCRAM_CREDENTIALS: &[Field] = &[always(Shape::Structs(DESCRIBE_USER_SCRAM_USER))];
+
+// AlterUserScramCredentials (key 51), version 0, flexible.
+const SCRAM_DELETION: &[Field] = &[always(Shape::String), always(Shape::Int8)];
+const SCRAM_UPSERTION: &[Field] =
+    &[always(Shape::String), always(Shape::Int8), always(Shape::Int32), always(Shape::Bytes), always(Shape::Bytes)];
+const ALTER_USER_SCRAM_CREDENTIALS: &[Field] =
+    &[always(Shape::Structs(SCRAM_DELETION)), always(Shape::Structs(SCRAM_UPSERTION))];
+
 /// Every request the broker serves: (api key, versions, layout).
 pub const SCHEMAS: &[RequestSchema] = &[
     RequestSchema { api_key: 0, min_version: 3, max_version: 9, flexible_from: 9, fields: PRODUCE },
@@ -189,6 +209,7 @@ pub const SCHEMAS: &[RequestSchema] = &[
     RequestSchema { api_key: 14, min_version: 0, max_version: 5, flexible_from: 4, fields: SYNC_GROUP },
     RequestSchema { api_key: 15, min_version: 0, max_version: 5, flexible_from: 5, fields: DESCRIBE_GROUPS },
     RequestSchema { api_key: 16, min_version: 0, max_version: 4, flexible_from: 3, fields: LIST_GROUPS },
+    RequestSchema { api_key: 17, min_version: 0, max_version: 1, flexible_from: i16::MAX, fields: SASL_HANDSHAKE },
     RequestSchema { api_key: 18, min_version: 0, max_version: 3, flexible_from: 3, fields: API_VERSIONS },
     RequestSchema { api_key: 19, min_version: 2, max_version: 5, flexible_from: 5, fields: CREATE_TOPICS },
     RequestSchema { api_key: 20, min_version: 1, max_version: 4, flexible_from: 4, fields: DELETE_TOPICS },
@@ -196,7 +217,22 @@ pub const SCHEMAS: &[RequestSchema] = &[
     RequestSchema { api_key: 22, min_version: 0, max_version: 4, flexible_from: 2, fields: INIT_PRODUCER_ID },
     RequestSchema { api_key: 32, min_version: 1, max_version: 4, flexible_from: 4, fields: DESCRIBE_CONFIGS },
     RequestSchema { api_key: 33, min_version: 0, max_version: 2, flexible_from: 2, fields: ALTER_CONFIGS },
+    RequestSchema { api_key: 36, min_version: 0, max_version: 2, flexible_from: 2, fields: SASL_AUTHENTICATE },
     RequestSchema { api_key: 44, min_version: 0, max_version: 1, flexible_from: 1, fields: INCREMENTAL_ALTER_CONFIGS },
+    RequestSchema {
+        api_key: 50,
+        min_version: 0,
+        max_version: 0,
+        flexible_from: 0,
+        fields: DESCRIBE_USER_SCRAM_CREDENTIALS,
+    },
+    RequestSchema {
+        api_key: 51,
+        min_version: 0,
+        max_version: 0,
+        flexible_from: 0,
+        fields: ALTER_USER_SCRAM_CREDENTIALS,
+    },
 ];
 
 /// The layout of `api_key`'s requests, if the broker serves it.
@@ -649,6 +685,42 @@ mod tests {
                     .with_resource_name(name("orders"))
                     .with_configs(vec![config("retention.ms", 0, Some("60000")), config("segment.bytes", 1, None)])])
                 .with_validate_only(false)
+        });
+    }
+
+    #[test]
+    fn sasl_requests_walk_exactly_at_every_version() {
+        walks_exactly_at_every_version(17, |_| {
+            kafka_protocol::messages::SaslHandshakeRequest::default().with_mechanism(name("SCRAM-SHA-512"))
+        });
+        walks_exactly_at_every_version(36, |_| {
+            kafka_protocol::messages::SaslAuthenticateRequest::default()
+                .with_auth_bytes(Bytes::from_static(b"n,,n=alice,r=nonce"))
+        });
+    }
+
+    #[test]
+    fn user_scram_credentials_requests_walk_exactly() {
+        use kafka_protocol::messages::alter_user_scram_credentials_request::{
+            ScramCredentialDeletion, ScramCredentialUpsertion,
+        };
+        use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
+        walks_exactly_at_every_version(50, |_| {
+            kafka_protocol::messages::DescribeUserScramCredentialsRequest::default()
+                .with_users(Some(vec![UserName::default().with_name(name("alice"))]))
+        });
+        walks_exactly_at_every_version(50, |_| {
+            kafka_protocol::messages::DescribeUserScramCredentialsRequest::default().with_users(None)
+        });
+        walks_exactly_at_every_version(51, |_| {
+            kafka_protocol::messages::AlterUserScramCredentialsRequest::default()
+                .with_deletions(vec![ScramCredentialDeletion::default().with_name(name("bob")).with_mechanism(1)])
+                .with_upsertions(vec![ScramCredentialUpsertion::default()
+                    .with_name(name("alice"))
+                    .with_mechanism(2)
+                    .with_iterations(8192)
+                    .with_salt(Bytes::from_static(b"salt"))
+                    .with_salted_password(Bytes::from(vec![7; 64]))])
         });
     }
 }

@@ -1,0 +1,433 @@
+//! SASL logins on the server side: SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN,
+//! through `rsasl`, checked against the credentials in the metadata.
+//!
+//! Both front doors use it the same way: [`Login::start`] with the
+//! mechanism the client chose, then [`Login::step`] with each token it
+//! sends, until the login is done or fails. The connection then answers a
+//! failure after `auth.failure_delay_ms` and closes.
+//!
+//! An unknown user goes through the same exchange as a known one, with a
+//! salt derived from the user name and a secret of this process, so a
+//! client cannot tell from the answers (or from asking twice) whether a user
+//! exists: both fail at the proof.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rsasl::callback::{Context, Request, SessionCallback, SessionData};
+use rsasl::mechanisms::scram::properties::ScramStoredPassword;
+use rsasl::mechname::Mechname;
+use rsasl::prelude::{SASLConfig, SASLServer, Session, SessionError, State};
+use rsasl::property::{AuthId, AuthzId, Password};
+use rsasl::validate::{Validate, Validation, ValidationError};
+use sha2::{Digest, Sha512};
+
+use crate::config::AuthConfig;
+use crate::protocol::scram::{ScramCredential, ScramMechanism};
+use crate::shard::metadata::Users;
+
+/// Longest SASL token accepted: a SCRAM message or PLAIN's user, name and
+/// password fit in far less.
+pub const TOKEN_BYTES_MAX: usize = 8192;
+
+/// Who a connection acts as, once logged in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user: String,
+    pub superuser: bool,
+}
+
+/// What a shard's listeners require (from the tuning's `[auth]`).
+#[derive(Debug, Clone)]
+pub struct AuthSetup {
+    pub native: bool,
+    pub kafka: bool,
+    superusers: BTreeSet<String>,
+    pub failure_delay: Duration,
+}
+
+impl AuthSetup {
+    pub fn new(config: &AuthConfig) -> AuthSetup {
+        AuthSetup {
+            native: config.native,
+            kafka: config.kafka,
+            superusers: config.superusers.iter().cloned().collect(),
+            failure_delay: Duration::from_millis(config.failure_delay_ms),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.native || self.kafka
+    }
+
+    pub fn principal(&self, user: String) -> Principal {
+        let superuser = self.superusers.contains(&user);
+        Principal { user, superuser }
+    }
+
+    /// The mechanisms a listener offers: PLAIN only under TLS, since it
+    /// sends the password itself.
+    pub fn mechanisms(tls: bool) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = ScramMechanism::ALL.iter().map(|mechanism| mechanism.name()).collect();
+        if tls {
+            names.push(PLAIN);
+        }
+        names
+    }
+}
+
+const PLAIN: &str = "PLAIN";
+
+/// Why a login failed. The client is told only that it failed (and, for
+/// a mechanism, which ones exist); the reason goes to the broker's log.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("mechanism {0:?} is not offered here (offered: {1})")]
+    UnsupportedMechanism(String, String),
+    #[error("a {0}-byte SASL token is over the limit of {TOKEN_BYTES_MAX}")]
+    TokenTooLarge(usize),
+    #[error("the exchange is already over")]
+    Finished,
+    #[error("wrong user name or password")]
+    Rejected,
+    #[error("SASL exchange: {0}")]
+    Exchange(String),
+    /// rsasl panicked on the token; the shape check should rule this out,
+    /// and the fuzz target checks it never happens.
+    #[error("the SASL library failed on this token")]
+    Panicked,
+}
+
+/// One login in progress.
+pub struct Login {
+    session: Session<LoggedIn>,
+    /// SCRAM's messages are checked for shape before rsasl parses them.
+    scram: bool,
+    /// Tokens taken so far.
+    steps: u32,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login").field("finished", &self.finished).finish_non_exhaustive()
+    }
+}
+
+/// Where a login stands after a token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send this token and wait for the client's next one.
+    Continue(Vec<u8>),
+    /// Logged in as `user`; send `token` (possibly empty) as the last answer.
+    Done { token: Vec<u8>, user: String },
+}
+
+impl Login {
+    /// Starts a login with `mechanism` against `users`. `tls`: whether the
+    /// connection is encrypted (PLAIN needs it).
+    pub fn start(mechanism: &str, users: Arc<Users>, tls: bool) -> Result<Login, LoginError> {
+        let offered = AuthSetup::mechanisms(tls);
+        let unsupported = || LoginError::UnsupportedMechanism(mechanism.to_string(), offered.join(", "));
+        let name = offered.iter().find(|name| name.eq_ignore_ascii_case(mechanism)).ok_or_else(unsupported)?;
+        let scram = ScramMechanism::from_name(name);
+        let callback = Lookup { users, scram };
+        let config = SASLConfig::builder()
+            .with_defaults()
+            .with_callback(callback)
+            .map_err(|error| LoginError::Exchange(error.to_string()))?;
+        let mechname = Mechname::parse(name.as_bytes()).map_err(|error| LoginError::Exchange(error.to_string()))?;
+        let session = SASLServer::<LoggedIn>::new(config)
+            .start_suggested(mechname)
+            .map_err(|error| LoginError::Exchange(error.to_string()))?;
+        Ok(Login { session, scram: scram.is_some(), steps: 0, finished: false })
+    }
+
+    /// Takes the client's next token.
+    pub fn step(&mut self, token: &[u8]) -> Result<Step, LoginError> {
+        if self.finished {
+            return Err(LoginError::Finished);
+        }
+        if token.len() > TOKEN_BYTES_MAX {
+            return Err(LoginError::TokenTooLarge(token.len()));
+        }
+        let first = self.steps == 0;
+        self.steps += 1;
+        if self.scram {
+            if let Err(error) = check_scram_shape(token, first) {
+                self.finished = true;
+                return Err(error);
+            }
+        }
+        let mut out = Cursor::new(Vec::new());
+        // rsasl 2.3's SCRAM parser slices attributes without checking their
+        // length; the shape check above rules that out, and a panic it did
+        // not foresee fails this login instead of the shard's thread.
+        let stepped =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.session.step(Some(token), &mut out)));
+        let Ok(stepped) = stepped else {
+            self.finished = true;
+            return Err(LoginError::Panicked);
+        };
+        let state = stepped.map_err(|error| {
+            // A failed exchange is over: rsasl's session may not be stepped again.
+            self.finished = true;
+            match error {
+                SessionError::ValidationError(_) => LoginError::Rejected,
+                other => LoginError::Exchange(other.to_string()),
+            }
+        })?;
+        match state {
+            State::Running => Ok(Step::Continue(out.into_inner())),
+            State::Finished(_) => {
+                self.finished = true;
+                match self.session.validation() {
+                    Some(Ok(user)) => Ok(Step::Done { token: out.into_inner(), user }),
+                    // No validation: the proof was wrong (or the user unknown).
+                    Some(Err(())) | None => Err(LoginError::Rejected),
+                }
+            }
+        }
+    }
+}
+
+/// Checks a client's SCRAM message has the shape RFC 5802 gives it before
+/// rsasl parses it: comma-separated attributes `x=value`, and in the first
+/// message a GS2 header (`n`, `y` or `p=name`, then empty or `a=authzid`).
+fn check_scram_shape(token: &[u8], first: bool) -> Result<(), LoginError> {
+    let malformed = |what: &str| Err(LoginError::Exchange(format!("malformed SCRAM message: {what}")));
+    let mut parts = token.split(|&byte| byte == b',');
+    if first {
+        let flag = parts.next().unwrap_or_default();
+        if !(flag == b"n" || flag == b"y" || (flag.len() > 2 && flag.starts_with(b"p="))) {
+            return malformed("bad channel binding flag");
+        }
+        let Some(authzid) = parts.next() else { return malformed("no GS2 header") };
+        if !(authzid.is_empty() || authzid.starts_with(b"a=")) {
+            return malformed("bad authorization id");
+        }
+    }
+    let mut attributes = 0;
+    for part in parts {
+        if part.len() < 2 || part[1] != b'=' {
+            return malformed("an attribute is not x=value");
+        }
+        attributes += 1;
+    }
+    if attributes < 2 {
+        return malformed("too few attributes");
+    }
+    Ok(())
+}
+
+/// The validation a finished login yields: the user it logged in as.
+struct LoggedIn;
+
+impl Validation for LoggedIn {
+    type Value = Result<String, ()>;
+}
+
+/// Looks credentials up for rsasl's SCRAM and PLAIN servers.
+struct Lookup {
+    users: Arc<Users>,
+    /// The SCRAM hash of this login; `None` for PLAIN.
+    scram: Option<ScramMechanism>,
+}
+
+impl Lookup {
+    /// The credential SCRAM checks `user` against: the stored one, or for a
+    /// user without one a stand-in that no password matches.
+    fn credential(&self, mechanism: ScramMechanism, user: &str) -> ScramCredential {
+        match self.users.get(user).and_then(|credentials| credentials.get(&mechanism)) {
+            Some(credential) => credential.clone(),
+            None => stand_in(mechanism, user),
+        }
+    }
+
+    /// PLAIN: the password against any of the user's SCRAM credentials.
+    fn plain_matches(&self, user: &str, password: &[u8]) -> bool {
+        match self.users.get(user) {
+            Some(credentials) => {
+                credentials.iter().any(|(mechanism, credential)| credential.matches_password(*mechanism, password))
+            }
+            None => {
+                // The same work as for a known user.
+                let _ = stand_in(ScramMechanism::Sha512, user).matches_password(ScramMechanism::Sha512, password);
+                false
+            }
+        }
+    }
+}
+
+/// A credential for a user who has none: a salt derived from the name and
+/// a secret of this process (the same salt every time, as for a real user),
+/// keys that are hashes no password derives to.
+fn stand_in(mechanism: ScramMechanism, user: &str) -> ScramCredential {
+    static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
+    let secret = SECRET.get_or_init(|| {
+        let mut secret = [0u8; 32];
+        getrandom::getrandom(&mut secret).expect("the kernel's random source is available");
+        secret
+    });
+    let derive = |label: &[u8]| Sha512::new().chain_update(secret).chain_update(label).chain_update(user).finalize();
+    let bytes = mechanism.output_bytes();
+    ScramCredential {
+        iterations: crate::protocol::scram::ITERATIONS_MIN,
+        salt: derive(b"salt")[..32].to_vec(),
+        stored_key: derive(b"stored")[..bytes].to_vec(),
+        server_key: derive(b"server")[..bytes].to_vec(),
+    }
+}
+
+impl SessionCallback for Lookup {
+    fn callback(&self, _: &SessionData, context: &Context, request: &mut Request) -> Result<(), SessionError> {
+        let (Some(mechanism), Some(user)) = (self.scram, context.get_ref::<AuthId>()) else {
+            return Ok(());
+        };
+        if request.is::<ScramStoredPassword>() {
+            let credential = self.credential(mechanism, user);
+            request.satisfy::<ScramStoredPassword>(&ScramStoredPassword::new(
+                credential.iterations,
+                &credential.salt,
+                &credential.stored_key,
+                &credential.server_key,
+            ))?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self, _: &SessionData, context: &Context, validate: &mut Validate<'_>) -> Result<(), ValidationError> {
+        let user = context.get_ref::<AuthId>().unwrap_or_default();
+        // Acting as another user is not supported.
+        let authzid_ok = context.get_ref::<AuthzId>().is_none_or(|authzid| authzid.is_empty() || authzid == user);
+        let accepted = authzid_ok
+            && match self.scram {
+                // rsasl validates only after the client's proof matched.
+                Some(_) => self.users.contains_key(user),
+                None => context.get_ref::<Password>().is_some_and(|password| self.plain_matches(user, password)),
+            };
+        validate.with::<LoggedIn, _>(|| Ok(if accepted { Ok(user.to_string()) } else { Err(()) }))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rsasl::prelude::SASLClient;
+
+    use super::*;
+    use crate::protocol::scram::random_salt;
+
+    /// Alice, with a credential for each mechanism (derived once: PBKDF2 is
+    /// slow in a debug build).
+    fn users() -> Arc<Users> {
+        static USERS: OnceLock<Arc<Users>> = OnceLock::new();
+        let users = USERS.get_or_init(|| {
+            let mut users = Users::new();
+            for mechanism in ScramMechanism::ALL {
+                let credential = ScramCredential::from_password(mechanism, b"secret", &random_salt(), 4096).unwrap();
+                users.entry("alice".to_string()).or_default().insert(mechanism, credential);
+            }
+            Arc::new(users)
+        });
+        Arc::clone(users)
+    }
+
+    /// Runs a whole exchange with rsasl's client: the user logged in as, or
+    /// why it failed.
+    fn login(mechanism: &str, user: &str, password: &str, tls: bool) -> Result<String, LoginError> {
+        let mut server = Login::start(mechanism, users(), tls)?;
+        let config = SASLConfig::with_credentials(None, user.to_string(), password.to_string()).unwrap();
+        let name = Mechname::parse(mechanism.as_bytes()).unwrap();
+        let mut client = SASLClient::new(config).start_suggested(&[name]).unwrap();
+        let mut out = Cursor::new(Vec::new());
+        client.step(None, &mut out).unwrap();
+        loop {
+            match server.step(out.get_ref())? {
+                Step::Continue(token) => {
+                    out = Cursor::new(Vec::new());
+                    client.step(Some(&token), &mut out).map_err(|error| LoginError::Exchange(error.to_string()))?;
+                }
+                Step::Done { token, user } => {
+                    if !token.is_empty() {
+                        // The client checks the server's signature too.
+                        let mut last = Cursor::new(Vec::new());
+                        client.step(Some(&token), &mut last).unwrap();
+                    }
+                    return Ok(user);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scram_logins_succeed_with_the_password_and_fail_without_it() {
+        for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+            assert_eq!(login(mechanism, "alice", "secret", false).unwrap(), "alice");
+            assert!(matches!(login(mechanism, "alice", "wrong", false), Err(LoginError::Rejected)), "{mechanism}");
+            assert!(matches!(login(mechanism, "mallory", "secret", false), Err(LoginError::Rejected)), "{mechanism}");
+        }
+    }
+
+    #[test]
+    fn plain_needs_tls_and_checks_the_password_against_the_scram_credentials() {
+        assert!(matches!(login("PLAIN", "alice", "secret", false), Err(LoginError::UnsupportedMechanism(..))));
+        assert_eq!(login("PLAIN", "alice", "secret", true).unwrap(), "alice");
+        assert!(matches!(login("PLAIN", "alice", "secre", true), Err(LoginError::Rejected)));
+        assert!(matches!(login("PLAIN", "bob", "secret", true), Err(LoginError::Rejected)));
+    }
+
+    /// A client learns nothing about which users exist: an unknown user's
+    /// salt is stable across attempts, like a real one's.
+    #[test]
+    fn unknown_users_get_a_stable_salt() {
+        let first_answer = |user: &str| {
+            let mut login = Login::start("SCRAM-SHA-256", users(), false).unwrap();
+            let first = format!("n,,n={user},r=abcdefghijklmnop");
+            match login.step(first.as_bytes()).unwrap() {
+                Step::Continue(token) => String::from_utf8(token).unwrap(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let salt = |answer: String| answer.split(',').find(|part| part.starts_with("s=")).unwrap().to_string();
+        assert_eq!(salt(first_answer("mallory")), salt(first_answer("mallory")));
+        assert_ne!(salt(first_answer("mallory")), salt(first_answer("eve")));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever a client sends, in one token or several, the login
+        /// fails or succeeds; rsasl is never reached with a message it
+        /// would panic on.
+        #[test]
+        fn any_tokens_fail_cleanly(
+            mechanism in proptest::sample::select(vec!["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]),
+            tokens in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(b"nyrpcsivma=,\0x1".to_vec()), 0..24),
+                1..4,
+            ),
+        ) {
+            let mut login = Login::start(mechanism, users(), true).unwrap();
+            for token in &tokens {
+                match login.step(token) {
+                    Err(LoginError::Panicked) => proptest::prop_assert!(false, "rsasl panicked on {token:?}"),
+                    Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_fails_cleanly() {
+        for token in [&b""[..], b"n,,", b"x,,n=alice,r=1", &[0xff; 64], &vec![b'a'; TOKEN_BYTES_MAX + 1]] {
+            let mut login = Login::start("SCRAM-SHA-512", users(), false).unwrap();
+            assert!(login.step(token).is_err(), "{token:?}");
+        }
+        let mut login = Login::start("PLAIN", users(), true).unwrap();
+        assert!(login.step(b"\0alice").is_err());
+        assert!(matches!(login.step(b"\0alice\0secret"), Err(LoginError::Finished)));
+    }
+}
