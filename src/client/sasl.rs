@@ -9,7 +9,6 @@ use rsasl::prelude::{SASLClient, SASLConfig, State};
 
 use crate::protocol::wire::{Request, Response, SaslAuthenticateRequest};
 
-use super::connection::Connection;
 use super::error::ClientError;
 
 /// Who to log in as, and with which mechanism.
@@ -31,45 +30,50 @@ impl std::fmt::Debug for SaslCredentials {
     }
 }
 
-/// Logs `connection` in. The broker's final message is checked too: with
-/// SCRAM it proves the broker knows the user's credential.
-pub(crate) async fn login(connection: &Connection, credentials: &SaslCredentials) -> Result<(), ClientError> {
-    let invalid = |what: String| ClientError::InvalidArgument(format!("SASL login: {what}"));
-    let config = SASLConfig::with_credentials(None, credentials.user.clone(), credentials.password.clone())
-        .map_err(|error| invalid(error.to_string()))?;
-    let mechname = Mechname::parse(credentials.mechanism.as_bytes()).map_err(|error| invalid(error.to_string()))?;
-    let mut session =
-        SASLClient::new(config).start_suggested(&[mechname]).map_err(|error| invalid(error.to_string()))?;
-    let mut token = Cursor::new(Vec::new());
-    session.step(None, &mut token).map_err(|error| invalid(error.to_string()))?;
-    // SCRAM takes two round trips, PLAIN one; a broker that asks for more
-    // is not following the mechanism.
-    for _ in 0..4 {
-        let request = Request::SaslAuthenticate(SaslAuthenticateRequest {
-            mechanism: credentials.mechanism.clone(),
-            token: token.into_inner(),
-        });
-        let answer = match connection.call(&request, &[]).await? {
-            (Response::SaslAuthenticate(answer), _) => answer,
-            (other, _) => return Err(super::cluster::unexpected("SaslAuthenticate", &other)),
-        };
-        if !answer.error.is_ok() {
-            return Err(ClientError::Broker { code: answer.error, message: answer.message });
-        }
-        token = Cursor::new(Vec::new());
-        let state = if answer.token.is_empty() && answer.done {
-            State::Finished(rsasl::prelude::MessageSent::No)
-        } else {
-            session.step(Some(&answer.token), &mut token).map_err(|error| {
-                ClientError::UnexpectedResponse(format!("the broker's SASL answer did not verify: {error}"))
-            })?
-        };
-        if answer.done {
-            return Ok(());
-        }
-        if state.is_finished() && token.get_ref().is_empty() {
-            return Err(ClientError::UnexpectedResponse("the SASL exchange ended without a login".into()));
-        }
+/// The client's side of one login, driven by the connection.
+pub(crate) struct ClientLogin {
+    session: rsasl::prelude::Session,
+}
+
+impl ClientLogin {
+    /// Starts a login; returns it and the first token to send.
+    pub(crate) fn start(credentials: &SaslCredentials) -> Result<(ClientLogin, Vec<u8>), ClientError> {
+        let invalid = |what: String| ClientError::InvalidArgument(format!("SASL login: {what}"));
+        let config = SASLConfig::with_credentials(None, credentials.user.clone(), credentials.password.clone())
+            .map_err(|error| invalid(error.to_string()))?;
+        let mechname = Mechname::parse(credentials.mechanism.as_bytes()).map_err(|error| invalid(error.to_string()))?;
+        let mut session =
+            SASLClient::new(config).start_suggested(&[mechname]).map_err(|error| invalid(error.to_string()))?;
+        let mut token = Cursor::new(Vec::new());
+        session.step(None, &mut token).map_err(|error| invalid(error.to_string()))?;
+        Ok((ClientLogin { session }, token.into_inner()))
     }
-    Err(ClientError::UnexpectedResponse("the broker's SASL exchange did not end".into()))
+
+    /// Takes the broker's token; returns the next one to send (empty when
+    /// the exchange is over on this side). With SCRAM the broker's last
+    /// token proves it knows the user's credential.
+    pub(crate) fn step(&mut self, token: &[u8]) -> Result<(Vec<u8>, bool), ClientError> {
+        let mut out = Cursor::new(Vec::new());
+        let state = self.session.step(Some(token), &mut out).map_err(|error| {
+            ClientError::UnexpectedResponse(format!("the broker's SASL answer did not verify: {error}"))
+        })?;
+        Ok((out.into_inner(), state == State::Running))
+    }
+}
+
+/// Builds one login step's request.
+pub(crate) fn request(credentials: &SaslCredentials, token: Vec<u8>) -> Request {
+    Request::SaslAuthenticate(SaslAuthenticateRequest { mechanism: credentials.mechanism.clone(), token })
+}
+
+/// The answer to a login step, or the broker's refusal.
+pub(crate) fn answer(response: Response) -> Result<crate::protocol::wire::SaslAuthenticateResponse, ClientError> {
+    match response {
+        Response::SaslAuthenticate(answer) if answer.error.is_ok() => Ok(answer),
+        Response::SaslAuthenticate(answer) => Err(ClientError::Broker { code: answer.error, message: answer.message }),
+        other => Err(ClientError::UnexpectedResponse(format!(
+            "expected a SaslAuthenticate answer ({})",
+            other.error_code().name()
+        ))),
+    }
 }
