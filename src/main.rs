@@ -22,6 +22,9 @@ use ringbroker::client::{
     GroupRecord, Producer, ProducerConfig, ProducerRecord, SaslCredentials, SendFuture, StartPosition,
 };
 use ringbroker::config::{CpuSelection, TuningConfig};
+use ringbroker::protocol::acl::{
+    AclBinding, AclFilter, Operation, PatternType, Permission, ResourceType, CLUSTER_NAME,
+};
 use ringbroker::protocol::batch::Compression;
 use ringbroker::protocol::scram::{self, ScramCredential, ScramMechanism};
 use ringbroker::protocol::types::{AckLevel, Offset, PartitionId};
@@ -99,6 +102,50 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Add, remove or list access control lists (checked once logins are on).
+    Acl {
+        #[command(subcommand)]
+        action: AclAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AclAction {
+    /// Allows (or with --deny, denies) a principal operations on a resource.
+    Add(AclArgs),
+    /// Removes the bindings matching the filter (unset fields match any).
+    Remove(AclArgs),
+    /// Lists the bindings matching the filter (unset fields match any).
+    List(AclArgs),
+}
+
+#[derive(Args, Debug)]
+struct AclArgs {
+    /// User:name, or User:* for every principal.
+    #[arg(long)]
+    principal: Option<String>,
+    /// read, write, create, delete, alter, describe, describe-configs,
+    /// alter-configs, idempotent-write or all; repeat for several.
+    #[arg(long = "operation")]
+    operations: Vec<String>,
+    /// A topic (or * for every topic).
+    #[arg(long, conflicts_with_all = ["group", "cluster"])]
+    topic: Option<String>,
+    /// A consumer group (or * for every group).
+    #[arg(long, conflicts_with = "cluster")]
+    group: Option<String>,
+    /// The cluster itself (creating topics, managing users and ACLs).
+    #[arg(long)]
+    cluster: bool,
+    /// The name is a prefix: the binding covers every name starting with it.
+    #[arg(long)]
+    prefixed: bool,
+    /// A client address the binding applies to (default: any, *).
+    #[arg(long)]
+    host: Option<String>,
+    /// Deny instead of allow.
+    #[arg(long)]
+    deny: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -397,6 +444,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             with_client(broker, move |client| top(client, addr, args))
         }
         Command::User { action } => user(broker, action),
+        Command::Acl { action } => acl(broker, action),
     }
 }
 
@@ -479,6 +527,97 @@ fn user(broker: Target, action: UserAction) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The resource an `acl` command names, if any.
+fn acl_resource(args: &AclArgs) -> Option<(ResourceType, String)> {
+    match (&args.topic, &args.group, args.cluster) {
+        (Some(topic), _, _) => Some((ResourceType::Topic, topic.clone())),
+        (_, Some(group), _) => Some((ResourceType::Group, group.clone())),
+        (_, _, true) => Some((ResourceType::Cluster, CLUSTER_NAME.to_string())),
+        _ => None,
+    }
+}
+
+fn acl_operations(args: &AclArgs) -> anyhow::Result<Vec<Operation>> {
+    args.operations
+        .iter()
+        .map(|name| {
+            Operation::from_name(name).with_context(|| {
+                let known: Vec<&str> = Operation::ALL.iter().map(|operation| operation.name()).collect();
+                format!("--operation {name:?}: expected one of {}", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+fn acl(broker: Target, action: AclAction) -> anyhow::Result<()> {
+    let print = |bindings: &[AclBinding]| {
+        for b in bindings {
+            let pattern = if b.pattern == PatternType::Prefixed { " (prefix)" } else { "" };
+            let permission = if b.permission == Permission::Deny { "deny" } else { "allow" };
+            println!(
+                "{permission}\t{}\t{}\t{} {}{pattern}\thost {}",
+                b.principal,
+                b.operation.name(),
+                b.resource_type.name(),
+                b.resource_name,
+                b.host
+            );
+        }
+    };
+    match action {
+        AclAction::Add(args) => {
+            let (resource_type, resource_name) =
+                acl_resource(&args).context("name a resource: --topic, --group or --cluster")?;
+            let principal = args.principal.clone().context("--principal is required (User:name or User:*)")?;
+            let operations = acl_operations(&args)?;
+            anyhow::ensure!(!operations.is_empty(), "--operation is required");
+            let bindings: Vec<AclBinding> = operations
+                .into_iter()
+                .map(|operation| AclBinding {
+                    resource_type,
+                    resource_name: resource_name.clone(),
+                    pattern: if args.prefixed { PatternType::Prefixed } else { PatternType::Literal },
+                    principal: principal.clone(),
+                    host: args.host.clone().unwrap_or_else(|| "*".into()),
+                    operation,
+                    permission: if args.deny { Permission::Deny } else { Permission::Allow },
+                })
+                .collect();
+            let added = bindings.clone();
+            run_client(broker, |client| async move { Ok(client.alter_acls(bindings, Vec::new()).await?) })?;
+            print(&added);
+        }
+        AclAction::Remove(args) | AclAction::List(args) if acl_operations(&args)?.len() > 1 => {
+            anyhow::bail!("a filter takes at most one --operation")
+        }
+        AclAction::Remove(args) => {
+            let filter = acl_filter(&args)?;
+            let removed =
+                run_client(broker, |client| async move { Ok(client.alter_acls(Vec::new(), vec![filter]).await?) })?;
+            print(&removed);
+            println!("removed {}", plural(removed.len() as u64, "binding"));
+        }
+        AclAction::List(args) => {
+            let filter = acl_filter(&args)?;
+            print(&run_client(broker, |client| async move { Ok(client.describe_acls(filter).await?) })?);
+        }
+    }
+    Ok(())
+}
+
+fn acl_filter(args: &AclArgs) -> anyhow::Result<AclFilter> {
+    let resource = acl_resource(args);
+    Ok(AclFilter {
+        resource_type: resource.as_ref().map(|(kind, _)| *kind),
+        resource_name: resource.map(|(_, name)| name),
+        pattern: args.prefixed.then_some(PatternType::Prefixed),
+        principal: args.principal.clone(),
+        host: args.host.clone(),
+        operation: acl_operations(args)?.first().copied(),
+        permission: args.deny.then_some(Permission::Deny),
+    })
 }
 
 /// Locks a stopped broker's data directory.

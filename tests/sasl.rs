@@ -71,8 +71,24 @@ fn setup(dir: &Path, tls: bool) -> (PathBuf, PathBuf, Option<PathBuf>) {
     (data, tuning, ca)
 }
 
-fn start(data: &Path, tuning: &Path) -> BrokerProcess {
-    BrokerProcess::start(data, &["--tuning", tuning.to_str().unwrap()])
+/// Starts the broker and, the first time, lets every user use every topic
+/// and group (ACLs are deny-by-default once logins are on; `tests/acl.rs`
+/// covers them).
+fn start(data: &Path, tuning: &Path, ca: Option<&Path>) -> BrokerProcess {
+    let broker = BrokerProcess::start(data, &["--tuning", tuning.to_str().unwrap()]);
+    let addr = broker.addr.to_string();
+    let tls: Vec<&str> = ca.map(|ca| vec!["--tls-ca", ca.to_str().unwrap()]).unwrap_or_default();
+    let grants: [&[&str]; 3] = [
+        &["--topic", "*", "--operation", "all"],
+        &["--group", "*", "--operation", "all"],
+        &["--cluster", "--operation", "create", "--operation", "idempotent-write"],
+    ];
+    for grant in grants {
+        let login = ["--broker", &addr, "--user", "admin"];
+        let args = [&login[..], &tls, &["acl", "add", "--principal", "User:*"][..], grant].concat();
+        succeeded(&ringbroker(&args, Some("admin-secret"), ""));
+    }
+    broker
 }
 
 fn sasl_ssl<'a>(ca: &'a str, mechanism: &'a str, user: &'a str, password: &'a str) -> Vec<String> {
@@ -116,8 +132,8 @@ fn kcat_logs_in_over_tls_and_a_wrong_password_fails_cleanly() {
     let dir = temp_dir();
     let (data, tuning, ca) = setup(dir.path(), true);
     let ca = ca.unwrap();
+    let broker = start(&data, &tuning, Some(&ca));
     let ca = ca.to_str().unwrap();
-    let broker = start(&data, &tuning);
     let bootstrap = broker.kafka_addr.unwrap().to_string();
     let lines: Vec<String> = (0..20).map(|i| format!("k{i}|signed {i}")).collect();
     let produce = ["-b", &bootstrap, "-P", "-t", "ledger", "-p", "0", "-K", "|"];
@@ -152,7 +168,7 @@ fn confluent_kafka_logs_in_with_scram_over_tls() {
     let dir = temp_dir();
     let (data, tuning, ca) = setup(dir.path(), true);
     let ca = ca.unwrap();
-    let broker = start(&data, &tuning);
+    let broker = start(&data, &tuning, Some(&ca));
     let bootstrap = broker.kafka_addr.unwrap().to_string();
     let script = clients_script();
     let run = |mechanism: &str, password: &str| {
@@ -179,7 +195,7 @@ fn confluent_kafka_logs_in_with_scram_over_tls() {
 fn plain_needs_tls_and_requests_before_the_login_are_refused() {
     let dir = temp_dir();
     let (data, tuning, _) = setup(dir.path(), false);
-    let broker = start(&data, &tuning);
+    let broker = start(&data, &tuning, None);
     let kafka = broker.kafka_addr.unwrap();
     let mut early = KafkaConnection::open(kafka);
     early.send(ApiKey::Metadata, 12, &MetadataRequest::default());
@@ -222,7 +238,7 @@ fn plain_needs_tls_and_requests_before_the_login_are_refused() {
 fn the_cli_logs_in_and_superusers_manage_users() {
     let dir = temp_dir();
     let (data, tuning, _) = setup(dir.path(), false);
-    let broker = start(&data, &tuning);
+    let broker = start(&data, &tuning, None);
     let addr = broker.addr.to_string();
     let as_user = |user: &str, password: &str, args: &[&str], stdin: &str| {
         let login = ["--broker", &addr, "--user", user];
@@ -262,7 +278,7 @@ fn the_cli_logs_in_and_superusers_manage_users() {
     assert!(broker.terminate().success());
 
     // After a restart the users are as they were left.
-    let broker = start(&data, &tuning);
+    let broker = start(&data, &tuning, None);
     let addr = broker.addr.to_string();
     let users =
         succeeded(&ringbroker(&["--broker", &addr, "--user", "admin", "user", "list"], Some("admin-secret"), ""));

@@ -249,6 +249,35 @@ impl Client {
         }
     }
 
+    /// Adds ACL bindings, then removes what each filter matches; returns
+    /// the bindings removed.
+    pub async fn alter_acls(
+        &self,
+        add: Vec<crate::protocol::acl::AclBinding>,
+        remove: Vec<crate::protocol::acl::AclFilter>,
+    ) -> Result<Vec<crate::protocol::acl::AclBinding>, ClientError> {
+        let request = Request::AlterAcls(crate::protocol::wire::AlterAclsRequest { add, remove });
+        match self.bootstrap_call(&request).await? {
+            Response::AlterAcls(response) if response.error.is_ok() => Ok(response.removed),
+            Response::AlterAcls(response) => Err(ClientError::broker(response.error, response.message)),
+            other => Err(unexpected("AlterAcls", &other)),
+        }
+    }
+
+    /// The ACL bindings `filter` matches.
+    pub async fn describe_acls(
+        &self,
+        filter: crate::protocol::acl::AclFilter,
+    ) -> Result<Vec<crate::protocol::acl::AclBinding>, ClientError> {
+        match self.bootstrap_call(&Request::DescribeAcls(filter)).await? {
+            Response::DescribeAcls(response) if response.error.is_ok() => Ok(response.acls),
+            Response::DescribeAcls(response) => {
+                Err(ClientError::broker(response.error, format!("describing ACLs: {}", response.error.name())))
+            }
+            other => Err(unexpected("DescribeAcls", &other)),
+        }
+    }
+
     /// Deletes the records of a partition below `before` (`None`: every
     /// durable record). Returns the partition's first offset afterwards.
     pub async fn delete_records(
@@ -941,6 +970,8 @@ pub(crate) fn unexpected(expected: &str, got: &Response) -> ClientError {
         Response::SaslAuthenticate(_) => "SaslAuthenticate",
         Response::AlterCredentials(_) => "AlterCredentials",
         Response::DescribeCredentials(_) => "DescribeCredentials",
+        Response::AlterAcls(_) => "AlterAcls",
+        Response::DescribeAcls(_) => "DescribeAcls",
     };
     ClientError::UnexpectedResponse(format!("expected a {expected} response, got {name}"))
 }

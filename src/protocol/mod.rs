@@ -4,6 +4,7 @@
 //! typed ids and units, the Kafka RecordBatch v2 codec that is the unit of
 //! data both on the wire and on disk, and the native wire protocol's frames
 //! and messages.
+pub mod acl;
 pub mod batch;
 pub mod compression;
 pub mod kafka;

@@ -365,6 +365,10 @@ pub enum Request {
     AlterCredentials(AlterCredentialsRequest),
     /// Lists users and the mechanisms they have credentials for.
     DescribeCredentials,
+    /// Adds ACL bindings, then removes what each filter matches.
+    AlterAcls(AlterAclsRequest),
+    /// The ACL bindings a filter matches.
+    DescribeAcls(crate::protocol::acl::AclFilter),
 }
 
 impl Request {
@@ -395,6 +399,8 @@ impl Request {
             Request::SaslAuthenticate(_) => "sasl_authenticate",
             Request::AlterCredentials(_) => "alter_credentials",
             Request::DescribeCredentials => "describe_credentials",
+            Request::AlterAcls(_) => "alter_acls",
+            Request::DescribeAcls(_) => "describe_acls",
         }
     }
 }
@@ -430,6 +436,28 @@ pub enum Response {
     SaslAuthenticate(SaslAuthenticateResponse),
     AlterCredentials(AlterCredentialsResponse),
     DescribeCredentials(DescribeCredentialsResponse),
+    AlterAcls(AlterAclsResponse),
+    DescribeAcls(DescribeAclsResponse),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlterAclsRequest {
+    pub add: Vec<crate::protocol::acl::AclBinding>,
+    pub remove: Vec<crate::protocol::acl::AclFilter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlterAclsResponse {
+    pub error: ErrorCode,
+    pub message: String,
+    /// The bindings the filters removed.
+    pub removed: Vec<crate::protocol::acl::AclBinding>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeAclsResponse {
+    pub error: ErrorCode,
+    pub acls: Vec<crate::protocol::acl::AclBinding>,
 }
 
 /// One step of a SASL login. `mechanism` names it in every step (the
@@ -586,6 +614,8 @@ impl Response {
             Response::SaslAuthenticate(response) => Some(response.error),
             Response::AlterCredentials(response) => first(response.results.iter().map(|r| r.error)),
             Response::DescribeCredentials(response) => Some(response.error),
+            Response::AlterAcls(response) => Some(response.error),
+            Response::DescribeAcls(response) => Some(response.error),
             Response::Pong
             | Response::Metadata(_)
             | Response::Stats(_)

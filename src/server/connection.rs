@@ -333,7 +333,8 @@ impl Server {
             Protocol::Native => self.auth.native,
             Protocol::Kafka => self.auth.kafka,
         };
-        let login = LoginGate::new(required, matches!(stream, Stream::Tls(_)), Rc::clone(&self.auth));
+        let tls = matches!(stream, Stream::Tls(_));
+        let login = LoginGate::new(required, tls, Rc::clone(&self.auth), presence.ip);
         let connection = Rc::new(Connection {
             login,
             stream: SharedStream(RefCell::new(stream)),
@@ -555,7 +556,7 @@ impl Server {
         if !connection.login.is_open() {
             return self.native_login(connection, request_id, request, permits).await;
         }
-        let may_manage_users = connection.login.may_manage_users();
+        let access = connection.login.access();
         // Produce with acks none promises no response, not even a timeout.
         let silent = matches!(&request, Request::Produce(produce) if produce.acks == AckLevel::None);
         let (server, connection) = (Rc::clone(self), Rc::clone(connection));
@@ -572,7 +573,7 @@ impl Server {
             let held = (permits, response_permits);
             let limits = &server.limits;
             let handled = glommio::timer::timeout(limits.request_timeout, async {
-                Ok(dispatch::handle(&server.shard, request, payload, limits, may_manage_users).await)
+                Ok(dispatch::handle(&server.shard, request, payload, limits, &access).await)
             })
             .await;
             match handled {
@@ -686,7 +687,7 @@ impl Server {
                 None => return Ok(()),
             }
         };
-        let may_manage_users = connection.login.may_manage_users();
+        let access = connection.login.access();
         let seq = connection.order.begin();
         let kind = kafka_kind(parsed.api_key);
         let (server, connection) = (Rc::clone(self), Rc::clone(connection));
@@ -723,7 +724,7 @@ impl Server {
             let mut permits = permits;
             let limits = &server.limits;
             let handled = glommio::timer::timeout(limits.request_timeout, async {
-                Ok(kafka::handle(&server.shard, &endpoints, limits, parsed, fetch_wait_ms, may_manage_users).await)
+                Ok(kafka::handle(&server.shard, &endpoints, limits, parsed, fetch_wait_ms, &access).await)
             })
             .await;
             let outcome = handled.unwrap_or_else(|_| kafka::Outcome::Close("request timed out".into()));

@@ -6,15 +6,18 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
+use crate::protocol::acl::Operation;
 use crate::protocol::types::AckLevel;
 use crate::protocol::wire::{
-    AlterCredentialsResponse, ConfigValue, DeleteRecordsResponse, DescribeConfigsResponse, DescribeCredentialsResponse,
-    ErrorCode, ErrorResponse, FetchRequest, FetchResponse, ListOffsetsResponse, ProduceRequest, ProduceResponse,
-    ProducerIdentity, Request, Response, SaslAuthenticateResponse, TopicConfigs,
+    AlterAclsRequest, AlterAclsResponse, AlterCredentialsResponse, ConfigValue, DeleteRecordsResponse,
+    DescribeAclsResponse, DescribeConfigsResponse, DescribeCredentialsResponse, ErrorCode, ErrorResponse, FetchRequest,
+    FetchResponse, ListOffsetsResponse, ProduceRequest, ProduceResponse, ProducerIdentity, Request, Response,
+    SaslAuthenticateResponse, TopicConfigs,
 };
 use crate::shard::topic_config::{ConfigEdit, TopicConfig};
-use crate::shard::{Counters, ProduceItem, Shard};
+use crate::shard::{AclChange, Counters, ProduceItem, Shard};
 
+use super::access::Access;
 use super::limits::Limits;
 
 /// Most partitions one request may name.
@@ -37,10 +40,17 @@ pub(super) async fn handle(
     request: Request,
     payload: BytesMut,
     limits: &Limits,
-    may_manage_users: bool,
+    access: &Access,
 ) -> Option<(Response, Vec<u8>)> {
     let kind = request.kind();
-    let answer = serve(shard, request, payload, limits, may_manage_users).await;
+    let answer = match authorize(shard, access, &request) {
+        Ok(()) => serve(shard, request, payload, limits, access).await,
+        Err(refusal) => {
+            let silent = matches!(&request, Request::Produce(produce) if produce.acks == AckLevel::None);
+            let response = Response::Error(ErrorResponse { code: ErrorCode::NOT_AUTHORIZED, message: refusal });
+            (!silent).then_some((response, Vec::new()))
+        }
+    };
     let code = answer.as_ref().map_or(ErrorCode::NONE, |(response, _)| response.error_code());
     shard.counters().record_request(kind, code);
     answer
@@ -51,15 +61,9 @@ async fn serve(
     request: Request,
     payload: BytesMut,
     limits: &Limits,
-    may_manage_users: bool,
+    access: &Access,
 ) -> Option<(Response, Vec<u8>)> {
     let counters = shard.counters();
-    let not_authorized = || {
-        Response::Error(ErrorResponse {
-            code: ErrorCode::NOT_AUTHORIZED,
-            message: "managing users takes a superuser (auth.superusers)".into(),
-        })
-    };
     let response = match request {
         Request::SaslAuthenticate(_) => Response::SaslAuthenticate(SaslAuthenticateResponse {
             error: ErrorCode::INVALID_REQUEST,
@@ -67,14 +71,19 @@ async fn serve(
             token: Vec::new(),
             done: false,
         }),
-        Request::AlterCredentials(_) | Request::DescribeCredentials if !may_manage_users => {
-            Counters::add(&counters.admin_requests, 1);
-            not_authorized()
-        }
         Request::AlterCredentials(request) => {
             Counters::add(&counters.admin_requests, 1);
             let results = shard.alter_credentials(request.upserts, request.deletions).await;
             Response::AlterCredentials(AlterCredentialsResponse { results })
+        }
+        Request::AlterAcls(request) => {
+            Counters::add(&counters.admin_requests, 1);
+            Response::AlterAcls(alter_acls(shard, request).await)
+        }
+        Request::DescribeAcls(filter) => {
+            Counters::add(&counters.admin_requests, 1);
+            let acls = shard.metadata().acls.iter().filter(|binding| filter.matches(binding)).cloned().collect();
+            Response::DescribeAcls(DescribeAclsResponse { error: ErrorCode::NONE, acls })
         }
         Request::DescribeCredentials => {
             Counters::add(&counters.admin_requests, 1);
@@ -87,7 +96,10 @@ async fn serve(
         }
         Request::Metadata(request) => {
             Counters::add(&counters.metadata_requests, 1);
-            Response::Metadata(shard.metadata_response(request.topics))
+            let mut response = shard.metadata_response(request.topics);
+            // Topics the principal may not describe are not shown.
+            response.topics.retain(|topic| access.topic(shard, Operation::Describe, &topic.name));
+            Response::Metadata(response)
         }
         Request::CreateTopic(request) => {
             Counters::add(&counters.admin_requests, 1);
@@ -161,6 +173,94 @@ async fn serve(
         | Request::ResetGroup(_)) => shard.group_request(group).await,
     };
     Some((response, Vec::new()))
+}
+
+/// Adds the bindings, then applies each removal, stopping at the first
+/// failure.
+async fn alter_acls(shard: &Rc<Shard>, request: AlterAclsRequest) -> AlterAclsResponse {
+    let mut removed = Vec::new();
+    let changes = std::iter::once(AclChange::Add(request.add))
+        .filter(|change| !matches!(change, AclChange::Add(add) if add.is_empty()))
+        .chain(request.remove.into_iter().map(AclChange::Delete));
+    for change in changes {
+        let (result, gone) = shard.change_acls(change).await;
+        if !result.error.is_ok() {
+            return AlterAclsResponse { error: result.error, message: result.message, removed };
+        }
+        removed.extend(gone);
+    }
+    AlterAclsResponse { error: ErrorCode::NONE, message: String::new(), removed }
+}
+
+/// Whether `access` covers everything `request` does; the refusal says
+/// what is missing. A request is refused whole (the native protocol has no
+/// per-partition authorization errors).
+fn authorize(shard: &Shard, access: &Access, request: &Request) -> Result<(), String> {
+    use Operation::*;
+    fn each_topic<'a>(
+        shard: &Shard,
+        access: &Access,
+        operation: Operation,
+        mut names: impl Iterator<Item = &'a String>,
+    ) -> Result<(), String> {
+        match names.find(|topic| !access.topic(shard, operation, topic)) {
+            Some(topic) => Err(format!("{} on topic {topic} is not allowed", operation.name())),
+            None => Ok(()),
+        }
+    }
+    let topics =
+        |operation: Operation, names: &mut dyn Iterator<Item = &String>| each_topic(shard, access, operation, names);
+    let group = |operation: Operation, group: &str| {
+        if access.group(shard, operation, group) {
+            Ok(())
+        } else {
+            Err(format!("{} on group {group} is not allowed", operation.name()))
+        }
+    };
+    let cluster = |operation: Operation| {
+        if access.cluster(shard, operation) {
+            Ok(())
+        } else {
+            Err(format!("{} on the cluster is not allowed", operation.name()))
+        }
+    };
+    match request {
+        Request::Ping | Request::Metadata(_) | Request::SaslAuthenticate(_) => Ok(()),
+        Request::CreateTopic(create) if access.may_create_topic(shard, &create.name) => Ok(()),
+        Request::CreateTopic(create) => Err(format!("create on topic {} is not allowed", create.name)),
+        Request::DeleteTopic(delete) => topics(Delete, &mut std::iter::once(&delete.name)),
+        Request::Produce(produce) => topics(Write, &mut produce.partitions.iter().map(|p| &p.topic)),
+        Request::Fetch(fetch) => topics(Read, &mut fetch.partitions.iter().map(|p| &p.topic)),
+        Request::ListOffsets(list) => topics(Describe, &mut list.partitions.iter().map(|p| &p.topic)),
+        Request::Stats => cluster(Describe),
+        Request::InitProducerId => {
+            let metadata = shard.metadata();
+            let writes_somewhere = metadata.topics.keys().any(|topic| access.topic(shard, Write, topic));
+            if writes_somewhere {
+                Ok(())
+            } else {
+                cluster(IdempotentWrite)
+            }
+        }
+        Request::DescribeConfigs(describe) => topics(DescribeConfigs, &mut describe.topics.iter()),
+        Request::AlterConfigs(alter) => topics(AlterConfigs, &mut std::iter::once(&alter.topic)),
+        Request::DeleteRecords(delete) => topics(Delete, &mut delete.partitions.iter().map(|p| &p.topic)),
+        Request::FindCoordinator(find) => group(Describe, &find.group),
+        Request::JoinGroup(join) => group(Read, &join.group),
+        Request::Heartbeat(heartbeat) => group(Read, &heartbeat.group),
+        Request::LeaveGroup(leave) => group(Read, &leave.group),
+        Request::CommitOffsets(commit) => {
+            group(Read, &commit.group).and_then(|()| topics(Read, &mut commit.offsets.iter().map(|o| &o.topic)))
+        }
+        Request::FetchCommitted(fetch) => group(Describe, &fetch.group),
+        Request::DescribeGroup(describe) => group(Describe, &describe.group),
+        Request::ListGroups => cluster(Describe),
+        Request::ResetGroup(reset) => {
+            group(Read, &reset.group).and_then(|()| topics(Read, &mut std::iter::once(&reset.topic)))
+        }
+        Request::AlterCredentials(_) | Request::AlterAcls(_) => cluster(Alter),
+        Request::DescribeCredentials | Request::DescribeAcls(_) => cluster(Describe),
+    }
 }
 
 fn describe_configs(shard: &Rc<Shard>, topics: &[String]) -> DescribeConfigsResponse {

@@ -38,6 +38,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::config::KafkaMode;
+use crate::protocol::acl::Operation;
 use crate::protocol::kafka::bounds::{self, BoundsError};
 use crate::protocol::kafka::schemas;
 use crate::protocol::types::{AckLevel, PartitionId};
@@ -45,9 +46,10 @@ use crate::protocol::wire::{self, ErrorCode, FetchPartition, ListOffsetsPartitio
 use crate::shard::topic_config::TopicConfig;
 use crate::shard::{Counters, ProduceItem, Shard};
 
+use super::access::Access;
 use super::kafka_codes::{codes, kafka_code};
 use super::limits::Limits;
-use super::{dispatch, kafka_admin};
+use super::{dispatch, kafka_acls, kafka_admin, kafka_group_acl};
 
 /// Where Kafka clients reach the broker.
 #[derive(Debug, Clone)]
@@ -129,13 +131,13 @@ pub fn parse(frame: Bytes) -> Result<Parsed, String> {
 /// `fetch_wait_ms`: for a Fetch, what is left of its long-poll after the
 /// connection waited for data and reserved its response budget (see
 /// [`fetch_to_reserve`]).
-pub async fn handle(
+pub(crate) async fn handle(
     shard: &Rc<Shard>,
     endpoints: &KafkaEndpoints,
     limits: &Limits,
     request: Parsed,
     fetch_wait_ms: Option<u32>,
-    may_manage_users: bool,
+    access: &Access,
 ) -> Outcome {
     let Parsed { api_key, version, correlation_id, body } = request;
     let Some(schema) = served(api_key) else {
@@ -159,11 +161,15 @@ pub async fn handle(
     }
     let response = match api_key {
         // Managing users depends on who asks, which only the connection knows.
-        ApiKey::DescribeUserScramCredentials | ApiKey::AlterUserScramCredentials => {
+        ApiKey::DescribeUserScramCredentials
+        | ApiKey::AlterUserScramCredentials
+        | ApiKey::DescribeAcls
+        | ApiKey::CreateAcls
+        | ApiKey::DeleteAcls => {
             Counters::add(&shard.counters().admin_requests, 1);
-            users_request(shard, api_key, version, body, may_manage_users).await.map(Some)
+            security_request(shard, access, api_key, version, body).await.map(Some)
         }
-        _ => serve(shard, endpoints, limits, api_key, version, body, fetch_wait_ms).await,
+        _ => serve(shard, endpoints, limits, access, (api_key, version, body), fetch_wait_ms).await,
     };
     let response = match response {
         Ok(Some(response)) => response,
@@ -219,9 +225,8 @@ async fn serve(
     shard: &Rc<Shard>,
     endpoints: &KafkaEndpoints,
     limits: &Limits,
-    api_key: ApiKey,
-    version: i16,
-    body: Bytes,
+    access: &Access,
+    (api_key, version, body): (ApiKey, i16, Bytes),
     fetch_wait_ms: Option<u32>,
 ) -> Result<Option<ResponseKind>, BoundsError> {
     let counters = shard.counters();
@@ -249,43 +254,51 @@ async fn serve(
             let _: ApiVersionsRequest = decode(body, version)?;
             ResponseKind::ApiVersions(api_versions(codes::NONE))
         }
-        ApiKey::Metadata => ResponseKind::Metadata(metadata(shard, endpoints, version, decode(body, version)?).await),
+        ApiKey::Metadata => {
+            ResponseKind::Metadata(metadata(shard, endpoints, access, version, decode(body, version)?).await)
+        }
         ApiKey::Produce => {
             let request: ProduceRequest = decode(body, version)?;
-            let response = produce(shard, endpoints, limits, request).await;
+            let response = produce(shard, endpoints, limits, access, request).await;
             return Ok(response.map(ResponseKind::Produce));
         }
         ApiKey::Fetch => {
             let request: FetchRequest = decode(body, version)?;
-            let (mut native, shape) = native_fetch(&request, limits);
+            let (mut native, shape) =
+                native_fetch(&request, limits, |topic| access.topic(shard, Operation::Read, topic));
             if let Some(wait_ms) = fetch_wait_ms {
                 native.max_wait_ms = native.max_wait_ms.min(wait_ms);
             }
             ResponseKind::Fetch(fetch(shard, version, native, shape).await)
         }
-        ApiKey::ListOffsets => ResponseKind::ListOffsets(list_offsets(shard, version, decode(body, version)?).await),
+        ApiKey::ListOffsets => {
+            ResponseKind::ListOffsets(list_offsets(shard, access, version, decode(body, version)?).await)
+        }
         ApiKey::CreateTopics => {
-            ResponseKind::CreateTopics(kafka_admin::create_topics(shard, version, decode(body, version)?).await)
+            ResponseKind::CreateTopics(kafka_admin::create_topics(shard, access, version, decode(body, version)?).await)
         }
         ApiKey::DeleteTopics => {
-            ResponseKind::DeleteTopics(kafka_admin::delete_topics(shard, decode(body, version)?).await)
+            ResponseKind::DeleteTopics(kafka_admin::delete_topics(shard, access, decode(body, version)?).await)
         }
         ApiKey::DescribeConfigs => {
-            ResponseKind::DescribeConfigs(kafka_admin::describe_configs(shard, version, decode(body, version)?))
+            ResponseKind::DescribeConfigs(kafka_admin::describe_configs(shard, access, version, decode(body, version)?))
         }
         ApiKey::AlterConfigs => {
-            ResponseKind::AlterConfigs(kafka_admin::alter_configs(shard, decode(body, version)?).await)
+            ResponseKind::AlterConfigs(kafka_admin::alter_configs(shard, access, decode(body, version)?).await)
         }
         ApiKey::IncrementalAlterConfigs => ResponseKind::IncrementalAlterConfigs(
-            kafka_admin::incremental_alter_configs(shard, decode(body, version)?).await,
+            kafka_admin::incremental_alter_configs(shard, access, decode(body, version)?).await,
         ),
         ApiKey::DeleteRecords => {
-            ResponseKind::DeleteRecords(kafka_admin::delete_records(shard, decode(body, version)?).await)
+            ResponseKind::DeleteRecords(kafka_admin::delete_records(shard, access, decode(body, version)?).await)
         }
         ApiKey::FindCoordinator => {
-            ResponseKind::FindCoordinator(find_coordinator(shard, endpoints, version, decode(body, version)?))
+            let request: FindCoordinatorRequest = decode(body, version)?;
+            ResponseKind::FindCoordinator(find_coordinator(shard, endpoints, access, version, request))
         }
-        ApiKey::InitProducerId => ResponseKind::InitProducerId(init_producer_id(shard, decode(body, version)?).await),
+        ApiKey::InitProducerId => {
+            ResponseKind::InitProducerId(init_producer_id(shard, access, decode(body, version)?).await)
+        }
         // On a connection that is logged in, or needs no login: the
         // exchange is over (or never started).
         ApiKey::SaslHandshake => {
@@ -298,32 +311,49 @@ async fn serve(
                 SaslAuthenticateResponse::default().with_error_code(codes::ILLEGAL_SASL_STATE),
             )
         }
-        group_api => match shard.kafka_group_request(group_api, version, body).await {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::debug!(%error, "a Kafka group request failed");
-                return Err(BoundsError::Truncated { at: 0 });
+        group_api => {
+            let gate = kafka_group_acl::gate(shard, access, group_api, version, &body);
+            let body = match &gate {
+                kafka_group_acl::GroupGate::Answer(refused) => return Ok(Some((**refused).clone())),
+                kafka_group_acl::GroupGate::WithoutGroups(body, _)
+                | kafka_group_acl::GroupGate::WithoutTopics(body, _) => body.clone(),
+                _ => body,
+            };
+            match shard.kafka_group_request(group_api, version, body).await {
+                Ok(response) => kafka_group_acl::finish(shard, access, gate, response),
+                Err(error) => {
+                    tracing::debug!(%error, "a Kafka group request failed");
+                    return Err(BoundsError::Truncated { at: 0 });
+                }
             }
-        },
+        }
     };
     Ok(Some(response))
 }
 
-/// DescribeUserScramCredentials and AlterUserScramCredentials.
-async fn users_request(
+/// Users and ACLs: Describe on the cluster to read them, Alter to change.
+async fn security_request(
     shard: &Rc<Shard>,
+    access: &Access,
     api_key: ApiKey,
     version: i16,
     body: Bytes,
-    may_manage_users: bool,
 ) -> Result<ResponseKind, BoundsError> {
+    let (describe, alter) = (access.cluster(shard, Operation::Describe), access.cluster(shard, Operation::Alter));
     Ok(match api_key {
         ApiKey::DescribeUserScramCredentials => ResponseKind::DescribeUserScramCredentials(
-            kafka_admin::describe_user_scram_credentials(shard, may_manage_users, decode(body, version)?),
+            kafka_admin::describe_user_scram_credentials(shard, describe, decode(body, version)?),
         ),
-        _ => ResponseKind::AlterUserScramCredentials(
-            kafka_admin::alter_user_scram_credentials(shard, may_manage_users, decode(body, version)?).await,
+        ApiKey::AlterUserScramCredentials => ResponseKind::AlterUserScramCredentials(
+            kafka_admin::alter_user_scram_credentials(shard, alter, decode(body, version)?).await,
         ),
+        ApiKey::DescribeAcls => {
+            ResponseKind::DescribeAcls(kafka_acls::describe_acls(shard, access, decode(body, version)?))
+        }
+        ApiKey::CreateAcls => {
+            ResponseKind::CreateAcls(kafka_acls::create_acls(shard, access, decode(body, version)?).await)
+        }
+        _ => ResponseKind::DeleteAcls(kafka_acls::delete_acls(shard, access, decode(body, version)?).await),
     })
 }
 
@@ -367,11 +397,17 @@ fn name(text: &str) -> StrBytes {
 
 /// Creates `topic` with the default partition count if it does not exist
 /// and auto-creation is on; true if it exists afterwards.
-async fn ensure_topic(shard: &Rc<Shard>, endpoints: &KafkaEndpoints, topic: &str, allowed: bool) -> bool {
+async fn ensure_topic(
+    shard: &Rc<Shard>,
+    endpoints: &KafkaEndpoints,
+    access: &Access,
+    topic: &str,
+    allowed: bool,
+) -> bool {
     if shard.metadata().topics.contains_key(topic) {
         return true;
     }
-    if !(endpoints.auto_create_topics && allowed) {
+    if !(endpoints.auto_create_topics && allowed && access.may_create_topic(shard, topic)) {
         return false;
     }
     let created = shard.create_topic(topic.to_string(), 0, TopicConfig::default()).await;
@@ -381,9 +417,11 @@ async fn ensure_topic(shard: &Rc<Shard>, endpoints: &KafkaEndpoints, topic: &str
 async fn metadata(
     shard: &Rc<Shard>,
     endpoints: &KafkaEndpoints,
+    access: &Access,
     version: i16,
     request: MetadataRequest,
 ) -> MetadataResponse {
+    let describable = |topic: &str| access.topic(shard, Operation::Describe, topic);
     let names: Option<Vec<String>> = match request.topics {
         // v0: an empty list means every topic.
         Some(topics) if !(version == 0 && topics.is_empty()) => {
@@ -393,8 +431,8 @@ async fn metadata(
     };
     let allow_create = version < 4 || request.allow_auto_topic_creation;
     if let Some(names) = &names {
-        for topic in names {
-            ensure_topic(shard, endpoints, topic, allow_create).await;
+        for topic in names.iter().filter(|topic| describable(topic)) {
+            ensure_topic(shard, endpoints, access, topic, allow_create).await;
         }
     }
     let metadata = shard.metadata();
@@ -408,11 +446,16 @@ async fn metadata(
                 .with_port(i32::from(port))
         })
         .collect();
-    let names = names.unwrap_or_else(|| metadata.topics.keys().cloned().collect());
+    // Listing every topic shows only those the principal may describe; a
+    // topic asked for by name is answered TOPIC_AUTHORIZATION_FAILED.
+    let names = names.unwrap_or_else(|| metadata.topics.keys().filter(|topic| describable(topic)).cloned().collect());
     let topics = names
         .iter()
         .map(|topic| {
             let mut entry = MetadataResponseTopic::default().with_name(Some(TopicName(name(topic))));
+            if !describable(topic) {
+                return entry.with_error_code(codes::TOPIC_AUTHORIZATION_FAILED);
+            }
             match metadata.topics.get(topic) {
                 Some(placement) => {
                     let partitions = placement
@@ -453,6 +496,7 @@ async fn produce(
     shard: &Rc<Shard>,
     endpoints: &KafkaEndpoints,
     limits: &Limits,
+    access: &Access,
     request: ProduceRequest,
 ) -> Option<ProduceResponse> {
     let acks = match request.acks {
@@ -471,12 +515,15 @@ async fn produce(
         let TopicProduceData { name, partition_data, .. } = topic;
         let topic_name = name.0.to_string();
         drop(name);
-        let exists = ensure_topic(shard, endpoints, &topic_name, true).await;
+        let writable_topic = access.topic(shard, Operation::Write, &topic_name);
+        let exists = writable_topic && ensure_topic(shard, endpoints, access, &topic_name, true).await;
         let mut partitions = Vec::with_capacity(partition_data.len());
         for (partition_index, data) in partition_data.into_iter().enumerate() {
             let mut answer = PartitionProduceResponse::default().with_index(data.index);
             let records = data.records.unwrap_or_default();
-            if !exists || data.index < 0 {
+            if !writable_topic {
+                answer = answer.with_error_code(codes::TOPIC_AUTHORIZATION_FAILED);
+            } else if !exists || data.index < 0 {
                 answer = answer.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
             } else if records.len() > 16 && records[16] != 2 {
                 // Message formats before RecordBatch v2 are not stored.
@@ -524,20 +571,28 @@ fn writable(records: Bytes) -> BytesMut {
     records.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]))
 }
 
-/// Each fetched topic's name and the partitions asked for, in request
-/// order: the shape the response is built in.
-type FetchShape = Vec<(String, Vec<i32>)>;
+/// Each fetched topic's name, whether it may be read, and the partitions
+/// asked for, in request order: the shape the response is built in.
+type FetchShape = Vec<(String, bool, Vec<i32>)>;
 
 /// A Kafka fetch as the shard's fetch, its waits and sizes capped by the
 /// broker's limits, and the shape of its answer.
-fn native_fetch(request: &FetchRequest, limits: &Limits) -> (wire::FetchRequest, FetchShape) {
+fn native_fetch(
+    request: &FetchRequest,
+    limits: &Limits,
+    readable: impl Fn(&str) -> bool,
+) -> (wire::FetchRequest, FetchShape) {
     let mut partitions = Vec::new();
     let mut shape: FetchShape = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let topic_name = topic.topic.0.to_string();
         let mut indexes = Vec::with_capacity(topic.partitions.len());
+        let allowed = readable(&topic_name);
         for partition in &topic.partitions {
             indexes.push(partition.partition);
+            if !allowed {
+                continue;
+            }
             partitions.push(FetchPartition {
                 topic: topic_name.clone(),
                 partition: PartitionId(u32::try_from(partition.partition).unwrap_or(u32::MAX)),
@@ -546,7 +601,7 @@ fn native_fetch(request: &FetchRequest, limits: &Limits) -> (wire::FetchRequest,
                 max_bytes: u32::try_from(partition.partition_max_bytes.max(0)).unwrap_or(0),
             });
         }
-        shape.push((topic_name, indexes));
+        shape.push((topic_name, allowed, indexes));
     }
     let max_bytes = u32::try_from(request.max_bytes.max(0))
         .unwrap_or(0)
@@ -574,7 +629,9 @@ pub fn fetch_to_reserve(request: &Parsed, limits: &Limits) -> Option<wire::Fetch
     }
     bounds::check_body(schema, request.version, &request.body).ok()?;
     let fetch: FetchRequest = decode(request.body.clone(), request.version).ok()?;
-    Some(native_fetch(&fetch, limits).0)
+    // What the principal may not read is left out when the fetch is served;
+    // waiting on it here reveals nothing.
+    Some(native_fetch(&fetch, limits, |_| true).0)
 }
 
 async fn fetch(shard: &Rc<Shard>, version: i16, native: wire::FetchRequest, shape: FetchShape) -> FetchResponse {
@@ -584,10 +641,15 @@ async fn fetch(shard: &Rc<Shard>, version: i16, native: wire::FetchRequest, shap
     let mut results = outcome.results.into_iter();
     let responses = shape
         .into_iter()
-        .map(|(topic, indexes)| {
+        .map(|(topic, allowed, indexes)| {
             let partitions = indexes
                 .into_iter()
                 .map(|index| {
+                    if !allowed {
+                        return PartitionData::default()
+                            .with_partition_index(index)
+                            .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED);
+                    }
                     let Some(result) = results.next() else {
                         return PartitionData::default()
                             .with_partition_index(index)
@@ -615,14 +677,23 @@ async fn fetch(shard: &Rc<Shard>, version: i16, native: wire::FetchRequest, shap
     FetchResponse::default().with_responses(responses)
 }
 
-async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+async fn list_offsets(
+    shard: &Rc<Shard>,
+    access: &Access,
+    version: i16,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let mut asked = Vec::new();
-    let mut shape: Vec<(String, Vec<i32>)> = Vec::new();
+    let mut shape: Vec<(String, bool, Vec<i32>)> = Vec::new();
     for topic in request.topics {
         let topic_name = topic.name.0.to_string();
+        let allowed = access.topic(shard, Operation::Describe, &topic_name);
         let mut indexes = Vec::new();
         for partition in topic.partitions {
             indexes.push(partition.partition_index);
+            if !allowed {
+                continue;
+            }
             let spec = match partition.timestamp {
                 -1 => OffsetSpec::Latest,
                 -2 => OffsetSpec::Earliest,
@@ -634,17 +705,18 @@ async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsReque
                 spec,
             });
         }
-        shape.push((topic_name, indexes));
+        shape.push((topic_name, allowed, indexes));
     }
     let mut answers = shard.list_offsets(asked).await.into_iter();
     let topics = shape
         .into_iter()
-        .map(|(topic, indexes)| {
+        .map(|(topic, allowed, indexes)| {
             let partitions = indexes
                 .into_iter()
                 .map(|index| {
-                    let answer = answers.next();
+                    let answer = if allowed { answers.next() } else { None };
                     let (error, offset) = match answer {
+                        None if !allowed => (codes::TOPIC_AUTHORIZATION_FAILED, -1),
                         Some(answer) => (kafka_code(answer.error), answer.offset.map_or(-1, |offset| offset.to_wire())),
                         None => (codes::UNKNOWN_SERVER_ERROR, -1),
                     };
@@ -671,7 +743,11 @@ async fn list_offsets(shard: &Rc<Shard>, version: i16, request: ListOffsetsReque
 /// same id at the next epoch, which fences its older incarnation. Partition
 /// logs then store each of its batches once (see `storage::producers`).
 /// Transactional ids are not served: there are no transactions.
-async fn init_producer_id(shard: &Rc<Shard>, request: InitProducerIdRequest) -> InitProducerIdResponse {
+async fn init_producer_id(
+    shard: &Rc<Shard>,
+    access: &Access,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
     let answer = |producer_id: i64, epoch: i16, code: i16| {
         InitProducerIdResponse::default()
             .with_error_code(code)
@@ -683,6 +759,9 @@ async fn init_producer_id(shard: &Rc<Shard>, request: InitProducerIdRequest) -> 
         // Kafka's answer to an empty transactional id.
         Some(true) => return answer(-1, -1, codes::INVALID_REQUEST),
         Some(false) => return answer(-1, -1, codes::COORDINATOR_NOT_AVAILABLE),
+    }
+    if !access.may_get_producer_id(shard) {
+        return answer(-1, -1, codes::CLUSTER_AUTHORIZATION_FAILED);
     }
     if request.producer_id.0 >= 0 && (0..i16::MAX).contains(&request.producer_epoch) {
         return answer(request.producer_id.0, request.producer_epoch + 1, codes::NONE);
@@ -699,10 +778,14 @@ async fn init_producer_id(shard: &Rc<Shard>, request: InitProducerIdRequest) -> 
 fn find_coordinator(
     shard: &Rc<Shard>,
     endpoints: &KafkaEndpoints,
+    access: &Access,
     version: i16,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
     let locate = |key: &str| -> (i32, u16, i16) {
+        if !access.group(shard, Operation::Describe, key) {
+            return (-1, 0, codes::GROUP_AUTHORIZATION_FAILED);
+        }
         let coordinator = wire::coordinator_of(key, shard.shard_count());
         let node = endpoints.node_of(coordinator.0);
         (node, endpoints.port_of_node(node), codes::NONE)

@@ -31,7 +31,9 @@ use crate::protocol::wire::{CredentialDeletion, CredentialUpsert, DeleteRecordsP
 use crate::shard::topic_config::{ConfigEdit, ConfigEntry, TopicConfig};
 use crate::shard::Shard;
 
+use super::access::Access;
 use super::kafka_codes::{codes, kafka_code};
+use crate::protocol::acl::Operation;
 
 /// Kafka's config resource types.
 const RESOURCE_TOPIC: i8 = 2;
@@ -49,6 +51,7 @@ fn text(value: &str) -> StrBytes {
 
 pub(super) async fn create_topics(
     shard: &Rc<Shard>,
+    access: &Access,
     version: i16,
     request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
@@ -62,7 +65,9 @@ pub(super) async fn create_topics(
             .filter_map(|config| Some((config.name.to_string(), config.value.as_ref()?.to_string())))
             .collect();
         let edit = ConfigEdit { replace: true, set, reset: Vec::new() };
-        let checked = if topic.replication_factor > 1 {
+        let checked = if !access.may_create_topic(shard, &topic_name) {
+            Err((codes::TOPIC_AUTHORIZATION_FAILED, format!("not allowed to create topic {topic_name}")))
+        } else if topic.replication_factor > 1 {
             Err((codes::INVALID_REPLICATION_FACTOR, "replication is not supported yet: use 1 or -1".to_string()))
         } else if topic.num_partitions == 0 || topic.num_partitions < -1 {
             Err((codes::INVALID_PARTITIONS, format!("invalid partition count {}", topic.num_partitions)))
@@ -108,12 +113,19 @@ pub(super) async fn create_topics(
     CreateTopicsResponse::default().with_topics(topics)
 }
 
-pub(super) async fn delete_topics(shard: &Rc<Shard>, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub(super) async fn delete_topics(
+    shard: &Rc<Shard>,
+    access: &Access,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     let mut responses = Vec::with_capacity(request.topic_names.len());
     for topic in request.topic_names {
-        let deleted = shard.delete_topic(topic.0.to_string()).await;
-        responses
-            .push(DeletableTopicResult::default().with_name(Some(topic)).with_error_code(kafka_code(deleted.error)));
+        let code = if access.topic(shard, Operation::Delete, topic.as_str()) {
+            kafka_code(shard.delete_topic(topic.0.to_string()).await.error)
+        } else {
+            codes::TOPIC_AUTHORIZATION_FAILED
+        };
+        responses.push(DeletableTopicResult::default().with_name(Some(topic)).with_error_code(code));
     }
     DeleteTopicsResponse::default().with_responses(responses)
 }
@@ -130,6 +142,7 @@ fn source(entry: &ConfigEntry) -> i8 {
 /// topics take, read-only: they come from the tuning file).
 pub(super) fn describe_configs(
     shard: &Rc<Shard>,
+    access: &Access,
     version: i16,
     request: DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
@@ -141,6 +154,20 @@ pub(super) fn describe_configs(
             let result = DescribeConfigsResult::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
+            let refused = match resource.resource_type {
+                RESOURCE_TOPIC if !access.topic(shard, Operation::DescribeConfigs, &name) => {
+                    Some(codes::TOPIC_AUTHORIZATION_FAILED)
+                }
+                RESOURCE_BROKER if !access.cluster(shard, Operation::DescribeConfigs) => {
+                    Some(codes::CLUSTER_AUTHORIZATION_FAILED)
+                }
+                _ => None,
+            };
+            if let Some(code) = refused {
+                return result
+                    .with_error_code(code)
+                    .with_error_message(Some(text("not allowed to describe its configs")));
+            }
             let entries = match resource.resource_type {
                 RESOURCE_TOPIC => match shard.describe_topic_configs(std::slice::from_ref(&name)).pop() {
                     Some((_, Some(entries))) => entries,
@@ -225,12 +252,16 @@ type Edit = Result<ConfigEdit, (i16, String)>;
 /// One resource's answer to either alter request: (code, message).
 async fn alter_resource(
     shard: &Rc<Shard>,
+    access: &Access,
     resource_type: i8,
     name: String,
     edit: Edit,
     validate_only: bool,
 ) -> (i16, Option<String>) {
     match resource_type {
+        RESOURCE_TOPIC if !access.topic(shard, Operation::AlterConfigs, &name) => {
+            return (codes::TOPIC_AUTHORIZATION_FAILED, Some(format!("not allowed to alter the configs of {name}")))
+        }
         RESOURCE_TOPIC => {}
         RESOURCE_BROKER => {
             return (codes::INVALID_REQUEST, Some("broker settings come from the tuning file, not AlterConfigs".into()))
@@ -261,7 +292,11 @@ fn no_duplicates<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), (i16, S
 }
 
 /// AlterConfigs: the topic's configs become exactly those given.
-pub(super) async fn alter_configs(shard: &Rc<Shard>, request: AlterConfigsRequest) -> AlterConfigsResponse {
+pub(super) async fn alter_configs(
+    shard: &Rc<Shard>,
+    access: &Access,
+    request: AlterConfigsRequest,
+) -> AlterConfigsResponse {
     let mut responses = Vec::with_capacity(request.resources.len());
     for resource in request.resources {
         let edit = no_duplicates(resource.configs.iter().map(|config| config.name.as_str())).map(|()| ConfigEdit {
@@ -274,7 +309,8 @@ pub(super) async fn alter_configs(shard: &Rc<Shard>, request: AlterConfigsReques
             reset: Vec::new(),
         });
         let name = resource.resource_name.to_string();
-        let (code, message) = alter_resource(shard, resource.resource_type, name, edit, request.validate_only).await;
+        let (code, message) =
+            alter_resource(shard, access, resource.resource_type, name, edit, request.validate_only).await;
         responses.push(
             AlterConfigsResourceResponse::default()
                 .with_error_code(code)
@@ -289,6 +325,7 @@ pub(super) async fn alter_configs(shard: &Rc<Shard>, request: AlterConfigsReques
 /// IncrementalAlterConfigs: set or delete the configs named, keep the rest.
 pub(super) async fn incremental_alter_configs(
     shard: &Rc<Shard>,
+    access: &Access,
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     let mut responses = Vec::with_capacity(request.resources.len());
@@ -313,7 +350,8 @@ pub(super) async fn incremental_alter_configs(
             Ok(edit)
         });
         let name = resource.resource_name.to_string();
-        let (code, message) = alter_resource(shard, resource.resource_type, name, edit, request.validate_only).await;
+        let (code, message) =
+            alter_resource(shard, access, resource.resource_type, name, edit, request.validate_only).await;
         responses.push(
             IncrementalResult::default()
                 .with_error_code(code)
@@ -327,7 +365,11 @@ pub(super) async fn incremental_alter_configs(
 
 /// DeleteRecords: each partition's log start moves to the offset given
 /// (-1: the high watermark).
-pub(super) async fn delete_records(shard: &Rc<Shard>, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+pub(super) async fn delete_records(
+    shard: &Rc<Shard>,
+    access: &Access,
+    request: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
     let mut asked = Vec::new();
     // Per topic, each partition index and the code it was refused with
     // before asking the shard, if it was.
@@ -335,7 +377,12 @@ pub(super) async fn delete_records(shard: &Rc<Shard>, request: DeleteRecordsRequ
     let mut shape: Shape = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
+        let allowed = access.topic(shard, Operation::Delete, topic.name.as_str());
         for partition in topic.partitions {
+            if !allowed {
+                partitions.push((partition.partition_index, Some(codes::TOPIC_AUTHORIZATION_FAILED)));
+                continue;
+            }
             let before = match partition.offset {
                 -1 => Ok(None),
                 offset => u64::try_from(offset).ok().and_then(Offset::new).map(Some).ok_or(()),

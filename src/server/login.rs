@@ -19,6 +19,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
+use super::access::Access;
 use super::kafka::Parsed;
 use super::kafka_codes::codes;
 use super::sasl::{AuthSetup, Login, LoginError, Principal, Step};
@@ -46,6 +47,8 @@ enum State {
 /// One connection's login.
 pub(crate) struct LoginGate {
     state: RefCell<State>,
+    /// The client's address (ACLs may name hosts).
+    peer: std::net::IpAddr,
     /// Whether the connection is TLS (PLAIN needs it).
     tls: bool,
     setup: Rc<AuthSetup>,
@@ -62,9 +65,9 @@ pub(crate) enum KafkaGate {
 }
 
 impl LoginGate {
-    pub(crate) fn new(required: bool, tls: bool, setup: Rc<AuthSetup>) -> LoginGate {
+    pub(crate) fn new(required: bool, tls: bool, setup: Rc<AuthSetup>, peer: std::net::IpAddr) -> LoginGate {
         let state = if required { State::Awaiting } else { State::Open };
-        LoginGate { state: RefCell::new(state), tls, setup }
+        LoginGate { state: RefCell::new(state), peer, tls, setup }
     }
 
     /// Whether requests are served: no login required, or logged in.
@@ -80,10 +83,10 @@ impl LoginGate {
         }
     }
 
-    /// May this connection manage users? Anyone, while no listener requires
-    /// a login; otherwise only a superuser.
-    pub(crate) fn may_manage_users(&self) -> bool {
-        !self.setup.enabled() || self.principal().is_some_and(|principal| principal.superuser)
+    /// What the client may do (checked against the ACLs once any listener
+    /// requires a login).
+    pub(crate) fn access(&self) -> Access {
+        Access::new(self.principal().as_ref(), self.peer, self.setup.enabled())
     }
 
     pub(crate) fn failure_delay(&self) -> std::time::Duration {

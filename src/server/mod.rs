@@ -13,14 +13,17 @@
 //! [`Broker::stop`]): shards stop accepting, let in-flight requests finish,
 //! flush and fsync every partition, and exit.
 
+mod access;
 mod admission;
 mod budget;
 mod connection;
 mod dispatch;
 pub mod exclusive;
 pub mod kafka;
+mod kafka_acls;
 mod kafka_admin;
 mod kafka_codes;
+mod kafka_group_acl;
 mod limits;
 mod login;
 pub mod metrics;

@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use futures_channel::oneshot;
 
+use crate::protocol::acl::{AclBinding, AclFilter};
 use crate::protocol::scram::{ScramCredential, ScramMechanism};
 use crate::protocol::types::Offset;
 use crate::protocol::types::{PartitionId, ShardId};
@@ -18,6 +19,14 @@ use super::metadata::{self, MetadataError};
 use super::topic_config::{ConfigEdit, ConfigEntry, ConfigError, TopicConfig};
 use super::{error_code, Partition, Shard, ShardMessage};
 
+/// A change to the access control lists.
+#[derive(Debug, Clone)]
+pub enum AclChange {
+    Add(Vec<AclBinding>),
+    /// Removes what the filter matches.
+    Delete(AclFilter),
+}
+
 /// A change to one user's credentials.
 #[derive(Debug, Clone)]
 pub enum CredentialChange {
@@ -26,6 +35,33 @@ pub enum CredentialChange {
 }
 
 impl Shard {
+    /// Adds ACL bindings or deletes those a filter matches: made durable by
+    /// shard 0, then every shard's checks use them. Returns the result and
+    /// the bindings deleted.
+    pub async fn change_acls(self: &Rc<Self>, change: AclChange) -> (TopicResult, Vec<AclBinding>) {
+        if self.id != ShardId(0) {
+            let (reply, answer) = oneshot::channel();
+            let stopped = || (topic_result(String::new(), ErrorCode::SHUTTING_DOWN, "shard 0 stopped"), Vec::new());
+            return match self.send_to(ShardId(0), ShardMessage::ChangeAcls { change, reply }).await {
+                Some(()) => answer.await.unwrap_or_else(|_| stopped()),
+                None => stopped(),
+            };
+        }
+        let removed = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let collected = Rc::clone(&removed);
+        let result = self
+            .change_metadata("acls".to_string(), move |metadata, _| match change {
+                AclChange::Add(bindings) => metadata.add_acls(bindings),
+                AclChange::Delete(filter) => {
+                    *collected.borrow_mut() = metadata.delete_acls(&filter);
+                    Ok(())
+                }
+            })
+            .await;
+        let removed = if result.error.is_ok() { removed.take() } else { Vec::new() };
+        (result, removed)
+    }
+
     /// Applies upserts, then deletions, one at a time: one result each, in
     /// that order, named by the user.
     pub async fn alter_credentials(
@@ -304,6 +340,7 @@ fn metadata_error_code(error: &MetadataError) -> ErrorCode {
         MetadataError::InvalidConfig(_) => ErrorCode::INVALID_CONFIG,
         MetadataError::InvalidCredential(_) | MetadataError::TooManyUsers => ErrorCode::INVALID_CREDENTIAL,
         MetadataError::UnknownCredential(..) => ErrorCode::UNKNOWN_CREDENTIAL,
+        MetadataError::InvalidAcl(_) => ErrorCode::INVALID_REQUEST,
     }
 }
 

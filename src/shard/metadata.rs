@@ -9,7 +9,8 @@
 //!
 //! File layout: magic `RBMD` | version u16 LE | body length u32 LE | body
 //! (postcard-encoded [`ClusterMetadata`]) | CRC-32C u32 LE of the body.
-//! Version 1 had no topic configs, version 2 no users; both are still read.
+//! Version 1 had no topic configs, version 2 no users, version 3 no ACLs;
+//! all are still read.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -18,13 +19,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::acl::{AclBinding, AclError, AclFilter, ACLS_MAX};
 use crate::protocol::scram::{self, ScramCredential, ScramMechanism};
 use crate::protocol::types::{PartitionId, ShardId};
 
 use super::topic_config::TopicConfig;
 
 const METADATA_MAGIC: [u8; 4] = *b"RBMD";
-const METADATA_VERSION: u16 = 3;
+const METADATA_VERSION: u16 = 4;
 const METADATA_FILE: &str = "metadata";
 /// A metadata file is small; anything larger is not ours.
 const METADATA_BYTES_MAX: usize = 64 << 20;
@@ -47,6 +49,8 @@ pub struct ClusterMetadata {
     /// SCRAM credentials by user name. Shared, since logins on every
     /// connection of a shard read them.
     pub users: Arc<Users>,
+    /// Access control lists, checked on every request once logins are on.
+    pub acls: Arc<Vec<AclBinding>>,
 }
 
 /// Each user's SCRAM credentials, one per mechanism it may log in with.
@@ -58,6 +62,14 @@ pub type Users = BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>;
 pub struct TopicPlacement {
     pub owners: Vec<ShardId>,
     pub config: TopicConfig,
+}
+
+/// Version 3 of the file, before ACLs.
+#[derive(Deserialize)]
+struct ClusterMetadataV3 {
+    version: u64,
+    topics: BTreeMap<String, TopicPlacement>,
+    users: Arc<Users>,
 }
 
 /// Version 2 of the file, before users.
@@ -103,6 +115,8 @@ pub enum MetadataError {
     UnknownCredential(String, &'static str),
     #[error("the broker already has {USERS_MAX} users")]
     TooManyUsers,
+    #[error("{0}")]
+    InvalidAcl(#[from] AclError),
 }
 
 impl ClusterMetadata {
@@ -185,6 +199,33 @@ impl ClusterMetadata {
         }
         self.version += 1;
         Ok(())
+    }
+
+    /// Adds bindings (those already present are kept once).
+    pub fn add_acls(&mut self, bindings: Vec<AclBinding>) -> Result<(), MetadataError> {
+        for binding in &bindings {
+            binding.validate()?;
+        }
+        let acls = Arc::make_mut(&mut self.acls);
+        for binding in bindings {
+            if !acls.contains(&binding) {
+                if acls.len() >= ACLS_MAX {
+                    return Err(AclError::TooMany.into());
+                }
+                acls.push(binding);
+            }
+        }
+        self.version += 1;
+        Ok(())
+    }
+
+    /// Removes the bindings `filter` matches; returns them.
+    pub fn delete_acls(&mut self, filter: &AclFilter) -> Vec<AclBinding> {
+        let acls = Arc::make_mut(&mut self.acls);
+        let (removed, kept) = acls.drain(..).partition(|binding| filter.matches(binding));
+        *acls = kept;
+        self.version += 1;
+        removed
     }
 
     /// Partitions of every topic.
@@ -275,11 +316,16 @@ impl ClusterMetadata {
                 .into_iter()
                 .map(|(name, old)| (name, TopicPlacement { owners: old.owners, config: TopicConfig::default() }))
                 .collect();
-            return Ok(ClusterMetadata { version: old.version, topics, users: Arc::default() });
+            return Ok(ClusterMetadata { version: old.version, topics, ..ClusterMetadata::default() });
         }
         if version == 2 {
             let old: ClusterMetadataV2 = postcard::from_bytes(body).map_err(undecodable)?;
-            return Ok(ClusterMetadata { version: old.version, topics: old.topics, users: Arc::default() });
+            return Ok(ClusterMetadata { version: old.version, topics: old.topics, ..ClusterMetadata::default() });
+        }
+        if version == 3 {
+            let old: ClusterMetadataV3 = postcard::from_bytes(body).map_err(undecodable)?;
+            let (version, topics, users) = (old.version, old.topics, old.users);
+            return Ok(ClusterMetadata { version, topics, users, acls: Arc::default() });
         }
         postcard::from_bytes(body).map_err(undecodable)
     }

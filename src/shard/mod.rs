@@ -13,6 +13,7 @@
 //! the owner directly and nothing is forwarded.
 
 mod admin;
+pub use admin::{AclChange, CredentialChange};
 mod coordinator;
 pub mod groups;
 pub mod kafka_groups;
@@ -103,6 +104,11 @@ pub enum ShardMessage {
         user: String,
         change: admin::CredentialChange,
         reply: oneshot::Sender<TopicResult>,
+    },
+    /// To shard 0, the metadata writer.
+    ChangeAcls {
+        change: admin::AclChange,
+        reply: oneshot::Sender<(TopicResult, Vec<crate::protocol::acl::AclBinding>)>,
     },
     /// From shard 0 after the change is durable.
     ApplyMetadata {
@@ -496,6 +502,9 @@ impl Shard {
             }
             ShardMessage::AlterCredential { user, change, reply } => {
                 let _ = reply.send(self.alter_credential(user, change).await);
+            }
+            ShardMessage::ChangeAcls { change, reply } => {
+                let _ = reply.send(self.change_acls(change).await);
             }
             ShardMessage::ApplyMetadata { metadata, reply } => {
                 self.apply_metadata(metadata).await;

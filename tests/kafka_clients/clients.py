@@ -33,6 +33,10 @@ side can follow what a long-running client does. Modes:
       50 values to partition 0, a consumer reads them back; prints
       {"delivered": n, "values": [...], "errors": [...]} (errors: what the
       client reported, e.g. a failed login)
+  confluent-acl BOOTSTRAP MECHANISM USER PASSWORD TOPIC GROUP
+      SASL_PLAINTEXT as USER: list the topics, produce 10 values to TOPIC,
+      consume them in GROUP; prints {"topics": [...], "delivered": n,
+      "produce_errors": [...], "consumed": m, "consume_errors": [...]}
   kafka-python-admin BOOTSTRAP TOPIC
       KafkaAdminClient on an existing TOPIC: alter_configs, describe_configs,
       delete_records of partition 0 to the end; prints a report
@@ -302,6 +306,59 @@ def confluent_sasl(bootstrap, topic, ca_file, mechanism, user, password):
     emit({"delivered": len(delivered), "values": values, "errors": errors[:5]})
 
 
+def confluent_acl(bootstrap, mechanism, user, password, topic, group):
+    from confluent_kafka import Consumer, KafkaException, Producer
+
+    config = {
+        "bootstrap.servers": bootstrap,
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": mechanism,
+        "sasl.username": user,
+        "sasl.password": password,
+    }
+    producer = Producer({**config, "acks": "all", "message.timeout.ms": 8000})
+    topics = sorted(producer.list_topics(timeout=10).topics.keys())
+    delivered, produce_errors = [], []
+
+    def report(error, message):
+        if error:
+            produce_errors.append(error.name())
+        else:
+            delivered.append(1)
+
+    for i in range(10):
+        producer.produce(topic, value=f"guarded {i}", partition=0, on_delivery=report)
+    producer.flush(15)
+    consume_errors = []
+    consumer = Consumer({**config, "group.id": group, "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    consumed = 0
+    deadline = time.time() + 12
+    while consumed < 10 and time.time() < deadline:
+        try:
+            message = consumer.poll(0.5)
+        except KafkaException as error:
+            consume_errors.append(error.args[0].name())
+            continue
+        if message is None:
+            continue
+        if message.error():
+            consume_errors.append(message.error().name())
+        else:
+            consumed += 1
+    try:
+        consumer.close()
+    except KafkaException as error:
+        consume_errors.append(error.args[0].name())
+    emit({
+        "topics": topics,
+        "delivered": len(delivered),
+        "produce_errors": sorted(set(produce_errors)),
+        "consumed": consumed,
+        "consume_errors": sorted(set(consume_errors)),
+    })
+
+
 def kafka_python_admin(bootstrap, topic):
     from kafka import KafkaAdminClient, TopicPartition
     from kafka.admin import ConfigResource, ConfigResourceType
@@ -333,6 +390,8 @@ def main(argv):
         confluent_compressed(argv[2], argv[3], argv[4], int(argv[5]))
     elif mode == "confluent-admin":
         confluent_admin(argv[2], argv[3])
+    elif mode == "confluent-acl":
+        confluent_acl(*argv[2:8])
     elif mode == "confluent-sasl":
         confluent_sasl(*argv[2:8])
     elif mode == "confluent-ssl":

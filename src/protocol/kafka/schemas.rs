@@ -194,6 +194,20 @@ const SCRAM_UPSERTION: &[Field] =
 const ALTER_USER_SCRAM_CREDENTIALS: &[Field] =
     &[always(Shape::Structs(SCRAM_DELETION)), always(Shape::Structs(SCRAM_UPSERTION))];
 
+// DescribeAcls (key 29), CreateAcls (30), DeleteAcls (31): versions 1-3,
+// flexible from 2. An ACL filter and an ACL have the same layout.
+const ACL: &[Field] = &[
+    always(Shape::Int8),
+    always(Shape::String),
+    always(Shape::Int8),
+    always(Shape::String),
+    always(Shape::String),
+    always(Shape::Int8),
+    always(Shape::Int8),
+];
+const CREATE_ACLS: &[Field] = &[always(Shape::Structs(ACL))];
+const DELETE_ACLS: &[Field] = &[always(Shape::Structs(ACL))];
+
 /// Every request the broker serves: (api key, versions, layout).
 pub const SCHEMAS: &[RequestSchema] = &[
     RequestSchema { api_key: 0, min_version: 3, max_version: 9, flexible_from: 9, fields: PRODUCE },
@@ -215,6 +229,9 @@ pub const SCHEMAS: &[RequestSchema] = &[
     RequestSchema { api_key: 20, min_version: 1, max_version: 4, flexible_from: 4, fields: DELETE_TOPICS },
     RequestSchema { api_key: 21, min_version: 0, max_version: 2, flexible_from: 2, fields: DELETE_RECORDS },
     RequestSchema { api_key: 22, min_version: 0, max_version: 4, flexible_from: 2, fields: INIT_PRODUCER_ID },
+    RequestSchema { api_key: 29, min_version: 1, max_version: 3, flexible_from: 2, fields: ACL },
+    RequestSchema { api_key: 30, min_version: 1, max_version: 3, flexible_from: 2, fields: CREATE_ACLS },
+    RequestSchema { api_key: 31, min_version: 1, max_version: 3, flexible_from: 2, fields: DELETE_ACLS },
     RequestSchema { api_key: 32, min_version: 1, max_version: 4, flexible_from: 4, fields: DESCRIBE_CONFIGS },
     RequestSchema { api_key: 33, min_version: 0, max_version: 2, flexible_from: 2, fields: ALTER_CONFIGS },
     RequestSchema { api_key: 36, min_version: 0, max_version: 2, flexible_from: 2, fields: SASL_AUTHENTICATE },
@@ -243,7 +260,7 @@ pub fn schema(api_key: i16) -> Option<&'static RequestSchema> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::kafka::bounds::check_body;
+    use crate::protocol::kafka::bounds::walked_len;
     use bytes::{Buf, Bytes, BytesMut};
     use kafka_protocol::messages::create_topics_request::{
         CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
@@ -274,7 +291,9 @@ mod tests {
         let mut buf = BytesMut::new();
         request.encode(&mut buf, version).unwrap_or_else(|error| panic!("encoding key {api_key} v{version}: {error}"));
         let schema = schema(api_key).expect("a schema");
-        check_body(schema, version, &buf).unwrap_or_else(|error| panic!("key {api_key} v{version}: {error}"));
+        let walked =
+            walked_len(schema, version, &buf).unwrap_or_else(|error| panic!("key {api_key} v{version}: {error}"));
+        assert_eq!(walked, buf.len(), "key {api_key} v{version}: the walk must take every encoded byte");
         let mut bytes = buf.freeze();
         T::decode(&mut bytes, version).unwrap_or_else(|error| panic!("decoding key {api_key} v{version}: {error}"));
         assert_eq!(bytes.remaining(), 0, "key {api_key} v{version}: the crate left bytes undecoded");
@@ -721,6 +740,42 @@ mod tests {
                     .with_iterations(8192)
                     .with_salt(Bytes::from_static(b"salt"))
                     .with_salted_password(Bytes::from(vec![7; 64]))])
+        });
+    }
+
+    #[test]
+    fn acl_requests_walk_exactly_at_every_version() {
+        use kafka_protocol::messages::create_acls_request::AclCreation;
+        use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
+        walks_exactly_at_every_version(29, |_| {
+            kafka_protocol::messages::DescribeAclsRequest::default()
+                .with_resource_type_filter(2)
+                .with_resource_name_filter(Some(name("orders")))
+                .with_pattern_type_filter(3)
+                .with_principal_filter(None)
+                .with_host_filter(Some(name("*")))
+                .with_operation(1)
+                .with_permission_type(1)
+        });
+        walks_exactly_at_every_version(30, |_| {
+            kafka_protocol::messages::CreateAclsRequest::default().with_creations(vec![AclCreation::default()
+                .with_resource_type(2)
+                .with_resource_name(name("orders"))
+                .with_resource_pattern_type(3)
+                .with_principal(name("User:alice"))
+                .with_host(name("*"))
+                .with_operation(3)
+                .with_permission_type(3)])
+        });
+        walks_exactly_at_every_version(31, |_| {
+            kafka_protocol::messages::DeleteAclsRequest::default().with_filters(vec![DeleteAclsFilter::default()
+                .with_resource_type_filter(1)
+                .with_resource_name_filter(None)
+                .with_pattern_type_filter(1)
+                .with_principal_filter(Some(name("User:alice")))
+                .with_host_filter(None)
+                .with_operation(1)
+                .with_permission_type(1)])
         });
     }
 }
