@@ -148,11 +148,37 @@ pub struct TlsConfig {
     pub native: bool,
     /// TLS on the Kafka listeners (bootstrap and per-shard ports).
     pub kafka: bool,
+    /// PEM certificates of the CA that signs client certificates (mutual
+    /// TLS). A verified client certificate names the client's principal.
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: whether clients must present a certificate.
+    pub client_auth: ClientAuth,
+}
+
+/// Whether TLS clients present certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Not asked for.
+    #[default]
+    None,
+    /// Checked when presented; a client without one logs in with SASL (or
+    /// is anonymous where no login is required).
+    Optional,
+    /// Every client presents one, or the handshake fails.
+    Required,
 }
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        TlsConfig { cert_file: None, key_file: None, native: true, kafka: true }
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            native: true,
+            kafka: true,
+            client_ca_file: None,
+            client_auth: ClientAuth::None,
+        }
     }
 }
 
@@ -165,6 +191,12 @@ impl TlsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.cert_file.is_some() != self.key_file.is_some() {
             return invalid("tls.cert_file and tls.key_file go together: give both or neither");
+        }
+        if self.client_auth != ClientAuth::None && self.client_ca_file.is_none() {
+            return invalid("tls.client_auth needs tls.client_ca_file, the CA client certificates are checked against");
+        }
+        if self.client_ca_file.is_some() && self.cert_file.is_none() {
+            return invalid("tls.client_ca_file needs tls.cert_file and tls.key_file");
         }
         Ok(())
     }

@@ -708,6 +708,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(base) => ShardPorts::Base(base.parse().context("--shard-ports takes none, auto or a port")?),
     };
     let broker = Broker::start(config, shard_ports)?;
+    if let Some(keys) = broker.tls_keys() {
+        reload_on_sighup(keys)?;
+    }
     let stop = broker.stop_handle();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, std::sync::Arc::clone(&stop)).context("installing a signal handler")?;
@@ -728,6 +731,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if stop.load(Ordering::SeqCst) {
         tracing::info!("stopped cleanly");
     }
+    Ok(())
+}
+
+/// Re-reads the TLS certificate and key on each SIGHUP (key rotation):
+/// new connections get the new certificate, open ones keep theirs. A file
+/// that does not load leaves the old certificate in use.
+fn reload_on_sighup(keys: std::sync::Arc<ringbroker::server::tls::TlsKeys>) -> anyhow::Result<()> {
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]).context("installing the SIGHUP handler")?;
+    std::thread::Builder::new()
+        .name("tls-reload".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match keys.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
+                    Err(error) => {
+                        tracing::error!(%error, "SIGHUP: the TLS certificate did not reload; the old one stays")
+                    }
+                }
+            }
+        })
+        .context("starting the TLS reload thread")?;
     Ok(())
 }
 

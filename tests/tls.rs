@@ -11,13 +11,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_rustls::rustls;
-use ringbroker::protocol::wire::{self, FrameKind, Request, Response};
+use ringbroker::protocol::wire::Response;
 use support::broker::BrokerProcess;
-use support::certs::certificates;
+use support::certs::{certificates, TlsPing};
 use support::clients::{clients_script, kcat, python, run_client};
 use support::temp_dir;
 
@@ -98,7 +96,7 @@ fn plaintext_and_stalled_handshakes_are_closed_and_others_still_served() {
     assert!(started.elapsed() >= Duration::from_millis(400), "by the frame deadline, not at once");
     // The native protocol over TLS still answers.
     let addr = SocketAddr::new(broker.addr.ip(), broker.shard_ports[1]);
-    assert_eq!(native_ping(addr, &ca), Response::Pong);
+    assert_eq!(TlsPing::connect(addr, &ca).unwrap().ping().unwrap(), Response::Pong);
     // Failures are counted (the metrics listener stays plain HTTP).
     let scrape = scrape(broker.metrics_addr.unwrap());
     let failures: u64 = scrape
@@ -118,36 +116,6 @@ fn scrape(addr: SocketAddr) -> String {
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
     text
-}
-
-/// A native Ping over TLS, with a blocking rustls client trusting `ca`.
-fn native_ping(addr: SocketAddr, ca: &Path) -> Response {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let socket = TcpStream::connect(addr).unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(connection, socket);
-    let mut frame = Vec::new();
-    wire::encode_frame(&mut frame, FrameKind::Request, 7, &Request::Ping, &[]).unwrap();
-    tls.write_all(&frame).unwrap();
-    let mut prefix = [0u8; 4];
-    tls.read_exact(&mut prefix).unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
-    tls.read_exact(&mut body).unwrap();
-    let (head, header, _) = wire::split_frame(bytes::BytesMut::from(&body[..])).unwrap();
-    assert_eq!(head.request_id, 7);
-    wire::decode_header(&header).unwrap()
 }
 
 #[test]

@@ -306,6 +306,8 @@ impl Server {
         // The handshake must finish within the frame deadline: a client that
         // starts one and stalls holds its connection slot no longer than a
         // client that starts a frame and stalls.
+        // With mutual TLS, who the client certificate names.
+        let mut certificate_user = None;
         let stream = match self.tls.for_protocol(protocol) {
             None => Stream::Plain(stream),
             Some(acceptor) => {
@@ -313,7 +315,12 @@ impl Server {
                     glommio::timer::timeout(self.limits.frame_timeout, async { Ok(acceptor.accept(stream).await) })
                         .await;
                 match handshake {
-                    Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                    Ok(Ok(tls)) => {
+                        let peer_certificates = tls.get_ref().1.peer_certificates();
+                        certificate_user =
+                            peer_certificates.and_then(|chain| chain.first()).and_then(super::tls::certificate_user);
+                        Stream::Tls(Box::new(tls))
+                    }
                     Ok(Err(error)) => {
                         Counters::add(&counters.tls_handshake_failures, 1);
                         tracing::debug!(%error, "TLS handshake failed");
@@ -334,7 +341,7 @@ impl Server {
             Protocol::Kafka => self.auth.kafka,
         };
         let tls = matches!(stream, Stream::Tls(_));
-        let login = LoginGate::new(required, tls, Rc::clone(&self.auth), presence.ip);
+        let login = LoginGate::new(required, tls, Rc::clone(&self.auth), presence.ip, certificate_user);
         let connection = Rc::new(Connection {
             login,
             stream: SharedStream(RefCell::new(stream)),

@@ -65,8 +65,20 @@ pub(crate) enum KafkaGate {
 }
 
 impl LoginGate {
-    pub(crate) fn new(required: bool, tls: bool, setup: Rc<AuthSetup>, peer: std::net::IpAddr) -> LoginGate {
-        let state = if required { State::Awaiting } else { State::Open };
+    /// `certificate_user`: who a verified client certificate names (mutual
+    /// TLS); that is the client's login, on any listener.
+    pub(crate) fn new(
+        required: bool,
+        tls: bool,
+        setup: Rc<AuthSetup>,
+        peer: std::net::IpAddr,
+        certificate_user: Option<String>,
+    ) -> LoginGate {
+        let state = match certificate_user {
+            Some(user) => State::LoggedIn(setup.principal(user)),
+            None if required => State::Awaiting,
+            None => State::Open,
+        };
         LoginGate { state: RefCell::new(state), peer, tls, setup }
     }
 

@@ -95,6 +95,7 @@ pub struct Broker {
     cpus: Vec<usize>,
     stop: Arc<AtomicBool>,
     threads: Vec<ExecutorJoinHandle<()>>,
+    tls_keys: Option<Arc<tls::TlsKeys>>,
     _lock: DirLock,
 }
 
@@ -120,9 +121,15 @@ impl Broker {
     pub fn start(config: TuningConfig, shard_ports: ShardPorts) -> Result<Broker, ServerError> {
         config.validate()?;
         let cpus = config.resolve_cpus()?;
-        let tls = match config.tls.files() {
-            Some((cert, key)) => Some(tls::server_config(cert, key).map_err(ServerError::Tls)?),
-            None => None,
+        let (tls, tls_keys) = match config.tls.files() {
+            Some((cert, key)) => {
+                let keys = tls::TlsKeys::load(cert, key).map_err(ServerError::Tls)?;
+                let client_ca = config.tls.client_ca_file.as_deref();
+                let server = tls::server_config(Arc::clone(&keys), client_ca, config.tls.client_auth)
+                    .map_err(ServerError::Tls)?;
+                (Some(server), Some(keys))
+            }
+            None => (None, None),
         };
         // Absolute, so every path the shards log or sync names the same
         // place whatever the current directory.
@@ -236,6 +243,7 @@ impl Broker {
             cpus,
             stop,
             threads,
+            tls_keys,
             _lock: lock,
         };
         if let Some(error) = failure {
@@ -274,6 +282,12 @@ impl Broker {
     /// The CPU each shard runs on.
     pub fn cpus(&self) -> &[usize] {
         &self.cpus
+    }
+
+    /// The listeners' certificate and key, when TLS is on: `reload` swaps in
+    /// what the files hold now (on SIGHUP).
+    pub fn tls_keys(&self) -> Option<Arc<tls::TlsKeys>> {
+        self.tls_keys.clone()
     }
 
     /// A handle that stops the broker from any thread (a signal handler's).

@@ -1,17 +1,67 @@
 //! TLS for the listeners: the server configuration built from the PEM
 //! files the tuning names (`rustls` through `futures-rustls`, with the
 //! `ring` provider). Connections read and write a `runtime::stream::Stream`.
+//!
+//! The certificate and key sit behind [`TlsKeys`], which every handshake
+//! asks for them: [`TlsKeys::reload`] (on SIGHUP) swaps in what the files
+//! hold now, so new connections get the new certificate while open ones
+//! keep their sessions. With a client CA configured, clients present
+//! certificates it signed (mutual TLS); the certificate's common name (or
+//! its first DNS or email name) is the client's principal.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use futures_rustls::rustls;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Reads the certificate chain and key and builds the server side of TLS
-/// (TLS 1.2 and 1.3, no client certificates).
-pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+use crate::config::ClientAuth;
+
+/// The broker's certificate and key, replaceable while it runs.
+#[derive(Debug)]
+pub struct TlsKeys {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl TlsKeys {
+    /// Reads the certificate chain and key.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<TlsKeys>, String> {
+        let current = RwLock::new(read_key(cert_file, key_file)?);
+        Ok(Arc::new(TlsKeys { cert_file: cert_file.to_path_buf(), key_file: key_file.to_path_buf(), current }))
+    }
+
+    /// Reads the files again; new handshakes use what they hold from now
+    /// on. On an error the certificate in use stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = read_key(&self.cert_file, &self.key_file)?;
+        match self.current.write() {
+            Ok(mut current) => *current = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for TlsKeys {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let current = match self.current.read() {
+            Ok(current) => Arc::clone(&current),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        };
+        Some(current)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .and_then(|certs| certs.collect())
         .map_err(|error| format!("reading the certificates in {}: {error}", cert_file.display()))?;
@@ -20,14 +70,56 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<rustls::Se
     }
     let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|error| format!("reading the private key in {}: {error}", key_file.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mismatch = |error: rustls::Error| {
+        format!("the certificate and key in {} and {}: {error}", cert_file.display(), key_file.display())
+    };
+    let key = CertifiedKey::from_der(certs, key, &provider()).map_err(mismatch)?;
+    Ok(Arc::new(key))
+}
+
+/// The server side of TLS (TLS 1.2 and 1.3) with `keys`, and with client
+/// certificates checked against `client_ca` when one is given.
+pub fn server_config(
+    keys: Arc<TlsKeys>,
+    client_ca: Option<&Path>,
+    client_auth: ClientAuth,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|error| format!("TLS versions: {error}"))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|error| {
-            format!("the certificate and key in {} and {}: {error}", cert_file.display(), key_file.display())
-        })?;
-    Ok(Arc::new(config))
+        .map_err(|error| format!("TLS versions: {error}"))?;
+    let builder = match (client_ca, client_auth) {
+        (None, _) | (_, ClientAuth::None) => builder.with_no_client_auth(),
+        (Some(ca), auth) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca)
+                .map_err(|error| format!("reading the client CA in {}: {error}", ca.display()))?
+            {
+                let cert = cert.map_err(|error| format!("reading the client CA in {}: {error}", ca.display()))?;
+                roots.add(cert).map_err(|error| format!("the client CA in {}: {error}", ca.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            let verifier = match auth {
+                ClientAuth::Optional => verifier.allow_unauthenticated(),
+                _ => verifier,
+            };
+            let verifier = verifier.build().map_err(|error| format!("the client CA in {}: {error}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    Ok(Arc::new(builder.with_cert_resolver(keys)))
+}
+
+/// The principal (user name) a verified client certificate names: its
+/// subject's common name, else its first DNS or email name.
+pub fn certificate_user(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    if let Some(cn) = parsed.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()) {
+        return Some(cn.to_string());
+    }
+    let names = parsed.subject_alternative_name().ok().flatten()?;
+    names.value.general_names.iter().find_map(|name| match name {
+        GeneralName::DNSName(name) | GeneralName::RFC822Name(name) => Some(name.to_string()),
+        _ => None,
+    })
 }
