@@ -108,11 +108,21 @@ pub struct AuthConfig {
     /// How long a failed login waits before it is answered (and the
     /// connection closed), whatever made it fail.
     pub failure_delay_ms: u64,
+    /// Connections one principal may hold open on one shard (superusers
+    /// excepted), so one tenant cannot take every connection slot. 0: no
+    /// limit.
+    pub max_connections_per_principal: u32,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { native: false, kafka: false, superusers: Vec::new(), failure_delay_ms: 500 }
+        AuthConfig {
+            native: false,
+            kafka: false,
+            superusers: Vec::new(),
+            failure_delay_ms: 500,
+            max_connections_per_principal: 1000,
+        }
     }
 }
 

@@ -287,3 +287,47 @@ fn the_cli_logs_in_and_superusers_manage_users() {
     assert!(users.contains("bob\tSCRAM-SHA-256 (4096 iterations)"), "{users}");
     assert!(broker.terminate().success());
 }
+
+/// One principal cannot hold more than its connections on a shard; others
+/// still get in, and a closed connection frees its place.
+#[test]
+fn a_principal_holds_at_most_its_connections() {
+    use ringbroker::client::{Connection, ConnectionOptions, SaslCredentials};
+    let dir = temp_dir();
+    let (data, tuning, _) = setup(dir.path(), false);
+    let mut text = std::fs::read_to_string(&tuning).unwrap();
+    text = text.replace("[auth]\n", "[auth]\nmax_connections_per_principal = 2\n");
+    std::fs::write(&tuning, text).unwrap();
+    let broker = BrokerProcess::start(&data, &["--tuning", tuning.to_str().unwrap()]);
+    // Shard 0's own port, so every connection lands on the same shard.
+    let addr = std::net::SocketAddr::new(broker.addr.ip(), broker.shard_ports[0]);
+    let outcome = support::run(move || async move {
+        let options = |user: &str, password: &str| ConnectionOptions {
+            sasl: Some(SaslCredentials {
+                mechanism: "SCRAM-SHA-256".into(),
+                user: user.into(),
+                password: password.into(),
+            }),
+            ..ConnectionOptions::default()
+        };
+        let first = Connection::connect_with(addr, options("alice", "alice-secret")).await.unwrap();
+        let second = Connection::connect_with(addr, options("alice", "alice-secret")).await.unwrap();
+        let third =
+            Connection::connect_with(addr, options("alice", "alice-secret")).await.map(drop).map_err(|e| e.to_string());
+        let other =
+            Connection::connect_with(addr, options("admin", "admin-secret")).await.map(drop).map_err(|e| e.to_string());
+        first.close();
+        drop(first);
+        glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+        let again =
+            Connection::connect_with(addr, options("alice", "alice-secret")).await.map(drop).map_err(|e| e.to_string());
+        drop(second);
+        (third, other, again)
+    });
+    let (third, other, again) = outcome;
+    let refused = third.expect_err("a third connection is over alice's limit");
+    assert!(refused.contains("max_connections_per_principal"), "{refused}");
+    assert_eq!(other, Ok(()), "other principals get in");
+    assert_eq!(again, Ok(()), "a closed connection frees its place");
+    assert!(broker.terminate().success());
+}

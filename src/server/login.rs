@@ -22,7 +22,7 @@ use kafka_protocol::protocol::{Decodable, StrBytes};
 use super::access::Access;
 use super::kafka::Parsed;
 use super::kafka_codes::codes;
-use super::sasl::{AuthSetup, Login, LoginError, Principal, Step};
+use super::sasl::{AuthSetup, Login, LoginError, Principal, PrincipalSlot, Step};
 use crate::protocol::wire::{
     ErrorCode, SaslAuthenticateRequest as NativeRequest, SaslAuthenticateResponse as NativeResponse,
 };
@@ -47,6 +47,8 @@ enum State {
 /// One connection's login.
 pub(crate) struct LoginGate {
     state: RefCell<State>,
+    /// The logged-in principal's place in its connection count.
+    slot: RefCell<Option<PrincipalSlot>>,
     /// The client's address (ACLs may name hosts).
     peer: std::net::IpAddr,
     /// Whether the connection is TLS (PLAIN needs it).
@@ -74,12 +76,22 @@ impl LoginGate {
         peer: std::net::IpAddr,
         certificate_user: Option<String>,
     ) -> LoginGate {
-        let state = match certificate_user {
-            Some(user) => State::LoggedIn(setup.principal(user)),
+        let mut slot = None;
+        let state = match certificate_user.map(|user| setup.principal(user)) {
+            Some(principal) => match setup.admit(&principal) {
+                Ok(admitted) => {
+                    slot = Some(admitted);
+                    State::LoggedIn(principal)
+                }
+                Err(error) => {
+                    tracing::info!(%error, "certificate login refused");
+                    State::Failed
+                }
+            },
             None if required => State::Awaiting,
             None => State::Open,
         };
-        LoginGate { state: RefCell::new(state), peer, tls, setup }
+        LoginGate { state: RefCell::new(state), slot: RefCell::new(slot), peer, tls, setup }
     }
 
     /// Whether requests are served: no login required, or logged in.
@@ -227,8 +239,10 @@ impl LoginGate {
         match login.step(token)? {
             Step::Continue(token) => Ok(token),
             Step::Done { token, user } => {
-                tracing::info!(%user, "SASL login");
-                *state = State::LoggedIn(self.setup.principal(user));
+                let principal = self.setup.principal(user);
+                *self.slot.borrow_mut() = Some(self.setup.admit(&principal)?);
+                tracing::info!(user = %principal.user, "SASL login");
+                *state = State::LoggedIn(principal);
                 Ok(token)
             }
         }
@@ -242,7 +256,9 @@ fn native_failure(error: ErrorCode, message: String) -> NativeResponse {
 /// What a client is told about a failed login: not which part failed.
 fn client_message(error: &LoginError) -> String {
     match error {
-        LoginError::UnsupportedMechanism(..) | LoginError::TokenTooLarge(_) => error.to_string(),
+        LoginError::UnsupportedMechanism(..) | LoginError::TokenTooLarge(_) | LoginError::TooManyConnections(..) => {
+            error.to_string()
+        }
         _ => "authentication failed: wrong user name or password, or a malformed exchange".into(),
     }
 }

@@ -11,8 +11,10 @@
 //! client cannot tell from the answers (or from asking twice) whether a user
 //! exists: both fail at the proof.
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Cursor;
+use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -39,13 +41,38 @@ pub struct Principal {
     pub superuser: bool,
 }
 
-/// What a shard's listeners require (from the tuning's `[auth]`).
-#[derive(Debug, Clone)]
+/// What a shard's listeners require (from the tuning's `[auth]`), and the
+/// connections each principal holds open on the shard.
+#[derive(Debug)]
 pub struct AuthSetup {
     pub native: bool,
     pub kafka: bool,
     superusers: BTreeSet<String>,
     pub failure_delay: Duration,
+    max_connections_per_principal: u32,
+    /// Open connections by principal: an entry per principal with at least
+    /// one, so bounded by the shard's connection limit.
+    connections: RefCell<HashMap<String, u32>>,
+}
+
+/// One logged-in connection's place in its principal's count; given back
+/// when the connection closes.
+#[derive(Debug)]
+pub struct PrincipalSlot {
+    setup: Rc<AuthSetup>,
+    user: String,
+}
+
+impl Drop for PrincipalSlot {
+    fn drop(&mut self) {
+        let mut connections = self.setup.connections.borrow_mut();
+        if let Some(count) = connections.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                connections.remove(&self.user);
+            }
+        }
+    }
 }
 
 impl AuthSetup {
@@ -55,7 +82,25 @@ impl AuthSetup {
             kafka: config.kafka,
             superusers: config.superusers.iter().cloned().collect(),
             failure_delay: Duration::from_millis(config.failure_delay_ms),
+            max_connections_per_principal: config.max_connections_per_principal,
+            connections: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Counts a connection logged in as `principal`; refused when the
+    /// principal already holds its limit on this shard.
+    pub fn admit(self: &Rc<Self>, principal: &Principal) -> Result<PrincipalSlot, LoginError> {
+        let mut connections = self.connections.borrow_mut();
+        let count = connections.entry(principal.user.clone()).or_insert(0);
+        let max = self.max_connections_per_principal;
+        if max > 0 && *count >= max && !principal.superuser {
+            if *count == 0 {
+                connections.remove(&principal.user);
+            }
+            return Err(LoginError::TooManyConnections(principal.user.clone(), max));
+        }
+        *count += 1;
+        Ok(PrincipalSlot { setup: Rc::clone(self), user: principal.user.clone() })
     }
 
     pub fn enabled(&self) -> bool {
@@ -94,6 +139,8 @@ pub enum LoginError {
     Rejected,
     #[error("SASL exchange: {0}")]
     Exchange(String),
+    #[error("user {0} already has {1} connections to this shard (auth.max_connections_per_principal)")]
+    TooManyConnections(String, u32),
     /// rsasl panicked on the token; the shape check should rule this out,
     /// and the fuzz target checks it never happens.
     #[error("the SASL library failed on this token")]
@@ -418,6 +465,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn each_principal_holds_at_most_its_connections() {
+        let config =
+            AuthConfig { superusers: vec!["root".into()], max_connections_per_principal: 2, ..AuthConfig::default() };
+        let setup = Rc::new(AuthSetup::new(&config));
+        let alice = setup.principal("alice".into());
+        let first = setup.admit(&alice).unwrap();
+        let second = setup.admit(&alice).unwrap();
+        assert!(matches!(setup.admit(&alice), Err(LoginError::TooManyConnections(_, 2))));
+        assert!(setup.admit(&setup.principal("bob".into())).is_ok(), "other principals are not affected");
+        drop(first);
+        let third = setup.admit(&alice).unwrap();
+        let root = setup.principal("root".into());
+        let roots: Vec<_> = (0..5).map(|_| setup.admit(&root).unwrap()).collect();
+        drop((second, third, roots));
+        assert!(setup.connections.borrow().is_empty(), "closed connections leave no entries");
     }
 
     #[test]
