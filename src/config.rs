@@ -112,6 +112,12 @@ pub struct AuthConfig {
     /// excepted), so one tenant cannot take every connection slot. 0: no
     /// limit.
     pub max_connections_per_principal: u32,
+    /// Produce bytes per second one principal may send to one shard (a
+    /// second's worth may come at once); beyond it, answers are held back
+    /// (Kafka: with throttle_time_ms). 0: no quota.
+    pub produce_bytes_per_second: u64,
+    /// The same for fetched bytes.
+    pub fetch_bytes_per_second: u64,
 }
 
 impl Default for AuthConfig {
@@ -122,6 +128,8 @@ impl Default for AuthConfig {
             superusers: Vec::new(),
             failure_delay_ms: 500,
             max_connections_per_principal: 1000,
+            produce_bytes_per_second: 0,
+            fetch_bytes_per_second: 0,
         }
     }
 }

@@ -177,3 +177,44 @@ fn kafka_clients_without_an_acl_are_refused_and_see_nothing() {
     assert_eq!(alice["consumed"], 10, "{alice}");
     assert!(broker.terminate().success());
 }
+
+/// A produce quota: a principal over it is told it was throttled
+/// (throttle_time_ms, seen by librdkafka's throttle callback) and all its
+/// events still arrive; a superuser is not throttled.
+#[test]
+fn a_principal_over_its_produce_quota_is_throttled() {
+    let Some(python) = python() else { return };
+    let dir = temp_dir();
+    let (broker, data, tuning) = start(dir.path());
+    assert!(broker.terminate().success());
+    let text =
+        std::fs::read_to_string(&tuning).unwrap().replace("[auth]\n", "[auth]\nproduce_bytes_per_second = 200000\n");
+    std::fs::write(&tuning, text).unwrap();
+    let broker = BrokerProcess::start(&data, &["--tuning", tuning.to_str().unwrap()]);
+    let addr = broker.addr.to_string();
+    ok(ringbroker(&addr, "admin", "admin-pw", &["topic", "create", "metered", "--partitions", "1"], ""));
+    ok(ringbroker(
+        &addr,
+        "admin",
+        "admin-pw",
+        &["acl", "add", "--principal", "User:alice", "--topic", "metered", "--operation", "write"],
+        "",
+    ));
+    let bootstrap = broker.kafka_addr.unwrap().to_string();
+    let script = clients_script();
+    let produce = |user: &str| {
+        let password = format!("{user}-pw");
+        let args = [script.to_str().unwrap(), "confluent-quota", &bootstrap, "SCRAM-SHA-256", user, &password];
+        let output = run_client(&python, &[&args[..], &["metered", "1024000"][..]].concat(), "");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_str::<serde_json::Value>(stdout.lines().last().expect("a report")).unwrap()
+    };
+    let alice = produce("alice");
+    assert_eq!(alice["delivered"], 100, "{alice}");
+    assert!(alice["throttled_ms"].as_u64().unwrap_or(0) > 0, "alice (1 MB at 200 KB/s) was throttled: {alice}");
+    let admin = produce("admin");
+    assert_eq!(admin["delivered"], 100, "{admin}");
+    assert_eq!(admin["throttled_ms"], 0, "superusers have no quota: {admin}");
+    assert!(broker.terminate().success());
+}

@@ -7,11 +7,13 @@
 //! off everywhere, nothing is checked, as before.
 
 use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use crate::protocol::acl::{self, Operation, ResourceType, CLUSTER_NAME};
 use crate::shard::Shard;
 
-use super::sasl::Principal;
+use super::sasl::{Principal, Usage};
 
 /// The principal a client has on a listener without logins.
 pub const ANONYMOUS: &str = "User:ANONYMOUS";
@@ -25,19 +27,41 @@ pub(crate) struct Access {
     superuser: bool,
     /// Whether ACLs are checked at all.
     enforced: bool,
+    /// The principal's quota buckets (logged-in principals only).
+    usage: Option<Rc<Usage>>,
 }
 
 impl Access {
-    pub(crate) fn new(principal: Option<&Principal>, host: IpAddr, enforced: bool) -> Access {
+    pub(crate) fn new(principal: Option<&Principal>, host: IpAddr, enforced: bool, usage: Option<Rc<Usage>>) -> Access {
         match principal {
             Some(principal) => Access {
                 principal: format!("User:{}", principal.user),
                 host: host.to_string(),
                 superuser: principal.superuser,
                 enforced,
+                usage,
             },
-            None => Access { principal: ANONYMOUS.to_string(), host: host.to_string(), superuser: false, enforced },
+            None => Access {
+                principal: ANONYMOUS.to_string(),
+                host: host.to_string(),
+                superuser: false,
+                enforced,
+                usage: None,
+            },
         }
+    }
+
+    /// How long to hold back the answer to a produce of `bytes` (the
+    /// principal's produce quota); zero without one.
+    pub(crate) fn produce_throttle(&self, bytes: u64) -> Duration {
+        let bucket = self.usage.as_ref().and_then(|usage| usage.produce.as_ref());
+        bucket.map_or(Duration::ZERO, |bucket| bucket.borrow_mut().take(bytes, Instant::now()))
+    }
+
+    /// The same for a fetch that returned `bytes`.
+    pub(crate) fn fetch_throttle(&self, bytes: u64) -> Duration {
+        let bucket = self.usage.as_ref().and_then(|usage| usage.fetch.as_ref());
+        bucket.map_or(Duration::ZERO, |bucket| bucket.borrow_mut().take(bytes, Instant::now()))
     }
 
     /// Whether the principal may do `operation` on the named resource.

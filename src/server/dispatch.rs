@@ -111,11 +111,23 @@ async fn serve(
         }
         Request::Produce(request) => {
             Counters::add(&counters.produce_requests, 1);
-            return produce(shard, request, payload, limits).await.map(|response| (response, Vec::new()));
+            let produced = payload.len() as u64;
+            let response = produce(shard, request, payload, limits).await;
+            // A principal over its produce quota gets its answer later.
+            let throttle = access.produce_throttle(produced);
+            if !throttle.is_zero() {
+                glommio::timer::sleep(throttle).await;
+            }
+            return response.map(|response| (response, Vec::new()));
         }
         Request::Fetch(request) => {
             Counters::add(&counters.fetch_requests, 1);
-            return Some(fetch(shard, request, limits).await);
+            let (response, data) = fetch(shard, request, limits).await;
+            let throttle = access.fetch_throttle(data.len() as u64);
+            if !throttle.is_zero() {
+                glommio::timer::sleep(throttle).await;
+            }
+            return Some((response, data));
         }
         Request::ListOffsets(request) => {
             Counters::add(&counters.other_requests, 1);

@@ -269,7 +269,21 @@ async fn serve(
             if let Some(wait_ms) = fetch_wait_ms {
                 native.max_wait_ms = native.max_wait_ms.min(wait_ms);
             }
-            ResponseKind::Fetch(fetch(shard, version, native, shape).await)
+            let mut response = fetch(shard, version, native, shape).await;
+            let fetched: usize = response
+                .responses
+                .iter()
+                .flat_map(|topic| &topic.partitions)
+                .map(|partition| partition.records.as_ref().map_or(0, Bytes::len))
+                .sum();
+            let throttle = access.fetch_throttle(fetched as u64);
+            if !throttle.is_zero() {
+                // Kafka's answer to a quota: the client is told how long it
+                // was held back, and the answer comes that much later.
+                response.throttle_time_ms = i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX);
+                glommio::timer::sleep(throttle).await;
+            }
+            ResponseKind::Fetch(response)
         }
         ApiKey::ListOffsets => {
             ResponseKind::ListOffsets(list_offsets(shard, access, version, decode(body, version)?).await)
@@ -539,7 +553,12 @@ async fn produce(
     }
     let timeout_ms = u32::try_from(request.timeout_ms.max(0)).unwrap_or(0).min(dispatch::inner_deadline_ms(limits));
     let started = Instant::now();
+    let produced: usize = items.iter().map(|item| item.data.len()).sum();
     let results = if items.is_empty() { Vec::new() } else { shard.produce(acks, timeout_ms, items).await };
+    let throttle = access.produce_throttle(produced as u64);
+    if !throttle.is_zero() {
+        glommio::timer::sleep(throttle).await;
+    }
     if acks == AckLevel::None {
         return None;
     }
@@ -559,7 +578,11 @@ async fn produce(
             TopicProduceResponse::default().with_name(TopicName(name(&topic))).with_partition_responses(partitions)
         })
         .collect();
-    Some(ProduceResponse::default().with_responses(responses))
+    Some(
+        ProduceResponse::default()
+            .with_responses(responses)
+            .with_throttle_time_ms(i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX)),
+    )
 }
 
 /// A produced batch as the buffer the log appends (it rewrites the base

@@ -110,7 +110,8 @@ impl LoginGate {
     /// What the client may do (checked against the ACLs once any listener
     /// requires a login).
     pub(crate) fn access(&self) -> Access {
-        Access::new(self.principal().as_ref(), self.peer, self.setup.enabled())
+        let usage = self.slot.borrow().as_ref().map(|slot| Rc::clone(&slot.usage));
+        Access::new(self.principal().as_ref(), self.peer, self.setup.enabled(), usage)
     }
 
     pub(crate) fn failure_delay(&self) -> std::time::Duration {

@@ -50,10 +50,55 @@ pub struct AuthSetup {
     superusers: BTreeSet<String>,
     pub failure_delay: Duration,
     max_connections_per_principal: u32,
-    /// Open connections by principal: an entry per principal with at least
-    /// one, so bounded by the shard's connection limit.
-    connections: RefCell<HashMap<String, u32>>,
+    produce_bytes_per_second: u64,
+    fetch_bytes_per_second: u64,
+    /// What each principal with an open connection uses: an entry per
+    /// principal with at least one, so bounded by the shard's connection
+    /// limit.
+    connections: RefCell<HashMap<String, Rc<Usage>>>,
 }
+
+/// One principal's open connections and quota buckets on a shard.
+#[derive(Debug)]
+pub struct Usage {
+    connections: std::cell::Cell<u32>,
+    pub produce: Option<RefCell<Bucket>>,
+    pub fetch: Option<RefCell<Bucket>>,
+}
+
+/// A byte-rate quota: a second's worth of bytes may go at once; beyond it
+/// the principal waits until the rate has paid for what it used.
+#[derive(Debug)]
+pub struct Bucket {
+    per_second: u64,
+    /// Bytes that may go now without waiting; negative when in debt.
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+impl Bucket {
+    fn new(per_second: u64) -> Bucket {
+        Bucket { per_second, tokens: per_second as f64, refilled: std::time::Instant::now() }
+    }
+
+    /// Takes `bytes`; returns how long the answer should be held back.
+    pub fn take(&mut self, bytes: u64, now: std::time::Instant) -> Duration {
+        let rate = self.per_second as f64;
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * rate).min(rate) - bytes as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            // A huge request waits at most this long per answer (well within
+            // the request timeout); its debt carries over to the next.
+            Duration::from_secs_f64((-self.tokens / rate).min(THROTTLE_MAX.as_secs_f64()))
+        }
+    }
+}
+
+/// The longest one answer is held back for a quota.
+pub const THROTTLE_MAX: Duration = Duration::from_secs(5);
 
 /// One logged-in connection's place in its principal's count; given back
 /// when the connection closes.
@@ -61,16 +106,15 @@ pub struct AuthSetup {
 pub struct PrincipalSlot {
     setup: Rc<AuthSetup>,
     user: String,
+    pub usage: Rc<Usage>,
 }
 
 impl Drop for PrincipalSlot {
     fn drop(&mut self) {
-        let mut connections = self.setup.connections.borrow_mut();
-        if let Some(count) = connections.get_mut(&self.user) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                connections.remove(&self.user);
-            }
+        let count = self.usage.connections.get().saturating_sub(1);
+        self.usage.connections.set(count);
+        if count == 0 {
+            self.setup.connections.borrow_mut().remove(&self.user);
         }
     }
 }
@@ -83,6 +127,8 @@ impl AuthSetup {
             superusers: config.superusers.iter().cloned().collect(),
             failure_delay: Duration::from_millis(config.failure_delay_ms),
             max_connections_per_principal: config.max_connections_per_principal,
+            produce_bytes_per_second: config.produce_bytes_per_second,
+            fetch_bytes_per_second: config.fetch_bytes_per_second,
             connections: RefCell::new(HashMap::new()),
         }
     }
@@ -91,16 +137,20 @@ impl AuthSetup {
     /// principal already holds its limit on this shard.
     pub fn admit(self: &Rc<Self>, principal: &Principal) -> Result<PrincipalSlot, LoginError> {
         let mut connections = self.connections.borrow_mut();
-        let count = connections.entry(principal.user.clone()).or_insert(0);
-        let max = self.max_connections_per_principal;
-        if max > 0 && *count >= max && !principal.superuser {
-            if *count == 0 {
-                connections.remove(&principal.user);
-            }
+        let bucket = |rate: u64| (rate > 0 && !principal.superuser).then(|| RefCell::new(Bucket::new(rate)));
+        let usage = connections.entry(principal.user.clone()).or_insert_with(|| {
+            Rc::new(Usage {
+                connections: std::cell::Cell::new(0),
+                produce: bucket(self.produce_bytes_per_second),
+                fetch: bucket(self.fetch_bytes_per_second),
+            })
+        });
+        let (count, max) = (usage.connections.get(), self.max_connections_per_principal);
+        if max > 0 && count >= max && !principal.superuser {
             return Err(LoginError::TooManyConnections(principal.user.clone(), max));
         }
-        *count += 1;
-        Ok(PrincipalSlot { setup: Rc::clone(self), user: principal.user.clone() })
+        usage.connections.set(count + 1);
+        Ok(PrincipalSlot { setup: Rc::clone(self), user: principal.user.clone(), usage: Rc::clone(usage) })
     }
 
     pub fn enabled(&self) -> bool {
@@ -483,6 +533,18 @@ mod tests {
         let roots: Vec<_> = (0..5).map(|_| setup.admit(&root).unwrap()).collect();
         drop((second, third, roots));
         assert!(setup.connections.borrow().is_empty(), "closed connections leave no entries");
+    }
+
+    #[test]
+    fn a_bucket_lets_a_seconds_worth_through_then_holds_back() {
+        let start = std::time::Instant::now();
+        let mut bucket = Bucket::new(1000);
+        bucket.refilled = start;
+        assert_eq!(bucket.take(1000, start), Duration::ZERO, "a second's worth at once");
+        assert_eq!(bucket.take(500, start), Duration::from_millis(500), "then the rate pays for the rest");
+        let later = start + Duration::from_secs(2);
+        assert_eq!(bucket.take(400, later), Duration::ZERO, "refilled, capped at a second's worth");
+        assert_eq!(bucket.take(1_000_000_000, later), THROTTLE_MAX, "an answer waits at most THROTTLE_MAX");
     }
 
     #[test]

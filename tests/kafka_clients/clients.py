@@ -37,6 +37,9 @@ side can follow what a long-running client does. Modes:
       SASL_PLAINTEXT as USER: list the topics, produce 10 values to TOPIC,
       consume them in GROUP; prints {"topics": [...], "delivered": n,
       "produce_errors": [...], "consumed": m, "consume_errors": [...]}
+  confluent-quota BOOTSTRAP MECHANISM USER PASSWORD TOPIC BYTES
+      SASL_PLAINTEXT as USER: produce BYTES in 10 KB values to partition 0
+      with a throttle callback; prints {"delivered": n, "throttled_ms": max}
   kafka-python-admin BOOTSTRAP TOPIC
       KafkaAdminClient on an existing TOPIC: alter_configs, describe_configs,
       delete_records of partition 0 to the end; prints a report
@@ -359,6 +362,33 @@ def confluent_acl(bootstrap, mechanism, user, password, topic, group):
     })
 
 
+def confluent_quota(bootstrap, mechanism, user, password, topic, total):
+    from confluent_kafka import Producer
+
+    throttled = [0]
+
+    def on_throttle(event):
+        throttled[0] = max(throttled[0], int(event.throttle_time * 1000))
+
+    producer = Producer({
+        "bootstrap.servers": bootstrap,
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": mechanism,
+        "sasl.username": user,
+        "sasl.password": password,
+        "acks": "all",
+        "linger.ms": 5,
+        "throttle_cb": on_throttle,
+    })
+    delivered = []
+    value = b"q" * 10240
+    for _ in range(int(total) // len(value)):
+        producer.produce(topic, value=value, partition=0, on_delivery=lambda e, m: e or delivered.append(1))
+        producer.poll(0)
+    producer.flush(60)
+    emit({"delivered": len(delivered), "throttled_ms": throttled[0]})
+
+
 def kafka_python_admin(bootstrap, topic):
     from kafka import KafkaAdminClient, TopicPartition
     from kafka.admin import ConfigResource, ConfigResourceType
@@ -390,6 +420,8 @@ def main(argv):
         confluent_compressed(argv[2], argv[3], argv[4], int(argv[5]))
     elif mode == "confluent-admin":
         confluent_admin(argv[2], argv[3])
+    elif mode == "confluent-quota":
+        confluent_quota(*argv[2:8])
     elif mode == "confluent-acl":
         confluent_acl(*argv[2:8])
     elif mode == "confluent-sasl":
