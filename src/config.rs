@@ -166,6 +166,9 @@ pub struct TlsConfig {
     pub native: bool,
     /// TLS on the Kafka listeners (bootstrap and per-shard ports).
     pub kafka: bool,
+    /// HTTPS on the metrics listener (off by default: Prometheus then needs
+    /// `scheme: https` and the CA).
+    pub metrics: bool,
     /// PEM certificates of the CA that signs client certificates (mutual
     /// TLS). A verified client certificate names the client's principal.
     pub client_ca_file: Option<PathBuf>,
@@ -194,6 +197,7 @@ impl Default for TlsConfig {
             key_file: None,
             native: true,
             kafka: true,
+            metrics: false,
             client_ca_file: None,
             client_auth: ClientAuth::None,
         }

@@ -1,6 +1,7 @@
 //! Key rotation and mutual TLS against the real binary: SIGHUP swaps in a
-//! new certificate for new connections while an open one keeps working
-//! (and a broken file leaves the old certificate in place); a client
+//! new certificate for new connections (on /metrics too, served over HTTPS)
+//! while an open one keeps working (and a broken file leaves the old
+//! certificate in place); a client
 //! certificate names the client's principal, which the ACLs then judge;
 //! expired and self-signed client certificates are refused while the
 //! broker serves others.
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ringbroker::protocol::wire::Response;
 use support::broker::BrokerProcess;
-use support::certs::{self_signed, TestCa, TlsPing};
+use support::certs::{https_scrape, self_signed, TestCa, TlsPing};
 use support::clients::{kcat, run_client};
 use support::temp_dir;
 
@@ -38,11 +39,15 @@ fn sighup_rotates_the_certificate_without_dropping_connections() {
     let (old_ca, new_ca) = (TestCa::new(dir.path(), "old"), TestCa::new(dir.path(), "new"));
     let (cert, key) = old_ca.issue(dir.path(), "broker", "ringbroker", false);
     let tuning = dir.path().join("tls.toml");
-    std::fs::write(&tuning, format!("[tls]\ncert_file = {:?}\nkey_file = {:?}\n", cert, key)).unwrap();
+    std::fs::write(&tuning, format!("[tls]\ncert_file = {cert:?}\nkey_file = {key:?}\nmetrics = true\n")).unwrap();
     let broker = BrokerProcess::start(&dir.path().join("data"), &["--tuning", tuning.to_str().unwrap()]);
     let addr = broker.addr;
     let mut open = TlsPing::connect(addr, &old_ca.pem).unwrap();
     assert_eq!(open.ping().unwrap(), Response::Pong);
+    // /metrics is HTTPS too (tls.metrics), with the same certificate.
+    let metrics = broker.metrics_addr.unwrap();
+    let scrape = https_scrape(metrics, &old_ca.pem).unwrap();
+    assert!(scrape.starts_with("HTTP/1.1 200") && scrape.contains("ringbroker_"), "{scrape}");
     assert!(TlsPing::connect(addr, &new_ca.pem).is_err(), "the new CA does not vouch for the old certificate");
 
     // Rotate: the files now hold a certificate from the new CA.
@@ -51,6 +56,7 @@ fn sighup_rotates_the_certificate_without_dropping_connections() {
     eventually("the new certificate", || TlsPing::connect(addr, &new_ca.pem).is_ok());
     assert!(TlsPing::connect(addr, &old_ca.pem).is_err(), "new connections get the new certificate");
     assert_eq!(open.ping().unwrap(), Response::Pong, "an open connection keeps working");
+    assert!(https_scrape(metrics, &new_ca.pem).unwrap().starts_with("HTTP/1.1 200"), "and /metrics rotates too");
 
     // A file that does not load leaves the certificate in use.
     std::fs::write(&cert, "not a certificate").unwrap();

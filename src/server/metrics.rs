@@ -41,6 +41,7 @@ use prometheus_client::registry::Registry;
 use crate::shard::{LatencySnapshot, Shard, ShardSnapshot};
 
 use super::Stopping;
+use crate::runtime::stream::Stream;
 
 /// Scrapes served at once; more connections are closed at once.
 const CONNECTIONS_MAX: u64 = 16;
@@ -59,11 +60,18 @@ pub(crate) struct MetricsServer {
     stopping: Rc<Stopping>,
     data_dir: PathBuf,
     connections: Rc<Semaphore>,
+    /// HTTPS when set (`tls.metrics`).
+    tls: Option<futures_rustls::TlsAcceptor>,
 }
 
 impl MetricsServer {
-    pub(crate) fn new(shard: Rc<Shard>, stopping: Rc<Stopping>, data_dir: PathBuf) -> MetricsServer {
-        MetricsServer { shard, stopping, data_dir, connections: Rc::new(Semaphore::new(CONNECTIONS_MAX)) }
+    pub(crate) fn new(
+        shard: Rc<Shard>,
+        stopping: Rc<Stopping>,
+        data_dir: PathBuf,
+        tls: Option<futures_rustls::TlsAcceptor>,
+    ) -> MetricsServer {
+        MetricsServer { shard, stopping, data_dir, connections: Rc::new(Semaphore::new(CONNECTIONS_MAX)), tls }
     }
 
     /// Accepts until the shard stops.
@@ -98,8 +106,21 @@ impl MetricsServer {
         }
     }
 
-    async fn serve(&self, mut stream: TcpStream) -> std::io::Result<()> {
-        let head = match glommio::timer::timeout(REQUEST_DEADLINE, async { Ok(read_head(&mut stream).await) }).await {
+    async fn serve(&self, stream: TcpStream) -> std::io::Result<()> {
+        // The handshake and the request head share one deadline.
+        let started = std::time::Instant::now();
+        let mut stream = match &self.tls {
+            None => Stream::Plain(stream),
+            Some(acceptor) => {
+                match glommio::timer::timeout(REQUEST_DEADLINE, async { Ok(acceptor.accept(stream).await) }).await {
+                    Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                    Ok(Err(error)) => return Err(error),
+                    Err(_) => return Ok(()),
+                }
+            }
+        };
+        let left = REQUEST_DEADLINE.saturating_sub(started.elapsed());
+        let head = match glommio::timer::timeout(left, async { Ok(read_head(&mut stream).await) }).await {
             Ok(head) => head?,
             Err(_) => return Ok(()),
         };
@@ -140,7 +161,7 @@ impl MetricsServer {
 /// Reads a request head: up to the blank line that ends it, at most
 /// [`REQUEST_HEAD_BYTES_MAX`] bytes (a longer one is returned as it is and
 /// refused by [`parse_request`]).
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+async fn read_head(stream: &mut Stream) -> std::io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() <= REQUEST_HEAD_BYTES_MAX {

@@ -551,7 +551,9 @@ impl ShardLaunch {
         accept_loops.extend(kafka_shared.map(|listener| accept(listener, connection::Protocol::Kafka)));
         accept_loops.extend(kafka_own.map(|listener| accept(listener, connection::Protocol::Kafka)));
         if let Some(listener) = metrics {
-            let metrics = metrics::MetricsServer::new(Rc::clone(&shard), Rc::clone(&stopping), self.data_dir.clone());
+            let tls = self.tls.clone().filter(|_| self.config.tls.metrics).map(futures_rustls::TlsAcceptor::from);
+            let metrics =
+                metrics::MetricsServer::new(Rc::clone(&shard), Rc::clone(&stopping), self.data_dir.clone(), tls);
             accept_loops.push(glommio::spawn_local(Rc::new(metrics).accept_loop(listener).in_current_span()));
         }
         let _ = self.reports.send(StartReport::Ready);

@@ -94,27 +94,7 @@ use futures_rustls::rustls;
 impl TlsPing {
     /// Connects and completes the handshake; an error if it fails.
     pub fn connect(addr: std::net::SocketAddr, ca: &Path) -> std::io::Result<TlsPing> {
-        use rustls_pki_types::pem::PemObject;
-        use std::sync::Arc;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-        let socket = std::net::TcpStream::connect(addr)?;
-        socket.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-        let mut stream = rustls::StreamOwned::new(connection, socket);
-        while stream.conn.is_handshaking() {
-            stream.conn.complete_io(&mut stream.sock)?;
-        }
-        Ok(TlsPing { stream, next_id: 1 })
+        Ok(TlsPing { stream: tls_connect(addr, ca)?, next_id: 1 })
     }
 
     /// Sends a Ping and returns the response.
@@ -133,5 +113,47 @@ impl TlsPing {
         let (head, header, _) = wire::split_frame(bytes::BytesMut::from(&body[..])).unwrap();
         assert_eq!(head.request_id, id);
         Ok(wire::decode_header(&header).unwrap())
+    }
+}
+
+/// A TLS connection to `addr` (as 127.0.0.1) trusting `ca`, handshake done.
+fn tls_connect(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let socket = std::net::TcpStream::connect(addr)?;
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// `GET /metrics` over HTTPS trusting `ca`: the whole response.
+pub fn https_scrape(addr: std::net::SocketAddr, ca: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = tls_connect(addr, ca)?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    match stream.read_to_string(&mut text) {
+        Ok(_) => Ok(text),
+        // The server closes without a TLS close_notify after the response.
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof && !text.is_empty() => Ok(text),
+        Err(error) => Err(error),
     }
 }
