@@ -98,14 +98,50 @@ fn plaintext_and_stalled_handshakes_are_closed_and_others_still_served() {
     let addr = SocketAddr::new(broker.addr.ip(), broker.shard_ports[1]);
     assert_eq!(TlsPing::connect(addr, &ca).unwrap().ping().unwrap(), Response::Pong);
     // Failures are counted (the metrics listener stays plain HTTP).
-    let scrape = scrape(broker.metrics_addr.unwrap());
-    let failures: u64 = scrape
-        .lines()
-        .filter(|line| line.starts_with("ringbroker_tls_handshake_failures_total"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let failures = metric_sum(&scrape(broker.metrics_addr.unwrap()), "ringbroker_tls_handshake_failures_total");
     assert!(failures >= 2, "both failed handshakes counted: {failures}");
     assert!(broker.terminate().success());
+}
+
+/// Many connections that start a TLS handshake and stall: no more than the
+/// per-address limit are held at once (the rest are closed at once), each
+/// held one is cut by the frame deadline, and afterwards the broker serves
+/// a proper client.
+#[test]
+fn stalled_handshakes_stay_within_the_connection_limit() {
+    let dir = temp_dir();
+    let (ca, cert, key) = certificates(dir.path());
+    let tuning = dir.path().join("tight.toml");
+    let text = format!(
+        "[network]\nframe_timeout_ms = 500\nmax_connections_per_ip = 8\nevict_idle_after_ms = 60000\n\n\
+         [tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n"
+    );
+    std::fs::write(&tuning, text).unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &["--tuning", tuning.to_str().unwrap()]);
+    let addr = SocketAddr::new(broker.addr.ip(), broker.shard_ports[0]);
+    // Half a ClientHello's record header, then nothing.
+    let mut stalled: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.write_all(&[0x16, 0x03, 0x01]).unwrap();
+            stream
+        })
+        .collect();
+    for (index, stream) in stalled.iter_mut().enumerate() {
+        assert!(closed_within(stream, Duration::from_secs(5)), "stalled connection {index} is closed");
+    }
+    let refused = metric_sum(&scrape(broker.metrics_addr.unwrap()), "ringbroker_connections_refused_total");
+    assert!(refused >= 12, "at most 8 of the 20 were held at once (refused: {refused})");
+    assert_eq!(TlsPing::connect(addr, &ca).unwrap().ping().unwrap(), Response::Pong);
+    assert!(broker.terminate().success());
+}
+
+fn metric_sum(scrape: &str, name: &str) -> u64 {
+    scrape
+        .lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The text of one `/metrics` scrape.
