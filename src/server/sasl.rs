@@ -25,6 +25,7 @@ use rsasl::prelude::{SASLConfig, SASLServer, Session, SessionError, State};
 use rsasl::property::{AuthId, AuthzId, Password};
 use rsasl::validate::{Validate, Validation, ValidationError};
 use sha2::{Digest, Sha512};
+use subtle::ConstantTimeEq;
 
 use crate::config::AuthConfig;
 use crate::protocol::scram::{ScramCredential, ScramMechanism};
@@ -202,6 +203,12 @@ pub struct Login {
     session: Session<LoggedIn>,
     /// SCRAM's messages are checked for shape before rsasl parses them.
     scram: bool,
+    /// For the librdkafka compatibility path: the SCRAM hash, the users,
+    /// and the first two messages of the exchange.
+    mechanism: Option<ScramMechanism>,
+    users: Arc<Users>,
+    client_first_bare: Vec<u8>,
+    server_first: Vec<u8>,
     /// Tokens taken so far.
     steps: u32,
     finished: bool,
@@ -230,7 +237,7 @@ impl Login {
         let unsupported = || LoginError::UnsupportedMechanism(mechanism.to_string(), offered.join(", "));
         let name = offered.iter().find(|name| name.eq_ignore_ascii_case(mechanism)).ok_or_else(unsupported)?;
         let scram = ScramMechanism::from_name(name);
-        let callback = Lookup { users, scram };
+        let callback = Lookup { users: Arc::clone(&users), scram };
         let config = SASLConfig::builder()
             .with_defaults()
             .with_callback(callback)
@@ -239,7 +246,16 @@ impl Login {
         let session = SASLServer::<LoggedIn>::new(config)
             .start_suggested(mechname)
             .map_err(|error| LoginError::Exchange(error.to_string()))?;
-        Ok(Login { session, scram: scram.is_some(), steps: 0, finished: false })
+        Ok(Login {
+            session,
+            scram: scram.is_some(),
+            mechanism: scram,
+            users,
+            client_first_bare: Vec::new(),
+            server_first: Vec::new(),
+            steps: 0,
+            finished: false,
+        })
     }
 
     /// Takes the client's next token.
@@ -256,6 +272,14 @@ impl Login {
             if let Err(error) = check_scram_shape(token, first) {
                 self.finished = true;
                 return Err(error);
+            }
+            if first {
+                // The GS2 header is everything up to the second comma.
+                let bare = token.iter().enumerate().filter(|(_, byte)| **byte == b',').nth(1);
+                self.client_first_bare = bare.map_or_else(Vec::new, |(at, _)| token[at + 1..].to_vec());
+            } else if let Some(step) = self.repeated_nonce_final(token) {
+                self.finished = true;
+                return step;
             }
         }
         let mut out = Cursor::new(Vec::new());
@@ -277,7 +301,13 @@ impl Login {
             }
         })?;
         match state {
-            State::Running => Ok(Step::Continue(out.into_inner())),
+            State::Running => {
+                let out = out.into_inner();
+                if first {
+                    self.server_first = out.clone();
+                }
+                Ok(Step::Continue(out))
+            }
             State::Finished(_) => {
                 self.finished = true;
                 match self.session.validation() {
@@ -288,6 +318,76 @@ impl Login {
             }
         }
     }
+}
+
+impl Login {
+    /// librdkafka before 2.6.1 repeats its client nonce in the final
+    /// message (`r=<client><client><server>` where RFC 5802 wants
+    /// `r=<client><server>`; librdkafka pull request 4895), and signs what
+    /// it sent. Kafka 3.8.1 to 3.9 accept that (the nonce still ends with
+    /// the one the broker issued); Debian's kcat links such a librdkafka.
+    /// rsasl checks the nonce strictly and rebuilds the signed message
+    /// from its own parts, so this one form is verified here, with the
+    /// same HMAC and hash rsasl uses: `None` for every other message.
+    fn repeated_nonce_final(&self, token: &[u8]) -> Option<Result<Step, LoginError>> {
+        let mechanism = self.mechanism?;
+        let attribute = |message: &[u8], key: u8| -> Option<Vec<u8>> {
+            message
+                .split(|byte| *byte == b',')
+                .find(|part| part.len() >= 2 && part[0] == key && part[1] == b'=')
+                .map(|part| part[2..].to_vec())
+        };
+        let client_nonce = attribute(&self.client_first_bare, b'r')?;
+        let issued = attribute(&self.server_first, b'r')?;
+        let sent = attribute(token, b'r')?;
+        if sent != [client_nonce.as_slice(), issued.as_slice()].concat() {
+            return None;
+        }
+        let proof_at = token.windows(3).rposition(|window| window == b",p=")?;
+        let (without_proof, proof) = (&token[..proof_at], &token[proof_at + 3..]);
+        let auth_message =
+            [self.client_first_bare.as_slice(), b",", self.server_first.as_slice(), b",", without_proof].concat();
+        let user = String::from_utf8(attribute(&self.client_first_bare, b'n')?).ok()?;
+        let known = self.users.get(&user).and_then(|credentials| credentials.get(&mechanism));
+        let credential = known.cloned().unwrap_or_else(|| stand_in(mechanism, &user));
+        let verified = match mechanism {
+            ScramMechanism::Sha256 => verify_final::<sha2::Sha256>(&credential, &auth_message, proof),
+            ScramMechanism::Sha512 => verify_final::<sha2::Sha512>(&credential, &auth_message, proof),
+        };
+        Some(match verified {
+            Some(server_signature) if known.is_some() => {
+                use base64::Engine;
+                let token = format!("v={}", base64::engine::general_purpose::STANDARD.encode(server_signature));
+                Ok(Step::Done { token: token.into_bytes(), user })
+            }
+            _ => Err(LoginError::Rejected),
+        })
+    }
+}
+
+/// RFC 5802's check of a client proof over `auth_message`: the server
+/// signature when the proof holds.
+fn verify_final<D>(credential: &ScramCredential, auth_message: &[u8], proof: &[u8]) -> Option<Vec<u8>>
+where
+    D: sha2::Digest + sha2::digest::core_api::BlockSizeUser + Clone,
+{
+    use base64::Engine;
+    use hmac::{Mac, SimpleHmac};
+    let proof = base64::engine::general_purpose::STANDARD.decode(proof).ok()?;
+    let mut signature = <SimpleHmac<D> as Mac>::new_from_slice(&credential.stored_key).ok()?;
+    signature.update(auth_message);
+    let signature = signature.finalize().into_bytes();
+    if proof.len() != signature.len() {
+        return None;
+    }
+    let client_key: Vec<u8> = proof.iter().zip(signature.iter()).map(|(a, b)| a ^ b).collect();
+    let stored_key = D::digest(&client_key);
+    if !bool::from(stored_key.as_slice().ct_eq(&credential.stored_key)) {
+        return None;
+    }
+    let mut server = <SimpleHmac<D> as Mac>::new_from_slice(&credential.server_key).ok()?;
+    server.update(auth_message);
+    Some(server.finalize().into_bytes().to_vec())
 }
 
 /// Checks a client's SCRAM message has the shape RFC 5802 gives it before
@@ -466,6 +566,46 @@ mod tests {
             assert!(matches!(login(mechanism, "alice", "wrong", false), Err(LoginError::Rejected)), "{mechanism}");
             assert!(matches!(login(mechanism, "mallory", "secret", false), Err(LoginError::Rejected)), "{mechanism}");
         }
+    }
+
+    /// librdkafka before 2.6.1: the final message repeats the client nonce
+    /// and is signed as sent. The test builds that message the way
+    /// librdkafka does, from the RFC's formulas.
+    #[test]
+    fn librdkafkas_repeated_nonce_is_verified_as_sent() {
+        use base64::Engine;
+        use hmac::{Mac, SimpleHmac};
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let attempt = |password: &[u8]| {
+            let mut login = Login::start("SCRAM-SHA-256", users(), false).unwrap();
+            let (bare, client_nonce) = ("n=alice,r=abcdefghijklmnop", "abcdefghijklmnop");
+            let Step::Continue(server_first) = login.step(format!("n,,{bare}").as_bytes()).unwrap() else {
+                panic!("a server-first message");
+            };
+            let server_first = String::from_utf8(server_first).unwrap();
+            let field =
+                |key: &str| server_first.split(',').find_map(|part| part.strip_prefix(key)).unwrap().to_string();
+            let (nonce, salt, iterations) =
+                (field("r="), b64.decode(field("s=")).unwrap(), field("i=").parse().unwrap());
+            let salted = ScramMechanism::Sha256.salt_password(password, &salt, iterations);
+            let hmac = |key: &[u8], data: &[u8]| {
+                let mut mac = <SimpleHmac<sha2::Sha256> as Mac>::new_from_slice(key).unwrap();
+                mac.update(data);
+                mac.finalize().into_bytes().to_vec()
+            };
+            let client_key = hmac(&salted, b"Client Key");
+            let stored_key = sha2::Sha256::digest(&client_key).to_vec();
+            let without_proof = format!("c=biws,r={client_nonce}{nonce}");
+            let auth_message = format!("{bare},{server_first},{without_proof}");
+            let signature = hmac(&stored_key, auth_message.as_bytes());
+            let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+            let server_signature = hmac(&hmac(&salted, b"Server Key"), auth_message.as_bytes());
+            let step = login.step(format!("{without_proof},p={}", b64.encode(proof)).as_bytes());
+            (step, format!("v={}", b64.encode(server_signature)))
+        };
+        let (step, expected) = attempt(b"secret");
+        assert_eq!(step.unwrap(), Step::Done { token: expected.into_bytes(), user: "alice".into() });
+        assert!(matches!(attempt(b"wrong").0, Err(LoginError::Rejected)));
     }
 
     #[test]
