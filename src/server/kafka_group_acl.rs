@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
-use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::offset_commit_response::OffsetCommitResponseTopic;
 use kafka_protocol::messages::offset_fetch_response::OffsetFetchResponseGroup;
 use kafka_protocol::messages::{
     ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
@@ -17,6 +17,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::protocol::acl::Operation;
+use crate::shard::kafka_groups::commit_response;
 use crate::shard::Shard;
 
 use super::access::Access;
@@ -80,24 +81,10 @@ pub(super) fn gate(shard: &Shard, access: &Access, api_key: ApiKey, version: i16
                 if request.topics.iter().all(|topic| readable(topic.name.as_str())) {
                     return GroupGate::Serve;
                 }
-                let refused: Vec<OffsetCommitResponseTopic> = request
-                    .topics
-                    .iter()
-                    .filter(|topic| !readable(topic.name.as_str()))
-                    .map(|topic| {
-                        let code = if group_ok { codes::TOPIC_AUTHORIZATION_FAILED } else { failed };
-                        let partitions = topic
-                            .partitions
-                            .iter()
-                            .map(|partition| {
-                                OffsetCommitResponsePartition::default()
-                                    .with_partition_index(partition.partition_index)
-                                    .with_error_code(code)
-                            })
-                            .collect();
-                        OffsetCommitResponseTopic::default().with_name(topic.name.clone()).with_partitions(partitions)
-                    })
-                    .collect();
+                let code = if group_ok { codes::TOPIC_AUTHORIZATION_FAILED } else { failed };
+                let mut refused_topics = request.clone();
+                refused_topics.topics.retain(|topic| !readable(topic.name.as_str()));
+                let refused = commit_response(&refused_topics, |_, _| code).topics;
                 request.topics.retain(|topic| readable(topic.name.as_str()));
                 if request.topics.is_empty() {
                     return refuse(ResponseKind::OffsetCommit(OffsetCommitResponse::default().with_topics(refused)));

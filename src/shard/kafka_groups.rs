@@ -874,7 +874,9 @@ fn sync_response(
     response
 }
 
-fn commit_response(request: &OffsetCommitRequest, code: impl Fn(&str, i32) -> i16) -> OffsetCommitResponse {
+/// An OffsetCommit answer for every partition of `request`, each with the
+/// code `code` gives it (topic, partition).
+pub fn commit_response(request: &OffsetCommitRequest, code: impl Fn(&str, i32) -> i16) -> OffsetCommitResponse {
     let topics = request
         .topics
         .iter()
