@@ -54,6 +54,13 @@ struct Cli {
     /// --broker address's IP).
     #[arg(long, global = true, requires = "tls_ca")]
     tls_server_name: Option<String>,
+    /// Client commands: present this PEM certificate (mutual TLS; its name
+    /// is the principal), with --tls-client-key.
+    #[arg(long, global = true, requires_all = ["tls_ca", "tls_client_key"])]
+    tls_client_cert: Option<PathBuf>,
+    /// The private key of --tls-client-cert.
+    #[arg(long, global = true, requires = "tls_client_cert")]
+    tls_client_key: Option<PathBuf>,
     /// Client commands: log in as this user (SASL). The password comes from
     /// the RINGBROKER_PASSWORD environment variable or --password-file.
     #[arg(long, global = true)]
@@ -431,7 +438,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             password: read_password(cli.password_file.as_deref(), "RINGBROKER_PASSWORD")?,
         }),
     };
-    let broker = Target { addr: cli.broker, tls_ca: cli.tls_ca, tls_server_name: cli.tls_server_name, sasl };
+    let client_certificate = cli.tls_client_cert.zip(cli.tls_client_key);
+    let broker =
+        Target { addr: cli.broker, tls_ca: cli.tls_ca, tls_server_name: cli.tls_server_name, client_certificate, sasl };
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Topic { action } => with_client(broker, move |client| topic(client, action)),
@@ -769,6 +778,8 @@ struct Target {
     addr: SocketAddr,
     tls_ca: Option<PathBuf>,
     tls_server_name: Option<String>,
+    /// (certificate, key) for mutual TLS.
+    client_certificate: Option<(PathBuf, PathBuf)>,
     sasl: Option<SaslCredentials>,
 }
 
@@ -798,7 +809,11 @@ where
         None => None,
         Some(ca) => {
             let name = target.tls_server_name.clone().unwrap_or_else(|| broker.ip().to_string());
-            Some(ClientTls::from_ca_file(ca, &name).context("--tls-ca")?)
+            let tls = match &target.client_certificate {
+                None => ClientTls::from_ca_file(ca, &name),
+                Some((cert, key)) => ClientTls::with_client_certificate(ca, &name, cert, key),
+            };
+            Some(tls.context("--tls-ca")?)
         }
     };
     let options = ClientOptions { tls, sasl: target.sasl.clone(), ..ClientOptions::default() };

@@ -152,5 +152,31 @@ fn client_certificates_name_the_principal_and_bad_ones_are_refused() {
     }
     let again = run(&list, &alice, "");
     assert!(again.status.success(), "the broker serves on: {}", String::from_utf8_lossy(&again.stderr));
+
+    // The CLI (the native protocol) presents certificates too.
+    let cli = |(cert, key): &(std::path::PathBuf, std::path::PathBuf), args: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringbroker"))
+            .args(["--broker", &broker.addr.to_string(), "--tls-ca", server_ca.pem.to_str().unwrap()])
+            .args(["--tls-client-cert", cert.to_str().unwrap(), "--tls-client-key", key.to_str().unwrap()])
+            .args(args)
+            .env_remove("RINGBROKER_PASSWORD")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"from the CLI\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let produced = cli(&alice, &["produce", "certs"]);
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    let read = cli(&alice, &["consume", "certs", "--from", "earliest", "--idle-exit-ms", "500"]);
+    let read = String::from_utf8_lossy(&read.stdout);
+    let values: Vec<&str> = read.lines().filter_map(|line| line.rsplit('\t').next()).collect();
+    assert_eq!(values, ["by certificate", "from the CLI"], "{read}");
+    let refused = cli(&bob, &["produce", "certs"]);
+    assert!(!refused.status.success(), "bob may not see the topic");
+    let expired = cli(&client_ca.issue(dir.path(), "old-alice-2", "alice", true), &["topic", "list"]);
+    assert!(!expired.status.success(), "an expired certificate is refused");
     assert!(broker.terminate().success());
 }

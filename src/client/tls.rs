@@ -26,6 +26,22 @@ impl ClientTls {
     /// Trusts the PEM certificates in `ca_file` and expects `server_name`
     /// (a DNS name or an IP address) on the broker's certificate.
     pub fn from_ca_file(ca_file: &Path, server_name: &str) -> Result<ClientTls, ClientError> {
+        ClientTls::build(ca_file, server_name, None)
+    }
+
+    /// Like [`from_ca_file`](Self::from_ca_file), presenting the client
+    /// certificate chain in `cert_file` with the key in `key_file` (mutual
+    /// TLS: the broker takes the certificate's name as the principal).
+    pub fn with_client_certificate(
+        ca_file: &Path,
+        server_name: &str,
+        cert_file: &Path,
+        key_file: &Path,
+    ) -> Result<ClientTls, ClientError> {
+        ClientTls::build(ca_file, server_name, Some((cert_file, key_file)))
+    }
+
+    fn build(ca_file: &Path, server_name: &str, client: Option<(&Path, &Path)>) -> Result<ClientTls, ClientError> {
         let invalid = |what: String| ClientError::InvalidArgument(what);
         let mut roots = rustls::RootCertStore::empty();
         let certs = CertificateDer::pem_file_iter(ca_file)
@@ -41,8 +57,24 @@ impl ClientTls {
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|error| invalid(format!("TLS versions: {error}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match client {
+            None => config.with_no_client_auth(),
+            Some((cert_file, key_file)) => {
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+                    .and_then(|certs| certs.collect())
+                    .map_err(|error| invalid(format!("reading {}: {error}", cert_file.display())))?;
+                let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key_file)
+                    .map_err(|error| invalid(format!("reading {}: {error}", key_file.display())))?;
+                config.with_client_auth_cert(chain, key).map_err(|error| {
+                    invalid(format!(
+                        "the client certificate {} and key {}: {error}",
+                        cert_file.display(),
+                        key_file.display()
+                    ))
+                })?
+            }
+        };
         let server_name = ServerName::try_from(server_name.to_string())
             .map_err(|error| invalid(format!("TLS server name {server_name:?}: {error}")))?;
         Ok(ClientTls { config: Arc::new(config), server_name })
