@@ -49,6 +49,9 @@ pub(crate) struct LoginGate {
     state: RefCell<State>,
     /// The logged-in principal's place in its connection count.
     slot: RefCell<Option<PrincipalSlot>>,
+    /// The rights of a connection whose login is over, made once (requests
+    /// come in the millions; the login only once).
+    access: RefCell<Option<Rc<Access>>>,
     /// The client's address (ACLs may name hosts).
     peer: std::net::IpAddr,
     /// Whether the connection is TLS (PLAIN needs it).
@@ -91,7 +94,14 @@ impl LoginGate {
             None if required => State::Awaiting,
             None => State::Open,
         };
-        LoginGate { state: RefCell::new(state), slot: RefCell::new(slot), peer, tls, setup }
+        LoginGate {
+            state: RefCell::new(state),
+            slot: RefCell::new(slot),
+            access: RefCell::new(None),
+            peer,
+            tls,
+            setup,
+        }
     }
 
     /// Whether requests are served: no login required, or logged in.
@@ -108,10 +118,18 @@ impl LoginGate {
     }
 
     /// What the client may do (checked against the ACLs once any listener
-    /// requires a login).
-    pub(crate) fn access(&self) -> Access {
+    /// requires a login). Asked for only once the login is over (or none
+    /// is required), so it is made once.
+    pub(crate) fn access(&self) -> Rc<Access> {
+        if let Some(access) = self.access.borrow().as_ref() {
+            return Rc::clone(access);
+        }
         let usage = self.slot.borrow().as_ref().map(|slot| Rc::clone(&slot.usage));
-        Access::new(self.principal().as_ref(), self.peer, self.setup.enabled(), usage)
+        let access = Rc::new(Access::new(self.principal().as_ref(), self.peer, self.setup.enabled(), usage));
+        if self.is_open() {
+            *self.access.borrow_mut() = Some(Rc::clone(&access));
+        }
+        access
     }
 
     pub(crate) fn failure_delay(&self) -> std::time::Duration {
