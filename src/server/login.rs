@@ -94,14 +94,7 @@ impl LoginGate {
             None if required => State::Awaiting,
             None => State::Open,
         };
-        LoginGate {
-            state: RefCell::new(state),
-            slot: RefCell::new(slot),
-            access: RefCell::new(None),
-            peer,
-            tls,
-            setup,
-        }
+        LoginGate { state: RefCell::new(state), slot: RefCell::new(slot), access: RefCell::new(None), peer, tls, setup }
     }
 
     /// Whether requests are served: no login required, or logged in.
