@@ -58,10 +58,17 @@ fn sighup_rotates_the_certificate_without_dropping_connections() {
     assert_eq!(open.ping().unwrap(), Response::Pong, "an open connection keeps working");
     assert!(https_scrape(metrics, &new_ca.pem).unwrap().starts_with("HTTP/1.1 200"), "and /metrics rotates too");
 
+    let reloads = |result: &str| {
+        let scrape = https_scrape(metrics, &new_ca.pem).unwrap();
+        let line = format!("ringbroker_tls_reloads_total{{result=\"{result}\"}} ");
+        scrape.lines().find_map(|l| l.strip_prefix(line.as_str())?.parse::<u64>().ok()).unwrap()
+    };
+    assert_eq!((reloads("ok"), reloads("failed")), (1, 0));
+
     // A file that does not load leaves the certificate in use.
     std::fs::write(&cert, "not a certificate").unwrap();
     sighup(&broker);
-    std::thread::sleep(Duration::from_millis(300));
+    eventually("the failed reload", || reloads("failed") == 1);
     assert_eq!(TlsPing::connect(addr, &new_ca.pem).unwrap().ping().unwrap(), Response::Pong);
     assert!(broker.terminate().success());
 }

@@ -62,6 +62,8 @@ pub(crate) struct MetricsServer {
     connections: Rc<Semaphore>,
     /// HTTPS when set (`tls.metrics`).
     tls: Option<futures_rustls::TlsAcceptor>,
+    /// The listeners' certificate, for its reload counts.
+    tls_keys: Option<std::sync::Arc<super::tls::TlsKeys>>,
 }
 
 impl MetricsServer {
@@ -70,8 +72,10 @@ impl MetricsServer {
         stopping: Rc<Stopping>,
         data_dir: PathBuf,
         tls: Option<futures_rustls::TlsAcceptor>,
+        tls_keys: Option<std::sync::Arc<super::tls::TlsKeys>>,
     ) -> MetricsServer {
-        MetricsServer { shard, stopping, data_dir, connections: Rc::new(Semaphore::new(CONNECTIONS_MAX)), tls }
+        let connections = Rc::new(Semaphore::new(CONNECTIONS_MAX));
+        MetricsServer { shard, stopping, data_dir, connections, tls, tls_keys }
     }
 
     /// Accepts until the shard stops.
@@ -154,7 +158,11 @@ impl MetricsServer {
         // local disk, where the data directory must be) without waiting on
         // the device, so it runs inline rather than on the blocking thread.
         let free = crate::storage::free_bytes(&self.data_dir).ok();
-        render(snapshots, free)
+        let mut text = render(snapshots, free);
+        if let Some(keys) = &self.tls_keys {
+            text = with_tls_reloads(text, keys.reloads());
+        }
+        text
     }
 }
 
@@ -273,6 +281,20 @@ fn to_prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Adds the certificate reload counts (SIGHUP) before the exposition's end
+/// (`# EOF`, which must stay last).
+fn with_tls_reloads(mut text: String, (reloaded, failed): (u64, u64)) -> String {
+    let eof = text.rfind("# EOF").unwrap_or(text.len());
+    let family = format!(
+        "# HELP ringbroker_tls_reloads Certificate reloads on SIGHUP, by result.\n\
+         # TYPE ringbroker_tls_reloads counter\n\
+         ringbroker_tls_reloads_total{{result=\"ok\"}} {reloaded}\n\
+         ringbroker_tls_reloads_total{{result=\"failed\"}} {failed}\n"
+    );
+    text.insert_str(eof, &family);
+    text
 }
 
 /// The exposition of a set of snapshots (and the free space of the data

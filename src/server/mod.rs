@@ -180,6 +180,7 @@ impl Broker {
                 },
                 config: config.clone(),
                 tls: tls.clone(),
+                tls_keys: tls_keys.clone(),
                 data_dir: data_dir.clone(),
                 metadata: cluster.clone(),
                 mesh: mesh[shard].take().expect("each shard is launched once"),
@@ -411,6 +412,7 @@ struct ShardLaunch {
     config: TuningConfig,
     /// The server side of TLS, when the tuning names a certificate.
     tls: Option<Arc<futures_rustls::rustls::ServerConfig>>,
+    tls_keys: Option<Arc<tls::TlsKeys>>,
     data_dir: PathBuf,
     metadata: metadata::ClusterMetadata,
     mesh: mesh::MeshEnds<ShardMessage>,
@@ -552,8 +554,9 @@ impl ShardLaunch {
         accept_loops.extend(kafka_own.map(|listener| accept(listener, connection::Protocol::Kafka)));
         if let Some(listener) = metrics {
             let tls = self.tls.clone().filter(|_| self.config.tls.metrics).map(futures_rustls::TlsAcceptor::from);
+            let keys = self.tls_keys.clone();
             let metrics =
-                metrics::MetricsServer::new(Rc::clone(&shard), Rc::clone(&stopping), self.data_dir.clone(), tls);
+                metrics::MetricsServer::new(Rc::clone(&shard), Rc::clone(&stopping), self.data_dir.clone(), tls, keys);
             accept_loops.push(glommio::spawn_local(Rc::new(metrics).accept_loop(listener).in_current_span()));
         }
         let _ = self.reports.send(StartReport::Ready);

@@ -10,6 +10,7 @@
 //! its first DNS or email name) is the client's principal.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures_rustls::rustls;
@@ -26,24 +27,45 @@ pub struct TlsKeys {
     cert_file: PathBuf,
     key_file: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
+    /// Reloads that took, and that failed (the old certificate stayed).
+    reloaded: AtomicU64,
+    reload_failures: AtomicU64,
 }
 
 impl TlsKeys {
     /// Reads the certificate chain and key.
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<TlsKeys>, String> {
         let current = RwLock::new(read_key(cert_file, key_file)?);
-        Ok(Arc::new(TlsKeys { cert_file: cert_file.to_path_buf(), key_file: key_file.to_path_buf(), current }))
+        Ok(Arc::new(TlsKeys {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            current,
+            reloaded: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        }))
     }
 
     /// Reads the files again; new handshakes use what they hold from now
     /// on. On an error the certificate in use stays.
     pub fn reload(&self) -> Result<(), String> {
-        let fresh = read_key(&self.cert_file, &self.key_file)?;
+        let fresh = match read_key(&self.cert_file, &self.key_file) {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(error);
+            }
+        };
         match self.current.write() {
             Ok(mut current) => *current = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
         }
+        self.reloaded.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// (reloads that took, reloads that failed) so far.
+    pub fn reloads(&self) -> (u64, u64) {
+        (self.reloaded.load(Ordering::Relaxed), self.reload_failures.load(Ordering::Relaxed))
     }
 }
 
