@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use support::broker::BrokerProcess;
-use support::clients::{clients_script, python, run_client};
+use support::clients::{python, python_report};
 use support::temp_dir;
 
 fn ringbroker(addr: &str, user: &str, password: &str, args: &[&str], stdin: &str) -> Output {
@@ -157,14 +157,9 @@ fn kafka_clients_without_an_acl_are_refused_and_see_nothing() {
     }
     admin(&["acl", "add", "--principal", "User:alice", "--group", "auditors", "--operation", "read"]);
     let bootstrap = broker.kafka_addr.unwrap().to_string();
-    let script = clients_script();
     let client = |user: &str| {
         let password = format!("{user}-pw");
-        let args = [script.to_str().unwrap(), "confluent-acl", &bootstrap, "SCRAM-SHA-512", user, &password];
-        let output = run_client(&python, &[&args[..], &["ledger", "auditors"][..]].concat(), "");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_str::<serde_json::Value>(stdout.lines().last().expect("a report")).unwrap()
+        python_report(&python, "confluent-acl", &[&bootstrap, "SCRAM-SHA-512", user, &password, "ledger", "auditors"])
     };
     let bob = client("bob");
     assert_eq!(bob["topics"], serde_json::json!([]), "bob sees no topic: {bob}");
@@ -201,14 +196,9 @@ fn a_principal_over_its_produce_quota_is_throttled() {
         "",
     ));
     let bootstrap = broker.kafka_addr.unwrap().to_string();
-    let script = clients_script();
     let produce = |user: &str| {
         let password = format!("{user}-pw");
-        let args = [script.to_str().unwrap(), "confluent-quota", &bootstrap, "SCRAM-SHA-256", user, &password];
-        let output = run_client(&python, &[&args[..], &["metered", "1024000"][..]].concat(), "");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_str::<serde_json::Value>(stdout.lines().last().expect("a report")).unwrap()
+        python_report(&python, "confluent-quota", &[&bootstrap, "SCRAM-SHA-256", user, &password, "metered", "1024000"])
     };
     let alice = produce("alice");
     assert_eq!(alice["delivered"], 100, "{alice}");

@@ -20,7 +20,7 @@ use std::time::Duration;
 use kafka_protocol::messages::{ApiKey, MetadataRequest};
 use support::broker::BrokerProcess;
 use support::certs::certificates;
-use support::clients::{clients_script, kcat, python, run_client};
+use support::clients::{kcat, python, python_report, run_client};
 use support::kafka::KafkaConnection;
 use support::temp_dir;
 
@@ -173,13 +173,12 @@ fn confluent_kafka_logs_in_with_scram_over_tls() {
     let ca = ca.unwrap();
     let broker = start(&data, &tuning, Some(&ca));
     let bootstrap = broker.kafka_addr.unwrap().to_string();
-    let script = clients_script();
     let run = |mechanism: &str, password: &str| {
-        let args = [script.to_str().unwrap(), "confluent-sasl", &bootstrap, "vault", ca.to_str().unwrap()];
-        let output = run_client(&python, &[&args[..], &[mechanism, "alice", password][..]].concat(), "");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_str::<serde_json::Value>(stdout.lines().last().expect("a report")).unwrap()
+        python_report(
+            &python,
+            "confluent-sasl",
+            &[&bootstrap, "vault", ca.to_str().unwrap(), mechanism, "alice", password],
+        )
     };
     for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] {
         let report = run(mechanism, "alice-secret");

@@ -49,3 +49,13 @@ pub fn run_client(program: &Path, args: &[&str], stdin: &str) -> Output {
     child.stdin.take().expect("piped stdin").write_all(stdin.as_bytes()).expect("writing stdin");
     child.wait_with_output().expect("waiting for the client")
 }
+
+/// Runs one mode of `clients.py` with `args`, asserts it succeeded, and
+/// returns its report (the last line it printed, JSON).
+pub fn python_report(python: &Path, mode: &str, args: &[&str]) -> serde_json::Value {
+    let script = clients_script();
+    let output = run_client(python, &[&[script.to_str().unwrap(), mode][..], args].concat(), "");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{mode}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_str(stdout.lines().last().expect("a report")).expect("a JSON report")
+}
