@@ -14,6 +14,7 @@ use crate::protocol::types::{PartitionId, ShardId};
 use crate::protocol::wire::{
     CredentialDeletion, CredentialUpsert, DeleteRecordsPartition, DeleteRecordsResult, ErrorCode, TopicResult,
 };
+use crate::storage::io::Storage;
 
 use super::metadata::{self, MetadataError};
 use super::topic_config::{ConfigEdit, ConfigEntry, ConfigError, TopicConfig};
@@ -34,7 +35,7 @@ pub enum CredentialChange {
     Delete { mechanism: ScramMechanism },
 }
 
-impl Shard {
+impl<S: Storage> Shard<S> {
     /// Adds ACL bindings or deletes those a filter matches: made durable by
     /// shard 0, then every shard's checks use them. Returns the result and
     /// the bindings deleted.

@@ -16,6 +16,7 @@ use crate::protocol::wire::{
     GroupResult, JoinGroupRequest, ListGroupsResponse, ListOffsetsPartition, OffsetSpec, PartitionLag, Request,
     ResetGroupRequest, ResetTarget, Response,
 };
+use crate::storage::io::Storage;
 
 use super::groups::{GroupState, JoinOutcome};
 use super::offsets::OffsetUpdate;
@@ -26,7 +27,7 @@ const SESSION_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 500..=300_000;
 /// How often sessions and hand-overs are checked.
 pub(super) const GROUP_TICK: Duration = Duration::from_millis(100);
 
-impl Shard {
+impl<S: Storage> Shard<S> {
     /// Serves a group request, forwarding it to the coordinating shard.
     pub async fn group_request(self: &Rc<Self>, request: Request) -> Response {
         Counters::add(&self.counters.group_requests, 1);

@@ -43,6 +43,7 @@ use kafka_protocol::protocol::{Decodable, StrBytes};
 
 use crate::protocol::types::{Offset, ShardId};
 use crate::protocol::wire::coordinator_of;
+use crate::storage::io::Storage;
 
 use super::offsets::OffsetUpdate;
 use super::{Shard, ShardMessage};
@@ -350,7 +351,7 @@ fn group_of(api_key: ApiKey, version: i16, body: &Bytes) -> Option<String> {
     Some(id.0.to_string())
 }
 
-impl Shard {
+impl<S: Storage> Shard<S> {
     /// Serves a Kafka group request (already bounds-checked), forwarding
     /// it to the group's coordinator shard.
     pub async fn kafka_group_request(

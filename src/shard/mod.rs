@@ -44,6 +44,7 @@ use crate::protocol::wire::{
     ShardStats, TopicResult,
 };
 use crate::storage::dma::DmaStorage;
+use crate::storage::io::Storage;
 use crate::storage::producers::SequenceError;
 use crate::storage::{FsyncObserver, LogConfig, OpenOptions, PartitionLog, StorageError};
 
@@ -51,8 +52,9 @@ pub use metadata::ClusterMetadata;
 pub use snapshot::{GroupSnapshot, PartitionSnapshot, ShardSnapshot};
 pub use stats::{Counters, LatencySnapshot, LATENCY_BUCKETS_SECONDS};
 
-/// The log type the broker runs on.
-pub type Log = PartitionLog<DmaStorage>;
+/// A partition's log; the broker runs on [`DmaStorage`], the simulation on
+/// [`crate::storage::sim::SimStorage`].
+pub type Log<S = DmaStorage> = PartitionLog<S>;
 
 /// Capacity of each directed channel of the mesh.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -189,20 +191,24 @@ pub struct ShardConfig {
 
 /// One partition owned by this shard.
 #[derive(Debug, Clone)]
-enum Partition {
-    Ready(Log),
+enum Partition<S: Storage> {
+    Ready(Log<S>),
     /// Quarantined: recovery refused it (corruption) or it failed to open.
     /// Other partitions keep serving.
     Failed(Rc<StorageError>),
 }
 
-/// The per-core world.
+/// The partitions a shard owns, by topic and partition number.
+type PartitionTable<S> = HashMap<Rc<str>, BTreeMap<u32, Partition<S>>>;
+
+/// The per-core world, generic over the disk it runs on (see
+/// [`Shard::start_on`]).
 #[derive(Debug)]
-pub struct Shard {
+pub struct Shard<S: Storage = DmaStorage> {
     id: ShardId,
     shard_count: usize,
     data_dir: PathBuf,
-    storage: DmaStorage,
+    storage: S,
     log_config: LogConfig,
     default_partitions: u32,
     partitions_max: usize,
@@ -212,7 +218,7 @@ pub struct Shard {
     producer_ids: producer_ids::ProducerIds,
     shard_ports: Vec<u16>,
     metadata: RefCell<Rc<ClusterMetadata>>,
-    partitions: RefCell<HashMap<Rc<str>, BTreeMap<u32, Partition>>>,
+    partitions: RefCell<PartitionTable<S>>,
     mesh: mesh::MeshSenders<ShardMessage>,
     mesh_handlers: Rc<Semaphore>,
     /// Shard 0 applies one metadata change at a time.
@@ -222,7 +228,7 @@ pub struct Shard {
     /// Consumer groups this shard coordinates.
     groups: RefCell<HashMap<String, groups::GroupState>>,
     /// Their committed offsets (`None` once closed).
-    offsets: RefCell<Option<Rc<offsets::OffsetStore>>>,
+    offsets: RefCell<Option<Rc<offsets::OffsetStore<S>>>>,
     /// Kafka (classic protocol) groups this shard coordinates.
     kafka_groups: kafka_groups::KafkaGroups,
 }
@@ -237,14 +243,27 @@ pub enum ShardStartError {
 }
 
 impl Shard {
-    /// Starts the shard on the current executor: joins the mesh, opens the
-    /// partitions it owns, and starts serving forwarded requests and
-    /// enforcing retention.
+    /// Starts the shard on the current executor, on the real disk under
+    /// its data directory.
     pub async fn start(config: ShardConfig, mesh: mesh::MeshEnds<ShardMessage>) -> Result<Rc<Shard>, ShardStartError> {
         let id = config.id;
+        let storage =
+            DmaStorage::new(&config.data_dir).await.map_err(|error| ShardStartError::Io { shard: id, error })?;
+        Shard::start_on(storage, config, mesh).await
+    }
+}
+
+impl<S: Storage> Shard<S> {
+    /// Starts the shard on the current executor with `storage` holding its
+    /// logs: joins the mesh, opens the partitions it owns, and starts
+    /// serving forwarded requests and enforcing retention.
+    pub async fn start_on(
+        storage: S,
+        config: ShardConfig,
+        mesh: mesh::MeshEnds<ShardMessage>,
+    ) -> Result<Rc<Shard<S>>, ShardStartError> {
+        let id = config.id;
         let (senders, receivers) = mesh.split();
-        let io = |error| ShardStartError::Io { shard: id, error };
-        let storage = DmaStorage::new(&config.data_dir).await.map_err(io)?;
         let offsets = offsets::OffsetStore::open(
             storage.clone(),
             &config.data_dir,
@@ -346,7 +365,7 @@ impl Shard {
         self.mesh.close();
     }
 
-    fn partition(&self, topic: &str, partition: PartitionId) -> Option<Partition> {
+    fn partition(&self, topic: &str, partition: PartitionId) -> Option<Partition<S>> {
         self.partitions.borrow().get(topic)?.get(&partition.0).cloned()
     }
 
@@ -400,7 +419,7 @@ impl Shard {
         }
     }
 
-    async fn open_partition(&self, topic: &str, partition: u32, limits: crate::storage::LogLimits) -> Partition {
+    async fn open_partition(&self, topic: &str, partition: u32, limits: crate::storage::LogLimits) -> Partition<S> {
         let dir = self.partition_dir(topic, partition);
         let counters = Rc::clone(&self.counters);
         let options = OpenOptions {
@@ -426,8 +445,7 @@ impl Shard {
                 let _ = log.close().await;
             }
             let dir = self.partition_dir(topic, partition);
-            let removal = glommio::executor().spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
-            if let Err(error) = removal {
+            if let Err(error) = self.storage.remove_dir_all(&dir).await {
                 tracing::warn!(topic, partition, %error, "could not remove the partition directory");
             }
         }
@@ -571,7 +589,7 @@ impl Shard {
             loop {
                 glommio::timer::sleep(interval).await;
                 let Some(shard) = shard.upgrade() else { return };
-                let logs: Vec<Log> = shard
+                let logs: Vec<Log<S>> = shard
                     .partitions
                     .borrow()
                     .values()

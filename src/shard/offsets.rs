@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::batch::{peek_batch_len, BatchBuilder, BatchView, Record};
 use crate::protocol::types::{AckLevel, Offset, ShardId, TimestampMs};
 use crate::protocol::wire::coordinator_of;
-use crate::storage::dma::DmaStorage;
+use crate::storage::io::{Storage, StorageFile};
 use crate::storage::{LogConfig, OpenOptions, PartitionLog, StorageError};
 
 const OFFSETS_DIR_PREFIX: &str = "group-offsets-";
@@ -73,22 +73,22 @@ type GroupOffsets = BTreeMap<(String, u32), Committed>;
 
 /// The offsets of the groups this shard coordinates.
 #[derive(Debug)]
-pub struct OffsetStore {
-    log: PartitionLog<DmaStorage>,
+pub struct OffsetStore<S: Storage> {
+    log: PartitionLog<S>,
     committed: RefCell<HashMap<String, GroupOffsets>>,
     batch_bytes_max: usize,
 }
 
-impl OffsetStore {
+impl<S: Storage> OffsetStore<S> {
     /// Opens this shard's offsets log and rebuilds the map from every
     /// shard's log.
     pub async fn open(
-        storage: DmaStorage,
+        storage: S,
         data_dir: &Path,
         shard: ShardId,
         shard_count: usize,
         mut config: LogConfig,
-    ) -> Result<OffsetStore, StorageError> {
+    ) -> Result<OffsetStore<S>, StorageError> {
         config.segment_bytes_max =
             config.segment_bytes_max.min(OFFSETS_SEGMENT_BYTES).max(config.batch_bytes_max as u64);
         config.retention_bytes = None;
@@ -96,12 +96,15 @@ impl OffsetStore {
         config.segment_age_max_ms = None;
         let internal = data_dir.join("internal");
         let own_dir = internal.join(format!("{OFFSETS_DIR_PREFIX}{}", shard.0));
-        let log = PartitionLog::open(storage, &own_dir, config.clone(), OpenOptions::default()).await?;
+        let log = PartitionLog::open(storage.clone(), &own_dir, config.clone(), OpenOptions::default()).await?;
         // The newest entry of each key wins; `None` is a tombstone.
         let mut newest: HashMap<(String, String, u32), (u64, Option<Committed>)> = HashMap::new();
-        for dir in offset_dirs(&internal) {
-            let entries =
-                if dir == own_dir { read_own(&log).await? } else { read_foreign(&dir, config.batch_bytes_max) };
+        for dir in offset_dirs(&storage, &internal).await {
+            let entries = if dir == own_dir {
+                read_own(&log).await?
+            } else {
+                read_foreign(&storage, &dir, config.batch_bytes_max).await
+            };
             for Entry { key, time_us, value } in entries {
                 if coordinator_of(&key.group, shard_count) != shard {
                     continue;
@@ -242,11 +245,10 @@ impl OffsetStore {
 }
 
 /// The offsets directories of all shards, present and past.
-fn offset_dirs(internal: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(internal) else { return Vec::new() };
+async fn offset_dirs<S: Storage>(storage: &S, internal: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = storage.list_dirs(internal).await else { return Vec::new() };
     let mut dirs: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
+        .into_iter()
         .filter(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(OFFSETS_DIR_PREFIX)))
         .collect();
     dirs.sort();
@@ -254,7 +256,7 @@ fn offset_dirs(internal: &Path) -> Vec<PathBuf> {
 }
 
 /// Every commit in this shard's own log.
-async fn read_own(log: &PartitionLog<DmaStorage>) -> Result<Vec<Entry>, StorageError> {
+async fn read_own<S: Storage>(log: &PartitionLog<S>) -> Result<Vec<Entry>, StorageError> {
     let mut entries = Vec::new();
     let (end, mut next) = log.bounds();
     while next < end {
@@ -270,24 +272,38 @@ async fn read_own(log: &PartitionLog<DmaStorage>) -> Result<Vec<Entry>, StorageE
 }
 
 /// Every whole, valid commit in another shard's log, read straight from
-/// its segment files (that shard owns the log; this only reads). Reading
-/// stops at the first damaged or partial batch of a segment.
-fn read_foreign(dir: &Path, batch_bytes_max: usize) -> Vec<Entry> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut segments: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
-        .collect();
+/// its segment files through the storage seam (that shard owns the log;
+/// this only reads). Reading stops at the first damaged or partial batch
+/// of a segment.
+async fn read_foreign<S: Storage>(storage: &S, dir: &Path, batch_bytes_max: usize) -> Vec<Entry> {
+    let Ok(entries) = storage.list(dir).await else { return Vec::new() };
+    let mut segments: Vec<PathBuf> =
+        entries.into_iter().filter(|path| path.extension().is_some_and(|ext| ext == "log")).collect();
     segments.sort();
     let mut found = Vec::new();
     for segment in segments {
-        match std::fs::read(&segment) {
+        match read_file(storage, &segment).await {
             Ok(bytes) => decode_batches(&bytes, batch_bytes_max, &mut found),
             Err(error) => tracing::warn!(path = %segment.display(), %error, "skipping an unreadable offsets segment"),
         }
     }
     found
+}
+
+/// A whole file's bytes, read in aligned chunks.
+async fn read_file<S: Storage>(storage: &S, path: &Path) -> std::io::Result<Vec<u8>> {
+    const CHUNK_BYTES: usize = 1 << 20;
+    let file = storage.open(path).await?;
+    let size = usize::try_from(file.size().await?).map_err(std::io::Error::other)?;
+    let mut bytes = Vec::with_capacity(size.min(CHUNK_BYTES));
+    while bytes.len() < size {
+        let want = (size - bytes.len()).min(CHUNK_BYTES);
+        if file.read_into(bytes.len() as u64, want, &mut bytes).await? == 0 {
+            break;
+        }
+    }
+    file.close().await?;
+    Ok(bytes)
 }
 
 /// One record of an offsets log: a commit, or a tombstone (`value: None`).

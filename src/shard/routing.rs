@@ -26,6 +26,7 @@ use crate::protocol::wire::{
     MetadataResponse, OffsetSpec, PartitionMetadata, ProducePartitionResult, ShardEndpoint, StatsResponse,
     TopicMetadata,
 };
+use crate::storage::io::Storage;
 use crate::storage::{AppendReceipt, CheckedBatch};
 
 use super::topic_config::{TimestampType, TopicCompression, TopicConfig};
@@ -35,7 +36,7 @@ use super::{error_code, Counters, FetchOutcome, Partition, ProduceItem, Shard, S
 /// the request.
 pub(super) type Routed<T> = BTreeMap<ShardId, Vec<(usize, T)>>;
 
-impl Shard {
+impl<S: Storage> Shard<S> {
     /// Appends each item's batches to its partition (wherever it lives) and
     /// waits for `acks`. Results come back in item order.
     pub async fn produce(
@@ -98,7 +99,7 @@ impl Shard {
         mut data: BytesMut,
         topic: &str,
         partition: PartitionId,
-    ) -> Result<(super::Log, AppendReceipt, AppendReceipt), ErrorCode> {
+    ) -> Result<(super::Log<S>, AppendReceipt, AppendReceipt), ErrorCode> {
         let log = match self.partition(topic, partition) {
             Some(Partition::Ready(log)) => log,
             Some(Partition::Failed(_)) => return Err(ErrorCode::PARTITION_FAILED),
@@ -476,7 +477,7 @@ impl Shard {
         self: &Rc<Self>,
         items: Vec<T>,
         key: impl Fn(&T) -> (&str, PartitionId),
-        local: impl FnOnce(Rc<Shard>, Vec<T>) -> Pin<Box<dyn Future<Output = Vec<R>>>>,
+        local: impl FnOnce(Rc<Shard<S>>, Vec<T>) -> Pin<Box<dyn Future<Output = Vec<R>>>>,
         message: impl Fn(Vec<T>, oneshot::Sender<Vec<R>>) -> ShardMessage,
         failed: impl Fn(&str, PartitionId, ErrorCode) -> R,
     ) -> Vec<R> {
@@ -508,7 +509,7 @@ impl Shard {
         self: &Rc<Self>,
         routed: Routed<T>,
         key: impl Fn(&T) -> (String, PartitionId),
-        local: impl FnOnce(Rc<Shard>, Vec<T>) -> Pin<Box<dyn Future<Output = A>>>,
+        local: impl FnOnce(Rc<Shard<S>>, Vec<T>) -> Pin<Box<dyn Future<Output = A>>>,
         message: impl Fn(Vec<T>, oneshot::Sender<A>) -> ShardMessage,
     ) -> Vec<Part<A>> {
         let mut parts = Vec::with_capacity(routed.len());
@@ -587,7 +588,12 @@ async fn join_all<T>(mut futures: Vec<Pin<Box<dyn Future<Output = T>>>>) -> Vec<
 }
 
 /// Waits for one partition's ack level, bounded by the request deadline.
-async fn wait_for_ack(log: &super::Log, last: AppendReceipt, acks: AckLevel, deadline: Instant) -> ErrorCode {
+async fn wait_for_ack<S: Storage>(
+    log: &super::Log<S>,
+    last: AppendReceipt,
+    acks: AckLevel,
+    deadline: Instant,
+) -> ErrorCode {
     let left = deadline.saturating_duration_since(Instant::now());
     match glommio::timer::timeout(left, async { Ok(log.wait(last, acks).await) }).await {
         Ok(Ok(())) => ErrorCode::NONE,

@@ -11,6 +11,7 @@ use futures_channel::oneshot;
 
 use crate::protocol::types::{Offset, ShardId};
 use crate::protocol::wire::ErrorCode;
+use crate::storage::io::Storage;
 
 use super::stats::LatencySnapshot;
 use super::{Partition, Shard, ShardMessage};
@@ -67,7 +68,7 @@ pub struct GroupSnapshot {
     pub committed: Vec<(String, u32, Offset)>,
 }
 
-impl Shard {
+impl<S: Storage> Shard<S> {
     /// A snapshot of every shard, this one first.
     pub async fn snapshot_all(self: &Rc<Self>) -> Vec<ShardSnapshot> {
         let mut snapshots = vec![self.local_snapshot()];

@@ -119,6 +119,37 @@ impl Storage for DmaStorage {
         Ok(paths)
     }
 
+    async fn list_dirs(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        let mut paths = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                paths.push(entry.path());
+            }
+        }
+        Ok(paths)
+    }
+
+    async fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        // Rare (topic deletion): a blocking thread walks the tree.
+        let doomed = dir.to_path_buf();
+        let removed = glommio::executor().spawn_blocking(move || std::fs::remove_dir_all(&doomed)).await;
+        match removed {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        }
+        match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => self.sync_dir(parent).await,
+            _ => Ok(()),
+        }
+    }
+
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         // glommio 0.9.0 fails to open a relative directory path (EBADF).
         let directory = glommio::io::Directory::open(std::path::absolute(dir)?).await?;

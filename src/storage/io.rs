@@ -57,6 +57,12 @@ pub trait Storage: Clone + std::fmt::Debug + 'static {
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// The paths of the regular files directly inside `dir`.
     async fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    /// The paths of the directories directly inside `dir` (none if `dir`
+    /// does not exist).
+    async fn list_dirs(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    /// Removes `dir` and everything below it, durably: its parent is
+    /// synced. Removing a directory that does not exist succeeds.
+    async fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Makes creations, renames and removals inside `dir` durable.
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }

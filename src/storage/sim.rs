@@ -305,6 +305,22 @@ impl Storage for SimStorage {
         Ok(disk.files.keys().filter(in_dir).cloned().collect())
     }
 
+    async fn list_dirs(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let disk = self.disk.borrow();
+        Ok(disk.dirs.iter().filter(|path| path.parent() == Some(dir)).cloned().collect())
+    }
+
+    async fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.take_fault(FaultOp::Sync)?;
+        // The removal is made durable at once (the parent directory is
+        // synced), so the files are gone from both namespaces.
+        let mut disk = self.disk.borrow_mut();
+        disk.files.retain(|path, _| !path.starts_with(dir));
+        disk.durable_files.retain(|path, _| !path.starts_with(dir));
+        disk.dirs.retain(|path| !path.starts_with(dir));
+        Ok(())
+    }
+
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.take_fault(FaultOp::Sync)?;
         let mut disk = self.disk.borrow_mut();
