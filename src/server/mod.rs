@@ -506,7 +506,7 @@ impl ShardLaunch {
             retention_check_interval: self.config.storage.retention_check_interval(),
             metadata: self.metadata.clone(),
             shard_ports,
-            flush_shares: self.config.shards.flush_shares,
+            flush_shares: Some(self.config.shards.flush_shares),
         };
         let shard = Shard::start(shard_config, self.mesh).await.map_err(|error| error.to_string())?;
         tracing::debug!(shard = self.shard, "joined the mesh and opened its partitions");

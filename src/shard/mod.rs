@@ -186,7 +186,10 @@ pub struct ShardConfig {
     pub metadata: ClusterMetadata,
     /// Each shard's own port (0: none), indexed by shard.
     pub shard_ports: Vec<u16>,
-    pub flush_shares: usize,
+    /// Shares of the task queue that flushes logs and enforces retention;
+    /// `None` runs them in the shard's own queue (the simulation does, so
+    /// that its schedule depends on nothing but its seed).
+    pub flush_shares: Option<usize>,
 }
 
 /// One partition owned by this shard.
@@ -223,7 +226,7 @@ pub struct Shard<S: Storage = DmaStorage> {
     mesh_handlers: Rc<Semaphore>,
     /// Shard 0 applies one metadata change at a time.
     metadata_writer: Semaphore,
-    flush_queue: TaskQueueHandle,
+    flush_queue: Option<TaskQueueHandle>,
     counters: Rc<Counters>,
     /// Consumer groups this shard coordinates.
     groups: RefCell<HashMap<String, groups::GroupState>>,
@@ -273,11 +276,13 @@ impl<S: Storage> Shard<S> {
         )
         .await
         .map_err(|error| ShardStartError::Offsets { shard: id, message: error.to_string() })?;
-        let flush_queue = glommio::executor().create_task_queue(
-            glommio::Shares::Static(config.flush_shares),
-            glommio::Latency::NotImportant,
-            "flush",
-        );
+        let flush_queue = config.flush_shares.map(|shares| {
+            glommio::executor().create_task_queue(
+                glommio::Shares::Static(shares),
+                glommio::Latency::NotImportant,
+                "flush",
+            )
+        });
         let shard = Rc::new(Shard {
             id,
             shard_count: config.shard_count,
@@ -423,7 +428,7 @@ impl<S: Storage> Shard<S> {
         let dir = self.partition_dir(topic, partition);
         let counters = Rc::clone(&self.counters);
         let options = OpenOptions {
-            flush_queue: Some(self.flush_queue),
+            flush_queue: self.flush_queue,
             fsync_observer: Some(FsyncObserver(Rc::new(move |took| counters.record_fsync(took)))),
             ..OpenOptions::default()
         };
@@ -605,6 +610,10 @@ impl<S: Storage> Shard<S> {
                     }
                 }
             }
+        };
+        let Some(queue) = queue else {
+            glommio::spawn_local(task).detach();
+            return;
         };
         match glommio::spawn_local_into(task, queue) {
             Ok(task) => drop(task.detach()),

@@ -70,6 +70,8 @@ struct SimDisk {
     faults: Vec<Fault>,
     /// Bytes that may still be allocated; `None` for unlimited.
     space_left_bytes: Option<u64>,
+    /// A disk that lies: `fdatasync` succeeds and makes nothing durable.
+    syncs_lie: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -94,6 +96,13 @@ impl SimStorage {
     /// Beyond it, writes and preallocations fail with `StorageFull`.
     pub fn set_space_left(&self, bytes: Option<u64>) {
         self.disk.borrow_mut().space_left_bytes = bytes;
+    }
+
+    /// Makes `fdatasync` succeed without making anything durable, as a
+    /// disk with a volatile write cache that ignores flushes does. Only the
+    /// negative controls of the simulations use it: they must catch it.
+    pub fn set_syncs_lie(&self, lie: bool) {
+        self.disk.borrow_mut().syncs_lie = lie;
     }
 
     /// The disk as it would be found after a power cut now: a new, independent
@@ -133,6 +142,7 @@ impl SimStorage {
             dirs: disk.dirs.clone(),
             faults: Vec::new(),
             space_left_bytes: None,
+            syncs_lie: disk.syncs_lie,
         };
         SimStorage { disk: Rc::new(RefCell::new(image)) }
     }
@@ -371,6 +381,9 @@ impl StorageFile for SimStorageFile {
             future::yield_now().await;
         }
         self.storage.take_fault(FaultOp::Sync)?;
+        if self.storage.disk.borrow().syncs_lie {
+            return Ok(());
+        }
         let mut file = self.file.borrow_mut();
         file.synced = snapshot;
         file.unsynced_writes.drain(..covered);
