@@ -169,6 +169,8 @@ async fn start_shards(disk: &SimStorage, data_dir: &Path) -> Result<Vec<Rc<Shard
             metadata: metadata.clone(),
             shard_ports: vec![0; SHARDS],
             flush_shares: None,
+            // Small, so that runs compact the group offsets logs often.
+            offsets_compact_after_bytes: 512,
         };
         let shard = Shard::start_on(disk.clone(), config, ends).await.map_err(|error| error.to_string())?;
         shards.push(shard);

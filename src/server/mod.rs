@@ -507,6 +507,7 @@ impl ShardLaunch {
             metadata: self.metadata.clone(),
             shard_ports,
             flush_shares: Some(self.config.shards.flush_shares),
+            offsets_compact_after_bytes: crate::shard::offsets::COMPACT_AFTER_BYTES,
         };
         let shard = Shard::start(shard_config, self.mesh).await.map_err(|error| error.to_string())?;
         tracing::debug!(shard = self.shard, "joined the mesh and opened its partitions");

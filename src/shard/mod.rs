@@ -190,6 +190,9 @@ pub struct ShardConfig {
     /// `None` runs them in the shard's own queue (the simulation does, so
     /// that its schedule depends on nothing but its seed).
     pub flush_shares: Option<usize>,
+    /// Bytes appended to the group offsets log that make it due for
+    /// compaction ([`offsets::COMPACT_AFTER_BYTES`] in the broker).
+    pub offsets_compact_after_bytes: u64,
 }
 
 /// One partition owned by this shard.
@@ -275,7 +278,8 @@ impl<S: Storage> Shard<S> {
             config.log_config.clone(),
         )
         .await
-        .map_err(|error| ShardStartError::Offsets { shard: id, message: error.to_string() })?;
+        .map_err(|error| ShardStartError::Offsets { shard: id, message: error.to_string() })?
+        .with_compaction_after(config.offsets_compact_after_bytes);
         let flush_queue = config.flush_shares.map(|shares| {
             glommio::executor().create_task_queue(
                 glommio::Shares::Static(shares),

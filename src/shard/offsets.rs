@@ -14,15 +14,22 @@
 //! map. Replay applies tombstones like commits, newest wins, so a topic
 //! re-created under the same name starts with no committed offsets.
 //!
-//! The log is never compacted yet: it grows by one small batch per commit.
-//! Compaction (a snapshot of the map, then deleting older segments) is
-//! future work, noted in the issue.
+//! Compaction: once more than [`COMPACT_AFTER_BYTES`] were appended since the
+//! last snapshot (and more than twice that snapshot's size), the store
+//! appends a snapshot of its map, durably, and then moves the log's start to
+//! the snapshot's first record, which removes the older segments. Commits
+//! wait while a snapshot is written, so none can land between the map being
+//! read and the log start moving past it. A snapshot also carries tombstones
+//! for keys of this shard's groups that other shards' logs still hold (left
+//! from before a change in the number of shards), so dropping the older
+//! tombstones cannot bring those entries back.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
+use glommio::sync::Semaphore;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::batch::{peek_batch_len, BatchBuilder, BatchView, Record};
@@ -38,6 +45,11 @@ const OFFSETS_SEGMENT_BYTES: u64 = 64 << 20;
 /// timestamp and offset deltas, key length, null value and header count
 /// are at most 5 + 1 + 10 + 5 + 5 + 1 + 5 varint bytes.
 const TOMBSTONE_OVERHEAD_BYTES: usize = 32;
+/// Bytes appended since the last snapshot that make the log due for
+/// compaction (see the module comment).
+pub const COMPACT_AFTER_BYTES: u64 = 4 << 20;
+/// Appends in flight at once; a compaction takes every permit.
+const WRITERS_MAX: u64 = 1 << 16;
 
 /// A committed position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +67,7 @@ pub struct OffsetUpdate {
     pub metadata: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 struct CommitKey {
     group: String,
     topic: String,
@@ -77,6 +89,14 @@ pub struct OffsetStore<S: Storage> {
     log: PartitionLog<S>,
     committed: RefCell<HashMap<String, GroupOffsets>>,
     batch_bytes_max: usize,
+    /// Keys of this shard's groups found in other shards' logs at open.
+    foreign_keys: BTreeSet<CommitKey>,
+    /// Commits and forgets hold one permit; a compaction holds them all.
+    writers: Semaphore,
+    /// Bytes appended since the last snapshot, and that snapshot's size.
+    appended_bytes: Cell<u64>,
+    snapshot_bytes: Cell<u64>,
+    compact_after_bytes: u64,
 }
 
 impl<S: Storage> OffsetStore<S> {
@@ -99,15 +119,20 @@ impl<S: Storage> OffsetStore<S> {
         let log = PartitionLog::open(storage.clone(), &own_dir, config.clone(), OpenOptions::default()).await?;
         // The newest entry of each key wins; `None` is a tombstone.
         let mut newest: HashMap<(String, String, u32), (u64, Option<Committed>)> = HashMap::new();
+        let mut foreign_keys = BTreeSet::new();
         for dir in offset_dirs(&storage, &internal).await {
-            let entries = if dir == own_dir {
-                read_own(&log).await?
-            } else {
+            let foreign = dir != own_dir;
+            let entries = if foreign {
                 read_foreign(&storage, &dir, config.batch_bytes_max).await
+            } else {
+                read_own(&log).await?
             };
             for Entry { key, time_us, value } in entries {
                 if coordinator_of(&key.group, shard_count) != shard {
                     continue;
+                }
+                if foreign {
+                    foreign_keys.insert(key.clone());
                 }
                 let committed = match value {
                     Some(value) => match Offset::new(value.offset) {
@@ -128,7 +153,23 @@ impl<S: Storage> OffsetStore<S> {
                 committed.entry(group).or_default().insert((topic, partition), value);
             }
         }
-        Ok(OffsetStore { log, committed: RefCell::new(committed), batch_bytes_max: config.batch_bytes_max })
+        let appended_bytes = Cell::new(log.size_bytes());
+        Ok(OffsetStore {
+            log,
+            committed: RefCell::new(committed),
+            batch_bytes_max: config.batch_bytes_max,
+            foreign_keys,
+            writers: Semaphore::new(WRITERS_MAX),
+            appended_bytes,
+            snapshot_bytes: Cell::new(0),
+            compact_after_bytes: COMPACT_AFTER_BYTES,
+        })
+    }
+
+    /// Compacts once this many bytes were appended since the last snapshot.
+    pub fn with_compaction_after(mut self, bytes: u64) -> Self {
+        self.compact_after_bytes = bytes;
+        self
     }
 
     /// Makes `updates` durable, then visible in the map.
@@ -136,6 +177,7 @@ impl<S: Storage> OffsetStore<S> {
         if updates.is_empty() {
             return Ok(());
         }
+        let writer = self.writers.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
         let now = TimestampMs::now();
         let time_us = u64::try_from(now.0).unwrap_or(0) * 1000;
         let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = updates
@@ -148,20 +190,24 @@ impl<S: Storage> OffsetStore<S> {
             })
             .collect();
         self.append(now, &encoded).await?;
-        let mut committed = self.committed.borrow_mut();
-        let offsets = committed.entry(group.to_string()).or_default();
-        for update in updates {
-            offsets.insert(
-                (update.topic, update.partition),
-                Committed { offset: update.offset, metadata: update.metadata },
-            );
+        {
+            let mut committed = self.committed.borrow_mut();
+            let offsets = committed.entry(group.to_string()).or_default();
+            for update in updates {
+                offsets.insert(
+                    (update.topic, update.partition),
+                    Committed { offset: update.offset, metadata: update.metadata },
+                );
+            }
         }
-        Ok(())
+        drop(writer);
+        self.compact_if_due().await
     }
 
     /// Forgets every group's offsets for `topic` (deleted): durable
     /// tombstones first, then the map. Returns how many were forgotten.
     pub async fn forget_topic(&self, topic: &str) -> Result<usize, StorageError> {
+        let writer = self.writers.acquire_permit(1).await.map_err(|_| StorageError::Closed)?;
         let doomed: Vec<CommitKey> = self
             .committed
             .borrow()
@@ -175,32 +221,85 @@ impl<S: Storage> OffsetStore<S> {
             })
             .collect();
         // As many batches as it takes: a busy broker can have many groups
-        // on one topic. Half a batch of keys leaves room for the framing.
-        let mut encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        let mut encoded_bytes = 0;
-        for key in &doomed {
-            let key = encode(key);
-            if encoded_bytes + key.len() > self.batch_bytes_max / 2 && !encoded.is_empty() {
-                self.append(TimestampMs::now(), &encoded).await?;
-                encoded.clear();
-                encoded_bytes = 0;
-            }
-            encoded_bytes += key.len() + TOMBSTONE_OVERHEAD_BYTES;
-            encoded.push((key, None));
-        }
-        if !encoded.is_empty() {
-            self.append(TimestampMs::now(), &encoded).await?;
-        }
-        let mut committed = self.committed.borrow_mut();
-        for key in &doomed {
-            if let Some(offsets) = committed.get_mut(&key.group) {
-                offsets.remove(&(key.topic.clone(), key.partition));
-                if offsets.is_empty() {
-                    committed.remove(&key.group);
+        // on one topic.
+        let tombstones: Vec<(Vec<u8>, Option<Vec<u8>>)> = doomed.iter().map(|key| (encode(key), None)).collect();
+        self.append_chunked(TimestampMs::now(), &tombstones).await?;
+        {
+            let mut committed = self.committed.borrow_mut();
+            for key in &doomed {
+                if let Some(offsets) = committed.get_mut(&key.group) {
+                    offsets.remove(&(key.topic.clone(), key.partition));
+                    if offsets.is_empty() {
+                        committed.remove(&key.group);
+                    }
                 }
             }
         }
+        drop(writer);
+        self.compact_if_due().await?;
         Ok(doomed.len())
+    }
+
+    /// Writes a snapshot and drops what it supersedes, if enough was
+    /// appended since the last one (see the module comment).
+    async fn compact_if_due(&self) -> Result<(), StorageError> {
+        let due = || {
+            let appended = self.appended_bytes.get();
+            appended >= self.compact_after_bytes && appended >= 2 * self.snapshot_bytes.get()
+        };
+        if !due() {
+            return Ok(());
+        }
+        let Ok(_all) = self.writers.acquire_permit(WRITERS_MAX).await else { return Err(StorageError::Closed) };
+        if !due() {
+            return Ok(()); // another compaction ran while this one waited
+        }
+        let time_us = u64::try_from(TimestampMs::now().0).unwrap_or(0) * 1000;
+        let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut live = BTreeSet::new();
+        for (group, offsets) in self.committed.borrow().iter() {
+            for ((topic, partition), committed) in offsets {
+                let key = CommitKey { group: group.clone(), topic: topic.clone(), partition: *partition };
+                let value =
+                    CommitValue { offset: committed.offset.get(), metadata: committed.metadata.clone(), time_us };
+                records.push((encode(&key), Some(encode(&value))));
+                live.insert(key);
+            }
+        }
+        for key in self.foreign_keys.difference(&live) {
+            records.push((encode(key), None));
+        }
+        let start = self.log.next_offset();
+        self.appended_bytes.set(0);
+        self.append_chunked(TimestampMs::now(), &records).await?;
+        let snapshot_bytes = self.appended_bytes.get();
+        self.log.delete_records_before(start).await?;
+        self.snapshot_bytes.set(snapshot_bytes);
+        tracing::debug!(entries = records.len(), snapshot_bytes, start = start.get(), "compacted the offsets log");
+        Ok(())
+    }
+
+    /// Appends records in as many batches as their size needs.
+    async fn append_chunked(
+        &self,
+        now: TimestampMs,
+        records: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<(), StorageError> {
+        let mut first = 0;
+        let mut bytes = 0;
+        for (index, (key, value)) in records.iter().enumerate() {
+            let len = key.len() + value.as_ref().map_or(0, Vec::len) + TOMBSTONE_OVERHEAD_BYTES;
+            if bytes + len > self.batch_bytes_max / 2 && index > first {
+                self.append(now, &records[first..index]).await?;
+                first = index;
+                bytes = 0;
+            }
+            bytes += len;
+        }
+        if first < records.len() {
+            self.append(now, &records[first..]).await?;
+        }
+        Ok(())
     }
 
     /// Topics that have committed offsets in some group.
@@ -219,7 +318,9 @@ impl<S: Storage> OffsetStore<S> {
         if batch.len() > self.batch_bytes_max {
             return Err(StorageError::BatchTooLarge { len_bytes: batch.len(), max_bytes: self.batch_bytes_max });
         }
+        let len = batch.len() as u64;
         self.log.append_and_wait(BytesMut::from(batch), AckLevel::Durable).await?;
+        self.appended_bytes.set(self.appended_bytes.get() + len);
         Ok(())
     }
 
@@ -342,4 +443,106 @@ fn decode_batches(mut bytes: &[u8], batch_bytes_max: usize, out: &mut Vec<Entry>
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("commit keys and values always encode")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sim::{CrashMode, SimStorage};
+
+    fn run<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
+        make: impl FnOnce() -> F + Send + 'static,
+    ) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 << 10)
+            .ring_depth(32)
+            .spawn(make)
+            .expect("executor")
+            .join()
+            .expect("no panic")
+    }
+
+    fn config() -> LogConfig {
+        LogConfig {
+            segment_bytes_max: 16 << 10,
+            batch_bytes_max: 4 << 10,
+            write_bytes_max: 8 << 10,
+            write_request_bytes: 4096,
+            tail_cache_bytes: 4 << 10,
+            ..LogConfig::default()
+        }
+    }
+
+    async fn open(disk: &SimStorage, shard: u16, shard_count: usize) -> OffsetStore<SimStorage> {
+        OffsetStore::open(disk.clone(), Path::new("/data"), ShardId(shard), shard_count, config())
+            .await
+            .expect("opens")
+            .with_compaction_after(8 << 10)
+    }
+
+    fn update(topic: &str, partition: u32, offset: u64) -> OffsetUpdate {
+        OffsetUpdate {
+            topic: topic.to_string(),
+            partition,
+            offset: Offset::new(offset).expect("in range"),
+            metadata: format!("m{offset}"),
+        }
+    }
+
+    /// A group whose coordinator is shard `shard` of `count`.
+    fn group_on(shard: u16, count: usize) -> String {
+        (0..).map(|i| format!("group-{i}")).find(|g| coordinator_of(g, count) == ShardId(shard)).expect("some group")
+    }
+
+    #[test]
+    fn compaction_keeps_the_newest_offsets_and_drops_the_rest() {
+        let (start, segments, reopened, expected) = run(|| async {
+            let disk = SimStorage::new();
+            let store = open(&disk, 0, 1).await;
+            for round in 0..400u64 {
+                let group = format!("g{}", round % 7);
+                store.commit(&group, vec![update("orders", (round % 3) as u32, round)]).await.unwrap();
+            }
+            store.forget_topic("orders").await.unwrap();
+            store.commit("g1", vec![update("payments", 0, 99)]).await.unwrap();
+            let expected: Vec<_> = (0..7).map(|g| store.group(&format!("g{g}"))).collect();
+            let (_, start) = store.log.bounds();
+            let segments = store.log.segment_count();
+            store.close().await;
+            // A power cut: only what was synced counts.
+            let image = disk.crash_image(CrashMode::LoseUnsynced);
+            let reopened = open(&image, 0, 1).await;
+            let found: Vec<_> = (0..7).map(|g| reopened.group(&format!("g{g}"))).collect();
+            (start.get(), segments, found, expected)
+        });
+        assert!(start > 0, "the log start moved past compacted records");
+        assert!(segments <= 3, "old segments were removed ({segments} left)");
+        assert_eq!(reopened, expected);
+        assert_eq!(expected[1].len(), 1, "only g1's payments commit is left: {:?}", expected[1]);
+    }
+
+    #[test]
+    fn a_compacted_tombstone_does_not_bring_back_another_shards_entry() {
+        let found = run(|| async {
+            let disk = SimStorage::new();
+            // With two shards, the group lives on shard 1 and commits there.
+            let group = group_on(1, 2);
+            let before = open(&disk, 1, 2).await;
+            before.commit(&group, vec![update("orders", 0, 42)]).await.unwrap();
+            before.close().await;
+            // One shard now: shard 0 coordinates it and finds shard 1's entry.
+            let store = open(&disk, 0, 1).await;
+            assert_eq!(store.get(&group, "orders", 0).map(|c| c.offset.get()), Some(42));
+            store.forget_topic("orders").await.unwrap();
+            // Enough other commits that the tombstone is compacted away.
+            for round in 0..400u64 {
+                store.commit("busy", vec![update("payments", 0, round)]).await.unwrap();
+            }
+            assert!(store.log.bounds().1.get() > 0, "compacted");
+            store.close().await;
+            let reopened = open(&disk, 0, 1).await;
+            reopened.get(&group, "orders", 0)
+        });
+        assert_eq!(found, None, "the forgotten offset stayed forgotten");
+    }
 }
