@@ -39,10 +39,11 @@ use std::time::{Duration, Instant};
 use glommio::sync::Semaphore;
 use rustc_hash::FxHashMap;
 
-use super::accumulator::{is_full, must_seal_before, OpenBatch};
+use super::accumulator::{is_full, must_seal_before};
 use super::cluster::Client;
 use super::error::ClientError;
 use super::transport::Transport;
+use crate::protocol::batch::OpenBatch;
 use crate::protocol::batch::{compress_batch, set_producer, BatchView, Compression, Record, HEADER_LEN};
 use crate::protocol::partitioner::partition_for_key;
 use crate::protocol::types::{AckLevel, Offset, PartitionId, TimestampMs};

@@ -744,7 +744,8 @@ impl Default for BatchOptions {
 }
 
 /// Builds an uncompressed batch into a caller-provided buffer, so a
-/// producer can reuse one allocation for every batch it sends.
+/// producer can reuse one allocation for every batch it sends. For a batch
+/// filled across calls, see [`OpenBatch`]; both use the same encoder.
 #[derive(Debug)]
 pub struct BatchBuilder<'b> {
     out: &'b mut Vec<u8>,
@@ -762,17 +763,7 @@ impl<'b> BatchBuilder<'b> {
     /// Clears `out` and writes a header with the given fields; record
     /// timestamps are stored as deltas from `first_timestamp_ms`.
     pub fn with_options(out: &'b mut Vec<u8>, first_timestamp_ms: i64, options: BatchOptions) -> Self {
-        out.clear();
-        out.resize(HEADER_LEN, 0);
-        let attributes = options.attributes & !COMPRESSION_MASK;
-        put(out, BASE_OFFSET_POS, &options.base_offset.to_be_bytes());
-        put(out, PARTITION_LEADER_EPOCH_POS, &options.partition_leader_epoch.to_be_bytes());
-        put(out, MAGIC_POS, &MAGIC.to_be_bytes());
-        put(out, ATTRIBUTES_POS, &attributes.to_be_bytes());
-        put(out, BASE_TIMESTAMP_POS, &first_timestamp_ms.to_be_bytes());
-        put(out, PRODUCER_ID_POS, &options.producer_id.to_be_bytes());
-        put(out, PRODUCER_EPOCH_POS, &options.producer_epoch.to_be_bytes());
-        put(out, BASE_SEQUENCE_POS, &options.base_sequence.to_be_bytes());
+        write_header(out, first_timestamp_ms, options);
         BatchBuilder { out, first_timestamp: first_timestamp_ms, max_timestamp: i64::MIN, count: 0 }
     }
 
@@ -782,26 +773,11 @@ impl<'b> BatchBuilder<'b> {
     /// If a key, value or header is longer than `i32::MAX` bytes, or the
     /// batch already holds `i32::MAX` records (neither is encodable).
     pub fn push(&mut self, record: &Record<'_>) {
-        // Wrapping keeps any i64 pair encodable; the reader wraps back.
-        let timestamp_delta = record.timestamp_ms.wrapping_sub(self.first_timestamp);
-        let offset_delta = self.count;
-        let body_len = record_body_len(record, timestamp_delta, offset_delta);
-        let body_len_i32 = encodable_len(body_len);
-        self.out.reserve(varint::varint_len(body_len_i32) + body_len);
-        let out = &mut *self.out;
-        varint::write_varint(out, body_len_i32);
-        out.push(0); // record attributes: unused in v2
-        varint::write_varlong(out, timestamp_delta);
-        varint::write_varint(out, offset_delta);
-        write_nullable(out, record.key);
-        write_nullable(out, record.value);
-        varint::write_varint(out, encodable_len(record.headers.len()));
-        for (key, value) in record.headers {
-            write_nullable(out, Some(key.as_bytes()));
-            write_nullable(out, *value);
-        }
+        let measured = measure(record, self.first_timestamp, self.count)
+            .expect("a record field or the record count exceeds i32::MAX, not encodable in a Kafka batch");
+        write_record(self.out, record, self.first_timestamp, self.count, measured);
         self.max_timestamp = self.max_timestamp.max(record.timestamp_ms);
-        self.count = self.count.checked_add(1).expect("batch record count overflows i32");
+        self.count += 1;
     }
 
     pub fn record_count(&self) -> usize {
@@ -822,16 +798,153 @@ impl<'b> BatchBuilder<'b> {
     /// exceeds `i32::MAX + 12` bytes.
     pub fn finish(self) -> &'b [u8] {
         assert!(self.count > 0, "BatchBuilder::finish: no record was pushed");
-        let out = self.out;
-        let batch_length = encodable_len(out.len() - LOG_OVERHEAD);
-        put(out, BATCH_LENGTH_POS, &batch_length.to_be_bytes());
-        put(out, LAST_OFFSET_DELTA_POS, &(self.count - 1).to_be_bytes());
-        put(out, MAX_TIMESTAMP_POS, &self.max_timestamp.to_be_bytes());
-        put(out, RECORDS_COUNT_POS, &self.count.to_be_bytes());
-        let crc = crc32c::crc32c(&out[ATTRIBUTES_POS..]);
-        put(out, CRC_POS, &crc.to_be_bytes());
-        out
+        seal(self.out, self.count, self.max_timestamp).expect("batch length exceeds i32::MAX");
+        self.out
     }
+}
+
+/// A record's encoded size in one batch: its body (after the length
+/// prefix) and its total bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measured {
+    body: i32,
+    pub total: usize,
+}
+
+/// A batch filled one record at a time across calls, in a buffer it owns:
+/// the resumable form of [`BatchBuilder`] (whose borrow of its buffer
+/// cannot outlive one call). The producer's accumulator keeps one per
+/// partition while records arrive. Same encoder, same bytes.
+#[derive(Debug)]
+pub struct OpenBatch {
+    buf: Vec<u8>,
+    first_timestamp_ms: i64,
+    max_timestamp_ms: i64,
+    count: i32,
+}
+
+impl OpenBatch {
+    /// Starts a batch in `buf` (cleared; its capacity is reused) with a
+    /// non-idempotent producer's header.
+    pub fn start(buf: Vec<u8>, first_timestamp_ms: i64) -> OpenBatch {
+        OpenBatch::start_with(buf, first_timestamp_ms, BatchOptions::default())
+    }
+
+    pub fn start_with(mut buf: Vec<u8>, first_timestamp_ms: i64, options: BatchOptions) -> OpenBatch {
+        write_header(&mut buf, first_timestamp_ms, options);
+        OpenBatch { buf, first_timestamp_ms, max_timestamp_ms: i64::MIN, count: 0 }
+    }
+
+    /// The record's encoded size in this batch as it is now, for
+    /// [`push_measured`](Self::push_measured); `None` if it cannot be
+    /// encoded (a field longer than `i32::MAX` bytes, or the batch full).
+    pub fn measure(&self, record: &Record<'_>) -> Option<Measured> {
+        measure(record, self.first_timestamp_ms, self.count)
+    }
+
+    /// Appends a record measured by [`measure`](Self::measure) with no push
+    /// in between (the size depends on the batch's record count), so the
+    /// producer's hot path computes it once.
+    pub fn push_measured(&mut self, record: &Record<'_>, measured: Measured) {
+        debug_assert_eq!(self.measure(record), Some(measured));
+        write_record(&mut self.buf, record, self.first_timestamp_ms, self.count, measured);
+        self.max_timestamp_ms = self.max_timestamp_ms.max(record.timestamp_ms);
+        // measure checked that this does not overflow.
+        self.count += 1;
+    }
+
+    pub fn len_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn record_count(&self) -> usize {
+        // count is never negative.
+        self.count as usize
+    }
+
+    /// Fills in the header fields that depend on the records and returns the
+    /// finished batch. Returns `None` for an empty batch (Kafka batches are
+    /// never empty) or one longer than the format allows.
+    pub fn finish(mut self) -> Option<Vec<u8>> {
+        if self.count == 0 {
+            return None;
+        }
+        seal(&mut self.buf, self.count, self.max_timestamp_ms)?;
+        Some(self.buf)
+    }
+
+    /// Takes the buffer back (for reuse) without finishing the batch.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// Clears `out` and writes a batch header; the fields that depend on the
+/// records are filled in by [`seal`].
+fn write_header(out: &mut Vec<u8>, first_timestamp_ms: i64, options: BatchOptions) {
+    out.clear();
+    out.resize(HEADER_LEN, 0);
+    let attributes = options.attributes & !COMPRESSION_MASK;
+    put(out, BASE_OFFSET_POS, &options.base_offset.to_be_bytes());
+    put(out, PARTITION_LEADER_EPOCH_POS, &options.partition_leader_epoch.to_be_bytes());
+    put(out, MAGIC_POS, &MAGIC.to_be_bytes());
+    put(out, ATTRIBUTES_POS, &attributes.to_be_bytes());
+    put(out, BASE_TIMESTAMP_POS, &first_timestamp_ms.to_be_bytes());
+    put(out, PRODUCER_ID_POS, &options.producer_id.to_be_bytes());
+    put(out, PRODUCER_EPOCH_POS, &options.producer_epoch.to_be_bytes());
+    put(out, BASE_SEQUENCE_POS, &options.base_sequence.to_be_bytes());
+}
+
+/// A record's size as the `count`-th record of a batch whose first
+/// timestamp is `first_timestamp_ms`; `None` if it is not encodable.
+fn measure(record: &Record<'_>, first_timestamp_ms: i64, count: i32) -> Option<Measured> {
+    count.checked_add(1)?;
+    // Wrapping keeps any i64 pair encodable; the reader wraps back.
+    let timestamp_delta = record.timestamp_ms.wrapping_sub(first_timestamp_ms);
+    let mut headers = 0usize;
+    for (key, value) in record.headers {
+        headers = headers.checked_add(nullable_len(Some(key.as_bytes()))?)?.checked_add(nullable_len(*value)?)?;
+    }
+    let fixed = 1
+        + varint::varlong_len(timestamp_delta)
+        + varint::varint_len(count)
+        + varint::varint_len(i32::try_from(record.headers.len()).ok()?);
+    let body = fixed.checked_add(nullable_len(record.key)?)?.checked_add(nullable_len(record.value)?)?;
+    let body = i32::try_from(body.checked_add(headers)?).ok()?;
+    let total = varint::varint_len(body).checked_add(body as usize)?;
+    Some(Measured { body, total })
+}
+
+/// Appends the `count`-th record of a batch, as [`measure`] sized it.
+fn write_record(out: &mut Vec<u8>, record: &Record<'_>, first_timestamp_ms: i64, count: i32, measured: Measured) {
+    let start = out.len();
+    out.reserve(measured.total);
+    varint::write_varint(out, measured.body);
+    out.push(0); // record attributes: unused in v2
+    varint::write_varlong(out, record.timestamp_ms.wrapping_sub(first_timestamp_ms));
+    varint::write_varint(out, count);
+    write_nullable(out, record.key);
+    write_nullable(out, record.value);
+    // measure checked that every length below fits an i32.
+    varint::write_varint(out, record.headers.len() as i32);
+    for (key, value) in record.headers {
+        write_nullable(out, Some(key.as_bytes()));
+        write_nullable(out, *value);
+    }
+    debug_assert_eq!(out.len() - start, measured.total);
+}
+
+/// Fills in the header fields that depend on the records; `None` if the
+/// batch is longer than the format allows.
+fn seal(out: &mut [u8], count: i32, max_timestamp_ms: i64) -> Option<()> {
+    let batch_length = i32::try_from(out.len() - LOG_OVERHEAD).ok()?;
+    put(out, BATCH_LENGTH_POS, &batch_length.to_be_bytes());
+    put(out, LAST_OFFSET_DELTA_POS, &(count - 1).to_be_bytes());
+    put(out, MAX_TIMESTAMP_POS, &max_timestamp_ms.to_be_bytes());
+    put(out, RECORDS_COUNT_POS, &count.to_be_bytes());
+    let crc = crc32c::crc32c(&out[ATTRIBUTES_POS..]);
+    put(out, CRC_POS, &crc.to_be_bytes());
+    Some(())
 }
 
 #[inline]
@@ -839,42 +952,25 @@ fn put(out: &mut [u8], pos: usize, bytes: &[u8]) {
     out[pos..pos + bytes.len()].copy_from_slice(bytes);
 }
 
-/// Converts a length to the i32 the wire format carries.
+/// A nullable field's encoded size; `None` if its length does not fit an i32.
 #[inline]
-fn encodable_len(len: usize) -> i32 {
-    i32::try_from(len).expect("length exceeds i32::MAX, not encodable in a Kafka batch")
-}
-
-#[inline]
-fn nullable_len(bytes: Option<&[u8]>) -> usize {
+fn nullable_len(bytes: Option<&[u8]>) -> Option<usize> {
     match bytes {
-        None => varint::varint_len(-1),
-        Some(bytes) => varint::varint_len(encodable_len(bytes.len())) + bytes.len(),
+        None => Some(varint::varint_len(-1)),
+        Some(bytes) => Some(varint::varint_len(i32::try_from(bytes.len()).ok()?) + bytes.len()),
     }
 }
 
+/// Callers checked the length with `nullable_len`.
 #[inline]
 fn write_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
     match bytes {
         None => varint::write_varint(out, -1),
         Some(bytes) => {
-            varint::write_varint(out, encodable_len(bytes.len()));
+            varint::write_varint(out, bytes.len() as i32);
             out.extend_from_slice(bytes);
         }
     }
-}
-
-/// Encoded size of a record after its length prefix, so `push` can write
-/// the prefix first without a scratch buffer.
-fn record_body_len(record: &Record<'_>, timestamp_delta: i64, offset_delta: i32) -> usize {
-    let headers: usize =
-        record.headers.iter().map(|(key, value)| nullable_len(Some(key.as_bytes())) + nullable_len(*value)).sum();
-    1 + varint::varlong_len(timestamp_delta)
-        + varint::varint_len(offset_delta)
-        + nullable_len(record.key)
-        + nullable_len(record.value)
-        + varint::varint_len(encodable_len(record.headers.len()))
-        + headers
 }
 
 #[cfg(test)]
@@ -883,6 +979,49 @@ mod tests {
     use proptest::prelude::*;
 
     const MAX: usize = 1 << 20;
+
+    fn open_batch_records<'a>(headers: &'a [(&'a str, Option<&'a [u8]>)]) -> Vec<Record<'a>> {
+        vec![
+            Record { timestamp_ms: 1_700_000_000_000, key: Some(b"k1"), value: Some(b"v1"), headers: &[] },
+            Record { timestamp_ms: 1_699_999_999_000, key: None, value: None, headers },
+            Record { timestamp_ms: i64::MAX, key: Some(b""), value: Some(&[9u8; 300]), headers },
+            Record { timestamp_ms: i64::MIN, key: None, value: Some(b"wrapping delta"), headers: &[] },
+        ]
+    }
+
+    #[test]
+    fn open_batches_encode_exactly_like_the_batch_builder() {
+        let headers: &[(&str, Option<&[u8]>)] = &[("trace", Some(b"abc")), ("empty", None)];
+        let records = open_batch_records(headers);
+        let mut expected = Vec::new();
+        let mut builder = BatchBuilder::new(&mut expected, records[0].timestamp_ms);
+        let mut open = OpenBatch::start(Vec::with_capacity(7), records[0].timestamp_ms);
+        for record in &records {
+            let before = open.len_bytes();
+            let predicted = open.measure(record).unwrap();
+            builder.push(record);
+            open.push_measured(record, predicted);
+            assert_eq!(open.len_bytes() - before, predicted.total);
+            assert_eq!(open.len_bytes(), builder.len_bytes());
+        }
+        builder.finish();
+        assert_eq!(open.record_count(), records.len());
+        let finished = open.finish().unwrap();
+        assert_eq!(finished, expected);
+        let view = BatchView::parse(&finished, finished.len()).unwrap();
+        assert_eq!(view.record_count(), 4);
+    }
+
+    #[test]
+    fn empty_batches_are_never_finished_and_buffers_are_reused() {
+        let mut buf = Vec::with_capacity(4096);
+        buf.extend_from_slice(b"stale bytes from a previous batch");
+        let open = OpenBatch::start(buf, 0);
+        assert_eq!(open.len_bytes(), HEADER_LEN);
+        let buf = open.into_buffer();
+        assert!(buf.capacity() >= 4096);
+        assert!(OpenBatch::start(buf, 0).finish().is_none());
+    }
 
     fn build(records: &[Record<'_>], first_ts: i64, options: BatchOptions) -> Vec<u8> {
         let mut out = Vec::new();
