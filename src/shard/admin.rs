@@ -9,16 +9,16 @@ use futures_channel::oneshot;
 
 use crate::protocol::acl::{AclBinding, AclFilter};
 use crate::protocol::scram::{ScramCredential, ScramMechanism};
-use crate::protocol::types::Offset;
-use crate::protocol::types::{PartitionId, ShardId};
+use crate::protocol::types::ShardId;
 use crate::protocol::wire::{
     CredentialDeletion, CredentialUpsert, DeleteRecordsPartition, DeleteRecordsResult, ErrorCode, TopicResult,
 };
 use crate::storage::io::Storage;
 
 use super::metadata::{self, MetadataError};
+use super::partitions::delete_records_error;
 use super::topic_config::{ConfigEdit, ConfigEntry, ConfigError, TopicConfig};
-use super::{error_code, Partition, Shard, ShardMessage};
+use super::{Shard, ShardMessage};
 
 /// A change to the access control lists.
 #[derive(Debug, Clone)]
@@ -186,44 +186,17 @@ impl<S: Storage> Shard<S> {
     /// Deletes the records below each partition's offset, wherever the
     /// partition lives. Results come back in request order.
     pub async fn delete_records(self: &Rc<Self>, partitions: Vec<DeleteRecordsPartition>) -> Vec<DeleteRecordsResult> {
-        self.scatter_gather(
-            partitions,
-            |p| (p.topic.as_str(), p.partition),
-            |shard, partitions| Box::pin(async move { shard.delete_records_local(partitions).await }),
-            |partitions, reply| ShardMessage::DeleteRecords { partitions, reply },
-            delete_records_error,
-        )
-        .await
-    }
-
-    pub(super) async fn delete_records_local(
-        &self,
-        partitions: Vec<DeleteRecordsPartition>,
-    ) -> Vec<DeleteRecordsResult> {
-        let mut results = Vec::with_capacity(partitions.len());
-        for p in partitions {
-            let log = match self.partition(&p.topic, p.partition) {
-                Some(Partition::Ready(log)) => log,
-                Some(Partition::Failed(_)) => {
-                    results.push(delete_records_error(&p.topic, p.partition, ErrorCode::PARTITION_FAILED));
-                    continue;
-                }
-                None => {
-                    results.push(delete_records_error(&p.topic, p.partition, ErrorCode::NOT_OWNER));
-                    continue;
-                }
-            };
-            let before = p.before.unwrap_or_else(|| log.bounds().0);
-            let result = match log.delete_records_before(before).await {
-                Ok(log_start) => {
-                    tracing::info!(topic = %p.topic, partition = %p.partition, %log_start, "deleted records");
-                    DeleteRecordsResult { topic: p.topic, partition: p.partition, error: ErrorCode::NONE, log_start }
-                }
-                Err(error) => delete_records_error(&p.topic, p.partition, error_code(&error)),
-            };
-            results.push(result);
-        }
-        results
+        let shard = Rc::clone(self);
+        self.router
+            .scatter_gather(
+                &self.metadata(),
+                partitions,
+                |p| (p.topic.as_str(), p.partition),
+                move |partitions| Box::pin(async move { shard.partitions.delete_records(partitions).await }),
+                |partitions, reply| ShardMessage::DeleteRecords { partitions, reply },
+                delete_records_error,
+            )
+            .await
     }
 
     /// Deletes a topic and its data on every shard.
@@ -347,10 +320,6 @@ fn metadata_error_code(error: &MetadataError) -> ErrorCode {
 
 fn invalid_config(error: ConfigError) -> MetadataError {
     MetadataError::InvalidConfig(error.to_string())
-}
-
-fn delete_records_error(topic: &str, partition: PartitionId, error: ErrorCode) -> DeleteRecordsResult {
-    DeleteRecordsResult { topic: topic.to_string(), partition, error, log_start: Offset::ZERO }
 }
 
 /// Bytes as MiB for messages.

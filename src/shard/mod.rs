@@ -20,14 +20,16 @@ pub mod kafka_groups;
 pub mod mesh;
 pub mod metadata;
 pub mod offsets;
+mod partitions;
 pub mod producer_ids;
+mod router;
 mod routing;
 pub mod snapshot;
 mod stats;
 pub mod topic_config;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -46,7 +48,7 @@ use crate::protocol::wire::{
 use crate::storage::dma::DmaStorage;
 use crate::storage::io::Storage;
 use crate::storage::producers::SequenceError;
-use crate::storage::{FsyncObserver, LogConfig, OpenOptions, PartitionLog, StorageError};
+use crate::storage::{LogConfig, PartitionLog, StorageError};
 
 pub use metadata::ClusterMetadata;
 pub use snapshot::{GroupSnapshot, PartitionSnapshot, ShardSnapshot};
@@ -195,18 +197,6 @@ pub struct ShardConfig {
     pub offsets_compact_after_bytes: u64,
 }
 
-/// One partition owned by this shard.
-#[derive(Debug, Clone)]
-enum Partition<S: Storage> {
-    Ready(Log<S>),
-    /// Quarantined: recovery refused it (corruption) or it failed to open.
-    /// Other partitions keep serving.
-    Failed(Rc<StorageError>),
-}
-
-/// The partitions a shard owns, by topic and partition number.
-type PartitionTable<S> = HashMap<Rc<str>, BTreeMap<u32, Partition<S>>>;
-
 /// The per-core world, generic over the disk it runs on (see
 /// [`Shard::start_on`]).
 #[derive(Debug)]
@@ -214,21 +204,22 @@ pub struct Shard<S: Storage = DmaStorage> {
     id: ShardId,
     shard_count: usize,
     data_dir: PathBuf,
-    storage: S,
     log_config: LogConfig,
     default_partitions: u32,
     partitions_max: usize,
     free_bytes_reserved: u64,
-    inflated_bytes_max: usize,
     /// Ids for idempotent producers, from this shard's own space.
     producer_ids: producer_ids::ProducerIds,
     shard_ports: Vec<u16>,
     metadata: RefCell<Rc<ClusterMetadata>>,
-    partitions: RefCell<PartitionTable<S>>,
-    mesh: mesh::MeshSenders<ShardMessage>,
+    /// The logs this shard owns.
+    partitions: partitions::PartitionTable<S>,
+    /// Its ends of the mesh, and the scatter/gather over them.
+    router: router::Router,
     mesh_handlers: Rc<Semaphore>,
     /// Shard 0 applies one metadata change at a time.
     metadata_writer: Semaphore,
+    /// Where retention runs (`None`: the shard's own queue).
     flush_queue: Option<TaskQueueHandle>,
     counters: Rc<Counters>,
     /// Consumer groups this shard coordinates.
@@ -287,25 +278,33 @@ impl<S: Storage> Shard<S> {
                 "flush",
             )
         });
+        let counters = Rc::new(Counters::new());
+        let partitions = partitions::PartitionTable::new(partitions::TableConfig {
+            shard: id,
+            storage,
+            data_dir: config.data_dir.clone(),
+            log_config: config.log_config.clone(),
+            inflated_bytes_max: config.inflated_bytes_max,
+            flush_queue,
+            counters: Rc::clone(&counters),
+        });
         let shard = Rc::new(Shard {
             id,
             shard_count: config.shard_count,
             producer_ids: producer_ids::ProducerIds::new(&config.data_dir, config.id.0),
             data_dir: config.data_dir,
-            storage,
             log_config: config.log_config,
             default_partitions: config.default_partitions,
             partitions_max: config.partitions_max,
             free_bytes_reserved: config.free_bytes_reserved,
-            inflated_bytes_max: config.inflated_bytes_max,
             shard_ports: config.shard_ports,
             metadata: RefCell::new(Rc::new(ClusterMetadata::default())),
-            partitions: RefCell::new(HashMap::new()),
-            mesh: senders,
+            partitions,
+            router: router::Router::new(id, senders, Rc::clone(&counters)),
             mesh_handlers: Rc::new(Semaphore::new(MESH_HANDLERS_MAX)),
             metadata_writer: Semaphore::new(1),
             flush_queue,
-            counters: Rc::new(Counters::new()),
+            counters,
             groups: RefCell::new(HashMap::new()),
             offsets: RefCell::new(Some(Rc::new(offsets))),
             kafka_groups: kafka_groups::KafkaGroups::default(),
@@ -358,28 +357,12 @@ impl<S: Storage> Shard<S> {
 
     /// Flushes and closes every partition log. The last thing a shard does.
     pub async fn close(&self) {
-        let partitions = std::mem::take(&mut *self.partitions.borrow_mut());
-        for partition in partitions.into_values().flat_map(BTreeMap::into_values) {
-            if let Partition::Ready(log) = partition {
-                let dir = log.dir().to_path_buf();
-                if let Err(error) = log.close().await {
-                    tracing::error!(dir = %dir.display(), %error, "closing partition");
-                }
-            }
-        }
+        self.partitions.close().await;
         let offsets = self.offsets.borrow_mut().take();
         if let Some(offsets) = offsets.and_then(|offsets| Rc::try_unwrap(offsets).ok()) {
             offsets.close().await;
         }
-        self.mesh.close();
-    }
-
-    fn partition(&self, topic: &str, partition: PartitionId) -> Option<Partition<S>> {
-        self.partitions.borrow().get(topic)?.get(&partition.0).cloned()
-    }
-
-    fn partition_dir(&self, topic: &str, partition: u32) -> PathBuf {
-        partition_dir(&self.data_dir, topic, partition)
+        self.router.close();
     }
 
     /// Brings this shard's partitions in line with `next`: opens the ones it
@@ -404,19 +387,11 @@ impl<S: Storage> Shard<S> {
         for (topic, placement) in &next.topics {
             let limits = placement.config.log_limits(&self.log_config);
             if previous.topics.get(topic).is_some_and(|before| before.config != placement.config) {
-                for state in self.partitions.borrow().get(topic.as_str()).into_iter().flat_map(BTreeMap::values) {
-                    if let Partition::Ready(log) = state {
-                        log.set_limits(limits);
-                    }
-                }
+                self.partitions.set_limits(topic, limits);
             }
             for (partition, owner) in placement.owners.iter().enumerate() {
-                let partition = partition as u32;
-                let open = self.partitions.borrow().get(topic.as_str()).is_some_and(|map| map.contains_key(&partition));
-                if *owner == self.id && !open {
-                    let opened = self.open_partition(topic, partition, limits).await;
-                    let mut partitions = self.partitions.borrow_mut();
-                    partitions.entry(Rc::from(topic.as_str())).or_default().insert(partition, opened);
+                if *owner == self.id {
+                    self.partitions.open(topic, partition as u32, limits).await;
                 }
             }
         }
@@ -428,36 +403,9 @@ impl<S: Storage> Shard<S> {
         }
     }
 
-    async fn open_partition(&self, topic: &str, partition: u32, limits: crate::storage::LogLimits) -> Partition<S> {
-        let dir = self.partition_dir(topic, partition);
-        let counters = Rc::clone(&self.counters);
-        let options = OpenOptions {
-            flush_queue: self.flush_queue,
-            fsync_observer: Some(FsyncObserver(Rc::new(move |took| counters.record_fsync(took)))),
-            ..OpenOptions::default()
-        };
-        let config = self.log_config.clone().with_limits(limits);
-        match PartitionLog::open(self.storage.clone(), &dir, config, options).await {
-            Ok(log) => Partition::Ready(log),
-            Err(error) => {
-                tracing::error!(shard = %self.id, topic, partition, %error, "partition quarantined; other partitions keep serving");
-                Partition::Failed(Rc::new(error))
-            }
-        }
-    }
-
     /// Closes this shard's logs of a deleted topic and removes their files.
     async fn drop_topic(&self, topic: &str, previous: &ClusterMetadata) {
-        let removed = self.partitions.borrow_mut().remove(topic);
-        for (partition, state) in removed.into_iter().flatten() {
-            if let Partition::Ready(log) = state {
-                let _ = log.close().await;
-            }
-            let dir = self.partition_dir(topic, partition);
-            if let Err(error) = self.storage.remove_dir_all(&dir).await {
-                tracing::warn!(topic, partition, %error, "could not remove the partition directory");
-            }
-        }
+        self.partitions.remove_topic(topic).await;
         let owned_here = previous.topics.get(topic).is_some_and(|p| p.owners.contains(&self.id));
         if owned_here {
             tracing::info!(shard = %self.id, topic, "deleted topic");
@@ -507,13 +455,13 @@ impl<S: Storage> Shard<S> {
         // A send fails only if the requester gave up (timed out); nothing to do then.
         match message {
             ShardMessage::Produce { acks, timeout_ms, items, reply } => {
-                let _ = reply.send(self.produce_local(acks, timeout_ms, items).await);
+                let _ = reply.send(self.partitions.produce(&self.metadata(), acks, timeout_ms, items).await);
             }
             ShardMessage::Fetch { request, reply } => {
-                let _ = reply.send(self.fetch_local(request).await);
+                let _ = reply.send(self.partitions.fetch(request).await);
             }
             ShardMessage::ListOffsets { partitions, reply } => {
-                let _ = reply.send(self.list_offsets_local(partitions).await);
+                let _ = reply.send(self.partitions.list_offsets(partitions).await);
             }
             ShardMessage::CreateTopic { name, partitions, config, reply } => {
                 let _ = reply.send(self.create_topic(name, partitions, config).await);
@@ -522,7 +470,7 @@ impl<S: Storage> Shard<S> {
                 let _ = reply.send(self.alter_topic_config(name, edit, false).await);
             }
             ShardMessage::DeleteRecords { partitions, reply } => {
-                let _ = reply.send(self.delete_records_local(partitions).await);
+                let _ = reply.send(self.partitions.delete_records(partitions).await);
             }
             ShardMessage::DeleteTopic { name, reply } => {
                 let _ = reply.send(self.delete_topic(name).await);
@@ -569,13 +517,7 @@ impl<S: Storage> Shard<S> {
     /// Data-path messages (produce, fetch, list offsets) count as forwarded:
     /// with shard-aware clients there are none.
     async fn send_to(&self, shard: ShardId, message: ShardMessage) -> Option<()> {
-        if matches!(
-            message,
-            ShardMessage::Produce { .. } | ShardMessage::Fetch { .. } | ShardMessage::ListOffsets { .. }
-        ) {
-            Counters::add(&self.counters.forwarded_out, 1);
-        }
-        self.mesh.send(shard, message).await
+        self.router.send(shard, message).await
     }
 
     fn spawn_group_ticker(self: &Rc<Self>) {
@@ -598,16 +540,7 @@ impl<S: Storage> Shard<S> {
             loop {
                 glommio::timer::sleep(interval).await;
                 let Some(shard) = shard.upgrade() else { return };
-                let logs: Vec<Log<S>> = shard
-                    .partitions
-                    .borrow()
-                    .values()
-                    .flat_map(BTreeMap::values)
-                    .filter_map(|partition| match partition {
-                        Partition::Ready(log) => Some(log.clone()),
-                        Partition::Failed(_) => None,
-                    })
-                    .collect();
+                let logs = shard.partitions.ready_logs();
                 for log in logs {
                     if let Err(error) = log.enforce_retention(TimestampMs::now()).await {
                         tracing::warn!(dir = %log.dir().display(), %error, "retention failed");

@@ -13,8 +13,9 @@ use crate::protocol::types::{Offset, ShardId};
 use crate::protocol::wire::ErrorCode;
 use crate::storage::io::Storage;
 
+use super::partitions::Partition;
 use super::stats::LatencySnapshot;
-use super::{Partition, Shard, ShardMessage};
+use super::{Shard, ShardMessage};
 
 /// One shard at one moment.
 #[derive(Debug, Clone)]
@@ -100,39 +101,39 @@ impl<S: Storage> Shard<S> {
             write_errors: 0,
             segments_deleted: 0,
         };
-        for (topic, partitions) in self.partitions.borrow().iter() {
-            for (partition, state) in partitions {
-                let entry = match state {
-                    Partition::Ready(log) => {
-                        let stats = log.stats();
-                        snapshot.write_errors += stats.write_errors;
-                        snapshot.segments_deleted += stats.segments_deleted;
-                        let (durable_end, start) = log.bounds();
-                        PartitionSnapshot {
-                            topic: topic.to_string(),
-                            partition: *partition,
-                            start,
-                            end: log.next_offset(),
-                            durable_end,
-                            size_bytes: log.size_bytes(),
-                            segments: log.segment_count() as u64,
-                            failed: log.poisoned().is_some(),
-                        }
-                    }
-                    Partition::Failed(_) => PartitionSnapshot {
+        let (mut write_errors, mut segments_deleted) = (0, 0);
+        snapshot.partitions = self.partitions.each(|topic, partition, state| {
+            Some(match state {
+                Partition::Ready(log) => {
+                    let stats = log.stats();
+                    write_errors += stats.write_errors;
+                    segments_deleted += stats.segments_deleted;
+                    let (durable_end, start) = log.bounds();
+                    PartitionSnapshot {
                         topic: topic.to_string(),
-                        partition: *partition,
-                        start: Offset::ZERO,
-                        end: Offset::ZERO,
-                        durable_end: Offset::ZERO,
-                        size_bytes: 0,
-                        segments: 0,
-                        failed: true,
-                    },
-                };
-                snapshot.partitions.push(entry);
-            }
-        }
+                        partition,
+                        start,
+                        end: log.next_offset(),
+                        durable_end,
+                        size_bytes: log.size_bytes(),
+                        segments: log.segment_count() as u64,
+                        failed: log.poisoned().is_some(),
+                    }
+                }
+                Partition::Failed(_) => PartitionSnapshot {
+                    topic: topic.to_string(),
+                    partition,
+                    start: Offset::ZERO,
+                    end: Offset::ZERO,
+                    durable_end: Offset::ZERO,
+                    size_bytes: 0,
+                    segments: 0,
+                    failed: true,
+                },
+            })
+        });
+        snapshot.write_errors = write_errors;
+        snapshot.segments_deleted = segments_deleted;
         snapshot
     }
 
