@@ -276,7 +276,7 @@ impl<S: Storage> Shard<S> {
         name: String,
         change: impl FnOnce(&mut metadata::ClusterMetadata, &str) -> Result<(), MetadataError>,
     ) -> TopicResult {
-        let Ok(_writer) = self.metadata_writer.acquire_permit(1).await else {
+        let Ok(_writer) = self.metadata.writer().acquire_permit(1).await else {
             return topic_result(name, ErrorCode::SHUTTING_DOWN, "metadata writer closed");
         };
         let mut next = (*self.metadata()).clone();

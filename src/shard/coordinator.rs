@@ -4,6 +4,8 @@
 //! Membership and assignment are in [`super::groups`]; committed offsets in
 //! [`super::offsets`]. A commit is acknowledged only once it is durable.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -19,13 +21,46 @@ use crate::protocol::wire::{
 use crate::storage::io::Storage;
 
 use super::groups::{GroupState, JoinOutcome};
-use super::offsets::OffsetUpdate;
+use super::kafka_groups::KafkaGroups;
+use super::offsets::{OffsetStore, OffsetUpdate};
 use super::{Counters, Shard, ShardMessage};
 
 /// Bounds on what members may ask for.
 const SESSION_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 500..=300_000;
 /// How often sessions and hand-overs are checked.
 pub(super) const GROUP_TICK: Duration = Duration::from_millis(100);
+
+/// The coordinator's state: the native and Kafka groups this shard
+/// coordinates (bounded, see `GROUPS_MAX`) and the store of their committed
+/// offsets, which it owns. Requests reach it through the shard's group
+/// entry points, which first route them to the coordinating shard.
+#[derive(Debug)]
+pub(super) struct GroupCoordinator<S: Storage> {
+    /// Native consumer groups.
+    pub groups: RefCell<HashMap<String, GroupState>>,
+    /// Kafka (classic protocol) groups.
+    pub kafka_groups: KafkaGroups,
+    /// Committed offsets of both kinds (`None` once closed).
+    pub offsets: RefCell<Option<Rc<OffsetStore<S>>>>,
+}
+
+impl<S: Storage> GroupCoordinator<S> {
+    pub fn new(offsets: OffsetStore<S>) -> GroupCoordinator<S> {
+        GroupCoordinator {
+            groups: RefCell::new(HashMap::new()),
+            kafka_groups: KafkaGroups::default(),
+            offsets: RefCell::new(Some(Rc::new(offsets))),
+        }
+    }
+
+    /// Flushes and closes the offsets store.
+    pub async fn close(&self) {
+        let offsets = self.offsets.borrow_mut().take();
+        if let Some(offsets) = offsets.and_then(|offsets| Rc::try_unwrap(offsets).ok()) {
+            offsets.close().await;
+        }
+    }
+}
 
 impl<S: Storage> Shard<S> {
     /// Serves a group request, forwarding it to the coordinating shard.
@@ -62,7 +97,7 @@ impl<S: Storage> Shard<S> {
             Request::JoinGroup(join) => Response::JoinGroup(self.join_group(join, now)),
             Request::Heartbeat(heartbeat) => {
                 let partitions_of = self.partition_counts();
-                let mut groups = self.groups.borrow_mut();
+                let mut groups = self.coordinator.groups.borrow_mut();
                 let Some(state) = groups.get_mut(&heartbeat.group) else {
                     return Response::Heartbeat(assignment_error(ErrorCode::UNKNOWN_MEMBER, heartbeat.member_id));
                 };
@@ -76,7 +111,7 @@ impl<S: Storage> Shard<S> {
             }
             Request::LeaveGroup(leave) => {
                 let partitions_of = self.partition_counts();
-                let left = self.groups.borrow_mut().get_mut(&leave.group).is_some_and(|state| {
+                let left = self.coordinator.groups.borrow_mut().get_mut(&leave.group).is_some_and(|state| {
                     let before = state.generation;
                     let left = state.leave(&leave.member_id, now, &partitions_of);
                     self.count_rebalances(before, state.generation);
@@ -102,11 +137,11 @@ impl<S: Storage> Shard<S> {
             return assignment_error(ErrorCode::INVALID_REQUEST, member);
         }
         // A Kafka-protocol group of that name is active.
-        if self.kafka_groups.contains(&join.group) {
+        if self.coordinator.kafka_groups.contains(&join.group) {
             return assignment_error(ErrorCode::INVALID_GROUP, member);
         }
         let partitions_of = self.partition_counts();
-        let mut groups = self.groups.borrow_mut();
+        let mut groups = self.coordinator.groups.borrow_mut();
         // Bounded like Kafka groups: a flood of new group names cannot grow
         // the shard's memory without limit (empty groups are forgotten at
         // the next tick, their offsets kept).
@@ -132,7 +167,7 @@ impl<S: Storage> Shard<S> {
 
     async fn commit_offsets(self: &Rc<Self>, commit: CommitOffsetsRequest) -> CommitOffsetsResponse {
         let CommitOffsetsRequest { group, member_id, generation, offsets } = commit;
-        let checked = match self.groups.borrow().get(&group) {
+        let checked = match self.coordinator.groups.borrow().get(&group) {
             Some(state) if state.is_member(&member_id) => Ok(offsets
                 .iter()
                 .map(|o| state.check_commit(&member_id, generation, &o.topic, o.partition.0))
@@ -143,7 +178,7 @@ impl<S: Storage> Shard<S> {
             Ok(allowed) => allowed,
             Err(error) => return CommitOffsetsResponse { error, partitions: Vec::new() },
         };
-        let Some(store) = self.offsets.borrow().clone() else {
+        let Some(store) = self.coordinator.offsets.borrow().clone() else {
             return CommitOffsetsResponse { error: ErrorCode::SHUTTING_DOWN, partitions: Vec::new() };
         };
         // Never past the end of the log.
@@ -179,7 +214,7 @@ impl<S: Storage> Shard<S> {
     }
 
     fn fetch_committed(&self, fetch: FetchCommittedRequest) -> FetchCommittedResponse {
-        let Some(store) = self.offsets.borrow().clone() else {
+        let Some(store) = self.coordinator.offsets.borrow().clone() else {
             return FetchCommittedResponse { error: ErrorCode::SHUTTING_DOWN, offsets: Vec::new() };
         };
         let offsets = match fetch.partitions {
@@ -212,7 +247,7 @@ impl<S: Storage> Shard<S> {
 
     async fn describe_group(self: &Rc<Self>, group: String) -> DescribeGroupResponse {
         let partitions_of = self.partition_counts();
-        let (state, generation, members, mut keys) = match self.groups.borrow().get(&group) {
+        let (state, generation, members, mut keys) = match self.coordinator.groups.borrow().get(&group) {
             Some(state) => (
                 state.state_name().to_string(),
                 state.generation,
@@ -221,7 +256,7 @@ impl<S: Storage> Shard<S> {
             ),
             None => ("empty".to_string(), 0, Vec::new(), Default::default()),
         };
-        let store = self.offsets.borrow().clone();
+        let store = self.coordinator.offsets.borrow().clone();
         let committed = store.as_ref().map(|store| store.group(&group)).unwrap_or_default();
         // No members and no committed offsets: nothing to describe, whatever
         // the coordinator still remembers until its next tick.
@@ -246,7 +281,7 @@ impl<S: Storage> Shard<S> {
     async fn reset_group(self: &Rc<Self>, reset: ResetGroupRequest) -> GroupResult {
         let ResetGroupRequest { group, topic, to } = reset;
         let result = |error: ErrorCode, message: String| GroupResult { group: group.clone(), error, message };
-        if self.groups.borrow().get(&group).is_some_and(|state| !state.is_empty()) {
+        if self.coordinator.groups.borrow().get(&group).is_some_and(|state| !state.is_empty()) {
             return result(ErrorCode::GROUP_NOT_EMPTY, format!("group {group} has members; stop them first"));
         }
         let Some(count) = self.metadata().topics.get(&topic).map(|t| t.owners.len() as u32) else {
@@ -281,7 +316,7 @@ impl<S: Storage> Shard<S> {
                 metadata: "reset".into(),
             });
         }
-        let Some(store) = self.offsets.borrow().clone() else {
+        let Some(store) = self.coordinator.offsets.borrow().clone() else {
             return result(ErrorCode::SHUTTING_DOWN, String::new());
         };
         match store.commit(&group, updates).await {
@@ -305,14 +340,14 @@ impl<S: Storage> Shard<S> {
 
     pub(super) fn local_groups(&self) -> Vec<GroupListing> {
         let mut listing: std::collections::BTreeMap<String, GroupListing> = std::collections::BTreeMap::new();
-        if let Some(store) = self.offsets.borrow().as_ref() {
+        if let Some(store) = self.coordinator.offsets.borrow().as_ref() {
             for group in store.groups() {
                 let entry =
                     GroupListing { group: group.clone(), coordinator: self.id, state: "empty".into(), members: 0 };
                 listing.insert(group, entry);
             }
         }
-        for (group, state) in self.groups.borrow().iter() {
+        for (group, state) in self.coordinator.groups.borrow().iter() {
             let entry = GroupListing {
                 group: group.clone(),
                 coordinator: self.id,
@@ -328,7 +363,7 @@ impl<S: Storage> Shard<S> {
     pub(super) fn tick_groups(&self) {
         let partitions_of = self.partition_counts();
         let now = Instant::now();
-        let mut groups = self.groups.borrow_mut();
+        let mut groups = self.coordinator.groups.borrow_mut();
         for state in groups.values_mut() {
             let before = state.generation;
             state.expire(now, &partitions_of);

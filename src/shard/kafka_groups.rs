@@ -427,13 +427,13 @@ impl<S: Storage> Shard<S> {
         if !SESSION_TIMEOUT_MS.contains(&request.session_timeout_ms) {
             return respond(join_error(INVALID_SESSION_TIMEOUT, &member_id));
         }
-        if self.groups.borrow().get(&group_id).is_some_and(|native| !native.is_empty()) {
+        if self.coordinator.groups.borrow().get(&group_id).is_some_and(|native| !native.is_empty()) {
             // A native group of that name is active.
             return respond(join_error(INCONSISTENT_GROUP_PROTOCOL, &member_id));
         }
         let now = Instant::now();
         let waiting = {
-            let mut groups = self.kafka_groups.groups.borrow_mut();
+            let mut groups = self.coordinator.kafka_groups.groups.borrow_mut();
             if !groups.contains_key(&group_id) && groups.len() >= GROUPS_MAX {
                 return respond(join_error(COORDINATOR_NOT_AVAILABLE, &member_id));
             }
@@ -506,7 +506,7 @@ impl<S: Storage> Shard<S> {
         let group_id = request.group_id.0.to_string();
         let member_id = request.member_id.to_string();
         let waiting = {
-            let mut groups = self.kafka_groups.groups.borrow_mut();
+            let mut groups = self.coordinator.kafka_groups.groups.borrow_mut();
             let Some(group) = groups.get_mut(&group_id) else {
                 return sync_response(version, None, UNKNOWN_MEMBER_ID, Bytes::new());
             };
@@ -554,7 +554,7 @@ impl<S: Storage> Shard<S> {
     }
 
     fn kafka_heartbeat(&self, request: HeartbeatRequest) -> i16 {
-        let mut groups = self.kafka_groups.groups.borrow_mut();
+        let mut groups = self.coordinator.kafka_groups.groups.borrow_mut();
         let Some(group) = groups.get_mut(request.group_id.0.as_str()) else { return UNKNOWN_MEMBER_ID };
         let Some(member) = group.members.get_mut(request.member_id.as_str()) else { return UNKNOWN_MEMBER_ID };
         member.last_heard = Instant::now();
@@ -567,7 +567,7 @@ impl<S: Storage> Shard<S> {
 
     fn kafka_leave(&self, version: i16, request: LeaveGroupRequest) -> LeaveGroupResponse {
         let now = Instant::now();
-        let mut groups = self.kafka_groups.groups.borrow_mut();
+        let mut groups = self.coordinator.kafka_groups.groups.borrow_mut();
         let ids: Vec<String> = if version >= 3 {
             request.members.iter().map(|member| member.member_id.to_string()).collect()
         } else {
@@ -604,7 +604,7 @@ impl<S: Storage> Shard<S> {
         // A commit outside group management (generation -1) is accepted
         // for a group without members, as Kafka does.
         let checked = {
-            let groups = self.kafka_groups.groups.borrow();
+            let groups = self.coordinator.kafka_groups.groups.borrow();
             match groups.get(&group_id) {
                 None if generation < 0 => NONE,
                 None => UNKNOWN_MEMBER_ID,
@@ -619,7 +619,7 @@ impl<S: Storage> Shard<S> {
                 Some(_) => NONE,
             }
         };
-        if checked == NONE && self.groups.borrow().get(&group_id).is_some_and(|native| !native.is_empty()) {
+        if checked == NONE && self.coordinator.groups.borrow().get(&group_id).is_some_and(|native| !native.is_empty()) {
             return commit_response(&request, |_, _| INCONSISTENT_GROUP_PROTOCOL);
         }
         if checked != NONE {
@@ -643,7 +643,7 @@ impl<S: Storage> Shard<S> {
                 }
             }
         }
-        let Some(store) = self.offsets.borrow().clone() else {
+        let Some(store) = self.coordinator.offsets.borrow().clone() else {
             return commit_response(&request, |_, _| COORDINATOR_NOT_AVAILABLE);
         };
         let started = Instant::now();
@@ -663,7 +663,7 @@ impl<S: Storage> Shard<S> {
     }
 
     fn kafka_fetch_offsets(&self, version: i16, request: OffsetFetchRequest) -> OffsetFetchResponse {
-        let store = self.offsets.borrow().clone();
+        let store = self.coordinator.offsets.borrow().clone();
         let committed = |group: &str, topic: &str, partition: i32| -> (i64, Option<StrBytes>) {
             let found = store.as_ref().and_then(|store| store.get(group, topic, u32::try_from(partition).ok()?));
             match found {
@@ -741,7 +741,8 @@ impl<S: Storage> Shard<S> {
 
     /// The Kafka groups this shard coordinates, listed.
     pub(super) fn kafka_local_groups(&self) -> Vec<(String, String, String)> {
-        self.kafka_groups
+        self.coordinator
+            .kafka_groups
             .groups
             .borrow()
             .iter()
@@ -797,7 +798,7 @@ impl<S: Storage> Shard<S> {
     }
 
     pub(super) fn kafka_describe_local(&self, id: &str) -> DescribedGroup {
-        let groups = self.kafka_groups.groups.borrow();
+        let groups = self.coordinator.kafka_groups.groups.borrow();
         let Some(group) = groups.get(id) else { return dead_group(id) };
         let protocol = group.protocol_name.clone().unwrap_or_default();
         let members = group
@@ -823,7 +824,7 @@ impl<S: Storage> Shard<S> {
     }
 
     pub(super) fn tick_kafka_groups(&self) {
-        self.kafka_groups.tick(Instant::now());
+        self.coordinator.kafka_groups.tick(Instant::now());
     }
 }
 

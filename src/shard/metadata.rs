@@ -12,11 +12,14 @@
 //! Version 1 had no topic configs, version 2 no users, version 3 no ACLs;
 //! all are still read.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
+use glommio::sync::Semaphore;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::acl::{AclBinding, AclError, AclFilter, ACLS_MAX};
@@ -340,6 +343,39 @@ fn framed(version: u16, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(body);
     out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
     out
+}
+
+/// A shard's copy of the cluster metadata. Shard 0 is the single writer:
+/// it makes one change at a time (holding [`MetadataReplica::writer`]),
+/// stores it durably, then publishes it to every shard's replica, its own
+/// last.
+#[derive(Debug)]
+pub struct MetadataReplica {
+    current: RefCell<Rc<ClusterMetadata>>,
+    writer: Semaphore,
+}
+
+impl Default for MetadataReplica {
+    fn default() -> MetadataReplica {
+        MetadataReplica { current: RefCell::new(Rc::new(ClusterMetadata::default())), writer: Semaphore::new(1) }
+    }
+}
+
+impl MetadataReplica {
+    /// The metadata as of now (held, not copied).
+    pub fn current(&self) -> Rc<ClusterMetadata> {
+        Rc::clone(&self.current.borrow())
+    }
+
+    /// Replaces this shard's copy.
+    pub fn publish(&self, next: Rc<ClusterMetadata>) {
+        *self.current.borrow_mut() = next;
+    }
+
+    /// Held by shard 0 while it makes a change.
+    pub fn writer(&self) -> &Semaphore {
+        &self.writer
+    }
 }
 
 /// Path of the metadata file inside a data directory.

@@ -28,8 +28,6 @@ pub mod snapshot;
 mod stats;
 pub mod topic_config;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -211,23 +209,18 @@ pub struct Shard<S: Storage = DmaStorage> {
     /// Ids for idempotent producers, from this shard's own space.
     producer_ids: producer_ids::ProducerIds,
     shard_ports: Vec<u16>,
-    metadata: RefCell<Rc<ClusterMetadata>>,
+    /// This shard's copy of the cluster metadata.
+    metadata: metadata::MetadataReplica,
     /// The logs this shard owns.
     partitions: partitions::PartitionTable<S>,
     /// Its ends of the mesh, and the scatter/gather over them.
     router: router::Router,
     mesh_handlers: Rc<Semaphore>,
-    /// Shard 0 applies one metadata change at a time.
-    metadata_writer: Semaphore,
     /// Where retention runs (`None`: the shard's own queue).
     flush_queue: Option<TaskQueueHandle>,
     counters: Rc<Counters>,
-    /// Consumer groups this shard coordinates.
-    groups: RefCell<HashMap<String, groups::GroupState>>,
-    /// Their committed offsets (`None` once closed).
-    offsets: RefCell<Option<Rc<offsets::OffsetStore<S>>>>,
-    /// Kafka (classic protocol) groups this shard coordinates.
-    kafka_groups: kafka_groups::KafkaGroups,
+    /// The groups this shard coordinates and their committed offsets.
+    coordinator: coordinator::GroupCoordinator<S>,
 }
 
 /// Why a shard failed to start.
@@ -298,21 +291,18 @@ impl<S: Storage> Shard<S> {
             partitions_max: config.partitions_max,
             free_bytes_reserved: config.free_bytes_reserved,
             shard_ports: config.shard_ports,
-            metadata: RefCell::new(Rc::new(ClusterMetadata::default())),
+            metadata: metadata::MetadataReplica::default(),
             partitions,
             router: router::Router::new(id, senders, Rc::clone(&counters)),
             mesh_handlers: Rc::new(Semaphore::new(MESH_HANDLERS_MAX)),
-            metadata_writer: Semaphore::new(1),
             flush_queue,
             counters,
-            groups: RefCell::new(HashMap::new()),
-            offsets: RefCell::new(Some(Rc::new(offsets))),
-            kafka_groups: kafka_groups::KafkaGroups::default(),
+            coordinator: coordinator::GroupCoordinator::new(offsets),
         });
         shard.apply_metadata(config.metadata).await;
         // Offsets of topics deleted while a crash kept their tombstones from
         // being written: the metadata no longer names them.
-        let orphans: Vec<String> = match shard.offsets.borrow().as_ref() {
+        let orphans: Vec<String> = match shard.coordinator.offsets.borrow().as_ref() {
             Some(store) => store.topics().into_iter().filter(|t| !shard.metadata().topics.contains_key(t)).collect(),
             None => Vec::new(),
         };
@@ -352,16 +342,13 @@ impl<S: Storage> Shard<S> {
 
     /// This shard's copy of the cluster metadata.
     pub fn metadata(&self) -> Rc<ClusterMetadata> {
-        Rc::clone(&self.metadata.borrow())
+        self.metadata.current()
     }
 
     /// Flushes and closes every partition log. The last thing a shard does.
     pub async fn close(&self) {
         self.partitions.close().await;
-        let offsets = self.offsets.borrow_mut().take();
-        if let Some(offsets) = offsets.and_then(|offsets| Rc::try_unwrap(offsets).ok()) {
-            offsets.close().await;
-        }
+        self.coordinator.close().await;
         self.router.close();
     }
 
@@ -377,7 +364,7 @@ impl<S: Storage> Shard<S> {
         let created: Vec<String> =
             next.topics.keys().filter(|topic| !previous.topics.contains_key(*topic)).cloned().collect();
         for topic in &created {
-            let stale = self.offsets.borrow().as_ref().is_some_and(|store| store.topics().contains(topic));
+            let stale = self.coordinator.offsets.borrow().as_ref().is_some_and(|store| store.topics().contains(topic));
             if stale && previous.version > 0 {
                 self.forget_offsets(topic).await;
             }
@@ -395,7 +382,7 @@ impl<S: Storage> Shard<S> {
                 }
             }
         }
-        *self.metadata.borrow_mut() = Rc::clone(&next);
+        self.metadata.publish(Rc::clone(&next));
         let gone: Vec<String> =
             previous.topics.keys().filter(|topic| !next.topics.contains_key(*topic)).cloned().collect();
         for topic in gone {
@@ -417,7 +404,7 @@ impl<S: Storage> Shard<S> {
     /// this shard coordinates. A failure is logged: the offsets are then
     /// forgotten when the topic is created again, or at the next start.
     async fn forget_offsets(&self, topic: &str) {
-        let Some(store) = self.offsets.borrow().clone() else { return };
+        let Some(store) = self.coordinator.offsets.borrow().clone() else { return };
         match store.forget_topic(topic).await {
             Ok(0) => {}
             Ok(forgotten) => tracing::info!(shard = %self.id, topic, forgotten, "forgot committed offsets of topic"),

@@ -139,8 +139,8 @@ impl<S: Storage> Shard<S> {
 
     /// The groups with members or committed offsets on this shard.
     fn group_snapshots(&self) -> Vec<GroupSnapshot> {
-        let store = self.offsets.borrow().clone();
-        let groups = self.groups.borrow();
+        let store = self.coordinator.offsets.borrow().clone();
+        let groups = self.coordinator.groups.borrow();
         let mut names: BTreeSet<String> = groups.keys().cloned().collect();
         if let Some(store) = &store {
             names.extend(store.groups());
