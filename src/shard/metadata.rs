@@ -122,6 +122,23 @@ pub enum MetadataError {
     InvalidAcl(#[from] AclError),
 }
 
+/// Why a metadata file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataDecodeError {
+    #[error("not a metadata file (bad magic)")]
+    BadMagic,
+    #[error("truncated header")]
+    TruncatedHeader,
+    #[error("unsupported metadata version {0}")]
+    UnsupportedVersion(u16),
+    #[error("body length {len} does not match the file ({actual} bytes after the header)")]
+    LengthMismatch { len: usize, actual: usize },
+    #[error("checksum mismatch")]
+    ChecksumMismatch,
+    #[error("undecodable body: {0}")]
+    Undecodable(#[source] postcard::Error),
+}
+
 impl ClusterMetadata {
     /// The shard owning a partition, if the topic and partition exist.
     pub fn owner(&self, topic: &str, partition: PartitionId) -> Option<ShardId> {
@@ -295,25 +312,24 @@ impl ClusterMetadata {
     }
 
     /// Decodes the metadata file, refusing anything damaged.
-    pub fn decode(bytes: &[u8]) -> Result<ClusterMetadata, String> {
-        let rest = bytes.strip_prefix(&METADATA_MAGIC).ok_or("not a metadata file (bad magic)")?;
-        let (version, rest) = rest.split_first_chunk::<2>().ok_or("truncated header")?;
+    pub fn decode(bytes: &[u8]) -> Result<ClusterMetadata, MetadataDecodeError> {
+        let rest = bytes.strip_prefix(&METADATA_MAGIC).ok_or(MetadataDecodeError::BadMagic)?;
+        let (version, rest) = rest.split_first_chunk::<2>().ok_or(MetadataDecodeError::TruncatedHeader)?;
         let version = u16::from_le_bytes(*version);
         if !(1..=METADATA_VERSION).contains(&version) {
-            return Err(format!("unsupported metadata version {version}"));
+            return Err(MetadataDecodeError::UnsupportedVersion(version));
         }
-        let (len, rest) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
+        let (len, rest) = rest.split_first_chunk::<4>().ok_or(MetadataDecodeError::TruncatedHeader)?;
         let len = u32::from_le_bytes(*len) as usize;
         if rest.len() != len + 4 {
-            return Err(format!("body length {len} does not match the file ({} bytes after the header)", rest.len()));
+            return Err(MetadataDecodeError::LengthMismatch { len, actual: rest.len() });
         }
         let (body, crc) = rest.split_at(len);
         if crc32c::crc32c(body).to_le_bytes() != crc {
-            return Err("checksum mismatch".into());
+            return Err(MetadataDecodeError::ChecksumMismatch);
         }
-        let undecodable = |error: postcard::Error| format!("undecodable body: {error}");
         if version == 1 {
-            let old: ClusterMetadataV1 = postcard::from_bytes(body).map_err(undecodable)?;
+            let old: ClusterMetadataV1 = postcard::from_bytes(body).map_err(MetadataDecodeError::Undecodable)?;
             let topics = old
                 .topics
                 .into_iter()
@@ -322,15 +338,15 @@ impl ClusterMetadata {
             return Ok(ClusterMetadata { version: old.version, topics, ..ClusterMetadata::default() });
         }
         if version == 2 {
-            let old: ClusterMetadataV2 = postcard::from_bytes(body).map_err(undecodable)?;
+            let old: ClusterMetadataV2 = postcard::from_bytes(body).map_err(MetadataDecodeError::Undecodable)?;
             return Ok(ClusterMetadata { version: old.version, topics: old.topics, ..ClusterMetadata::default() });
         }
         if version == 3 {
-            let old: ClusterMetadataV3 = postcard::from_bytes(body).map_err(undecodable)?;
+            let old: ClusterMetadataV3 = postcard::from_bytes(body).map_err(MetadataDecodeError::Undecodable)?;
             let (version, topics, users) = (old.version, old.topics, old.users);
             return Ok(ClusterMetadata { version, topics, users, acls: Arc::default() });
         }
-        postcard::from_bytes(body).map_err(undecodable)
+        postcard::from_bytes(body).map_err(MetadataDecodeError::Undecodable)
     }
 }
 

@@ -40,20 +40,39 @@ pub(crate) fn encode(start: Offset) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode(bytes: &[u8]) -> Result<Offset, String> {
+/// Why a log start file was not read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LogStartError {
+    #[error("{0} bytes, not {FILE_BYTES}")]
+    Size(u64),
+    #[error("bad magic")]
+    BadMagic,
+    #[error("truncated")]
+    Truncated,
+    #[error("unsupported version {0}")]
+    UnsupportedVersion(u16),
+    #[error("checksum mismatch")]
+    ChecksumMismatch,
+    #[error("offset out of range")]
+    OffsetOutOfRange,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<Offset, LogStartError> {
     if bytes.len() != FILE_BYTES {
-        return Err(format!("{} bytes, not {FILE_BYTES}", bytes.len()));
+        return Err(LogStartError::Size(bytes.len() as u64));
     }
-    let rest = bytes.strip_prefix(&MAGIC).ok_or("bad magic")?;
-    let (version, rest) = rest.split_first_chunk::<2>().ok_or("truncated")?;
+    let rest = bytes.strip_prefix(&MAGIC).ok_or(LogStartError::BadMagic)?;
+    let (version, rest) = rest.split_first_chunk::<2>().ok_or(LogStartError::Truncated)?;
     if u16::from_le_bytes(*version) != VERSION {
-        return Err(format!("unsupported version {}", u16::from_le_bytes(*version)));
+        return Err(LogStartError::UnsupportedVersion(u16::from_le_bytes(*version)));
     }
-    let (offset, crc) = rest.split_first_chunk::<8>().ok_or("truncated")?;
+    let (offset, crc) = rest.split_first_chunk::<8>().ok_or(LogStartError::Truncated)?;
     if crc32c::crc32c(offset).to_le_bytes() != crc {
-        return Err("checksum mismatch".into());
+        return Err(LogStartError::ChecksumMismatch);
     }
-    Offset::new(u64::from_le_bytes(*offset)).ok_or_else(|| "offset out of range".into())
+    Offset::new(u64::from_le_bytes(*offset)).ok_or(LogStartError::OffsetOutOfRange)
 }
 
 /// The start recorded in `dir`, if there is an intact file. A damaged one
@@ -64,12 +83,14 @@ pub(crate) async fn read<S: Storage>(storage: &S, dir: &Path) -> Option<Offset> 
     let file = storage.open(&path).await.ok()?;
     let mut bytes = Vec::new();
     let read = match file.size().await {
-        Ok(size) if size == FILE_BYTES as u64 => file.read_into(0, FILE_BYTES, &mut bytes).await.map(drop),
-        Ok(size) => Err(std::io::Error::other(format!("{size} bytes, not {FILE_BYTES}"))),
-        Err(error) => Err(error),
+        Ok(size) if size == FILE_BYTES as u64 => {
+            file.read_into(0, FILE_BYTES, &mut bytes).await.map(drop).map_err(LogStartError::Io)
+        }
+        Ok(size) => Err(LogStartError::Size(size)),
+        Err(error) => Err(LogStartError::Io(error)),
     };
     let _ = file.close().await;
-    let decoded = read.map_err(|error| error.to_string()).and_then(|()| decode(&bytes));
+    let decoded = read.and_then(|()| decode(&bytes));
     match decoded {
         Ok(start) => Some(start),
         Err(reason) => {
@@ -88,7 +109,7 @@ mod tests {
         let start = Offset::new(123_456_789).unwrap();
         let bytes = encode(start);
         assert_eq!(bytes.len(), FILE_BYTES);
-        assert_eq!(decode(&bytes), Ok(start));
+        assert_eq!(decode(&bytes).ok(), Some(start));
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
