@@ -350,53 +350,78 @@ impl Sim {
         }));
     }
 
+    /// Fetches one partition, or several at once (whose owners may be
+    /// several shards: the router splits and merges the request).
     fn fetch(&mut self) {
-        let Some(key) = self.pick_partition() else { return };
-        let end = self.model.borrow().known_end(&key);
-        let from = self.rng.below(end + 1);
+        let Some(first) = self.pick_partition() else { return };
+        let partitions = self.model.borrow().topics.get(&first.0).copied().unwrap_or(1);
+        let keys: Vec<PartitionKey> =
+            if self.rng.below(3) == 0 { (0..partitions).map(|p| (first.0.clone(), p)).collect() } else { vec![first] };
+        let froms: Vec<u64> =
+            keys.iter().map(|key| self.model.borrow().known_end(key)).map(|end| self.rng.below(end + 1)).collect();
         let shard = self.any_shard();
         let (model, trace, power) = (Rc::clone(&self.model), Rc::clone(&self.trace), Rc::clone(&self.power));
         let epoch = power.get();
         let op = self.operations;
         let control = self.control;
         self.in_flight.push(glommio::spawn_local(async move {
-            let request = fetch_request(&key, from);
+            let request = FetchRequest {
+                max_wait_ms: 0,
+                min_bytes: 0,
+                max_bytes: FETCH_BYTES_MAX,
+                partitions: keys.iter().zip(&froms).map(|(key, from)| fetch_partition(key, *from)).collect(),
+            };
             let outcome = shard.fetch(request).await;
             if power.get() != epoch {
                 return;
             }
             let mut model = model.borrow_mut();
-            let Some(result) = outcome.results.first() else {
-                model.violation(format!("op {op}: a fetch of one partition got no result"));
-                return;
-            };
-            let high_watermark = result.high_watermark.get();
-            trace.borrow_mut().push(format!(
-                "op {op}: fetch {}/{} from {from} via {}: {:?} hw {high_watermark} {} bytes",
-                key.0,
-                key.1,
-                shard.id(),
-                result.error,
-                result.bytes
-            ));
-            if result.error == ErrorCode::OFFSET_OUT_OF_RANGE && control == Control::AckBeforeSync {
-                return; // acked past the durable end: the cut will tell
-            }
-            if !result.error.is_ok() {
-                model.violation(format!("op {op}: fetch {}/{} from {from} failed: {:?}", key.0, key.1, result.error));
+            if outcome.results.len() != keys.len() {
+                model.violation(format!("op {op}: a fetch of {} partitions got {} results", keys.len(), outcome.results.len()));
                 return;
             }
-            match check_records(&mut model, &key, &outcome.payload, Some(from)) {
-                Ok(Some(next)) if next > high_watermark => model.violation(format!(
-                    "op {op}: a fetch of {}/{} showed records up to {next}, past the high watermark {high_watermark}",
-                    key.0, key.1
-                )),
-                Ok(Some(next)) => {
-                    let seen = model.seen_end.entry(key.clone()).or_default();
-                    *seen = (*seen).max(next);
+            let mut payload = &outcome.payload[..];
+            for ((key, from), result) in keys.iter().zip(&froms).zip(&outcome.results) {
+                let Some(data) = payload.get(..result.bytes as usize) else {
+                    model.violation(format!("op {op}: results announce more bytes than the fetch holds"));
+                    return;
+                };
+                payload = &payload[data.len()..];
+                let high_watermark = result.high_watermark.get();
+                trace.borrow_mut().push(format!(
+                    "op {op}: fetch {}/{} from {from} via {}: {:?} hw {high_watermark} {} bytes",
+                    key.0,
+                    key.1,
+                    shard.id(),
+                    result.error,
+                    result.bytes
+                ));
+                if (result.topic.as_str(), result.partition.0) != (key.0.as_str(), key.1) {
+                    model.violation(format!("op {op}: asked for {}/{}, answered for {}/{}", key.0, key.1, result.topic, result.partition));
+                    continue;
                 }
-                Ok(None) => {}
-                Err(problem) => model.violation(format!("op {op}: {problem}")),
+                if result.error == ErrorCode::OFFSET_OUT_OF_RANGE && control == Control::AckBeforeSync {
+                    continue; // acked past the durable end: the cut will tell
+                }
+                if !result.error.is_ok() {
+                    model.violation(format!("op {op}: fetch {}/{} from {from} failed: {:?}", key.0, key.1, result.error));
+                    continue;
+                }
+                match check_records(&mut model, key, data, Some(*from)) {
+                    Ok(Some(next)) if next > high_watermark => model.violation(format!(
+                        "op {op}: a fetch of {}/{} showed records up to {next}, past the high watermark {high_watermark}",
+                        key.0, key.1
+                    )),
+                    Ok(Some(next)) => {
+                        let seen = model.seen_end.entry(key.clone()).or_default();
+                        *seen = (*seen).max(next);
+                    }
+                    Ok(None) => {}
+                    Err(problem) => model.violation(format!("op {op}: {problem}")),
+                }
+            }
+            if !payload.is_empty() {
+                model.violation(format!("op {op}: {} bytes in the fetch belong to no partition", payload.len()));
             }
         }));
     }
@@ -641,17 +666,21 @@ impl Sim {
     }
 }
 
+fn fetch_partition(key: &PartitionKey, from: u64) -> FetchPartition {
+    FetchPartition {
+        topic: key.0.clone(),
+        partition: PartitionId(key.1),
+        offset: Offset::new(from).unwrap_or(Offset::ZERO),
+        max_bytes: FETCH_BYTES_MAX,
+    }
+}
+
 fn fetch_request(key: &PartitionKey, from: u64) -> FetchRequest {
     FetchRequest {
         max_wait_ms: 0,
         min_bytes: 0,
         max_bytes: FETCH_BYTES_MAX,
-        partitions: vec![FetchPartition {
-            topic: key.0.clone(),
-            partition: PartitionId(key.1),
-            offset: Offset::new(from).unwrap_or(Offset::ZERO),
-            max_bytes: FETCH_BYTES_MAX,
-        }],
+        partitions: vec![fetch_partition(key, from)],
     }
 }
 

@@ -19,6 +19,10 @@ use super::partitions::{fetch_error, list_offsets_error, produce_error, Partitio
 use super::router::route;
 use super::{FetchOutcome, ProduceItem, Shard, ShardMessage};
 
+/// Where one partition's fetch answer is: (part, position in it, byte
+/// offset in its payload), or its result already (an error).
+type Slot = Result<(usize, usize, usize), FetchPartitionResult>;
+
 impl<S: Storage> Shard<S> {
     /// Appends each item's batches to its partition (wherever it lives) and
     /// waits for `acks`. Results come back in item order.
@@ -51,14 +55,28 @@ impl<S: Storage> Shard<S> {
         let FetchRequest { max_wait_ms, min_bytes, max_bytes, partitions } = request;
         let count = partitions.len();
         let (routed, unknown) = route(&self.metadata(), partitions, |p| (p.topic.as_str(), p.partition));
-        let mut parts: Vec<Option<(FetchPartitionResult, Vec<u8>)>> = vec![None; count];
-        for (index, p) in unknown {
-            parts[index] = Some((fetch_error(&p, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION), Vec::new()));
+        if unknown.is_empty() && routed.len() == 1 {
+            // One owner (a shard-aware client's fetch, or a forwarded one
+            // for a single shard): its answer is the answer, moved as it is.
+            let Some((owner, items)) = routed.into_iter().next() else { return FetchOutcome::default() };
+            let partitions: Vec<FetchPartition> = items.into_iter().map(|(_, p)| p).collect();
+            if owner == self.id {
+                return self.partitions.fetch(FetchRequest { max_wait_ms, min_bytes, max_bytes, partitions }).await;
+            }
+            let gone: Vec<FetchPartitionResult> =
+                partitions.iter().map(|p| fetch_error(p, ErrorCode::SHUTTING_DOWN)).collect();
+            let (reply, answer) = oneshot::channel();
+            let request = FetchRequest { max_wait_ms, min_bytes, max_bytes, partitions };
+            if self.send_to(owner, ShardMessage::Fetch { request, reply }).await.is_some() {
+                if let Ok(outcome) = answer.await {
+                    return outcome;
+                }
+            }
+            return FetchOutcome { results: gone, payload: Vec::new() };
         }
-        if routed.len() == 1 && routed.contains_key(&self.id) && parts.iter().all(Option::is_none) {
-            // The common case (a shard-aware client): no copying around.
-            let partitions = routed.into_values().flatten().map(|(_, p)| p).collect();
-            return self.partitions.fetch(FetchRequest { max_wait_ms, min_bytes, max_bytes, partitions }).await;
+        let mut slots: Vec<Option<Slot>> = vec![None; count];
+        for (index, p) in unknown {
+            slots[index] = Some(Err(fetch_error(&p, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)));
         }
         // Each owning shard gets an equal share of the byte budget, so the
         // merged response stays within what the client asked for.
@@ -79,31 +97,49 @@ impl<S: Storage> Shard<S> {
                 },
             )
             .await;
-        for part in answers {
-            let mut offset = 0;
-            for (position, index) in part.indexes.into_iter().enumerate() {
-                let found = part.answer.as_ref().and_then(|outcome| {
-                    let result = outcome.results.get(position)?.clone();
-                    let data = outcome.payload.get(offset..offset + result.bytes as usize)?.to_vec();
-                    offset += result.bytes as usize;
-                    Some((result, data))
-                });
-                let (topic, partition) = &part.keys[position];
-                let missing = || {
-                    let p = FetchPartition {
-                        topic: topic.clone(),
-                        partition: *partition,
-                        offset: Offset::ZERO,
-                        max_bytes: 0,
-                    };
-                    (fetch_error(&p, ErrorCode::SHUTTING_DOWN), Vec::new())
+        for (number, part) in answers.iter().enumerate() {
+            let mut at = 0;
+            for (position, index) in part.indexes.iter().enumerate() {
+                let slot = match part.answer.as_ref().and_then(|outcome| outcome.results.get(position)) {
+                    Some(result) => {
+                        let slot = (number, position, at);
+                        at += result.bytes as usize;
+                        Ok(slot)
+                    }
+                    None => {
+                        let (topic, partition) = &part.keys[position];
+                        let p = FetchPartition {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            offset: Offset::ZERO,
+                            max_bytes: 0,
+                        };
+                        Err(fetch_error(&p, ErrorCode::SHUTTING_DOWN))
+                    }
                 };
-                parts[index] = Some(found.unwrap_or_else(missing));
+                slots[*index] = Some(slot);
             }
         }
+        // One copy of each part's bytes, straight into the response, in
+        // request order.
         let mut outcome = FetchOutcome::default();
-        for (result, data) in parts.into_iter().flatten() {
-            outcome.payload.extend_from_slice(&data);
+        for slot in slots.into_iter().flatten() {
+            let (number, position, at) = match slot {
+                Ok(found) => found,
+                Err(result) => {
+                    outcome.results.push(result);
+                    continue;
+                }
+            };
+            let Some(answer) = answers.get(number).and_then(|part| part.answer.as_ref()) else { continue };
+            let Some(mut result) = answer.results.get(position).cloned() else { continue };
+            match answer.payload.get(at..at + result.bytes as usize) {
+                Some(data) => outcome.payload.extend_from_slice(data),
+                None => {
+                    result.error = ErrorCode::INTERNAL;
+                    result.bytes = 0;
+                }
+            }
             outcome.results.push(result);
         }
         outcome
