@@ -19,10 +19,15 @@ use serde::{Deserialize, Serialize};
 #[serde(try_from = "u64", into = "u64")]
 pub struct Offset(u64);
 
+/// A value too large for an [`Offset`] (above `i64::MAX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("offset {0} exceeds the largest offset")]
+pub struct OffsetRangeError(pub u64);
+
 impl TryFrom<u64> for Offset {
-    type Error = String;
-    fn try_from(value: u64) -> Result<Offset, String> {
-        Offset::new(value).ok_or_else(|| format!("offset {value} exceeds the largest offset"))
+    type Error = OffsetRangeError;
+    fn try_from(value: u64) -> Result<Offset, OffsetRangeError> {
+        Offset::new(value).ok_or(OffsetRangeError(value))
     }
 }
 
@@ -112,6 +117,17 @@ impl fmt::Display for ShardId {
 /// Longest topic name (Kafka's limit, so names stay portable).
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
+/// Why a topic (or group) name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicNameError {
+    #[error("topic name must be 1 to {TOPIC_NAME_BYTES_MAX} characters")]
+    Length,
+    #[error("topic name {0:?} is reserved")]
+    Reserved(String),
+    #[error("topic name {name:?} contains {bad:?}; allowed are letters, digits, '.', '_' and '-'")]
+    Character { name: String, bad: char },
+}
+
 /// Checks a topic name: 1 to 249 characters of `[a-zA-Z0-9._-]`, and not
 /// `.` or `..` (names become directory names).
 ///
@@ -120,16 +136,16 @@ pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// assert!(validate_topic_name("orders.v2").is_ok());
 /// assert!(validate_topic_name("../etc").is_err());
 /// ```
-pub fn validate_topic_name(name: &str) -> Result<(), String> {
+pub fn validate_topic_name(name: &str) -> Result<(), TopicNameError> {
     if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
-        return Err(format!("topic name must be 1 to {TOPIC_NAME_BYTES_MAX} characters"));
+        return Err(TopicNameError::Length);
     }
     if name == "." || name == ".." {
-        return Err(format!("topic name {name:?} is reserved"));
+        return Err(TopicNameError::Reserved(name.to_string()));
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if let Some(bad) = name.chars().find(|c| !allowed(*c)) {
-        return Err(format!("topic name {name:?} contains {bad:?}; allowed are letters, digits, '.', '_' and '-'"));
+        return Err(TopicNameError::Character { name: name.to_string(), bad });
     }
     Ok(())
 }
@@ -194,5 +210,18 @@ mod tests {
         }
         assert!(validate_topic_name(&"x".repeat(TOPIC_NAME_BYTES_MAX)).is_ok());
         assert!(validate_topic_name(&"x".repeat(TOPIC_NAME_BYTES_MAX + 1)).is_err());
+    }
+
+    #[test]
+    fn refusals_read_as_before() {
+        let message = |name: &str| validate_topic_name(name).err().map(|error| error.to_string());
+        assert_eq!(message("").as_deref(), Some("topic name must be 1 to 249 characters"));
+        assert_eq!(message("..").as_deref(), Some("topic name \"..\" is reserved"));
+        assert_eq!(
+            message("a/b").as_deref(),
+            Some("topic name \"a/b\" contains '/'; allowed are letters, digits, '.', '_' and '-'")
+        );
+        let too_large = Offset::try_from(u64::MAX).err().map(|error| error.to_string());
+        assert_eq!(too_large.as_deref(), Some("offset 18446744073709551615 exceeds the largest offset"));
     }
 }

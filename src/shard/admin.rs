@@ -20,6 +20,22 @@ use super::partitions::delete_records_error;
 use super::topic_config::{ConfigEdit, ConfigEntry, ConfigError, TopicConfig};
 use super::{Shard, ShardMessage};
 
+/// Why a topic's partitions would not fit on the disk.
+#[derive(Debug, thiserror::Error)]
+pub enum SpaceError {
+    #[error("reading the free space of the data directory: {0}")]
+    FreeSpace(#[source] std::io::Error),
+    #[error(
+        "{partitions} partitions need {} of disk to start ({} each), but {} is free and {} is kept in \
+         reserve (storage.free_bytes_reserved)",
+        mib(*.needed),
+        mib(*.each),
+        mib(*.free),
+        mib(*.reserve)
+    )]
+    Insufficient { partitions: u32, needed: u64, each: u64, free: u64, reserve: u64 },
+}
+
 /// A change to the access control lists.
 #[derive(Debug, Clone)]
 pub enum AclChange {
@@ -128,7 +144,7 @@ impl<S: Storage> Shard<S> {
         }
         let partitions = if partitions == 0 { self.default_partitions_for_new_topic() } else { partitions };
         if let Err(refusal) = self.check_space_for(partitions).await {
-            return topic_result(name, ErrorCode::STORAGE_FULL, &refusal);
+            return topic_result(name, ErrorCode::STORAGE_FULL, &refusal.to_string());
         }
         let (shard_count, partitions_max) = (self.shard_count, self.partitions_max);
         self.change_metadata(name, move |metadata, name| {
@@ -210,7 +226,7 @@ impl<S: Storage> Shard<S> {
 
     /// Refuses a creation whose partitions' first reservations would not
     /// fit the free space, less the reserve the other partitions keep.
-    async fn check_space_for(&self, partitions: u32) -> Result<(), String> {
+    async fn check_space_for(&self, partitions: u32) -> Result<(), SpaceError> {
         if !self.log_config.preallocate {
             return Ok(());
         }
@@ -218,17 +234,10 @@ impl<S: Storage> Shard<S> {
         let needed = u64::from(partitions) * each;
         let dir = self.data_dir.clone();
         let free = glommio::executor().spawn_blocking(move || crate::storage::free_bytes(&dir)).await;
-        let free = free.map_err(|error| format!("reading the free space of the data directory: {error}"))?;
+        let free = free.map_err(SpaceError::FreeSpace)?;
         let reserve = self.free_bytes_reserved;
         if needed.saturating_add(reserve) > free {
-            return Err(format!(
-                "{partitions} partitions need {} of disk to start ({} each), but {} is free and {} is kept in \
-                 reserve (storage.free_bytes_reserved)",
-                mib(needed),
-                mib(each),
-                mib(free),
-                mib(reserve)
-            ));
+            return Err(SpaceError::Insufficient { partitions, needed, each, free, reserve });
         }
         Ok(())
     }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::acl::{AclBinding, AclError, AclFilter, ACLS_MAX};
 use crate::protocol::scram::{self, ScramCredential, ScramMechanism};
-use crate::protocol::types::{PartitionId, ShardId};
+use crate::protocol::types::{PartitionId, ShardId, TopicNameError};
 
 use super::topic_config::TopicConfig;
 
@@ -102,7 +102,7 @@ pub enum MetadataError {
     #[error("topic {0} does not exist")]
     UnknownTopic(String),
     #[error("invalid topic name: {0}")]
-    InvalidName(String),
+    InvalidName(TopicNameError),
     #[error("{0}")]
     InvalidConfig(String),
     #[error("a topic needs 1 to {PARTITIONS_PER_TOPIC_MAX} partitions, not {0}")]
