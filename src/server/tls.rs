@@ -21,6 +21,27 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::ClientAuth;
 
+/// Why the TLS certificate, key or client CA did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading the certificates in {}: {source}", .file.display())]
+    ReadCertificates { file: PathBuf, source: rustls_pki_types::pem::Error },
+    #[error("{} holds no PEM certificate", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("reading the private key in {}: {source}", .file.display())]
+    ReadKey { file: PathBuf, source: rustls_pki_types::pem::Error },
+    #[error("the certificate and key in {} and {}: {source}", .cert_file.display(), .key_file.display())]
+    KeyMismatch { cert_file: PathBuf, key_file: PathBuf, source: rustls::Error },
+    #[error("TLS versions: {0}")]
+    Versions(#[source] rustls::Error),
+    #[error("reading the client CA in {}: {source}", .file.display())]
+    ReadClientCa { file: PathBuf, source: rustls_pki_types::pem::Error },
+    #[error("the client CA in {}: {source}", .file.display())]
+    ClientCa { file: PathBuf, source: rustls::Error },
+    #[error("the client CA in {}: {source}", .file.display())]
+    ClientVerifier { file: PathBuf, source: rustls::server::VerifierBuilderError },
+}
+
 /// The broker's certificate and key, replaceable while it runs.
 #[derive(Debug)]
 pub struct TlsKeys {
@@ -34,8 +55,11 @@ pub struct TlsKeys {
 
 impl TlsKeys {
     /// Reads the certificate chain and key.
+    ///
+    /// The error is rendered to text here: the broker's `ServerError::Tls`
+    /// holds a `String`.
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<TlsKeys>, String> {
-        let current = RwLock::new(read_key(cert_file, key_file)?);
+        let current = RwLock::new(read_key(cert_file, key_file).map_err(|error| error.to_string())?);
         Ok(Arc::new(TlsKeys {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
@@ -47,7 +71,7 @@ impl TlsKeys {
 
     /// Reads the files again; new handshakes use what they hold from now
     /// on. On an error the certificate in use stays.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = match read_key(&self.cert_file, &self.key_file) {
             Ok(fresh) => fresh,
             Err(error) => {
@@ -83,17 +107,19 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, String> {
+fn read_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .and_then(|certs| certs.collect())
-        .map_err(|error| format!("reading the certificates in {}: {error}", cert_file.display()))?;
+        .map_err(|source| TlsError::ReadCertificates { file: cert_file.to_path_buf(), source })?;
     if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", cert_file.display()));
+        return Err(TlsError::NoCertificate(cert_file.to_path_buf()));
     }
     let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|error| format!("reading the private key in {}: {error}", key_file.display()))?;
-    let mismatch = |error: rustls::Error| {
-        format!("the certificate and key in {} and {}: {error}", cert_file.display(), key_file.display())
+        .map_err(|source| TlsError::ReadKey { file: key_file.to_path_buf(), source })?;
+    let mismatch = |source: rustls::Error| TlsError::KeyMismatch {
+        cert_file: cert_file.to_path_buf(),
+        key_file: key_file.to_path_buf(),
+        source,
     };
     let key = CertifiedKey::from_der(certs, key, &provider()).map_err(mismatch)?;
     Ok(Arc::new(key))
@@ -101,30 +127,42 @@ fn read_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, Stri
 
 /// The server side of TLS (TLS 1.2 and 1.3) with `keys`, and with client
 /// certificates checked against `client_ca` when one is given.
+///
+/// The error is rendered to text here: the broker's `ServerError::Tls`
+/// holds a `String`.
 pub fn server_config(
     keys: Arc<TlsKeys>,
     client_ca: Option<&Path>,
     client_auth: ClientAuth,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
+    build_server_config(keys, client_ca, client_auth).map_err(|error| error.to_string())
+}
+
+fn build_server_config(
+    keys: Arc<TlsKeys>,
+    client_ca: Option<&Path>,
+    client_auth: ClientAuth,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|error| format!("TLS versions: {error}"))?;
+        .map_err(TlsError::Versions)?;
     let builder = match (client_ca, client_auth) {
         (None, _) | (_, ClientAuth::None) => builder.with_no_client_auth(),
         (Some(ca), auth) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca)
-                .map_err(|error| format!("reading the client CA in {}: {error}", ca.display()))?
-            {
-                let cert = cert.map_err(|error| format!("reading the client CA in {}: {error}", ca.display()))?;
-                roots.add(cert).map_err(|error| format!("the client CA in {}: {error}", ca.display()))?;
+            let unreadable = |source| TlsError::ReadClientCa { file: ca.to_path_buf(), source };
+            for cert in CertificateDer::pem_file_iter(ca).map_err(unreadable)? {
+                roots
+                    .add(cert.map_err(unreadable)?)
+                    .map_err(|source| TlsError::ClientCa { file: ca.to_path_buf(), source })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
             let verifier = match auth {
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
                 _ => verifier,
             };
-            let verifier = verifier.build().map_err(|error| format!("the client CA in {}: {error}", ca.display()))?;
+            let verifier =
+                verifier.build().map_err(|source| TlsError::ClientVerifier { file: ca.to_path_buf(), source })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
