@@ -680,7 +680,8 @@ impl Server {
         };
         let parsed = match kafka::parse(body.freeze()) {
             Ok(parsed) => parsed,
-            Err(reason) => {
+            Err(error) => {
+                let reason = error.to_string();
                 self.shard.counters().record_request("kafka_malformed", ErrorCode::INVALID_REQUEST);
                 self.warn_client_error(&WireError::Header(reason.clone()), "a Kafka client sent a malformed request");
                 return Err(Closed::KafkaMalformed(reason));

@@ -107,22 +107,41 @@ pub struct Parsed {
     pub body: Bytes,
 }
 
+/// Why a Kafka request frame was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaRequestError {
+    #[error("a {0}-byte Kafka frame has no header")]
+    NoHeader(usize),
+    #[error("unknown Kafka API key {0}")]
+    UnknownApiKey(i16),
+    #[error("request header: {0}")]
+    Header(#[source] BoundsError),
+    #[error("not served")]
+    NotServed,
+    #[error("version not served")]
+    VersionNotServed,
+    #[error("{0}")]
+    Bounds(#[source] BoundsError),
+    #[error("{0}")]
+    Decode(#[source] anyhow::Error),
+}
+
 /// Reads a request frame's header, and checks its body's bounds. An
 /// unknown API key or a header that does not parse closes the connection
 /// (there is no way to answer it in a form the client expects); a body
 /// that does not fit its layout gets INVALID_REQUEST... as a closed
 /// connection too, since the response layout depends on a request the
 /// broker could not read.
-pub fn parse(frame: Bytes) -> Result<Parsed, String> {
+pub fn parse(frame: Bytes) -> Result<Parsed, KafkaRequestError> {
     if frame.len() < 8 {
-        return Err(format!("a {}-byte Kafka frame has no header", frame.len()));
+        return Err(KafkaRequestError::NoHeader(frame.len()));
     }
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    let api_key = ApiKey::try_from(key).map_err(|()| format!("unknown Kafka API key {key}"))?;
+    let api_key = ApiKey::try_from(key).map_err(|()| KafkaRequestError::UnknownApiKey(key))?;
     let flexible_header = api_key.request_header_version(version) >= 2;
-    let header_len = bounds::header_len(&frame, flexible_header).map_err(|error| format!("request header: {error}"))?;
+    let header_len = bounds::header_len(&frame, flexible_header).map_err(KafkaRequestError::Header)?;
     Ok(Parsed { api_key, version, correlation_id, body: frame.slice(header_len..) })
 }
 
@@ -848,19 +867,21 @@ fn find_coordinator(
 /// header, the served-version check, the bounds check and the decode. For
 /// fuzzing and property tests: whatever the bytes, an error or a request,
 /// never a panic or an allocation the frame does not bound.
-pub fn decode_request(frame: Bytes) -> Result<(RequestHeader, kafka_protocol::messages::RequestKind), String> {
+pub fn decode_request(
+    frame: Bytes,
+) -> Result<(RequestHeader, kafka_protocol::messages::RequestKind), KafkaRequestError> {
     let parsed = parse(frame.clone())?;
-    let schema = served(parsed.api_key).ok_or("not served")?;
+    let schema = served(parsed.api_key).ok_or(KafkaRequestError::NotServed)?;
     if !(schema.min_version..=schema.max_version).contains(&parsed.version) {
-        return Err("version not served".into());
+        return Err(KafkaRequestError::VersionNotServed);
     }
-    bounds::check_body(schema, parsed.version, &parsed.body).map_err(|error| error.to_string())?;
+    bounds::check_body(schema, parsed.version, &parsed.body).map_err(KafkaRequestError::Bounds)?;
     let mut header_bytes = frame;
     let header = kafka_protocol::protocol::decode_request_header_from_buffer(&mut header_bytes)
-        .map_err(|error| error.to_string())?;
+        .map_err(KafkaRequestError::Decode)?;
     let mut body = parsed.body;
     let request = kafka_protocol::messages::RequestKind::decode(parsed.api_key, &mut body, parsed.version)
-        .map_err(|error| error.to_string())?;
+        .map_err(KafkaRequestError::Decode)?;
     Ok((header, request))
 }
 
