@@ -329,6 +329,23 @@ impl KafkaGroups {
     }
 }
 
+/// Why a Kafka group request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaGroupError {
+    #[error("unknown Kafka API key {0}")]
+    UnknownApiKey(i16),
+    #[error("{0:?} does not decode")]
+    NoGroup(ApiKey),
+    #[error("{api_key:?}: {source}")]
+    Undecodable { api_key: ApiKey, source: anyhow::Error },
+    #[error("{0}")]
+    UndecodableDescribe(#[source] anyhow::Error),
+    #[error("{0:?} is not a group request")]
+    NotGroupRequest(ApiKey),
+    #[error("the coordinator shard stopped")]
+    CoordinatorStopped,
+}
+
 /// The group id a request is about (the first, for multi-group requests).
 fn group_of(api_key: ApiKey, version: i16, body: &Bytes) -> Option<String> {
     let mut body = body.clone();
@@ -359,15 +376,15 @@ impl<S: Storage> Shard<S> {
         api_key: ApiKey,
         version: i16,
         body: Bytes,
-    ) -> Result<ResponseKind, String> {
+    ) -> Result<ResponseKind, KafkaGroupError> {
         match api_key {
-            ApiKey::ListGroups => return Ok(ResponseKind::ListGroups(self.kafka_list_groups(version, body).await?)),
+            ApiKey::ListGroups => return Ok(ResponseKind::ListGroups(self.kafka_list_groups(version, body).await)),
             ApiKey::DescribeGroups => {
                 return Ok(ResponseKind::DescribeGroups(self.kafka_describe_groups(version, body).await?))
             }
             _ => {}
         }
-        let group = group_of(api_key, version, &body).ok_or_else(|| format!("{api_key:?} does not decode"))?;
+        let group = group_of(api_key, version, &body).ok_or(KafkaGroupError::NoGroup(api_key))?;
         let coordinator = coordinator_of(&group, self.shard_count);
         if coordinator == self.id {
             return self.kafka_coordinate(api_key, version, body).await;
@@ -375,8 +392,8 @@ impl<S: Storage> Shard<S> {
         let (reply, answer) = oneshot::channel();
         let message = ShardMessage::KafkaGroup { api_key: api_key as i16, version, body, reply };
         match self.send_to(coordinator, message).await {
-            Some(()) => answer.await.unwrap_or_else(|_| Err("the coordinator shard stopped".into())),
-            None => Err("the coordinator shard stopped".into()),
+            Some(()) => answer.await.unwrap_or(Err(KafkaGroupError::CoordinatorStopped)),
+            None => Err(KafkaGroupError::CoordinatorStopped),
         }
     }
 
@@ -386,8 +403,8 @@ impl<S: Storage> Shard<S> {
         api_key: ApiKey,
         version: i16,
         mut body: Bytes,
-    ) -> Result<ResponseKind, String> {
-        let bad = |error: anyhow::Error| format!("{api_key:?}: {error}");
+    ) -> Result<ResponseKind, KafkaGroupError> {
+        let bad = |source: anyhow::Error| KafkaGroupError::Undecodable { api_key, source };
         Ok(match api_key {
             ApiKey::JoinGroup => {
                 let request = JoinGroupRequest::decode(&mut body, version).map_err(bad)?;
@@ -413,7 +430,7 @@ impl<S: Storage> Shard<S> {
                 let request = OffsetFetchRequest::decode(&mut body, version).map_err(bad)?;
                 ResponseKind::OffsetFetch(self.kafka_fetch_offsets(version, request))
             }
-            other => return Err(format!("{other:?} is not a group request")),
+            other => return Err(KafkaGroupError::NotGroupRequest(other)),
         })
     }
 
@@ -750,7 +767,7 @@ impl<S: Storage> Shard<S> {
             .collect()
     }
 
-    async fn kafka_list_groups(self: &Rc<Self>, version: i16, _body: Bytes) -> Result<ListGroupsResponse, String> {
+    async fn kafka_list_groups(self: &Rc<Self>, version: i16, _body: Bytes) -> ListGroupsResponse {
         let mut listed = self.kafka_local_groups();
         for peer in (0..self.shard_count).map(|p| ShardId(p as u16)).filter(|p| *p != self.id) {
             let (reply, answer) = oneshot::channel();
@@ -770,15 +787,16 @@ impl<S: Storage> Shard<S> {
                 group
             })
             .collect();
-        Ok(ListGroupsResponse::default().with_groups(groups))
+        ListGroupsResponse::default().with_groups(groups)
     }
 
     async fn kafka_describe_groups(
         self: &Rc<Self>,
         version: i16,
         mut body: Bytes,
-    ) -> Result<DescribeGroupsResponse, String> {
-        let request = DescribeGroupsRequest::decode(&mut body, version).map_err(|error| error.to_string())?;
+    ) -> Result<DescribeGroupsResponse, KafkaGroupError> {
+        let request =
+            DescribeGroupsRequest::decode(&mut body, version).map_err(KafkaGroupError::UndecodableDescribe)?;
         let mut described = Vec::with_capacity(request.groups.len());
         for group in request.groups {
             let id = group.0.to_string();

@@ -137,7 +137,7 @@ pub enum ShardMessage {
         api_key: i16,
         version: i16,
         body: bytes::Bytes,
-        reply: oneshot::Sender<Result<kafka_protocol::messages::ResponseKind, String>>,
+        reply: oneshot::Sender<Result<kafka_protocol::messages::ResponseKind, kafka_groups::KafkaGroupError>>,
     },
     /// The Kafka groups of a shard: (group, protocol type, state).
     KafkaListGroups {
@@ -487,7 +487,7 @@ impl<S: Storage> Shard<S> {
             ShardMessage::KafkaGroup { api_key, version, body, reply } => {
                 let answer = match kafka_protocol::messages::ApiKey::try_from(api_key) {
                     Ok(api_key) => self.kafka_coordinate(api_key, version, body).await,
-                    Err(()) => Err(format!("unknown Kafka API key {api_key}")),
+                    Err(()) => Err(kafka_groups::KafkaGroupError::UnknownApiKey(api_key)),
                 };
                 let _ = reply.send(answer);
             }
