@@ -47,7 +47,8 @@ pub(super) async fn handle(
         Ok(()) => serve(shard, request, payload, limits, access).await,
         Err(refusal) => {
             let silent = matches!(&request, Request::Produce(produce) if produce.acks == AckLevel::None);
-            let response = Response::Error(ErrorResponse { code: ErrorCode::NOT_AUTHORIZED, message: refusal });
+            let message = refusal.to_string();
+            let response = Response::Error(ErrorResponse { code: ErrorCode::NOT_AUTHORIZED, message });
             (!silent).then_some((response, Vec::new()))
         }
     };
@@ -204,19 +205,30 @@ async fn alter_acls(shard: &Rc<Shard>, request: AlterAclsRequest) -> AlterAclsRe
     AlterAclsResponse { error: ErrorCode::NONE, message: String::new(), removed }
 }
 
+/// What a request may not do; its text is the refusal's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Refusal {
+    #[error("{} on topic {topic} is not allowed", .operation.name())]
+    Topic { operation: Operation, topic: String },
+    #[error("{} on group {group} is not allowed", .operation.name())]
+    Group { operation: Operation, group: String },
+    #[error("{} on the cluster is not allowed", .operation.name())]
+    Cluster { operation: Operation },
+}
+
 /// Whether `access` covers everything `request` does; the refusal says
 /// what is missing. A request is refused whole (the native protocol has no
 /// per-partition authorization errors).
-fn authorize(shard: &Shard, access: &Access, request: &Request) -> Result<(), String> {
+fn authorize(shard: &Shard, access: &Access, request: &Request) -> Result<(), Refusal> {
     use Operation::*;
     fn each_topic<'a>(
         shard: &Shard,
         access: &Access,
         operation: Operation,
         mut names: impl Iterator<Item = &'a String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         match names.find(|topic| !access.topic(shard, operation, topic)) {
-            Some(topic) => Err(format!("{} on topic {topic} is not allowed", operation.name())),
+            Some(topic) => Err(Refusal::Topic { operation, topic: topic.clone() }),
             None => Ok(()),
         }
     }
@@ -226,20 +238,20 @@ fn authorize(shard: &Shard, access: &Access, request: &Request) -> Result<(), St
         if access.group(shard, operation, group) {
             Ok(())
         } else {
-            Err(format!("{} on group {group} is not allowed", operation.name()))
+            Err(Refusal::Group { operation, group: group.to_string() })
         }
     };
     let cluster = |operation: Operation| {
         if access.cluster(shard, operation) {
             Ok(())
         } else {
-            Err(format!("{} on the cluster is not allowed", operation.name()))
+            Err(Refusal::Cluster { operation })
         }
     };
     match request {
         Request::Ping | Request::Metadata(_) | Request::SaslAuthenticate(_) => Ok(()),
         Request::CreateTopic(create) if access.may_create_topic(shard, &create.name) => Ok(()),
-        Request::CreateTopic(create) => Err(format!("create on topic {} is not allowed", create.name)),
+        Request::CreateTopic(create) => Err(Refusal::Topic { operation: Create, topic: create.name.clone() }),
         Request::DeleteTopic(delete) => topics(Delete, &mut std::iter::once(&delete.name)),
         Request::Produce(produce) => topics(Write, &mut produce.partitions.iter().map(|p| &p.topic)),
         Request::Fetch(fetch) => topics(Read, &mut fetch.partitions.iter().map(|p| &p.topic)),
