@@ -233,6 +233,9 @@ impl Sim {
         }
         self.quiesce().await;
         self.power_cut().await;
+        for shard in std::mem::take(&mut self.shards) {
+            shard.close().await;
+        }
         let model = self.model.borrow();
         Report {
             trace: self.trace.take(),
@@ -536,10 +539,14 @@ impl Sim {
             _ => CrashMode::Torn { seed: self.rng.next() },
         };
         let image = self.disk.crash_image(mode);
-        // Cancels the clients' requests; the old shards are left behind
-        // with the old disk and never heard from again.
+        // Cancels the clients' requests. The old shards run on with the old
+        // disk, which nothing reads again; closing them ends their mesh
+        // loops (parked tasks whose wakers form a cycle would otherwise
+        // outlive the executor).
         self.in_flight.clear();
-        self.shards.clear();
+        for shard in std::mem::take(&mut self.shards) {
+            shard.close().await;
+        }
         self.disk = image;
         {
             let mut model = self.model.borrow_mut();

@@ -553,3 +553,41 @@ mod recovery_fuzz {
         }
     }
 }
+
+/// Closing a log while an append waits to roll its segment (the roll waits
+/// for the flusher's sync) ends the append cleanly, with the log closed.
+/// Found by the whole-broker simulation: a shard closing under a forwarded
+/// produce panicked with "a log always has an active segment".
+#[test]
+fn closing_during_a_roll_fails_the_append_cleanly() {
+    let outcomes = run(|| async {
+        let storage = SimStorage::new();
+        let mut outcomes = Vec::new();
+        for turns_before_close in 0..12 {
+            let dir = PathBuf::from(format!("/sim/roll-close-{turns_before_close}"));
+            let log = PartitionLog::open(storage.clone(), &dir, config(), OpenOptions::default()).await.unwrap();
+            // Nearly a whole segment (32 KiB), so the next append rolls.
+            for tag in 0..7u64 {
+                log.append_and_wait(numbered_batch(tag, 4, 1000), AckLevel::Durable).await.unwrap();
+            }
+            let appender = log.clone();
+            let append = glommio::spawn_local(async move {
+                appender.append_and_wait(numbered_batch(99, 4, 1000), AckLevel::Durable).await
+            });
+            for _ in 0..turns_before_close {
+                futures_lite::future::yield_now().await;
+            }
+            let closed = log.close().await;
+            let appended = append.await;
+            assert!(closed.is_ok(), "close: {closed:?}");
+            outcomes.push(appended.map(|receipt| receipt.base.get()).map_err(|error| error.to_string()));
+        }
+        outcomes
+    });
+    for outcome in &outcomes {
+        match outcome {
+            Ok(base) => assert_eq!(*base, 28, "appended after the 28 records before it"),
+            Err(error) => assert!(error.contains("closed") || error.contains("Closed"), "unexpected error: {error}"),
+        }
+    }
+}

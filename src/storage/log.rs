@@ -514,6 +514,26 @@ impl<S: Storage> PartitionLog<S> {
         self.inner.state.borrow().next_offset
     }
 
+    /// Bytes of visible batches from the one holding `offset` on, as far as
+    /// the tail cache tells; `usize::MAX` when `offset` lies below the
+    /// cache (the data is on disk: more than a long-poll waits for).
+    pub fn visible_bytes_from(&self, offset: Offset) -> usize {
+        let state = self.inner.state.borrow();
+        if offset >= state.durable_next {
+            return 0;
+        }
+        if state.cache.front().is_none_or(|oldest| oldest.base > offset) {
+            return usize::MAX;
+        }
+        let first = state.cache.partition_point(|batch| batch.next <= offset);
+        state
+            .cache
+            .range(first..)
+            .take_while(|batch| batch.base < state.durable_next)
+            .map(|batch| batch.bytes.len())
+            .sum()
+    }
+
     /// Completes when the visible end moves past `offset` (or the log fails
     /// or closes). Long-polling readers park here.
     pub async fn wait_visible_past(&self, offset: Offset) {
@@ -561,9 +581,15 @@ impl<S: Storage> PartitionLog<S> {
         }
         self.inner.work.notify_all();
         self.inner.progress.notify_all();
+        // A roll under way finishes first (it may be waiting for the
+        // flusher's last sync): its segments are then the ones closed.
         loop {
             let wait = self.inner.progress.notified();
-            if self.inner.state.borrow().flusher_done {
+            let done = {
+                let state = self.inner.state.borrow();
+                state.flusher_done && !state.rolling
+            };
+            if done {
                 break;
             }
             wait.await;
@@ -925,6 +951,9 @@ impl<S: Storage> Inner<S> {
         };
         file.pre_allocate(target).await.map_err(|source| StorageError::io("preallocating", &path, source))?;
         let mut state = self.state.borrow_mut();
+        if state.segments.is_empty() {
+            return Err(StorageError::Closed); // closed while reserving
+        }
         let active = state.active_mut();
         // A roll in between would have started a new segment, whose own
         // reservation this does not describe.
