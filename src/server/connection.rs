@@ -489,7 +489,7 @@ impl Server {
     /// data (or its wait is over), then holds what its response may carry:
     /// a long-poll never holds bytes producers on the same connection need.
     /// Half of each budget at most, so one fetch can never block on its own
-    /// request's reservation. `fetch` keeps what is left of its wait.
+    /// request's reservation. A fetch whose partitions are all here has done its only wait by then; one that spans shards keeps what is left of its wait for the owners.
     async fn reserve_response(
         &self,
         connection: &Connection,
@@ -497,8 +497,13 @@ impl Server {
     ) -> Result<ResponsePermits, Closed> {
         let wait = Duration::from_millis(u64::from(fetch.max_wait_ms.min(dispatch::inner_deadline_ms(&self.limits))));
         let started = Instant::now();
-        self.shard.wait_fetchable(fetch, wait).await;
-        fetch.max_wait_ms = u32::try_from(wait.saturating_sub(started.elapsed()).as_millis()).unwrap_or(0);
+        // A fetch waits once: here when this shard owns every partition
+        // (it then reads at once), else on the owners.
+        fetch.max_wait_ms = if self.shard.wait_fetchable(fetch, wait).await {
+            0
+        } else {
+            u32::try_from(wait.saturating_sub(started.elapsed()).as_millis()).unwrap_or(0)
+        };
         let bytes = (fetch.max_bytes as usize).min(dispatch::fetch_bytes_max(&self.limits)) as u64;
         let mut permits =
             ResponsePermits { _connection_bytes: connection.budget.hold(), _shard_bytes: self.shard_budget.hold() };

@@ -298,24 +298,39 @@ impl<S: Storage> PartitionTable<S> {
     }
 
     /// Waits, holding nothing, until fetching `request` here would find
-    /// something: a listed partition has records at the requested offset
-    /// (or the offset is out of range), or `max_wait` passes. Returns at once
-    /// if any partition is not this shard's or has failed: the fetch itself
-    /// answers those. The server takes a fetch's response budget only after
-    /// this, so a consumer's long-poll holds no budget its connection's
-    /// producers need.
-    pub async fn wait_fetchable(&self, request: &FetchRequest, max_wait: Duration) {
-        let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::with_capacity(request.partitions.len() + 1);
+    /// `min_bytes` (at least one byte) in the listed partitions, an offset
+    /// is out of range, or `max_wait` passes. This is a fetch's only wait:
+    /// it returns `true` when every partition is this shard's, and the
+    /// fetch then reads at once (`max_wait_ms` 0). Otherwise it returns
+    /// `false` at once and the owners' tables do the waiting. The server
+    /// takes a fetch's response budget only after this, so a consumer's
+    /// long-poll holds no budget its connection's producers need.
+    pub async fn wait_fetchable(&self, request: &FetchRequest, max_wait: Duration) -> bool {
+        let mut logs = Vec::with_capacity(request.partitions.len());
         for p in &request.partitions {
-            let Some(Partition::Ready(log)) = self.get(&p.topic, p.partition) else { return };
-            let (high_watermark, _) = log.bounds();
-            if log.poisoned().is_some() || p.offset != high_watermark {
-                return;
-            }
-            let offset = p.offset;
-            waits.push(Box::pin(async move { log.wait_visible_past(offset).await }));
+            let Some(Partition::Ready(log)) = self.get(&p.topic, p.partition) else { return false };
+            logs.push(log);
         }
-        first_of(waits, max_wait).await;
+        let deadline = Instant::now() + max_wait;
+        let wanted = request.min_bytes.max(1) as usize;
+        loop {
+            let mut available = 0usize;
+            let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::with_capacity(logs.len() + 1);
+            for (p, log) in request.partitions.iter().zip(&logs) {
+                let (high_watermark, log_start) = log.bounds();
+                if log.poisoned().is_some() || p.offset > high_watermark || p.offset < log_start {
+                    return true; // the fetch answers with the error at once
+                }
+                available = available.saturating_add(log.visible_bytes_from(p.offset).min(p.max_bytes as usize));
+                let log = log.clone();
+                waits.push(Box::pin(async move { log.wait_visible_past(high_watermark).await }));
+            }
+            let now = Instant::now();
+            if available >= wanted || now >= deadline {
+                return true;
+            }
+            first_of(waits, deadline - now).await;
+        }
     }
 
     /// Fetch for partitions this shard owns.
@@ -529,4 +544,74 @@ pub(super) fn list_offsets_error(p: &ListOffsetsPartition, error: ErrorCode) -> 
 
 pub(super) fn delete_records_error(topic: &str, partition: PartitionId, error: ErrorCode) -> DeleteRecordsResult {
     DeleteRecordsResult { topic: topic.to_string(), partition, error, log_start: Offset::ZERO }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::batch::{BatchBuilder, Record};
+    use crate::storage::sim::SimStorage;
+
+    fn batch(value_bytes: usize) -> BytesMut {
+        let value = vec![b'v'; value_bytes];
+        let mut out = Vec::new();
+        let mut builder = BatchBuilder::new(&mut out, 1_764_000_000_000);
+        builder.push(&Record { timestamp_ms: 1_764_000_000_000, key: None, value: Some(&value), headers: &[] });
+        BytesMut::from(builder.finish())
+    }
+
+    fn request(min_bytes: u32) -> FetchRequest {
+        let partition = FetchPartition {
+            topic: "orders".into(),
+            partition: PartitionId(0),
+            offset: Offset::ZERO,
+            max_bytes: 1 << 20,
+        };
+        FetchRequest { max_wait_ms: 0, min_bytes, max_bytes: 1 << 20, partitions: vec![partition] }
+    }
+
+    /// A long-poll at the tail waits, once, until `min_bytes` are durable,
+    /// and the fetch that follows reads them at once.
+    #[test]
+    fn a_fetch_waits_once_for_its_min_bytes() {
+        let (seen_when_woken, fetched) = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 << 10)
+            .ring_depth(32)
+            .spawn(|| async {
+                let counters = Rc::new(Counters::new());
+                let table = Rc::new(PartitionTable::new(TableConfig {
+                    shard: ShardId(0),
+                    storage: SimStorage::new(),
+                    data_dir: PathBuf::from("/data"),
+                    log_config: LogConfig { preallocate: false, ..LogConfig::default() },
+                    inflated_bytes_max: 1 << 20,
+                    flush_queue: None,
+                    counters,
+                }));
+                table.open("orders", 0, LogConfig::default().limits()).await;
+                let Some(Partition::Ready(log)) = table.get("orders", PartitionId(0)) else { panic!("opened") };
+                let waiter = {
+                    let (table, log) = (Rc::clone(&table), log.clone());
+                    glommio::spawn_local(async move {
+                        let here = table.wait_fetchable(&request(3000), Duration::from_secs(30)).await;
+                        // Durable records when it woke: one per 1000-byte batch.
+                        (here, log.bounds().0.get())
+                    })
+                };
+                for _ in 0..5 {
+                    log.append_and_wait(batch(1000), AckLevel::Durable).await.unwrap();
+                    futures_lite::future::yield_now().await;
+                }
+                let (here, seen) = waiter.await;
+                assert!(here, "every partition is this table's");
+                let fetched = table.fetch(request(3000)).await;
+                (seen, fetched.payload.len())
+            })
+            .expect("executor")
+            .join()
+            .expect("no panic");
+        // Two batches hold fewer than 3000 bytes, three more.
+        assert!(seen_when_woken >= 3, "woke with {seen_when_woken} batches durable, fewer than min_bytes");
+        assert!(fetched >= 3000, "the fetch after the wait read {fetched} bytes");
+    }
 }

@@ -145,10 +145,13 @@ impl<S: Storage> Shard<S> {
         outcome
     }
 
-    /// Waits, holding nothing, until fetching `request` here would find
-    /// something, or `max_wait` passes (see the partition table's `wait_fetchable`).
-    pub async fn wait_fetchable(&self, request: &FetchRequest, max_wait: std::time::Duration) {
-        self.partitions.wait_fetchable(request, max_wait).await;
+    /// A fetch's one wait, holding nothing: until its partitions here hold
+    /// `min_bytes` or `max_wait` passes. `true` if it waited here (every
+    /// partition is this shard's) and the fetch should read at once;
+    /// `false` if the owners will wait (see the partition table's
+    /// `wait_fetchable`).
+    pub async fn wait_fetchable(&self, request: &FetchRequest, max_wait: std::time::Duration) -> bool {
+        self.partitions.wait_fetchable(request, max_wait).await
     }
 
     /// Resolves offsets (earliest, latest, by time) of partitions anywhere.
