@@ -81,7 +81,7 @@ pub enum ServerError {
     #[error(transparent)]
     Address(#[from] exclusive::AddressError),
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running broker: its shard threads and how to reach it.

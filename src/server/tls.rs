@@ -55,11 +55,8 @@ pub struct TlsKeys {
 
 impl TlsKeys {
     /// Reads the certificate chain and key.
-    ///
-    /// The error is rendered to text here: the broker's `ServerError::Tls`
-    /// holds a `String`.
-    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<TlsKeys>, String> {
-        let current = RwLock::new(read_key(cert_file, key_file).map_err(|error| error.to_string())?);
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<TlsKeys>, TlsError> {
+        let current = RwLock::new(read_key(cert_file, key_file)?);
         Ok(Arc::new(TlsKeys {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
@@ -127,18 +124,7 @@ fn read_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, TlsE
 
 /// The server side of TLS (TLS 1.2 and 1.3) with `keys`, and with client
 /// certificates checked against `client_ca` when one is given.
-///
-/// The error is rendered to text here: the broker's `ServerError::Tls`
-/// holds a `String`.
 pub fn server_config(
-    keys: Arc<TlsKeys>,
-    client_ca: Option<&Path>,
-    client_auth: ClientAuth,
-) -> Result<Arc<rustls::ServerConfig>, String> {
-    build_server_config(keys, client_ca, client_auth).map_err(|error| error.to_string())
-}
-
-fn build_server_config(
     keys: Arc<TlsKeys>,
     client_ca: Option<&Path>,
     client_auth: ClientAuth,
