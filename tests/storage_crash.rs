@@ -591,3 +591,47 @@ fn closing_during_a_roll_fails_the_append_cleanly() {
         }
     }
 }
+
+/// An append dropped while its roll waits for the flusher (a client gone
+/// mid-request) leaves the log working: the roll completes on its own and
+/// the next append goes through. Before, `rolling` stayed set and every
+/// later append waited forever (found by the whole-broker simulation).
+#[test]
+fn an_append_dropped_during_its_roll_does_not_stall_the_log() {
+    let outcomes = run(|| async {
+        let storage = SimStorage::new();
+        let mut outcomes = Vec::new();
+        for turns_before_drop in 0..12 {
+            let dir = PathBuf::from(format!("/sim/roll-drop-{turns_before_drop}"));
+            let log = PartitionLog::open(storage.clone(), &dir, config(), OpenOptions::default()).await.unwrap();
+            for tag in 0..7u64 {
+                log.append_and_wait(numbered_batch(tag, 4, 1000), AckLevel::Durable).await.unwrap();
+            }
+            let appender = log.clone();
+            let dropped = glommio::spawn_local(async move {
+                let _ = appender.append_and_wait(numbered_batch(98, 4, 1000), AckLevel::Durable).await;
+            });
+            for _ in 0..turns_before_drop {
+                futures_lite::future::yield_now().await;
+            }
+            drop(dropped); // cancels the append wherever it is
+            let next = glommio::timer::timeout(std::time::Duration::from_secs(2), async {
+                Ok(log.append_and_wait(numbered_batch(99, 4, 1000), AckLevel::Durable).await)
+            })
+            .await;
+            let outcome = match next {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(format!("append failed: {error}")),
+                Err(_) => Err("the next append never finished".to_string()),
+            };
+            if outcome.is_ok() {
+                log.close().await.unwrap();
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
+    });
+    for (turns, outcome) in outcomes.iter().enumerate() {
+        assert!(outcome.is_ok(), "dropped after {turns} turns: {outcome:?}");
+    }
+}

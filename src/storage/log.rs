@@ -964,12 +964,20 @@ impl<S: Storage> Inner<S> {
     }
 
     /// Seals the active segment and starts a new one. Appends wait meanwhile.
+    /// The roll runs in a task of its own: an append dropped while it waits
+    /// (its client gone) must not leave a roll half done, or `rolling` set
+    /// for good, which would stall every later append.
     async fn roll(self: &Rc<Self>) -> Result<()> {
         self.state.borrow_mut().rolling = true;
-        let result = self.roll_inner().await;
-        self.state.borrow_mut().rolling = false;
-        self.progress.notify_all();
-        result
+        let inner = Rc::clone(self);
+        let roll = glommio::spawn_local(async move {
+            let result = inner.roll_inner().await;
+            inner.state.borrow_mut().rolling = false;
+            inner.progress.notify_all();
+            result
+        })
+        .detach();
+        roll.await.unwrap_or(Err(StorageError::Closed))
     }
 
     async fn roll_inner(self: &Rc<Self>) -> Result<()> {
