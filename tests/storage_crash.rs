@@ -554,6 +554,16 @@ mod recovery_fuzz {
     }
 }
 
+/// A log holding nearly a whole segment (28 records of 1000 bytes in 32
+/// KiB), so that its next append of that size rolls.
+async fn log_about_to_roll(storage: &SimStorage, dir: &str) -> PartitionLog<SimStorage> {
+    let log = PartitionLog::open(storage.clone(), &PathBuf::from(dir), config(), OpenOptions::default()).await.unwrap();
+    for tag in 0..7u64 {
+        log.append_and_wait(numbered_batch(tag, 4, 1000), AckLevel::Durable).await.unwrap();
+    }
+    log
+}
+
 /// Closing a log while an append waits to roll its segment (the roll waits
 /// for the flusher's sync) ends the append cleanly, with the log closed.
 /// Found by the whole-broker simulation: a shard closing under a forwarded
@@ -564,12 +574,7 @@ fn closing_during_a_roll_fails_the_append_cleanly() {
         let storage = SimStorage::new();
         let mut outcomes = Vec::new();
         for turns_before_close in 0..12 {
-            let dir = PathBuf::from(format!("/sim/roll-close-{turns_before_close}"));
-            let log = PartitionLog::open(storage.clone(), &dir, config(), OpenOptions::default()).await.unwrap();
-            // Nearly a whole segment (32 KiB), so the next append rolls.
-            for tag in 0..7u64 {
-                log.append_and_wait(numbered_batch(tag, 4, 1000), AckLevel::Durable).await.unwrap();
-            }
+            let log = log_about_to_roll(&storage, &format!("/sim/roll-close-{turns_before_close}")).await;
             let appender = log.clone();
             let append = glommio::spawn_local(async move {
                 appender.append_and_wait(numbered_batch(99, 4, 1000), AckLevel::Durable).await
@@ -602,11 +607,7 @@ fn an_append_dropped_during_its_roll_does_not_stall_the_log() {
         let storage = SimStorage::new();
         let mut outcomes = Vec::new();
         for turns_before_drop in 0..12 {
-            let dir = PathBuf::from(format!("/sim/roll-drop-{turns_before_drop}"));
-            let log = PartitionLog::open(storage.clone(), &dir, config(), OpenOptions::default()).await.unwrap();
-            for tag in 0..7u64 {
-                log.append_and_wait(numbered_batch(tag, 4, 1000), AckLevel::Durable).await.unwrap();
-            }
+            let log = log_about_to_roll(&storage, &format!("/sim/roll-drop-{turns_before_drop}")).await;
             let appender = log.clone();
             let dropped = glommio::spawn_local(async move {
                 let _ = appender.append_and_wait(numbered_batch(98, 4, 1000), AckLevel::Durable).await;

@@ -90,6 +90,15 @@ impl<S: Storage> PartitionTable<S> {
         self.partitions.borrow().get(topic)?.get(&partition.0).cloned()
     }
 
+    /// The open log of a partition, or the error a request for it gets.
+    fn ready(&self, topic: &str, partition: PartitionId) -> Result<Log<S>, ErrorCode> {
+        match self.get(topic, partition) {
+            Some(Partition::Ready(log)) => Ok(log),
+            Some(Partition::Failed(_)) => Err(ErrorCode::PARTITION_FAILED),
+            None => Err(ErrorCode::NOT_OWNER),
+        }
+    }
+
     /// Every open log (for retention).
     pub fn ready_logs(&self) -> Vec<Log<S>> {
         self.each(|_, _, partition| match partition {
@@ -221,11 +230,7 @@ impl<S: Storage> PartitionTable<S> {
         topic: &str,
         partition: PartitionId,
     ) -> Result<(Log<S>, AppendReceipt, AppendReceipt), ErrorCode> {
-        let log = match self.get(topic, partition) {
-            Some(Partition::Ready(log)) => log,
-            Some(Partition::Failed(_)) => return Err(ErrorCode::PARTITION_FAILED),
-            None => return Err(ErrorCode::NOT_OWNER),
-        };
+        let log = self.ready(topic, partition)?;
         let no_config = TopicConfig::default();
         let config = metadata.topics.get(topic).map_or(&no_config, |placement| &placement.config);
         let batch_bytes_max = config.max_batch_bytes(self.log_config.batch_bytes_max);
@@ -355,14 +360,10 @@ impl<S: Storage> PartitionTable<S> {
         let mut outcome = FetchOutcome::default();
         let mut left = request.max_bytes as usize;
         for p in &request.partitions {
-            let log = match self.get(&p.topic, p.partition) {
-                Some(Partition::Ready(log)) => log,
-                Some(Partition::Failed(_)) => {
-                    outcome.results.push(fetch_error(p, ErrorCode::PARTITION_FAILED));
-                    continue;
-                }
-                None => {
-                    outcome.results.push(fetch_error(p, ErrorCode::NOT_OWNER));
+            let log = match self.ready(&p.topic, p.partition) {
+                Ok(log) => log,
+                Err(code) => {
+                    outcome.results.push(fetch_error(p, code));
                     continue;
                 }
             };
@@ -433,14 +434,10 @@ impl<S: Storage> PartitionTable<S> {
     pub async fn list_offsets(&self, partitions: Vec<ListOffsetsPartition>) -> Vec<ListOffsetsResult> {
         let mut results = Vec::with_capacity(partitions.len());
         for p in partitions {
-            let log = match self.get(&p.topic, p.partition) {
-                Some(Partition::Ready(log)) => log,
-                Some(Partition::Failed(_)) => {
-                    results.push(list_offsets_error(&p, ErrorCode::PARTITION_FAILED));
-                    continue;
-                }
-                None => {
-                    results.push(list_offsets_error(&p, ErrorCode::NOT_OWNER));
+            let log = match self.ready(&p.topic, p.partition) {
+                Ok(log) => log,
+                Err(code) => {
+                    results.push(list_offsets_error(&p, code));
                     continue;
                 }
             };
@@ -463,14 +460,10 @@ impl<S: Storage> PartitionTable<S> {
     pub async fn delete_records(&self, partitions: Vec<DeleteRecordsPartition>) -> Vec<DeleteRecordsResult> {
         let mut results = Vec::with_capacity(partitions.len());
         for p in partitions {
-            let log = match self.get(&p.topic, p.partition) {
-                Some(Partition::Ready(log)) => log,
-                Some(Partition::Failed(_)) => {
-                    results.push(delete_records_error(&p.topic, p.partition, ErrorCode::PARTITION_FAILED));
-                    continue;
-                }
-                None => {
-                    results.push(delete_records_error(&p.topic, p.partition, ErrorCode::NOT_OWNER));
+            let log = match self.ready(&p.topic, p.partition) {
+                Ok(log) => log,
+                Err(code) => {
+                    results.push(delete_records_error(&p.topic, p.partition, code));
                     continue;
                 }
             };
