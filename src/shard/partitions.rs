@@ -319,20 +319,25 @@ impl<S: Storage> PartitionTable<S> {
         let deadline = Instant::now() + max_wait;
         let wanted = request.min_bytes.max(1) as usize;
         loop {
+            // The usual case (data there) allocates nothing more: the waits
+            // are built only when the fetch must park.
             let mut available = 0usize;
-            let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::with_capacity(logs.len() + 1);
             for (p, log) in request.partitions.iter().zip(&logs) {
                 let (high_watermark, log_start) = log.bounds();
                 if log.poisoned().is_some() || p.offset > high_watermark || p.offset < log_start {
                     return true; // the fetch answers with the error at once
                 }
                 available = available.saturating_add(log.visible_bytes_from(p.offset).min(p.max_bytes as usize));
-                let log = log.clone();
-                waits.push(Box::pin(async move { log.wait_visible_past(high_watermark).await }));
             }
             let now = Instant::now();
             if available >= wanted || now >= deadline {
                 return true;
+            }
+            let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::with_capacity(logs.len() + 1);
+            for log in &logs {
+                let (high_watermark, _) = log.bounds();
+                let log = log.clone();
+                waits.push(Box::pin(async move { log.wait_visible_past(high_watermark).await }));
             }
             first_of(waits, deadline - now).await;
         }
