@@ -78,7 +78,20 @@ pub enum ConfigError {
 
     /// A Linux CPU list (`0-3,5`) that does not parse.
     #[error("malformed CPU list {input:?}: {reason}")]
-    CpuList { input: String, reason: String },
+    CpuList { input: String, reason: CpuListError },
+}
+
+/// What is wrong with a Linux CPU list (`0-3,5`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CpuListError {
+    #[error("empty")]
+    Empty,
+    #[error("{0:?} is not a CPU number")]
+    NotACpu(String),
+    #[error("cpu {0} is beyond the Linux limit of {CPU_LIMIT} CPUs")]
+    BeyondLimit(usize),
+    #[error("range {0:?} runs backwards")]
+    Backwards(String),
 }
 
 /// The whole tuning file.
@@ -771,10 +784,10 @@ pub fn allowed_cpus() -> Result<Vec<usize>, ConfigError> {
 
 /// Parses a Linux CPU list such as `0-3,5,7-8` into sorted, distinct CPUs.
 pub fn parse_cpu_list(input: &str) -> Result<Vec<usize>, ConfigError> {
-    let malformed = |reason: String| ConfigError::CpuList { input: input.trim().to_owned(), reason };
+    let malformed = |reason: CpuListError| ConfigError::CpuList { input: input.trim().to_owned(), reason };
     let trimmed = input.trim();
     if trimmed.is_empty() {
-        return Err(malformed("empty".into()));
+        return Err(malformed(CpuListError::Empty));
     }
     let mut cpus = Vec::new();
     for item in trimmed.split(',') {
@@ -786,7 +799,7 @@ pub fn parse_cpu_list(input: &str) -> Result<Vec<usize>, ConfigError> {
             }
         };
         if first > last {
-            return Err(malformed(format!("range {item:?} runs backwards")));
+            return Err(malformed(CpuListError::Backwards(item.to_owned())));
         }
         cpus.extend(first..=last);
     }
@@ -796,11 +809,11 @@ pub fn parse_cpu_list(input: &str) -> Result<Vec<usize>, ConfigError> {
 }
 
 /// One CPU number of a CPU list, bounded so ranges stay small.
-fn parse_cpu(text: &str) -> Result<usize, String> {
+fn parse_cpu(text: &str) -> Result<usize, CpuListError> {
     let text = text.trim();
-    let cpu: usize = text.parse().map_err(|_| format!("{text:?} is not a CPU number"))?;
+    let cpu: usize = text.parse().map_err(|_| CpuListError::NotACpu(text.to_owned()))?;
     if cpu >= CPU_LIMIT {
-        return Err(format!("cpu {cpu} is beyond the Linux limit of {CPU_LIMIT} CPUs"));
+        return Err(CpuListError::BeyondLimit(cpu));
     }
     Ok(cpu)
 }
@@ -966,6 +979,16 @@ mod tests {
         for input in ["", " ", "a", "1-", "-1", "3-1", "1,,2", "1-2-3", "0-99999999999999999999", "0-100000"] {
             assert!(matches!(parse_cpu_list(input), Err(ConfigError::CpuList { .. })), "{input:?} should be rejected");
         }
+        let reason = |input| match parse_cpu_list(input) {
+            Err(ConfigError::CpuList { reason, .. }) => reason,
+            other => panic!("{input:?}: {other:?}"),
+        };
+        assert_eq!(reason(" "), CpuListError::Empty);
+        assert_eq!(reason("1,x"), CpuListError::NotACpu("x".into()));
+        assert_eq!(reason("3-1"), CpuListError::Backwards("3-1".into()));
+        assert_eq!(reason("0-100000"), CpuListError::BeyondLimit(100000));
+        let message = parse_cpu_list("0-100000").unwrap_err().to_string();
+        assert_eq!(message, "malformed CPU list \"0-100000\": cpu 100000 is beyond the Linux limit of 8192 CPUs");
     }
 
     #[test]

@@ -46,6 +46,51 @@ use crate::schedule::Schedule;
 /// What a record's ack future resolves to.
 type AckResult = Result<Option<Offset>, ClientError>;
 
+/// Why an executor, producer, consumer or group member stopped before the
+/// end of the run. Reported as text among the run's errors.
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    #[error("connecting to {broker}: {error}")]
+    Connect { broker: SocketAddr, error: ClientError },
+    #[error("topic {topic}: {error}")]
+    Placement { topic: String, error: ClientError },
+    #[error("joining group {group}: {error}")]
+    Join { group: String, error: ClientError },
+    #[error("polling {topic}: {error}")]
+    Poll { topic: String, error: ClientError },
+    /// A member's poll before the start returned records while the start
+    /// was still unset: something else writes to the topic.
+    #[error("{0} records consumed before the run started")]
+    EarlyRecords(usize),
+    #[error("stopped: the run was aborted")]
+    Aborted,
+    #[error("starting a producer: {0}")]
+    Producer(ClientError),
+    #[error("send: {0}")]
+    Send(ClientError),
+    #[error("reading the end of {topic} partition {partition}: {error}")]
+    End { topic: String, partition: u32, error: ClientError },
+    #[error("fetching {topic} partition {partition}: {error}")]
+    Fetch { topic: String, partition: u32, error: ClientError },
+    #[error("{topic} partition {partition}: {behind} records behind its end after the drain timeout")]
+    PartitionBehind { topic: String, partition: u32, behind: u64 },
+    #[error("{behind} records of {topic} not consumed after the drain timeout")]
+    GroupBehind { topic: String, behind: u64 },
+    #[error("forwarding to {topic}: {error}")]
+    Forward { topic: String, error: ClientError },
+    #[error("{failed} forwards to {topic} failed, the first: {first}")]
+    ForwardsFailed { topic: String, failed: usize, first: ClientError },
+    /// One of the above, met by a member of the group with this label.
+    #[error("{label}: {error}")]
+    Group { label: String, error: Box<WorkerError> },
+}
+
+impl WorkerError {
+    fn in_group(self, label: &str) -> WorkerError {
+        WorkerError::Group { label: label.to_string(), error: Box::new(self) }
+    }
+}
+
 /// glommio 0.9.0 can miss a wake-up sent from another thread as an executor
 /// goes to sleep; a timer this often bounds how late it is noticed.
 const WAKE_INTERVAL: Duration = Duration::from_millis(1);
@@ -316,7 +361,7 @@ async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, clock: Clock) -
     ringbroker::runtime::spawn_wake_ticker(WAKE_INTERVAL);
     let joined = match connect(&plan).await {
         Ok(client) => join_members(index, &plan, &client).await.map(|members| (client, members)),
-        Err(error) => Err(format!("connecting to {}: {error}", plan.broker)),
+        Err(error) => Err(WorkerError::Connect { broker: plan.broker, error }),
     };
     if joined.is_err() {
         // At once: the main thread waits for the groups to settle otherwise.
@@ -324,7 +369,7 @@ async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, clock: Clock) -
     }
     shared.ready.fetch_add(1, Ordering::SeqCst);
     let joined = match joined {
-        Ok((client, mut members)) => match settle(&mut members, &shared).await {
+        Ok((client, mut members)) => match settle(&plan, &mut members, &shared).await {
             Ok(()) => Ok((client, members)),
             Err(error) => {
                 shared.abort();
@@ -441,7 +486,7 @@ fn group_config(group: &GroupPlan) -> GroupConfig {
 }
 
 /// Joins this executor's members of every group.
-async fn join_members(index: usize, plan: &Plan, link: &Link) -> Result<Vec<Member>, String> {
+async fn join_members(index: usize, plan: &Plan, link: &Link) -> Result<Vec<Member>, WorkerError> {
     let mut members = Vec::new();
     if plan.groups.is_empty() {
         return Ok(members);
@@ -450,12 +495,14 @@ async fn join_members(index: usize, plan: &Plan, link: &Link) -> Result<Vec<Memb
         for (member_index, _) in group.members.iter().enumerate().filter(|(_, executor)| **executor == index) {
             if let GroupRole::Relay(next) = &group.role {
                 // Learn the next topic's placement now, not on the first forward.
-                link.partitions(next).await.map_err(|error| format!("{}: topic {next}: {error}", group.label))?;
+                link.partitions(next)
+                    .await
+                    .map_err(|error| WorkerError::Placement { topic: next.clone(), error }.in_group(&group.label))?;
             }
             let consumer = link
                 .join_group(group_config(group))
                 .await
-                .map_err(|error| format!("{}: joining group {}: {error}", group.label, group.name))?;
+                .map_err(|error| WorkerError::Join { group: group.name.clone(), error }.in_group(&group.label))?;
             members.push(Member { group: group_index, index: member_index, consumer, early: Vec::new() });
         }
     }
@@ -465,19 +512,24 @@ async fn join_members(index: usize, plan: &Plan, link: &Link) -> Result<Vec<Memb
 /// Polls the members until the run starts, publishing whether each is
 /// stable and how many partitions it owns. Nothing is produced before the
 /// start, so the polls return nothing.
-async fn settle(members: &mut [Member], shared: &Shared) -> Result<(), String> {
+async fn settle(plan: &Plan, members: &mut [Member], shared: &Shared) -> Result<(), WorkerError> {
     if members.is_empty() {
         return Ok(());
     }
     while shared.start_ns.load(Ordering::SeqCst) == 0 && !shared.is_aborted() {
         for member in members.iter_mut() {
-            let records = member.consumer.poll(SETTLE_POLL_WAIT).await.map_err(|error| format!("polling: {error}"))?;
+            let group = &plan.groups[member.group];
+            let records = member
+                .consumer
+                .poll(SETTLE_POLL_WAIT)
+                .await
+                .map_err(|error| WorkerError::Poll { topic: group.topic.clone(), error }.in_group(&group.label))?;
             if !records.is_empty() {
                 // Producers start only once the start is set, so records
                 // mean it was set during this poll (producers on another
                 // executor went at once): they belong to the run.
                 if shared.start_ns.load(Ordering::SeqCst) == 0 {
-                    return Err(format!("{} records consumed before the run started", records.len()));
+                    return Err(WorkerError::EarlyRecords(records.len()).in_group(&group.label));
                 }
                 member.early.extend(records);
                 break;
@@ -500,16 +552,16 @@ async fn wait_for_start(shared: &Shared) -> u64 {
 }
 
 async fn produce(ctx: Rc<Ctx>, plan: ProducerPlan) {
-    if let Err(message) = produce_events(&ctx, &plan).await {
-        ctx.measurements.borrow_mut().error(format!("producer {}: {message}", plan.id));
+    if let Err(error) = produce_events(&ctx, &plan).await {
+        ctx.measurements.borrow_mut().error(format!("producer {}: {error}", plan.id));
         ctx.shared.abort();
     }
     ctx.shared.producers_left.fetch_sub(1, Ordering::SeqCst);
 }
 
-async fn produce_events(ctx: &Rc<Ctx>, plan: &ProducerPlan) -> Result<(), String> {
+async fn produce_events(ctx: &Rc<Ctx>, plan: &ProducerPlan) -> Result<(), WorkerError> {
     let producer: Producer<Link> =
-        Producer::new(ctx.client.clone(), ctx.plan.producer.clone()).map_err(|error| error.to_string())?;
+        Producer::new(ctx.client.clone(), ctx.plan.producer.clone()).map_err(WorkerError::Producer)?;
     let acked = Rc::new(RefCell::new(Bitmap::new(plan.events)));
     let lane: Rc<Lane<SendFuture>> = Rc::new(Lane::new());
     let collector = glommio::spawn_local(collect_acks(Rc::clone(ctx), Rc::clone(&acked), Rc::clone(&lane)));
@@ -534,7 +586,7 @@ async fn send_events(
     producer: &Producer<Link>,
     lane: &Lane<SendFuture>,
     acked: &RefCell<Bitmap>,
-) -> (u64, Result<(), String>) {
+) -> (u64, Result<(), WorkerError>) {
     let mut seq = 0;
     let result = send_loop(ctx, plan, producer, lane, acked, &mut seq).await;
     ctx.measurements.borrow_mut().series.record_sent(ctx.clock.now_ns(), seq % EVENTS_PER_YIELD);
@@ -548,7 +600,7 @@ async fn send_loop(
     lane: &Lane<SendFuture>,
     acked: &RefCell<Bitmap>,
     seq: &mut u64,
-) -> Result<(), String> {
+) -> Result<(), WorkerError> {
     let mut value = payload::new_value(ctx.plan.event_bytes);
     // Open loop: events before this index are known to be due, so the clock
     // is read once per run of due events, not per event.
@@ -558,7 +610,7 @@ async fn send_loop(
     while *seq < plan.events {
         let next = *seq;
         if ctx.shared.is_aborted() {
-            return Err("stopped: the run was aborted".into());
+            return Err(WorkerError::Aborted);
         }
         let from_ns = match &plan.schedule {
             None => {
@@ -600,14 +652,14 @@ async fn send_loop(
         };
         // try_send spares the per-event cost of an async call while the
         // producer's buffer has room, which is almost always.
-        let future = match producer.try_send(record).map_err(|error| format!("send: {error}"))? {
+        let future = match producer.try_send(record).map_err(WorkerError::Send)? {
             Some(future) => future,
             None => {
                 let (sent, waited) = noting_wait(producer.send(record)).await;
                 if waited {
                     clock_uses_left = 0;
                 }
-                sent.map_err(|error| format!("send: {error}"))?
+                sent.map_err(WorkerError::Send)?
             }
         };
         let sent_ns = if plan.schedule.is_some() {
@@ -769,12 +821,12 @@ async fn consume_partition(
     let mut highest_seq: Vec<Option<u64>> = vec![None; ctx.plan.producers.len()];
     let result = loop {
         if ctx.shared.is_aborted() {
-            break Err("stopped: the run was aborted".to_string());
+            break Err(WorkerError::Aborted);
         }
         if end.is_none() && ctx.shared.producers_left.load(Ordering::SeqCst) == 0 {
             match settled_end(&ctx, &ctx.plan.topic, partition).await {
                 Ok(offset) => end = Some((offset, ctx.clock.now_ns() + ctx.plan.drain_timeout.as_nanos() as u64)),
-                Err(error) => break Err(format!("reading the end of partition {partition}: {error}")),
+                Err(error) => break Err(WorkerError::End { topic: ctx.plan.topic.clone(), partition, error }),
             }
         }
         if let Some((end_offset, deadline_ns)) = end {
@@ -784,7 +836,7 @@ async fn consume_partition(
             }
             if ctx.clock.now_ns() > deadline_ns {
                 let behind = end_offset.distance_from(position);
-                break Err(format!("partition {partition}: {behind} records behind its end after the drain timeout"));
+                break Err(WorkerError::PartitionBehind { topic: ctx.plan.topic.clone(), partition, behind });
             }
         }
         // Every record of one fetch arrived at the same moment: the clock is
@@ -809,7 +861,7 @@ async fn consume_partition(
             .await;
         let count = match polled {
             Ok(count) => count as u64,
-            Err(error) => break Err(format!("fetching partition {partition}: {error}")),
+            Err(error) => break Err(WorkerError::Fetch { topic: ctx.plan.topic.clone(), partition, error }),
         };
         lag.set(consumer.lag().unwrap_or(0));
         let Some((now_ns, _)) = arrived else {
@@ -827,9 +879,9 @@ async fn consume_partition(
     match result {
         // Caught up when the last records arrived, not when that was noticed.
         Ok(()) => measurements.caught_up_ns = measurements.caught_up_ns.max(Some(advanced_ns)),
-        Err(message) => {
+        Err(error) => {
             measurements.partitions_not_caught_up += 1;
-            measurements.error(message);
+            measurements.error(error.to_string());
         }
     }
 }
@@ -871,13 +923,14 @@ async fn consume_group(ctx: Rc<Ctx>, member: Member) {
     let relay = match &plan.role {
         GroupRole::Relay(next) => Producer::new(ctx.client.clone(), ctx.plan.producer.clone())
             .map(|producer| Some(Relay { producer, topic: next.clone(), pending: Vec::new() }))
-            .map_err(|error| format!("{}: starting a producer: {error}", plan.label)),
+            .map_err(WorkerError::Producer),
         _ => Ok(None),
     };
     let result = match relay {
         Ok(mut relay) => follow_group(&ctx, group, &mut consumer, early, relay.as_mut()).await,
         Err(error) => Err(error),
-    };
+    }
+    .map_err(|error| error.in_group(&plan.label));
     let after = consumer.stats();
     let state = &ctx.shared.groups[group];
     state.finished.fetch_add(1, Ordering::SeqCst);
@@ -907,10 +960,10 @@ async fn consume_group(ctx: Rc<Ctx>, member: Member) {
                     measurements.error(format!("{}: leaving group {}: {error}", plan.label, plan.name));
                 }
             }
-            Err(message) => {
+            Err(error) => {
                 measured.members_not_caught_up += 1;
                 measurements.partitions_not_caught_up += 1;
-                measurements.error(message);
+                measurements.error(error.to_string());
             }
         }
     }
@@ -930,7 +983,7 @@ async fn follow_group(
     consumer: &mut GroupMember,
     mut early: Vec<GroupRecord>,
     mut relay: Option<&mut Relay>,
-) -> Result<u64, String> {
+) -> Result<u64, WorkerError> {
     let plan = &ctx.plan.groups[group];
     let state = &ctx.shared.groups[group];
     let mut highest_seq = vec![vec![None; ctx.plan.producers.len()]; ctx.plan.partitions as usize];
@@ -939,7 +992,7 @@ async fn follow_group(
     let mut committed_ns = ctx.start_ns;
     loop {
         if ctx.shared.is_aborted() {
-            return Err(format!("{}: stopped: the run was aborted", plan.label));
+            return Err(WorkerError::Aborted);
         }
         let writers_done = match plan.upstream {
             None => ctx.shared.producers_left.load(Ordering::SeqCst) == 0,
@@ -948,8 +1001,10 @@ async fn follow_group(
         if end.is_none() && writers_done {
             let mut ends = Vec::new();
             for partition in 0..ctx.plan.partitions {
-                let offset = settled_end(ctx, &plan.topic, partition).await.map_err(|error| {
-                    format!("{}: reading the end of {} partition {partition}: {error}", plan.label, plan.topic)
+                let offset = settled_end(ctx, &plan.topic, partition).await.map_err(|error| WorkerError::End {
+                    topic: plan.topic.clone(),
+                    partition,
+                    error,
                 })?;
                 ends.push(offset);
             }
@@ -965,17 +1020,11 @@ async fn follow_group(
                 return Ok(advanced_ns);
             }
             if ctx.clock.now_ns() > *deadline_ns {
-                return Err(format!(
-                    "{}: {behind} records of {} not consumed after the drain timeout",
-                    plan.label, plan.topic
-                ));
+                return Err(WorkerError::GroupBehind { topic: plan.topic.clone(), behind });
             }
         }
         let records = if early.is_empty() {
-            consumer
-                .poll(POLL_WAIT)
-                .await
-                .map_err(|error| format!("{}: polling {}: {error}", plan.label, plan.topic))?
+            consumer.poll(POLL_WAIT).await.map_err(|error| WorkerError::Poll { topic: plan.topic.clone(), error })?
         } else {
             std::mem::take(&mut early)
         };
@@ -984,7 +1033,7 @@ async fn follow_group(
             advanced_ns = now_ns;
             check_group_records(ctx, group, now_ns, &records, &mut highest_seq);
             if let Some(relay) = relay.as_deref_mut() {
-                relay.forward(&records).await.map_err(|error| format!("{}: {error}", plan.label))?;
+                relay.forward(&records).await?;
                 ctx.measurements.borrow_mut().groups[group].forwarded += records.len() as u64;
                 // Only now: everything polled so far is forwarded and
                 // acknowledged. (A commit made inside the next `poll`, as a
@@ -1050,7 +1099,7 @@ impl Relay {
     /// topic, and waits until all are acknowledged. The value (with the
     /// event header and its original send time), key and timestamp are
     /// kept; record headers are not (loadgen events have none).
-    async fn forward(&mut self, records: &[GroupRecord]) -> Result<(), String> {
+    async fn forward(&mut self, records: &[GroupRecord]) -> Result<(), WorkerError> {
         for record in records {
             let consumed = &record.record;
             let forward = ProducerRecord {
@@ -1064,23 +1113,19 @@ impl Relay {
                 timestamp_ms: Some(consumed.timestamp_ms),
             };
             let sent = self.producer.send(forward).await;
-            self.pending.push(sent.map_err(|error| format!("forwarding to {}: {error}", self.topic))?);
+            self.pending.push(sent.map_err(|error| WorkerError::Forward { topic: self.topic.clone(), error })?);
         }
         self.producer.flush().await;
-        let mut failed = (0, None);
+        let (mut failed, mut first) = (0, None);
         for ack in self.pending.drain(..) {
             if let Err(error) = ack.await {
-                failed.0 += 1;
-                failed.1.get_or_insert(error);
+                failed += 1;
+                first.get_or_insert(error);
             }
         }
-        match failed {
-            (0, _) => Ok(()),
-            (count, error) => Err(format!(
-                "{count} forwards to {} failed, the first: {}",
-                self.topic,
-                error.map_or(String::new(), |error| error.to_string())
-            )),
+        match first {
+            None => Ok(()),
+            Some(first) => Err(WorkerError::ForwardsFailed { topic: self.topic.clone(), failed, first }),
         }
     }
 }

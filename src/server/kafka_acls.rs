@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use kafka_protocol::messages::create_acls_request::AclCreation;
 use kafka_protocol::messages::create_acls_response::AclCreationResult;
 use kafka_protocol::messages::delete_acls_response::{DeleteAclsFilterResult, DeleteAclsMatchingAcl};
 use kafka_protocol::messages::describe_acls_response::{AclDescription, DescribeAclsResource};
@@ -29,6 +30,34 @@ fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_string())
 }
 
+/// A Kafka ACL request field the broker cannot serve, with the code sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum AclFieldError {
+    #[error("unknown resource type {0}")]
+    ResourceType(i8),
+    #[error("unknown pattern type {0}")]
+    PatternType(i8),
+    #[error("unknown operation {0}")]
+    Operation(i8),
+    #[error("unknown permission type {0}")]
+    Permission(i8),
+}
+
+/// One field of a filter: the value `code` names, `None` for one of the
+/// `any` codes, or `unknown`'s error.
+fn filter_field<T>(
+    code: i8,
+    known: fn(i8) -> Option<T>,
+    any: &[i8],
+    unknown: fn(i8) -> AclFieldError,
+) -> Result<Option<T>, AclFieldError> {
+    match known(code) {
+        Some(value) => Ok(Some(value)),
+        None if any.contains(&code) => Ok(None),
+        None => Err(unknown(code)),
+    }
+}
+
 /// A filter from Kafka's fields; `Err` names the field it cannot serve.
 fn filter(
     resource_type: i8,
@@ -38,34 +67,37 @@ fn filter(
     host: Option<&StrBytes>,
     operation: i8,
     permission: i8,
-) -> Result<AclFilter, String> {
-    let either = |code: i8, any: &[i8], what: &str| -> Result<bool, String> {
-        if any.contains(&code) {
-            Ok(true)
-        } else {
-            Err(format!("unknown {what} {code}"))
-        }
-    };
+) -> Result<AclFilter, AclFieldError> {
     Ok(AclFilter {
-        resource_type: match ResourceType::from_kafka_code(resource_type) {
-            Some(kind) => Some(kind),
-            None => either(resource_type, &[ANY], "resource type").map(|_| None)?,
-        },
+        resource_type: filter_field(resource_type, ResourceType::from_kafka_code, &[ANY], AclFieldError::ResourceType)?,
         resource_name: name.map(|name| name.to_string()),
-        pattern: match PatternType::from_kafka_code(pattern) {
-            Some(kind) => Some(kind),
-            None => either(pattern, &[ANY, PATTERN_MATCH], "pattern type").map(|_| None)?,
-        },
+        pattern: filter_field(
+            pattern,
+            PatternType::from_kafka_code,
+            &[ANY, PATTERN_MATCH],
+            AclFieldError::PatternType,
+        )?,
         principal: principal.map(|principal| principal.to_string()),
         host: host.map(|host| host.to_string()),
-        operation: match Operation::from_kafka_code(operation) {
-            Some(operation) => Some(operation),
-            None => either(operation, &[ANY], "operation").map(|_| None)?,
-        },
-        permission: match Permission::from_kafka_code(permission) {
-            Some(permission) => Some(permission),
-            None => either(permission, &[ANY], "permission type").map(|_| None)?,
-        },
+        operation: filter_field(operation, Operation::from_kafka_code, &[ANY], AclFieldError::Operation)?,
+        permission: filter_field(permission, Permission::from_kafka_code, &[ANY], AclFieldError::Permission)?,
+    })
+}
+
+/// A binding from a creation's fields: each names one value (the filters'
+/// "any" codes are unknown here).
+fn binding(creation: &AclCreation) -> Result<AclBinding, AclFieldError> {
+    fn field<T>(code: i8, known: fn(i8) -> Option<T>, unknown: fn(i8) -> AclFieldError) -> Result<T, AclFieldError> {
+        known(code).ok_or(unknown(code))
+    }
+    Ok(AclBinding {
+        resource_type: field(creation.resource_type, ResourceType::from_kafka_code, AclFieldError::ResourceType)?,
+        resource_name: creation.resource_name.to_string(),
+        pattern: field(creation.resource_pattern_type, PatternType::from_kafka_code, AclFieldError::PatternType)?,
+        principal: creation.principal.to_string(),
+        host: creation.host.to_string(),
+        operation: field(creation.operation, Operation::from_kafka_code, AclFieldError::Operation)?,
+        permission: field(creation.permission_type, Permission::from_kafka_code, AclFieldError::Permission)?,
     })
 }
 
@@ -86,8 +118,8 @@ pub(super) fn describe_acls(shard: &Shard, access: &Access, request: DescribeAcl
         request.permission_type,
     ) {
         Ok(filter) => filter,
-        Err(message) => {
-            return response.with_error_code(codes::INVALID_REQUEST).with_error_message(Some(text(&message)))
+        Err(error) => {
+            return response.with_error_code(codes::INVALID_REQUEST).with_error_message(Some(text(&error.to_string())))
         }
     };
     let metadata = shard.metadata();
@@ -118,26 +150,9 @@ pub(super) async fn create_acls(shard: &Rc<Shard>, access: &Access, request: Cre
     let allowed = access.cluster(shard, Operation::Alter);
     let mut results = Vec::with_capacity(request.creations.len());
     for creation in request.creations {
-        let binding = match (
-            ResourceType::from_kafka_code(creation.resource_type),
-            PatternType::from_kafka_code(creation.resource_pattern_type),
-            Operation::from_kafka_code(creation.operation),
-            Permission::from_kafka_code(creation.permission_type),
-        ) {
-            (Some(resource_type), Some(pattern), Some(operation), Some(permission)) => Ok(AclBinding {
-                resource_type,
-                resource_name: creation.resource_name.to_string(),
-                pattern,
-                principal: creation.principal.to_string(),
-                host: creation.host.to_string(),
-                operation,
-                permission,
-            }),
-            _ => Err("a resource type, pattern type, operation or permission the broker does not know".to_string()),
-        };
-        let (code, message) = match binding {
+        let (code, message) = match binding(&creation) {
             _ if !allowed => (codes::CLUSTER_AUTHORIZATION_FAILED, "creating ACLs takes Alter on the cluster".into()),
-            Err(message) => (codes::INVALID_REQUEST, message),
+            Err(error) => (codes::INVALID_REQUEST, error.to_string()),
             Ok(binding) => {
                 let (result, _) = shard.change_acls(AclChange::Add(vec![binding])).await;
                 (kafka_code(result.error), result.message)
@@ -170,7 +185,9 @@ pub(super) async fn delete_acls(shard: &Rc<Shard>, access: &Access, request: Del
             _ if !allowed => result
                 .with_error_code(codes::CLUSTER_AUTHORIZATION_FAILED)
                 .with_error_message(Some(text("deleting ACLs takes Alter on the cluster"))),
-            Err(message) => result.with_error_code(codes::INVALID_REQUEST).with_error_message(Some(text(&message))),
+            Err(error) => {
+                result.with_error_code(codes::INVALID_REQUEST).with_error_message(Some(text(&error.to_string())))
+            }
             Ok(filter) => {
                 let (outcome, removed) = shard.change_acls(AclChange::Delete(filter)).await;
                 let matching = removed
@@ -192,4 +209,31 @@ pub(super) async fn delete_acls(shard: &Rc<Shard>, access: &Access, request: Del
         results.push(result);
     }
     DeleteAclsResponse::default().with_filter_results(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_takes_any_and_names_the_field_it_cannot_serve() {
+        let any = filter(ANY, None, PATTERN_MATCH, None, None, ANY, ANY).unwrap();
+        assert_eq!((any.resource_type, any.pattern, any.operation, any.permission), (None, None, None, None));
+        let topic = ResourceType::Topic.kafka_code();
+        assert_eq!(filter(topic, None, ANY, None, None, 99, ANY).unwrap_err(), AclFieldError::Operation(99));
+        let error = filter(-7, None, ANY, None, None, ANY, ANY).unwrap_err();
+        assert_eq!(error.to_string(), "unknown resource type -7");
+    }
+
+    #[test]
+    fn a_binding_takes_no_any_code() {
+        let creation = AclCreation::default()
+            .with_resource_type(ResourceType::Topic.kafka_code())
+            .with_resource_pattern_type(PatternType::Literal.kafka_code())
+            .with_operation(Operation::Read.kafka_code())
+            .with_permission_type(ANY);
+        assert_eq!(binding(&creation).unwrap_err(), AclFieldError::Permission(ANY));
+        let creation = creation.with_permission_type(Permission::Allow.kafka_code());
+        assert_eq!(binding(&creation).unwrap().operation, Operation::Read);
+    }
 }

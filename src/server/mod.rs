@@ -46,7 +46,7 @@ use crate::config::{ConfigError, KafkaMode, TuningConfig};
 use crate::protocol::types::ShardId;
 use crate::runtime::notify::Notify;
 use crate::runtime::spawn_wake_ticker;
-use crate::shard::{mesh, metadata, Shard, ShardConfig, ShardMessage, MESH_CHANNEL_CAPACITY};
+use crate::shard::{mesh, metadata, Shard, ShardConfig, ShardMessage, ShardStartError, MESH_CHANNEL_CAPACITY};
 use crate::storage::{DirLock, StorageError};
 
 pub use limits::Limits;
@@ -76,13 +76,37 @@ pub enum ServerError {
     Storage(String),
     #[error("metadata: {0}")]
     Metadata(std::io::Error),
-    #[error("shard {shard}: {message}")]
-    Shard { shard: usize, message: String },
+    #[error("shard {shard}: {error}")]
+    Shard { shard: usize, error: ShardLaunchError },
     #[error(transparent)]
     Address(#[from] exclusive::AddressError),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
 }
+
+/// Why one shard's thread did not start, or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardLaunchError {
+    // glommio's errors as `std::io::Error`s: theirs are not `Sync`.
+    #[error("starting executor: {0}")]
+    Executor(std::io::Error),
+    #[error("binding {addr}: {error}")]
+    Bind { addr: SocketAddr, error: std::io::Error },
+    #[error("reading the port bound for {addr}: {error}")]
+    LocalAddr { addr: SocketAddr, error: std::io::Error },
+    #[error("{0}")]
+    Start(ShardStartError),
+    /// Another shard failed while this one waited for every shard's ports.
+    #[error("stopped during start-up")]
+    Stopped,
+    #[error("did not start within {} s", START_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("panicked")]
+    Panicked,
+}
+
+/// How long the broker waits for each next shard's start report.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running broker: its shard threads and how to reach it.
 #[derive(Debug)]
@@ -112,7 +136,7 @@ enum StartReport {
     Ready,
     Failed {
         shard: usize,
-        message: String,
+        error: ShardLaunchError,
     },
 }
 
@@ -192,13 +216,13 @@ impl Broker {
             launch.spawn()
         };
         // Shard 0 first: it fixes the shared port the others then share.
-        threads.push(spawn(0, shared_addr, kafka_addr).map_err(|message| ServerError::Shard { shard: 0, message })?);
+        threads.push(spawn(0, shared_addr, kafka_addr).map_err(|error| ServerError::Shard { shard: 0, error })?);
         let mut ready = 0;
         let mut bound = 0;
         let mut failure = None;
         let mut launched = 1;
         while ready < cpus.len() && failure.is_none() {
-            match reported.recv_timeout(Duration::from_secs(60)) {
+            match reported.recv_timeout(START_TIMEOUT) {
                 Ok(StartReport::Bound {
                     shard,
                     shared_port,
@@ -221,17 +245,15 @@ impl Broker {
                         while launched < cpus.len() {
                             match spawn(launched, shared_addr, kafka_addr) {
                                 Ok(thread) => threads.push(thread),
-                                Err(message) => failure = Some(ServerError::Shard { shard: launched, message }),
+                                Err(error) => failure = Some(ServerError::Shard { shard: launched, error }),
                             }
                             launched += 1;
                         }
                     }
                 }
                 Ok(StartReport::Ready) => ready += 1,
-                Ok(StartReport::Failed { shard, message }) => failure = Some(ServerError::Shard { shard, message }),
-                Err(_) => {
-                    failure = Some(ServerError::Shard { shard: bound, message: "did not start within 60 s".into() })
-                }
+                Ok(StartReport::Failed { shard, error }) => failure = Some(ServerError::Shard { shard, error }),
+                Err(_) => failure = Some(ServerError::Shard { shard: bound, error: ShardLaunchError::Timeout }),
             }
         }
         drop(claims);
@@ -306,7 +328,7 @@ impl Broker {
         let mut result = Ok(());
         for (shard, thread) in self.threads.into_iter().enumerate() {
             if thread.join().is_err() {
-                result = Err(ServerError::Shard { shard, message: "panicked".into() });
+                result = Err(ServerError::Shard { shard, error: ShardLaunchError::Panicked });
             }
         }
         result
@@ -424,7 +446,7 @@ struct ShardLaunch {
 }
 
 impl ShardLaunch {
-    fn spawn(self) -> Result<ExecutorJoinHandle<()>, String> {
+    fn spawn(self) -> Result<ExecutorJoinHandle<()>, ShardLaunchError> {
         let shards = &self.config.shards;
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(self.cpu))
             .name(&format!("shard-{}", self.shard))
@@ -439,50 +461,32 @@ impl ShardLaunch {
             // Everything this shard logs carries its id (tasks it spawns
             // are instrumented with this span where they log).
             let span = tracing::info_span!("shard", shard);
-            if let Err(message) = self.run().instrument(span).await {
-                tracing::error!(shard, %message, "shard failed");
-                let _ = reports.send(StartReport::Failed { shard, message });
+            if let Err(error) = self.run().instrument(span).await {
+                tracing::error!(shard, %error, "shard failed");
+                let _ = reports.send(StartReport::Failed { shard, error });
             }
         });
-        handle.map_err(|error| format!("starting executor: {error}"))
+        handle.map_err(|error| ShardLaunchError::Executor(error.into()))
     }
 
-    async fn run(self) -> Result<(), String> {
+    async fn run(self) -> Result<(), ShardLaunchError> {
         if let Some(interval) = self.config.shards.wake_interval() {
             spawn_wake_ticker(interval);
         }
         let id = ShardId(self.shard as u16);
         let network = &self.config.network;
-        let shared =
-            TcpListener::bind(self.shared_addr).map_err(|error| format!("binding {}: {error}", self.shared_addr))?;
-        let shared_port = shared.local_addr().map_err(|error| error.to_string())?.port();
-        let own = match self.own_port {
-            Some(port) => {
-                let addr = SocketAddr::new(self.shared_addr.ip(), port);
-                Some(TcpListener::bind(addr).map_err(|error| format!("binding {addr}: {error}"))?)
-            }
-            None => None,
-        };
-        let own_port = own.as_ref().map_or(Ok(0), |listener| listener.local_addr().map(|addr| addr.port()));
-        let own_port = own_port.map_err(|error| error.to_string())?;
-        let metrics = match self.metrics_addr {
-            Some(addr) => Some(TcpListener::bind(addr).map_err(|error| format!("binding {addr}: {error}"))?),
-            None => None,
-        };
-        let metrics_port = match &metrics {
-            Some(listener) => Some(listener.local_addr().map_err(|error| error.to_string())?.port()),
-            None => None,
-        };
-        let bind = |addr: SocketAddr| TcpListener::bind(addr).map_err(|error| format!("binding {addr}: {error}"));
-        let local_port =
-            |listener: &TcpListener| listener.local_addr().map(|addr| addr.port()).map_err(|error| error.to_string());
-        let kafka_shared = self.kafka_addr.map(bind).transpose()?;
-        let kafka_shared_port = kafka_shared.as_ref().map(local_port).transpose()?;
+        let (shared, shared_port) = listen(self.shared_addr)?;
+        let own = self.own_port.map(|port| listen(SocketAddr::new(self.shared_addr.ip(), port))).transpose()?;
+        let own_port = own.as_ref().map_or(0, |(_, port)| *port);
+        let metrics = self.metrics_addr.map(listen).transpose()?;
+        let metrics_port = metrics.as_ref().map(|(_, port)| *port);
+        let kafka_shared = self.kafka_addr.map(listen).transpose()?;
+        let kafka_shared_port = kafka_shared.as_ref().map(|(_, port)| *port);
         let kafka_own = match (self.kafka_addr, self.kafka_own_port) {
-            (Some(addr), Some(port)) => Some(bind(SocketAddr::new(addr.ip(), port))?),
+            (Some(addr), Some(port)) => Some(listen(SocketAddr::new(addr.ip(), port))?),
             _ => None,
         };
-        let kafka_own_port = kafka_own.as_ref().map(local_port).transpose()?;
+        let kafka_own_port = kafka_own.as_ref().map(|(_, port)| *port);
         let _ = self.reports.send(StartReport::Bound {
             shard: self.shard,
             shared_port,
@@ -509,7 +513,7 @@ impl ShardLaunch {
             flush_shares: Some(self.config.shards.flush_shares),
             offsets_compact_after_bytes: crate::shard::offsets::COMPACT_AFTER_BYTES,
         };
-        let shard = Shard::start(shard_config, self.mesh).await.map_err(|error| error.to_string())?;
+        let shard = Shard::start(shard_config, self.mesh).await.map_err(ShardLaunchError::Start)?;
         tracing::debug!(shard = self.shard, "joined the mesh and opened its partitions");
         let limits = Limits::from_config(network);
         let stopping = Rc::new(Stopping::default());
@@ -550,10 +554,10 @@ impl ShardLaunch {
             glommio::spawn_local(Rc::clone(&server).accept_loop(listener, protocol).in_current_span())
         };
         let mut accept_loops = vec![accept(shared, connection::Protocol::Native)];
-        accept_loops.extend(own.map(|own| accept(own, connection::Protocol::Native)));
-        accept_loops.extend(kafka_shared.map(|listener| accept(listener, connection::Protocol::Kafka)));
-        accept_loops.extend(kafka_own.map(|listener| accept(listener, connection::Protocol::Kafka)));
-        if let Some(listener) = metrics {
+        accept_loops.extend(own.map(|(own, _)| accept(own, connection::Protocol::Native)));
+        accept_loops.extend(kafka_shared.map(|(listener, _)| accept(listener, connection::Protocol::Kafka)));
+        accept_loops.extend(kafka_own.map(|(listener, _)| accept(listener, connection::Protocol::Kafka)));
+        if let Some((listener, _)) = metrics {
             let tls = self.tls.clone().filter(|_| self.config.tls.metrics).map(futures_rustls::TlsAcceptor::from);
             let keys = self.tls_keys.clone();
             let metrics =
@@ -579,7 +583,7 @@ impl ShardLaunch {
     /// Publishes this shard's own native and Kafka ports and waits until
     /// every shard has published its own (start-up only; the mutex never
     /// sees the data path).
-    async fn collect_ports(&self, own_port: u16, kafka_port: u16) -> Result<(Vec<u16>, Vec<u16>), String> {
+    async fn collect_ports(&self, own_port: u16, kafka_port: u16) -> Result<(Vec<u16>, Vec<u16>), ShardLaunchError> {
         lock_ports(&self.ports)[self.shard] = Some((own_port, kafka_port));
         loop {
             let ports: Option<Vec<(u16, u16)>> = lock_ports(&self.ports).iter().copied().collect();
@@ -588,11 +592,18 @@ impl ShardLaunch {
             }
             // Another shard failed to start: the broker is being stopped.
             if self.stop.load(Ordering::SeqCst) {
-                return Err("stopped during start-up".into());
+                return Err(ShardLaunchError::Stopped);
             }
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
     }
+}
+
+/// A listener on `addr` (port 0: one the OS picks), and the port it got.
+fn listen(addr: SocketAddr) -> Result<(TcpListener, u16), ShardLaunchError> {
+    let listener = TcpListener::bind(addr).map_err(|error| ShardLaunchError::Bind { addr, error: error.into() })?;
+    let port = listener.local_addr().map_err(|error| ShardLaunchError::LocalAddr { addr, error: error.into() })?.port();
+    Ok((listener, port))
 }
 
 /// Each shard's (native, Kafka) own ports as they bind, at start-up only.
