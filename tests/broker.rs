@@ -117,6 +117,57 @@ fn a_simple_client_is_served_through_forwarding() {
     assert!(broker.terminate().success());
 }
 
+/// A fetch answer of thousands of cached batches (more pieces than one
+/// vectored write takes) reaches the consumer whole and in order, served
+/// by the owner and through forwarding.
+#[test]
+fn fetches_of_thousands_of_small_batches_arrive_whole() {
+    const EVENTS: u32 = 3000;
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let addr = broker.addr;
+    run(move || async move {
+        let client = Client::connect(addr, ClientOptions::default()).await.unwrap();
+        client.create_topic("small", 1).await.unwrap();
+        // One record per batch: each is a piece of its own in the cache.
+        let config = ProducerConfig {
+            batch_bytes: 1,
+            linger: Duration::ZERO,
+            acks: AckLevel::Written,
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(client.clone(), config).unwrap();
+        let mut pending = Vec::new();
+        for seq in 0..EVENTS {
+            let value = value_of(0, seq);
+            pending.push(
+                producer.send(ProducerRecord::new("small", &value).with_partition(PartitionId(0))).await.unwrap(),
+            );
+        }
+        producer.flush().await;
+        for future in pending {
+            future.await.unwrap();
+        }
+        let forwarding =
+            Client::connect(addr, ClientOptions { shard_aware: false, ..ClientOptions::default() }).await.unwrap();
+        for client in [client, forwarding] {
+            let mut consumer = PartitionConsumer::new(client, "small", PartitionId(0), StartPosition::Earliest)
+                .with_max_bytes(4 << 20);
+            let mut seen = 0u32;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while seen < EVENTS {
+                assert!(Instant::now() < deadline, "only {seen} of {EVENTS} events");
+                for record in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+                    assert_eq!(record.offset, Offset::new(u64::from(seen)).unwrap());
+                    assert_eq!(record.value.as_deref(), Some(&value_of(0, seen)[..]));
+                    seen += 1;
+                }
+            }
+        }
+    });
+    assert!(broker.terminate().success());
+}
+
 #[test]
 fn a_restart_after_sigterm_recovers_every_event_and_topic() {
     let dir = temp_dir();

@@ -383,7 +383,8 @@ impl Sim {
                 model.violation(format!("op {op}: a fetch of {} partitions got {} results", keys.len(), outcome.results.len()));
                 return;
             }
-            let mut payload = &outcome.payload[..];
+            let payload = outcome.payload.contiguous();
+            let mut payload = &payload[..];
             for ((key, from), result) in keys.iter().zip(&froms).zip(&outcome.results) {
                 let Some(data) = payload.get(..result.bytes as usize) else {
                     model.violation(format!("op {op}: results announce more bytes than the fetch holds"));
@@ -702,14 +703,15 @@ async fn read_all(shard: &Rc<Shard<SimStorage>>, key: &PartitionKey) -> Result<(
             return Err(format!("reading {}/{} from {next}: {:?}", key.0, key.1, result.error));
         }
         let high_watermark = result.high_watermark.get();
-        let mut rest = &outcome.payload[..];
+        let data = outcome.payload.contiguous();
+        let mut rest = &data[..];
         while !rest.is_empty() {
             let view = BatchView::parse(rest, BATCH_BYTES_MAX).map_err(|error| format!("a damaged batch: {error}"))?;
             next = u64::try_from(view.last_offset()).map_err(|_| "a negative offset")? + 1;
             rest = &rest[view.total_len()..];
         }
-        payload.extend_from_slice(&outcome.payload);
-        if outcome.payload.is_empty() || next >= high_watermark {
+        payload.extend_from_slice(&data);
+        if data.is_empty() || next >= high_watermark {
             return Ok((payload, high_watermark));
         }
     }

@@ -6,6 +6,7 @@
 //! and messages.
 pub mod acl;
 pub mod batch;
+pub mod chunks;
 pub mod compression;
 pub mod kafka;
 pub mod partitioner;

@@ -20,7 +20,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -35,6 +35,7 @@ use glommio::sync::{Gate, Semaphore, StaticPermit};
 use glommio::TaskQueueHandle;
 use tracing::Instrument;
 
+use crate::protocol::chunks::Chunks;
 use crate::protocol::types::AckLevel;
 use crate::protocol::wire::{
     self, decode_header, encode_frame_head, ErrorCode, ErrorResponse, FrameKind, Request, Response, WireError,
@@ -55,9 +56,11 @@ use super::{dispatch, Stopping};
 
 /// Requests in flight on one connection (pipelining depth).
 const REQUESTS_IN_FLIGHT_MAX: u64 = 1024;
-/// Queued responses up to this size are copied into one write; larger ones
-/// (fetch data) are written as they are, without the copy.
-const COALESCE_BYTES_MAX: usize = 64 << 10;
+/// The writer takes queued responses for one vectored write until they
+/// hold this many pieces (a head, or a piece of fetch data)...
+const WRITE_PIECES_MAX: usize = 512;
+/// ...or this many bytes.
+const WRITE_BYTES_MAX: usize = 4 << 20;
 /// A frame's body is read in pieces, and the budgets are charged for each
 /// piece once it has arrived. The first piece is at most this large, and so
 /// is the memory touched ahead of the bytes for a client that announces a
@@ -561,7 +564,7 @@ impl Server {
                 self.shard.counters().record_request("malformed", code);
                 self.warn_client_error(&error, "a client sent a malformed request");
                 let response = Response::Error(ErrorResponse { code, message: error.to_string() });
-                connection.respond(request_id, &response, Vec::new(), Some((permits, None)));
+                connection.respond(request_id, &response, Chunks::new(), Some((permits, None)));
                 return Ok(());
             }
         };
@@ -597,7 +600,7 @@ impl Server {
                         code: ErrorCode::TIMEOUT,
                         message: "request timed out".into(),
                     });
-                    connection.respond(request_id, &response, Vec::new(), Some(held));
+                    connection.respond(request_id, &response, Chunks::new(), Some(held));
                 }
             }
         };
@@ -621,14 +624,14 @@ impl Server {
         let Request::SaslAuthenticate(step) = request else {
             let message = "this listener requires a SASL login first (SaslAuthenticate)".to_string();
             let response = Response::Error(ErrorResponse { code: ErrorCode::AUTHENTICATION_REQUIRED, message });
-            connection.respond(request_id, &response, Vec::new(), Some((permits, None)));
+            connection.respond(request_id, &response, Chunks::new(), Some((permits, None)));
             return Err(Closed::LoginRequired(request.kind().into()));
         };
         let (response, failed) = connection.login.native(&self.shard, &step);
         if failed {
             glommio::timer::sleep(connection.login.failure_delay()).await;
         }
-        connection.respond(request_id, &Response::SaslAuthenticate(response), Vec::new(), Some((permits, None)));
+        connection.respond(request_id, &Response::SaslAuthenticate(response), Chunks::new(), Some((permits, None)));
         if failed {
             return Err(Closed::LoginFailed);
         }
@@ -786,7 +789,7 @@ impl Server {
             let request_id = read.ok().and_then(|()| wire::peek_request_id(&head)).unwrap_or(0);
             let response =
                 Response::Error(ErrorResponse { code: ErrorCode::FRAME_TOO_LARGE, message: error.to_string() });
-            connection.respond(request_id, &response, Vec::new(), None);
+            connection.respond(request_id, &response, Chunks::new(), None);
         }
         Err(Closed::Unframeable(error))
     }
@@ -960,7 +963,7 @@ impl Drop for FetchTicket<'_> {
 
 impl Connection {
     /// Encodes a response and queues it for the writer.
-    fn respond(&self, request_id: u32, response: &Response, data: Vec<u8>, permits: Option<Held>) {
+    fn respond(&self, request_id: u32, response: &Response, data: Chunks, permits: Option<Held>) {
         if self.dead.is_stopped() {
             return;
         }
@@ -977,7 +980,7 @@ impl Connection {
     /// closes the connection) to the writer once every earlier one is
     /// there.
     fn finish(&self, seq: u64, response: Option<(Vec<u8>, Held)>) {
-        let queued = response.map(|(head, held)| Queued { head, data: Vec::new(), _held: Some(held) });
+        let queued = response.map(|(head, held)| Queued { head, data: Chunks::new(), _held: Some(held) });
         let mut done = self.order.done.borrow_mut();
         done.insert(seq, queued);
         let mut queue = self.queue.borrow_mut();
@@ -999,49 +1002,44 @@ impl Connection {
             return;
         }
         let head = notice_frame(code, message);
-        self.queue.borrow_mut().push_back(Queued { head, data: Vec::new(), _held: None });
+        self.queue.borrow_mut().push_back(Queued { head, data: Chunks::new(), _held: None });
         self.queued.notify_all();
     }
 
     /// Writes queued responses until the connection closes and the queue
-    /// is empty. Small responses are copied into one buffer and written
-    /// together; a large payload (fetch data) is written as it is, right
-    /// after its header.
+    /// is empty. What is queued goes out together in one vectored write:
+    /// heads and headers, and fetch data as the pieces the logs' caches
+    /// hold, copied by nobody but the kernel.
     async fn write_loop(self: Rc<Self>) {
-        let mut batch = Vec::new();
-        let mut written = Vec::new();
+        let mut taken: Vec<Queued> = Vec::new();
         loop {
             let wait = self.queued.notified();
-            let next = self.queue.borrow_mut().pop_front();
-            let Some(first) = next else {
+            {
+                let mut queue = self.queue.borrow_mut();
+                let (mut pieces, mut bytes) = (0, 0);
+                while pieces < WRITE_PIECES_MAX && bytes < WRITE_BYTES_MAX {
+                    let Some(queued) = queue.pop_front() else { break };
+                    pieces += 1 + queued.data.pieces().len();
+                    bytes += queued.head.len() + queued.data.len();
+                    taken.push(queued);
+                }
+            }
+            if taken.is_empty() {
                 if self.closing.get() {
                     return;
                 }
                 wait.await;
                 continue;
-            };
-            batch.clear();
-            let mut large = None;
-            let mut entry = Some(first);
-            while let Some(queued) = entry.take() {
-                batch.extend_from_slice(&queued.head);
-                if queued.data.len() > COALESCE_BYTES_MAX {
-                    large = Some(queued);
-                    break;
-                }
-                batch.extend_from_slice(&queued.data);
-                written.push(queued);
-                if batch.len() < COALESCE_BYTES_MAX {
-                    entry = self.queue.borrow_mut().pop_front();
-                }
             }
-            let mut result = deadline(self.write_timeout, self.stream.write_all_from(&batch)).await;
-            if let (Ok(()), Some(queued)) = (&result, &large) {
-                result = deadline(self.write_timeout, self.stream.write_all_from(&queued.data)).await;
+            let mut slices = Vec::with_capacity(taken.iter().map(|queued| 1 + queued.data.pieces().len()).sum());
+            for queued in &taken {
+                slices.push(IoSlice::new(&queued.head));
+                slices.extend(queued.data.pieces().iter().map(|piece| IoSlice::new(piece)));
             }
+            let result = deadline(self.write_timeout, self.stream.write_all_vectored(&mut slices)).await;
             // The bytes are on their way: the requests no longer count.
-            written.clear();
-            drop(large);
+            drop(slices);
+            taken.clear();
             self.presence.touch(Instant::now());
             if let Err(error) = result {
                 // A peer that does not read its responses must not hold
@@ -1059,7 +1057,7 @@ impl Connection {
 /// payload, and the budget it holds until written (none for a notice).
 struct Queued {
     head: Vec<u8>,
-    data: Vec<u8>,
+    data: Chunks,
     _held: Option<Held>,
 }
 
@@ -1080,9 +1078,18 @@ impl SharedStream {
         reader.read(buf).await
     }
 
-    async fn write_all_from(&self, buf: &[u8]) -> io::Result<()> {
+    /// Writes every byte of `slices`, as few writes as the socket allows.
+    async fn write_all_vectored(&self, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+        IoSlice::advance_slices(&mut slices, 0);
+        while !slices.is_empty() {
+            let written =
+                future::poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_write_vectored(cx, slices)).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut slices, written);
+        }
         let mut writer = self;
-        writer.write_all(buf).await?;
         writer.flush().await
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use crate::protocol::acl::Operation;
+use crate::protocol::chunks::Chunks;
 use crate::protocol::types::AckLevel;
 use crate::protocol::wire::{
     AlterAclsRequest, AlterAclsResponse, AlterCredentialsResponse, ConfigValue, DeleteRecordsResponse,
@@ -41,7 +42,7 @@ pub(super) async fn handle(
     payload: BytesMut,
     limits: &Limits,
     access: &Access,
-) -> Option<(Response, Vec<u8>)> {
+) -> Option<(Response, Chunks)> {
     let kind = request.kind();
     let answer = match authorize(shard, access, &request) {
         Ok(()) => serve(shard, request, payload, limits, access).await,
@@ -49,7 +50,7 @@ pub(super) async fn handle(
             let silent = matches!(&request, Request::Produce(produce) if produce.acks == AckLevel::None);
             let message = refusal.to_string();
             let response = Response::Error(ErrorResponse { code: ErrorCode::NOT_AUTHORIZED, message });
-            (!silent).then_some((response, Vec::new()))
+            (!silent).then_some((response, Chunks::new()))
         }
     };
     let code = answer.as_ref().map_or(ErrorCode::NONE, |(response, _)| response.error_code());
@@ -63,7 +64,7 @@ async fn serve(
     payload: BytesMut,
     limits: &Limits,
     access: &Access,
-) -> Option<(Response, Vec<u8>)> {
+) -> Option<(Response, Chunks)> {
     let counters = shard.counters();
     let response = match request {
         Request::SaslAuthenticate(_) => Response::SaslAuthenticate(SaslAuthenticateResponse {
@@ -119,7 +120,7 @@ async fn serve(
             if !throttle.is_zero() {
                 glommio::timer::sleep(throttle).await;
             }
-            return response.map(|response| (response, Vec::new()));
+            return response.map(|response| (response, Chunks::new()));
         }
         Request::Fetch(request) => {
             Counters::add(&counters.fetch_requests, 1);
@@ -185,7 +186,7 @@ async fn serve(
         | Request::ListGroups
         | Request::ResetGroup(_)) => shard.group_request(group).await,
     };
-    Some((response, Vec::new()))
+    Some((response, Chunks::new()))
 }
 
 /// Adds the bindings, then applies each removal, stopping at the first
@@ -352,9 +353,9 @@ async fn produce(
     Some(Response::Produce(ProduceResponse { partitions: results }))
 }
 
-async fn fetch(shard: &Rc<Shard>, mut request: FetchRequest, limits: &Limits) -> (Response, Vec<u8>) {
+async fn fetch(shard: &Rc<Shard>, mut request: FetchRequest, limits: &Limits) -> (Response, Chunks) {
     if request.partitions.len() > PARTITIONS_PER_REQUEST_MAX {
-        return (too_many_partitions(), Vec::new());
+        return (too_many_partitions(), Chunks::new());
     }
     // The response must fit one frame; a long-poll must end before the
     // request deadline does.

@@ -37,6 +37,7 @@ use futures_channel::oneshot;
 use glommio::sync::Semaphore;
 use glommio::TaskQueueHandle;
 
+use crate::protocol::chunks::Chunks;
 use crate::protocol::types::AckLevel;
 use crate::protocol::types::{PartitionId, ShardId, TimestampMs};
 use crate::protocol::wire::{
@@ -159,10 +160,12 @@ pub struct ProduceItem {
 }
 
 /// The answer to a fetch: per-partition results and their data, in order.
+/// The data shares the logs' cached bytes: nothing is copied on its way
+/// from the cache to the socket.
 #[derive(Debug, Default)]
 pub struct FetchOutcome {
     pub results: Vec<FetchPartitionResult>,
-    pub payload: Vec<u8>,
+    pub payload: Chunks,
 }
 
 /// Everything a shard needs to start; built on the main thread and moved

@@ -19,6 +19,7 @@ use glommio::TaskQueueHandle;
 use crate::protocol::batch::{
     peek_batch_len, recompress_batch, set_log_append_time, BatchError, BatchView, LengthProblem, LOG_OVERHEAD,
 };
+use crate::protocol::chunks::Chunks;
 use crate::protocol::compression::CompressionError;
 use crate::protocol::types::{AckLevel, Offset, PartitionId, ShardId, TimestampMs};
 use crate::protocol::wire::{
@@ -425,14 +426,17 @@ impl<S: Storage> PartitionTable<S> {
         first_of(waits, wait).await;
     }
 
-    fn count_fetched(&self, payload: &[u8]) {
+    fn count_fetched(&self, payload: &Chunks) {
         Counters::add(&self.counters.bytes_out, payload.len() as u64);
-        let mut rest = payload;
-        while let Ok(Some(len)) = peek_batch_len(rest, usize::MAX) {
-            if let Ok(view) = BatchView::parse_header(rest, usize::MAX) {
-                Counters::add(&self.counters.events_out, view.last_offset_delta() as u64 + 1);
+        // Each piece a log read returns holds whole batches.
+        for piece in payload.pieces() {
+            let mut rest = &piece[..];
+            while let Ok(Some(len)) = peek_batch_len(rest, usize::MAX) {
+                if let Ok(view) = BatchView::parse_header(rest, usize::MAX) {
+                    Counters::add(&self.counters.events_out, view.last_offset_delta() as u64 + 1);
+                }
+                rest = rest.get(len.max(LOG_OVERHEAD)..).unwrap_or_default();
             }
-            rest = rest.get(len.max(LOG_OVERHEAD)..).unwrap_or_default();
         }
     }
 
@@ -568,46 +572,81 @@ mod tests {
         FetchRequest { max_wait_ms: 0, min_bytes, max_bytes: 1 << 20, partitions: vec![partition] }
     }
 
+    /// A table with one open partition, orders/0, on the simulated disk.
+    async fn one_partition() -> Rc<PartitionTable<SimStorage>> {
+        let table = Rc::new(PartitionTable::new(TableConfig {
+            shard: ShardId(0),
+            storage: SimStorage::new(),
+            data_dir: PathBuf::from("/data"),
+            log_config: LogConfig { preallocate: false, ..LogConfig::default() },
+            inflated_bytes_max: 1 << 20,
+            flush_queue: None,
+            counters: Rc::new(Counters::new()),
+        }));
+        table.open("orders", 0, LogConfig::default().limits()).await;
+        table
+    }
+
+    fn on_executor<T, F>(run: impl FnOnce() -> F + Send + 'static) -> T
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + 'static,
+    {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 << 10)
+            .ring_depth(32)
+            .spawn(run)
+            .expect("executor")
+            .join()
+            .expect("no panic")
+    }
+
+    /// A fetch of cached data shares the cache's bytes: two fetches of the
+    /// same batches get pieces at the same addresses, so neither copied.
+    #[test]
+    fn a_fetch_shares_the_cached_bytes() {
+        let (first, second, len) = on_executor(|| async {
+            let table = one_partition().await;
+            let Some(Partition::Ready(log)) = table.get("orders", PartitionId(0)) else { panic!("opened") };
+            for _ in 0..3 {
+                log.append_and_wait(batch(1000), AckLevel::Durable).await.unwrap();
+            }
+            let addresses = |outcome: FetchOutcome| -> Vec<usize> {
+                outcome.payload.pieces().iter().map(|piece| piece.as_ptr() as usize).collect()
+            };
+            let first = table.fetch(request(1)).await;
+            let len = first.payload.len();
+            (addresses(first), addresses(table.fetch(request(1)).await), len)
+        });
+        assert_eq!(first.len(), 3, "one piece per cached batch");
+        assert_eq!(first, second, "a fetch copied the cached batches");
+        assert!(len >= 3000);
+    }
+
     /// A long-poll at the tail waits, once, until `min_bytes` are durable,
     /// and the fetch that follows reads them at once.
     #[test]
     fn a_fetch_waits_once_for_its_min_bytes() {
-        let (seen_when_woken, fetched) = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(64 << 10)
-            .ring_depth(32)
-            .spawn(|| async {
-                let counters = Rc::new(Counters::new());
-                let table = Rc::new(PartitionTable::new(TableConfig {
-                    shard: ShardId(0),
-                    storage: SimStorage::new(),
-                    data_dir: PathBuf::from("/data"),
-                    log_config: LogConfig { preallocate: false, ..LogConfig::default() },
-                    inflated_bytes_max: 1 << 20,
-                    flush_queue: None,
-                    counters,
-                }));
-                table.open("orders", 0, LogConfig::default().limits()).await;
-                let Some(Partition::Ready(log)) = table.get("orders", PartitionId(0)) else { panic!("opened") };
-                let waiter = {
-                    let (table, log) = (Rc::clone(&table), log.clone());
-                    glommio::spawn_local(async move {
-                        let here = table.wait_fetchable(&request(3000), Duration::from_secs(30)).await;
-                        // Durable records when it woke: one per 1000-byte batch.
-                        (here, log.bounds().0.get())
-                    })
-                };
-                for _ in 0..5 {
-                    log.append_and_wait(batch(1000), AckLevel::Durable).await.unwrap();
-                    futures_lite::future::yield_now().await;
-                }
-                let (here, seen) = waiter.await;
-                assert!(here, "every partition is this table's");
-                let fetched = table.fetch(request(3000)).await;
-                (seen, fetched.payload.len())
-            })
-            .expect("executor")
-            .join()
-            .expect("no panic");
+        let (seen_when_woken, fetched) = on_executor(|| async {
+            let table = one_partition().await;
+            let Some(Partition::Ready(log)) = table.get("orders", PartitionId(0)) else { panic!("opened") };
+            let waiter = {
+                let (table, log) = (Rc::clone(&table), log.clone());
+                glommio::spawn_local(async move {
+                    let here = table.wait_fetchable(&request(3000), Duration::from_secs(30)).await;
+                    // Durable records when it woke: one per 1000-byte batch.
+                    (here, log.bounds().0.get())
+                })
+            };
+            for _ in 0..5 {
+                log.append_and_wait(batch(1000), AckLevel::Durable).await.unwrap();
+                futures_lite::future::yield_now().await;
+            }
+            let (here, seen) = waiter.await;
+            assert!(here, "every partition is this table's");
+            let fetched = table.fetch(request(3000)).await;
+            (seen, fetched.payload.len())
+        });
         // Two batches hold fewer than 3000 bytes, three more.
         assert!(seen_when_woken >= 3, "woke with {seen_when_woken} batches durable, fewer than min_bytes");
         assert!(fetched >= 3000, "the fetch after the wait read {fetched} bytes");

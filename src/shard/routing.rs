@@ -72,7 +72,7 @@ impl<S: Storage> Shard<S> {
                     return outcome;
                 }
             }
-            return FetchOutcome { results: gone, payload: Vec::new() };
+            return FetchOutcome { results: gone, payload: Default::default() };
         }
         let mut slots: Vec<Option<Slot>> = vec![None; count];
         for (index, p) in unknown {
@@ -120,7 +120,7 @@ impl<S: Storage> Shard<S> {
                 slots[*index] = Some(slot);
             }
         }
-        // One copy of each part's bytes, straight into the response, in
+        // Each part's bytes, shared (not copied) into the response in
         // request order.
         let mut outcome = FetchOutcome::default();
         for slot in slots.into_iter().flatten() {
@@ -133,8 +133,8 @@ impl<S: Storage> Shard<S> {
             };
             let Some(answer) = answers.get(number).and_then(|part| part.answer.as_ref()) else { continue };
             let Some(mut result) = answer.results.get(position).cloned() else { continue };
-            match answer.payload.get(at..at + result.bytes as usize) {
-                Some(data) => outcome.payload.extend_from_slice(data),
+            match answer.payload.slice(at..at + result.bytes as usize) {
+                Some(data) => outcome.payload.append(data),
                 None => {
                     result.error = ErrorCode::INTERNAL;
                     result.bytes = 0;

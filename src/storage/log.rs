@@ -33,6 +33,7 @@ use futures_lite::future;
 use glommio::TaskQueueHandle;
 
 use crate::protocol::batch::{set_base_offset, BatchView};
+use crate::protocol::chunks::Chunks;
 use crate::protocol::types::{AckLevel, Offset, TimestampMs};
 
 use super::config::{FlushPolicy, LogConfig, LogLimits};
@@ -125,6 +126,24 @@ impl Facts {
 
     fn with(self, bytes: BytesMut) -> CheckedBatch {
         CheckedBatch { bytes, count: self.count, max_timestamp: self.max_timestamp, producer: self.producer }
+    }
+}
+
+/// Where a read puts the whole batches it returns, in order: a `Vec`
+/// copies them, `Chunks` shares the cache's bytes (a fetch answer).
+pub trait ReadSink {
+    fn put(&mut self, bytes: Bytes);
+}
+
+impl ReadSink for Vec<u8> {
+    fn put(&mut self, bytes: Bytes) {
+        self.extend_from_slice(&bytes);
+    }
+}
+
+impl ReadSink for Chunks {
+    fn put(&mut self, bytes: Bytes) {
+        self.push(bytes);
     }
 }
 
@@ -401,7 +420,7 @@ impl<S: Storage> PartitionLog<S> {
     /// `out` until adding the next would pass `max_bytes` (the first batch is
     /// returned whole even if it alone is larger). Only durable data is
     /// returned. An empty result at the end of the log means "wait for more".
-    pub async fn read(&self, from: Offset, max_bytes: usize, out: &mut Vec<u8>) -> Result<ReadOutcome> {
+    pub async fn read(&self, from: Offset, max_bytes: usize, out: &mut impl ReadSink) -> Result<ReadOutcome> {
         let (visible_end, log_start) = self.bounds();
         let mut outcome = ReadOutcome { bytes: 0, next_offset: from, visible_end, log_start };
         if from == visible_end {
@@ -889,7 +908,7 @@ impl<S: Storage> Inner<S> {
         from: Offset,
         visible_end: Offset,
         max_bytes: usize,
-        out: &mut Vec<u8>,
+        out: &mut impl ReadSink,
     ) -> Option<(usize, Offset)> {
         let state = self.state.borrow();
         if state.cache.front().is_none_or(|oldest| oldest.base > from) {
@@ -902,7 +921,7 @@ impl<S: Storage> Inner<S> {
             if batch.base >= visible_end || !fits {
                 break;
             }
-            out.extend_from_slice(&batch.bytes);
+            out.put(batch.bytes.clone());
             bytes += batch.bytes.len();
             next = batch.next;
         }
@@ -914,7 +933,7 @@ impl<S: Storage> Inner<S> {
         from: Offset,
         visible_end: Offset,
         max_bytes: usize,
-        out: &mut Vec<u8>,
+        out: &mut impl ReadSink,
     ) -> Result<(usize, Offset)> {
         let (file, path, start, limit) = {
             let state = self.state.borrow();
@@ -922,19 +941,21 @@ impl<S: Storage> Inner<S> {
             (Rc::clone(&segment.file), segment.path.clone(), segment.index.floor_pos(from), segment.visible_bytes)
         };
         let mut cursor = BatchCursor::new(&*file, &path, start, limit, self.config.batch_bytes_max);
-        let (mut bytes, mut next) = (0, from);
+        let (mut read, mut next) = (BytesMut::new(), from);
         while let Some((info, batch)) = cursor.next().await? {
             if info.next <= from {
                 continue;
             }
-            let fits = bytes == 0 || bytes + info.len <= max_bytes;
+            let fits = read.is_empty() || read.len() + info.len <= max_bytes;
             if info.base >= visible_end || !fits {
                 break;
             }
-            out.extend_from_slice(batch);
-            bytes += info.len;
+            // Out of the DMA buffer that the cursor reuses: the one copy.
+            read.extend_from_slice(batch);
             next = info.next;
         }
+        let bytes = read.len();
+        out.put(read.freeze());
         Ok((bytes, next))
     }
 
