@@ -10,7 +10,8 @@
 //! executor's producers, consumers and group members), `acks` (exact ack timing), `schedule` (open-loop send times),
 //! `payload` (event header, gap/duplicate tracker), `metrics` (per-thread
 //! histograms and time series, merging), `report` (table, JSON, `.hgrm`),
-//! `svg` (the picture), `clock`, `cpustat` (per-thread CPU use).
+//! `svg` (the picture), `clock`, `cpustat` (per-thread CPU use),
+//! `scaling` (the same burst at 1, 2, 4, ... shards, one table).
 
 mod acks;
 mod clock;
@@ -21,6 +22,7 @@ mod link;
 mod metrics;
 mod payload;
 mod report;
+mod scaling;
 mod scenario;
 mod schedule;
 mod svg;
@@ -37,7 +39,7 @@ use ringbroker::protocol::types::AckLevel;
 
 use link::Protocol;
 use report::Report;
-use ringbroker::config::KafkaMode;
+use ringbroker::config::{CpuSelection, KafkaMode};
 use scenario::{Scenario, Settings, Target};
 
 /// Default burst size: about 10 s on the 2-core development VM (broker on
@@ -86,7 +88,7 @@ struct Cli {
     options: Options,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Command {
     /// N events (--events) as fast as the broker acknowledges them, consumers
     /// draining concurrently (the default scenario).
@@ -107,6 +109,13 @@ enum Command {
     /// topic (committing once the forward is acknowledged); the last stage's
     /// group measures end-to-end latency across the whole chain.
     Pipeline,
+    /// The same burst against an embedded broker with 1, 2, 4, ... shards
+    /// (the first CPUs of --cpus), loadgen on the CPUs left, each row in a
+    /// fresh loadgen process; one table of events/s, MB/s, shard busy %,
+    /// events per busy shard core, ack p99/p99.9 and efficiency relative
+    /// to 1 shard, to choose `shards.cpus` by. --partitions, --producers
+    /// and --consumers are per shard here; --events is per row.
+    Scaling(scaling::ScalingArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -131,14 +140,15 @@ struct Options {
     /// Bytes per event value (at least 24: the event header).
     #[arg(long, global = true, default_value_t = 100)]
     size: usize,
+    /// Partitions per topic (scaling: per shard).
     #[arg(long, global = true, default_value_t = 4)]
     partitions: u32,
-    /// Producers [default: 2; fanout and pipeline: 1].
+    /// Producers [default: 2; fanout and pipeline: 1] (scaling: per shard).
     #[arg(long, global = true)]
     producers: Option<u32>,
     /// Partition consumers, each reading its share of the partitions
     /// [default: one per partition]; fanout and pipeline: members per
-    /// consumer group [default: 1].
+    /// consumer group [default: 1]; scaling: per shard.
     #[arg(long, global = true)]
     consumers: Option<u32>,
     /// fanout: consumer groups reading the topic [default: 3].
@@ -229,11 +239,17 @@ struct Options {
     /// else built-in defaults on CPU 0].
     #[arg(long, global = true)]
     tuning: Option<PathBuf>,
+    /// The embedded broker's shard CPUs, e.g. 0 or 0-3 [default: the
+    /// tuning file's shards.cpus].
+    #[arg(long, global = true)]
+    shard_cpus: Option<String>,
     /// CPUs for loadgen's executors, one pinned executor each, e.g. 1 or 2-3
-    /// [default: CPU 1 if this process may use two or more CPUs, else 0].
+    /// [default: CPU 1 if this process may use two or more CPUs, else 0];
+    /// scaling: the CPUs of the whole sweep, shards first [default: all
+    /// this process may use].
     #[arg(long, global = true)]
     cpus: Option<String>,
-    /// Write the report as JSON.
+    /// Write the report as JSON (scaling: the table).
     #[arg(long, global = true)]
     json: Option<PathBuf>,
     /// Write ack.hgrm, e2e.hgrm and send_delay.hgrm percentile files here
@@ -279,13 +295,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Peaks => Scenario::Peaks,
         Command::Fanout => Scenario::Fanout,
         Command::Pipeline => Scenario::Pipeline,
+        Command::Scaling(args) => return scaling::run(&args, &cli.options),
     };
     let options = cli.options;
     let settings = settings(scenario, &options)?;
     let target = match &options.broker {
         Some(broker) => {
-            if options.tuning.is_some() || options.kafka_mode.is_some() {
-                eprintln!("loadgen: --tuning and --kafka-mode only apply to an embedded broker; ignored with --broker");
+            if options.tuning.is_some() || options.kafka_mode.is_some() || options.shard_cpus.is_some() {
+                eprintln!(
+                    "loadgen: --tuning, --kafka-mode and --shard-cpus only apply to an embedded broker; ignored with --broker"
+                );
             }
             let native = resolve("--broker", broker)?;
             let kafka = match &options.kafka_broker {
@@ -300,6 +319,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Some(KafkaModeArg::PerShard) => config.kafka.mode = KafkaMode::PerShard,
                 Some(KafkaModeArg::Node) => config.kafka.mode = KafkaMode::Node,
                 None => {}
+            }
+            if let Some(list) = &options.shard_cpus {
+                let cpus = ringbroker::config::parse_cpu_list(list).context("--shard-cpus")?;
+                config.shards.cpus = CpuSelection::List(cpus);
             }
             if options.protocol == Protocol::Kafka {
                 config.kafka.enabled = true;

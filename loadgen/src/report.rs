@@ -13,7 +13,7 @@ use std::path::Path;
 
 use hdrhistogram::Histogram;
 use ringbroker::protocol::types::AckLevel;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cpustat::ThreadCpu;
 use crate::scenario::{BrokerStats, Environment, Outcome, Settings};
@@ -26,7 +26,7 @@ const BYTES_PER_MB: f64 = 1e6;
 const TABLE_ROWS_MAX: usize = 60;
 
 /// Percentiles of one latency quantity, in microseconds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     pub count: u64,
     pub mean_us: f64,
@@ -81,7 +81,7 @@ pub struct Totals {
     pub partitions_not_caught_up: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Throughput {
     /// Start to last ack.
     pub produce_s: Option<f64>,
@@ -164,6 +164,9 @@ pub struct Report {
     /// `ack`, `e2e` and (open loop) `send_delay`.
     pub latency: BTreeMap<&'static str, Percentiles>,
     pub cpu: Vec<ThreadCpu>,
+    /// An embedded broker's shards: each one's busy share of its core
+    /// (100 = fully busy), from `cpu`; `None` for a remote broker.
+    pub shard_busy_percent: Option<Vec<f64>>,
     /// The broker's counters (growth during the run) and fsync latency.
     pub broker: Option<BrokerStats>,
     /// fanout and pipeline: each consumer group. The totals' consumed,
@@ -251,6 +254,12 @@ impl Report {
             throughput,
             latency,
             cpu: outcome.cpu.clone(),
+            shard_busy_percent: outcome
+                .environment
+                .broker
+                .cpus
+                .as_ref()
+                .map(|cpus| shard_busy(&outcome.cpu, cpus.len())),
             broker: outcome.broker_stats.clone(),
             groups,
             series,
@@ -597,6 +606,21 @@ impl Report {
     }
 }
 
+/// Each shard's busy percent, from the threads' CPU use: the broker names
+/// shard i's thread `shard-<i>` and glommio appends `-<executor id>`. A
+/// shard under 1% busy is not in the list and counts as 0.
+fn shard_busy(cpu: &[ThreadCpu], shards: usize) -> Vec<f64> {
+    (0..shards)
+        .map(|shard| {
+            let name = format!("shard-{shard}");
+            let is_shard = |thread: &&ThreadCpu| {
+                thread.name.strip_prefix(&name).is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+            };
+            cpu.iter().filter(is_shard).map(|thread| thread.busy_percent).sum()
+        })
+        .collect()
+}
+
 /// The groups' part of the report.
 fn group_reports(outcome: &Outcome) -> Vec<GroupReport> {
     let measured = &outcome.measurements;
@@ -751,6 +775,19 @@ mod tests {
         assert_eq!(p.max_us, hist.max());
         assert!((p.mean_us - 5000.5).abs() < 5.0);
         assert_eq!(Percentiles::of(&latency_histogram()), None);
+    }
+
+    #[test]
+    fn shard_busy_comes_from_the_shard_threads() {
+        let thread = |name: &str, busy_percent| ThreadCpu { tid: 1, name: name.into(), busy_percent };
+        let cpu = [
+            thread("shard-1-3", 80.0),
+            thread("loadgen-0-4", 50.0),
+            thread("shard-10-12", 9.0),
+            thread("shard-0-2", 70.0),
+        ];
+        // Shard 2 used under 1% (not listed); shard 10 is not shard 1.
+        assert_eq!(shard_busy(&cpu, 3), [70.0, 80.0, 0.0]);
     }
 
     #[test]

@@ -1,0 +1,55 @@
+//! `loadgen scaling` end to end: the binary runs its bursts as child
+//! processes against embedded brokers (data in a temp dir, ports the OS
+//! picks), and the table and its JSON say what each shard count did.
+
+use std::process::Command;
+
+/// Runs `scaling --shards 1,2`: the 1-shard row needs two CPUs (one for
+/// the shard, one for loadgen), the 2-shard row three. Rows the machine
+/// cannot run must be skipped with the reason, not run on shared cores.
+#[test]
+fn scaling_runs_the_rows_the_cpus_allow_and_says_why_it_skips_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("scaling.json");
+    // Enough events that the shard uses some 10 ms CPU ticks even in a
+    // debug build, so its busy share (and efficiency) can be measured.
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["scaling", "--shards", "1,2", "--events", "300000", "--no-progress", "--json"])
+        .arg(&json)
+        // No target/ there: the brokers' data goes to the temp dir.
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let shown = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    let cpus = ringbroker::config::allowed_cpus().unwrap().len();
+    if cpus < 2 {
+        // Nothing can run: both rows say why, and the sweep fails.
+        assert_eq!(output.status.code(), Some(1), "{shown}");
+        assert!(stdout.contains("     1 skipped: 1 shard would leave no CPU for loadgen"), "{shown}");
+        return;
+    }
+    assert!(output.status.success(), "{shown}");
+    assert!(stdout.contains("efficiency"), "{shown}");
+    let sweep: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = sweep["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{sweep:#}");
+    let one = &rows[0];
+    assert_eq!((one["shards"].as_u64(), one["exit_code"].as_i64()), (Some(1), Some(0)), "{sweep:#}");
+    assert!(one["events_per_s"].as_f64().unwrap() > 0.0, "{sweep:#}");
+    assert_eq!(one["shard_busy_percent"].as_array().unwrap().len(), 1, "{sweep:#}");
+    assert!(one["events_per_busy_core_s"].as_f64().unwrap() > 0.0, "{sweep:#}");
+    assert_eq!(one["efficiency"].as_f64(), Some(1.0), "{sweep:#}");
+    let two = &rows[1];
+    if cpus == 2 {
+        let reason = two["skipped"].as_str().unwrap();
+        assert!(reason.contains("2 shards would leave no CPU for loadgen"), "{reason}");
+        assert!(stdout.contains("     2 skipped: 2 shards would leave no CPU for loadgen"), "{shown}");
+    } else {
+        assert_eq!(two["exit_code"].as_i64(), Some(0), "{sweep:#}");
+        assert!(two["events_per_s"].as_f64().unwrap() > 0.0, "{sweep:#}");
+        assert_eq!(two["shard_busy_percent"].as_array().unwrap().len(), 2, "{sweep:#}");
+        assert!(two["efficiency"].as_f64().unwrap() > 0.0, "{sweep:#}");
+    }
+}
