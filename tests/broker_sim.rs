@@ -13,6 +13,12 @@
 //! - no consumer saw data past the durable end: whatever a fetch returned
 //!   before a cut is still there after it.
 //!
+//! Group members hold sessions of a few seconds on the brokers' manual
+//! clock, which moves only when the workload says (by up to a few seconds
+//! at a time); the coordinators then judge the sessions, and the checker
+//! holds them to the timeout: a member is gone once its session has passed
+//! since it was last heard, and not before.
+//!
 //! One seed decides everything: the operations, which shard each goes to,
 //! how many run at once, how many scheduler turns pass between them, when
 //! the power goes out and what each unsynced write leaves behind. Everything
@@ -45,6 +51,7 @@ use ringbroker::protocol::wire::{
     CommitOffsetsRequest, ErrorCode, FetchCommittedRequest, FetchPartition, FetchRequest, HeartbeatRequest,
     JoinGroupRequest, OffsetCommit, Request, Response,
 };
+use ringbroker::shard::clock::ManualClock;
 use ringbroker::shard::topic_config::TopicConfig;
 use ringbroker::shard::{mesh, metadata, ProduceItem, Shard, ShardConfig, MESH_CHANNEL_CAPACITY};
 use ringbroker::storage::sim::{CrashMode, SimStorage};
@@ -57,6 +64,10 @@ const TOPICS: [&str; 3] = ["orders", "payments", "audit"];
 const IN_FLIGHT_MAX: u64 = 6;
 const FETCH_BYTES_MAX: u32 = 64 << 10;
 const BATCH_BYTES_MAX: usize = 8 << 10;
+/// The most one move of the clock advances it.
+const CLOCK_STEP_MAX_MS: u64 = 5_000;
+/// Group members' session timeouts: a few clock moves.
+const SESSION_MS: std::ops::RangeInclusive<u64> = 2_000..=20_000;
 
 /// A broken broker the checker must catch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +88,8 @@ struct Report {
     violations: Vec<String>,
     operations: usize,
     cuts: usize,
+    /// Members found gone once their session had passed.
+    expired: usize,
 }
 
 type PartitionKey = (String, u32);
@@ -98,12 +111,24 @@ struct Model {
     /// Commits sent and not acknowledged since: after a cut any of them may
     /// be the one found.
     maybe_committed: BTreeMap<CommitKey, BTreeSet<u64>>,
-    /// The member each group's client holds: (member id, generation).
-    members: BTreeMap<String, (String, u32)>,
+    /// The member each group's client holds.
+    members: BTreeMap<String, Held>,
     /// Groups with a commit in flight (one at a time, so acks come back in
     /// the order the commits were applied).
     committing: BTreeSet<String>,
     violations: Vec<String>,
+    expired: usize,
+}
+
+/// A group member a client holds.
+#[derive(Debug, Clone)]
+struct Held {
+    id: String,
+    generation: u32,
+    session: Duration,
+    /// When the coordinator last heard from it (join or heartbeat), on the
+    /// manual clock.
+    heard: Duration,
 }
 
 impl Model {
@@ -124,6 +149,8 @@ struct Sim {
     rng: Rng,
     dir: tempfile::TempDir,
     disk: SimStorage,
+    /// The time every shard's group coordinator reads.
+    clock: ManualClock,
     shards: Vec<Rc<Shard<SimStorage>>>,
     model: Rc<RefCell<Model>>,
     trace: Rc<RefCell<Vec<String>>>,
@@ -152,7 +179,11 @@ fn log_config() -> LogConfig {
     }
 }
 
-async fn start_shards(disk: &SimStorage, data_dir: &Path) -> Result<Vec<Rc<Shard<SimStorage>>>, String> {
+async fn start_shards(
+    disk: &SimStorage,
+    data_dir: &Path,
+    clock: &ManualClock,
+) -> Result<Vec<Rc<Shard<SimStorage>>>, String> {
     let metadata = metadata::load(data_dir).map_err(|error| format!("loading the metadata: {error}"))?;
     let mut shards = Vec::with_capacity(SHARDS);
     for (id, ends) in mesh::build(SHARDS, MESH_CHANNEL_CAPACITY).into_iter().enumerate() {
@@ -171,6 +202,7 @@ async fn start_shards(disk: &SimStorage, data_dir: &Path) -> Result<Vec<Rc<Shard
             flush_shares: None,
             // Small, so that runs compact the group offsets logs often.
             offsets_compact_after_bytes: 512,
+            clock: clock.clone().into(),
         };
         let shard = Shard::start_on(disk.clone(), config, ends).await.map_err(|error| error.to_string())?;
         shards.push(shard);
@@ -183,13 +215,15 @@ impl Sim {
         let disk = SimStorage::new();
         disk.set_syncs_lie(control == Control::LyingDisk);
         let dir = support::temp_dir();
-        let shards = start_shards(&disk, dir.path()).await.expect("a new broker starts");
+        let clock = ManualClock::new();
+        let shards = start_shards(&disk, dir.path(), &clock).await.expect("a new broker starts");
         Sim {
             seed,
             control,
             rng: Rng(seed),
             dir,
             disk,
+            clock,
             shards,
             model: Rc::default(),
             trace: Rc::default(),
@@ -221,6 +255,7 @@ impl Sim {
                 3..=6 => self.admin().await,
                 7..=59 => self.produce(),
                 60..=84 => self.fetch(),
+                85..=88 => self.advance_clock(),
                 _ => self.commit().await,
             }
             if self.in_flight.len() as u64 > self.rng.below(IN_FLIGHT_MAX) {
@@ -242,6 +277,7 @@ impl Sim {
             violations: model.violations.clone(),
             operations: self.operations,
             cuts: self.cuts,
+            expired: model.expired,
         }
     }
 
@@ -440,14 +476,15 @@ impl Sim {
         }
         let shard = self.any_shard();
         let member = self.model.borrow().members.get(&group).cloned();
-        let (member_id, generation) = match member {
+        let held = match member {
             Some(member) => member,
             None => {
+                let session_ms = SESSION_MS.start() + self.rng.below(SESSION_MS.end() - SESSION_MS.start() + 1);
                 let join = JoinGroupRequest {
                     group: group.clone(),
                     member_id: None,
                     topics: vec![key.0.clone()],
-                    session_timeout_ms: 300_000,
+                    session_timeout_ms: session_ms as u32,
                     rebalance_timeout_ms: 300_000,
                 };
                 let Response::JoinGroup(joined) = shard.group_request(Request::JoinGroup(join)).await else {
@@ -459,22 +496,50 @@ impl Sim {
                     self.model.borrow_mut().violation(format!("{group}: join failed: {:?}", joined.error));
                     return;
                 }
-                let member = (joined.member_id, joined.generation);
+                let member = Held {
+                    id: joined.member_id,
+                    generation: joined.generation,
+                    session: Duration::from_millis(session_ms),
+                    heard: self.clock.elapsed(),
+                };
                 self.model.borrow_mut().members.insert(group.clone(), member.clone());
                 member
             }
         };
-        let heartbeat = HeartbeatRequest { group: group.clone(), member_id: member_id.clone(), generation };
+        let member_id = held.id.clone();
+        let heartbeat =
+            HeartbeatRequest { group: group.clone(), member_id: member_id.clone(), generation: held.generation };
         let Response::Heartbeat(beat) = shard.group_request(Request::Heartbeat(heartbeat)).await else {
             self.model.borrow_mut().violation(format!("{group}: heartbeat answered with something else"));
             return;
         };
+        // The coordinators judged the sessions when the clock last moved,
+        // and it has not moved since.
+        let silent = self.clock.elapsed() - held.heard;
+        let expired = silent >= held.session;
         if !beat.error.is_ok() {
             self.note(format!("heartbeat {group}: {:?}", beat.error));
-            self.model.borrow_mut().members.remove(&group);
+            let mut model = self.model.borrow_mut();
+            model.members.remove(&group);
+            if expired && beat.error == ErrorCode::UNKNOWN_MEMBER {
+                model.expired += 1;
+            } else {
+                model.violation(format!(
+                    "{group}: heartbeat refused ({:?}) {silent:?} after the member was last heard, session {:?}",
+                    beat.error, held.session
+                ));
+            }
             return;
         }
-        self.model.borrow_mut().members.insert(group.clone(), (member_id.clone(), beat.generation));
+        if expired {
+            self.model.borrow_mut().violation(format!(
+                "{group}: a member outlived its session: heard {silent:?} ago, session {:?}",
+                held.session
+            ));
+        }
+        let heard = self.clock.elapsed();
+        let held = Held { generation: beat.generation, heard, ..held };
+        self.model.borrow_mut().members.insert(group.clone(), held);
         let owned =
             beat.assignment.iter().any(|owned| owned.topic == key.0 && owned.partitions.contains(&PartitionId(key.1)));
         if !owned {
@@ -528,6 +593,17 @@ impl Sim {
         }));
     }
 
+    /// Moves the brokers' clock on, by up to [`CLOCK_STEP_MAX_MS`], and has
+    /// every coordinator judge its groups at the new time.
+    fn advance_clock(&mut self) {
+        let step = Duration::from_millis(self.rng.below(CLOCK_STEP_MAX_MS + 1));
+        self.clock.advance(step);
+        for shard in &self.shards {
+            shard.tick_groups();
+        }
+        self.note(format!("clock +{step:?}, now {:?}", self.clock.elapsed()));
+    }
+
     /// The power goes out: requests in flight never get their answers, the
     /// disk keeps what the crash mode says, and the broker starts again on
     /// it. Then every promise is checked.
@@ -555,13 +631,13 @@ impl Sim {
             model.committing.clear();
         }
         self.note(format!("power cut {} ({mode:?})", self.cuts));
-        match start_shards(&self.disk, self.dir.path()).await {
+        match start_shards(&self.disk, self.dir.path(), &self.clock).await {
             Ok(shards) => self.shards = shards,
             Err(error) => {
                 self.model.borrow_mut().violation(format!("cut {}: the broker did not start: {error}", self.cuts));
                 // Nothing more can be checked; a fresh disk lets the run end.
                 self.disk = SimStorage::new();
-                self.shards = start_shards(&self.disk, self.dir.path()).await.unwrap_or_default();
+                self.shards = start_shards(&self.disk, self.dir.path(), &self.clock).await.unwrap_or_default();
                 return;
             }
         }
@@ -811,7 +887,7 @@ fn power_cuts_lose_nothing_acknowledged() {
             (first..first + env_number("RB_SIM_SEEDS").unwrap_or(60)).collect()
         }
     };
-    let (mut operations, mut cuts) = (0, 0);
+    let (mut operations, mut cuts, mut expired) = (0, 0, 0);
     for seed in &seeds {
         let report = simulate(*seed, OPERATIONS, Control::None);
         assert!(
@@ -825,9 +901,16 @@ fn power_cuts_lose_nothing_acknowledged() {
         }
         operations += report.operations;
         cuts += report.cuts;
+        expired += report.expired;
     }
-    println!("{} seeds, {operations} operations, {cuts} power cuts, 0 violations", seeds.len());
+    println!(
+        "{} seeds, {operations} operations, {cuts} power cuts, {expired} group members expired, 0 violations",
+        seeds.len()
+    );
     assert!(cuts >= seeds.len(), "every seed ends with a power cut and a check");
+    if seeds.len() >= 10 {
+        assert!(expired > 0, "the workload lets sessions expire");
+    }
 }
 
 #[test]

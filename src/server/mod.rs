@@ -512,6 +512,7 @@ impl ShardLaunch {
             shard_ports,
             flush_shares: Some(self.config.shards.flush_shares),
             offsets_compact_after_bytes: crate::shard::offsets::COMPACT_AFTER_BYTES,
+            clock: crate::shard::clock::Clock::Real,
         };
         let shard = Shard::start(shard_config, self.mesh).await.map_err(ShardLaunchError::Start)?;
         tracing::debug!(shard = self.shard, "joined the mesh and opened its partitions");

@@ -3,6 +3,8 @@
 //!
 //! Membership and assignment are in [`super::groups`]; committed offsets in
 //! [`super::offsets`]. A commit is acknowledged only once it is durable.
+//! Sessions and hand-over deadlines are judged by the shard's clock
+//! ([`super::clock`]), read here and passed in as `now`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -27,7 +29,8 @@ use super::{Counters, Shard, ShardMessage};
 
 /// Bounds on what members may ask for.
 const SESSION_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 500..=300_000;
-/// How often sessions and hand-overs are checked.
+/// How often sessions and hand-overs are checked (on the real clock; see
+/// [`Shard::tick_groups`]).
 pub(super) const GROUP_TICK: Duration = Duration::from_millis(100);
 
 /// The coordinator's state: the native and Kafka groups this shard
@@ -92,7 +95,7 @@ impl<S: Storage> Shard<S> {
 
     /// A group request on its coordinating shard.
     pub(super) async fn coordinate(self: &Rc<Self>, request: Request) -> Response {
-        let now = Instant::now();
+        let now = self.clock.now();
         match request {
             Request::JoinGroup(join) => Response::JoinGroup(self.join_group(join, now)),
             Request::Heartbeat(heartbeat) => {
@@ -152,7 +155,9 @@ impl<S: Storage> Shard<S> {
         let session = Duration::from_millis(u64::from(join.session_timeout_ms));
         let rebalance = Duration::from_millis(u64::from(join.rebalance_timeout_ms.clamp(100, 300_000)));
         let before = state.generation;
-        let joined = state.join(&join.group, join.member_id, join.topics, session, rebalance, now, &partitions_of);
+        let unique = self.clock.unix_time().as_nanos() as u64;
+        let (id, topics) = (join.member_id, join.topics);
+        let joined = state.join(&join.group, id, topics, session, rebalance, now, unique, &partitions_of);
         self.count_rebalances(before, state.generation);
         match joined {
             JoinOutcome::Joined(id) => assignment(state, id),
@@ -201,6 +206,7 @@ impl<S: Storage> Shard<S> {
                 updates.push(OffsetUpdate { topic, partition, offset, metadata });
             }
         }
+        // Real time: a latency the metrics report.
         let started = Instant::now();
         if let Err(error) = store.commit(&group, updates).await {
             tracing::warn!(%group, %error, "committing offsets failed");
@@ -359,10 +365,10 @@ impl<S: Storage> Shard<S> {
         listing.into_values().collect()
     }
 
-    /// Expires silent members and overdue hand-overs of every group here.
-    pub(super) fn tick_groups(&self) {
+    /// Expires silent members and overdue hand-overs of every native group
+    /// here, as of `now`.
+    pub(super) fn tick_native_groups(&self, now: Instant) {
         let partitions_of = self.partition_counts();
-        let now = Instant::now();
         let mut groups = self.coordinator.groups.borrow_mut();
         for state in groups.values_mut() {
             let before = state.generation;
@@ -446,5 +452,78 @@ mod tests {
         assert_eq!(lag_of(offset(10), offset(10)), Some(0));
         assert_eq!(lag_of(offset(12), offset(10)), None, "committed past the end");
         assert_eq!(lag_of(offset(3), None), None, "end unknown");
+    }
+
+    /// The seam end to end: a shard on a manual clock expires a member when
+    /// the clock passes its session timeout, and not a nanosecond before,
+    /// however much real time passes.
+    #[test]
+    fn a_member_expires_when_the_shards_manual_clock_passes_its_session_timeout() {
+        use crate::protocol::wire::HeartbeatRequest;
+        use crate::shard::clock::ManualClock;
+        use crate::storage::sim::SimStorage;
+
+        const SESSION: Duration = Duration::from_millis(1000);
+        let beats = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 << 10)
+            .ring_depth(32)
+            .spawn(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let clock = ManualClock::new();
+                let config = super::super::ShardConfig {
+                    id: ShardId(0),
+                    shard_count: 1,
+                    data_dir: dir.path().to_path_buf(),
+                    log_config: crate::storage::LogConfig { preallocate: false, ..Default::default() },
+                    default_partitions: 1,
+                    partitions_max: 10,
+                    free_bytes_reserved: 0,
+                    inflated_bytes_max: 1 << 20,
+                    retention_check_interval: Duration::from_secs(3600),
+                    metadata: Default::default(),
+                    shard_ports: vec![0],
+                    flush_shares: None,
+                    offsets_compact_after_bytes: super::super::offsets::COMPACT_AFTER_BYTES,
+                    clock: clock.clone().into(),
+                };
+                let mesh = super::super::mesh::build(1, 16).pop().unwrap();
+                let shard = Shard::start_on(SimStorage::new(), config, mesh).await.unwrap();
+                let join = JoinGroupRequest {
+                    group: "g".into(),
+                    member_id: None,
+                    topics: Vec::new(),
+                    session_timeout_ms: SESSION.as_millis() as u32,
+                    rebalance_timeout_ms: 1000,
+                };
+                let Response::JoinGroup(joined) = shard.group_request(Request::JoinGroup(join)).await else {
+                    panic!("a join answered with something else")
+                };
+                assert!(joined.error.is_ok(), "{:?}", joined.error);
+                let mut beats = Vec::new();
+                // Each step moves the clock, ticks the groups (as the
+                // simulation does) and heartbeats. Since the last heartbeat:
+                // a nanosecond short of the session; the same, with real time
+                // passing too; the whole session.
+                let short = SESSION - Duration::from_nanos(1);
+                for (step, sleep) in [(short, false), (short, true), (SESSION, false)] {
+                    clock.advance(step);
+                    if sleep {
+                        glommio::timer::sleep(GROUP_TICK * 2).await;
+                    }
+                    shard.tick_groups();
+                    let (member_id, generation) = (joined.member_id.clone(), joined.generation);
+                    let heartbeat = HeartbeatRequest { group: "g".into(), member_id, generation };
+                    let Response::Heartbeat(beat) = shard.group_request(Request::Heartbeat(heartbeat)).await else {
+                        panic!("a heartbeat answered with something else")
+                    };
+                    beats.push(beat.error);
+                }
+                shard.close().await;
+                beats
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(beats, [ErrorCode::NONE, ErrorCode::NONE, ErrorCode::UNKNOWN_MEMBER]);
     }
 }

@@ -1,5 +1,6 @@
 //! Consumer-group membership and partition assignment: the coordinator's
-//! state machine, as plain data (no I/O, no clocks of its own).
+//! state machine, as plain data (no I/O, no clocks of its own: the time
+//! comes in as `now`, from the shard's [`super::clock::Clock`]).
 //!
 //! The coordinator assigns partitions itself (balanced by count and sticky)
 //! and hands them over cooperatively: a partition moving from member A to
@@ -87,7 +88,10 @@ impl GroupState {
     }
 
     /// Adds a member (or refreshes a known one) and rebalances.
-    /// `partitions_of` gives a topic's partition count (`None`: no such topic).
+    /// `partitions_of` gives a topic's partition count (`None`: no such
+    /// topic). A new member's id ends in `unique` (the clock's wall time in
+    /// the broker), so that it differs from ids handed out before the group
+    /// was forgotten or the broker restarted.
     #[allow(clippy::too_many_arguments)]
     pub fn join(
         &mut self,
@@ -97,6 +101,7 @@ impl GroupState {
         session_timeout: Duration,
         rebalance_timeout: Duration,
         now: Instant,
+        unique: u64,
         partitions_of: &dyn Fn(&str) -> Option<u32>,
     ) -> JoinOutcome {
         let id = match member_id {
@@ -107,7 +112,7 @@ impl GroupState {
             }
             None => {
                 self.next_member += 1;
-                format!("{group}-{}-{:x}", self.next_member, now.elapsed().as_nanos() ^ u128::from(self.next_member))
+                format!("{group}-{}-{unique:x}", self.next_member)
             }
         };
         let member =
@@ -388,7 +393,7 @@ mod tests {
 
     fn join(group: &mut GroupState, now: Instant, topics: &[&str]) -> String {
         let topics = topics.iter().map(|t| t.to_string()).collect();
-        match group.join("g", None, topics, SESSION, SESSION, now, &counts) {
+        match group.join("g", None, topics, SESSION, SESSION, now, 0, &counts) {
             JoinOutcome::Joined(id) => id,
             JoinOutcome::Refused(code) => panic!("refused: {code}"),
         }
@@ -507,6 +512,39 @@ mod tests {
         assert_eq!(owned(&group, &b), 6);
     }
 
+    /// Time comes only from `now`: on a manual clock a member lives until
+    /// the clock reaches its session timeout, whatever real time passes.
+    #[test]
+    fn a_member_expires_when_the_manual_clock_reaches_its_session_timeout_and_not_before() {
+        let clock = crate::shard::clock::ManualClock::new();
+        let mut group = GroupState::default();
+        let a = join(&mut group, clock.now(), &["t"]);
+        let b = join(&mut group, clock.now(), &["t"]);
+        settle(&mut group, &[&a, &b], clock.now());
+        clock.advance(SESSION / 2);
+        group.heartbeat(&b, group.generation, clock.now(), &counts).unwrap();
+        clock.advance(SESSION / 2 - Duration::from_nanos(1));
+        assert!(!group.expire(clock.now(), &counts), "a nanosecond short of A's session timeout");
+        assert!(group.is_member(&a) && group.is_member(&b));
+        clock.advance(Duration::from_nanos(1));
+        assert!(group.expire(clock.now(), &counts));
+        assert!(!group.is_member(&a), "A's session timed out");
+        assert!(group.is_member(&b), "B heartbeated half a session ago");
+        settle(&mut group, &[&b], clock.now());
+        assert_eq!(owned(&group, &b), 6);
+    }
+
+    #[test]
+    fn new_member_ids_end_in_the_unique_number_given() {
+        let mut group = GroupState::default();
+        let now = Instant::now();
+        let first = group.join("g", None, vec!["t".into()], SESSION, SESSION, now, 0xabc, &counts);
+        assert_eq!(first, JoinOutcome::Joined("g-1-abc".into()));
+        let mut forgotten = GroupState::default();
+        let again = forgotten.join("g", None, vec!["t".into()], SESSION, SESSION, now, 0xabd, &counts);
+        assert_ne!(again, first, "a group forgotten and begun again hands out another id");
+    }
+
     #[test]
     fn members_only_get_topics_they_subscribe_to() {
         let now = Instant::now();
@@ -523,7 +561,7 @@ mod tests {
             vec![TopicPartitions { topic: "u".into(), partitions: vec![PartitionId(0), PartitionId(1)] }]
         );
         // An unknown member id is refused rather than silently added.
-        let refused = group.join("g", Some("nobody".into()), vec![], SESSION, SESSION, now, &counts);
+        let refused = group.join("g", Some("nobody".into()), vec![], SESSION, SESSION, now, 0, &counts);
         assert_eq!(refused, JoinOutcome::Refused(ErrorCode::UNKNOWN_MEMBER));
     }
 }

@@ -9,7 +9,8 @@
 //! the rebalance timeout passes), CompletingRebalance (the leader has the
 //! members' metadata; SyncGroup waits for the leader's assignment) and
 //! Stable. A member that stops heartbeating within its session timeout is
-//! removed and the group rebalances. Committed offsets go to the same
+//! removed and the group rebalances. Sessions and deadlines are judged by
+//! the shard's clock ([`super::clock`]). Committed offsets go to the same
 //! durable offsets store as native groups; a native group and a Kafka group
 //! may not share a name.
 //!
@@ -148,11 +149,12 @@ impl ClassicGroup {
         }
     }
 
-    fn new_member_id(&mut self, client_id: &str) -> String {
+    /// A new member's id; `unix_time` (the clock's wall time) tells it
+    /// from the ids handed out before the group was forgotten or the broker
+    /// restarted.
+    fn new_member_id(&mut self, client_id: &str, unix_time: Duration) -> String {
         self.next_member += 1;
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos());
-        format!("{client_id}-{nanos:x}-{}", self.next_member)
+        format!("{client_id}-{:x}-{}", unix_time.as_nanos(), self.next_member)
     }
 
     /// Starts (or keeps) a rebalance: every member must join again.
@@ -448,7 +450,7 @@ impl<S: Storage> Shard<S> {
             // A native group of that name is active.
             return respond(join_error(INCONSISTENT_GROUP_PROTOCOL, &member_id));
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         let waiting = {
             let mut groups = self.coordinator.kafka_groups.groups.borrow_mut();
             if !groups.contains_key(&group_id) && groups.len() >= GROUPS_MAX {
@@ -475,7 +477,7 @@ impl<S: Storage> Shard<S> {
                 if group.members.len() + group.pending.len() >= MEMBERS_PER_GROUP_MAX {
                     return respond(join_error(GROUP_MAX_SIZE_REACHED, &member_id));
                 }
-                let id = group.new_member_id(&client_id);
+                let id = group.new_member_id(&client_id, self.clock.unix_time());
                 if version >= 4 {
                     // The client must join again with this id.
                     let session = Duration::from_millis(request.session_timeout_ms as u64);
@@ -574,7 +576,7 @@ impl<S: Storage> Shard<S> {
         let mut groups = self.coordinator.kafka_groups.groups.borrow_mut();
         let Some(group) = groups.get_mut(request.group_id.0.as_str()) else { return UNKNOWN_MEMBER_ID };
         let Some(member) = group.members.get_mut(request.member_id.as_str()) else { return UNKNOWN_MEMBER_ID };
-        member.last_heard = Instant::now();
+        member.last_heard = self.clock.now();
         match group.phase {
             Phase::PreparingRebalance => REBALANCE_IN_PROGRESS,
             _ if request.generation_id != group.generation => ILLEGAL_GENERATION,
@@ -583,7 +585,7 @@ impl<S: Storage> Shard<S> {
     }
 
     fn kafka_leave(&self, version: i16, request: LeaveGroupRequest) -> LeaveGroupResponse {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut groups = self.coordinator.kafka_groups.groups.borrow_mut();
         let ids: Vec<String> = if version >= 3 {
             request.members.iter().map(|member| member.member_id.to_string()).collect()
@@ -663,6 +665,7 @@ impl<S: Storage> Shard<S> {
         let Some(store) = self.coordinator.offsets.borrow().clone() else {
             return commit_response(&request, |_, _| COORDINATOR_NOT_AVAILABLE);
         };
+        // Real time: a latency the metrics report.
         let started = Instant::now();
         let stored = store.commit(&group_id, updates).await;
         self.counters.record_commit(started.elapsed());
@@ -841,8 +844,8 @@ impl<S: Storage> Shard<S> {
             .with_members(members)
     }
 
-    pub(super) fn tick_kafka_groups(&self) {
-        self.coordinator.kafka_groups.tick(Instant::now());
+    pub(super) fn tick_kafka_groups(&self, now: Instant) {
+        self.coordinator.kafka_groups.tick(now);
     }
 }
 

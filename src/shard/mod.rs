@@ -14,6 +14,7 @@
 
 mod admin;
 pub use admin::{AclChange, CredentialChange};
+pub mod clock;
 mod coordinator;
 pub mod groups;
 pub mod kafka_groups;
@@ -196,6 +197,9 @@ pub struct ShardConfig {
     /// Bytes appended to the group offsets log that make it due for
     /// compaction ([`offsets::COMPACT_AFTER_BYTES`] in the broker).
     pub offsets_compact_after_bytes: u64,
+    /// Where the group coordinator reads the time: [`clock::Clock::Real`] in
+    /// the broker, a manual clock in the simulation.
+    pub clock: clock::Clock,
 }
 
 /// The per-core world, generic over the disk it runs on (see
@@ -224,6 +228,8 @@ pub struct Shard<S: Storage = DmaStorage> {
     counters: Rc<Counters>,
     /// The groups this shard coordinates and their committed offsets.
     coordinator: coordinator::GroupCoordinator<S>,
+    /// The time the coordinator judges sessions and deadlines by.
+    clock: clock::Clock,
 }
 
 /// Why a shard failed to start.
@@ -301,6 +307,7 @@ impl<S: Storage> Shard<S> {
             flush_queue,
             counters,
             coordinator: coordinator::GroupCoordinator::new(offsets),
+            clock: config.clock,
         });
         shard.apply_metadata(config.metadata).await;
         // Offsets of topics deleted while a crash kept their tombstones from
@@ -314,7 +321,10 @@ impl<S: Storage> Shard<S> {
         }
         shard.serve_mesh(receivers);
         shard.spawn_retention(config.retention_check_interval);
-        shard.spawn_group_ticker();
+        // A manual clock's owner ticks the groups as it moves the time.
+        if !shard.clock.is_manual() {
+            shard.spawn_group_ticker();
+        }
         Ok(shard)
     }
 
@@ -324,6 +334,22 @@ impl<S: Storage> Shard<S> {
 
     pub fn shard_count(&self) -> usize {
         self.shard_count
+    }
+
+    /// The clock the group coordinator reads.
+    pub fn clock(&self) -> &clock::Clock {
+        &self.clock
+    }
+
+    /// Judges every group this shard coordinates at the clock's time now:
+    /// removes members whose session expired, forces hand-overs past their
+    /// rebalance timeout, completes Kafka rebalances whose deadline passed.
+    /// The shard does this every `GROUP_TICK` (100 ms) on the real
+    /// clock; on a manual one, whoever advances the clock calls it.
+    pub fn tick_groups(&self) {
+        let now = self.clock.now();
+        self.tick_native_groups(now);
+        self.tick_kafka_groups(now);
     }
 
     pub fn shard_ports(&self) -> &[u16] {
@@ -517,7 +543,6 @@ impl<S: Storage> Shard<S> {
                 glommio::timer::sleep(coordinator::GROUP_TICK).await;
                 let Some(shard) = shard.upgrade() else { return };
                 shard.tick_groups();
-                shard.tick_kafka_groups();
             }
         })
         .detach();
