@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use ringbroker::client::{
     Client, ClientOptions, PartitionConsumer, Producer, ProducerConfig, ProducerRecord, StartPosition,
 };
+use ringbroker::protocol::batch::BatchView;
 use ringbroker::protocol::types::{AckLevel, Offset, PartitionId};
 use ringbroker::protocol::wire::{self, ErrorCode, FrameKind, Request, Response};
 use support::broker::BrokerProcess;
@@ -150,7 +151,7 @@ fn fetches_of_thousands_of_small_batches_arrive_whole() {
         }
         let forwarding =
             Client::connect(addr, ClientOptions { shard_aware: false, ..ClientOptions::default() }).await.unwrap();
-        for client in [client, forwarding] {
+        for client in [client.clone(), forwarding] {
             let mut consumer = PartitionConsumer::new(client, "small", PartitionId(0), StartPosition::Earliest)
                 .with_max_bytes(4 << 20);
             let mut seen = 0u32;
@@ -165,6 +166,49 @@ fn fetches_of_thousands_of_small_batches_arrive_whole() {
             }
         }
     });
+    // A reader with a 4 KiB receive buffer that asks for the partition 24
+    // times over (more than the kernel buffers for one socket) and starts
+    // reading only later: the broker's writes find the socket full many
+    // times (each response is 3000 pieces) and must resume exactly where
+    // they stopped.
+    const FETCHES: u32 = 24;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream = StdTcpStream::from(socket);
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let fetch = Request::Fetch(wire::FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 1,
+        max_bytes: 4 << 20,
+        partitions: vec![wire::FetchPartition {
+            topic: "small".into(),
+            partition: PartitionId(0),
+            offset: Offset::ZERO,
+            max_bytes: 4 << 20,
+        }],
+    });
+    for request_id in 0..FETCHES {
+        stream.write_all(&frame(request_id, &fetch, &[])).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for request_id in 0..FETCHES {
+        let (answered, response, payload) = read_response_with_payload(&mut stream).unwrap();
+        assert_eq!(answered, request_id, "responses in request order");
+        let Response::Fetch(response) = response else { panic!("expected a fetch response, got {response:?}") };
+        assert_eq!(response.partitions[0].bytes as usize, payload.len());
+        let (mut rest, mut seen) = (&payload[..], 0u32);
+        while !rest.is_empty() {
+            let batch = BatchView::parse(rest, 1 << 20).expect("whole, valid batches");
+            for record in batch.records().unwrap() {
+                let record = record.unwrap();
+                assert_eq!(record.value, Some(&value_of(0, seen)[..]), "response {request_id}, event {seen}");
+                seen += 1;
+            }
+            rest = &rest[batch.total_len()..];
+        }
+        assert_eq!(seen, EVENTS, "response {request_id} holds every event");
+    }
     assert!(broker.terminate().success());
 }
 
@@ -318,13 +362,18 @@ fn frame(request_id: u32, request: &Request, payload: &[u8]) -> Vec<u8> {
 
 /// Reads one response frame from a blocking socket.
 fn read_response(stream: &mut StdTcpStream) -> std::io::Result<(u32, Response)> {
+    read_response_with_payload(stream).map(|(request_id, response, _)| (request_id, response))
+}
+
+/// Reads one response frame and its payload from a blocking socket.
+fn read_response_with_payload(stream: &mut StdTcpStream) -> std::io::Result<(u32, Response, BytesMut)> {
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix)?;
     let len = wire::frame_len(prefix, 64 << 20).unwrap();
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body)?;
-    let (head, header, _) = wire::split_frame(BytesMut::from(&body[..])).unwrap();
-    Ok((head.request_id, wire::decode_header(&header).unwrap()))
+    let (head, header, payload) = wire::split_frame(BytesMut::from(&body[..])).unwrap();
+    Ok((head.request_id, wire::decode_header(&header).unwrap(), payload))
 }
 
 fn expect_error(response: Response, code: ErrorCode) {

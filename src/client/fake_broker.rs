@@ -26,11 +26,7 @@ use crate::protocol::wire::{
 
 /// A test executor, as GLOMMIO.md prescribes (small io_memory, shallow rings).
 pub(crate) fn executor() -> glommio::LocalExecutor {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(64 << 10)
-        .ring_depth(32)
-        .make()
-        .expect("test executor")
+    crate::runtime::test_executor()
 }
 
 /// One batch of `count` small records.

@@ -7,14 +7,14 @@
 //! the socket without its bytes being copied: the writer hands the pieces
 //! to one vectored write.
 
-use std::ops::Range;
+use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
 /// Bytes in order, as shared pieces. Empty pieces are never kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Chunks {
-    pieces: Vec<Bytes>,
+    pieces: VecDeque<Bytes>,
     len: usize,
 }
 
@@ -33,15 +33,15 @@ impl Chunks {
     }
 
     /// The pieces, in order (none of them empty).
-    pub fn pieces(&self) -> &[Bytes] {
-        &self.pieces
+    pub fn pieces(&self) -> impl ExactSizeIterator<Item = &Bytes> {
+        self.pieces.iter()
     }
 
     /// Adds `bytes` at the end; shares them, copies nothing.
     pub fn push(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
             self.len += bytes.len();
-            self.pieces.push(bytes);
+            self.pieces.push_back(bytes);
         }
     }
 
@@ -53,58 +53,55 @@ impl Chunks {
 
     /// Keeps the first `len` bytes (all of them if there are fewer).
     pub fn truncate(&mut self, len: usize) {
-        if len >= self.len {
-            return;
+        if len < self.len {
+            let rest = self.len - len;
+            self.split_off_back(rest);
         }
-        let mut kept = 0;
-        let mut count = 0;
-        for piece in &mut self.pieces {
-            if kept + piece.len() >= len {
-                piece.truncate(len - kept);
-                count += 1;
-                break;
-            }
-            kept += piece.len();
-            count += 1;
-        }
-        self.pieces.truncate(count);
-        self.pieces.retain(|piece| !piece.is_empty());
-        self.len = len;
     }
 
-    /// The bytes in `range`, sharing this string's pieces; `None` if the
-    /// range is not within it.
-    pub fn slice(&self, range: Range<usize>) -> Option<Chunks> {
-        if range.start > range.end || range.end > self.len {
-            return None;
-        }
-        let mut out = Chunks::new();
-        let mut at = 0;
-        for piece in &self.pieces {
-            let (start, end) = (at, at + piece.len());
-            at = end;
-            if end <= range.start {
-                continue;
+    /// Removes the first `n` bytes (all of them if there are fewer) and
+    /// returns them, sharing the pieces. Costs the pieces it takes, so a
+    /// fetch answer is cut into its partitions' parts in one pass.
+    pub fn split_to(&mut self, n: usize) -> Chunks {
+        let mut taken = Chunks::new();
+        while taken.len < n {
+            let Some(mut piece) = self.pieces.pop_front() else { break };
+            let wanted = n - taken.len;
+            if piece.len() > wanted {
+                let head = piece.split_to(wanted);
+                self.pieces.push_front(piece);
+                taken.push(head);
+            } else {
+                taken.push(piece);
             }
-            if start >= range.end {
-                break;
-            }
-            let from = range.start.saturating_sub(start);
-            let to = range.end.min(end) - start;
-            out.push(piece.slice(from..to));
         }
-        Some(out)
+        self.len -= taken.len;
+        taken
+    }
+
+    /// Drops the last `n` bytes (`n` at most `len`).
+    fn split_off_back(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(last) = self.pieces.back_mut() else { break };
+            if last.len() > n {
+                last.truncate(last.len() - n);
+                return;
+            }
+            n -= last.len();
+            self.pieces.pop_back();
+        }
     }
 
     /// The bytes as one contiguous buffer: shared when there is one piece,
     /// copied together otherwise.
     pub fn contiguous(&self) -> Bytes {
-        match self.pieces.as_slice() {
-            [] => Bytes::new(),
-            [one] => one.clone(),
-            many => {
+        match self.pieces.len() {
+            0 => Bytes::new(),
+            1 => self.pieces[0].clone(),
+            _ => {
                 let mut out = BytesMut::with_capacity(self.len);
-                for piece in many {
+                for piece in &self.pieces {
                     out.extend_from_slice(piece);
                 }
                 out.freeze()
@@ -151,17 +148,20 @@ mod tests {
     }
 
     #[test]
-    fn a_slice_shares_the_pieces_it_spans() {
-        let chunks = three();
-        let middle = chunks.slice(2..5).unwrap();
-        assert_eq!(&middle.contiguous()[..], b"cde");
-        assert_eq!(middle.pieces().len(), 2);
-        let source = chunks.pieces()[1].as_ptr();
-        assert_eq!(middle.pieces()[1].as_ptr(), source, "the slice copied instead of sharing");
-        assert_eq!(chunks.slice(8..8).unwrap().len(), 0);
-        assert!(chunks.slice(3..9).is_none());
-        let (start, end) = (5, 4);
-        assert!(chunks.slice(start..end).is_none());
+    fn split_to_takes_a_prefix_sharing_the_pieces() {
+        for n in 0..=9 {
+            let mut rest = three();
+            let source = rest.pieces().nth(1).map(|piece| piece.as_ptr());
+            let head = rest.split_to(n);
+            assert_eq!(&head.contiguous()[..], &b"abcdefgh"[..n.min(8)], "split_to({n})");
+            assert_eq!(&rest.contiguous()[..], &b"abcdefgh"[n.min(8)..], "what split_to({n}) left");
+            assert_eq!(head.len() + rest.len(), 8);
+            assert!(head.pieces().chain(rest.pieces()).all(|piece| !piece.is_empty()));
+            if n == 5 {
+                // "de" of the second piece: the same memory, not a copy.
+                assert_eq!(head.pieces().nth(1).map(|piece| piece.as_ptr()), source);
+            }
+        }
     }
 
     #[test]
@@ -172,7 +172,7 @@ mod tests {
             let expected = &b"abcdefgh"[..len.min(8)];
             assert_eq!(&chunks.contiguous()[..], expected, "truncate({len})");
             assert_eq!(chunks.len(), expected.len());
-            assert!(chunks.pieces().iter().all(|piece| !piece.is_empty()));
+            assert!(chunks.pieces().all(|piece| !piece.is_empty()));
         }
     }
 

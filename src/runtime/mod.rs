@@ -7,6 +7,17 @@ pub(crate) mod stream;
 
 use std::time::Duration;
 
+/// A test executor on the calling thread, as GLOMMIO.md prescribes (small
+/// io_memory, shallow rings).
+#[cfg(test)]
+pub(crate) fn test_executor() -> glommio::LocalExecutor {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(64 << 10)
+        .ring_depth(32)
+        .make()
+        .expect("a test executor")
+}
+
 /// Keeps the executor from sleeping longer than `interval`.
 ///
 /// glommio 0.9.0 queues a waker sent from another thread and writes the

@@ -213,12 +213,7 @@ mod tests {
     use std::time::Duration;
 
     fn run<T>(future: impl std::future::Future<Output = T>) -> T {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(64 << 10)
-            .ring_depth(32)
-            .make()
-            .expect("a test executor")
-            .run(future)
+        crate::runtime::test_executor().run(future)
     }
 
     /// Whether `future` is still waiting after the executor has had time

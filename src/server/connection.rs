@@ -839,7 +839,7 @@ fn kafka_kind(api_key: kafka_protocol::messages::ApiKey) -> &'static str {
 }
 
 /// Runs `io` with a deadline.
-async fn deadline(limit: Duration, io: impl std::future::Future<Output = io::Result<()>>) -> io::Result<()> {
+async fn deadline<T>(limit: Duration, io: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
     match glommio::timer::timeout(limit, async { Ok(io.await) }).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("no progress within {limit:?}"))),
@@ -1009,7 +1009,8 @@ impl Connection {
     /// Writes queued responses until the connection closes and the queue
     /// is empty. What is queued goes out together in one vectored write:
     /// heads and headers, and fetch data as the pieces the logs' caches
-    /// hold, copied by nobody but the kernel.
+    /// hold (on a plain socket copied by nobody but the kernel; TLS copies
+    /// as it encrypts).
     async fn write_loop(self: Rc<Self>) {
         let mut taken: Vec<Queued> = Vec::new();
         loop {
@@ -1034,9 +1035,9 @@ impl Connection {
             let mut slices = Vec::with_capacity(taken.iter().map(|queued| 1 + queued.data.pieces().len()).sum());
             for queued in &taken {
                 slices.push(IoSlice::new(&queued.head));
-                slices.extend(queued.data.pieces().iter().map(|piece| IoSlice::new(piece)));
+                slices.extend(queued.data.pieces().map(|piece| IoSlice::new(piece)));
             }
-            let result = deadline(self.write_timeout, self.stream.write_all_vectored(&mut slices)).await;
+            let result = self.stream.write_all_vectored(&mut slices, self.write_timeout).await;
             // The bytes are on their way: the requests no longer count.
             drop(slices);
             taken.clear();
@@ -1078,19 +1079,21 @@ impl SharedStream {
         reader.read(buf).await
     }
 
-    /// Writes every byte of `slices`, as few writes as the socket allows.
-    async fn write_all_vectored(&self, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    /// Writes every byte of `slices`, in as few writes as the socket
+    /// allows; fails if one write makes no progress within `limit` (a peer
+    /// that reads slowly but reads is not cut off however much is queued).
+    async fn write_all_vectored(&self, mut slices: &mut [IoSlice<'_>], limit: Duration) -> io::Result<()> {
         IoSlice::advance_slices(&mut slices, 0);
         while !slices.is_empty() {
-            let written =
-                future::poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_write_vectored(cx, slices)).await?;
+            let write = future::poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_write_vectored(cx, slices));
+            let written = deadline(limit, write).await?;
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             IoSlice::advance_slices(&mut slices, written);
         }
         let mut writer = self;
-        writer.flush().await
+        deadline(limit, writer.flush()).await
     }
 }
 

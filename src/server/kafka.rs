@@ -678,8 +678,7 @@ pub fn fetch_to_reserve(request: &Parsed, limits: &Limits) -> Option<wire::Fetch
 
 async fn fetch(shard: &Rc<Shard>, version: i16, native: wire::FetchRequest, shape: FetchShape) -> FetchResponse {
     let outcome = shard.fetch(native).await;
-    let payload = outcome.payload;
-    let mut at = 0usize;
+    let mut payload = outcome.payload;
     let mut results = outcome.results.into_iter();
     let responses = shape
         .into_iter()
@@ -701,9 +700,7 @@ async fn fetch(shard: &Rc<Shard>, version: i16, native: wire::FetchRequest, shap
                     // batches are gathered (one copy) unless there is one
                     // piece; the crate's encoder then copies them into the
                     // response.
-                    let len = (result.bytes as usize).min(payload.len() - at);
-                    let records = payload.slice(at..at + len).unwrap_or_default().contiguous();
-                    at += len;
+                    let records = payload.split_to(result.bytes as usize).contiguous();
                     let high_watermark = result.high_watermark.to_wire();
                     let mut data = PartitionData::default()
                         .with_partition_index(index)

@@ -450,16 +450,8 @@ mod tests {
     use super::*;
     use crate::storage::sim::{CrashMode, SimStorage};
 
-    fn run<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
-        make: impl FnOnce() -> F + Send + 'static,
-    ) -> T {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(64 << 10)
-            .ring_depth(32)
-            .spawn(make)
-            .expect("executor")
-            .join()
-            .expect("no panic")
+    fn run<T, F: std::future::Future<Output = T>>(make: impl FnOnce() -> F) -> T {
+        crate::runtime::test_executor().run(make())
     }
 
     fn config() -> LogConfig {

@@ -386,7 +386,6 @@ impl<S: Storage> PartitionTable<S> {
             // Out of budget: report positions without data (the first
             // partition always gets at least one whole batch).
             if limit > 0 || outcome.payload.is_empty() {
-                let before = outcome.payload.len();
                 match log.read(p.offset, limit.max(1), &mut outcome.payload).await {
                     Ok(read) => {
                         result.bytes = read.bytes as u32;
@@ -394,12 +393,8 @@ impl<S: Storage> PartitionTable<S> {
                         result.log_start = read.log_start;
                         left = left.saturating_sub(read.bytes);
                     }
-                    Err(error) => {
-                        // A read can fail part-way; what it appended must not
-                        // be taken for the next partition's data.
-                        outcome.payload.truncate(before);
-                        result.error = error_code(&error);
-                    }
+                    // A failed read put nothing in the payload.
+                    Err(error) => result.error = error_code(&error),
                 }
             }
             outcome.results.push(result);
@@ -587,32 +582,18 @@ mod tests {
         table
     }
 
-    fn on_executor<T, F>(run: impl FnOnce() -> F + Send + 'static) -> T
-    where
-        T: Send + 'static,
-        F: std::future::Future<Output = T> + 'static,
-    {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(64 << 10)
-            .ring_depth(32)
-            .spawn(run)
-            .expect("executor")
-            .join()
-            .expect("no panic")
-    }
-
     /// A fetch of cached data shares the cache's bytes: two fetches of the
     /// same batches get pieces at the same addresses, so neither copied.
     #[test]
     fn a_fetch_shares_the_cached_bytes() {
-        let (first, second, len) = on_executor(|| async {
+        let (first, second, len) = crate::runtime::test_executor().run(async {
             let table = one_partition().await;
             let Some(Partition::Ready(log)) = table.get("orders", PartitionId(0)) else { panic!("opened") };
             for _ in 0..3 {
                 log.append_and_wait(batch(1000), AckLevel::Durable).await.unwrap();
             }
             let addresses = |outcome: FetchOutcome| -> Vec<usize> {
-                outcome.payload.pieces().iter().map(|piece| piece.as_ptr() as usize).collect()
+                outcome.payload.pieces().map(|piece| piece.as_ptr() as usize).collect()
             };
             let first = table.fetch(request(1)).await;
             let len = first.payload.len();
@@ -627,7 +608,7 @@ mod tests {
     /// and the fetch that follows reads them at once.
     #[test]
     fn a_fetch_waits_once_for_its_min_bytes() {
-        let (seen_when_woken, fetched) = on_executor(|| async {
+        let (seen_when_woken, fetched) = crate::runtime::test_executor().run(async {
             let table = one_partition().await;
             let Some(Partition::Ready(log)) = table.get("orders", PartitionId(0)) else { panic!("opened") };
             let waiter = {

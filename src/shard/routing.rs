@@ -19,9 +19,9 @@ use super::partitions::{fetch_error, list_offsets_error, produce_error, Partitio
 use super::router::route;
 use super::{FetchOutcome, ProduceItem, Shard, ShardMessage};
 
-/// Where one partition's fetch answer is: (part, position in it, byte
-/// offset in its payload), or its result already (an error).
-type Slot = Result<(usize, usize, usize), FetchPartitionResult>;
+/// Where one partition's fetch answer is: (part, position in it), or its
+/// result already (an error).
+type Slot = Result<(usize, usize), FetchPartitionResult>;
 
 impl<S: Storage> Shard<S> {
     /// Appends each item's batches to its partition (wherever it lives) and
@@ -82,7 +82,7 @@ impl<S: Storage> Shard<S> {
         // merged response stays within what the client asked for.
         let share = max_bytes / routed.len().max(1) as u32;
         let shard = Rc::clone(self);
-        let answers = self
+        let mut answers = self
             .router
             .scatter(
                 routed,
@@ -98,14 +98,9 @@ impl<S: Storage> Shard<S> {
             )
             .await;
         for (number, part) in answers.iter().enumerate() {
-            let mut at = 0;
             for (position, index) in part.indexes.iter().enumerate() {
                 let slot = match part.answer.as_ref().and_then(|outcome| outcome.results.get(position)) {
-                    Some(result) => {
-                        let slot = (number, position, at);
-                        at += result.bytes as usize;
-                        Ok(slot)
-                    }
+                    Some(_) => Ok((number, position)),
                     None => {
                         let (topic, partition) = &part.keys[position];
                         let p = FetchPartition {
@@ -121,24 +116,25 @@ impl<S: Storage> Shard<S> {
             }
         }
         // Each part's bytes, shared (not copied) into the response in
-        // request order.
+        // request order. A part's results come in its own order, so each
+        // takes the next bytes of its part.
         let mut outcome = FetchOutcome::default();
         for slot in slots.into_iter().flatten() {
-            let (number, position, at) = match slot {
+            let (number, position) = match slot {
                 Ok(found) => found,
                 Err(result) => {
                     outcome.results.push(result);
                     continue;
                 }
             };
-            let Some(answer) = answers.get(number).and_then(|part| part.answer.as_ref()) else { continue };
+            let Some(answer) = answers.get_mut(number).and_then(|part| part.answer.as_mut()) else { continue };
             let Some(mut result) = answer.results.get(position).cloned() else { continue };
-            match answer.payload.slice(at..at + result.bytes as usize) {
-                Some(data) => outcome.payload.append(data),
-                None => {
-                    result.error = ErrorCode::INTERNAL;
-                    result.bytes = 0;
-                }
+            let data = answer.payload.split_to(result.bytes as usize);
+            if data.len() == result.bytes as usize {
+                outcome.payload.append(data);
+            } else {
+                result.error = ErrorCode::INTERNAL;
+                result.bytes = 0;
             }
             outcome.results.push(result);
         }

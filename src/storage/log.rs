@@ -130,14 +130,20 @@ impl Facts {
 }
 
 /// Where a read puts the whole batches it returns, in order: a `Vec`
-/// copies them, `Chunks` shares the cache's bytes (a fetch answer).
+/// copies them, `Chunks` shares the cache's bytes (a fetch answer). A read
+/// that fails puts nothing.
 pub trait ReadSink {
     fn put(&mut self, bytes: Bytes);
 }
 
 impl ReadSink for Vec<u8> {
     fn put(&mut self, bytes: Bytes) {
-        self.extend_from_slice(&bytes);
+        if self.is_empty() {
+            // A disk read's buffer is this read's alone: taken, not copied.
+            *self = Vec::from(bytes);
+        } else {
+            self.extend_from_slice(&bytes);
+        }
     }
 }
 
@@ -941,7 +947,11 @@ impl<S: Storage> Inner<S> {
             (Rc::clone(&segment.file), segment.path.clone(), segment.index.floor_pos(from), segment.visible_bytes)
         };
         let mut cursor = BatchCursor::new(&*file, &path, start, limit, self.config.batch_bytes_max);
-        let (mut read, mut next) = (BytesMut::new(), from);
+        // Sized for what the read returns (at most max_bytes, at most the
+        // segment's rest), so it does not grow by copying; only a first
+        // batch larger than max_bytes makes it grow.
+        let room = max_bytes.min(usize::try_from(limit.saturating_sub(start.0)).unwrap_or(usize::MAX));
+        let (mut read, mut next) = (BytesMut::with_capacity(room), from);
         while let Some((info, batch)) = cursor.next().await? {
             if info.next <= from {
                 continue;
