@@ -113,7 +113,7 @@ enum Command {
     /// (the first CPUs of --cpus), loadgen on the CPUs left, each row in a
     /// fresh loadgen process; one table of events/s, MB/s, shard busy %,
     /// events per busy shard core, ack p99/p99.9 and efficiency relative
-    /// to 1 shard, to choose `shards.cpus` by. --partitions, --producers
+    /// to the row with the fewest shards, to choose `shards.cpus` by. --partitions, --producers
     /// and --consumers are per shard here; --events is per row.
     Scaling(scaling::ScalingArgs),
 }

@@ -99,6 +99,17 @@ pub fn run(args: &ScalingArgs, options: &Options) -> anyhow::Result<i32> {
     if counts.contains(&0) {
         bail!("--shards: a shard count must be at least 1");
     }
+    // Every row's burst is checked before the first one runs, so a bad
+    // option stops the sweep before it has spent anything.
+    for &shards in counts.iter().filter(|&&shards| shards < cpus.len()) {
+        let row = Row {
+            shards,
+            shard_cpus: cpus[..shards].to_vec(),
+            loadgen_cpus: cpus[shards..].to_vec(),
+            ..Row::default()
+        };
+        check_burst(&burst_args(options, &row))?;
+    }
     let exe = std::env::current_exe().context("finding the loadgen binary")?;
     let reports = tempfile::tempdir().context("creating a temp dir for the bursts' reports")?;
     let mut rows = Vec::new();
@@ -120,7 +131,6 @@ pub fn run(args: &ScalingArgs, options: &Options) -> anyhow::Result<i32> {
         row.loadgen_cpus = cpus[shards..].to_vec();
         let mut burst = burst_args(options, &row);
         eprintln!("scaling: {shards} shard{plural}: loadgen {}", shown(&burst));
-        check_burst(&burst)?;
         let json = reports.path().join(format!("shards-{shards}.json"));
         burst.extend(["--json".into(), json.clone().into()]);
         let output = Command::new(&exe)
