@@ -51,14 +51,6 @@ impl Chunks {
         self.pieces.extend(other.pieces);
     }
 
-    /// Keeps the first `len` bytes (all of them if there are fewer).
-    pub fn truncate(&mut self, len: usize) {
-        if len < self.len {
-            let rest = self.len - len;
-            self.split_off_back(rest);
-        }
-    }
-
     /// Removes the first `n` bytes (all of them if there are fewer) and
     /// returns them, sharing the pieces. Costs the pieces it takes, so a
     /// fetch answer is cut into its partitions' parts in one pass.
@@ -79,20 +71,6 @@ impl Chunks {
         taken
     }
 
-    /// Drops the last `n` bytes (`n` at most `len`).
-    fn split_off_back(&mut self, mut n: usize) {
-        self.len -= n;
-        while n > 0 {
-            let Some(last) = self.pieces.back_mut() else { break };
-            if last.len() > n {
-                last.truncate(last.len() - n);
-                return;
-            }
-            n -= last.len();
-            self.pieces.pop_back();
-        }
-    }
-
     /// The bytes as one contiguous buffer: shared when there is one piece,
     /// copied together otherwise.
     pub fn contiguous(&self) -> Bytes {
@@ -107,22 +85,6 @@ impl Chunks {
                 out.freeze()
             }
         }
-    }
-}
-
-impl From<Vec<u8>> for Chunks {
-    fn from(bytes: Vec<u8>) -> Chunks {
-        let mut chunks = Chunks::new();
-        chunks.push(Bytes::from(bytes));
-        chunks
-    }
-}
-
-impl From<Bytes> for Chunks {
-    fn from(bytes: Bytes) -> Chunks {
-        let mut chunks = Chunks::new();
-        chunks.push(bytes);
-        chunks
     }
 }
 
@@ -165,24 +127,15 @@ mod tests {
     }
 
     #[test]
-    fn truncate_keeps_a_prefix() {
-        for len in 0..=9 {
-            let mut chunks = three();
-            chunks.truncate(len);
-            let expected = &b"abcdefgh"[..len.min(8)];
-            assert_eq!(&chunks.contiguous()[..], expected, "truncate({len})");
-            assert_eq!(chunks.len(), expected.len());
-            assert!(chunks.pieces().all(|piece| !piece.is_empty()));
-        }
-    }
-
-    #[test]
     fn one_piece_is_shared_when_made_contiguous() {
         let piece = Bytes::from(vec![7u8; 100]);
-        let chunks = Chunks::from(piece.clone());
+        let mut chunks = Chunks::new();
+        chunks.push(piece.clone());
         assert_eq!(chunks.contiguous().as_ptr(), piece.as_ptr());
         let mut both = chunks.clone();
-        both.append(Chunks::from(vec![1, 2]));
+        let mut tail = Chunks::new();
+        tail.push(Bytes::from_static(&[1, 2]));
+        both.append(tail);
         assert_eq!(both.len(), 102);
         assert_eq!(both.contiguous()[100..], [1, 2]);
     }

@@ -79,14 +79,14 @@ fn plain_write_vectored(stream: &mut TcpStream, cx: &mut Context<'_>, bufs: &[Io
     let bufs = &bufs[..bufs.len().min(IOV_MAX)];
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
     loop {
-        return match sendmsg::<()>(stream.as_raw_fd(), bufs, &[], flags, None) {
-            Ok(written) => Poll::Ready(Ok(written)),
-            Err(Errno::EINTR) => continue,
+        match sendmsg::<()>(stream.as_raw_fd(), bufs, &[], flags, None) {
+            Ok(written) => return Poll::Ready(Ok(written)),
+            Err(Errno::EINTR) => {}
             Err(Errno::EAGAIN) => {
                 let first = bufs.iter().find(|buf| !buf.is_empty()).map_or(&[][..], |buf| &buf[..]);
-                Pin::new(stream).poll_write(cx, first)
+                return Pin::new(stream).poll_write(cx, first);
             }
-            Err(errno) => Poll::Ready(Err(io::Error::from(errno))),
-        };
+            Err(errno) => return Poll::Ready(Err(io::Error::from(errno))),
+        }
     }
 }
