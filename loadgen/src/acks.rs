@@ -14,8 +14,15 @@
 //! woken once per answered batch and counts the wake-ups. The collector
 //! pops answered records from the front (the usual, in-order case) and
 //! scans the whole lane only when that cannot account for every wake-up.
-//! Nothing here depends on the client beyond the `Future` contract, so the
-//! tests drive it with fake batches.
+//!
+//! Records of one batch are answered together, so the lane keeps them as
+//! runs: a record that follows the last one queued, in the same batch and
+//! with the same send time, only extends that entry. The collector then
+//! handles one entry per run (in a burst, loadgen stamps several records
+//! with one clock reading) instead of one per record.
+//!
+//! Nothing here depends on the client beyond the `Future` contract and
+//! [`SameBatch`], so the tests drive it with fake batches.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -25,13 +32,35 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-/// One record whose ack is awaited.
+/// Records `seq..seq + count` of one batch, whose ack is awaited.
 #[derive(Debug)]
 pub struct Pending<F> {
+    /// The first record's future; the batch answers the others alike.
     pub future: F,
     pub seq: u64,
-    /// When the event was sent (burst) or meant to be sent (open loop).
+    pub count: u32,
+    /// When the events were sent (burst) or meant to be sent (open loop).
     pub from_ns: u64,
+}
+
+/// Futures that can tell whether they are answered by the same batch.
+pub trait SameBatch {
+    fn same_batch(&self, other: &Self) -> bool;
+}
+
+impl<F: SameBatch> Pending<F> {
+    /// Takes `next` into this run if it continues it: the next sequences,
+    /// the same batch, the same send time.
+    fn extend(&mut self, next: &Pending<F>) -> bool {
+        let continues = self.seq + u64::from(self.count) == next.seq
+            && self.from_ns == next.from_ns
+            && self.count.checked_add(next.count).is_some()
+            && self.future.same_batch(&next.future);
+        if continues {
+            self.count += next.count;
+        }
+        continues
+    }
 }
 
 /// The records of one producer whose acks are outstanding, in send order.
@@ -70,13 +99,13 @@ impl Wake for AckSignal {
     }
 }
 
-impl<F: Future + Unpin> Default for Lane<F> {
+impl<F: Future + Unpin + SameBatch> Default for Lane<F> {
     fn default() -> Self {
         Lane::new()
     }
 }
 
-impl<F: Future + Unpin> Lane<F> {
+impl<F: Future + Unpin + SameBatch> Lane<F> {
     pub fn new() -> Lane<F> {
         let signal = Arc::new(AckSignal::default());
         let waker = Waker::from(Arc::clone(&signal));
@@ -89,9 +118,13 @@ impl<F: Future + Unpin> Lane<F> {
         }
     }
 
-    /// Queues a record, registering the lane's waker with its batch.
+    /// Queues a record, registering the lane's waker with its batch (or
+    /// adding it to the last run, whose batch has the waker already).
     /// Returns it with its result if it was already answered.
     pub fn push(&self, mut record: Pending<F>) -> Option<(Pending<F>, F::Output)> {
+        if self.pending.borrow_mut().back_mut().is_some_and(|last| last.extend(&record)) {
+            return None;
+        }
         match Pin::new(&mut record.future).poll(&mut Context::from_waker(&self.waker)) {
             Poll::Ready(result) => Some((record, result)),
             Poll::Pending => {
@@ -184,6 +217,12 @@ mod tests {
 
     struct Record(Rc<Batch>);
 
+    impl SameBatch for Record {
+        fn same_batch(&self, other: &Record) -> bool {
+            Rc::ptr_eq(&self.0, &other.0)
+        }
+    }
+
     impl Future for Record {
         type Output = ();
 
@@ -204,7 +243,7 @@ mod tests {
         let lane = Lane::new();
         let batches: Vec<Rc<Batch>> = (0..3).map(|_| Rc::new(Batch::default())).collect();
         for seq in 0..12 {
-            let record = Pending { future: Record(Rc::clone(&batches[seq as usize / 4])), seq, from_ns: 0 };
+            let record = Pending { future: Record(Rc::clone(&batches[seq as usize / 4])), seq, count: 1, from_ns: 0 };
             assert!(lane.push(record).is_none());
         }
         (lane, batches)
@@ -214,7 +253,7 @@ mod tests {
         let wakes = futures_lite::future::block_on(lane.answered());
         let mut out = Vec::new();
         lane.take_ready(wakes, &mut out);
-        out.iter().map(|(record, ())| record.seq).collect()
+        out.iter().flat_map(|(run, ())| run.seq..run.seq + u64::from(run.count)).collect()
     }
 
     #[test]
@@ -223,7 +262,7 @@ mod tests {
         assert!(batches.iter().all(|batch| batch.wakers.borrow().len() == 1));
         batches[0].answer();
         assert_eq!(take(&lane), [0, 1, 2, 3]);
-        assert_eq!(lane.len(), 8);
+        assert_eq!(lane.len(), 2, "a run per batch");
     }
 
     #[test]
@@ -246,8 +285,34 @@ mod tests {
         let lane = Lane::new();
         let batch = Rc::new(Batch::default());
         batch.answer();
-        let answered = lane.push(Pending { future: Record(batch), seq: 7, from_ns: 0 });
+        let answered = lane.push(Pending { future: Record(batch), seq: 7, count: 1, from_ns: 0 });
         assert_eq!(answered.map(|(record, ())| record.seq), Some(7));
         assert_eq!(lane.len(), 0);
+    }
+
+    #[test]
+    fn runs_break_at_batches_send_times_and_gaps() {
+        let lane = Lane::new();
+        let (first, second) = (Rc::new(Batch::default()), Rc::new(Batch::default()));
+        let push = |batch: &Rc<Batch>, seq, from_ns| {
+            assert!(lane.push(Pending { future: Record(Rc::clone(batch)), seq, count: 1, from_ns }).is_none());
+        };
+        // 0-2 one run; 3 a new send time; 5 after a gap; 6 another batch.
+        for (batch, seq, from_ns) in [(&first, 0, 10), (&first, 1, 10), (&first, 2, 10), (&first, 3, 20)] {
+            push(batch, seq, from_ns);
+        }
+        push(&first, 5, 20);
+        push(&second, 6, 20);
+        push(&second, 7, 20);
+        assert_eq!(lane.len(), 4);
+        assert_eq!(first.wakers.borrow().len(), 1, "the lane's waker once per batch");
+        second.answer();
+        assert_eq!(take(&lane), [6, 7]);
+        first.answer();
+        let wakes = futures_lite::future::block_on(lane.answered());
+        let mut out = Vec::new();
+        lane.take_ready(wakes, &mut out);
+        let runs: Vec<(u64, u32, u64)> = out.iter().map(|(run, ())| (run.seq, run.count, run.from_ns)).collect();
+        assert_eq!(runs, [(0, 3, 10), (3, 1, 20), (5, 1, 20)]);
     }
 }

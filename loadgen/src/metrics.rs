@@ -78,10 +78,11 @@ impl Series {
         &mut self.seconds[second]
     }
 
-    pub fn record_ack(&mut self, now_ns: u64, latency_us: u64) {
+    /// `events` acked at `now_ns`, each after `latency_us`.
+    pub fn record_ack(&mut self, now_ns: u64, latency_us: u64, events: u32) {
         let second = self.at(self.second_of(now_ns));
-        second.acked += 1;
-        second.ack_latency.get_or_insert_with(second_histogram).saturating_record(latency_us);
+        second.acked += u64::from(events);
+        second.ack_latency.get_or_insert_with(second_histogram).saturating_record_n(latency_us, events);
     }
 
     pub fn record_sent(&mut self, now_ns: u64, count: u64) {
@@ -335,18 +336,20 @@ mod tests {
     fn series_merge_adds_counts_lags_and_latencies() {
         let mut left = Series::new(1_000);
         let mut right = Series::new(1_000);
-        left.record_ack(1_000 + 500_000_000, 100);
+        left.record_ack(1_000 + 500_000_000, 100, 1);
         left.at(0).lag = Some(5);
-        right.record_ack(1_000 + 1_500_000_000, 300);
-        right.record_ack(1_000 + 1_600_000_000, 500);
+        right.record_ack(1_000 + 1_500_000_000, 300, 1);
+        right.record_ack(1_000 + 1_600_000_000, 500, 3);
         right.record_consumed(1_000 + 100, 7);
         right.at(0).lag = Some(2);
         left.merge(&right);
         let seconds = left.seconds();
         assert_eq!(seconds.len(), 2);
         assert_eq!((seconds[0].acked, seconds[0].consumed, seconds[0].lag), (1, 7, Some(7)));
-        assert_eq!((seconds[1].acked, seconds[1].lag), (2, None));
-        assert_eq!(seconds[1].ack_latency.as_ref().unwrap().len(), 2);
+        assert_eq!((seconds[1].acked, seconds[1].lag), (4, None));
+        let latencies = seconds[1].ack_latency.as_ref().unwrap();
+        assert_eq!(latencies.len(), 4, "a run of 3 acks counts 3 times");
+        assert!(latencies.equivalent(latencies.value_at_quantile(0.5), 500), "the median is the run's latency");
         // Samples far beyond the cap land in the last second, not in new memory.
         left.record_consumed(u64::MAX, 1);
         assert_eq!(left.seconds().len(), SERIES_SECONDS_MAX);

@@ -36,7 +36,7 @@ use ringbroker::client::{
 use ringbroker::protocol::types::{AckLevel, Offset, PartitionId};
 use ringbroker::protocol::wire::OffsetSpec;
 
-use crate::acks::{Lane, Pending};
+use crate::acks::{Lane, Pending, SameBatch};
 use crate::clock::Clock;
 use crate::link::{GroupMember, Link, Protocol};
 use crate::metrics::Measurements;
@@ -670,7 +670,7 @@ async fn send_loop(
         } else {
             from_ns
         };
-        if let Some(answered) = lane.push(Pending { future, seq: next, from_ns }) {
+        if let Some(answered) = lane.push(Pending { future, seq: next, count: 1, from_ns }) {
             record_acks(ctx, acked, ctx.clock.now_ns(), [answered]);
         }
         *seq += 1;
@@ -734,6 +734,15 @@ async fn collect_acks(ctx: Rc<Ctx>, acked: Rc<RefCell<Bitmap>>, lane: Rc<Lane<Se
     }
 }
 
+impl SameBatch for SendFuture {
+    fn same_batch(&self, other: &SendFuture) -> bool {
+        SendFuture::same_batch(self, other)
+    }
+}
+
+/// Counts and times answered runs of records (see [`Lane`]): every record
+/// of a run has the same send time and the same ack time, so each run is
+/// one histogram entry with its record count.
 fn record_acks(
     ctx: &Ctx,
     acked: &RefCell<Bitmap>,
@@ -742,20 +751,23 @@ fn record_acks(
 ) {
     let mut measurements = ctx.measurements.borrow_mut();
     let mut acked = acked.borrow_mut();
-    for (Pending { seq, from_ns, .. }, result) in answered {
+    for (Pending { seq, count, from_ns, .. }, result) in answered {
+        let events = u64::from(count);
         match result {
             Ok(Some(_offset)) => {
-                acked.insert(seq);
+                for seq in seq..seq + events {
+                    acked.insert(seq);
+                }
                 let latency_us = now_ns.saturating_sub(from_ns) / 1000;
-                measurements.ack.saturating_record(latency_us);
-                measurements.series.record_ack(now_ns, latency_us);
-                measurements.acked_count += 1;
+                measurements.ack.saturating_record_n(latency_us, events);
+                measurements.series.record_ack(now_ns, latency_us, count);
+                measurements.acked_count += events;
                 measurements.last_ack_ns = measurements.last_ack_ns.max(Some(now_ns));
-                ctx.progress.acked.set(ctx.progress.acked.get() + 1);
+                ctx.progress.acked.set(ctx.progress.acked.get() + events);
             }
-            Ok(None) => measurements.unconfirmed += 1,
+            Ok(None) => measurements.unconfirmed += events,
             Err(error) => {
-                measurements.failed += 1;
+                measurements.failed += events;
                 if measurements.failed == 1 {
                     measurements.error(format!("first failed send: {error}"));
                 }

@@ -302,6 +302,13 @@ impl SendFuture {
     pub fn partition(&self) -> PartitionId {
         self.partition
     }
+
+    /// Whether both records went into the same batch, so they are answered
+    /// together, with the same result. A caller awaiting many records can
+    /// then keep one future per batch instead of one per record.
+    pub fn same_batch(&self, other: &SendFuture) -> bool {
+        Rc::ptr_eq(&self.outcome, &other.outcome)
+    }
 }
 
 impl fmt::Debug for SendFuture {
@@ -1012,6 +1019,38 @@ mod tests {
             let restarts = per_partition_offsets.windows(2).filter(|pair| pair[1] != pair[0] + 1).count();
             assert!(restarts >= 4, "{per_partition_offsets:?}");
             assert_eq!(per_partition_offsets.iter().filter(|offset| **offset == 0).count(), 4);
+        });
+    }
+
+    #[test]
+    fn records_know_whether_they_share_a_batch() {
+        executor().run(async {
+            let broker = FakeBroker::start(&[("logs", 4)]);
+            let config = ProducerConfig { batch_bytes: 200, linger: Duration::from_secs(60), ..Default::default() };
+            let producer = producer(&broker, config).await;
+            let mut futures = Vec::new();
+            for _ in 0..40 {
+                futures.push(producer.send(ProducerRecord::new("logs", &[1u8; 20])).await.unwrap());
+            }
+            let shared: Vec<bool> = futures.windows(2).map(|pair| pair[0].same_batch(&pair[1])).collect();
+            let partitions: Vec<PartitionId> = futures.iter().map(SendFuture::partition).collect();
+            producer.flush().await;
+            let mut offsets = Vec::new();
+            for future in futures {
+                offsets.push(future.await.unwrap().unwrap().get());
+            }
+            // A keyless batch fills, then the next goes to another partition:
+            // records of one batch are consecutive offsets of one partition.
+            for (at, same) in shared.iter().enumerate() {
+                if *same {
+                    assert_eq!(partitions[at], partitions[at + 1], "record {at}");
+                    assert_eq!(offsets[at] + 1, offsets[at + 1], "record {at}");
+                } else {
+                    assert_ne!(partitions[at], partitions[at + 1], "record {at}");
+                }
+            }
+            let batches = shared.iter().filter(|same| !**same).count() + 1;
+            assert!((4..40).contains(&batches), "{batches} batches of 40 records");
         });
     }
 
