@@ -34,8 +34,17 @@ pub struct ThreadCpu {
 impl Snapshot {
     /// Reads every thread's times; threads that vanish meanwhile are skipped.
     pub fn take() -> Snapshot {
+        Snapshot::read("/proc/self/task")
+    }
+
+    /// The threads of another process (a broker that `scaling` started).
+    pub fn of_process(pid: u32) -> Snapshot {
+        Snapshot::read(&format!("/proc/{pid}/task"))
+    }
+
+    fn read(tasks: &str) -> Snapshot {
         let mut threads = BTreeMap::new();
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        let Ok(tasks) = std::fs::read_dir(tasks) else {
             return Snapshot { threads };
         };
         for task in tasks.flatten() {
@@ -49,6 +58,18 @@ impl Snapshot {
             }
         }
         Snapshot { threads }
+    }
+
+    /// The CPU seconds each thread used between `earlier` and `self`, with
+    /// its name, in thread-id order.
+    pub fn seconds_since(&self, earlier: &Snapshot) -> Vec<(String, f64)> {
+        self.threads
+            .iter()
+            .map(|(tid, (name, ticks))| {
+                let before = earlier.threads.get(tid).map_or(0, |(_, ticks)| *ticks);
+                (name.clone(), ticks.saturating_sub(before) as f64 / TICKS_PER_S)
+            })
+            .collect()
     }
 
     /// Each thread's busy share between `earlier` and `self`, busiest first;
@@ -110,5 +131,11 @@ mod tests {
             Snapshot { threads: snapshot.threads.iter().map(|(tid, (n, t))| (*tid, (n.clone(), t + 50))).collect() };
         let busy = later.busy_since(&snapshot, 1.0);
         assert!(busy.iter().all(|thread| (thread.busy_percent - 50.0).abs() < 1e-9));
+        let seconds = later.seconds_since(&snapshot);
+        assert_eq!(seconds.len(), snapshot.threads.len());
+        assert!(seconds.iter().all(|(_, seconds)| *seconds == 0.5));
+        // This process seen from outside is the same set of threads.
+        let outside = Snapshot::of_process(std::process::id());
+        assert!(snapshot.threads.keys().any(|tid| outside.threads.contains_key(tid)));
     }
 }

@@ -612,13 +612,17 @@ impl Report {
 fn shard_busy(cpu: &[ThreadCpu], shards: usize) -> Vec<f64> {
     (0..shards)
         .map(|shard| {
-            let name = format!("shard-{shard}");
-            let is_shard = |thread: &&ThreadCpu| {
-                thread.name.strip_prefix(&name).is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
-            };
-            cpu.iter().filter(is_shard).map(|thread| thread.busy_percent).sum()
+            cpu.iter().filter(|thread| is_shard_thread(&thread.name, shard)).map(|thread| thread.busy_percent).sum()
         })
         .collect()
+}
+
+/// Whether a thread is one of shard `shard`'s: glommio names the executor
+/// thread (and its helper threads) `shard-<shard>-<executor id>`.
+pub fn is_shard_thread(name: &str, shard: usize) -> bool {
+    name.strip_prefix("shard-")
+        .and_then(|rest| rest.strip_prefix(shard.to_string().as_str()))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
 }
 
 /// The groups' part of the report.

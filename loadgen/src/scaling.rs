@@ -18,20 +18,33 @@
 //! events by the CPU time the shard threads used (events per busy shard
 //! core). Efficiency compares that figure with the 1-shard row: 1.00 means
 //! each added shard does as much per core as one shard alone.
+//!
+//! With `--broker-bin`, each row's broker is a `ringbroker serve` process
+//! of its own (fresh data dir, ports the OS picks) and loadgen connects to
+//! it, as clients in production do. The shards' CPU time is then read from
+//! that process's threads. This keeps loadgen's executors out of the
+//! broker's process: glommio issues `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`
+//! each time an executor goes to sleep, which interrupts every CPU running
+//! a thread of the same process, so embedded, every loadgen executor's sleep
+//! interrupts every shard.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use ringbroker::config::format_cpu_list;
 use serde::{Deserialize, Serialize};
 
-use crate::report::{Percentiles, Throughput};
+use crate::cpustat::Snapshot;
+use crate::report::{is_shard_thread, Percentiles, Throughput};
 use crate::scenario::Scenario;
-use crate::{Cli, Options};
+use crate::{Cli, Options, Protocol};
 
 /// `scaling`'s own options; the rest are the global ones.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,6 +53,11 @@ pub struct ScalingArgs {
     /// is left for loadgen].
     #[arg(long, value_delimiter = ',')]
     shards: Option<Vec<usize>>,
+    /// Run each row's broker as a process of its own, this `ringbroker`
+    /// binary (`ringbroker serve`, e.g. target/release/ringbroker), instead
+    /// of inside loadgen.
+    #[arg(long, value_name = "RINGBROKER")]
+    broker_bin: Option<PathBuf>,
 }
 
 /// The whole sweep, as `--json` writes it.
@@ -49,6 +67,8 @@ struct Sweep {
     cpus: Vec<usize>,
     /// The base tuning file (its shards.cpus replaced in every row).
     tuning: String,
+    /// "embedded" (inside loadgen) or the `ringbroker` binary each row ran.
+    broker: String,
     events: u64,
     event_bytes: usize,
     partitions_per_shard: u32,
@@ -108,7 +128,8 @@ pub fn run(args: &ScalingArgs, options: &Options) -> anyhow::Result<i32> {
             loadgen_cpus: cpus[shards..].to_vec(),
             ..Row::default()
         };
-        check_burst(&burst_args(options, &row))?;
+        let target = args.broker_bin.as_ref().map(|_| Endpoint::placeholder(options.protocol));
+        check_burst(&burst_args(options, &row, target.as_ref()))?;
     }
     let exe = std::env::current_exe().context("finding the loadgen binary")?;
     let reports = tempfile::tempdir().context("creating a temp dir for the bursts' reports")?;
@@ -129,15 +150,29 @@ pub fn run(args: &ScalingArgs, options: &Options) -> anyhow::Result<i32> {
         }
         row.shard_cpus = cpus[..shards].to_vec();
         row.loadgen_cpus = cpus[shards..].to_vec();
-        let mut burst = burst_args(options, &row);
-        eprintln!("scaling: {shards} shard{plural}: loadgen {}", shown(&burst));
         let json = reports.path().join(format!("shards-{shards}.json"));
-        burst.extend(["--json".into(), json.clone().into()]);
-        let output = Command::new(&exe)
-            .args(&burst)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {}", exe.display()))?;
+        let (output, shard_cpu) = match &args.broker_bin {
+            None => {
+                let mut burst = burst_args(options, &row, None);
+                eprintln!("scaling: {shards} shard{plural}: loadgen {}", shown(&burst));
+                burst.extend(["--json".into(), json.clone().into()]);
+                (run_burst(&exe, &burst)?, None)
+            }
+            Some(bin) => {
+                let data = reports.path().join(format!("data-{shards}"));
+                let broker = BrokerProcess::start(bin, options, &row, &data)?;
+                let mut burst = burst_args(options, &row, Some(&broker.endpoint));
+                eprintln!("scaling: {shards} shard{plural}: loadgen {}", shown(&burst));
+                burst.extend(["--json".into(), json.clone().into()]);
+                let before = Snapshot::of_process(broker.pid);
+                let started = Instant::now();
+                let output = run_burst(&exe, &burst);
+                let wall_s = started.elapsed().as_secs_f64();
+                let threads = Snapshot::of_process(broker.pid).seconds_since(&before);
+                broker.stop();
+                (output?, Some(ShardCpu::over(&per_shard(&threads, shards), wall_s)))
+            }
+        };
         // Its warnings, but not where it wrote the report (a temp file).
         let wrote = format!("loadgen: wrote {}", json.display());
         for line in String::from_utf8_lossy(&output.stderr).lines().filter(|line| *line != wrote) {
@@ -156,14 +191,16 @@ pub fn run(args: &ScalingArgs, options: &Options) -> anyhow::Result<i32> {
         if let Ok(text) = std::fs::read_to_string(&json) {
             let report: BurstReport =
                 serde_json::from_str(&text).with_context(|| format!("reading {}", json.display()))?;
-            measure(&mut row, &report);
+            measure(&mut row, &report, shard_cpu);
         }
         rows.push(row);
     }
     set_efficiency(&mut rows);
+    let broker = args.broker_bin.as_ref().map_or_else(|| "embedded".to_string(), |bin| bin.display().to_string());
     let sweep = Sweep {
         cpus,
         tuning,
+        broker,
         events: options.events.unwrap_or(crate::BURST_EVENTS),
         event_bytes: options.size,
         partitions_per_shard: options.partitions,
@@ -182,6 +219,139 @@ pub fn run(args: &ScalingArgs, options: &Options) -> anyhow::Result<i32> {
         return Ok(1);
     }
     Ok(exit_code)
+}
+
+/// Runs one row's burst, its output captured.
+fn run_burst(exe: &Path, burst: &[OsString]) -> anyhow::Result<Output> {
+    Command::new(exe).args(burst).stdin(Stdio::null()).output().with_context(|| format!("running {}", exe.display()))
+}
+
+/// Where loadgen finds a broker that runs as its own process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Endpoint {
+    Native(String),
+    Kafka(String),
+}
+
+impl Endpoint {
+    /// An address for checking a row's command line before any broker runs.
+    fn placeholder(protocol: Protocol) -> Endpoint {
+        let addr = "127.0.0.1:9".to_string();
+        match protocol {
+            Protocol::Native => Endpoint::Native(addr),
+            Protocol::Kafka => Endpoint::Kafka(addr),
+        }
+    }
+
+    /// Reads the endpoint off `ringbroker serve`'s startup line, e.g.
+    /// `ringbroker listening on 127.0.0.1:40001 shards=1 ... kafka=off ...`.
+    fn from_startup_line(line: &str, protocol: Protocol) -> Option<Endpoint> {
+        let native = line.strip_prefix("ringbroker listening on ")?.split_whitespace().next()?;
+        match protocol {
+            Protocol::Native => Some(Endpoint::Native(native.to_string())),
+            Protocol::Kafka => {
+                let kafka = line.split_whitespace().find_map(|word| word.strip_prefix("kafka="))?;
+                (kafka != "off").then(|| Endpoint::Kafka(kafka.to_string()))
+            }
+        }
+    }
+}
+
+/// A row's broker, `ringbroker serve` as a child process.
+struct BrokerProcess {
+    child: Child,
+    pid: u32,
+    endpoint: Endpoint,
+}
+
+/// How long a broker may take to stop on SIGTERM before it is killed.
+const BROKER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl BrokerProcess {
+    /// Starts the broker on the row's shard CPUs with its data in `data`,
+    /// on ports the OS picks, and waits for its startup line.
+    fn start(bin: &Path, options: &Options, row: &Row, data: &Path) -> anyhow::Result<BrokerProcess> {
+        let mut command = Command::new(bin);
+        command.args(["--log", "warn", "serve", "--data"]).arg(data);
+        command.args(["--listen", "127.0.0.1:0", "--shard-ports", "auto", "--no-metrics"]);
+        command.args(["--cpus", &format_cpu_list(&row.shard_cpus)]);
+        if let Some(tuning) = &options.tuning {
+            command.arg("--tuning").arg(tuning);
+        }
+        match options.protocol {
+            Protocol::Native => command.arg("--no-kafka"),
+            Protocol::Kafka => command.args(["--kafka-listen", "127.0.0.1:0", "--kafka-shard-ports", "auto"]),
+        };
+        // Its log (stderr) shows with ours; stdout carries the startup line.
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id();
+        let stdout = child.stdout.take().context("the broker's stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let endpoint = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(endpoint) = Endpoint::from_startup_line(&line, options.protocol) {
+                        break endpoint;
+                    }
+                }
+                Some(Err(error)) => return Err(error).context("reading the broker's startup line"),
+                None => {
+                    let status = child.wait().context("waiting for the broker")?;
+                    bail!("{} stopped before it listened ({status}); its log is above", bin.display());
+                }
+            }
+        };
+        // Keep reading, so that nothing it prints later meets a closed pipe.
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|line| eprintln!("broker: {line}")));
+        Ok(BrokerProcess { child, pid, endpoint })
+    }
+
+    /// SIGTERM, then SIGKILL if it has not stopped in time; its exit status
+    /// is not the row's result, so failures here are only reported.
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        if let Err(error) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
+            eprintln!("scaling: stopping the broker (pid {}): {error}", self.pid);
+        }
+        let deadline = Instant::now() + BROKER_STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => break,
+            }
+        }
+        eprintln!("scaling: the broker (pid {}) did not stop on SIGTERM; killing it", self.pid);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Each shard's CPU seconds, from its threads' (named as glommio names
+/// them, see [`is_shard_thread`]).
+fn per_shard(threads: &[(String, f64)], shards: usize) -> Vec<f64> {
+    (0..shards)
+        .map(|shard| threads.iter().filter(|(name, _)| is_shard_thread(name, shard)).map(|(_, seconds)| seconds).sum())
+        .collect()
+}
+
+/// The shards' CPU over a row, measured outside the burst's report.
+#[derive(Debug, Clone, PartialEq)]
+struct ShardCpu {
+    busy_percent: Vec<f64>,
+    seconds: f64,
+}
+
+impl ShardCpu {
+    /// From each shard thread's CPU seconds over `wall_s`.
+    fn over(shard_seconds: &[f64], wall_s: f64) -> ShardCpu {
+        let busy_percent = shard_seconds.iter().map(|seconds| seconds / wall_s.max(1e-9) * 100.0).collect();
+        ShardCpu { busy_percent, seconds: shard_seconds.iter().sum() }
+    }
 }
 
 /// Options that have no meaning for a sweep are refused, not ignored.
@@ -218,8 +388,9 @@ fn default_shard_counts(cpus: usize) -> Vec<usize> {
 }
 
 /// The row's `burst` command line (without `--json`): the sweep's options,
-/// the per-shard counts multiplied by the shards, the row's CPUs.
-fn burst_args(options: &Options, row: &Row) -> Vec<OsString> {
+/// the per-shard counts multiplied by the shards, the row's CPUs; with a
+/// `target`, against that broker rather than an embedded one.
+fn burst_args(options: &Options, row: &Row, target: Option<&Endpoint>) -> Vec<OsString> {
     let per_shard = |count: u32| count.saturating_mul(row.shards as u32).to_string();
     let mut args: Vec<OsString> = vec!["burst".into()];
     let mut set = |flag: &str, value: String| args.extend([OsString::from(flag), value.into()]);
@@ -252,10 +423,16 @@ fn burst_args(options: &Options, row: &Row) -> Vec<OsString> {
     if let Some(mode) = options.kafka_mode {
         set("--kafka-mode", value_name(mode));
     }
-    if let Some(tuning) = &options.tuning {
-        set("--tuning", tuning.display().to_string());
+    match target {
+        None => {
+            if let Some(tuning) = &options.tuning {
+                set("--tuning", tuning.display().to_string());
+            }
+            set("--shard-cpus", format_cpu_list(&row.shard_cpus));
+        }
+        Some(Endpoint::Native(addr)) => set("--broker", addr.clone()),
+        Some(Endpoint::Kafka(addr)) => set("--kafka-broker", addr.clone()),
     }
-    set("--shard-cpus", format_cpu_list(&row.shard_cpus));
     set("--cpus", format_cpu_list(&row.loadgen_cpus));
     set("--drain-timeout-s", options.drain_timeout_s.to_string());
     set("--io-memory-bytes", options.io_memory_bytes.to_string());
@@ -292,19 +469,28 @@ fn shown(args: &[OsString]) -> String {
     args.iter().map(word).collect::<Vec<_>>().join(" ")
 }
 
-/// Fills in what the row's burst measured.
-fn measure(row: &mut Row, report: &BurstReport) {
+/// Fills in what the row's burst measured; `shard_cpu`: the shards' CPU
+/// when the broker ran as its own process (embedded, the report has it).
+fn measure(row: &mut Row, report: &BurstReport, shard_cpu: Option<ShardCpu>) {
     let throughput = &report.throughput;
     row.events_per_s = throughput.produce_events_per_s;
     row.mb_per_s = throughput.produce_mb_per_s;
-    row.shard_busy_percent = report.shard_busy_percent.clone().unwrap_or_default();
     if let Some(ack) = report.latency.get("ack") {
         row.ack_p99_us = Some(ack.p99_us);
         row.ack_p99_9_us = Some(ack.p99_9_us);
     }
-    // Busy shares are over the whole run (to the consumers' catching up),
-    // so the CPU seconds are too.
-    let shard_cpu_s = row.shard_busy_percent.iter().sum::<f64>() / 100.0 * report.wall_s;
+    let shard_cpu_s = match shard_cpu {
+        Some(ShardCpu { busy_percent, seconds }) => {
+            row.shard_busy_percent = busy_percent;
+            seconds
+        }
+        None => {
+            row.shard_busy_percent = report.shard_busy_percent.clone().unwrap_or_default();
+            // Busy shares are over the whole run (to the consumers' catching
+            // up), so the CPU seconds are too.
+            row.shard_busy_percent.iter().sum::<f64>() / 100.0 * report.wall_s
+        }
+    };
     let events = throughput.produce_events_per_s.zip(throughput.produce_s).map(|(rate, s)| rate * s);
     row.events_per_busy_core_s = events.filter(|_| shard_cpu_s > 0.0).map(|events| events / shard_cpu_s);
 }
@@ -329,9 +515,11 @@ fn table(sweep: &Sweep) -> String {
         text,
         "\nringbroker loadgen: scaling on CPUs {} (shards first, loadgen on the rest)\n\
          tuning    {}\n\
+         broker    {}\n\
          each row  {} events of {} B, {} partitions and {} producers per shard\n",
         format_cpu_list(&sweep.cpus),
         sweep.tuning,
+        sweep.broker,
         sweep.events,
         sweep.event_bytes,
         sweep.partitions_per_shard,
@@ -418,7 +606,7 @@ mod tests {
     fn a_row_runs_a_burst_scaled_to_its_shards() {
         let options = options(&["scaling", "--shards", "1,2", "--size", "1024", "--compression", "zstd"]);
         let row = Row { shards: 2, shard_cpus: vec![0, 1], loadgen_cpus: vec![2, 3], ..Row::default() };
-        let args = burst_args(&options, &row);
+        let args = burst_args(&options, &row, None);
         let cli = Cli::try_parse_from(std::iter::once(OsString::from("loadgen")).chain(args)).unwrap();
         assert!(matches!(cli.scenario, Some(crate::Command::Burst)));
         let burst = &cli.options;
@@ -429,6 +617,53 @@ mod tests {
             (burst.compression, burst.acks, burst.idempotent),
             (options.compression, crate::Acks::Durable, true)
         );
+        assert!(burst.broker.is_none() && burst.tuning.is_none());
+    }
+
+    #[test]
+    fn a_row_against_a_broker_process_names_its_address_and_no_shards() {
+        let options = options(&["--tuning", "t.toml", "scaling", "--broker-bin", "/x/ringbroker"]);
+        let row = Row { shards: 1, shard_cpus: vec![0], loadgen_cpus: vec![1], ..Row::default() };
+        let target = Endpoint::Native("127.0.0.1:4000".into());
+        let args = burst_args(&options, &row, Some(&target));
+        let burst = Cli::try_parse_from(std::iter::once(OsString::from("loadgen")).chain(args)).unwrap().options;
+        assert_eq!(burst.broker.as_deref(), Some("127.0.0.1:4000"));
+        assert_eq!((burst.tuning, burst.shard_cpus, burst.cpus.as_deref()), (None, None, Some("1")));
+        let kafka = Endpoint::Kafka("127.0.0.1:4001".into());
+        let args = burst_args(&options, &row, Some(&kafka));
+        let burst = Cli::try_parse_from(std::iter::once(OsString::from("loadgen")).chain(args)).unwrap().options;
+        assert_eq!((burst.broker, burst.kafka_broker.as_deref()), (None, Some("127.0.0.1:4001")));
+    }
+
+    #[test]
+    fn the_broker_endpoint_is_read_off_its_startup_line() {
+        let line = "ringbroker listening on 127.0.0.1:40001 shards=2 cpus=[0, 1] metrics=off \
+                    kafka=127.0.0.1:40005 kafka_ports=[40006, 40007] shard_ports=[40002, 40003]";
+        assert_eq!(
+            Endpoint::from_startup_line(line, Protocol::Native),
+            Some(Endpoint::Native("127.0.0.1:40001".into()))
+        );
+        assert_eq!(Endpoint::from_startup_line(line, Protocol::Kafka), Some(Endpoint::Kafka("127.0.0.1:40005".into())));
+        let no_kafka = line.replace("kafka=127.0.0.1:40005", "kafka=off");
+        assert_eq!(Endpoint::from_startup_line(&no_kafka, Protocol::Kafka), None);
+        assert_eq!(Endpoint::from_startup_line("WARN something else", Protocol::Native), None);
+    }
+
+    #[test]
+    fn a_shards_cpu_is_the_sum_of_its_threads() {
+        let threads: Vec<(String, f64)> =
+            [("ringbroker", 0.1), ("shard-0-1", 1.0), ("shard-0-1", 0.25), ("shard-1-2", 0.5)]
+                .into_iter()
+                .chain([("shard-10-11", 9.0), ("iou-wrk-7", 3.0)])
+                .map(|(name, seconds)| (name.to_string(), seconds))
+                .collect();
+        assert_eq!(per_shard(&threads, 2), [1.25, 0.5]);
+    }
+
+    #[test]
+    fn shard_cpu_measured_outside_replaces_the_reports() {
+        let cpu = ShardCpu::over(&[1.0, 0.5], 2.0);
+        assert_eq!(cpu, ShardCpu { busy_percent: vec![50.0, 25.0], seconds: 1.5 });
     }
 
     #[test]
@@ -451,7 +686,7 @@ mod tests {
             .into_iter()
             .map(|(shards, report)| {
                 let mut row = Row { shards, ..Row::default() };
-                measure(&mut row, &report);
+                measure(&mut row, &report, None);
                 row
             })
             .collect();
@@ -462,9 +697,16 @@ mod tests {
         assert_eq!(rows[1].events_per_busy_core_s, Some(1.5e6));
         assert_eq!((rows[0].efficiency, rows[1].efficiency, rows[2].efficiency), (Some(1.0), Some(0.75), None));
         assert_eq!(busy(&rows[1].shard_busy_percent), "50 (40-60)");
+        // A broker process's shard CPU, measured outside, wins over the
+        // report's: 3 M events over 1.5 CPU seconds.
+        let mut outside = Row { shards: 2, ..Row::default() };
+        measure(&mut outside, &report(1.5e6, vec![]), Some(ShardCpu::over(&[1.0, 0.5], 2.0)));
+        assert_eq!(outside.shard_busy_percent, [50.0, 25.0]);
+        assert_eq!(outside.events_per_busy_core_s, Some(2e6));
         let sweep = Sweep {
             cpus: vec![0, 1, 2],
             tuning: "test".into(),
+            broker: "embedded".into(),
             events: 1,
             event_bytes: 100,
             partitions_per_shard: 4,

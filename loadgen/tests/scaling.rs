@@ -53,3 +53,42 @@ fn scaling_runs_the_rows_the_cpus_allow_and_says_why_it_skips_the_others() {
         assert!(two["efficiency"].as_f64().unwrap() > 0.0, "{sweep:#}");
     }
 }
+
+/// `--broker-bin`: each row's broker is a `ringbroker serve` process of its
+/// own; loadgen connects to it and reads the shard's CPU time from that
+/// process's threads, so the row has a busy share and a per-core figure.
+#[test]
+fn scaling_can_run_each_rows_broker_as_its_own_process() {
+    let cpus = ringbroker::config::allowed_cpus().unwrap().len();
+    if cpus < 2 {
+        return; // The 1-shard row needs a CPU for the shard and one for loadgen.
+    }
+    // `cargo test --workspace` builds the broker binary beside loadgen's.
+    let ringbroker = std::path::Path::new(env!("CARGO_BIN_EXE_loadgen")).with_file_name("ringbroker");
+    assert!(ringbroker.exists(), "{} is missing: build the workspace's binaries first", ringbroker.display());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("scaling.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["scaling", "--shards", "1", "--events", "300000", "--no-progress", "--broker-bin"])
+        .arg(&ringbroker)
+        .arg("--json")
+        .arg(&json)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let shown = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(output.status.success(), "{shown}");
+    assert!(stderr.contains("--broker 127.0.0.1:"), "the burst ran against the process: {shown}");
+    let sweep: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(sweep["broker"].as_str(), ringbroker.to_str(), "{sweep:#}");
+    let row = &sweep["rows"][0];
+    assert_eq!((row["shards"].as_u64(), row["exit_code"].as_i64()), (Some(1), Some(0)), "{sweep:#}");
+    let busy = row["shard_busy_percent"].as_array().unwrap();
+    assert_eq!(busy.len(), 1, "{sweep:#}");
+    assert!(busy[0].as_f64().unwrap() > 0.0, "{sweep:#}");
+    assert!(row["events_per_busy_core_s"].as_f64().unwrap() > 0.0, "{sweep:#}");
+    // The broker stopped on SIGTERM, without being killed.
+    assert!(!stderr.contains("did not stop on SIGTERM"), "{shown}");
+}
