@@ -247,7 +247,10 @@ impl<'a> BatchView<'a> {
         // CRC before the count checks: a corrupted batch reports corruption.
         view.verify_crc()?;
         view.check_counts()?;
-        if view.compression() == Compression::None {
+        // The quick walk accepts only what the full one accepts; when it is
+        // unsure (or the batch is bad), the full walk decides and names the
+        // problem.
+        if view.compression() == Compression::None && !records_surely_valid(view.records_area(), view.record_count()) {
             for record in view.record_iter() {
                 record?;
             }
@@ -662,6 +665,83 @@ fn read_record<'a>(input: &mut &'a [u8], base_timestamp: i64) -> Result<RecordVi
     })
 }
 
+/// Whether `records` holds exactly `count` records that [`RecordIter`]
+/// accepts, checked without building them: the validation walk on every
+/// produce request, a large share of a shard's CPU for small records.
+///
+/// `true` only where the full walk would accept; `false` where it would
+/// not, or where this walk does not know. It reads varints of up to three
+/// bytes (21 bits: in range for every field, so none can be out of range
+/// or overlong), and gives up on longer ones, which the full walk then
+/// judges.
+fn records_surely_valid(mut rest: &[u8], count: i32) -> bool {
+    for index in 0..count {
+        let Some(len) = quick_len(&mut rest) else { return false };
+        let Some((mut body, after)) = rest.split_at_checked(len) else { return false };
+        rest = after;
+        // Attributes, then the timestamp delta (any value).
+        let Some(after_attributes) = body.get(1..) else { return false };
+        body = after_attributes;
+        if quick_varint(&mut body).is_none()
+            || quick_varint(&mut body) != Some(i64::from(index))
+            || !quick_skip_nullable(&mut body)
+            || !quick_skip_nullable(&mut body)
+        {
+            return false;
+        }
+        let Some(headers) = quick_len(&mut body) else { return false };
+        for _ in 0..headers {
+            let Some(key) = quick_len(&mut body) else { return false };
+            let Some(after_key) = body.get(key..) else { return false };
+            body = after_key;
+            if !quick_skip_nullable(&mut body) {
+                return false;
+            }
+        }
+        if !body.is_empty() {
+            return false;
+        }
+    }
+    rest.is_empty()
+}
+
+/// A zigzag varint of one to three bytes; `None` for anything else
+/// (longer, or cut short), leaving `input` as it was.
+#[inline]
+fn quick_varint(input: &mut &[u8]) -> Option<i64> {
+    let raw = match **input {
+        [a, ..] if a < 0x80 => (1, u32::from(a)),
+        [a, b, ..] if b < 0x80 => (2, u32::from(a & 0x7f) | u32::from(b) << 7),
+        [a, b, c, ..] if c < 0x80 => (3, u32::from(a & 0x7f) | u32::from(b & 0x7f) << 7 | u32::from(c) << 14),
+        _ => return None,
+    };
+    let (bytes, raw) = raw;
+    *input = &input[bytes..];
+    Some(i64::from(raw >> 1) ^ -i64::from(raw & 1))
+}
+
+/// A non-negative length or count.
+#[inline]
+fn quick_len(input: &mut &[u8]) -> Option<usize> {
+    quick_varint(input).and_then(|len| usize::try_from(len).ok())
+}
+
+/// Skips a nullable field (length -1, or a length and its bytes).
+#[inline]
+fn quick_skip_nullable(input: &mut &[u8]) -> bool {
+    match quick_varint(input) {
+        Some(-1) => true,
+        Some(len) => match usize::try_from(len).ok().and_then(|len| input.get(len..)) {
+            Some(after) => {
+                *input = after;
+                true
+            }
+            None => false,
+        },
+        None => false,
+    }
+}
+
 #[inline]
 fn read_header<'a>(input: &mut &'a [u8]) -> Result<HeaderView<'a>, RecordsProblem> {
     let len = read_len(input, "header key length")?;
@@ -1059,6 +1139,49 @@ mod tests {
     /// Smallest record: null key and value, no headers; body is 6 bytes.
     fn tiny_record(offset_delta: u8) -> [u8; 7] {
         [0x0c, 0, 0, offset_delta * 2, 0x01, 0x01, 0]
+    }
+
+    #[test]
+    fn the_quick_walk_reads_typical_batches_and_leaves_long_varints_to_the_full_one() {
+        // 3000 records of 100 bytes with keys and a header: offset deltas
+        // take up to two bytes, record lengths two; all quick.
+        let value = [7u8; 100];
+        let headers: &[(&str, Option<&[u8]>)] = &[("trace", Some(b"abc")), ("none", None)];
+        let records: Vec<Record<'_>> = (0..3000)
+            .map(|i| Record { timestamp_ms: 1_000 + i, key: Some(b"key"), value: Some(&value), headers })
+            .collect();
+        let batch = build(&records, 1_000, BatchOptions::default());
+        let view = BatchView::parse(&batch, MAX).unwrap();
+        assert!(records_surely_valid(view.records_area(), 3000));
+        // A timestamp delta of a day needs a five-byte varlong: the quick walk
+        // gives up, and parse still accepts the batch through the full walk.
+        let late = Record { timestamp_ms: 1_000 + 86_400_000, ..simple(b"late") };
+        let batch = build(&[simple(b"x"), late], 1_000, BatchOptions::default());
+        let view = BatchView::parse(&batch, MAX).unwrap();
+        assert!(!records_surely_valid(view.records_area(), 2));
+        // Too few, too many, trailing bytes: not surely valid.
+        let area = [tiny_record(0), tiny_record(1)].concat();
+        assert!(records_surely_valid(&area, 2));
+        assert!(!records_surely_valid(&area, 3));
+        assert!(!records_surely_valid(&area, 1));
+        assert!(!records_surely_valid(&[&area[..], &[0]].concat(), 2));
+        // Each check of a record, broken on its own; the full walk refuses
+        // each of these too.
+        let broken: [(&str, Vec<u8>); 6] = [
+            ("offset delta out of order", [tiny_record(0), tiny_record(2)].concat()),
+            // Key length -2 (zigzag 0x03): neither null nor a length.
+            ("key length below -1", vec![0x0c, 0, 0, 0, 0x03, 0x01, 0]),
+            ("value longer than the record", vec![0x0c, 0, 0, 0, 0x01, 0x04, 0]),
+            // Body of 7 bytes: one left after the header count.
+            ("bytes after the headers", vec![0x0e, 0, 0, 0, 0x01, 0x01, 0, 9]),
+            ("a header past the record", vec![0x0c, 0, 0, 0, 0x01, 0x01, 0x02]),
+            ("record length past the area", vec![0x0e, 0, 0, 0, 0x01, 0x01, 0]),
+        ];
+        for (what, area) in broken {
+            assert!(!records_surely_valid(&area, 1 + i32::from(what.starts_with("offset"))), "{what}");
+            let batch = with_record_area(&area, 1 + i32::from(what.starts_with("offset")));
+            assert!(BatchView::parse(&batch, MAX).is_err(), "{what}");
+        }
     }
 
     fn records_problem(batch: &[u8]) -> RecordsProblem {
@@ -1520,6 +1643,39 @@ mod tests {
             let view = BatchView::parse_header(&batch, MAX).unwrap();
             let iterated_ok = view.records().unwrap().all(|r| r.is_ok());
             prop_assert_eq!(BatchView::parse(&batch, MAX).is_ok(), iterated_ok);
+        }
+
+        #[test]
+        fn the_quick_walk_never_accepts_what_the_full_walk_refuses(
+            records in proptest::collection::vec(owned_record(), 1..6),
+            first_ts in -5_000i64..5_000,
+            near_ts in proptest::collection::vec(-3_000i64..3_000, 6),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            count_change in -1i32..=1,
+        ) {
+            // Timestamps near the first one give the short varints the quick
+            // walk reads; then a few bytes and maybe the count are changed.
+            let mut records = records;
+            for (record, ts) in records.iter_mut().zip(&near_ts) {
+                record.timestamp_ms = first_ts + ts;
+            }
+            let built = build_owned(&records, first_ts, BatchOptions::default());
+            let mut area = built[RECORDS_POS..].to_vec();
+            for (at, byte) in &edits {
+                let at = at.index(area.len());
+                area[at] = *byte;
+            }
+            let count = (records.len() as i32 + count_change).max(1);
+            let batch = with_record_area(&area, count);
+            let view = BatchView::parse_header(&batch, MAX).unwrap();
+            let fully_valid = view.records().unwrap().all(|r| r.is_ok());
+            if records_surely_valid(view.records_area(), count) {
+                prop_assert!(fully_valid);
+            }
+            if edits.is_empty() && count_change == 0 {
+                prop_assert!(records_surely_valid(view.records_area(), count), "short varints only");
+            }
+            prop_assert_eq!(BatchView::parse(&batch, MAX).is_ok(), fully_valid);
         }
 
         #[test]
