@@ -413,10 +413,40 @@ struct Shared<T> {
 
 #[derive(Default)]
 struct State {
-    /// Looked up for every record: Fx-hashed (names come from the
-    /// application, so there is no hash flooding to defend against).
-    topics: FxHashMap<Rc<str>, TopicBatches>,
+    topics: Topics,
     ledger: Ledger,
+}
+
+/// The topics this producer has sent to, looked up for every record.
+#[derive(Default)]
+struct Topics {
+    list: Vec<TopicBatches>,
+    /// Fx-hashed (names come from the application, so there is no hash
+    /// flooding to defend against).
+    by_name: FxHashMap<Rc<str>, usize>,
+    /// The topic of the last record: producers mostly send runs of records
+    /// to one topic, so comparing the name spares hashing it.
+    last: usize,
+}
+
+impl Topics {
+    fn get_mut(&mut self, topic: &str) -> Option<&mut TopicBatches> {
+        let index = self.index_of(topic)?;
+        self.list.get_mut(index)
+    }
+
+    fn index_of(&mut self, topic: &str) -> Option<usize> {
+        let index = match self.list.get(self.last) {
+            Some(batches) if *batches.name == *topic => self.last,
+            _ => *self.by_name.get(topic)?,
+        };
+        self.last = index;
+        Some(index)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut TopicBatches> {
+        self.list.iter_mut()
+    }
 }
 
 /// Per topic: the open batch of each partition and the round-robin position.
@@ -550,21 +580,21 @@ impl Ledger {
 }
 
 /// The topic's batches, created on first use, with a slot per partition.
-fn topic_batches<'a>(
-    topics: &'a mut FxHashMap<Rc<str>, TopicBatches>,
-    topic: &str,
-    partitions: u32,
-) -> &'a mut TopicBatches {
+fn topic_batches<'a>(topics: &'a mut Topics, topic: &str, partitions: u32) -> &'a mut TopicBatches {
     // Looked up by `&str` first so the common case allocates nothing.
-    if !topics.contains_key(topic) {
+    let index = topics.index_of(topic).unwrap_or_else(|| {
         let name: Rc<str> = Rc::from(topic);
         // Producers start their round-robin at different partitions, so that
         // many of them starting together do not all fill partition 0 first.
         let sticky =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-        topics.insert(name.clone(), TopicBatches { name, open: Vec::new(), sticky });
-    }
-    let batches = topics.get_mut(topic).expect("the topic was inserted above");
+        let index = topics.list.len();
+        topics.by_name.insert(name.clone(), index);
+        topics.list.push(TopicBatches { name, open: Vec::new(), sticky });
+        topics.last = index;
+        index
+    });
+    let batches = &mut topics.list[index];
     if batches.open.len() < partitions as usize {
         batches.open.resize_with(partitions as usize, || None);
     }
@@ -1019,6 +1049,37 @@ mod tests {
             let restarts = per_partition_offsets.windows(2).filter(|pair| pair[1] != pair[0] + 1).count();
             assert!(restarts >= 4, "{per_partition_offsets:?}");
             assert_eq!(per_partition_offsets.iter().filter(|offset| **offset == 0).count(), 4);
+        });
+    }
+
+    #[test]
+    fn records_to_several_topics_keep_each_topics_order() {
+        executor().run(async {
+            let broker = FakeBroker::start(&[("orders", 2), ("audit", 1), ("logs", 3)]);
+            let config = ProducerConfig { batch_bytes: 512, ..ProducerConfig::default() };
+            let producer = producer(&broker, config).await;
+            // Runs of one topic, then switches back and forth, so the producer
+            // finds each topic both as the last one used and by its name.
+            let topics = ["orders", "orders", "audit", "logs", "orders", "audit", "audit", "logs"];
+            let mut sent = Vec::new();
+            for index in 0..400usize {
+                let topic = topics[index % topics.len()];
+                let key = format!("k{}", index % 5);
+                let record = ProducerRecord::new(topic, b"payload").with_key(key.as_bytes());
+                sent.push((topic, producer.send(record).await.unwrap()));
+            }
+            producer.flush().await;
+            let mut next: std::collections::HashMap<(&str, PartitionId), u64> = Default::default();
+            for (topic, future) in sent {
+                let partition = future.partition();
+                let offset = future.await.unwrap().unwrap().get();
+                let expected = next.entry((topic, partition)).or_default();
+                assert_eq!(offset, *expected, "{topic} partition {partition}");
+                *expected += 1;
+            }
+            let per_topic =
+                |name: &str| next.iter().filter(|((topic, _), _)| *topic == name).map(|(_, n)| n).sum::<u64>();
+            assert_eq!([per_topic("orders"), per_topic("audit"), per_topic("logs")], [150u64, 150, 100]);
         });
     }
 
