@@ -98,6 +98,25 @@ impl Snapshot {
     }
 }
 
+/// Function-call interrupts taken so far per CPU (`/proc/interrupts`; `CAL`
+/// on x86). The kernel sends one to each CPU that runs a thread of a
+/// process when that process calls `membarrier(PRIVATE_EXPEDITED)`, as
+/// glommio does each time an executor goes to sleep, so per CPU they show
+/// how often the other executors interrupt it.
+pub fn function_call_interrupts() -> Option<BTreeMap<usize, u64>> {
+    parse_function_call_interrupts(&std::fs::read_to_string("/proc/interrupts").ok()?)
+}
+
+fn parse_function_call_interrupts(text: &str) -> Option<BTreeMap<usize, u64>> {
+    let mut lines = text.lines();
+    let cpus: Vec<usize> =
+        lines.next()?.split_whitespace().map(|cpu| cpu.strip_prefix("CPU")?.parse().ok()).collect::<Option<_>>()?;
+    let line = lines.find(|line| line.trim_end().ends_with("Function call interrupts"))?;
+    let counts = line.split_whitespace().skip(1).map_while(|count| count.parse::<u64>().ok());
+    let per_cpu: BTreeMap<usize, u64> = cpus.iter().copied().zip(counts).collect();
+    (per_cpu.len() == cpus.len()).then_some(per_cpu)
+}
+
 /// The name and utime + stime of one `stat` line. The name is in
 /// parentheses and may itself contain spaces or parentheses, so the fields
 /// are counted from the last `)`.
@@ -121,6 +140,24 @@ mod tests {
         let line = "4242 (shard (0) x) S 1 1 1 0 -1 4194560 100 0 0 0 250 30 0 0 20 0 3 0 100 0 0";
         assert_eq!(parse_stat(line), Some(("shard (0) x".to_string(), 280)));
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn function_call_interrupts_are_read_per_cpu() {
+        let x86 = "           CPU0       CPU2       \n  0:         29          0   IO-APIC   2-edge      timer\n\
+                   CAL:   13443129   11390099   Function call interrupts\nTLB:   5   6   TLB shootdowns\n";
+        assert_eq!(parse_function_call_interrupts(x86), Some(BTreeMap::from([(0, 13443129), (2, 11390099)])));
+        let arm = "  CPU0 CPU1\nIPI0: 10 20 Rescheduling interrupts\nIPI1: 30 40 Function call interrupts\n";
+        assert_eq!(parse_function_call_interrupts(arm), Some(BTreeMap::from([(0, 30), (1, 40)])));
+        assert_eq!(parse_function_call_interrupts("CPU0 CPU1\nCAL: 1 Function call interrupts\n"), None);
+        assert_eq!(parse_function_call_interrupts("no header\n"), None);
+        // This machine's, where the line exists (every x86 and arm64 kernel).
+        if let Some(counts) = function_call_interrupts() {
+            assert_eq!(
+                counts.len(),
+                std::fs::read_to_string("/proc/interrupts").unwrap().lines().next().unwrap().split_whitespace().count()
+            );
+        }
     }
 
     #[test]

@@ -41,7 +41,7 @@ use clap::{Parser, ValueEnum};
 use ringbroker::config::format_cpu_list;
 use serde::{Deserialize, Serialize};
 
-use crate::cpustat::Snapshot;
+use crate::cpustat::{function_call_interrupts, Snapshot};
 use crate::report::{is_shard_thread, Percentiles, Throughput};
 use crate::scenario::Scenario;
 use crate::{Cli, Options, Protocol};
@@ -97,6 +97,9 @@ struct Row {
     ack_p99_9_us: Option<u64>,
     /// `events_per_busy_core_s` relative to the base row (1 shard).
     efficiency: Option<f64>,
+    /// Function-call interrupts per second taken by each shard's CPU over
+    /// the row (glommio's membarrier on every executor's sleep lands here).
+    shard_call_interrupts_per_s: Vec<f64>,
 }
 
 /// What a row reads back from its burst's JSON report.
@@ -151,6 +154,8 @@ pub fn run(args: &ScalingArgs, options: &Options) -> anyhow::Result<i32> {
         row.shard_cpus = cpus[..shards].to_vec();
         row.loadgen_cpus = cpus[shards..].to_vec();
         let json = reports.path().join(format!("shards-{shards}.json"));
+        let interrupts_before = function_call_interrupts();
+        let row_started = Instant::now();
         let (output, shard_cpu) = match &args.broker_bin {
             None => {
                 let mut burst = burst_args(options, &row, None);
@@ -173,6 +178,12 @@ pub fn run(args: &ScalingArgs, options: &Options) -> anyhow::Result<i32> {
                 (output?, Some(ShardCpu::over(&per_shard(&threads, shards), wall_s)))
             }
         };
+        if let (Some(before), Some(after)) = (interrupts_before, function_call_interrupts()) {
+            let seconds = row_started.elapsed().as_secs_f64().max(1e-9);
+            let per_s =
+                |cpu: &usize| after.get(cpu).zip(before.get(cpu)).map(|(a, b)| a.saturating_sub(*b) as f64 / seconds);
+            row.shard_call_interrupts_per_s = row.shard_cpus.iter().filter_map(per_s).collect();
+        }
         // Its warnings, but not where it wrote the report (a temp file).
         let wrote = format!("loadgen: wrote {}", json.display());
         for line in String::from_utf8_lossy(&output.stderr).lines().filter(|line| *line != wrote) {
@@ -527,7 +538,7 @@ fn table(sweep: &Sweep) -> String {
     );
     let _ = writeln!(
         text,
-        "{:>6} {:>12} {:>11} {:>8} {:>16} {:>14} {:>11} {:>12} {:>10}",
+        "{:>6} {:>12} {:>11} {:>8} {:>16} {:>14} {:>11} {:>12} {:>10} {:>16}",
         "shards",
         "loadgen CPUs",
         "events/s",
@@ -536,7 +547,8 @@ fn table(sweep: &Sweep) -> String {
         "per busy core",
         "ack p99 ms",
         "ack p99.9 ms",
-        "efficiency"
+        "efficiency",
+        "shard IPIs/s"
     );
     let number = |value: Option<f64>, decimals: usize| value.map_or("-".into(), |value| format!("{value:.decimals$}"));
     let ms = |us: Option<u64>| number(us.map(|us| us as f64 / 1e3), 3);
@@ -546,16 +558,17 @@ fn table(sweep: &Sweep) -> String {
             continue;
         }
         let line = format!(
-            "{:>6} {:>12} {:>11} {:>8} {:>16} {:>14} {:>11} {:>12} {:>10}",
+            "{:>6} {:>12} {:>11} {:>8} {:>16} {:>14} {:>11} {:>12} {:>10} {:>16}",
             row.shards,
             format_cpu_list(&row.loadgen_cpus),
             number(row.events_per_s, 0),
             number(row.mb_per_s, 1),
-            busy(&row.shard_busy_percent),
+            mean_and_range(&row.shard_busy_percent),
             number(row.events_per_busy_core_s, 0),
             ms(row.ack_p99_us),
             ms(row.ack_p99_9_us),
             number(row.efficiency, 2),
+            mean_and_range(&row.shard_call_interrupts_per_s),
         );
         let failed = match row.exit_code {
             Some(0) => String::new(),
@@ -568,13 +581,14 @@ fn table(sweep: &Sweep) -> String {
         "\nshard busy %: mean (min-max) over the shards, 100 = a core fully busy; well below 100, loadgen or\n\
          latency (acks wait for fdatasync) set the pace. per busy core: events acknowledged per CPU second\n\
          of the shard threads. efficiency: per busy core relative to the row with the fewest shards\n\
-         (1.00 = linear).\n",
+         (1.00 = linear). shard IPIs/s: function-call interrupts a second on the shards' CPUs, mean\n\
+         (min-max); glommio sends one to every CPU running its process each time an executor sleeps.\n",
     );
     text
 }
 
-/// Mean busy share, with the range when there are several shards.
-fn busy(shards: &[f64]) -> String {
+/// The mean over the shards, with the range when there are several.
+fn mean_and_range(shards: &[f64]) -> String {
     let Some(mean) = (!shards.is_empty()).then(|| shards.iter().sum::<f64>() / shards.len() as f64) else {
         return "-".into();
     };
@@ -696,7 +710,7 @@ mod tests {
         assert_eq!(rows[0].events_per_busy_core_s, Some(2e6));
         assert_eq!(rows[1].events_per_busy_core_s, Some(1.5e6));
         assert_eq!((rows[0].efficiency, rows[1].efficiency, rows[2].efficiency), (Some(1.0), Some(0.75), None));
-        assert_eq!(busy(&rows[1].shard_busy_percent), "50 (40-60)");
+        assert_eq!(mean_and_range(&rows[1].shard_busy_percent), "50 (40-60)");
         // A broker process's shard CPU, measured outside, wins over the
         // report's: 3 M events over 1.5 CPU seconds.
         let mut outside = Row { shards: 2, ..Row::default() };

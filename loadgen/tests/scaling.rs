@@ -89,6 +89,9 @@ fn scaling_can_run_each_rows_broker_as_its_own_process() {
     assert_eq!(busy.len(), 1, "{sweep:#}");
     assert!(busy[0].as_f64().unwrap() > 0.0, "{sweep:#}");
     assert!(row["events_per_busy_core_s"].as_f64().unwrap() > 0.0, "{sweep:#}");
+    // x86 and arm64 kernels count function-call interrupts per CPU.
+    assert_eq!(row["shard_call_interrupts_per_s"].as_array().unwrap().len(), 1, "{sweep:#}");
+    assert!(stdout.contains("shard IPIs/s"), "{shown}");
     // The broker stopped on SIGTERM, without being killed.
     assert!(!stderr.contains("did not stop on SIGTERM"), "{shown}");
 }
