@@ -277,6 +277,9 @@ struct BrokerProcess {
 
 /// How long a broker may take to stop on SIGTERM before it is killed.
 const BROKER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a broker may take to start listening (recovering a data dir is
+/// not part of it: each row's is new).
+const BROKER_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl BrokerProcess {
     /// Starts the broker on the row's shard CPUs with its data in `data`,
@@ -301,23 +304,37 @@ impl BrokerProcess {
             .with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id();
         let stdout = child.stdout.take().context("the broker's stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let endpoint = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(endpoint) = Endpoint::from_startup_line(&line, options.protocol) {
-                        break endpoint;
+        // A thread reads its stdout: it hands over the endpoint once the
+        // startup line comes, then keeps reading, so that nothing the broker
+        // prints later meets a closed pipe.
+        let (found, endpoint) = std::sync::mpsc::sync_channel(1);
+        let protocol = options.protocol;
+        std::thread::spawn(move || {
+            let mut found = Some(found);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match (Endpoint::from_startup_line(&line, protocol), found.take()) {
+                    (Some(endpoint), Some(sender)) => {
+                        let _ = sender.send(endpoint);
+                    }
+                    (_, sender) => {
+                        found = sender;
+                        eprintln!("broker: {line}");
                     }
                 }
-                Some(Err(error)) => return Err(error).context("reading the broker's startup line"),
-                None => {
-                    let status = child.wait().context("waiting for the broker")?;
-                    bail!("{} stopped before it listened ({status}); its log is above", bin.display());
-                }
+            }
+        });
+        let endpoint = match endpoint.recv_timeout(BROKER_START_TIMEOUT) {
+            Ok(endpoint) => endpoint,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} did not listen within {BROKER_START_TIMEOUT:?}; killed it", bin.display());
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().context("waiting for the broker")?;
+                bail!("{} stopped before it listened ({status}); its log is above", bin.display());
             }
         };
-        // Keep reading, so that nothing it prints later meets a closed pipe.
-        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|line| eprintln!("broker: {line}")));
         Ok(BrokerProcess { child, pid, endpoint })
     }
 

@@ -95,3 +95,21 @@ fn scaling_can_run_each_rows_broker_as_its_own_process() {
     // The broker stopped on SIGTERM, without being killed.
     assert!(!stderr.contains("did not stop on SIGTERM"), "{shown}");
 }
+
+/// A broker binary that never listens stops the sweep with the reason,
+/// rather than hanging or running the burst against nothing.
+#[test]
+fn a_broker_process_that_never_listens_stops_the_sweep() {
+    if ringbroker::config::allowed_cpus().unwrap().len() < 2 {
+        return; // The row is skipped before any broker starts.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["scaling", "--shards", "1", "--events", "1000", "--no-progress", "--broker-bin", "/bin/false"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("/bin/false stopped before it listened"), "{stderr}");
+}
