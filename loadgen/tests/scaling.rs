@@ -2,7 +2,25 @@
 //! processes against embedded brokers (data in a temp dir, ports the OS
 //! picks), and the table and its JSON say what each shard count did.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs `loadgen scaling <args>` in `dir` (no target/ there: the brokers'
+/// data goes to the temp dir); returns its output and both streams for
+/// failure messages.
+fn scaling<const N: usize>(dir: &Path, args: [&str; N]) -> (Output, String, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .arg("scaling")
+        .args(args)
+        .arg("--no-progress")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let shown = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    (output, stdout, stderr, shown)
+}
 
 /// Runs `scaling --shards 1,2`: the 1-shard row needs two CPUs (one for
 /// the shard, one for loadgen), the 2-shard row three. Rows the machine
@@ -13,16 +31,8 @@ fn scaling_runs_the_rows_the_cpus_allow_and_says_why_it_skips_the_others() {
     let json = dir.path().join("scaling.json");
     // Enough events that the shard uses some 10 ms CPU ticks even in a
     // debug build, so its busy share (and efficiency) can be measured.
-    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["scaling", "--shards", "1,2", "--events", "300000", "--no-progress", "--json"])
-        .arg(&json)
-        // No target/ there: the brokers' data goes to the temp dir.
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let shown = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    let json_arg = json.to_str().unwrap();
+    let (output, stdout, _, shown) = scaling(dir.path(), ["--shards", "1,2", "--events", "300000", "--json", json_arg]);
     let cpus = ringbroker::config::allowed_cpus().unwrap().len();
     if cpus < 2 {
         // Nothing can run: both rows say why, and the sweep fails.
@@ -64,21 +74,13 @@ fn scaling_can_run_each_rows_broker_as_its_own_process() {
         return; // The 1-shard row needs a CPU for the shard and one for loadgen.
     }
     // `cargo test --workspace` builds the broker binary beside loadgen's.
-    let ringbroker = std::path::Path::new(env!("CARGO_BIN_EXE_loadgen")).with_file_name("ringbroker");
+    let ringbroker = Path::new(env!("CARGO_BIN_EXE_loadgen")).with_file_name("ringbroker");
     assert!(ringbroker.exists(), "{} is missing: build the workspace's binaries first", ringbroker.display());
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("scaling.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["scaling", "--shards", "1", "--events", "300000", "--no-progress", "--broker-bin"])
-        .arg(&ringbroker)
-        .arg("--json")
-        .arg(&json)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let shown = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    let (broker_arg, json_arg) = (ringbroker.to_str().unwrap(), json.to_str().unwrap());
+    let args = ["--shards", "1", "--events", "300000", "--broker-bin", broker_arg, "--json", json_arg];
+    let (output, stdout, stderr, shown) = scaling(dir.path(), args);
     assert!(output.status.success(), "{shown}");
     assert!(stderr.contains("--broker 127.0.0.1:"), "the burst ran against the process: {shown}");
     let sweep: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -104,12 +106,8 @@ fn a_broker_process_that_never_listens_stops_the_sweep() {
         return; // The row is skipped before any broker starts.
     }
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["scaling", "--shards", "1", "--events", "1000", "--no-progress", "--broker-bin", "/bin/false"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("/bin/false stopped before it listened"), "{stderr}");
+    let (output, _, stderr, shown) =
+        scaling(dir.path(), ["--shards", "1", "--events", "1000", "--broker-bin", "/bin/false"]);
+    assert!(!output.status.success(), "{shown}");
+    assert!(stderr.contains("/bin/false stopped before it listened"), "{shown}");
 }
