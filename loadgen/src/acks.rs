@@ -18,8 +18,10 @@
 //! Records of one batch are answered together, so the lane keeps them as
 //! runs: a record that follows the last one queued, in the same batch and
 //! with the same send time, only extends that entry. The collector then
-//! handles one entry per run (in a burst, loadgen stamps several records
-//! with one clock reading) instead of one per record.
+//! handles one entry per run instead of one per record. In a burst loadgen
+//! stamps several records with one clock reading; in open loop each
+//! record's intended send time follows from its sequence number, so a run
+//! is the whole batch.
 //!
 //! Nothing here depends on the client beyond the `Future` contract and
 //! [`SameBatch`], so the tests drive it with fake batches.
@@ -39,8 +41,10 @@ pub struct Pending<F> {
     pub future: F,
     pub seq: u64,
     pub count: u32,
-    /// When the events were sent (burst) or meant to be sent (open loop).
-    pub from_ns: u64,
+    /// When the events were sent (burst); `None` where each record's own
+    /// time follows from its sequence number (open loop: its intended
+    /// send time, from the schedule).
+    pub from_ns: Option<u64>,
 }
 
 /// Futures that can tell whether they are answered by the same batch.
@@ -243,7 +247,8 @@ mod tests {
         let lane = Lane::new();
         let batches: Vec<Rc<Batch>> = (0..3).map(|_| Rc::new(Batch::default())).collect();
         for seq in 0..12 {
-            let record = Pending { future: Record(Rc::clone(&batches[seq as usize / 4])), seq, count: 1, from_ns: 0 };
+            let record =
+                Pending { future: Record(Rc::clone(&batches[seq as usize / 4])), seq, count: 1, from_ns: Some(0) };
             assert!(lane.push(record).is_none());
         }
         (lane, batches)
@@ -285,7 +290,7 @@ mod tests {
         let lane = Lane::new();
         let batch = Rc::new(Batch::default());
         batch.answer();
-        let answered = lane.push(Pending { future: Record(batch), seq: 7, count: 1, from_ns: 0 });
+        let answered = lane.push(Pending { future: Record(batch), seq: 7, count: 1, from_ns: Some(0) });
         assert_eq!(answered.map(|(record, ())| record.seq), Some(7));
         assert_eq!(lane.len(), 0);
     }
@@ -297,22 +302,26 @@ mod tests {
         let push = |batch: &Rc<Batch>, seq, from_ns| {
             assert!(lane.push(Pending { future: Record(Rc::clone(batch)), seq, count: 1, from_ns }).is_none());
         };
-        // 0-2 one run; 3 a new send time; 5 after a gap; 6 another batch.
-        for (batch, seq, from_ns) in [(&first, 0, 10), (&first, 1, 10), (&first, 2, 10), (&first, 3, 20)] {
+        // 0-2 one run; 3 a new send time; 5 after a gap; 6-9 another batch,
+        // whose times follow from the sequence numbers: one run.
+        for (batch, seq, from_ns) in [(&first, 0, Some(10)), (&first, 1, Some(10)), (&first, 2, Some(10))] {
             push(batch, seq, from_ns);
         }
-        push(&first, 5, 20);
-        push(&second, 6, 20);
-        push(&second, 7, 20);
+        push(&first, 3, Some(20));
+        push(&first, 5, Some(20));
+        for seq in 6..10 {
+            push(&second, seq, None);
+        }
         assert_eq!(lane.len(), 4);
         assert_eq!(first.wakers.borrow().len(), 1, "the lane's waker once per batch");
         second.answer();
-        assert_eq!(take(&lane), [6, 7]);
+        assert_eq!(take(&lane), [6, 7, 8, 9]);
         first.answer();
         let wakes = futures_lite::future::block_on(lane.answered());
         let mut out = Vec::new();
         lane.take_ready(wakes, &mut out);
-        let runs: Vec<(u64, u32, u64)> = out.iter().map(|(run, ())| (run.seq, run.count, run.from_ns)).collect();
-        assert_eq!(runs, [(0, 3, 10), (3, 1, 20), (5, 1, 20)]);
+        let runs: Vec<(u64, u32, Option<u64>)> =
+            out.iter().map(|(run, ())| (run.seq, run.count, run.from_ns)).collect();
+        assert_eq!(runs, [(0, 3, Some(10)), (3, 1, Some(20)), (5, 1, Some(20))]);
     }
 }

@@ -564,7 +564,8 @@ async fn produce_events(ctx: &Rc<Ctx>, plan: &ProducerPlan) -> Result<(), Worker
         Producer::new(ctx.client.clone(), ctx.plan.producer.clone()).map_err(WorkerError::Producer)?;
     let acked = Rc::new(RefCell::new(Bitmap::new(plan.events)));
     let lane: Rc<Lane<SendFuture>> = Rc::new(Lane::new());
-    let collector = glommio::spawn_local(collect_acks(Rc::clone(ctx), Rc::clone(&acked), Rc::clone(&lane)));
+    let collector =
+        glommio::spawn_local(collect_acks(Rc::clone(ctx), plan.clone(), Rc::clone(&acked), Rc::clone(&lane)));
     let (sent, result) = send_events(ctx, plan, &producer, &lane, &acked).await;
     ctx.measurements.borrow_mut().sent += sent;
     producer.flush().await;
@@ -670,8 +671,11 @@ async fn send_loop(
         } else {
             from_ns
         };
-        if let Some(answered) = lane.push(Pending { future, seq: next, count: 1, from_ns }) {
-            record_acks(ctx, acked, ctx.clock.now_ns(), [answered]);
+        // Open loop: the time follows from the sequence number, so every
+        // record of a batch joins one run.
+        let sent_at = plan.schedule.is_none().then_some(from_ns);
+        if let Some(answered) = lane.push(Pending { future, seq: next, count: 1, from_ns: sent_at }) {
+            record_acks(ctx, plan, acked, ctx.clock.now_ns(), [answered]);
         }
         *seq += 1;
         ctx.progress.sent.set(ctx.progress.sent.get() + 1);
@@ -720,7 +724,7 @@ async fn noting_wait<F: Future>(future: F) -> (F::Output, bool) {
 /// answered before the collector resumed (no other task ran since), so
 /// that reading is the ack time of all of them — as exact as a reading per
 /// record, at a fraction of the cost.
-async fn collect_acks(ctx: Rc<Ctx>, acked: Rc<RefCell<Bitmap>>, lane: Rc<Lane<SendFuture>>) {
+async fn collect_acks(ctx: Rc<Ctx>, plan: ProducerPlan, acked: Rc<RefCell<Bitmap>>, lane: Rc<Lane<SendFuture>>) {
     let mut ready = Vec::new();
     loop {
         let wakes = lane.answered().await;
@@ -729,7 +733,7 @@ async fn collect_acks(ctx: Rc<Ctx>, acked: Rc<RefCell<Bitmap>>, lane: Rc<Lane<Se
         }
         let now_ns = ctx.clock.now_ns();
         lane.take_ready(wakes, &mut ready);
-        record_acks(&ctx, &acked, now_ns, ready.drain(..));
+        record_acks(&ctx, &plan, &acked, now_ns, ready.drain(..));
         ctx.progress.maybe_flush(&ctx.shared, now_ns);
     }
 }
@@ -741,16 +745,19 @@ impl SameBatch for SendFuture {
 }
 
 /// Counts and times answered runs of records (see [`Lane`]): every record
-/// of a run has the same send time and the same ack time, so each run is
-/// one histogram entry with its record count.
+/// of a run has the same ack time. In a burst they also share a send time,
+/// so a run is one histogram entry with its record count; in open loop
+/// each record's intended send time comes from the producer's schedule.
 fn record_acks(
     ctx: &Ctx,
+    plan: &ProducerPlan,
     acked: &RefCell<Bitmap>,
     now_ns: u64,
     answered: impl IntoIterator<Item = (Pending<SendFuture>, AckResult)>,
 ) {
     let mut measurements = ctx.measurements.borrow_mut();
     let mut acked = acked.borrow_mut();
+    let latency_us = |from_ns: u64| now_ns.saturating_sub(from_ns) / 1000;
     for (Pending { seq, count, from_ns, .. }, result) in answered {
         let events = u64::from(count);
         match result {
@@ -758,9 +765,20 @@ fn record_acks(
                 for seq in seq..seq + events {
                     acked.insert(seq);
                 }
-                let latency_us = now_ns.saturating_sub(from_ns) / 1000;
-                measurements.ack.saturating_record_n(latency_us, events);
-                measurements.series.record_ack(now_ns, latency_us, count);
+                match (from_ns, &plan.schedule) {
+                    (Some(from_ns), _) => {
+                        measurements.ack.saturating_record_n(latency_us(from_ns), events);
+                        measurements.series.record_ack(now_ns, latency_us(from_ns), count);
+                    }
+                    (None, Some(schedule)) => {
+                        for seq in seq..seq + events {
+                            let latency_us = latency_us(ctx.start_ns + schedule.intended_ns(seq));
+                            measurements.ack.saturating_record(latency_us);
+                            measurements.series.record_ack(now_ns, latency_us, 1);
+                        }
+                    }
+                    (None, None) => unreachable!("a closed-loop producer stamps every run with its send time"),
+                }
                 measurements.acked_count += events;
                 measurements.last_ack_ns = measurements.last_ack_ns.max(Some(now_ns));
                 ctx.progress.acked.set(ctx.progress.acked.get() + events);
