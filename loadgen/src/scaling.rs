@@ -154,36 +154,29 @@ pub fn run(args: &ScalingArgs, options: &Options) -> anyhow::Result<i32> {
         row.shard_cpus = cpus[..shards].to_vec();
         row.loadgen_cpus = cpus[shards..].to_vec();
         let json = reports.path().join(format!("shards-{shards}.json"));
-        let interrupts_before = function_call_interrupts();
-        let row_started = Instant::now();
-        let (output, shard_cpu) = match &args.broker_bin {
-            None => {
-                let mut burst = burst_args(options, &row, None);
-                eprintln!("scaling: {shards} shard{plural}: loadgen {}", shown(&burst));
-                burst.extend(["--json".into(), json.clone().into()]);
-                (run_burst(&exe, &burst)?, None)
-            }
-            Some(bin) => {
-                let data = reports.path().join(format!("data-{shards}"));
-                let broker = BrokerProcess::start(bin, options, &row, &data)?;
-                let mut burst = burst_args(options, &row, Some(&broker.endpoint));
-                eprintln!("scaling: {shards} shard{plural}: loadgen {}", shown(&burst));
-                burst.extend(["--json".into(), json.clone().into()]);
-                let before = Snapshot::of_process(broker.pid);
-                let started = Instant::now();
-                let output = run_burst(&exe, &burst);
-                let wall_s = started.elapsed().as_secs_f64();
-                let threads = Snapshot::of_process(broker.pid).seconds_since(&before);
-                broker.stop();
-                (output?, Some(ShardCpu::over(&per_shard(&threads, shards), wall_s)))
-            }
-        };
+        let data = reports.path().join(format!("data-{shards}"));
+        let broker = args.broker_bin.as_ref().map(|bin| BrokerProcess::start(bin, options, &row, &data)).transpose()?;
+        let mut burst = burst_args(options, &row, broker.as_ref().map(|broker| &broker.endpoint));
+        eprintln!("scaling: {shards} shard{plural}: loadgen {}", shown(&burst));
+        burst.extend(["--json".into(), json.clone().into()]);
+        let (threads_before, interrupts_before) =
+            (broker.as_ref().map(BrokerProcess::threads), function_call_interrupts());
+        let started = Instant::now();
+        let output = run_burst(&exe, &burst);
+        let seconds = started.elapsed().as_secs_f64().max(1e-9);
         if let (Some(before), Some(after)) = (interrupts_before, function_call_interrupts()) {
-            let seconds = row_started.elapsed().as_secs_f64().max(1e-9);
             let per_s =
                 |cpu: &usize| after.get(cpu).zip(before.get(cpu)).map(|(a, b)| a.saturating_sub(*b) as f64 / seconds);
             row.shard_call_interrupts_per_s = row.shard_cpus.iter().filter_map(per_s).collect();
         }
+        // A broker process's shard CPU is read from its threads; embedded,
+        // the burst's report has it.
+        let shard_cpu = broker.zip(threads_before).map(|(broker, before)| {
+            let threads = broker.threads().seconds_since(&before);
+            broker.stop();
+            ShardCpu::over(&per_shard(&threads, shards), seconds)
+        });
+        let output = output?;
         // Its warnings, but not where it wrote the report (a temp file).
         let wrote = format!("loadgen: wrote {}", json.display());
         for line in String::from_utf8_lossy(&output.stderr).lines().filter(|line| *line != wrote) {
@@ -271,7 +264,6 @@ impl Endpoint {
 /// A row's broker, `ringbroker serve` as a child process.
 struct BrokerProcess {
     child: Child,
-    pid: u32,
     endpoint: Endpoint,
 }
 
@@ -302,7 +294,6 @@ impl BrokerProcess {
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id();
         let stdout = child.stdout.take().context("the broker's stdout")?;
         // A thread reads its stdout: it hands over the endpoint once the
         // startup line comes, then keeps reading, so that nothing the broker
@@ -335,15 +326,22 @@ impl BrokerProcess {
                 bail!("{} stopped before it listened ({status}); its log is above", bin.display());
             }
         };
-        Ok(BrokerProcess { child, pid, endpoint })
+        Ok(BrokerProcess { child, endpoint })
+    }
+
+    /// Its threads' CPU time so far.
+    fn threads(&self) -> Snapshot {
+        Snapshot::of_process(self.child.id())
     }
 
     /// SIGTERM, then SIGKILL if it has not stopped in time; its exit status
     /// is not the row's result, so failures here are only reported.
     fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-        if let Err(error) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
-            eprintln!("scaling: stopping the broker (pid {}): {error}", self.pid);
+        let pid = self.child.id();
+        if let Err(error) =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)
+        {
+            eprintln!("scaling: stopping the broker (pid {pid}): {error}");
         }
         let deadline = Instant::now() + BROKER_STOP_TIMEOUT;
         while Instant::now() < deadline {
@@ -353,7 +351,7 @@ impl BrokerProcess {
                 Err(_) => break,
             }
         }
-        eprintln!("scaling: the broker (pid {}) did not stop on SIGTERM; killing it", self.pid);
+        eprintln!("scaling: the broker (pid {pid}) did not stop on SIGTERM; killing it");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
