@@ -119,6 +119,8 @@ struct Inner {
     brokers: RefCell<FxHashMap<i32, SocketAddr>>,
     /// Per topic, the leader node of each partition.
     leaders: RefCell<FxHashMap<String, Rc<[i32]>>>,
+    /// Bumped by every change to `leaders` (see `Transport::metadata_epoch`).
+    epoch: Cell<u64>,
     /// By broker and lane.
     connections: RefCell<FxHashMap<(SocketAddr, u32), Connection>>,
     /// The last fetch lane handed out.
@@ -133,6 +135,7 @@ impl KafkaClient {
                 bootstrap,
                 brokers: RefCell::default(),
                 leaders: RefCell::default(),
+                epoch: Cell::new(0),
                 connections: RefCell::default(),
                 lanes: Cell::new(REQUEST_LANE + 1),
             }),
@@ -192,7 +195,7 @@ impl KafkaClient {
         for metadata in response.topics {
             let Some(name) = metadata.name else { continue };
             if metadata.error_code == UNKNOWN_TOPIC_OR_PARTITION {
-                self.inner.leaders.borrow_mut().remove(name.0.as_str());
+                self.leaders_mut().remove(name.0.as_str());
                 continue;
             }
             if metadata.error_code != 0 {
@@ -203,7 +206,7 @@ impl KafkaClient {
             for partition in &metadata.partitions {
                 leaders[partition.partition_index.max(0) as usize] = partition.leader_id.0;
             }
-            self.inner.leaders.borrow_mut().insert(name.0.to_string(), leaders.into());
+            self.leaders_mut().insert(name.0.to_string(), leaders.into());
         }
         Ok(())
     }
@@ -230,7 +233,13 @@ impl KafkaClient {
 
     /// Forgets where `topic` is led, after an answer saying it moved.
     fn forget(&self, topic: &str) {
-        self.inner.leaders.borrow_mut().remove(topic);
+        self.leaders_mut().remove(topic);
+    }
+
+    /// The leaders, to change: every change moves the metadata epoch.
+    fn leaders_mut(&self) -> std::cell::RefMut<'_, FxHashMap<String, Rc<[i32]>>> {
+        self.inner.epoch.set(self.inner.epoch.get() + 1);
+        self.inner.leaders.borrow_mut()
     }
 
     /// Runs `call` against the partition's leader; a "not the leader" or
@@ -267,6 +276,10 @@ impl Transport for KafkaClient {
 
     fn cached_partitions(&self, topic: &str) -> Option<u32> {
         self.inner.leaders.borrow().get(topic).map(|leaders| leaders.len() as u32)
+    }
+
+    fn metadata_epoch(&self) -> u64 {
+        self.inner.epoch.get()
     }
 
     async fn partitions(&self, topic: &str) -> Result<u32, ClientError> {

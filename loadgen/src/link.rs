@@ -148,6 +148,13 @@ impl Transport for Link {
         }
     }
 
+    fn metadata_epoch(&self) -> u64 {
+        match self {
+            Link::Native(client) => client.metadata_epoch(),
+            Link::Kafka(client) => client.metadata_epoch(),
+        }
+    }
+
     async fn partitions(&self, topic: &str) -> Result<u32, ClientError> {
         match self {
             Link::Native(client) => client.partitions(topic).await,

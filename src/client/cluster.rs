@@ -316,6 +316,12 @@ impl Client {
         self.inner.cache.borrow().partition_count(topic)
     }
 
+    /// Changes whenever the cached metadata may have changed; see
+    /// [`Transport::metadata_epoch`](super::Transport::metadata_epoch).
+    pub fn metadata_epoch(&self) -> u64 {
+        self.inner.cache.borrow().epoch
+    }
+
     /// Appends already-encoded record batches to one partition, with the
     /// client's request timeout as the broker's ack timeout. See
     /// [`produce_raw_with_timeout`](Self::produce_raw_with_timeout).
@@ -739,6 +745,8 @@ struct MetadataCache {
     /// every record a producer sends, so hashed with Fx rather than SipHash:
     /// topic names come from this application, not from the network.
     topics: FxHashMap<String, Vec<ShardId>>,
+    /// Bumped by every change to `topics`.
+    epoch: u64,
 }
 
 impl MetadataCache {
@@ -746,6 +754,7 @@ impl MetadataCache {
     /// asked for (`None`: all topics, so topics missing from the answer are
     /// gone).
     fn apply(&mut self, requested: Option<&[String]>, response: &MetadataResponse) {
+        self.epoch += 1;
         self.shard_ports = response.shards.iter().map(|endpoint| (endpoint.shard, endpoint.port)).collect();
         if requested.is_none() {
             self.topics.clear();
@@ -778,6 +787,7 @@ impl MetadataCache {
     }
 
     fn forget(&mut self, topic: &str) {
+        self.epoch += 1;
         self.topics.remove(topic);
     }
 
@@ -1012,9 +1022,15 @@ mod tests {
         assert_eq!(cache.route(bootstrap, "other", PartitionId(0)), Route::UnknownTopic);
 
         // Asking for a topic the broker no longer has forgets it.
+        // (Every change moves the epoch: producers keep counts per epoch.)
+        let epoch = cache.epoch;
         let gone = MetadataResponse { shards: response.shards.clone(), topics: vec![] };
         cache.apply(Some(&["orders".to_string()]), &gone);
         assert_eq!(cache.partition_count("orders"), None);
+        assert_ne!(cache.epoch, epoch);
+        let epoch = cache.epoch;
+        cache.forget("orders");
+        assert_ne!(cache.epoch, epoch);
 
         // Partition ids that are not exactly 0..n are not routable.
         let mut odd = topic("odd", &[0, 1]);

@@ -204,7 +204,7 @@ impl<T: Transport> Producer<T> {
         if self.shared.state.borrow().ledger.closed {
             return Err(ClientError::Closed);
         }
-        let Some(partitions) = self.shared.client.cached_partitions(record.topic) else {
+        let Some(partitions) = self.shared.partitions_of(record.topic) else {
             return Ok(None);
         };
         if partitions == 0 {
@@ -455,6 +455,9 @@ struct TopicBatches {
     /// Indexed by partition id.
     open: Vec<Option<OpenEntry>>,
     sticky: u32,
+    /// The partition count and the transport's metadata epoch it was read
+    /// at: still right while the epoch is the same.
+    counted: Option<(u64, u32)>,
 }
 
 struct OpenEntry {
@@ -590,7 +593,7 @@ fn topic_batches<'a>(topics: &'a mut Topics, topic: &str, partitions: u32) -> &'
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
         let index = topics.list.len();
         topics.by_name.insert(name.clone(), index);
-        topics.list.push(TopicBatches { name, open: Vec::new(), sticky });
+        topics.list.push(TopicBatches { name, open: Vec::new(), sticky, counted: None });
         topics.last = index;
         index
     });
@@ -606,6 +609,25 @@ fn unencodable() -> ClientError {
 }
 
 impl<T: Transport> Shared<T> {
+    /// The topic's partition count if it is known now. A topic this producer
+    /// has sent to keeps its count while the transport's metadata epoch
+    /// stays the same, so a record costs no lookup by name in the cache.
+    fn partitions_of(&self, topic: &str) -> Option<u32> {
+        let epoch = self.client.metadata_epoch();
+        let mut state = self.state.borrow_mut();
+        let batches = state.topics.get_mut(topic);
+        if let Some((counted_at, count)) = batches.as_ref().and_then(|batches| batches.counted) {
+            if counted_at == epoch {
+                return Some(count);
+            }
+        }
+        let count = self.client.cached_partitions(topic);
+        if let Some(batches) = batches {
+            batches.counted = count.map(|count| (epoch, count));
+        }
+        count
+    }
+
     /// The synchronous part of `send`: the record goes into its partition's
     /// open batch; full batches are sealed and dispatched.
     fn append(
@@ -1216,6 +1238,11 @@ mod tests {
         most_total: usize,
         released: bool,
         next_offset: FxHashMap<u32, u64>,
+        /// The partition count the cache gives (2 unless set).
+        partitions: Option<u32>,
+        epoch: u64,
+        /// How often the producer asked the cache for a count.
+        lookups: usize,
     }
 
     impl Transport for HeldTransport {
@@ -1224,11 +1251,17 @@ mod tests {
         }
 
         fn cached_partitions(&self, _topic: &str) -> Option<u32> {
-            Some(2)
+            let mut held = self.state.borrow_mut();
+            held.lookups += 1;
+            Some(held.partitions.unwrap_or(2))
         }
 
-        async fn partitions(&self, _topic: &str) -> Result<u32, ClientError> {
-            Ok(2)
+        fn metadata_epoch(&self) -> u64 {
+            self.state.borrow().epoch
+        }
+
+        async fn partitions(&self, topic: &str) -> Result<u32, ClientError> {
+            Ok(self.cached_partitions(topic).unwrap_or(2))
         }
 
         async fn prepare_route(&self, _topic: &str, _partition: PartitionId) -> Result<(), ClientError> {
@@ -1336,6 +1369,35 @@ mod tests {
             }
             let held = transport.state.borrow();
             assert!(held.most_per_partition.values().all(|most| *most <= IDEMPOTENT_IN_FLIGHT_MAX));
+        });
+    }
+
+    #[test]
+    fn the_partition_count_is_looked_up_again_only_when_the_metadata_epoch_moves() {
+        executor().run(async {
+            let transport = HeldTransport::default();
+            transport.state.borrow_mut().released = true;
+            let producer = Producer::new(transport.clone(), ProducerConfig::default()).unwrap();
+            let value = [b'v'; 10];
+            let to = |partition| ProducerRecord::new("t", &value).with_partition(PartitionId(partition));
+            for _ in 0..100 {
+                producer.try_send(to(1)).unwrap().expect("the buffer has room");
+            }
+            let lookups = transport.state.borrow().lookups;
+            assert!((1..=2).contains(&lookups), "{lookups} lookups for 100 records to one topic");
+            // The topic now has one partition: the cache says so, and its
+            // epoch moves.
+            {
+                let mut held = transport.state.borrow_mut();
+                held.partitions = Some(1);
+                held.epoch += 1;
+            }
+            let error = producer.try_send(to(1)).err().expect("partition 1 is gone");
+            assert!(
+                matches!(&error, ClientError::InvalidArgument(message) if message.contains("does not exist")),
+                "{error}"
+            );
+            producer.try_send(to(0)).unwrap().expect("the buffer has room");
         });
     }
 }

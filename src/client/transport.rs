@@ -26,6 +26,12 @@ pub trait Transport: Clone + 'static {
     /// The topic's partition count if it is known now; never waits.
     fn cached_partitions(&self, topic: &str) -> Option<u32>;
 
+    /// A number that changes whenever a cached partition count may have
+    /// changed (a metadata answer taken in, a topic forgotten). The producer
+    /// keeps each topic's count for as long as it stays the same, which
+    /// spares a lookup by name per record.
+    fn metadata_epoch(&self) -> u64;
+
     /// The topic's partition count, asking the cluster if it is not known.
     fn partitions(&self, topic: &str) -> impl Future<Output = Result<u32, ClientError>>;
 
@@ -77,6 +83,10 @@ impl Transport for Client {
 
     fn cached_partitions(&self, topic: &str) -> Option<u32> {
         Client::cached_partitions(self, topic)
+    }
+
+    fn metadata_epoch(&self) -> u64 {
+        Client::metadata_epoch(self)
     }
 
     async fn partitions(&self, topic: &str) -> Result<u32, ClientError> {
