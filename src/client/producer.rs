@@ -204,7 +204,7 @@ impl<T: Transport> Producer<T> {
         if self.shared.state.borrow().ledger.closed {
             return Err(ClientError::Closed);
         }
-        let Some(partitions) = self.shared.partitions_of(record.topic) else {
+        let Some(KnownTopic { partitions, batches }) = self.shared.known_topic(record.topic) else {
             return Ok(None);
         };
         if partitions == 0 {
@@ -226,7 +226,7 @@ impl<T: Transport> Producer<T> {
         }
         let timestamp_ms = record.timestamp_ms.unwrap_or_else(|| TimestampMs::now().0);
         let encoded = Record { timestamp_ms, key: record.key, value: record.value, headers: record.headers };
-        self.shared.append(record.topic, partitions, target, &encoded).map(Some)
+        self.shared.append(record.topic, batches, partitions, target, &encoded).map(Some)
     }
 
     /// Sends everything buffered now and waits until every batch sent so far
@@ -449,6 +449,13 @@ impl Topics {
     }
 }
 
+/// A topic as `try_send` found it: its partition count, and the index of
+/// its batches if this producer has sent to it before.
+struct KnownTopic {
+    partitions: u32,
+    batches: Option<usize>,
+}
+
 /// Per topic: the open batch of each partition and the round-robin position.
 struct TopicBatches {
     name: Rc<str>,
@@ -583,9 +590,16 @@ impl Ledger {
 }
 
 /// The topic's batches, created on first use, with a slot per partition.
-fn topic_batches<'a>(topics: &'a mut Topics, topic: &str, partitions: u32) -> &'a mut TopicBatches {
+/// The topic's batches: at `known` (an index from [`Topics::index_of`] in
+/// this same call, so still the topic's), else looked up or created.
+fn topic_batches<'a>(
+    topics: &'a mut Topics,
+    topic: &str,
+    known: Option<usize>,
+    partitions: u32,
+) -> &'a mut TopicBatches {
     // Looked up by `&str` first so the common case allocates nothing.
-    let index = topics.index_of(topic).unwrap_or_else(|| {
+    let index = known.or_else(|| topics.index_of(topic)).unwrap_or_else(|| {
         let name: Rc<str> = Rc::from(topic);
         // Producers start their round-robin at different partitions, so that
         // many of them starting together do not all fill partition 0 first.
@@ -609,23 +623,27 @@ fn unencodable() -> ClientError {
 }
 
 impl<T: Transport> Shared<T> {
-    /// The topic's partition count if it is known now. A topic this producer
-    /// has sent to keeps its count while the transport's metadata epoch
-    /// stays the same, so a record costs no lookup by name in the cache.
-    fn partitions_of(&self, topic: &str) -> Option<u32> {
+    /// The topic's partition count if it is known now, and where its
+    /// batches are. A topic this producer has sent to keeps its count while
+    /// the transport's metadata epoch stays the same, so a record costs no
+    /// lookup by name in the cache.
+    fn known_topic(&self, topic: &str) -> Option<KnownTopic> {
         let epoch = self.client.metadata_epoch();
         let mut state = self.state.borrow_mut();
-        let batches = state.topics.get_mut(topic);
-        if let Some((counted_at, count)) = batches.as_ref().and_then(|batches| batches.counted) {
-            if counted_at == epoch {
-                return Some(count);
+        let Some(index) = state.topics.index_of(topic) else {
+            let partitions = self.client.cached_partitions(topic)?;
+            return Some(KnownTopic { partitions, batches: None });
+        };
+        let batches = &mut state.topics.list[index];
+        let partitions = match batches.counted {
+            Some((counted_at, count)) if counted_at == epoch => count,
+            _ => {
+                let count = self.client.cached_partitions(topic);
+                batches.counted = count.map(|count| (epoch, count));
+                count?
             }
-        }
-        let count = self.client.cached_partitions(topic);
-        if let Some(batches) = batches {
-            batches.counted = count.map(|count| (epoch, count));
-        }
-        count
+        };
+        Some(KnownTopic { partitions, batches: Some(index) })
     }
 
     /// The synchronous part of `send`: the record goes into its partition's
@@ -633,12 +651,13 @@ impl<T: Transport> Shared<T> {
     fn append(
         self: &Rc<Self>,
         topic: &str,
+        known: Option<usize>,
         partitions: u32,
         target: Target,
         record: &Record<'_>,
     ) -> Result<SendFuture, ClientError> {
         let mut effects = AppendEffects::default();
-        let result = self.append_locked(topic, partitions, target, record, &mut effects);
+        let result = self.append_locked(topic, known, partitions, target, record, &mut effects);
         if let Some(flusher) = effects.wake_flusher {
             flusher.wake();
         }
@@ -651,6 +670,7 @@ impl<T: Transport> Shared<T> {
     fn append_locked(
         &self,
         topic: &str,
+        known: Option<usize>,
         partitions: u32,
         target: Target,
         record: &Record<'_>,
@@ -662,7 +682,7 @@ impl<T: Transport> Shared<T> {
         if ledger.closed {
             return Err(ClientError::Closed);
         }
-        let batches = topic_batches(topics, topic, partitions);
+        let batches = topic_batches(topics, topic, known, partitions);
         let mut partition = match target {
             Target::Partition(partition) => partition,
             Target::Sticky => batches.sticky % partitions,
@@ -1381,7 +1401,7 @@ mod tests {
             let value = [b'v'; 10];
             let to = |partition| ProducerRecord::new("t", &value).with_partition(PartitionId(partition));
             for _ in 0..100 {
-                producer.try_send(to(1)).unwrap().expect("the buffer has room");
+                drop(producer.try_send(to(1)).unwrap().expect("the buffer has room"));
             }
             let lookups = transport.state.borrow().lookups;
             assert!((1..=2).contains(&lookups), "{lookups} lookups for 100 records to one topic");
@@ -1397,7 +1417,7 @@ mod tests {
                 matches!(&error, ClientError::InvalidArgument(message) if message.contains("does not exist")),
                 "{error}"
             );
-            producer.try_send(to(0)).unwrap().expect("the buffer has room");
+            drop(producer.try_send(to(0)).unwrap().expect("the buffer has room"));
         });
     }
 }
