@@ -1412,7 +1412,7 @@ mod tests {
                 held.partitions = Some(1);
                 held.epoch += 1;
             }
-            let error = producer.try_send(to(1)).err().expect("partition 1 is gone");
+            let Err(error) = producer.try_send(to(1)) else { panic!("partition 1 is gone, yet the send was taken") };
             assert!(
                 matches!(&error, ClientError::InvalidArgument(message) if message.contains("does not exist")),
                 "{error}"
