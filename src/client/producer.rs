@@ -210,23 +210,37 @@ impl<T: Transport> Producer<T> {
         if partitions == 0 {
             return Err(ClientError::NoSuchTopic(record.topic.to_owned()));
         }
-        let target = match (record.partition, record.key) {
-            (Some(partition), _) if partition.0 < partitions => Target::Partition(partition.0),
-            (Some(partition), _) => {
-                let topic = record.topic;
-                let message =
-                    format!("partition {partition} does not exist: topic {topic} has {partitions} partitions");
-                return Err(ClientError::InvalidArgument(message));
-            }
-            (None, Some(key)) => Target::Partition(partition_for_key(key, partitions)),
-            (None, None) => Target::Sticky,
-        };
+        let target = target_of(&record, partitions)?;
         if self.buffered_bytes() >= self.shared.buffer_bytes_max {
             return Ok(None);
         }
-        let timestamp_ms = record.timestamp_ms.unwrap_or_else(|| TimestampMs::now().0);
-        let encoded = Record { timestamp_ms, key: record.key, value: record.value, headers: record.headers };
-        self.shared.append(record.topic, batches, partitions, target, &encoded).map(Some)
+        self.shared.append(record.topic, batches, partitions, target, &to_record(&record)).map(Some)
+    }
+
+    /// [`try_send`](Self::try_send) for many records at a time, in order:
+    /// the checks and lookups of a call are made once for all of them, and
+    /// the records' futures come back as runs, one per batch they went into
+    /// (appended to `runs`), instead of one per record.
+    ///
+    /// Takes records until one names another topic than the first, or one
+    /// that `try_send` would decline (the buffer is full) or refuse (an
+    /// error), and returns how many it took. An error is returned only for
+    /// the first record; a later one that would fail is left for the next
+    /// call, which starts with it.
+    pub fn try_send_run(&self, records: &[ProducerRecord<'_>], runs: &mut Vec<SentRun>) -> Result<usize, ClientError> {
+        let Some(first) = records.first() else {
+            return Ok(0);
+        };
+        if self.shared.state.borrow().ledger.closed {
+            return Err(ClientError::Closed);
+        }
+        let Some(KnownTopic { partitions, batches }) = self.shared.known_topic(first.topic) else {
+            return Ok(0);
+        };
+        if partitions == 0 {
+            return Err(ClientError::NoSuchTopic(first.topic.to_owned()));
+        }
+        self.shared.append_run(first.topic, batches, partitions, records, runs)
     }
 
     /// Sends everything buffered now and waits until every batch sent so far
@@ -308,6 +322,23 @@ impl SendFuture {
     /// then keep one future per batch instead of one per record.
     pub fn same_batch(&self, other: &SendFuture) -> bool {
         Rc::ptr_eq(&self.outcome, &other.outcome)
+    }
+}
+
+/// Records that [`Producer::try_send_run`] put into one batch, one after
+/// another: the first one's future, and how many they are. The batch
+/// answers them together; the others' offsets follow the first's.
+#[derive(Debug)]
+pub struct SentRun {
+    pub first: SendFuture,
+    pub count: usize,
+}
+
+impl SentRun {
+    /// Whether the record at `index` of the run's batch comes right after
+    /// the run's last.
+    fn follows(&self, index: u32) -> bool {
+        self.first.index as usize + self.count == index as usize
     }
 }
 
@@ -447,6 +478,27 @@ impl Topics {
     fn values_mut(&mut self) -> impl Iterator<Item = &mut TopicBatches> {
         self.list.iter_mut()
     }
+}
+
+/// The partition a record asks for: its own (which must exist), its key's,
+/// or the topic's round-robin one.
+fn target_of(record: &ProducerRecord<'_>, partitions: u32) -> Result<Target, ClientError> {
+    match (record.partition, record.key) {
+        (Some(partition), _) if partition.0 < partitions => Ok(Target::Partition(partition.0)),
+        (Some(partition), _) => {
+            let topic = record.topic;
+            let message = format!("partition {partition} does not exist: topic {topic} has {partitions} partitions");
+            Err(ClientError::InvalidArgument(message))
+        }
+        (None, Some(key)) => Ok(Target::Partition(partition_for_key(key, partitions))),
+        (None, None) => Ok(Target::Sticky),
+    }
+}
+
+/// The record to encode: stamped now unless it has a time of its own.
+fn to_record<'r>(record: &ProducerRecord<'r>) -> Record<'r> {
+    let timestamp_ms = record.timestamp_ms.unwrap_or_else(|| TimestampMs::now().0);
+    Record { timestamp_ms, key: record.key, value: record.value, headers: record.headers }
 }
 
 /// A topic as `try_send` found it: its partition count, and the index of
@@ -676,13 +728,94 @@ impl<T: Transport> Shared<T> {
         record: &Record<'_>,
         effects: &mut AppendEffects,
     ) -> Result<SendFuture, ClientError> {
-        let config = &self.config;
         let mut guard = self.state.borrow_mut();
         let State { topics, ledger } = &mut *guard;
         if ledger.closed {
             return Err(ClientError::Closed);
         }
         let batches = topic_batches(topics, topic, known, partitions);
+        let future = self.push(ledger, batches, partitions, target, record, None, effects)?;
+        Ok(future.expect("a record extends no run when none is given"))
+    }
+
+    /// [`append`](Self::append) for the records of
+    /// [`Producer::try_send_run`], under one borrow of the state.
+    fn append_run(
+        self: &Rc<Self>,
+        topic: &str,
+        known: Option<usize>,
+        partitions: u32,
+        records: &[ProducerRecord<'_>],
+        runs: &mut Vec<SentRun>,
+    ) -> Result<usize, ClientError> {
+        let mut effects = AppendEffects::default();
+        let result = self.append_run_locked(topic, known, partitions, records, runs, &mut effects);
+        if let Some(flusher) = effects.wake_flusher {
+            flusher.wake();
+        }
+        for sealed in effects.sealed {
+            self.dispatch(sealed);
+        }
+        result
+    }
+
+    fn append_run_locked(
+        &self,
+        topic: &str,
+        known: Option<usize>,
+        partitions: u32,
+        records: &[ProducerRecord<'_>],
+        runs: &mut Vec<SentRun>,
+        effects: &mut AppendEffects,
+    ) -> Result<usize, ClientError> {
+        let mut guard = self.state.borrow_mut();
+        let State { topics, ledger } = &mut *guard;
+        if ledger.closed {
+            return Err(ClientError::Closed);
+        }
+        let batches = topic_batches(topics, topic, known, partitions);
+        let first_run = runs.len();
+        for (taken, record) in records.iter().enumerate() {
+            // The same `&str` as the first record's (the usual case) needs
+            // no comparison of the bytes.
+            let same_topic = std::ptr::eq(record.topic, topic) || record.topic == topic;
+            if !same_topic {
+                return Ok(taken);
+            }
+            let refused = |error| if taken == 0 { Err(error) } else { Ok(taken) };
+            let target = match target_of(record, partitions) {
+                Ok(target) => target,
+                Err(error) => return refused(error),
+            };
+            if ledger.buffered_bytes >= self.buffer_bytes_max {
+                return Ok(taken);
+            }
+            let last_run = if runs.len() > first_run { runs.last_mut() } else { None };
+            match self.push(ledger, batches, partitions, target, &to_record(record), last_run, effects) {
+                Ok(Some(future)) => runs.push(SentRun { first: future, count: 1 }),
+                Ok(None) => {}
+                Err(error) => return refused(error),
+            }
+        }
+        Ok(records.len())
+    }
+
+    /// Appends one record to its partition's open batch (opening one, and
+    /// sealing the full ones it meets). Returns the record's future, or
+    /// `None` where the record follows `run`'s last one in the same batch
+    /// and so only lengthened it.
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &self,
+        ledger: &mut Ledger,
+        batches: &mut TopicBatches,
+        partitions: u32,
+        target: Target,
+        record: &Record<'_>,
+        run: Option<&mut SentRun>,
+        effects: &mut AppendEffects,
+    ) -> Result<Option<SendFuture>, ClientError> {
+        let config = &self.config;
         let mut partition = match target {
             Target::Partition(partition) => partition,
             Target::Sticky => batches.sticky % partitions,
@@ -730,7 +863,13 @@ impl<T: Transport> Shared<T> {
         ledger.buffered_bytes += entry.batch.len_bytes() - before;
         // At most i32::MAX records fit a batch, so the index fits a u32.
         let index = (entry.batch.record_count() - 1) as u32;
-        let future = SendFuture { outcome: entry.outcome.clone(), index, partition: PartitionId(partition) };
+        let future = match run {
+            Some(run) if Rc::ptr_eq(&run.first.outcome, &entry.outcome) && run.follows(index) => {
+                run.count += 1;
+                None
+            }
+            _ => Some(SendFuture { outcome: entry.outcome.clone(), index, partition: PartitionId(partition) }),
+        };
         if is_full(entry.batch.len_bytes(), config.batch_bytes) {
             if let Some(entry) = batches.take(partition) {
                 effects.sealed.extend(ledger.seal(batches.name.clone(), partition, entry));
@@ -1418,6 +1557,81 @@ mod tests {
                 "{error}"
             );
             drop(producer.try_send(to(0)).unwrap().expect("the buffer has room"));
+        });
+    }
+
+    #[test]
+    fn a_run_of_records_comes_back_as_one_future_per_batch_with_consecutive_offsets() {
+        executor().run(async {
+            let transport = HeldTransport::default();
+            transport.state.borrow_mut().released = true;
+            // About nine 100-byte records per batch: the run fills and seals
+            // several batches as it goes.
+            let config = ProducerConfig { batch_bytes: 1024, linger: Duration::ZERO, ..ProducerConfig::default() };
+            let producer = Producer::new(transport.clone(), config).unwrap();
+            let value = [b'v'; 100];
+            let records = vec![ProducerRecord::new("t", &value); 50];
+            let mut runs = Vec::new();
+            assert_eq!(producer.try_send_run(&records, &mut runs).unwrap(), 50);
+            assert_eq!(runs.iter().map(|run| run.count).sum::<usize>(), 50);
+            assert!(runs.len() >= 5, "{} runs: batches hold about 9 records", runs.len());
+            producer.flush().await;
+            // Per partition, the runs' offsets follow each other from 0.
+            let mut next = [0u64; 2];
+            for run in runs {
+                let partition = run.first.partition().0 as usize;
+                let offset = run.first.await.unwrap().unwrap();
+                assert_eq!(offset.get(), next[partition], "runs in order within partition {partition}");
+                next[partition] += run.count as u64;
+            }
+            assert_eq!(next[0] + next[1], 50);
+        });
+    }
+
+    #[test]
+    fn a_run_stops_at_another_topic_and_at_a_refused_record_which_fails_the_next_call() {
+        executor().run(async {
+            let transport = HeldTransport::default();
+            transport.state.borrow_mut().released = true;
+            let producer = Producer::new(transport.clone(), ProducerConfig::default()).unwrap();
+            let value = [b'v'; 10];
+            let to = |topic, partition| ProducerRecord::new(topic, &value).with_partition(PartitionId(partition));
+            let mut runs = Vec::new();
+            let records = [to("t", 0), to("t", 0), to("u", 0), to("t", 0)];
+            assert_eq!(producer.try_send_run(&records, &mut runs).unwrap(), 2);
+            assert_eq!(producer.try_send_run(&records[2..], &mut runs).unwrap(), 1);
+            // Partition 5 does not exist (the transport says 2): the run
+            // stops before it, and the call that starts with it fails.
+            let records = [to("t", 1), to("t", 5), to("t", 1)];
+            assert_eq!(producer.try_send_run(&records, &mut runs).unwrap(), 1);
+            let error = producer.try_send_run(&records[1..], &mut runs).unwrap_err();
+            assert!(
+                matches!(&error, ClientError::InvalidArgument(message) if message.contains("does not exist")),
+                "{error}"
+            );
+            // Every record taken has its place in a run: 2 to t/0, 1 to
+            // u/0 and 1 to t/1.
+            let counts: Vec<(u32, usize)> = runs.iter().map(|run| (run.first.partition().0, run.count)).collect();
+            assert_eq!(counts, [(0, 2), (0, 1), (1, 1)]);
+            assert_eq!(producer.try_send_run(&[], &mut runs).unwrap(), 0);
+        });
+    }
+
+    #[test]
+    fn a_run_stops_where_the_buffer_is_full() {
+        executor().run(async {
+            // Answers are held back: nothing frees the buffer of 2 x 256 bytes.
+            let transport = HeldTransport::default();
+            let config = ProducerConfig { batch_bytes: 256, max_in_flight: 2, ..ProducerConfig::default() };
+            let producer = Producer::new(transport.clone(), config).unwrap();
+            let value = [b'v'; 100];
+            let records = vec![ProducerRecord::new("t", &value).with_partition(PartitionId(0)); 20];
+            let mut runs = Vec::new();
+            let taken = producer.try_send_run(&records, &mut runs).unwrap();
+            assert!((1..20).contains(&taken), "{taken} of 20 records taken into a 512-byte buffer");
+            assert_eq!(runs.iter().map(|run| run.count).sum::<usize>(), taken);
+            assert!(producer.buffered_bytes() >= 512);
+            assert_eq!(producer.try_send_run(&records[taken..], &mut runs).unwrap(), 0, "still full");
         });
     }
 }
