@@ -879,6 +879,7 @@ async fn consume_partition(
         // Every record of one fetch arrived at the same moment: the clock is
         // read at the first one and serves them all.
         let mut arrived: Option<(u64, u64)> = None;
+        let mut e2e_run = LatencyRun::default();
         let polled = consumer
             .poll_with(POLL_WAIT, |record| {
                 let (_, now_unix_us) = *arrived.get_or_insert_with(|| {
@@ -890,12 +891,14 @@ async fn consume_partition(
                 let mut check = Check {
                     tracker: &mut measurements.tracker,
                     e2e: &mut measurements.e2e,
+                    e2e_run: &mut e2e_run,
                     reordered: &mut measurements.reordered,
                     now_unix_us,
                 };
                 check.event(record.value(), &mut highest_seq);
             })
             .await;
+        e2e_run.flush(&mut ctx.measurements.borrow_mut().e2e);
         let count = match polled {
             Ok(count) => count as u64,
             Err(error) => break Err(WorkerError::Fetch { topic: ctx.plan.topic.clone(), partition, error }),
@@ -928,8 +931,37 @@ async fn consume_partition(
 struct Check<'a> {
     tracker: &'a mut SeqTracker,
     e2e: &'a mut Histogram<u64>,
+    /// Latencies not yet in `e2e`.
+    e2e_run: &'a mut LatencyRun,
     reordered: &'a mut u64,
     now_unix_us: u64,
+}
+
+/// Consecutive equal latencies, recorded as one histogram entry with their
+/// count: the events of one fetch arrive together, and a producer stamps a
+/// run of events with one send time, so most come in such runs.
+#[derive(Debug, Default)]
+struct LatencyRun {
+    latency_us: u64,
+    count: u64,
+}
+
+impl LatencyRun {
+    fn add(&mut self, latency_us: u64, histogram: &mut Histogram<u64>) {
+        if self.count > 0 && latency_us != self.latency_us {
+            self.flush(histogram);
+        }
+        self.latency_us = latency_us;
+        self.count += 1;
+    }
+
+    /// Records the run; call it before the histogram is read.
+    fn flush(&mut self, histogram: &mut Histogram<u64>) {
+        if self.count > 0 {
+            histogram.saturating_record_n(self.latency_us, self.count);
+            self.count = 0;
+        }
+    }
 }
 
 impl Check<'_> {
@@ -942,7 +974,7 @@ impl Check<'_> {
         let Some(header) = header.filter(|_| seen != Seen::Foreign) else {
             return;
         };
-        self.e2e.saturating_record(self.now_unix_us.saturating_sub(header.sent_unix_us));
+        self.e2e_run.add(self.now_unix_us.saturating_sub(header.sent_unix_us), self.e2e);
         let highest = &mut highest_seq[header.producer as usize];
         if seen == Seen::First && highest.is_some_and(|highest| header.seq < highest) {
             *self.reordered += 1;
@@ -1104,9 +1136,11 @@ fn check_group_records(
     let mut measurements = ctx.measurements.borrow_mut();
     let Measurements { groups, series, .. } = &mut *measurements;
     let measured = &mut groups[group];
+    let mut e2e_run = LatencyRun::default();
     let mut check = Check {
         tracker: &mut measured.tracker,
         e2e: &mut measured.e2e,
+        e2e_run: &mut e2e_run,
         reordered: &mut measured.reordered,
         now_unix_us: ctx.clock.unix_us(now_ns),
     };
@@ -1115,6 +1149,7 @@ fn check_group_records(
             check.event(record.record.value.as_deref(), highest);
         }
     }
+    e2e_run.flush(&mut measured.e2e);
     if ctx.plan.groups[group].role.is_end() {
         let count = records.len() as u64;
         series.record_consumed(now_ns, count);
@@ -1234,6 +1269,22 @@ mod tests {
         assert_eq!(wake_time(1), SEND_QUANTUM_NS);
         assert_eq!(wake_time(SEND_QUANTUM_NS), SEND_QUANTUM_NS);
         assert_eq!(wake_time(SEND_QUANTUM_NS + 1), 2 * SEND_QUANTUM_NS);
+    }
+
+    #[test]
+    fn runs_of_equal_latencies_are_recorded_with_their_counts() {
+        let mut histogram = Histogram::<u64>::new(3).unwrap();
+        let mut run = LatencyRun::default();
+        for latency_us in [5, 5, 5, 7, 7, 5] {
+            run.add(latency_us, &mut histogram);
+        }
+        // The last run is still pending until flushed.
+        assert_eq!(histogram.len(), 5);
+        run.flush(&mut histogram);
+        run.flush(&mut histogram);
+        assert_eq!(histogram.len(), 6);
+        assert_eq!(histogram.count_at(5), 4);
+        assert_eq!(histogram.count_at(7), 2);
     }
 
     #[test]
