@@ -1,6 +1,7 @@
 //! Throughput of the RecordBatch v2 codec: full validation (CRC + record
-//! walk) is on every produce request's path, and building is what the load
-//! generator and tests do per batch.
+//! walk) is on every produce request's path, building is what the load
+//! generator and tests do per batch, and iterating is what a consumer does
+//! with each batch it fetched.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use ringbroker::protocol::batch::{BatchBuilder, BatchView, Record};
@@ -37,6 +38,17 @@ fn bench_batch(c: &mut Criterion) {
         });
         group.bench_function(format!("parse_header/{value_len}B-records"), |b| {
             b.iter(|| BatchView::parse_header(black_box(&batch), MAX_BATCH_BYTES).unwrap())
+        });
+        // What a consumer does per batch after parse: decode every record.
+        let view = BatchView::parse(&batch, MAX_BATCH_BYTES).unwrap();
+        group.bench_function(format!("iterate/{value_len}B-records"), |b| {
+            b.iter(|| {
+                black_box(&view)
+                    .records()
+                    .unwrap()
+                    .map(|record| record.unwrap().value.map_or(0, <[u8]>::len))
+                    .sum::<usize>()
+            })
         });
         let mut out = Vec::with_capacity(TARGET_BATCH_BYTES);
         group.bench_function(format!("build/{value_len}B-records"), |b| b.iter(|| build(&mut out, black_box(&value))));

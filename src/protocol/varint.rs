@@ -222,6 +222,30 @@ mod tests {
         assert_eq!(input, [0x07]);
     }
 
+    #[test]
+    fn every_one_and_two_byte_encoding_round_trips_and_decodes_by_the_definition() {
+        for v in -8192..8192 {
+            let bytes = enc32(v);
+            assert!(bytes.len() <= 2);
+            let mut input = &bytes[..];
+            assert_eq!(read_varint(&mut input), Ok(v));
+            assert!(input.is_empty());
+        }
+        // Every two-byte input whose second byte ends the encoding: low
+        // seven bits first, then the next seven, zigzag-mapped.
+        for first in 0x80..=0xffu8 {
+            for second in 0..0x80u8 {
+                let raw = u32::from(first & 0x7f) | u32::from(second) << 7;
+                let expected = ((raw >> 1) as i32) ^ -((raw & 1) as i32);
+                let mut input = &[first, second, 0xff][..];
+                assert_eq!(read_varint(&mut input), Ok(expected));
+                assert_eq!(input, [0xff]);
+                let mut input = &[first, second][..];
+                assert_eq!(read_varlong(&mut input), Ok(i64::from(expected)));
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn varint_round_trips(v: i32, tail: Vec<u8>) {
