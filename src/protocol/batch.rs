@@ -999,13 +999,29 @@ fn measure(record: &Record<'_>, first_timestamp_ms: i64, count: i32) -> Option<M
 fn write_record(out: &mut Vec<u8>, record: &Record<'_>, first_timestamp_ms: i64, count: i32, measured: Measured) {
     let start = out.len();
     out.reserve(measured.total);
-    varint::write_varint(out, measured.body);
-    out.push(0); // record attributes: unused in v2
-    varint::write_varlong(out, record.timestamp_ms.wrapping_sub(first_timestamp_ms));
-    varint::write_varint(out, count);
-    write_nullable(out, record.key);
-    write_nullable(out, record.value);
+    // The fields up to the key's bytes (and, for a record without a key, up
+    // to the value's) are put together first and copied once: four or five
+    // varints and a byte, within `Packed::CAPACITY`.
+    let mut head = varint::Packed::default();
+    head.varint(measured.body);
+    head.byte(0); // record attributes: unused in v2
+    head.varlong(record.timestamp_ms.wrapping_sub(first_timestamp_ms));
+    head.varint(count);
     // measure checked that every length below fits an i32.
+    match record.key {
+        None => {
+            head.varint(-1);
+            head.varint(record.value.map_or(-1, |value| value.len() as i32));
+            out.extend_from_slice(head.as_slice());
+            out.extend_from_slice(record.value.unwrap_or_default());
+        }
+        Some(key) => {
+            head.varint(key.len() as i32);
+            out.extend_from_slice(head.as_slice());
+            out.extend_from_slice(key);
+            write_nullable(out, record.value);
+        }
+    }
     varint::write_varint(out, record.headers.len() as i32);
     for (key, value) in record.headers {
         write_nullable(out, Some(key.as_bytes()));
