@@ -676,7 +676,6 @@ async fn send_loop(
             runs.push(SentRun { first, count: 1 });
             sent = 1;
         }
-        drop(records);
         let now_ns = ctx.clock.now_ns();
         if plan.schedule.is_some() {
             // Sent once the producer took it: a full buffer delays the send.

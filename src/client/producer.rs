@@ -641,9 +641,9 @@ impl Ledger {
     }
 }
 
-/// The topic's batches, created on first use, with a slot per partition.
-/// The topic's batches: at `known` (an index from [`Topics::index_of`] in
-/// this same call, so still the topic's), else looked up or created.
+/// The topic's batches, with a slot per partition: at `known` (an index
+/// from [`Topics::index_of`] in this same call, so still the topic's), else
+/// looked up, or created on first use.
 fn topic_batches<'a>(
     topics: &'a mut Topics,
     topic: &str,
@@ -710,12 +710,7 @@ impl<T: Transport> Shared<T> {
     ) -> Result<SendFuture, ClientError> {
         let mut effects = AppendEffects::default();
         let result = self.append_locked(topic, known, partitions, target, record, &mut effects);
-        if let Some(flusher) = effects.wake_flusher {
-            flusher.wake();
-        }
-        for sealed in effects.sealed {
-            self.dispatch(sealed);
-        }
+        self.carry_out(effects);
         result
     }
 
@@ -750,13 +745,19 @@ impl<T: Transport> Shared<T> {
     ) -> Result<usize, ClientError> {
         let mut effects = AppendEffects::default();
         let result = self.append_run_locked(topic, known, partitions, records, runs, &mut effects);
+        self.carry_out(effects);
+        result
+    }
+
+    /// What an append left to do once the state is no longer borrowed: wake
+    /// the linger task for a newly opened batch, dispatch the sealed ones.
+    fn carry_out(self: &Rc<Self>, effects: AppendEffects) {
         if let Some(flusher) = effects.wake_flusher {
             flusher.wake();
         }
         for sealed in effects.sealed {
             self.dispatch(sealed);
         }
-        result
     }
 
     fn append_run_locked(
