@@ -709,28 +709,12 @@ impl<T: Transport> Shared<T> {
         record: &Record<'_>,
     ) -> Result<SendFuture, ClientError> {
         let mut effects = AppendEffects::default();
-        let result = self.append_locked(topic, known, partitions, target, record, &mut effects);
+        let result = self.with_batches(topic, known, partitions, |ledger, batches| {
+            let future = self.push(ledger, batches, partitions, target, record, None, &mut effects)?;
+            Ok(future.expect("a record extends no run when none is given"))
+        });
         self.carry_out(effects);
         result
-    }
-
-    fn append_locked(
-        &self,
-        topic: &str,
-        known: Option<usize>,
-        partitions: u32,
-        target: Target,
-        record: &Record<'_>,
-        effects: &mut AppendEffects,
-    ) -> Result<SendFuture, ClientError> {
-        let mut guard = self.state.borrow_mut();
-        let State { topics, ledger } = &mut *guard;
-        if ledger.closed {
-            return Err(ClientError::Closed);
-        }
-        let batches = topic_batches(topics, topic, known, partitions);
-        let future = self.push(ledger, batches, partitions, target, record, None, effects)?;
-        Ok(future.expect("a record extends no run when none is given"))
     }
 
     /// [`append`](Self::append) for the records of
@@ -744,9 +728,51 @@ impl<T: Transport> Shared<T> {
         runs: &mut Vec<SentRun>,
     ) -> Result<usize, ClientError> {
         let mut effects = AppendEffects::default();
-        let result = self.append_run_locked(topic, known, partitions, records, runs, &mut effects);
+        let result = self.with_batches(topic, known, partitions, |ledger, batches| {
+            let first_run = runs.len();
+            for (taken, record) in records.iter().enumerate() {
+                // The same `&str` as the first record's (the usual case) needs
+                // no comparison of the bytes.
+                let same_topic = std::ptr::eq(record.topic, topic) || record.topic == topic;
+                if !same_topic {
+                    return Ok(taken);
+                }
+                let refused = |error| if taken == 0 { Err(error) } else { Ok(taken) };
+                let target = match target_of(record, partitions) {
+                    Ok(target) => target,
+                    Err(error) => return refused(error),
+                };
+                if ledger.buffered_bytes >= self.buffer_bytes_max {
+                    return Ok(taken);
+                }
+                let last_run = if runs.len() > first_run { runs.last_mut() } else { None };
+                match self.push(ledger, batches, partitions, target, &to_record(record), last_run, &mut effects) {
+                    Ok(Some(future)) => runs.push(SentRun { first: future, count: 1 }),
+                    Ok(None) => {}
+                    Err(error) => return refused(error),
+                }
+            }
+            Ok(records.len())
+        });
         self.carry_out(effects);
         result
+    }
+
+    /// Runs `append` on the ledger and the topic's batches, under one borrow
+    /// of the state, unless the producer is closed.
+    fn with_batches<R>(
+        &self,
+        topic: &str,
+        known: Option<usize>,
+        partitions: u32,
+        append: impl FnOnce(&mut Ledger, &mut TopicBatches) -> Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
+        let mut guard = self.state.borrow_mut();
+        let State { topics, ledger } = &mut *guard;
+        if ledger.closed {
+            return Err(ClientError::Closed);
+        }
+        append(ledger, topic_batches(topics, topic, known, partitions))
     }
 
     /// What an append left to do once the state is no longer borrowed: wake
@@ -758,47 +784,6 @@ impl<T: Transport> Shared<T> {
         for sealed in effects.sealed {
             self.dispatch(sealed);
         }
-    }
-
-    fn append_run_locked(
-        &self,
-        topic: &str,
-        known: Option<usize>,
-        partitions: u32,
-        records: &[ProducerRecord<'_>],
-        runs: &mut Vec<SentRun>,
-        effects: &mut AppendEffects,
-    ) -> Result<usize, ClientError> {
-        let mut guard = self.state.borrow_mut();
-        let State { topics, ledger } = &mut *guard;
-        if ledger.closed {
-            return Err(ClientError::Closed);
-        }
-        let batches = topic_batches(topics, topic, known, partitions);
-        let first_run = runs.len();
-        for (taken, record) in records.iter().enumerate() {
-            // The same `&str` as the first record's (the usual case) needs
-            // no comparison of the bytes.
-            let same_topic = std::ptr::eq(record.topic, topic) || record.topic == topic;
-            if !same_topic {
-                return Ok(taken);
-            }
-            let refused = |error| if taken == 0 { Err(error) } else { Ok(taken) };
-            let target = match target_of(record, partitions) {
-                Ok(target) => target,
-                Err(error) => return refused(error),
-            };
-            if ledger.buffered_bytes >= self.buffer_bytes_max {
-                return Ok(taken);
-            }
-            let last_run = if runs.len() > first_run { runs.last_mut() } else { None };
-            match self.push(ledger, batches, partitions, target, &to_record(record), last_run, effects) {
-                Ok(Some(future)) => runs.push(SentRun { first: future, count: 1 }),
-                Ok(None) => {}
-                Err(error) => return refused(error),
-            }
-        }
-        Ok(records.len())
     }
 
     /// Appends one record to its partition's open batch (opening one, and
