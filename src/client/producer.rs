@@ -1517,12 +1517,18 @@ mod tests {
         });
     }
 
+    /// A producer over a transport that answers every request at once.
+    fn answered(config: ProducerConfig) -> (HeldTransport, Producer<HeldTransport>) {
+        let transport = HeldTransport::default();
+        transport.state.borrow_mut().released = true;
+        let producer = Producer::new(transport.clone(), config).unwrap();
+        (transport, producer)
+    }
+
     #[test]
     fn the_partition_count_is_looked_up_again_only_when_the_metadata_epoch_moves() {
         executor().run(async {
-            let transport = HeldTransport::default();
-            transport.state.borrow_mut().released = true;
-            let producer = Producer::new(transport.clone(), ProducerConfig::default()).unwrap();
+            let (transport, producer) = answered(ProducerConfig::default());
             let value = [b'v'; 10];
             let to = |partition| ProducerRecord::new("t", &value).with_partition(PartitionId(partition));
             for _ in 0..100 {
@@ -1549,12 +1555,10 @@ mod tests {
     #[test]
     fn a_run_of_records_comes_back_as_one_future_per_batch_with_consecutive_offsets() {
         executor().run(async {
-            let transport = HeldTransport::default();
-            transport.state.borrow_mut().released = true;
             // About nine 100-byte records per batch: the run fills and seals
             // several batches as it goes.
             let config = ProducerConfig { batch_bytes: 1024, linger: Duration::ZERO, ..ProducerConfig::default() };
-            let producer = Producer::new(transport.clone(), config).unwrap();
+            let (_transport, producer) = answered(config);
             let value = [b'v'; 100];
             let records = vec![ProducerRecord::new("t", &value); 50];
             let mut runs = Vec::new();
@@ -1577,9 +1581,7 @@ mod tests {
     #[test]
     fn a_run_stops_at_another_topic_and_at_a_refused_record_which_fails_the_next_call() {
         executor().run(async {
-            let transport = HeldTransport::default();
-            transport.state.borrow_mut().released = true;
-            let producer = Producer::new(transport.clone(), ProducerConfig::default()).unwrap();
+            let (_transport, producer) = answered(ProducerConfig::default());
             let value = [b'v'; 10];
             let to = |topic, partition| ProducerRecord::new(topic, &value).with_partition(PartitionId(partition));
             let mut runs = Vec::new();
