@@ -652,32 +652,32 @@ async fn send_loop(
         // when the producer's buffer is full the client seals them all,
         // and batches shrink until each holds one record (seen with 1 KiB
         // events over 4 partitions: 1 event per produce request, 17 MB/s).
-        let records: Vec<ProducerRecord<'_>> = values
-            .chunks_exact(event_bytes)
-            .zip(times_ms)
-            .take(count)
-            .map(|(value, time_ms)| ProducerRecord {
-                topic: &ctx.plan.topic,
-                partition: None,
-                key: None,
-                value: Some(value),
-                headers: &[],
-                // Passed in so the client does not read the clock again.
-                timestamp_ms: Some(time_ms),
-            })
-            .collect();
+        // On the stack, a whole run's worth; the run is the first `count`.
+        let records: [ProducerRecord<'_>; EVENTS_PER_RUN as usize] = std::array::from_fn(|index| ProducerRecord {
+            topic: &ctx.plan.topic,
+            partition: None,
+            key: None,
+            value: Some(&values[index * event_bytes..(index + 1) * event_bytes]),
+            headers: &[],
+            // Passed in so the client does not read the clock again.
+            timestamp_ms: Some(times_ms[index]),
+        });
+        let records = &records[..count];
         // One call for the whole run spares the per-record cost of the
         // client's checks and lookups, and of an async call; only when the
         // buffer is full does the first record wait in `send`.
         runs.clear();
-        let mut sent = producer.try_send_run(&records, &mut runs).map_err(WorkerError::Send)?;
+        let mut sent = producer.try_send_run(records, &mut runs).map_err(WorkerError::Send)?;
         if sent == 0 {
             let first = producer.send(records[0]).await.map_err(WorkerError::Send)?;
             runs.push(SentRun { first, count: 1 });
             sent = 1;
         }
         let now_ns = ctx.clock.now_ns();
-        if plan.schedule.is_some() {
+        // A burst run's one send time; `None` in open loop, where each
+        // event's own follows from its sequence number.
+        let sent_at = plan.schedule.is_none().then_some(burst_ns);
+        if sent_at.is_none() {
             // Sent once the producer took it: a full buffer delays the send.
             let mut measurements = ctx.measurements.borrow_mut();
             for event in next..next + sent as u64 {
@@ -687,12 +687,7 @@ async fn send_loop(
         let mut run_seq = next;
         for run in runs.drain(..) {
             // At most EVENTS_PER_RUN records, so the count fits a u32.
-            let pending = Pending {
-                future: run.first,
-                seq: run_seq,
-                count: run.count as u32,
-                from_ns: plan.schedule.is_none().then_some(burst_ns),
-            };
+            let pending = Pending { future: run.first, seq: run_seq, count: run.count as u32, from_ns: sent_at };
             run_seq += run.count as u64;
             if let Some(answered) = lane.push(pending) {
                 record_acks(ctx, plan, acked, now_ns, [answered]);
@@ -701,7 +696,7 @@ async fn send_loop(
         *seq += sent as u64;
         ctx.progress.sent.set(ctx.progress.sent.get() + sent as u64);
         if seq.is_multiple_of(EVENTS_PER_YIELD) {
-            let sent_ns = if plan.schedule.is_none() { burst_ns } else { now_ns };
+            let sent_ns = sent_at.unwrap_or(now_ns);
             ctx.measurements.borrow_mut().series.record_sent(sent_ns, EVENTS_PER_YIELD);
             ctx.progress.maybe_flush(&ctx.shared, sent_ns);
             futures_lite::future::yield_now().await;

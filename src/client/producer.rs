@@ -201,20 +201,14 @@ impl<T: Transport> Producer<T> {
     /// hand calls this and falls back to `send` only then, sparing the
     /// per-record cost of an `async` call.
     pub fn try_send(&self, record: ProducerRecord<'_>) -> Result<Option<SendFuture>, ClientError> {
-        if self.shared.state.borrow().ledger.closed {
-            return Err(ClientError::Closed);
-        }
-        let Some(KnownTopic { partitions, batches }) = self.shared.known_topic(record.topic) else {
+        let Some(KnownTopic { partitions, batches }) = self.shared.open_topic(record.topic)? else {
             return Ok(None);
         };
-        if partitions == 0 {
-            return Err(ClientError::NoSuchTopic(record.topic.to_owned()));
-        }
         let target = target_of(&record, partitions)?;
         if self.buffered_bytes() >= self.shared.buffer_bytes_max {
             return Ok(None);
         }
-        self.shared.append(record.topic, batches, partitions, target, &to_record(&record)).map(Some)
+        self.shared.append(record.topic, batches, partitions, target, &to_record(&record, &mut None)).map(Some)
     }
 
     /// [`try_send`](Self::try_send) for many records at a time, in order:
@@ -231,15 +225,9 @@ impl<T: Transport> Producer<T> {
         let Some(first) = records.first() else {
             return Ok(0);
         };
-        if self.shared.state.borrow().ledger.closed {
-            return Err(ClientError::Closed);
-        }
-        let Some(KnownTopic { partitions, batches }) = self.shared.known_topic(first.topic) else {
+        let Some(KnownTopic { partitions, batches }) = self.shared.open_topic(first.topic)? else {
             return Ok(0);
         };
-        if partitions == 0 {
-            return Err(ClientError::NoSuchTopic(first.topic.to_owned()));
-        }
         self.shared.append_run(first.topic, batches, partitions, records, runs)
     }
 
@@ -495,9 +483,10 @@ fn target_of(record: &ProducerRecord<'_>, partitions: u32) -> Result<Target, Cli
     }
 }
 
-/// The record to encode: stamped now unless it has a time of its own.
-fn to_record<'r>(record: &ProducerRecord<'r>) -> Record<'r> {
-    let timestamp_ms = record.timestamp_ms.unwrap_or_else(|| TimestampMs::now().0);
+/// The record to encode: stamped with `now_ms` (read once per call, on
+/// first need) unless it has a time of its own.
+fn to_record<'r>(record: &ProducerRecord<'r>, now_ms: &mut Option<i64>) -> Record<'r> {
+    let timestamp_ms = record.timestamp_ms.unwrap_or_else(|| *now_ms.get_or_insert_with(|| TimestampMs::now().0));
     Record { timestamp_ms, key: record.key, value: record.value, headers: record.headers }
 }
 
@@ -675,6 +664,19 @@ fn unencodable() -> ClientError {
 }
 
 impl<T: Transport> Shared<T> {
+    /// What `try_send` and `try_send_run` check first: the producer is
+    /// open, and the topic is known (`None`: not yet, so `send` would wait)
+    /// and has partitions.
+    fn open_topic(&self, topic: &str) -> Result<Option<KnownTopic>, ClientError> {
+        if self.state.borrow().ledger.closed {
+            return Err(ClientError::Closed);
+        }
+        match self.known_topic(topic) {
+            Some(KnownTopic { partitions: 0, .. }) => Err(ClientError::NoSuchTopic(topic.to_owned())),
+            known => Ok(known),
+        }
+    }
+
     /// The topic's partition count if it is known now, and where its
     /// batches are. A topic this producer has sent to keeps its count while
     /// the transport's metadata epoch stays the same, so a record costs no
@@ -730,6 +732,7 @@ impl<T: Transport> Shared<T> {
         let mut effects = AppendEffects::default();
         let result = self.with_batches(topic, known, partitions, |ledger, batches| {
             let first_run = runs.len();
+            let mut now_ms = None;
             for (taken, record) in records.iter().enumerate() {
                 // The same `&str` as the first record's (the usual case) needs
                 // no comparison of the bytes.
@@ -746,7 +749,15 @@ impl<T: Transport> Shared<T> {
                     return Ok(taken);
                 }
                 let last_run = if runs.len() > first_run { runs.last_mut() } else { None };
-                match self.push(ledger, batches, partitions, target, &to_record(record), last_run, &mut effects) {
+                match self.push(
+                    ledger,
+                    batches,
+                    partitions,
+                    target,
+                    &to_record(record, &mut now_ms),
+                    last_run,
+                    &mut effects,
+                ) {
                     Ok(Some(future)) => runs.push(SentRun { first: future, count: 1 }),
                     Ok(None) => {}
                     Err(error) => return refused(error),
