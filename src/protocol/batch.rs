@@ -545,7 +545,11 @@ impl<'a> RecordIter<'a> {
         if self.rest.is_empty() {
             return fail(RecordsProblem::TooFew { expected: self.count, found: index });
         }
-        let record = match read_record(&mut self.rest, self.base_timestamp) {
+        let read = match quick_record(&mut self.rest, self.base_timestamp) {
+            Some(record) => Ok(record),
+            None => read_record(&mut self.rest, self.base_timestamp),
+        };
+        let record = match read {
             Ok(record) => RecordView { append_time: self.append_time, ..record },
             Err(problem) => return fail(problem),
         };
@@ -707,7 +711,8 @@ fn records_surely_valid(mut rest: &[u8], count: i32) -> bool {
 
 /// A zigzag varint of one to three bytes; `None` for anything else
 /// (longer, or cut short), leaving `input` as it was.
-#[inline]
+// Always inlined: the walks call it for every field of every record.
+#[inline(always)]
 fn quick_varint(input: &mut &[u8]) -> Option<i64> {
     let raw = match **input {
         [a, ..] if a < 0x80 => (1, u32::from(a)),
@@ -740,6 +745,60 @@ fn quick_skip_nullable(input: &mut &[u8]) -> bool {
         },
         None => false,
     }
+}
+
+/// A nullable length and the bytes it covers; `None` (leaving `input` as
+/// it was) where [`quick_varint`] gives up or the length is wrong.
+#[inline]
+fn quick_nullable<'a>(input: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    let mut rest = *input;
+    let len = quick_varint(&mut rest)?;
+    if len == -1 {
+        *input = rest;
+        return Some(None);
+    }
+    let (bytes, after) = rest.split_at_checked(usize::try_from(len).ok()?)?;
+    *input = after;
+    Some(Some(bytes))
+}
+
+/// [`read_record`] for a record whose varints are one to three bytes each,
+/// as nearly all are: the same record where it gives one, and `None`
+/// (leaving `input` as it was) for anything else, which the full reader
+/// then decodes or rejects. Three-byte varints are in range for every
+/// field (see [`records_surely_valid`]), so there is nothing to check that
+/// the full reader would and this one does not.
+#[inline]
+fn quick_record<'a>(input: &mut &'a [u8], base_timestamp: i64) -> Option<RecordView<'a>> {
+    let mut rest = *input;
+    let len = quick_len(&mut rest)?;
+    let (record, after) = rest.split_at_checked(len)?;
+    let (&attributes, mut body) = record.split_first()?;
+    let timestamp_delta = quick_varint(&mut body)?;
+    // 21 bits at most: the cast keeps the value.
+    let offset_delta = quick_varint(&mut body)? as i32;
+    let key = quick_nullable(&mut body)?;
+    let value = quick_nullable(&mut body)?;
+    let header_count = quick_len(&mut body)?;
+    let headers = body;
+    for _ in 0..header_count {
+        read_header(&mut body).ok()?;
+    }
+    if !body.is_empty() {
+        return None;
+    }
+    *input = after;
+    Some(RecordView {
+        offset_delta,
+        timestamp_delta,
+        attributes: i8::from_be_bytes([attributes]),
+        key,
+        value,
+        headers,
+        header_count,
+        base_timestamp,
+        append_time: None,
+    })
 }
 
 #[inline]
@@ -1198,6 +1257,30 @@ mod tests {
             let batch = with_record_area(&area, 1 + i32::from(what.starts_with("offset")));
             assert!(BatchView::parse(&batch, MAX).is_err(), "{what}");
         }
+    }
+
+    #[test]
+    fn the_quick_record_reader_leaves_every_broken_record_to_the_full_one() {
+        let long_timestamp = [0x12, 0, 0x80, 0x80, 0x80, 0x01, 0, 0x01, 0x01, 0];
+        let cases: [(&str, &[u8]); 7] = [
+            ("key length below -1", &[0x0c, 0, 0, 0, 0x03, 0x01, 0]),
+            ("value longer than the record", &[0x0c, 0, 0, 0, 0x01, 0x04, 0]),
+            ("bytes after the headers", &[0x0e, 0, 0, 0, 0x01, 0x01, 0, 9]),
+            ("a header past the record", &[0x0c, 0, 0, 0, 0x01, 0x01, 0x02]),
+            ("record length past the input", &[0x0e, 0, 0, 0, 0x01, 0x01, 0]),
+            ("negative record length", &[0x01, 0, 0, 0, 0x01, 0x01, 0]),
+            ("a four-byte varint, which is valid", &long_timestamp),
+        ];
+        for (what, input) in cases {
+            let mut rest = input;
+            assert_eq!(quick_record(&mut rest, 0), None, "{what}");
+            assert_eq!(rest, input, "{what}: nothing consumed");
+            let full = read_record(&mut rest, 0);
+            assert_eq!(full.is_ok(), what.ends_with("valid"), "{what}: {full:?}");
+        }
+        let mut tiny = &tiny_record(3)[..];
+        assert_eq!(quick_record(&mut tiny, 5).map(|record| (record.offset_delta, record.timestamp_ms())), Some((3, 5)));
+        assert!(tiny.is_empty());
     }
 
     fn records_problem(batch: &[u8]) -> RecordsProblem {
@@ -1692,6 +1775,39 @@ mod tests {
                 prop_assert!(records_surely_valid(view.records_area(), count), "short varints only");
             }
             prop_assert_eq!(BatchView::parse(&batch, MAX).is_ok(), fully_valid);
+        }
+
+        #[test]
+        fn the_quick_record_reader_agrees_with_the_full_one(
+            records in proptest::collection::vec(owned_record(), 1..4),
+            near_ts in proptest::collection::vec(-3_000i64..3_000, 4),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+            noise in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let mut records = records;
+            for (record, ts) in records.iter_mut().zip(&near_ts) {
+                record.timestamp_ms = 1_000 + ts;
+            }
+            let built = build_owned(&records, 1_000, BatchOptions::default());
+            let mut area = built[RECORDS_POS..].to_vec();
+            for (at, byte) in &edits {
+                let at = at.index(area.len());
+                area[at] = *byte;
+            }
+            for (input, unedited) in [(&area[..], edits.is_empty()), (&noise[..], false)] {
+                let (mut quick_rest, mut full_rest) = (input, input);
+                let mut read = 0;
+                while let Some(quick) = quick_record(&mut quick_rest, 1_000) {
+                    prop_assert_eq!(read_record(&mut full_rest, 1_000), Ok(quick));
+                    prop_assert_eq!(quick_rest, full_rest);
+                    read += 1;
+                }
+                // A record it leaves to the full reader is not consumed.
+                prop_assert_eq!(quick_rest, full_rest);
+                if unedited {
+                    prop_assert_eq!(read, records.len(), "short varints only");
+                }
+            }
         }
 
         #[test]
