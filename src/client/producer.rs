@@ -168,7 +168,7 @@ impl<T: Transport> Producer<T> {
             buffer_bytes_max,
             record_bytes_max,
             state: RefCell::new(State {
-                ledger: Ledger { compression: config.compression, ..Ledger::default() },
+                ledger: Ledger { compression: config.compression, stamped: config.idempotent, ..Ledger::default() },
                 ..State::default()
             }),
             config,
@@ -540,6 +540,9 @@ struct Ledger {
     dispatcher: Option<Waker>,
     closed: bool,
     compression: Compression,
+    /// Idempotent: every batch gets its producer fields, and with them its
+    /// CRC, when it is dispatched (`stamp`).
+    stamped: bool,
 }
 
 struct Deadline {
@@ -589,7 +592,14 @@ impl Ledger {
             return None;
         }
         let len = batch.len_bytes();
-        let Some(mut batch) = batch.finish() else {
+        // An uncompressed batch that `stamp` will checksum is not checksummed
+        // twice. Compressing reads the batch back, so it needs the CRC.
+        let finished = if self.stamped && self.compression == Compression::None {
+            batch.finish_for_stamping()
+        } else {
+            batch.finish()
+        };
+        let Some(mut batch) = finished else {
             // Only a batch over 2 GiB gets here; batch_bytes keeps them far smaller.
             self.buffered_bytes = self.buffered_bytes.saturating_sub(len);
             outcome.complete(Err(ClientError::InvalidArgument("batch exceeds the record batch format".into())));

@@ -211,8 +211,7 @@ pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequenc
     put(batch, PRODUCER_ID_POS, &producer_id.to_be_bytes());
     put(batch, PRODUCER_EPOCH_POS, &epoch.to_be_bytes());
     put(batch, BASE_SEQUENCE_POS, &base_sequence.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[ATTRIBUTES_POS..]);
-    put(batch, CRC_POS, &crc.to_be_bytes());
+    set_crc(batch);
 }
 
 /// A zero-copy, validated view over exactly one batch.
@@ -479,8 +478,7 @@ pub fn set_log_append_time(batch: &mut [u8], now: i64) {
     let attributes = i16::from_be_bytes(bytes_at(batch, ATTRIBUTES_POS)) | TIMESTAMP_TYPE_FLAG;
     put(batch, ATTRIBUTES_POS, &attributes.to_be_bytes());
     put(batch, MAX_TIMESTAMP_POS, &now.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[ATTRIBUTES_POS..]);
-    put(batch, CRC_POS, &crc.to_be_bytes());
+    set_crc(batch);
 }
 
 /// `view`'s header with `records` (uncompressed records) stored under `codec`.
@@ -495,8 +493,7 @@ fn with_records(view: &BatchView<'_>, records: &[u8], codec: Compression) -> Res
     let attributes = (view.attributes() & !COMPRESSION_MASK) | codec.code();
     put(&mut out, BATCH_LENGTH_POS, &batch_length.to_be_bytes());
     put(&mut out, ATTRIBUTES_POS, &attributes.to_be_bytes());
-    let crc = crc32c::crc32c(&out[ATTRIBUTES_POS..]);
-    put(&mut out, CRC_POS, &crc.to_be_bytes());
+    set_crc(&mut out);
     Ok(out)
 }
 
@@ -938,6 +935,7 @@ impl<'b> BatchBuilder<'b> {
     pub fn finish(self) -> &'b [u8] {
         assert!(self.count > 0, "BatchBuilder::finish: no record was pushed");
         seal(self.out, self.count, self.max_timestamp).expect("batch length exceeds i32::MAX");
+        set_crc(self.out);
         self.out
     }
 }
@@ -1005,6 +1003,18 @@ impl OpenBatch {
     /// finished batch. Returns `None` for an empty batch (Kafka batches are
     /// never empty) or one longer than the format allows.
     pub fn finish(mut self) -> Option<Vec<u8>> {
+        if self.count == 0 {
+            return None;
+        }
+        seal(&mut self.buf, self.count, self.max_timestamp_ms)?;
+        set_crc(&mut self.buf);
+        Some(self.buf)
+    }
+
+    /// [`finish`](Self::finish) without the CRC, for a batch that gets its
+    /// producer fields next: [`set_producer`] computes the CRC over them.
+    /// Until then the batch does not parse.
+    pub fn finish_for_stamping(mut self) -> Option<Vec<u8>> {
         if self.count == 0 {
             return None;
         }
@@ -1089,17 +1099,21 @@ fn write_record(out: &mut Vec<u8>, record: &Record<'_>, first_timestamp_ms: i64,
     debug_assert_eq!(out.len() - start, measured.total);
 }
 
-/// Fills in the header fields that depend on the records; `None` if the
-/// batch is longer than the format allows.
+/// Fills in the header fields that depend on the records, all but the CRC;
+/// `None` if the batch is longer than the format allows.
 fn seal(out: &mut [u8], count: i32, max_timestamp_ms: i64) -> Option<()> {
     let batch_length = i32::try_from(out.len() - LOG_OVERHEAD).ok()?;
     put(out, BATCH_LENGTH_POS, &batch_length.to_be_bytes());
     put(out, LAST_OFFSET_DELTA_POS, &(count - 1).to_be_bytes());
     put(out, MAX_TIMESTAMP_POS, &max_timestamp_ms.to_be_bytes());
     put(out, RECORDS_COUNT_POS, &count.to_be_bytes());
-    let crc = crc32c::crc32c(&out[ATTRIBUTES_POS..]);
-    put(out, CRC_POS, &crc.to_be_bytes());
     Some(())
+}
+
+/// Computes the CRC over attributes..end and stores it.
+fn set_crc(batch: &mut [u8]) {
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_POS..]);
+    put(batch, CRC_POS, &crc.to_be_bytes());
 }
 
 #[inline]
@@ -1142,6 +1156,29 @@ mod tests {
             Record { timestamp_ms: i64::MAX, key: Some(b""), value: Some(&[9u8; 300]), headers },
             Record { timestamp_ms: i64::MIN, key: None, value: Some(b"wrapping delta"), headers: &[] },
         ]
+    }
+
+    #[test]
+    fn a_batch_finished_for_stamping_gets_its_crc_from_set_producer() {
+        let headers: &[(&str, Option<&[u8]>)] = &[("trace", Some(b"abc"))];
+        let fill = |open: &mut OpenBatch| {
+            for record in &open_batch_records(headers) {
+                let measured = open.measure(record).unwrap();
+                open.push_measured(record, measured);
+            }
+        };
+        let mut checksummed = OpenBatch::start(Vec::new(), 1_700_000_000_000);
+        let mut unchecksummed = OpenBatch::start(Vec::new(), 1_700_000_000_000);
+        fill(&mut checksummed);
+        fill(&mut unchecksummed);
+        let mut checksummed = checksummed.finish().unwrap();
+        let mut unchecksummed = unchecksummed.finish_for_stamping().unwrap();
+        assert!(BatchView::parse(&unchecksummed, MAX).is_err(), "no CRC yet");
+        set_producer(&mut checksummed, 7, 1, 40);
+        set_producer(&mut unchecksummed, 7, 1, 40);
+        assert_eq!(unchecksummed, checksummed);
+        assert_eq!(BatchView::parse(&unchecksummed, MAX).unwrap().producer_id(), 7);
+        assert_eq!(OpenBatch::start(Vec::new(), 0).finish_for_stamping(), None, "empty");
     }
 
     #[test]
