@@ -171,8 +171,16 @@ pub fn varlong_len(value: i64) -> usize {
 
 #[inline]
 fn unsigned_len(value: u64) -> usize {
+    // Lengths, deltas and counts are nearly always under 2^14: two
+    // predictable comparisons instead of a bit scan and a division.
+    if value < 1 << 7 {
+        return 1;
+    }
+    if value < 1 << 14 {
+        return 2;
+    }
     let significant_bits = (u64::BITS - value.leading_zeros()) as usize;
-    significant_bits.div_ceil(7).max(1)
+    significant_bits.div_ceil(7)
 }
 
 #[inline]
