@@ -574,10 +574,21 @@ impl TopicBatches {
     fn take(&mut self, partition: u32) -> Option<OpenEntry> {
         let entry = self.open.get_mut(partition as usize)?.take()?;
         let partitions = self.open.len() as u32;
-        if self.sticky % partitions.max(1) == partition {
-            self.sticky = self.sticky.wrapping_add(1);
+        if self.sticky_partition(partitions) == partition {
+            self.sticky = (partition + 1) % partitions;
         }
         Some(entry)
+    }
+
+    /// The partition a keyless record goes to. `sticky` is kept below the
+    /// partition count, so this is a comparison per record, not a division;
+    /// only a count that shrank needs the remainder. `partitions` > 0.
+    fn sticky_partition(&self, partitions: u32) -> u32 {
+        if self.sticky < partitions {
+            self.sticky
+        } else {
+            self.sticky % partitions
+        }
     }
 }
 
@@ -654,8 +665,9 @@ fn topic_batches<'a>(
         let name: Rc<str> = Rc::from(topic);
         // Producers start their round-robin at different partitions, so that
         // many of them starting together do not all fill partition 0 first.
-        let sticky =
+        let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        let sticky = nanos % partitions.max(1);
         let index = topics.list.len();
         topics.by_name.insert(name.clone(), index);
         topics.list.push(TopicBatches { name, open: Vec::new(), sticky, counted: None });
@@ -825,7 +837,7 @@ impl<T: Transport> Shared<T> {
         let config = &self.config;
         let mut partition = match target {
             Target::Partition(partition) => partition,
-            Target::Sticky => batches.sticky % partitions,
+            Target::Sticky => batches.sticky_partition(partitions),
         };
         // Seal the open batch first if the record would overflow it. A
         // keyless record then moves on to the next round-robin partition,
@@ -843,7 +855,7 @@ impl<T: Transport> Shared<T> {
                 effects.sealed.extend(ledger.seal(batches.name.clone(), partition, entry));
             }
             if target == Target::Sticky {
-                partition = batches.sticky % partitions;
+                partition = batches.sticky_partition(partitions);
             }
         }
         let TopicBatches { name, open, .. } = &mut *batches;
