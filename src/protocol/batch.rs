@@ -643,24 +643,48 @@ fn read_record<'a>(input: &mut &'a [u8], base_timestamp: i64) -> Result<RecordVi
     let key = read_nullable(&mut body, "key")?;
     let value = read_nullable(&mut body, "value")?;
     let header_count = read_len(&mut body, "header count")?;
-    let headers = body;
+    let head = RecordHead { attributes, timestamp_delta, offset_delta, key, value, header_count };
+    let record = with_headers(head, body, base_timestamp)?;
+    *input = rest;
+    Ok(record)
+}
+
+/// A record's fields before its headers, as either reader decoded them.
+struct RecordHead<'a> {
+    attributes: i8,
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    header_count: usize,
+}
+
+/// The record whose fields before the headers are `head` and whose
+/// remaining bytes, `headers`, must be exactly its headers. Always inlined:
+/// a call costs the quick reader a fifth of its instructions.
+#[inline(always)]
+fn with_headers<'a>(
+    head: RecordHead<'a>,
+    headers: &'a [u8],
+    base_timestamp: i64,
+) -> Result<RecordView<'a>, RecordsProblem> {
+    let mut rest = headers;
     // Each header consumes at least two bytes or fails, so a huge count on a
     // short record ends quickly.
-    for _ in 0..header_count {
-        read_header(&mut body)?;
+    for _ in 0..head.header_count {
+        read_header(&mut rest)?;
     }
-    if !body.is_empty() {
-        return Err(RecordsProblem::RecordTrailing { bytes: body.len() });
+    if !rest.is_empty() {
+        return Err(RecordsProblem::RecordTrailing { bytes: rest.len() });
     }
-    *input = rest;
     Ok(RecordView {
-        offset_delta,
-        timestamp_delta,
-        attributes,
-        key,
-        value,
+        offset_delta: head.offset_delta,
+        timestamp_delta: head.timestamp_delta,
+        attributes: head.attributes,
+        key: head.key,
+        value: head.value,
         headers,
-        header_count,
+        header_count: head.header_count,
         base_timestamp,
         append_time: None,
     })
@@ -771,31 +795,17 @@ fn quick_record<'a>(input: &mut &'a [u8], base_timestamp: i64) -> Option<RecordV
     let len = quick_len(&mut rest)?;
     let (record, after) = rest.split_at_checked(len)?;
     let (&attributes, mut body) = record.split_first()?;
+    let attributes = i8::from_be_bytes([attributes]);
     let timestamp_delta = quick_varint(&mut body)?;
     // 21 bits at most: the cast keeps the value.
     let offset_delta = quick_varint(&mut body)? as i32;
     let key = quick_nullable(&mut body)?;
     let value = quick_nullable(&mut body)?;
     let header_count = quick_len(&mut body)?;
-    let headers = body;
-    for _ in 0..header_count {
-        read_header(&mut body).ok()?;
-    }
-    if !body.is_empty() {
-        return None;
-    }
+    let head = RecordHead { attributes, timestamp_delta, offset_delta, key, value, header_count };
+    let record = with_headers(head, body, base_timestamp).ok()?;
     *input = after;
-    Some(RecordView {
-        offset_delta,
-        timestamp_delta,
-        attributes: i8::from_be_bytes([attributes]),
-        key,
-        value,
-        headers,
-        header_count,
-        base_timestamp,
-        append_time: None,
-    })
+    Some(record)
 }
 
 #[inline]
