@@ -709,8 +709,8 @@ fn records_surely_valid(mut rest: &[u8], count: i32) -> bool {
         body = after_attributes;
         if quick_varint(&mut body).is_none()
             || quick_varint(&mut body) != Some(i64::from(index))
-            || !quick_skip_nullable(&mut body)
-            || !quick_skip_nullable(&mut body)
+            || quick_nullable(&mut body).is_none()
+            || quick_nullable(&mut body).is_none()
         {
             return false;
         }
@@ -719,7 +719,7 @@ fn records_surely_valid(mut rest: &[u8], count: i32) -> bool {
             let Some(key) = quick_len(&mut body) else { return false };
             let Some(after_key) = body.get(key..) else { return false };
             body = after_key;
-            if !quick_skip_nullable(&mut body) {
+            if quick_nullable(&mut body).is_none() {
                 return false;
             }
         }
@@ -750,22 +750,6 @@ fn quick_varint(input: &mut &[u8]) -> Option<i64> {
 #[inline]
 fn quick_len(input: &mut &[u8]) -> Option<usize> {
     quick_varint(input).and_then(|len| usize::try_from(len).ok())
-}
-
-/// Skips a nullable field (length -1, or a length and its bytes).
-#[inline]
-fn quick_skip_nullable(input: &mut &[u8]) -> bool {
-    match quick_varint(input) {
-        Some(-1) => true,
-        Some(len) => match usize::try_from(len).ok().and_then(|len| input.get(len..)) {
-            Some(after) => {
-                *input = after;
-                true
-            }
-            None => false,
-        },
-        None => false,
-    }
 }
 
 /// A nullable length and the bytes it covers; `None` (leaving `input` as
@@ -1012,13 +996,10 @@ impl OpenBatch {
     /// Fills in the header fields that depend on the records and returns the
     /// finished batch. Returns `None` for an empty batch (Kafka batches are
     /// never empty) or one longer than the format allows.
-    pub fn finish(mut self) -> Option<Vec<u8>> {
-        if self.count == 0 {
-            return None;
-        }
-        seal(&mut self.buf, self.count, self.max_timestamp_ms)?;
-        set_crc(&mut self.buf);
-        Some(self.buf)
+    pub fn finish(self) -> Option<Vec<u8>> {
+        let mut batch = self.finish_for_stamping()?;
+        set_crc(&mut batch);
+        Some(batch)
     }
 
     /// [`finish`](Self::finish) without the CRC, for a batch that gets its
