@@ -167,10 +167,7 @@ impl<T: Transport> Producer<T> {
             partition_waiter: RefCell::new(None),
             buffer_bytes_max,
             record_bytes_max,
-            state: RefCell::new(State {
-                ledger: Ledger { compression: config.compression, stamped: config.idempotent, ..Ledger::default() },
-                ..State::default()
-            }),
+            state: RefCell::new(State { ..State::default() }),
             config,
         });
         glommio::spawn_local(linger_loop(shared.clone())).detach();
@@ -539,10 +536,6 @@ struct Ledger {
     /// The dispatcher, when it waits for a sealed batch.
     dispatcher: Option<Waker>,
     closed: bool,
-    compression: Compression,
-    /// Idempotent: every batch gets its producer fields, and with them its
-    /// CRC, when it is dispatched (`stamp`).
-    stamped: bool,
 }
 
 struct Deadline {
@@ -595,7 +588,7 @@ impl TopicBatches {
 impl Ledger {
     /// Finishes a batch; an empty one (the record that opened it was
     /// refused) just gives its buffer back.
-    fn seal(&mut self, topic: Rc<str>, partition: u32, entry: OpenEntry) -> Option<Sealed> {
+    fn seal(&mut self, config: &ProducerConfig, topic: Rc<str>, partition: u32, entry: OpenEntry) -> Option<Sealed> {
         let OpenEntry { batch, outcome, id } = entry;
         if batch.record_count() == 0 {
             self.buffered_bytes = self.buffered_bytes.saturating_sub(batch.len_bytes());
@@ -603,9 +596,11 @@ impl Ledger {
             return None;
         }
         let len = batch.len_bytes();
-        // An uncompressed batch that `stamp` will checksum is not checksummed
-        // twice. Compressing reads the batch back, so it needs the CRC.
-        let finished = if self.stamped && self.compression == Compression::None {
+        // An idempotent producer's batch gets its producer fields, and with
+        // them its CRC, when it is dispatched (`stamp`): an uncompressed one
+        // is not checksummed twice. Compressing reads the batch back, so it
+        // needs the CRC.
+        let finished = if config.idempotent && config.compression == Compression::None {
             batch.finish_for_stamping()
         } else {
             batch.finish()
@@ -616,8 +611,8 @@ impl Ledger {
             outcome.complete(Err(ClientError::InvalidArgument("batch exceeds the record batch format".into())));
             return None;
         };
-        if self.compression != Compression::None {
-            match compress_batch(&batch, self.compression) {
+        if config.compression != Compression::None {
+            match compress_batch(&batch, config.compression) {
                 Ok(compressed) => {
                     // The sealed batch now holds only its compressed bytes
                     // (the plain buffer is dropped: compressing allocates
@@ -852,7 +847,7 @@ impl<T: Transport> Shared<T> {
                 break;
             }
             if let Some(entry) = batches.take(partition) {
-                effects.sealed.extend(ledger.seal(batches.name.clone(), partition, entry));
+                effects.sealed.extend(ledger.seal(config, batches.name.clone(), partition, entry));
             }
             if target == Target::Sticky {
                 partition = batches.sticky_partition(partitions);
@@ -891,7 +886,7 @@ impl<T: Transport> Shared<T> {
         };
         if is_full(entry.batch.len_bytes(), config.batch_bytes) {
             if let Some(entry) = batches.take(partition) {
-                effects.sealed.extend(ledger.seal(batches.name.clone(), partition, entry));
+                effects.sealed.extend(ledger.seal(config, batches.name.clone(), partition, entry));
             }
         }
         Ok(future)
@@ -958,7 +953,7 @@ impl<T: Transport> Shared<T> {
             for batches in topics.values_mut() {
                 for partition in 0..batches.open.len() as u32 {
                     if let Some(entry) = batches.take(partition) {
-                        sealed.extend(ledger.seal(batches.name.clone(), partition, entry));
+                        sealed.extend(ledger.seal(&self.config, batches.name.clone(), partition, entry));
                     }
                 }
             }
@@ -987,7 +982,7 @@ impl<T: Transport> Shared<T> {
                     batches.open.get(partition as usize).and_then(Option::as_ref).is_some_and(|entry| entry.id == id);
                 if is_same_batch {
                     if let Some(entry) = batches.take(partition) {
-                        sealed.extend(ledger.seal(topic, partition, entry));
+                        sealed.extend(ledger.seal(&self.config, topic, partition, entry));
                     }
                 }
             }
