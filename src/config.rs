@@ -34,6 +34,9 @@ use crate::storage::{FlushPolicy, LogConfig, StorageError};
 /// so a malformed range cannot make us allocate without limit.
 const CPU_LIMIT: usize = 8192;
 
+/// Most shards `shards.count` may place on one CPU.
+pub const SHARDS_PER_CPU_MAX: usize = 8;
+
 /// Below this glommio's buffer pool is too small to be useful (tests use it).
 const IO_MEMORY_MIN: usize = 64 << 10;
 
@@ -320,6 +323,11 @@ impl Default for MetricsConfig {
 pub struct ShardsConfig {
     /// CPUs to run one shard each on, intersected with the process affinity.
     pub cpus: CpuSelection,
+    /// How many shards: 0 for one per CPU of `cpus`. Fewer take the first
+    /// CPUs; more are placed on the CPUs in turn, so that some share a CPU
+    /// (at most [`SHARDS_PER_CPU_MAX`] each). Sharing is for exercising and
+    /// measuring several shards on a small machine, not for production.
+    pub count: usize,
     /// glommio `io_memory` per executor, registered in each of its rings.
     pub io_memory_bytes: usize,
     /// Entries of each io_uring ring: how much I/O one shard can have queued.
@@ -436,6 +444,7 @@ impl Default for ShardsConfig {
     fn default() -> Self {
         ShardsConfig {
             cpus: CpuSelection::All,
+            count: 0,
             io_memory_bytes: 10 << 20,
             ring_depth: 128,
             preempt_timer_us: 10_000,
@@ -561,8 +570,8 @@ impl TuningConfig {
         self.storage.log_config()
     }
 
-    /// The CPUs shards run on, in configured order without duplicates: shard
-    /// i runs on element i. Checked against this process's affinity mask,
+    /// The CPUs shards run on: shard i runs on element i. Without
+    /// `shards.count`, the configured CPUs in order without duplicates. Checked against this process's affinity mask,
     /// because glommio's own CPU list ignores taskset and cgroup cpusets.
     pub fn resolve_cpus(&self) -> Result<Vec<usize>, ConfigError> {
         self.resolve_cpus_within(&allowed_cpus()?)
@@ -577,6 +586,17 @@ impl TuningConfig {
         if cpus.is_empty() {
             return Err(ConfigError::NoCpus);
         }
+        let cpus = match self.shards.count {
+            0 => cpus,
+            count if count > cpus.len() * SHARDS_PER_CPU_MAX => {
+                return invalid(format!(
+                    "shards.count {count} would put more than {SHARDS_PER_CPU_MAX} shards on each of {} CPUs ({})",
+                    cpus.len(),
+                    format_cpu_list(&cpus)
+                ));
+            }
+            count => (0..count).map(|shard| cpus[shard % cpus.len()]).collect(),
+        };
         self.network.check_shard_ports(cpus.len())?;
         self.check_metrics_port(cpus.len())?;
         Ok(cpus)
@@ -1020,6 +1040,21 @@ mod tests {
         let config = parse("[shards]\ncpus = [3, 1, 3, 2]\n").unwrap();
         assert_eq!(config.resolve_cpus_within(&[0, 1, 2, 3]).unwrap(), vec![3, 1, 2]);
         assert!(matches!(TuningConfig::default().resolve_cpus_within(&[]), Err(ConfigError::NoCpus)));
+    }
+
+    #[test]
+    fn a_shard_count_takes_the_first_cpus_or_shares_them_in_turn() {
+        let config = parse("[shards]\ncpus = [3, 1, 2]\ncount = 2\n").unwrap();
+        assert_eq!(config.resolve_cpus_within(&[0, 1, 2, 3]).unwrap(), vec![3, 1]);
+        let config = parse("[shards]\ncpus = [3, 1]\ncount = 5\n").unwrap();
+        assert_eq!(config.resolve_cpus_within(&[0, 1, 2, 3]).unwrap(), vec![3, 1, 3, 1, 3]);
+        let config = parse("[shards]\ncount = 4\n").unwrap();
+        assert_eq!(config.resolve_cpus_within(&[5]).unwrap(), vec![5; 4]);
+        let config = parse("[shards]\ncpus = [0, 1]\ncount = 17\n").unwrap();
+        let message = config.resolve_cpus_within(&[0, 1]).unwrap_err().to_string();
+        assert_eq!(message, "invalid tuning: shards.count 17 would put more than 8 shards on each of 2 CPUs (0-1)");
+        let config = parse("[shards]\ncpus = [0, 1]\ncount = 16\n").unwrap();
+        assert_eq!(config.resolve_cpus_within(&[0, 1]).unwrap().len(), 16);
     }
 
     #[test]

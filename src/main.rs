@@ -206,6 +206,11 @@ struct ServeArgs {
     /// CPUs to run shards on, e.g. "0,1" or "all" (overrides the tuning file).
     #[arg(long)]
     cpus: Option<String>,
+    /// How many shards (overrides the tuning file's shards.count): fewer
+    /// than the CPUs take the first ones; more share CPUs in turn, for
+    /// trying several shards on a small machine.
+    #[arg(long)]
+    shards: Option<usize>,
     /// Where to serve Prometheus metrics (/metrics over HTTP); port 0 picks
     /// one (overrides the tuning file).
     #[arg(long, conflicts_with = "no_metrics")]
@@ -680,6 +685,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(cpus) = args.cpus {
         config.shards.cpus = parse_cpus(&cpus)?;
+    }
+    if let Some(count) = args.shards {
+        config.shards.count = count;
     }
     if let Some(listen) = args.metrics_listen {
         config.metrics.listen = Some(listen);

@@ -100,6 +100,33 @@ fn shard_aware_clients_reach_the_owners_directly_and_nothing_is_forwarded() {
     assert!(broker.terminate().success());
 }
 
+/// `--shards 4` on two CPUs: four shards, two to a CPU, each owning and
+/// serving its own partition.
+#[test]
+fn more_shards_than_cpus_share_them_and_serve_every_partition() {
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &["--shards", "4"]);
+    assert_eq!(broker.shard_ports.len(), 4);
+    let addr = broker.addr;
+    run(move || async move {
+        let client = Client::connect(addr, ClientOptions::default()).await.unwrap();
+        client.create_topic("shared-cpus", PARTITIONS).await.unwrap();
+        let metadata = client.metadata(Some(vec!["shared-cpus".into()])).await.unwrap();
+        let owners: Vec<u16> = metadata.topics[0].partitions.iter().map(|p| p.shard.0).collect();
+        assert_eq!(owners, vec![0, 1, 2, 3]);
+        produce_all(&client, "shared-cpus", 300).await;
+        check_all(&client, "shared-cpus", 300).await;
+        let stats = client.stats().await.unwrap();
+        assert_eq!(stats.shards.len(), 4);
+        for shard in &stats.shards {
+            let events_in = shard.counters.iter().find(|(name, _)| name == "events_in").map(|(_, value)| *value);
+            assert_eq!(events_in, Some(300), "shard {:?} took its partition's events", shard.shard);
+        }
+        assert_eq!(counter(&stats, "forwarded_out"), 0);
+    });
+    assert!(broker.terminate().success());
+}
+
 #[test]
 fn a_simple_client_is_served_through_forwarding() {
     let dir = temp_dir();
