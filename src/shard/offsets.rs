@@ -383,28 +383,51 @@ async fn read_foreign<S: Storage>(storage: &S, dir: &Path, batch_bytes_max: usiz
     segments.sort();
     let mut found = Vec::new();
     for segment in segments {
-        match read_file(storage, &segment).await {
-            Ok(bytes) => decode_batches(&bytes, batch_bytes_max, &mut found),
+        let mut entries = Vec::new();
+        match read_segment(storage, &segment, batch_bytes_max, &mut entries).await {
+            Ok(()) => found.append(&mut entries),
             Err(error) => tracing::warn!(path = %segment.display(), %error, "skipping an unreadable offsets segment"),
         }
     }
     found
 }
 
-/// A whole file's bytes, read in aligned chunks.
-async fn read_file<S: Storage>(storage: &S, path: &Path) -> std::io::Result<Vec<u8>> {
+/// Decodes a segment's entries into `out`, reading it in chunks only as
+/// far as its batches go. A segment's file is preallocated (4 MiB for a new
+/// log, then whole segments), so most of a young one is zeros; reading
+/// those would cost every shard, at every start, every other shard's
+/// preallocation.
+async fn read_segment<S: Storage>(
+    storage: &S,
+    path: &Path,
+    batch_bytes_max: usize,
+    out: &mut Vec<Entry>,
+) -> std::io::Result<()> {
     const CHUNK_BYTES: usize = 1 << 20;
     let file = storage.open(path).await?;
-    let size = usize::try_from(file.size().await?).map_err(std::io::Error::other)?;
-    let mut bytes = Vec::with_capacity(size.min(CHUNK_BYTES));
-    while bytes.len() < size {
-        let want = (size - bytes.len()).min(CHUNK_BYTES);
-        if file.read_into(bytes.len() as u64, want, &mut bytes).await? == 0 {
+    let size = file.size().await?;
+    // Read but not yet decoded: at most one batch plus one chunk.
+    let mut pending = Vec::with_capacity(CHUNK_BYTES.min(usize::try_from(size).unwrap_or(CHUNK_BYTES)));
+    let mut position = 0u64;
+    let mut result = Ok(());
+    while position < size {
+        let want = usize::try_from(size - position).unwrap_or(usize::MAX).min(CHUNK_BYTES);
+        match file.read_into(position, want, &mut pending).await {
+            Ok(0) => break,
+            Ok(read) => position += read as u64,
+            Err(error) => {
+                result = Err(error);
+                break;
+            }
+        }
+        let (decoded, at_end) = decode_batches(&pending, batch_bytes_max, out);
+        if at_end {
             break;
         }
+        pending.drain(..decoded);
     }
     file.close().await?;
-    Ok(bytes)
+    result
 }
 
 /// One record of an offsets log: a commit, or a tombstone (`value: None`).
@@ -414,9 +437,19 @@ struct Entry {
     value: Option<CommitValue>,
 }
 
-fn decode_batches(mut bytes: &[u8], batch_bytes_max: usize, out: &mut Vec<Entry>) {
-    while let Ok(Some(len)) = peek_batch_len(bytes, batch_bytes_max) {
-        let Ok(view) = BatchView::parse(bytes, batch_bytes_max) else { return };
+/// Decodes the whole batches at the start of `bytes` into `out`. Returns
+/// how many bytes they took, and whether what follows them is the end of
+/// the data (zeros, or anything not a batch) rather than a batch cut short.
+fn decode_batches(bytes: &[u8], batch_bytes_max: usize, out: &mut Vec<Entry>) -> (usize, bool) {
+    let mut decoded = 0;
+    loop {
+        let rest = &bytes[decoded..];
+        let len = match peek_batch_len(rest, batch_bytes_max) {
+            Ok(Some(len)) if len <= rest.len() => len,
+            Ok(_) => return (decoded, false),
+            Err(_) => return (decoded, true),
+        };
+        let Ok(view) = BatchView::parse(&rest[..len], batch_bytes_max) else { return (decoded, true) };
         if let Ok(records) = view.records() {
             for record in records.flatten() {
                 let Some(key) = record.key.and_then(|key| postcard::from_bytes::<CommitKey>(key).ok()) else {
@@ -437,7 +470,7 @@ fn decode_batches(mut bytes: &[u8], batch_bytes_max: usize, out: &mut Vec<Entry>
                 }
             }
         }
-        bytes = &bytes[len..];
+        decoded += len;
     }
 }
 
@@ -511,6 +544,56 @@ mod tests {
         assert!(segments <= 3, "old segments were removed ({segments} left)");
         assert_eq!(reopened, expected);
         assert_eq!(expected[1].len(), 1, "only g1's payments commit is left: {:?}", expected[1]);
+    }
+
+    #[test]
+    fn another_shards_segment_is_read_only_as_far_as_its_batches_go() {
+        let (found, read) = run(|| async {
+            let disk = SimStorage::new();
+            let group = group_on(1, 2);
+            let before = open(&disk, 1, 2).await;
+            before.commit(&group, vec![update("orders", 0, 42)]).await.unwrap();
+            before.close().await;
+            // Its file as preallocated on a real disk: the batches, then
+            // zeros to 8 MiB.
+            let segment = Path::new("/data/internal/group-offsets-1/00000000000000000000.log");
+            let mut bytes = disk.contents(segment).expect("shard 1's segment");
+            assert!(bytes.len() < 64 << 10, "one small commit: {} bytes", bytes.len());
+            bytes.resize(8 << 20, 0);
+            disk.set_contents(segment, bytes);
+            let read_before = disk.bytes_read();
+            let store = open(&disk, 0, 1).await;
+            (store.get(&group, "orders", 0).map(|c| c.offset.get()), disk.bytes_read() - read_before)
+        });
+        assert_eq!(found, Some(42), "shard 1's commit is found");
+        assert!(read <= 1 << 20, "{read} bytes read: the zeros after the batches were read too");
+    }
+
+    #[test]
+    fn decoding_tells_a_batch_cut_short_from_the_end_of_the_data() {
+        let bytes = run(|| async {
+            let disk = SimStorage::new();
+            let store = open(&disk, 1, 2).await;
+            for round in 0..3 {
+                store.commit("g", vec![update("orders", round, u64::from(round))]).await.unwrap();
+            }
+            store.close().await;
+            disk.contents(Path::new("/data/internal/group-offsets-1/00000000000000000000.log")).unwrap()
+        });
+        let mut entries = Vec::new();
+        let (whole, at_end) = decode_batches(&bytes, usize::MAX, &mut entries);
+        assert_eq!((entries.len(), at_end), (3, true), "{whole} of {} bytes", bytes.len());
+        let first = peek_batch_len(&bytes, usize::MAX).unwrap().unwrap();
+        // Cut inside the second batch: one batch whole, and more to read.
+        for cut in [first + 5, first + 20, first + (whole - first) / 3] {
+            let mut entries = Vec::new();
+            assert_eq!(decode_batches(&bytes[..cut], usize::MAX, &mut entries), (first, false), "cut at {cut}");
+            assert_eq!(entries.len(), 1);
+        }
+        // Zeros after the batches end the data.
+        let mut padded = bytes[..whole].to_vec();
+        padded.resize(whole + 4096, 0);
+        assert_eq!(decode_batches(&padded, usize::MAX, &mut Vec::new()), (whole, true));
     }
 
     #[test]

@@ -72,6 +72,8 @@ struct SimDisk {
     space_left_bytes: Option<u64>,
     /// A disk that lies: `fdatasync` succeeds and makes nothing durable.
     syncs_lie: bool,
+    /// Bytes returned by reads so far.
+    bytes_read: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -143,8 +145,14 @@ impl SimStorage {
             faults: Vec::new(),
             space_left_bytes: None,
             syncs_lie: disk.syncs_lie,
+            bytes_read: 0,
         };
         SimStorage { disk: Rc::new(RefCell::new(image)) }
+    }
+
+    /// Bytes returned by reads of any file so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.disk.borrow().bytes_read
     }
 
     /// The current contents of a file, as reads would see them.
@@ -365,6 +373,7 @@ impl StorageFile for SimStorageFile {
         let start = usize::try_from(pos).unwrap_or(usize::MAX).min(file.data.len());
         let end = start.saturating_add(len).min(file.data.len());
         out.extend_from_slice(&file.data[start..end]);
+        self.storage.disk.borrow_mut().bytes_read += (end - start) as u64;
         Ok(end - start)
     }
 
