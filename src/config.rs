@@ -321,7 +321,8 @@ impl Default for MetricsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShardsConfig {
-    /// CPUs to run one shard each on, intersected with the process affinity.
+    /// CPUs to run shards on (one each unless `count` says otherwise),
+    /// intersected with the process affinity.
     pub cpus: CpuSelection,
     /// How many shards: 0 for one per CPU of `cpus`. Fewer take the first
     /// CPUs; more are placed on the CPUs in turn, so that some share a CPU
@@ -571,8 +572,9 @@ impl TuningConfig {
     }
 
     /// The CPUs shards run on: shard i runs on element i. Without
-    /// `shards.count`, the configured CPUs in order without duplicates. Checked against this process's affinity mask,
-    /// because glommio's own CPU list ignores taskset and cgroup cpusets.
+    /// `shards.count`, the configured CPUs in order without duplicates.
+    /// Checked against this process's affinity mask, because glommio's own
+    /// CPU list ignores taskset and cgroup cpusets.
     pub fn resolve_cpus(&self) -> Result<Vec<usize>, ConfigError> {
         self.resolve_cpus_within(&allowed_cpus()?)
     }

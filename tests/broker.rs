@@ -28,6 +28,14 @@ fn value_of(partition: u32, seq: u32) -> Vec<u8> {
     format!("p{partition}-event-{seq:06}").into_bytes()
 }
 
+/// Creates `topic` with [`PARTITIONS`] partitions and returns each
+/// partition's owning shard, in partition order.
+async fn create_topic_and_owners(client: &Client, topic: &str) -> Vec<u16> {
+    client.create_topic(topic, PARTITIONS).await.unwrap();
+    let metadata = client.metadata(Some(vec![topic.into()])).await.unwrap();
+    metadata.topics[0].partitions.iter().map(|p| p.shard.0).collect()
+}
+
 /// Produces `per_partition` events to each partition of `topic` and returns
 /// their acknowledged offsets, partition by partition.
 async fn produce_all(client: &Client, topic: &str, per_partition: u32) -> Vec<Vec<Offset>> {
@@ -80,9 +88,7 @@ fn shard_aware_clients_reach_the_owners_directly_and_nothing_is_forwarded() {
     let addr = broker.addr;
     run(move || async move {
         let client = Client::connect(addr, ClientOptions::default()).await.unwrap();
-        client.create_topic("orders", PARTITIONS).await.unwrap();
-        let metadata = client.metadata(Some(vec!["orders".into()])).await.unwrap();
-        let owners: Vec<u16> = metadata.topics[0].partitions.iter().map(|p| p.shard.0).collect();
+        let owners = create_topic_and_owners(&client, "orders").await;
         assert_eq!(owners, vec![0, 1, 0, 1], "partitions are spread over both shards");
         let offsets = produce_all(&client, "orders", 500).await;
         for partition in offsets {
@@ -110,10 +116,7 @@ fn more_shards_than_cpus_share_them_and_serve_every_partition() {
     let addr = broker.addr;
     run(move || async move {
         let client = Client::connect(addr, ClientOptions::default()).await.unwrap();
-        client.create_topic("shared-cpus", PARTITIONS).await.unwrap();
-        let metadata = client.metadata(Some(vec!["shared-cpus".into()])).await.unwrap();
-        let owners: Vec<u16> = metadata.topics[0].partitions.iter().map(|p| p.shard.0).collect();
-        assert_eq!(owners, vec![0, 1, 2, 3]);
+        assert_eq!(create_topic_and_owners(&client, "shared-cpus").await, vec![0, 1, 2, 3]);
         produce_all(&client, "shared-cpus", 300).await;
         check_all(&client, "shared-cpus", 300).await;
         let stats = client.stats().await.unwrap();
