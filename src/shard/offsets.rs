@@ -406,28 +406,28 @@ async fn read_segment<S: Storage>(
     const CHUNK_BYTES: usize = 1 << 20;
     let file = storage.open(path).await?;
     let size = file.size().await?;
-    // Read but not yet decoded: at most one batch plus one chunk.
-    let mut pending = Vec::with_capacity(CHUNK_BYTES.min(usize::try_from(size).unwrap_or(CHUNK_BYTES)));
-    let mut position = 0u64;
-    let mut result = Ok(());
-    while position < size {
-        let want = usize::try_from(size - position).unwrap_or(usize::MAX).min(CHUNK_BYTES);
-        match file.read_into(position, want, &mut pending).await {
-            Ok(0) => break,
-            Ok(read) => position += read as u64,
-            Err(error) => {
-                result = Err(error);
+    let read = async {
+        // Read but not yet decoded: at most one batch plus one chunk.
+        let mut pending = Vec::with_capacity(CHUNK_BYTES.min(usize::try_from(size).unwrap_or(CHUNK_BYTES)));
+        let mut position = 0u64;
+        while position < size {
+            let want = usize::try_from(size - position).unwrap_or(usize::MAX).min(CHUNK_BYTES);
+            let read = file.read_into(position, want, &mut pending).await?;
+            if read == 0 {
                 break;
             }
+            position += read as u64;
+            let (decoded, at_end) = decode_batches(&pending, batch_bytes_max, out);
+            if at_end {
+                break;
+            }
+            pending.drain(..decoded);
         }
-        let (decoded, at_end) = decode_batches(&pending, batch_bytes_max, out);
-        if at_end {
-            break;
-        }
-        pending.drain(..decoded);
+        Ok(())
     }
+    .await;
     file.close().await?;
-    result
+    read
 }
 
 /// One record of an offsets log: a commit, or a tombstone (`value: None`).
