@@ -38,7 +38,7 @@ use crate::protocol::types::{AckLevel, Offset, TimestampMs};
 
 use super::config::{FlushPolicy, LogConfig, LogLimits};
 use super::error::{Result, StorageError};
-use super::io::{align_down, align_up, IoBuf, Storage, StorageFile};
+use super::io::{align_down, align_up, IoBuf, Storage, StorageFile, ALIGN};
 use super::log_start;
 use super::producers::{self, ProducerFields, ProducerTable, Verdict};
 use super::recovery::{self, RecoveryMode};
@@ -842,33 +842,36 @@ impl<S: Storage> Inner<S> {
     }
 
     /// Copies the carried partial block and every pending batch into aligned,
-    /// zero-padded chunks of `write_request_bytes`.
+    /// zero-padded chunks of `write_request_bytes`. A carried block goes in
+    /// a chunk of its own (see [`ChunkLayout`]).
     fn take_write(&self, state: &mut State<S>) -> WriteJob<S::File, S::Buf> {
-        let chunk_bytes = self.config.write_request_bytes;
         let pos = align_down(state.flushed_end);
         let data_len = state.tail_block.len() + state.pending_bytes;
-        let mut left = align_up(data_len as u64) as usize;
-        let mut chunks = Vec::with_capacity(left.div_ceil(chunk_bytes));
+        let layout = ChunkLayout::new(self.config.write_request_bytes, !state.tail_block.is_empty());
+        let total = align_up(data_len as u64) as usize;
+        let mut chunks = Vec::with_capacity(layout.locate(total.saturating_sub(1)).0 + 1);
+        let mut left = total;
         while left > 0 {
-            let len = left.min(chunk_bytes);
+            let len = left.min(layout.chunk_len(chunks.len()));
             chunks.push(self.storage.alloc_buf(len));
             left -= len;
         }
-        let mut filled = copy_into_chunks(&mut chunks, chunk_bytes, 0, &state.tail_block);
+        let mut filled = copy_into_chunks(&mut chunks, &layout, 0, &state.tail_block);
         for batch in state.pending.drain(..) {
-            filled = copy_into_chunks(&mut chunks, chunk_bytes, filled, &batch);
+            filled = copy_into_chunks(&mut chunks, &layout, filled, &batch);
         }
         // Recovery finds the end of the log where the zeros begin.
-        let last_start = (chunks.len() - 1) * chunk_bytes;
-        let last = chunks.last_mut().expect("there is data to write");
-        last.as_mut_slice()[filled - last_start..].fill(0);
+        let (last_index, last_from) = layout.locate(filled);
+        if let Some(last) = chunks.get_mut(last_index) {
+            last.as_mut_slice()[last_from..].fill(0);
+        }
         // The block being filled is written again, extended, by the next flush.
         let end = pos + filled as u64;
         let carried_from = (align_down(end) - pos) as usize;
         state.tail_block.clear();
         if carried_from < filled {
-            let chunk = &chunks[carried_from / chunk_bytes].as_slice()[carried_from % chunk_bytes..];
-            state.tail_block.extend_from_slice(&chunk[..filled - carried_from]);
+            let (index, from) = layout.locate(carried_from);
+            state.tail_block.extend_from_slice(&chunks[index].as_slice()[from..from + (filled - carried_from)]);
         }
         state.pending_bytes = 0;
         state.flushed_end = end;
@@ -1209,12 +1212,52 @@ async fn write_and_maybe_sync<S: Storage>(inner: &Inner<S>, job: WriteJob<S::Fil
     Ok(())
 }
 
-/// Copies `src` into a sequence of `chunk_bytes` chunks at logical position
-/// `at`; returns the position after it.
-fn copy_into_chunks<B: IoBuf>(chunks: &mut [B], chunk_bytes: usize, mut at: usize, mut src: &[u8]) -> usize {
+/// How a flush's bytes are cut into write requests: `chunk_bytes` each, but
+/// a carried partial block alone in the first.
+///
+/// The carried block was written by the last flush; the blocks after it are
+/// preallocated, which the filesystem marks unwritten. ext4 cannot issue a
+/// direct write that spans both kinds of extent without blocking, so
+/// io_uring hands such a write to a worker thread on the shard's CPU. Cut
+/// apart, both writes are issued inline. Measured with glommio on this
+/// project's VM (ext4, kernel 6.18): 1,985 of 2,000 rewrite-and-extend
+/// writes went to a worker, and 1 of 2,000 when cut.
+#[derive(Debug, Clone, Copy)]
+struct ChunkLayout {
+    first: usize,
+    chunk_bytes: usize,
+}
+
+impl ChunkLayout {
+    fn new(chunk_bytes: usize, carries_block: bool) -> Self {
+        let first = if carries_block { ALIGN as usize } else { chunk_bytes };
+        Self { first, chunk_bytes }
+    }
+
+    /// The largest size of chunk `index`.
+    fn chunk_len(&self, index: usize) -> usize {
+        if index == 0 {
+            self.first
+        } else {
+            self.chunk_bytes
+        }
+    }
+
+    /// The chunk holding logical byte `at` of the write, and where in it.
+    fn locate(&self, at: usize) -> (usize, usize) {
+        match at.checked_sub(self.first) {
+            None => (0, at),
+            Some(rest) => (1 + rest / self.chunk_bytes, rest % self.chunk_bytes),
+        }
+    }
+}
+
+/// Copies `src` into the chunks at logical position `at`; returns the
+/// position after it.
+fn copy_into_chunks<B: IoBuf>(chunks: &mut [B], layout: &ChunkLayout, mut at: usize, mut src: &[u8]) -> usize {
     while !src.is_empty() {
-        let chunk = chunks[at / chunk_bytes].as_mut_slice();
-        let offset = at % chunk_bytes;
+        let (index, offset) = layout.locate(at);
+        let chunk = chunks[index].as_mut_slice();
         let n = src.len().min(chunk.len() - offset);
         chunk[offset..offset + n].copy_from_slice(&src[..n]);
         src = &src[n..];

@@ -74,6 +74,9 @@ struct SimDisk {
     syncs_lie: bool,
     /// Bytes returned by reads so far.
     bytes_read: u64,
+    /// Writes that covered both blocks written before and blocks never
+    /// written (see [`SimStorage::mixed_extent_writes`]).
+    mixed_extent_writes: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -82,6 +85,10 @@ struct SimFile {
     synced: Vec<u8>,
     /// Writes since the last sync, oldest first: (position, bytes).
     unsynced_writes: Vec<(u64, Vec<u8>)>,
+    /// Blocks written since the file was created or restored (a crash
+    /// image or `set_contents` starts with none): the rest of `data`,
+    /// preallocated or restored, counts as never written.
+    written_blocks: BTreeSet<u64>,
 }
 
 impl SimStorage {
@@ -134,7 +141,7 @@ impl SimStorage {
         let files: BTreeMap<_, _> = files
             .into_iter()
             .map(|(path, data)| {
-                let file = SimFile { synced: data.clone(), data, unsynced_writes: Vec::new() };
+                let file = SimFile { synced: data.clone(), data, ..SimFile::default() };
                 (path, Rc::new(RefCell::new(file)))
             })
             .collect();
@@ -146,6 +153,7 @@ impl SimStorage {
             space_left_bytes: None,
             syncs_lie: disk.syncs_lie,
             bytes_read: 0,
+            mixed_extent_writes: 0,
         };
         SimStorage { disk: Rc::new(RefCell::new(image)) }
     }
@@ -155,6 +163,14 @@ impl SimStorage {
         self.disk.borrow().bytes_read
     }
 
+    /// Writes so far that covered both a block written before and one never
+    /// written. On ext4, such a direct write cannot be issued without
+    /// blocking (it spans a written and an unwritten extent), so io_uring
+    /// hands it to a worker thread. Performance only: the data is the same.
+    pub fn mixed_extent_writes(&self) -> u64 {
+        self.disk.borrow().mixed_extent_writes
+    }
+
     /// The current contents of a file, as reads would see them.
     pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
         self.disk.borrow().files.get(path).map(|file| file.borrow().data.clone())
@@ -162,7 +178,7 @@ impl SimStorage {
 
     /// Replaces a file's contents (for corruption tests); the change counts as synced.
     pub fn set_contents(&self, path: &Path, data: Vec<u8>) {
-        let file = SimFile { synced: data.clone(), data, unsynced_writes: Vec::new() };
+        let file = SimFile { synced: data.clone(), data, ..SimFile::default() };
         let file = Rc::new(RefCell::new(file));
         let mut disk = self.disk.borrow_mut();
         disk.files.insert(path.to_path_buf(), Rc::clone(&file));
@@ -407,7 +423,10 @@ impl StorageFile for SimStorageFile {
         let len = usize::try_from(len).map_err(io::Error::other)?;
         let old_len = self.file.borrow().data.len();
         self.storage.reserve_growth(old_len, len)?;
-        self.file.borrow_mut().data.resize(len, 0);
+        let mut file = self.file.borrow_mut();
+        file.data.resize(len, 0);
+        // Blocks cut off are unallocated again.
+        file.written_blocks.split_off(&(len as u64).div_ceil(ALIGN));
         Ok(())
     }
 
@@ -442,6 +461,12 @@ impl SimStorageFile {
         }
         file.data[start..end].copy_from_slice(bytes);
         file.unsynced_writes.push((pos, bytes.to_vec()));
+        let blocks = pos / ALIGN..(pos + bytes.len() as u64) / ALIGN;
+        let before = blocks.clone().filter(|block| file.written_blocks.contains(block)).count();
+        if before > 0 && before < blocks.clone().count() {
+            self.storage.disk.borrow_mut().mixed_extent_writes += 1;
+        }
+        file.written_blocks.extend(blocks);
         Ok(())
     }
 }
