@@ -1314,6 +1314,8 @@ async fn stats(client: Client) -> anyhow::Result<()> {
             println!("  {name:<22} {value}");
         }
         let latencies = [
+            ("flush wait", &shard.flush_queue_latency_us),
+            ("write", &shard.write_latency_us),
             ("fsync", &shard.fsync_latency_us),
             ("produce", &shard.produce_latency_us),
             ("commit", &shard.commit_latency_us),

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use ringbroker::protocol::batch::{BatchView, LAST_OFFSET_DELTA_POS};
 use ringbroker::protocol::types::{AckLevel, Offset};
 use ringbroker::storage::sim::{CrashMode, Fault, FaultOp, SimStorage};
-use ringbroker::storage::{FlushPolicy, LogConfig, OpenOptions, PartitionLog, StorageError};
+use ringbroker::storage::{FlushObserver, FlushPolicy, FlushStage, LogConfig, OpenOptions, PartitionLog, StorageError};
 use support::{numbered_batch, run, Rng};
 
 fn config() -> LogConfig {
@@ -290,6 +290,26 @@ fn no_write_covers_both_a_rewritten_block_and_preallocated_ones() {
         let expected: Vec<Vec<u8>> = stored.iter().map(|bytes| bytes[8..].to_vec()).collect();
         assert_eq!(found, expected);
         reopened.close().await.unwrap();
+    });
+}
+
+#[test]
+fn the_flush_observer_hears_each_stage_of_each_flush_in_order() {
+    run(|| async {
+        let storage = SimStorage::new();
+        let heard: Rc<RefCell<Vec<FlushStage>>> = Rc::default();
+        let observer = {
+            let heard = Rc::clone(&heard);
+            FlushObserver(Rc::new(move |stage, _took| heard.borrow_mut().push(stage)))
+        };
+        let options = OpenOptions { flush_observer: Some(observer), ..OpenOptions::default() };
+        let log = PartitionLog::open(storage.clone(), &dir(), config(), options).await.unwrap();
+        for tag in 0..3 {
+            log.append_and_wait(numbered_batch(tag, 2, 100), AckLevel::Durable).await.unwrap();
+        }
+        let flush = [FlushStage::Queued, FlushStage::Write, FlushStage::Fsync];
+        assert_eq!(*heard.borrow(), flush.repeat(3));
+        log.close().await.unwrap();
     });
 }
 

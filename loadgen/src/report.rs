@@ -167,7 +167,7 @@ pub struct Report {
     /// An embedded broker's shards: each one's busy share of its core
     /// (100 = fully busy), from `cpu`; `None` for a remote broker.
     pub shard_busy_percent: Option<Vec<f64>>,
-    /// The broker's counters (growth during the run) and fsync latency.
+    /// The broker's counters (growth during the run) and latencies.
     pub broker: Option<BrokerStats>,
     /// fanout and pipeline: each consumer group. The totals' consumed,
     /// missing and duplicated counts then sum the groups at the end of the
@@ -514,7 +514,7 @@ impl Report {
     /// What the broker did, from its counters: batching and group commit
     /// explain most throughput and latency numbers.
     fn broker_line(&self) -> String {
-        let Some(BrokerStats { counters, fsync_latency_us, produce_latency_us }) = &self.broker else {
+        let Some(BrokerStats { counters, shards }) = &self.broker else {
             return String::new();
         };
         let count = |name: &str| counters.get(name).copied().unwrap_or(0);
@@ -527,9 +527,15 @@ impl Report {
             fsyncs as f64 / self.wall_s.max(1e-9),
             count("forwarded_out"),
         );
-        let shards = fsync_latency_us.iter().zip(produce_latency_us).enumerate();
-        for (shard, (fsync, produce)) in shards {
-            for (name, percentiles) in [("fsync", fsync), ("produce", produce)] {
+        for (shard, latencies) in shards.iter().enumerate() {
+            // A produce request's time, then the flush stages it waits for.
+            let rows = [
+                ("produce", &latencies.produce_us),
+                ("wait", &latencies.flush_wait_us),
+                ("write", &latencies.write_us),
+                ("fsync", &latencies.fsync_us),
+            ];
+            for (name, percentiles) in rows {
                 if percentiles.is_empty() {
                     continue;
                 }

@@ -184,13 +184,23 @@ pub struct Outcome {
 pub struct BrokerStats {
     /// How much each counter grew during the run, summed over shards.
     pub counters: BTreeMap<String, u64>,
-    /// Each shard's fdatasync latency as (percentile, us), since the broker
-    /// started (for an embedded broker: this run). Per shard, because
-    /// percentiles of different shards cannot be combined.
-    pub fsync_latency_us: Vec<Vec<(f64, u64)>>,
-    /// Each shard's produce latency (requests with acks, from decoded to
-    /// answered) as (percentile, us), also since the broker started.
-    pub produce_latency_us: Vec<Vec<(f64, u64)>>,
+    /// Each shard's latencies, since the broker started (for an embedded
+    /// broker: this run). Per shard, because percentiles of different shards
+    /// cannot be combined.
+    pub shards: Vec<ShardLatencies>,
+}
+
+/// One shard's latencies as (percentile, us): a produce request with acks,
+/// from decoded to answered, and the stages of the partition flushes it
+/// waits for.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardLatencies {
+    /// A flush's wait before its write, from its first batch being queued
+    /// (mostly the flush in progress).
+    pub flush_wait_us: Vec<(f64, u64)>,
+    pub write_us: Vec<(f64, u64)>,
+    pub fsync_us: Vec<(f64, u64)>,
+    pub produce_us: Vec<(f64, u64)>,
 }
 
 impl Outcome {
@@ -479,8 +489,7 @@ pub fn run(settings: &Settings, target: Target, show_progress: bool) -> anyhow::
                 .map(|(name, value)| (value.saturating_sub(before.counters.get(&name).copied().unwrap_or(0)), name))
                 .map(|(value, name)| (name, value))
                 .collect(),
-            fsync_latency_us: after.fsync_latency_us,
-            produce_latency_us: after.produce_latency_us,
+            shards: after.shards,
         });
         Ok((driven, stats))
     });
@@ -597,16 +606,24 @@ fn create_topics(
 }
 
 /// The broker's counters summed over its shards (requests, events,
-/// fsyncs...) and each shard's fsync and produce latency.
+/// fsyncs...) and each shard's latencies.
 fn broker_stats(addr: SocketAddr, tls: &Option<ClientTls>) -> anyhow::Result<BrokerStats> {
     let stats = with_client(addr, tls, |client| async move { client.stats().await })?;
     let mut counters = BTreeMap::new();
     for (name, value) in stats.shards.iter().flat_map(|shard| shard.counters.iter()) {
         *counters.entry(name.clone()).or_insert(0) += value;
     }
-    let (fsync_latency_us, produce_latency_us) =
-        stats.shards.into_iter().map(|shard| (shard.fsync_latency_us, shard.produce_latency_us)).unzip();
-    Ok(BrokerStats { counters, fsync_latency_us, produce_latency_us })
+    let shards = stats
+        .shards
+        .into_iter()
+        .map(|shard| ShardLatencies {
+            flush_wait_us: shard.flush_queue_latency_us,
+            write_us: shard.write_latency_us,
+            fsync_us: shard.fsync_latency_us,
+            produce_us: shard.produce_latency_us,
+        })
+        .collect();
+    Ok(BrokerStats { counters, shards })
 }
 
 /// What the executors produced, merged.

@@ -810,6 +810,11 @@ pub struct ShardStats {
     /// being decoded to its answer being ready (the broker's share of a
     /// producer's ack latency; socket and queueing time not included).
     pub produce_latency_us: Vec<(f64, u64)>,
+    /// The O_DIRECT write of each partition flush: (percentile, microseconds).
+    pub write_latency_us: Vec<(f64, u64)>,
+    /// Each partition flush's wait before its write, from its first batch
+    /// being queued (mostly the flush in progress): (percentile, microseconds).
+    pub flush_queue_latency_us: Vec<(f64, u64)>,
 }
 
 #[cfg(test)]

@@ -487,11 +487,17 @@ impl Exposition {
         encode_gauges(encoder, &open)?;
         encode_gauges(encoder, &inflight)?;
         encode_gauges(encoder, &inflight_max)?;
-        let latencies: [(&'static str, &'static str, PickLatency); 3] = [
+        let latencies: [(&'static str, &'static str, PickLatency); 5] = [
             ("ringbroker_produce_latency_seconds", "Produce requests with acks, from decode to answer.", |s| {
                 &s.produce_latency
             }),
             ("ringbroker_fsync_latency_seconds", "fdatasync calls of partition logs.", |s| &s.fsync_latency),
+            ("ringbroker_log_write_latency_seconds", "O_DIRECT writes of partition log flushes.", |s| &s.write_latency),
+            (
+                "ringbroker_log_flush_wait_seconds",
+                "Partition log flushes' wait before writing, from their first batch being queued.",
+                |s| &s.flush_queue_latency,
+            ),
             ("ringbroker_commit_latency_seconds", "Durable consumer-group offset commits.", |s| &s.commit_latency),
         ];
         for (name, help, pick) in latencies {
@@ -609,6 +615,8 @@ mod tests {
             busy_seconds: 1.5,
             produce_latency: latency.clone(),
             fsync_latency: latency.clone(),
+            write_latency: latency.clone(),
+            flush_queue_latency: LatencySnapshot::default(),
             commit_latency: LatencySnapshot::default(),
             partitions: vec![PartitionSnapshot {
                 topic: "orders".into(),

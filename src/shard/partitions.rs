@@ -28,7 +28,7 @@ use crate::protocol::wire::{
 };
 use crate::storage::io::Storage;
 use crate::storage::{
-    AppendReceipt, CheckedBatch, FsyncObserver, LogConfig, LogLimits, OpenOptions, PartitionLog, StorageError,
+    AppendReceipt, CheckedBatch, FlushObserver, LogConfig, LogLimits, OpenOptions, PartitionLog, StorageError,
 };
 
 use super::metadata::ClusterMetadata;
@@ -140,7 +140,7 @@ impl<S: Storage> PartitionTable<S> {
         let counters = Rc::clone(&self.counters);
         let options = OpenOptions {
             flush_queue: self.flush_queue,
-            fsync_observer: Some(FsyncObserver(Rc::new(move |took| counters.record_fsync(took)))),
+            flush_observer: Some(FlushObserver(Rc::new(move |stage, took| counters.record_flush_stage(stage, took)))),
             ..OpenOptions::default()
         };
         let config = self.log_config.clone().with_limits(limits);

@@ -1,4 +1,5 @@
-//! Per-shard counters and latency histograms (fdatasync, produce, commit).
+//! Per-shard counters and latency histograms (the flush stages, produce,
+//! commit).
 //!
 //! Plain `Cell`s: a shard's counters are only ever touched by its own
 //! thread, never through a shared atomic. Other shards, the native Stats
@@ -13,6 +14,7 @@ use hdrhistogram::Histogram;
 
 use crate::protocol::types::ShardId;
 use crate::protocol::wire::{ErrorCode, ShardStats};
+use crate::storage::FlushStage;
 
 /// Percentiles reported for every latency histogram.
 const PERCENTILES: [f64; 6] = [50.0, 90.0, 99.0, 99.9, 99.99, 100.0];
@@ -120,6 +122,11 @@ pub struct Counters {
     /// The executor's busy time so far (see [`Counters::busy`]).
     busy: Cell<Duration>,
     pub fsync_latency: Latency,
+    /// The O_DIRECT write of each partition flush.
+    pub write_latency: Latency,
+    /// Each partition flush's wait before its write: from its first batch
+    /// being queued to the flusher taking it.
+    pub flush_queue_latency: Latency,
     pub commit_latency: Latency,
     pub produce_latency: Latency,
     /// Requests by kind and result code: at most every kind times every
@@ -164,6 +171,8 @@ impl Counters {
             busy: Cell::new(Duration::ZERO),
             commit_latency: Latency::new(),
             fsync_latency: Latency::new(),
+            write_latency: Latency::new(),
+            flush_queue_latency: Latency::new(),
             produce_latency: Latency::new(),
             requests: RefCell::new(BTreeMap::new()),
         }
@@ -173,9 +182,16 @@ impl Counters {
         counter.set(counter.get().wrapping_add(amount));
     }
 
-    pub fn record_fsync(&self, took: Duration) {
-        Counters::add(&self.fsyncs, 1);
-        self.fsync_latency.record(took);
+    /// Records how long a stage of a partition flush took.
+    pub fn record_flush_stage(&self, stage: FlushStage, took: Duration) {
+        match stage {
+            FlushStage::Queued => self.flush_queue_latency.record(took),
+            FlushStage::Write => self.write_latency.record(took),
+            FlushStage::Fsync => {
+                Counters::add(&self.fsyncs, 1);
+                self.fsync_latency.record(took);
+            }
+        }
     }
 
     /// Records how long a durable offset commit took.
@@ -252,6 +268,8 @@ impl Counters {
             shard,
             counters,
             fsync_latency_us: self.fsync_latency.percentiles(),
+            write_latency_us: self.write_latency.percentiles(),
+            flush_queue_latency_us: self.flush_queue_latency.percentiles(),
             failed_partitions: Vec::new(),
             commit_latency_us: self.commit_latency.percentiles(),
             produce_latency_us: self.produce_latency.percentiles(),
@@ -269,18 +287,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn snapshots_carry_counters_and_fsync_percentiles() {
+    fn snapshots_carry_counters_and_flush_stage_percentiles() {
         let counters = Counters::new();
         Counters::add(&counters.bytes_in, 100);
         for micros in 1..=100 {
-            counters.record_fsync(Duration::from_micros(micros));
+            counters.record_flush_stage(FlushStage::Fsync, Duration::from_micros(micros));
+            counters.record_flush_stage(FlushStage::Write, Duration::from_micros(2 * micros));
         }
+        counters.record_flush_stage(FlushStage::Queued, Duration::from_micros(7));
         let snapshot = counters.snapshot(ShardId(3));
         assert_eq!(snapshot.shard, ShardId(3));
         assert!(snapshot.counters.contains(&("bytes_in".to_string(), 100)));
         assert!(snapshot.counters.contains(&("fsyncs".to_string(), 100)));
         assert_eq!(snapshot.fsync_latency_us[0], (50.0, 50));
         assert_eq!(snapshot.fsync_latency_us.last(), Some(&(100.0, 100)));
+        assert_eq!(snapshot.write_latency_us[0], (50.0, 100));
+        assert_eq!(snapshot.write_latency_us.last(), Some(&(100.0, 200)));
+        assert!(snapshot.flush_queue_latency_us.iter().all(|(_, us)| *us == 7), "{snapshot:?}");
         assert!(snapshot.produce_latency_us.is_empty(), "no produce recorded yet");
         counters.record_produce(Duration::from_millis(3));
         let snapshot = counters.snapshot(ShardId(3));

@@ -201,17 +201,31 @@ pub struct OpenOptions {
     /// Task queue for the flusher (the shard gives flushing fewer shares than
     /// network work); the current queue when `None`.
     pub flush_queue: Option<TaskQueueHandle>,
-    /// Told how long each fdatasync took (the shard keeps a histogram).
-    pub fsync_observer: Option<FsyncObserver>,
+    /// Told how long each stage of each flush took (the shard keeps
+    /// histograms).
+    pub flush_observer: Option<FlushObserver>,
 }
 
-/// A callback for fdatasync latencies.
-#[derive(Clone)]
-pub struct FsyncObserver(pub Rc<dyn Fn(Duration)>);
+/// The stages of a flush, in order; a produce request waiting for a durable
+/// ack spends its time in them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushStage {
+    /// From the first batch of a flush being queued to the flusher taking
+    /// it: mostly waiting for the flush in progress (group commit).
+    Queued,
+    /// The O_DIRECT write of the flush's chunks, all of them.
+    Write,
+    /// The fdatasync after the write.
+    Fsync,
+}
 
-impl std::fmt::Debug for FsyncObserver {
+/// A callback for the duration of each flush stage.
+#[derive(Clone)]
+pub struct FlushObserver(pub Rc<dyn Fn(FlushStage, Duration)>);
+
+impl std::fmt::Debug for FlushObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FsyncObserver")
+        f.write_str("FlushObserver")
     }
 }
 
@@ -230,7 +244,7 @@ struct Inner<S: Storage> {
     /// Signalled when appends may proceed or waiters may complete.
     progress: Notify,
     stats: RefCell<LogStats>,
-    fsync_observer: Option<FsyncObserver>,
+    flush_observer: Option<FlushObserver>,
     line: RefCell<Line>,
     /// Idempotent producers' last batches, checked and updated at each
     /// append's turn.
@@ -257,6 +271,9 @@ struct State<S: Storage> {
     /// Batches appended but not yet handed to a write.
     pending: VecDeque<Bytes>,
     pending_bytes: usize,
+    /// When the oldest pending batch was queued (set only with a flush
+    /// observer, for its [`FlushStage::Queued`]).
+    pending_since: Option<Instant>,
     /// End of the data handed to writes in the active segment.
     flushed_end: u64,
     /// Bytes of the active segment from `align_down(flushed_end)` to
@@ -294,6 +311,7 @@ impl<S: Storage> PartitionLog<S> {
             durable_next: next_offset,
             pending: VecDeque::new(),
             pending_bytes: 0,
+            pending_since: None,
             flushed_end,
             tail_block: recovered.tail_block,
             start_floor: recovered.start_floor,
@@ -317,7 +335,7 @@ impl<S: Storage> PartitionLog<S> {
             work: Notify::default(),
             progress: Notify::default(),
             stats: RefCell::new(LogStats::default()),
-            fsync_observer: options.fsync_observer.clone(),
+            flush_observer: options.flush_observer.clone(),
             line: RefCell::new(Line::default()),
             producers: RefCell::new(producers),
         });
@@ -778,6 +796,9 @@ impl<S: Storage> Inner<S> {
         let len = bytes.len();
         state.active_mut().index.push_batch(base, next, len as u64, max_timestamp);
         state.next_offset = next;
+        if state.pending.is_empty() && self.flush_observer.is_some() {
+            state.pending_since = Some(Instant::now());
+        }
         state.pending.push_back(bytes.clone());
         state.pending_bytes += len;
         state.cache.push_back(CachedBatch { base, next, bytes });
@@ -874,6 +895,9 @@ impl<S: Storage> Inner<S> {
             state.tail_block.extend_from_slice(&chunks[index].as_slice()[from..from + (filled - carried_from)]);
         }
         state.pending_bytes = 0;
+        if let Some(since) = state.pending_since.take() {
+            self.observe(FlushStage::Queued, since.elapsed());
+        }
         state.flushed_end = end;
         let active = state.active();
         WriteJob { file: Rc::clone(&active.file), path: active.path.clone(), chunks, pos, next: state.next_offset, end }
@@ -882,10 +906,14 @@ impl<S: Storage> Inner<S> {
     async fn timed_fdatasync(&self, file: &S::File) -> std::io::Result<()> {
         let started = Instant::now();
         let result = file.fdatasync().await;
-        if let Some(observer) = &self.fsync_observer {
-            (observer.0)(started.elapsed());
-        }
+        self.observe(FlushStage::Fsync, started.elapsed());
         result
+    }
+
+    fn observe(&self, stage: FlushStage, took: Duration) {
+        if let Some(observer) = &self.flush_observer {
+            (observer.0)(stage, took);
+        }
     }
 
     fn poison(&self, error: StorageError) {
@@ -1192,7 +1220,9 @@ async fn run_flusher<S: Storage>(inner: Rc<Inner<S>>) {
 async fn write_and_maybe_sync<S: Storage>(inner: &Inner<S>, job: WriteJob<S::File, S::Buf>) -> Result<()> {
     let WriteJob { file, path, chunks, pos, next, end } = job;
     let len = chunks.iter().map(|chunk| chunk.as_slice().len()).sum();
+    let started = Instant::now();
     write_chunks(&*file, chunks, pos).await.map_err(|source| StorageError::io("writing", &path, source))?;
+    inner.observe(FlushStage::Write, started.elapsed());
     inner.mark_written(next, len);
     inner.progress.notify_all();
     let sync_now = {

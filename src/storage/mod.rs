@@ -26,7 +26,9 @@ pub mod space;
 pub use config::{FlushPolicy, LogConfig, LogLimits};
 pub use error::StorageError;
 pub use lock::DirLock;
-pub use log::{AppendReceipt, CheckedBatch, FsyncObserver, LogStats, OpenOptions, PartitionLog, ReadOutcome, ReadSink};
+pub use log::{
+    AppendReceipt, CheckedBatch, FlushObserver, FlushStage, LogStats, OpenOptions, PartitionLog, ReadOutcome, ReadSink,
+};
 pub use recovery::RecoveryMode;
 pub use segment::PREALLOCATE_BYTES_FIRST;
 pub use space::free_bytes;
