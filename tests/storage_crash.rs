@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use ringbroker::protocol::batch::{BatchView, LAST_OFFSET_DELTA_POS};
-use ringbroker::protocol::types::{AckLevel, Offset};
+use ringbroker::protocol::types::{AckLevel, Offset, TimestampMs};
 use ringbroker::storage::sim::{CrashMode, Fault, FaultOp, SimStorage};
 use ringbroker::storage::{FlushObserver, FlushPolicy, FlushStage, LogConfig, OpenOptions, PartitionLog, StorageError};
 use support::{numbered_batch, run, Rng};
@@ -310,6 +310,49 @@ fn the_flush_observer_hears_each_stage_of_each_flush_in_order() {
         let flush = [FlushStage::Queued, FlushStage::Write, FlushStage::Fsync];
         assert_eq!(*heard.borrow(), flush.repeat(3));
         log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn appends_go_on_while_the_segment_a_roll_left_is_sealed() {
+    // A roll makes the next segment, then seals the old one: trims it and
+    // writes its index (two thirds of a roll's time on a real disk).
+    // Appends wait for the first part only. The power-cut tests above cover
+    // a crash while the seal is under way.
+    run(|| async {
+        let storage = SimStorage::new();
+        let log = open(&storage, config()).await.unwrap();
+        let mut tag = 0;
+        while log.segment_count() < 2 {
+            log.append_and_wait(numbered_batch(tag, 1, 1000), AckLevel::Durable).await.unwrap();
+            tag += 1;
+        }
+        let old_index = dir().join(format!("{:020}.index", 0));
+        assert!(storage.contents(&old_index).is_none(), "the append that rolled waited for the old segment's seal");
+        // Closing waits for the seal.
+        log.close().await.unwrap();
+        assert!(storage.contents(&old_index).is_some_and(|index| !index.is_empty()));
+    });
+}
+
+#[test]
+fn retention_right_after_a_roll_leaves_no_index_of_the_segment_it_deletes() {
+    // Retention waits for the seal of the segment a roll left: deleting it
+    // mid-seal would let the seal write its index back afterwards.
+    run(|| async {
+        let storage = SimStorage::new();
+        let config = LogConfig { retention_bytes: Some(1), ..config() };
+        let log = open(&storage, config).await.unwrap();
+        let mut tag = 0;
+        while log.segment_count() < 2 {
+            log.append_and_wait(numbered_batch(tag, 1, 1000), AckLevel::Durable).await.unwrap();
+            tag += 1;
+        }
+        assert_eq!(log.enforce_retention(TimestampMs(i64::MAX)).await.unwrap(), 1);
+        log.close().await.unwrap();
+        let files = storage.contents(&dir().join(format!("{:020}.index", 0)));
+        assert!(files.is_none(), "the deleted segment's index came back");
+        assert!(storage.contents(&dir().join(format!("{:020}.log", 0))).is_none());
     });
 }
 
