@@ -356,6 +356,47 @@ fn retention_right_after_a_roll_leaves_no_index_of_the_segment_it_deletes() {
     });
 }
 
+#[test]
+fn a_roll_renames_the_spare_prepared_while_the_segment_filled() {
+    // Once the active segment is half full the log prepares the next one's
+    // file (created, preallocated, durable), so a roll only renames it. A
+    // spare left by a crash is deleted at open.
+    run(|| async {
+        let storage = SimStorage::new();
+        let log = open(&storage, config()).await.unwrap();
+        let spare = dir().join("next.log.tmp");
+        let segment_bytes = config().segment_bytes_max;
+        let mut tag = 0;
+        while log.size_bytes() * 2 < segment_bytes {
+            assert!(storage.contents(&spare).is_none(), "a spare before the segment was half full");
+            log.append_and_wait(numbered_batch(tag, 1, 1000), AckLevel::Durable).await.unwrap();
+            tag += 1;
+        }
+        // One more append starts it; a durable append gives it time to land.
+        log.append_and_wait(numbered_batch(tag, 1, 1000), AckLevel::Durable).await.unwrap();
+        let prepared = storage.contents(&spare).expect("a spare once the segment is half full");
+        assert_eq!(prepared.len() as u64, segment_bytes, "preallocated whole");
+        let image = storage.crash_image(CrashMode::LoseUnsynced);
+        while log.segment_count() < 2 {
+            tag += 1;
+            log.append_and_wait(numbered_batch(tag, 1, 1000), AckLevel::Durable).await.unwrap();
+        }
+        assert!(storage.contents(&spare).is_none(), "the roll took the spare");
+        // The next segment's spare, then a close: it removes the spare.
+        while storage.contents(&spare).is_none() {
+            tag += 1;
+            log.append_and_wait(numbered_batch(tag, 1, 1000), AckLevel::Durable).await.unwrap();
+            assert_eq!(log.segment_count(), 2, "no spare was prepared for the second segment");
+        }
+        log.close().await.unwrap();
+        assert!(storage.contents(&spare).is_none(), "close leaves no spare");
+        // Opening what a crash left with a spare in place deletes it.
+        assert!(image.contents(&spare).is_some());
+        open(&image, config()).await.unwrap().close().await.unwrap();
+        assert!(image.contents(&spare).is_none());
+    });
+}
+
 /// Builds a one-segment log of `batches` batches on a simulated disk; returns
 /// the segment's pristine bytes and the position where each batch ends.
 async fn fixture(storage: &SimStorage, batches: u64) -> (Vec<u8>, Vec<u64>) {

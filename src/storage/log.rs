@@ -43,8 +43,8 @@ use super::log_start;
 use super::producers::{self, ProducerFields, ProducerTable, Verdict};
 use super::recovery::{self, RecoveryMode};
 use super::segment::{
-    classify, create_segment, index_path, producers_path, producers_tmp_path, seal_segment, write_small_file,
-    BatchCursor, FileKind, Reserve, Segment,
+    adopt_spare, classify, create_segment, create_spare, index_path, producers_path, producers_tmp_path, seal_segment,
+    spare_path, write_small_file, BatchCursor, FileKind, Reserve, Segment,
 };
 use crate::runtime::notify::Notify;
 
@@ -290,6 +290,11 @@ struct State<S: Storage> {
     /// The base of the segment a roll left behind while it is sealed in the
     /// background (at most one at a time).
     sealing: Option<Offset>,
+    /// The file prepared for the next segment (with `preallocate`).
+    spare: Spare<S::File>,
+    /// The active segment a spare was last prepared for (once each, even if
+    /// preparing it failed).
+    spare_for: Option<Offset>,
     closing: bool,
     flusher_done: bool,
     /// The next flush must fdatasync even under the interval policy.
@@ -323,6 +328,8 @@ impl<S: Storage> PartitionLog<S> {
             poisoned: None,
             rolling: false,
             sealing: None,
+            spare: Spare::Absent,
+            spare_for: None,
             closing: false,
             flusher_done: false,
             sync_requested: false,
@@ -401,6 +408,7 @@ impl<S: Storage> PartitionLog<S> {
             }
         }
         let receipt = self.inner.push(batch, count, max_timestamp);
+        self.inner.prepare_spare_if_due();
         if let Some(fields) = &producer {
             self.inner.producers.borrow_mut().record(fields, receipt.base, receipt.next, producers::now_ms());
         }
@@ -642,12 +650,24 @@ impl<S: Storage> PartitionLog<S> {
             let wait = self.inner.progress.notified();
             let done = {
                 let state = self.inner.state.borrow();
-                state.flusher_done && !state.rolling && state.sealing.is_none()
+                state.flusher_done
+                    && !state.rolling
+                    && state.sealing.is_none()
+                    && !matches!(state.spare, Spare::Preparing)
             };
             if done {
                 break;
             }
             wait.await;
+        }
+        let spare = std::mem::replace(&mut self.inner.state.borrow_mut().spare, Spare::Absent);
+        if let Spare::Ready { file, .. } = spare {
+            // Unused preallocated space goes back; a restart would delete it.
+            let path = spare_path(&self.inner.dir);
+            let _ = file.close().await;
+            if let Err(error) = self.inner.storage.remove(&path).await {
+                tracing::warn!(path = %path.display(), %error, "could not remove the spare segment");
+            }
         }
         let poisoned = self.inner.state.borrow().poisoned.clone();
         let segments = std::mem::take(&mut self.inner.state.borrow_mut().segments);
@@ -734,6 +754,14 @@ struct WriteJob<F, B> {
     next: Offset,
     /// Logical end of the active segment after this write.
     end: u64,
+}
+
+/// The next segment's file, prepared ahead of the roll.
+#[derive(Debug)]
+enum Spare<F> {
+    Absent,
+    Preparing,
+    Ready { file: F, allocated_bytes: u64 },
 }
 
 /// What the flusher does next.
@@ -1064,7 +1092,9 @@ impl<S: Storage> Inner<S> {
                 if let Some(error) = &state.poisoned {
                     return Err(StorageError::Poisoned(Rc::clone(error)));
                 }
-                if state.durable_next == state.next_offset && state.pending.is_empty() && state.sealing.is_none() {
+                let spare_settled = !matches!(state.spare, Spare::Preparing);
+                let idle = state.durable_next == state.next_offset && state.pending.is_empty();
+                if idle && state.sealing.is_none() && spare_settled {
                     break;
                 }
             }
@@ -1073,8 +1103,15 @@ impl<S: Storage> Inner<S> {
         // Create the next segment first: if the disk is full, nothing changes.
         let base = self.state.borrow().next_offset;
         let segment_bytes_max = self.limits.get().segment_bytes_max;
-        let new_segment =
-            create_segment(&self.storage, &self.dir, base, &self.config, segment_bytes_max, Reserve::Whole).await?;
+        let spare = std::mem::replace(&mut self.state.borrow_mut().spare, Spare::Absent);
+        let new_segment = match spare {
+            Spare::Ready { file, allocated_bytes } => {
+                adopt_spare(&self.storage, &self.dir, file, allocated_bytes, base, &self.config).await?
+            }
+            Spare::Absent | Spare::Preparing => {
+                create_segment(&self.storage, &self.dir, base, &self.config, segment_bytes_max, Reserve::Whole).await?
+            }
+        };
         let (old_file, old_path, old_index) = {
             let state = self.state.borrow();
             let active = state.active();
@@ -1163,6 +1200,40 @@ impl<S: Storage> Inner<S> {
         self.stats.borrow_mut().segments_deleted += 1;
         tracing::info!(segment = %path.display(), "deleted segment");
         Ok(())
+    }
+
+    /// Starts preparing the next segment's file once the active segment is
+    /// half full, so that its roll only renames it.
+    fn prepare_spare_if_due(self: &Rc<Self>) {
+        if !self.config.preallocate {
+            return;
+        }
+        let segment_bytes_max = self.limits.get().segment_bytes_max;
+        {
+            let mut state = self.state.borrow_mut();
+            let active = state.active();
+            let (base, half_full) = (active.index.base, active.index.segment_bytes * 2 >= segment_bytes_max);
+            let due = half_full && matches!(state.spare, Spare::Absent) && state.spare_for != Some(base);
+            if !due || state.closing || state.poisoned.is_some() {
+                return;
+            }
+            state.spare = Spare::Preparing;
+            state.spare_for = Some(base);
+        }
+        let inner = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let prepared = create_spare(&inner.storage, &inner.dir, segment_bytes_max).await;
+            inner.state.borrow_mut().spare = match prepared {
+                Ok(file) => Spare::Ready { file, allocated_bytes: segment_bytes_max },
+                Err(error) => {
+                    // The roll creates the segment itself, as without a spare.
+                    tracing::debug!(dir = %inner.dir.display(), %error, "could not prepare the next segment");
+                    Spare::Absent
+                }
+            };
+            inner.progress.notify_all();
+        })
+        .detach();
     }
 
     /// Completes once no segment is being sealed.

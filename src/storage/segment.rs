@@ -46,6 +46,12 @@ pub(crate) fn index_tmp_path(dir: &Path, base: Offset) -> PathBuf {
     dir.join(format!("{:020}.{INDEX_SUFFIX}.{TMP_SUFFIX}", base.get()))
 }
 
+/// The file a log prepares for its next segment (see [`create_spare`]). Its
+/// temporary suffix makes recovery delete one a crash left behind.
+pub(crate) fn spare_path(dir: &Path) -> PathBuf {
+    dir.join(format!("next.{LOG_SUFFIX}.{TMP_SUFFIX}"))
+}
+
 /// What a file in a partition directory is, judged by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FileKind {
@@ -219,25 +225,74 @@ pub(crate) async fn create_segment<S: Storage>(
     reserve: Reserve,
 ) -> Result<Segment<S::File>> {
     let path = log_path(dir, base);
-    let io = |op, source| StorageError::io(op, &path, source);
-    let file = storage.create_new(&path).await.map_err(|source| io("creating segment", source))?;
     let allocated_bytes = match (config.preallocate, reserve) {
         (false, _) => 0,
         (true, Reserve::First) => PREALLOCATE_BYTES_FIRST.min(segment_bytes_max),
         (true, Reserve::Whole) => segment_bytes_max,
     };
+    let file = create_prepared(storage, dir, &path, config.preallocate.then_some(allocated_bytes)).await?;
+    Ok(Segment {
+        file: Rc::new(file),
+        path,
+        index: SegmentIndex::new(base, config.index_interval_bytes),
+        visible_bytes: 0,
+        allocated_bytes,
+    })
+}
+
+/// Creates `path`, preallocates `reserve` bytes of it, and makes both
+/// durable. On failure it leaves nothing behind: a full disk must not leave
+/// a half-made file.
+async fn create_prepared<S: Storage>(storage: &S, dir: &Path, path: &Path, reserve: Option<u64>) -> Result<S::File> {
+    let io = |op, source| StorageError::io(op, path, source);
+    let file = storage.create_new(path).await.map_err(|source| io("creating segment", source))?;
     let prepared = async {
-        if config.preallocate {
-            file.pre_allocate(allocated_bytes).await.map_err(|source| io("preallocating", source))?;
+        if let Some(bytes) = reserve {
+            file.pre_allocate(bytes).await.map_err(|source| io("preallocating", source))?;
             file.fdatasync().await.map_err(|source| io("fdatasync", source))?;
         }
         storage.sync_dir(dir).await.map_err(|source| StorageError::io("syncing", dir, source))
     };
     if let Err(error) = prepared.await {
-        // Leave nothing half-made behind: a full disk must not leave a segment.
         let _ = file.close().await;
-        if let Err(remove_error) = storage.remove(&path).await {
+        if let Err(remove_error) = storage.remove(path).await {
             tracing::warn!(path = %path.display(), %remove_error, "could not remove unfinished segment");
+        }
+        return Err(error);
+    }
+    Ok(file)
+}
+
+/// Prepares the file of a log's next segment while the active one fills:
+/// created, `bytes` preallocated, durable, under [`spare_path`]. A roll then
+/// only renames it ([`adopt_spare`]), and appends wait for that instead of
+/// the creation (about 1 ms of a roll on the development VM).
+pub(crate) async fn create_spare<S: Storage>(storage: &S, dir: &Path, bytes: u64) -> Result<S::File> {
+    let path = spare_path(dir);
+    // A leftover of a failed adoption.
+    let _ = storage.remove(&path).await;
+    create_prepared(storage, dir, &path, Some(bytes)).await
+}
+
+/// Makes the prepared spare the new, empty segment at `base`: a rename and
+/// a directory sync. On failure the spare is removed and the error returned.
+pub(crate) async fn adopt_spare<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    file: S::File,
+    allocated_bytes: u64,
+    base: Offset,
+    config: &LogConfig,
+) -> Result<Segment<S::File>> {
+    let (spare, path) = (spare_path(dir), log_path(dir, base));
+    let adopted = async {
+        storage.rename(&spare, &path).await.map_err(|source| StorageError::io("renaming", &spare, source))?;
+        storage.sync_dir(dir).await.map_err(|source| StorageError::io("syncing", dir, source))
+    };
+    if let Err(error) = adopted.await {
+        let _ = file.close().await;
+        for leftover in [&spare, &path] {
+            let _ = storage.remove(leftover).await;
         }
         return Err(error);
     }
