@@ -219,7 +219,8 @@ pub enum FlushStage {
     Fsync,
 }
 
-/// A callback for the duration of each flush stage.
+/// A callback for the duration of each flush stage. It is called with no
+/// log state borrowed, so it may call back into the log.
 #[derive(Clone)]
 pub struct FlushObserver(pub Rc<dyn Fn(FlushStage, Duration)>);
 
@@ -754,6 +755,9 @@ struct WriteJob<F, B> {
     next: Offset,
     /// Logical end of the active segment after this write.
     end: u64,
+    /// How long its first batch waited for the flusher (with an observer),
+    /// told to the observer once no state is borrowed.
+    queued: Option<Duration>,
 }
 
 /// The next segment's file, prepared ahead of the roll.
@@ -935,12 +939,11 @@ impl<S: Storage> Inner<S> {
             state.tail_block.extend_from_slice(&chunks[index].as_slice()[from..from + (filled - carried_from)]);
         }
         state.pending_bytes = 0;
-        if let Some(since) = state.pending_since.take() {
-            self.observe(FlushStage::Queued, since.elapsed());
-        }
+        let queued = state.pending_since.take().map(|since| since.elapsed());
         state.flushed_end = end;
         let active = state.active();
-        WriteJob { file: Rc::clone(&active.file), path: active.path.clone(), chunks, pos, next: state.next_offset, end }
+        let (file, path) = (Rc::clone(&active.file), active.path.clone());
+        WriteJob { file, path, chunks, pos, next: state.next_offset, end, queued }
     }
 
     async fn timed_fdatasync(&self, file: &S::File) -> std::io::Result<()> {
@@ -1322,7 +1325,10 @@ async fn run_flusher<S: Storage>(inner: Rc<Inner<S>>) {
 }
 
 async fn write_and_maybe_sync<S: Storage>(inner: &Inner<S>, job: WriteJob<S::File, S::Buf>) -> Result<()> {
-    let WriteJob { file, path, chunks, pos, next, end } = job;
+    let WriteJob { file, path, chunks, pos, next, end, queued } = job;
+    if let Some(queued) = queued {
+        inner.observe(FlushStage::Queued, queued);
+    }
     let len = chunks.iter().map(|chunk| chunk.as_slice().len()).sum();
     let started = Instant::now();
     write_chunks(&*file, chunks, pos).await.map_err(|source| StorageError::io("writing", &path, source))?;
