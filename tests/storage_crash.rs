@@ -313,6 +313,18 @@ fn the_flush_observer_hears_each_stage_of_each_flush_in_order() {
     });
 }
 
+/// Appends durable 1000-byte batches tagged from `tag` on until the log has
+/// rolled to a second segment; returns the last tag used.
+async fn append_until_rolled(log: &PartitionLog<SimStorage>, mut tag: u64) -> u64 {
+    loop {
+        log.append_and_wait(numbered_batch(tag, 1, 1000), AckLevel::Durable).await.unwrap();
+        if log.segment_count() >= 2 {
+            return tag;
+        }
+        tag += 1;
+    }
+}
+
 #[test]
 fn appends_go_on_while_the_segment_a_roll_left_is_sealed() {
     // A roll makes the next segment, then seals the old one: trims it and
@@ -322,11 +334,7 @@ fn appends_go_on_while_the_segment_a_roll_left_is_sealed() {
     run(|| async {
         let storage = SimStorage::new();
         let log = open(&storage, config()).await.unwrap();
-        let mut tag = 0;
-        while log.segment_count() < 2 {
-            log.append_and_wait(numbered_batch(tag, 1, 1000), AckLevel::Durable).await.unwrap();
-            tag += 1;
-        }
+        append_until_rolled(&log, 0).await;
         let old_index = dir().join(format!("{:020}.index", 0));
         assert!(storage.contents(&old_index).is_none(), "the append that rolled waited for the old segment's seal");
         // Closing waits for the seal.
@@ -343,11 +351,7 @@ fn retention_right_after_a_roll_leaves_no_index_of_the_segment_it_deletes() {
         let storage = SimStorage::new();
         let config = LogConfig { retention_bytes: Some(1), ..config() };
         let log = open(&storage, config).await.unwrap();
-        let mut tag = 0;
-        while log.segment_count() < 2 {
-            log.append_and_wait(numbered_batch(tag, 1, 1000), AckLevel::Durable).await.unwrap();
-            tag += 1;
-        }
+        append_until_rolled(&log, 0).await;
         assert_eq!(log.enforce_retention(TimestampMs(i64::MAX)).await.unwrap(), 1);
         log.close().await.unwrap();
         let files = storage.contents(&dir().join(format!("{:020}.index", 0)));
@@ -377,10 +381,7 @@ fn a_roll_renames_the_spare_prepared_while_the_segment_filled() {
         let prepared = storage.contents(&spare).expect("a spare once the segment is half full");
         assert_eq!(prepared.len() as u64, segment_bytes, "preallocated whole");
         let image = storage.crash_image(CrashMode::LoseUnsynced);
-        while log.segment_count() < 2 {
-            tag += 1;
-            log.append_and_wait(numbered_batch(tag, 1, 1000), AckLevel::Durable).await.unwrap();
-        }
+        tag = append_until_rolled(&log, tag + 1).await;
         assert!(storage.contents(&spare).is_none(), "the roll took the spare");
         // The next segment's spare, then a close: it removes the spare.
         while storage.contents(&spare).is_none() {

@@ -288,9 +288,9 @@ struct State<S: Storage> {
     cache_bytes: usize,
     poisoned: Option<Rc<StorageError>>,
     rolling: bool,
-    /// The base of the segment a roll left behind while it is sealed in the
-    /// background (at most one at a time).
-    sealing: Option<Offset>,
+    /// A segment a roll left behind is being sealed in the background (at
+    /// most one at a time).
+    sealing: bool,
     /// The file prepared for the next segment (with `preallocate`).
     spare: Spare<S::File>,
     /// The active segment a spare was last prepared for (once each, even if
@@ -328,7 +328,7 @@ impl<S: Storage> PartitionLog<S> {
             cache_bytes: 0,
             poisoned: None,
             rolling: false,
-            sealing: None,
+            sealing: false,
             spare: Spare::Absent,
             spare_for: None,
             closing: false,
@@ -651,10 +651,7 @@ impl<S: Storage> PartitionLog<S> {
             let wait = self.inner.progress.notified();
             let done = {
                 let state = self.inner.state.borrow();
-                state.flusher_done
-                    && !state.rolling
-                    && state.sealing.is_none()
-                    && !matches!(state.spare, Spare::Preparing)
+                state.flusher_done && !state.rolling && !state.sealing && !matches!(state.spare, Spare::Preparing)
             };
             if done {
                 break;
@@ -1097,7 +1094,7 @@ impl<S: Storage> Inner<S> {
                 }
                 let spare_settled = !matches!(state.spare, Spare::Preparing);
                 let idle = state.durable_next == state.next_offset && state.pending.is_empty();
-                if idle && state.sealing.is_none() && spare_settled {
+                if idle && !state.sealing && spare_settled {
                     break;
                 }
             }
@@ -1125,7 +1122,7 @@ impl<S: Storage> Inner<S> {
         state.flushed_end = 0;
         state.tail_block.clear();
         state.active_created = Instant::now();
-        state.sealing = Some(old_index.base);
+        state.sealing = true;
         let previous_base = state.segments.range(..base).next_back().map(|(base, _)| *base);
         drop(state);
         // Appends go on into the new segment while the old one is sealed
@@ -1136,7 +1133,7 @@ impl<S: Storage> Inner<S> {
         let inner = Rc::clone(self);
         glommio::spawn_local(async move {
             let sealed = seal_segment(&inner.storage, &inner.dir, &*old_file, &old_path, &old_index).await;
-            inner.state.borrow_mut().sealing = None;
+            inner.state.borrow_mut().sealing = false;
             match sealed {
                 Ok(()) => {}
                 // A full disk: the segment stays unsealed until a restart
@@ -1243,7 +1240,7 @@ impl<S: Storage> Inner<S> {
     async fn seal_done(&self) {
         loop {
             let wait = self.progress.notified();
-            if self.state.borrow().sealing.is_none() {
+            if !self.state.borrow().sealing {
                 return;
             }
             wait.await;

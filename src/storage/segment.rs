@@ -197,6 +197,19 @@ pub(crate) struct Segment<F> {
     pub allocated_bytes: u64,
 }
 
+impl<F> Segment<F> {
+    /// A new segment with nothing in it yet.
+    fn empty(file: F, path: PathBuf, base: Offset, config: &LogConfig, allocated_bytes: u64) -> Self {
+        Segment {
+            file: Rc::new(file),
+            path,
+            index: SegmentIndex::new(base, config.index_interval_bytes),
+            visible_bytes: 0,
+            allocated_bytes,
+        }
+    }
+}
+
 /// What the first segment of a new partition reserves (with
 /// `preallocate`): a new partition costs this much disk, not a whole
 /// segment. The first append that needs more reserves the whole segment,
@@ -231,13 +244,7 @@ pub(crate) async fn create_segment<S: Storage>(
         (true, Reserve::Whole) => segment_bytes_max,
     };
     let file = create_prepared(storage, dir, &path, config.preallocate.then_some(allocated_bytes)).await?;
-    Ok(Segment {
-        file: Rc::new(file),
-        path,
-        index: SegmentIndex::new(base, config.index_interval_bytes),
-        visible_bytes: 0,
-        allocated_bytes,
-    })
+    Ok(Segment::empty(file, path, base, config, allocated_bytes))
 }
 
 /// Creates `path`, preallocates `reserve` bytes of it, and makes both
@@ -296,13 +303,7 @@ pub(crate) async fn adopt_spare<S: Storage>(
         }
         return Err(error);
     }
-    Ok(Segment {
-        file: Rc::new(file),
-        path,
-        index: SegmentIndex::new(base, config.index_interval_bytes),
-        visible_bytes: 0,
-        allocated_bytes,
-    })
+    Ok(Segment::empty(file, path, base, config, allocated_bytes))
 }
 
 /// Trims a full segment to its logical size and writes its index file.
