@@ -376,7 +376,8 @@ fn a_roll_renames_the_spare_prepared_while_the_segment_filled() {
             log.append_and_wait(numbered_batch(tag, 1, 1000), AckLevel::Durable).await.unwrap();
             tag += 1;
         }
-        // One more append starts it; a durable append gives it time to land.
+        // The flush of one more append starts it; waiting for that append
+        // to be durable gives it time to land.
         log.append_and_wait(numbered_batch(tag, 1, 1000), AckLevel::Durable).await.unwrap();
         let prepared = storage.contents(&spare).expect("a spare once the segment is half full");
         assert_eq!(prepared.len() as u64, segment_bytes, "preallocated whole");

@@ -409,7 +409,6 @@ impl<S: Storage> PartitionLog<S> {
             }
         }
         let receipt = self.inner.push(batch, count, max_timestamp);
-        self.inner.prepare_spare_if_due();
         if let Some(fields) = &producer {
             self.inner.producers.borrow_mut().record(fields, receipt.base, receipt.next, producers::now_ms());
         }
@@ -1203,7 +1202,8 @@ impl<S: Storage> Inner<S> {
     }
 
     /// Starts preparing the next segment's file once the active segment is
-    /// half full, so that its roll only renames it.
+    /// half full, so that its roll only renames it. The flusher asks at each
+    /// write.
     fn prepare_spare_if_due(self: &Rc<Self>) {
         if !self.config.preallocate {
             return;
@@ -1298,6 +1298,8 @@ async fn run_flusher<S: Storage>(inner: Rc<Inner<S>>) {
         let wait = inner.work.notified();
         match inner.next_work() {
             FlushWork::Write(job) => {
+                // Once per flush rather than per append; it runs beside the write.
+                inner.prepare_spare_if_due();
                 if let Err(error) = write_and_maybe_sync(&inner, job).await {
                     inner.poison(error);
                 }
