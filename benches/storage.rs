@@ -2,9 +2,10 @@
 //!
 //! `cargo bench --bench storage` runs, for each batch size, appenders that
 //! keep `IN_FLIGHT` batches of 1 KiB records outstanding and wait for durable
-//! acks, so the flusher group-commits whatever arrives while a write+fdatasync
-//! is in flight. Prints MB/s, fsyncs, bytes per fsync and ack latency
-//! percentiles. The log lives under the target directory (real disk) and
+//! acks, so the flusher group-commits whatever arrives while a durable write
+//! is in flight. Each case runs with both sync methods: O_DSYNC writes, and
+//! a write followed by fdatasync. Prints MB/s, flushes, bytes per flush and
+//! ack latency percentiles. The log lives under the target directory (real disk) and
 //! the executor is pinned to CPU 0 (override with RB_BENCH_CPU).
 //!
 //! Compare with the device's O_DIRECT limit, e.g.
@@ -19,6 +20,7 @@ use hdrhistogram::Histogram;
 use ringbroker::protocol::batch::{BatchBuilder, Record};
 use ringbroker::protocol::types::AckLevel;
 use ringbroker::storage::dma::DmaStorage;
+use ringbroker::storage::io::SyncMethod;
 use ringbroker::storage::{FlushPolicy, LogConfig, OpenOptions, PartitionLog};
 
 const RECORD_BYTES: usize = 1024;
@@ -35,14 +37,17 @@ fn main() {
         "durable append, 1 KiB records, {IN_FLIGHT} batches in flight, executor on CPU {cpu}, {seconds} s per case"
     );
     println!(
-        "{:>10} {:>10} {:>9} {:>12} {:>9} {:>9} {:>9} {:>9}",
-        "batch", "MB/s", "fsyncs/s", "KiB/fsync", "p50 us", "p99 us", "p99.9 us", "max us"
+        "{:>10} {:>10} {:>10} {:>9} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "batch", "sync", "MB/s", "flushes/s", "KiB/flush", "p50 us", "p99 us", "p99.9 us", "max us"
     );
     LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .io_memory(32 << 20)
         .spawn(move || async move {
             for (case, batch_kib) in [16usize, 64, 256].into_iter().enumerate() {
-                run_case(&path.join(format!("case-{case}")), batch_kib << 10, Duration::from_secs(seconds)).await;
+                for sync in [SyncMethod::Dsync, SyncMethod::Fdatasync] {
+                    let dir = path.join(format!("case-{case}-{sync:?}"));
+                    run_case(&dir, batch_kib << 10, sync, Duration::from_secs(seconds)).await;
+                }
             }
         })
         .expect("executor")
@@ -60,13 +65,14 @@ fn make_batch(batch_bytes: usize) -> BytesMut {
     BytesMut::from(builder.finish())
 }
 
-async fn run_case(dir: &std::path::Path, batch_bytes: usize, duration: Duration) {
+async fn run_case(dir: &std::path::Path, batch_bytes: usize, sync: SyncMethod, duration: Duration) {
     let storage = DmaStorage::new(dir).await.expect("dma storage");
     let config = LogConfig {
         segment_bytes_max: 1 << 30,
         write_bytes_max: 8 << 20,
         batch_bytes_max: 1 << 20,
         flush: FlushPolicy::EveryBatch,
+        sync,
         ..LogConfig::default()
     };
     let log = PartitionLog::open(storage, &dir.join("bench-0"), config, OpenOptions::default()).await.expect("open");
@@ -98,11 +104,12 @@ async fn run_case(dir: &std::path::Path, batch_bytes: usize, duration: Duration)
     log.close().await.expect("close");
     let h = histogram.borrow();
     println!(
-        "{:>7} KiB {:>10.0} {:>9.0} {:>12.0} {:>9} {:>9} {:>9} {:>9}",
+        "{:>7} KiB {:>10} {:>10.0} {:>9.0} {:>12.0} {:>9} {:>9} {:>9} {:>9}",
         batch_bytes >> 10,
+        format!("{sync:?}").to_lowercase(),
         total as f64 / elapsed / 1e6,
-        stats.fsyncs as f64 / elapsed,
-        stats.written_bytes as f64 / stats.fsyncs.max(1) as f64 / 1024.0,
+        stats.writes as f64 / elapsed,
+        stats.written_bytes as f64 / stats.writes.max(1) as f64 / 1024.0,
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
         h.value_at_quantile(0.999),

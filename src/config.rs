@@ -28,6 +28,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use crate::storage::io::SyncMethod;
 use crate::storage::{FlushPolicy, LogConfig, StorageError};
 
 /// Highest CPU count Linux can be built for (CONFIG_NR_CPUS); bounds parsing
@@ -398,6 +399,8 @@ pub struct StorageConfig {
     pub flush_policy: FlushPolicyName,
     /// Only used by the `interval` flush policy.
     pub flush_interval_ms: u64,
+    /// How the `every-batch` policy makes each write durable.
+    pub sync_method: SyncMethodName,
     pub write_bytes_max: usize,
     pub write_request_bytes: usize,
     pub batch_bytes_max: usize,
@@ -423,6 +426,16 @@ pub struct StorageConfig {
 pub enum FlushPolicyName {
     EveryBatch,
     Interval,
+}
+
+/// The sync method as written in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncMethodName {
+    /// Segment files opened with O_DSYNC: each write completes durable.
+    Dsync,
+    /// A write, then an fdatasync.
+    Fdatasync,
 }
 
 /// Defaults for new topics.
@@ -485,6 +498,7 @@ impl Default for StorageConfig {
             index_interval_bytes: 4096,
             flush_policy: FlushPolicyName::EveryBatch,
             flush_interval_ms: 5,
+            sync_method: SyncMethodName::Fdatasync,
             write_bytes_max: 4 << 20,
             write_request_bytes: 1 << 20,
             batch_bytes_max: 1 << 20,
@@ -770,6 +784,10 @@ impl StorageConfig {
             batch_bytes_max: self.batch_bytes_max,
             tail_cache_bytes: self.tail_cache_bytes,
             flush: self.flush_policy(),
+            sync: match self.sync_method {
+                SyncMethodName::Dsync => SyncMethod::Dsync,
+                SyncMethodName::Fdatasync => SyncMethod::Fdatasync,
+            },
             retention_bytes: non_zero(self.retention_bytes),
             retention_ms: non_zero(self.retention_ms),
             preallocate: self.preallocate,
@@ -1078,6 +1096,18 @@ mod tests {
         assert_eq!(TuningConfig::default().log_config().flush, FlushPolicy::EveryBatch);
         assert!(error_text("[storage]\nflush_policy = \"sometimes\"\n").contains("sometimes"));
         assert!(error_text("[storage]\nflush_policy = \"interval\"\nflush_interval_ms = 0\n").contains("interval"));
+    }
+
+    #[test]
+    fn the_sync_method_applies_to_every_batch_segments_only() {
+        let default = TuningConfig::default().log_config();
+        assert_eq!((default.sync, default.segment_sync()), (SyncMethod::Fdatasync, SyncMethod::Fdatasync));
+        let dsync = parse("[storage]\nsync_method = \"dsync\"\n").unwrap().log_config();
+        assert_eq!(dsync.segment_sync(), SyncMethod::Dsync);
+        // The interval policy needs writes that do not wait for the disk.
+        let interval = parse("[storage]\nflush_policy = \"interval\"\nsync_method = \"dsync\"\n").unwrap();
+        assert_eq!(interval.log_config().segment_sync(), SyncMethod::Fdatasync);
+        assert!(error_text("[storage]\nsync_method = \"fsync\"\n").contains("fsync"));
     }
 
     #[test]

@@ -54,6 +54,7 @@ use ringbroker::protocol::wire::{
 use ringbroker::shard::clock::ManualClock;
 use ringbroker::shard::topic_config::TopicConfig;
 use ringbroker::shard::{mesh, metadata, ProduceItem, Shard, ShardConfig, MESH_CHANNEL_CAPACITY};
+use ringbroker::storage::io::SyncMethod;
 use ringbroker::storage::sim::{CrashMode, SimStorage};
 use ringbroker::storage::{FlushPolicy, LogConfig};
 use support::Rng;
@@ -75,10 +76,12 @@ enum Control {
     /// The real broker: no violation may be found.
     None,
     /// Producers count an ack given once the write completed, before its
-    /// fdatasync, as a promise (acks before fsync).
+    /// fdatasync, as a promise (acks before fsync). Runs with the
+    /// fdatasync sync method.
     AckBeforeSync,
-    /// The disk's fdatasync succeeds and persists nothing, so every
-    /// "durable" append and commit is applied before it is durable.
+    /// The disk's fdatasync and O_DSYNC writes succeed and persist nothing,
+    /// so every "durable" append and commit is applied before it is
+    /// durable.
     LyingDisk,
 }
 
@@ -146,6 +149,8 @@ impl Model {
 struct Sim {
     seed: u64,
     control: Control,
+    /// How the partition logs make writes durable (by seed).
+    sync: SyncMethod,
     rng: Rng,
     dir: tempfile::TempDir,
     disk: SimStorage,
@@ -162,7 +167,7 @@ struct Sim {
     cuts: usize,
 }
 
-fn log_config() -> LogConfig {
+fn log_config(sync: SyncMethod) -> LogConfig {
     LogConfig {
         segment_bytes_max: 32 << 10,
         segment_age_max_ms: None,
@@ -172,6 +177,7 @@ fn log_config() -> LogConfig {
         batch_bytes_max: BATCH_BYTES_MAX,
         tail_cache_bytes: 8 << 10,
         flush: FlushPolicy::EveryBatch,
+        sync,
         retention_bytes: None,
         retention_ms: None,
         preallocate: true,
@@ -183,6 +189,7 @@ async fn start_shards(
     disk: &SimStorage,
     data_dir: &Path,
     clock: &ManualClock,
+    sync: SyncMethod,
 ) -> Result<Vec<Rc<Shard<SimStorage>>>, String> {
     let metadata = metadata::load(data_dir).map_err(|error| format!("loading the metadata: {error}"))?;
     let mut shards = Vec::with_capacity(SHARDS);
@@ -191,7 +198,7 @@ async fn start_shards(
             id: ringbroker::protocol::types::ShardId(id as u16),
             shard_count: SHARDS,
             data_dir: data_dir.to_path_buf(),
-            log_config: log_config(),
+            log_config: log_config(sync),
             default_partitions: 1,
             partitions_max: 1000,
             free_bytes_reserved: 0,
@@ -216,10 +223,15 @@ impl Sim {
         disk.set_syncs_lie(control == Control::LyingDisk);
         let dir = support::temp_dir();
         let clock = ManualClock::new();
-        let shards = start_shards(&disk, dir.path(), &clock).await.expect("a new broker starts");
+        // Written acks are durable ones with O_DSYNC: the control needs
+        // the fdatasync method to have a gap to catch.
+        let sync =
+            if control == Control::AckBeforeSync || seed % 2 == 1 { SyncMethod::Fdatasync } else { SyncMethod::Dsync };
+        let shards = start_shards(&disk, dir.path(), &clock, sync).await.expect("a new broker starts");
         Sim {
             seed,
             control,
+            sync,
             rng: Rng(seed),
             dir,
             disk,
@@ -631,13 +643,14 @@ impl Sim {
             model.committing.clear();
         }
         self.note(format!("power cut {} ({mode:?})", self.cuts));
-        match start_shards(&self.disk, self.dir.path(), &self.clock).await {
+        match start_shards(&self.disk, self.dir.path(), &self.clock, self.sync).await {
             Ok(shards) => self.shards = shards,
             Err(error) => {
                 self.model.borrow_mut().violation(format!("cut {}: the broker did not start: {error}", self.cuts));
                 // Nothing more can be checked; a fresh disk lets the run end.
                 self.disk = SimStorage::new();
-                self.shards = start_shards(&self.disk, self.dir.path(), &self.clock).await.unwrap_or_default();
+                self.shards =
+                    start_shards(&self.disk, self.dir.path(), &self.clock, self.sync).await.unwrap_or_default();
                 return;
             }
         }

@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 use ringbroker::protocol::batch::{BatchView, LAST_OFFSET_DELTA_POS};
 use ringbroker::protocol::types::{AckLevel, Offset, TimestampMs};
+use ringbroker::storage::io::SyncMethod;
 use ringbroker::storage::sim::{CrashMode, Fault, FaultOp, SimStorage};
 use ringbroker::storage::{FlushObserver, FlushPolicy, FlushStage, LogConfig, OpenOptions, PartitionLog, StorageError};
 use support::{numbered_batch, run, Rng};
@@ -103,10 +104,11 @@ async fn crash_round(
     rng: &mut Rng,
     mode: CrashMode,
     level: AckLevel,
-    policy: FlushPolicy,
+    (flush, sync): (FlushPolicy, SyncMethod),
 ) -> (Acked, Vec<(Offset, Vec<u8>)>) {
     let storage = SimStorage::new();
-    let log = open(&storage, LogConfig { flush: policy, ..config() }).await.unwrap();
+    let config = LogConfig { flush, sync, ..config() };
+    let log = open(&storage, config.clone()).await.unwrap();
     let acked: Rc<RefCell<Acked>> = Rc::default();
     let appenders = 1 + rng.below(8);
     let mut tasks = Vec::new();
@@ -135,7 +137,7 @@ async fn crash_round(
     let acked_at_crash = acked.borrow().clone();
     drop(tasks);
     drop(log);
-    let recovered_log = open(&image, config()).await.expect("a crash image always recovers");
+    let recovered_log = open(&image, config).await.expect("a crash image always recovers");
     let recovered = read_everything(&recovered_log).await;
     // The recovered log takes appends again at the next offset.
     let next = recovered.last().map_or(offset(0), |(base, bytes)| next_offset_of(*base, bytes));
@@ -158,10 +160,14 @@ fn every_durably_acknowledged_append_survives_power_cuts() {
                 _ => CrashMode::KeepAll,
             };
             // Every fourth round syncs on a timer, so several writes can be
-            // unsynced when the power goes.
-            let policy =
-                if round % 4 == 3 { FlushPolicy::Interval { interval_ms: 1 } } else { FlushPolicy::EveryBatch };
-            let (acked, recovered) = crash_round(&mut rng, mode, AckLevel::Durable, policy).await;
+            // unsynced when the power goes; of the others, a third write
+            // and then fdatasync, the rest write with O_DSYNC.
+            let durability = match round % 4 {
+                3 => (FlushPolicy::Interval { interval_ms: 1 }, SyncMethod::Fdatasync),
+                1 => (FlushPolicy::EveryBatch, SyncMethod::Fdatasync),
+                _ => (FlushPolicy::EveryBatch, SyncMethod::Dsync),
+            };
+            let (acked, recovered) = crash_round(&mut rng, mode, AckLevel::Durable, durability).await;
             let problems = check_promise(&acked, &recovered);
             assert!(problems.is_empty(), "round {round}, {mode:?}: {problems:?}");
             acked_total += acked.len();
@@ -180,8 +186,9 @@ fn the_checker_catches_loss_when_acks_do_not_wait_for_fdatasync() {
     run(move || async move {
         let mut caught = 0;
         for _ in 0..20 {
-            let policy = FlushPolicy::Interval { interval_ms: 60_000 };
-            let (acked, recovered) = crash_round(&mut rng, CrashMode::LoseUnsynced, AckLevel::Written, policy).await;
+            let durability = (FlushPolicy::Interval { interval_ms: 60_000 }, SyncMethod::Fdatasync);
+            let (acked, recovered) =
+                crash_round(&mut rng, CrashMode::LoseUnsynced, AckLevel::Written, durability).await;
             if !check_promise(&acked, &recovered).is_empty() {
                 caught += 1;
             }
@@ -201,63 +208,91 @@ fn no_ack_runs_ahead_of_the_synced_bytes() {
     let mut rng = Rng::from_env();
     println!("seed {} (rerun with RB_TEST_SEED={})", rng.0, rng.0);
     run(move || async move {
-        let storage = SimStorage::new();
-        let log = open(&storage, config()).await.unwrap();
-        let acked: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
-        let finished = Rc::new(std::cell::Cell::new(0));
-        let mut tasks = Vec::new();
-        for appender in 0..4 {
-            let (log, acked, finished) = (log.clone(), Rc::clone(&acked), Rc::clone(&finished));
-            let plan: Vec<(usize, u64)> = (0..30).map(|_| (20 + rng.below(1200) as usize, rng.below(6))).collect();
-            tasks.push(glommio::spawn_local(async move {
-                // Pipelined: up to three appends outstanding, so batches keep
-                // arriving while an fdatasync is in flight.
-                let mut outstanding = std::collections::VecDeque::new();
-                for (seq, (size, pause)) in plan.into_iter().enumerate() {
-                    let batch = numbered_batch(appender * 1000 + seq as u64, 2, size);
-                    let receipt = log.append(batch.clone()).await.unwrap();
-                    let mut stored = batch.to_vec();
-                    stored[..8].copy_from_slice(&receipt.base.to_wire().to_be_bytes());
-                    outstanding.push_back((receipt, stored));
-                    if outstanding.len() == 3 {
-                        let (receipt, stored) = outstanding.pop_front().unwrap();
+        // Both ways of making a write durable: O_DSYNC, and write then fdatasync.
+        for sync in [SyncMethod::Dsync, SyncMethod::Fdatasync] {
+            let storage = SimStorage::new();
+            let log = open(&storage, LogConfig { sync, ..config() }).await.unwrap();
+            let acked: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+            let finished = Rc::new(std::cell::Cell::new(0));
+            let mut tasks = Vec::new();
+            for appender in 0..4 {
+                let (log, acked, finished) = (log.clone(), Rc::clone(&acked), Rc::clone(&finished));
+                let plan: Vec<(usize, u64)> = (0..30).map(|_| (20 + rng.below(1200) as usize, rng.below(6))).collect();
+                tasks.push(glommio::spawn_local(async move {
+                    // Pipelined: up to three appends outstanding, so batches keep
+                    // arriving while an fdatasync is in flight.
+                    let mut outstanding = std::collections::VecDeque::new();
+                    for (seq, (size, pause)) in plan.into_iter().enumerate() {
+                        let batch = numbered_batch(appender * 1000 + seq as u64, 2, size);
+                        let receipt = log.append(batch.clone()).await.unwrap();
+                        let mut stored = batch.to_vec();
+                        stored[..8].copy_from_slice(&receipt.base.to_wire().to_be_bytes());
+                        outstanding.push_back((receipt, stored));
+                        if outstanding.len() == 3 {
+                            let (receipt, stored) = outstanding.pop_front().unwrap();
+                            log.wait(receipt, AckLevel::Durable).await.unwrap();
+                            acked.borrow_mut().push(stored);
+                        }
+                        for _ in 0..pause {
+                            futures_lite::future::yield_now().await;
+                        }
+                    }
+                    for (receipt, stored) in outstanding {
                         log.wait(receipt, AckLevel::Durable).await.unwrap();
                         acked.borrow_mut().push(stored);
                     }
-                    for _ in 0..pause {
-                        futures_lite::future::yield_now().await;
-                    }
-                }
-                for (receipt, stored) in outstanding {
-                    log.wait(receipt, AckLevel::Durable).await.unwrap();
-                    acked.borrow_mut().push(stored);
-                }
-                finished.set(finished.get() + 1);
-            }));
-        }
-        // Synced bytes never go away here (no retention), so each batch is
-        // checked once: at the first step after its ack.
-        let (mut steps, mut checked) = (0, 0);
-        while finished.get() < tasks.len() {
-            futures_lite::future::yield_now().await;
-            steps += 1;
-            if acked.borrow().len() == checked {
-                continue;
+                    finished.set(finished.get() + 1);
+                }));
             }
-            let image = storage.crash_image(CrashMode::LoseUnsynced);
-            // Segments are named by base offset; 120 batches of 2 records.
-            let synced: Vec<Vec<u8>> = (0..=240)
-                .filter_map(|base| image.contents(&dir().join(format!("{base:020}.log"))))
-                .filter(|data| !data.is_empty())
-                .collect();
-            for batch in &acked.borrow()[checked..] {
-                let present = synced.iter().any(|data| data.windows(batch.len()).any(|window| window == batch));
-                assert!(present, "step {steps}: an acknowledged batch is not in the synced bytes");
+            // Synced bytes never go away here (no retention), so each batch is
+            // checked once: at the first step after its ack.
+            let (mut steps, mut checked) = (0, 0);
+            while finished.get() < tasks.len() {
+                futures_lite::future::yield_now().await;
+                steps += 1;
+                if acked.borrow().len() == checked {
+                    continue;
+                }
+                let image = storage.crash_image(CrashMode::LoseUnsynced);
+                // Segments are named by base offset; 120 batches of 2 records.
+                let synced: Vec<Vec<u8>> = (0..=240)
+                    .filter_map(|base| image.contents(&dir().join(format!("{base:020}.log"))))
+                    .filter(|data| !data.is_empty())
+                    .collect();
+                for batch in &acked.borrow()[checked..] {
+                    let present = synced.iter().any(|data| data.windows(batch.len()).any(|window| window == batch));
+                    assert!(present, "{sync:?}, step {steps}: an acknowledged batch is not in the synced bytes");
+                }
+                checked = acked.borrow().len();
             }
-            checked = acked.borrow().len();
+            assert_eq!(acked.borrow().len(), 120, "{sync:?}");
+            log.close().await.unwrap();
         }
-        assert_eq!(acked.borrow().len(), 120);
-        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn appends_after_a_reopen_are_as_durable_as_before_it() {
+    // A reopened log writes on in the segment that recovery opened: that
+    // file must make writes durable the way the log's own files do.
+    run(|| async {
+        for sync in [SyncMethod::Dsync, SyncMethod::Fdatasync] {
+            let storage = SimStorage::new();
+            let config = LogConfig { sync, ..config() };
+            let mut acked = Acked::new();
+            for tag in 0..2 {
+                let log = open(&storage, config.clone()).await.unwrap();
+                let batch = numbered_batch(tag, 1, 100);
+                let receipt = log.append_and_wait(batch.clone(), AckLevel::Durable).await.unwrap();
+                acked.push((receipt.base, batch[8..].to_vec()));
+                let image = storage.crash_image(CrashMode::LoseUnsynced);
+                log.close().await.unwrap();
+                let recovered = open(&image, config.clone()).await.unwrap();
+                let problems = check_promise(&acked, &read_everything(&recovered).await);
+                assert!(problems.is_empty(), "{sync:?}, open {tag}: {problems:?}");
+                recovered.close().await.unwrap();
+            }
+        }
     });
 }
 
@@ -296,20 +331,28 @@ fn no_write_covers_both_a_rewritten_block_and_preallocated_ones() {
 #[test]
 fn the_flush_observer_hears_each_stage_of_each_flush_in_order() {
     run(|| async {
-        let storage = SimStorage::new();
         let heard: Rc<RefCell<Vec<FlushStage>>> = Rc::default();
         let observer = {
             let heard = Rc::clone(&heard);
             FlushObserver(Rc::new(move |stage, _took| heard.borrow_mut().push(stage)))
         };
         let options = OpenOptions { flush_observer: Some(observer), ..OpenOptions::default() };
-        let log = PartitionLog::open(storage.clone(), &dir(), config(), options).await.unwrap();
-        for tag in 0..3 {
-            log.append_and_wait(numbered_batch(tag, 2, 100), AckLevel::Durable).await.unwrap();
+        // With O_DSYNC a flush's write is its last stage; with fdatasync
+        // the sync follows it.
+        for (sync, flush) in [
+            (SyncMethod::Dsync, &[FlushStage::Queued, FlushStage::Write][..]),
+            (SyncMethod::Fdatasync, &[FlushStage::Queued, FlushStage::Write, FlushStage::Fsync][..]),
+        ] {
+            heard.borrow_mut().clear();
+            let (storage, options) = (SimStorage::new(), options.clone());
+            let log = PartitionLog::open(storage, &dir(), LogConfig { sync, ..config() }, options).await.unwrap();
+            for tag in 0..3 {
+                log.append_and_wait(numbered_batch(tag, 2, 100), AckLevel::Durable).await.unwrap();
+            }
+            assert_eq!(*heard.borrow(), flush.repeat(3), "{sync:?}");
+            assert_eq!(log.stats().fsyncs, if sync == SyncMethod::Dsync { 0 } else { 3 });
+            log.close().await.unwrap();
         }
-        let flush = [FlushStage::Queued, FlushStage::Write, FlushStage::Fsync];
-        assert_eq!(*heard.borrow(), flush.repeat(3));
-        log.close().await.unwrap();
     });
 }
 
@@ -512,7 +555,8 @@ fn damage_inside_a_sealed_segment_is_caught_when_it_is_read() {
 fn a_failed_fdatasync_poisons_the_log_and_fails_waiting_appends() {
     run(|| async {
         let storage = SimStorage::new();
-        let log = open(&storage, config()).await.unwrap();
+        let config = LogConfig { sync: SyncMethod::Fdatasync, ..config() };
+        let log = open(&storage, config.clone()).await.unwrap();
         log.append_and_wait(numbered_batch(0, 1, 10), AckLevel::Durable).await.unwrap();
         storage.inject(Fault { op: FaultOp::Sync, skip: 0 });
         let error = log.append_and_wait(numbered_batch(1, 1, 10), AckLevel::Durable).await.unwrap_err();
@@ -523,7 +567,7 @@ fn a_failed_fdatasync_poisons_the_log_and_fails_waiting_appends() {
         assert!(log.poisoned().is_some());
         assert!(log.clone().close().await.is_err());
         // Reopening recovers from what is on disk.
-        let reopened = open(&storage.crash_image(CrashMode::LoseUnsynced), config()).await.unwrap();
+        let reopened = open(&storage.crash_image(CrashMode::LoseUnsynced), config).await.unwrap();
         assert!(reopened.bounds().0 >= offset(1));
         reopened.close().await.unwrap();
     });

@@ -9,6 +9,7 @@ use std::path::Path;
 use ringbroker::protocol::batch::BatchView;
 use ringbroker::protocol::types::{AckLevel, Offset, TimestampMs};
 use ringbroker::storage::dma::DmaStorage;
+use ringbroker::storage::io::SyncMethod;
 use ringbroker::storage::{FlushPolicy, LogConfig, OpenOptions, PartitionLog, RecoveryMode, StorageError};
 use support::{batch, batch_at, numbered_batch, run, temp_dir};
 
@@ -348,32 +349,79 @@ fn readers_see_nothing_before_it_is_durable_and_long_polls_wake_up() {
     });
 }
 
+/// The open flags (`/proc/self/fdinfo`) of every descriptor this process
+/// holds on `path`.
+fn open_flags(path: &Path) -> Vec<i32> {
+    let target = path.canonicalize().unwrap();
+    let mut flags = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if std::fs::read_link(entry.path()).ok().as_deref() != Some(target.as_path()) {
+            continue;
+        }
+        let info = std::fs::read_to_string(Path::new("/proc/self/fdinfo").join(entry.file_name())).unwrap();
+        let octal = info.lines().find_map(|line| line.strip_prefix("flags:")).unwrap().trim();
+        flags.push(i32::from_str_radix(octal, 8).unwrap());
+    }
+    flags
+}
+
+#[test]
+fn segments_are_opened_with_o_dsync_exactly_when_the_sync_method_says_so() {
+    let dir = temp_dir();
+    let root = dir.path().to_path_buf();
+    run(move || async move {
+        for (sync, name) in [(SyncMethod::Dsync, "dsync"), (SyncMethod::Fdatasync, "fdatasync")] {
+            let (config, dir) = (LogConfig { sync, ..small_config() }, root.join(name));
+            // Created by the log, then opened by recovery.
+            for (tag, stage) in [(0, "created"), (1, "recovered")] {
+                let log = open(&dir, config.clone()).await.unwrap();
+                log.append_and_wait(numbered_batch(tag, 1, 100), AckLevel::Durable).await.unwrap();
+                let flags = open_flags(&dir.join("orders-0").join(format!("{:020}.log", 0)));
+                assert!(!flags.is_empty(), "{name}, {stage}: the segment is open");
+                for flag in flags {
+                    assert_ne!(flag & libc::O_DIRECT, 0, "{name}, {stage}: {flag:o}");
+                    assert_eq!(flag & libc::O_DSYNC != 0, sync == SyncMethod::Dsync, "{name}, {stage}: {flag:o}");
+                }
+                log.close().await.unwrap();
+            }
+            let reopened = open(&dir, config).await.unwrap();
+            assert_eq!(reopened.bounds(), (offset(2), offset(0)), "{name}");
+            reopened.close().await.unwrap();
+        }
+    });
+}
+
 #[test]
 fn concurrent_appends_are_group_committed() {
     let dir = temp_dir();
-    let path = dir.path().to_path_buf();
+    let root = dir.path().to_path_buf();
     run(move || async move {
-        let log = open(&path, small_config()).await.unwrap();
-        let tasks: Vec<_> = (0..200u64)
-            .map(|tag| {
-                let log = log.clone();
-                glommio::spawn_local(async move {
-                    log.append_and_wait(numbered_batch(tag, 1, 50), AckLevel::Durable).await.unwrap()
+        for (sync, name) in [(SyncMethod::Dsync, "dsync"), (SyncMethod::Fdatasync, "fdatasync")] {
+            let log = open(&root.join(name), LogConfig { sync, ..small_config() }).await.unwrap();
+            let tasks: Vec<_> = (0..200u64)
+                .map(|tag| {
+                    let log = log.clone();
+                    glommio::spawn_local(async move {
+                        log.append_and_wait(numbered_batch(tag, 1, 50), AckLevel::Durable).await.unwrap()
+                    })
                 })
-            })
-            .collect();
-        let mut receipts = Vec::new();
-        for task in tasks {
-            receipts.push(task.await);
+                .collect();
+            let mut receipts = Vec::new();
+            for task in tasks {
+                receipts.push(task.await);
+            }
+            receipts.sort_by_key(|r| r.base);
+            for (i, receipt) in receipts.iter().enumerate() {
+                assert_eq!(receipt.base, offset(i as u64));
+            }
+            let stats = log.stats();
+            assert_eq!(stats.appended_batches, 200);
+            assert!(stats.writes < 200, "{name}: group commit shares flushes: {stats:?}");
+            // One fdatasync per flush, or none: O_DSYNC writes need none.
+            let fsyncs = if sync == SyncMethod::Dsync { 0 } else { stats.writes };
+            assert_eq!(stats.fsyncs, fsyncs, "{name}: {stats:?}");
+            log.close().await.unwrap();
         }
-        receipts.sort_by_key(|r| r.base);
-        for (i, receipt) in receipts.iter().enumerate() {
-            assert_eq!(receipt.base, offset(i as u64));
-        }
-        let stats = log.stats();
-        assert_eq!(stats.appended_batches, 200);
-        assert!(stats.fsyncs < 200, "group commit shares fsyncs: {stats:?}");
-        log.close().await.unwrap();
     });
 }
 

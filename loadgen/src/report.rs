@@ -520,11 +520,11 @@ impl Report {
         let count = |name: &str| counters.get(name).copied().unwrap_or(0);
         let produces = count("produce_requests");
         let per_request = if produces == 0 { 0.0 } else { count("events_in") as f64 / produces as f64 };
-        let fsyncs = count("fsyncs");
+        let (flushes, fsyncs) = (count("flushes"), count("fsyncs"));
         let mut text = format!(
-            "broker    {produces} produce requests ({per_request:.0} events each), {} fetches, {fsyncs} fsyncs ({:.0}/s), {} forwarded between shards\n",
+            "broker    {produces} produce requests ({per_request:.0} events each), {} fetches, {flushes} durable flushes ({:.0}/s, {fsyncs} fsyncs), {} forwarded between shards\n",
             count("fetch_requests"),
-            fsyncs as f64 / self.wall_s.max(1e-9),
+            flushes as f64 / self.wall_s.max(1e-9),
             count("forwarded_out"),
         );
         for (shard, latencies) in shards.iter().enumerate() {

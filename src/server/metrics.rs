@@ -397,7 +397,7 @@ fn histogram_buckets(latency: &LatencySnapshot) -> Vec<(f64, u64)> {
 }
 
 /// (counter name in `Counters`, metric name, help, extra labels).
-const SHARD_COUNTERS: [(&str, &str, &str); 14] = [
+const SHARD_COUNTERS: [(&str, &str, &str); 15] = [
     ("bytes_in", "ringbroker_produced_bytes", "Record batch bytes appended to this shard's partitions."),
     ("events_in", "ringbroker_produced_events", "Events (records) appended to this shard's partitions."),
     ("bytes_out", "ringbroker_fetched_bytes", "Record batch bytes served to consumers by this shard."),
@@ -416,7 +416,16 @@ const SHARD_COUNTERS: [(&str, &str, &str); 14] = [
         "ringbroker_sasl_failures",
         "SASL logins that failed: wrong password, unknown user, malformed exchange or unsupported mechanism.",
     ),
-    ("fsyncs", "ringbroker_fsyncs", "fdatasync calls made by this shard's partition logs."),
+    (
+        "flushes",
+        "ringbroker_log_flushes",
+        "Partition log flushes written by this shard (each one durable before its acks).",
+    ),
+    (
+        "fsyncs",
+        "ringbroker_fsyncs",
+        "fdatasync calls made by this shard's partition logs (none with sync_method dsync).",
+    ),
     ("commits", "ringbroker_group_commits", "Durable consumer-group offset commits."),
     ("rebalances", "ringbroker_group_rebalances", "Consumer-group generations started (rebalances) on this shard."),
     ("errors", "ringbroker_request_errors", "Requests or partitions answered with an error."),

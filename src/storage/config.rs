@@ -1,13 +1,14 @@
 //! Settings of one partition log, with their checked ranges.
 
 use super::error::{Result, StorageError};
-use super::io::ALIGN;
+use super::io::{SyncMethod, ALIGN};
 
-/// When the log calls fdatasync.
+/// When the log makes its writes durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushPolicy {
-    /// Group commit: each write is followed by an fdatasync; everything
-    /// appended while one write+fdatasync is in flight goes out in the next.
+    /// Group commit: each write is made durable before the next is issued
+    /// (how: [`LogConfig::sync`]); everything appended while one is in
+    /// flight goes out in the next.
     EveryBatch,
     /// Writes go out as soon as data is appended, fdatasync at most every
     /// `interval_ms`: durability lags by at most that much plus one sync.
@@ -41,6 +42,11 @@ pub struct LogConfig {
     /// Recent batches kept in memory to serve readers at the tail.
     pub tail_cache_bytes: usize,
     pub flush: FlushPolicy,
+    /// How each write is made durable under [`FlushPolicy::EveryBatch`]:
+    /// segment files opened with `O_DSYNC` (the write completes durable), or
+    /// an fdatasync after the write. The interval policy always writes
+    /// without `O_DSYNC` and syncs on its timer.
+    pub sync: SyncMethod,
     /// Delete old segments while the log is larger than this.
     pub retention_bytes: Option<u64>,
     /// Delete segments whose newest record is older than this.
@@ -65,6 +71,7 @@ impl Default for LogConfig {
             batch_bytes_max: 1 << 20,
             tail_cache_bytes: 8 << 20,
             flush: FlushPolicy::EveryBatch,
+            sync: SyncMethod::Fdatasync,
             retention_bytes: None,
             retention_ms: Some(7 * 24 * 3600 * 1000),
             preallocate: true,
@@ -97,6 +104,15 @@ impl LogConfig {
         self.retention_bytes = limits.retention_bytes;
         self.retention_ms = limits.retention_ms;
         self
+    }
+
+    /// How writes to segment files become durable: [`LogConfig::sync`]
+    /// under the every-batch policy, fdatasync under the interval policy.
+    pub fn segment_sync(&self) -> SyncMethod {
+        match self.flush {
+            FlushPolicy::EveryBatch => self.sync,
+            FlushPolicy::Interval { .. } => SyncMethod::Fdatasync,
+        }
     }
 
     /// How far past the start of the first damaged batch a crash can have

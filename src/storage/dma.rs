@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
-use super::io::{IoBuf, Storage, StorageFile, ALIGN};
+use super::io::{IoBuf, Storage, StorageFile, SyncMethod, ALIGN};
 
 /// Name of the scratch file used to seed glommio's io-polling probe.
 const PROBE_FILE_NAME: &str = ".iopoll-probe";
@@ -89,13 +89,13 @@ impl Storage for DmaStorage {
         std::fs::create_dir_all(dir)
     }
 
-    async fn open(&self, path: &Path) -> io::Result<DmaStorageFile> {
-        let file = OpenOptions::new().read(true).write(true).dma_open(path).await?;
+    async fn open_with(&self, path: &Path, sync: SyncMethod) -> io::Result<DmaStorageFile> {
+        let file = open_options(sync).dma_open(path).await?;
         Ok(DmaStorageFile(file))
     }
 
-    async fn create_new(&self, path: &Path) -> io::Result<DmaStorageFile> {
-        let file = OpenOptions::new().read(true).write(true).create_new(true).dma_open(path).await?;
+    async fn create_new_with(&self, path: &Path, sync: SyncMethod) -> io::Result<DmaStorageFile> {
+        let file = open_options(sync).create_new(true).dma_open(path).await?;
         Ok(DmaStorageFile(file))
     }
 
@@ -157,6 +157,17 @@ impl Storage for DmaStorage {
         directory.close().await?;
         Ok(())
     }
+}
+
+/// Read and write; `O_DSYNC` for [`SyncMethod::Dsync`] (glommio adds
+/// `O_DIRECT`).
+fn open_options(sync: SyncMethod) -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    if sync == SyncMethod::Dsync {
+        options.custom_flags(libc::O_DSYNC);
+    }
+    options
 }
 
 impl StorageFile for DmaStorageFile {

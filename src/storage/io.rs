@@ -40,6 +40,18 @@ pub trait IoBuf: std::fmt::Debug + 'static {
     fn as_mut_slice(&mut self) -> &mut [u8];
 }
 
+/// How the writes to an open file become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMethod {
+    /// Only through an `fdatasync` of the file called after they completed.
+    #[default]
+    Fdatasync,
+    /// Each one when it completes: the file is opened with `O_DSYNC`, so the
+    /// kernel makes a write's data, and the metadata needed to read it back,
+    /// durable before it reports the write done. `fdatasync` still works.
+    Dsync,
+}
+
 /// A directory tree of files, as the log sees it.
 pub trait Storage: Clone + std::fmt::Debug + 'static {
     type Buf: IoBuf;
@@ -49,10 +61,22 @@ pub trait Storage: Clone + std::fmt::Debug + 'static {
     /// aligned for direct I/O. Contents are unspecified.
     fn alloc_buf(&self, len: usize) -> Self::Buf;
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
-    /// Opens an existing file for reading and writing.
-    async fn open(&self, path: &Path) -> io::Result<Self::File>;
-    /// Creates a new file; fails if it exists.
-    async fn create_new(&self, path: &Path) -> io::Result<Self::File>;
+    /// Opens an existing file for reading and writing, its writes made
+    /// durable by `sync`.
+    async fn open_with(&self, path: &Path, sync: SyncMethod) -> io::Result<Self::File>;
+    /// Creates a new file, its writes made durable by `sync`; fails if it
+    /// exists.
+    async fn create_new_with(&self, path: &Path, sync: SyncMethod) -> io::Result<Self::File>;
+    /// Opens an existing file for reading and writing (writes made durable
+    /// by `fdatasync`).
+    async fn open(&self, path: &Path) -> io::Result<Self::File> {
+        self.open_with(path, SyncMethod::Fdatasync).await
+    }
+    /// Creates a new file (writes made durable by `fdatasync`); fails if it
+    /// exists.
+    async fn create_new(&self, path: &Path) -> io::Result<Self::File> {
+        self.create_new_with(path, SyncMethod::Fdatasync).await
+    }
     async fn remove(&self, path: &Path) -> io::Result<()>;
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// The paths of the regular files directly inside `dir`.
@@ -71,7 +95,8 @@ pub trait Storage: Clone + std::fmt::Debug + 'static {
 pub trait StorageFile: std::fmt::Debug + 'static {
     type Buf: IoBuf;
 
-    /// Writes all of `buf` at `pos`; both aligned to [`ALIGN`].
+    /// Writes all of `buf` at `pos`; both aligned to [`ALIGN`]. Durable
+    /// once it completes if the file was opened with [`SyncMethod::Dsync`].
     async fn write_at(&self, buf: Self::Buf, pos: u64) -> io::Result<()>;
     /// Appends up to `len` bytes read at `pos` to `out`; returns how many.
     async fn read_into(&self, pos: u64, len: usize, out: &mut Vec<u8>) -> io::Result<usize>;

@@ -38,7 +38,7 @@ use crate::protocol::types::{AckLevel, Offset, TimestampMs};
 
 use super::config::{FlushPolicy, LogConfig, LogLimits};
 use super::error::{Result, StorageError};
-use super::io::{align_down, align_up, IoBuf, Storage, StorageFile, ALIGN};
+use super::io::{align_down, align_up, IoBuf, Storage, StorageFile, SyncMethod, ALIGN};
 use super::log_start;
 use super::producers::{self, ProducerFields, ProducerTable, Verdict};
 use super::recovery::{self, RecoveryMode};
@@ -946,6 +946,9 @@ impl<S: Storage> Inner<S> {
         let started = Instant::now();
         let result = file.fdatasync().await;
         self.observe(FlushStage::Fsync, started.elapsed());
+        if result.is_ok() {
+            self.stats.borrow_mut().fsyncs += 1;
+        }
         result
     }
 
@@ -974,8 +977,6 @@ impl<S: Storage> Inner<S> {
         state.durable_next = state.durable_next.max(next);
         state.last_sync = Instant::now();
         state.active_mut().visible_bytes = end;
-        drop(state);
-        self.stats.borrow_mut().fsyncs += 1;
     }
 
     /// Serves a read from the tail cache if it holds `from`.
@@ -1222,7 +1223,7 @@ impl<S: Storage> Inner<S> {
         }
         let inner = Rc::clone(self);
         glommio::spawn_local(async move {
-            let prepared = create_spare(&inner.storage, &inner.dir, segment_bytes_max).await;
+            let prepared = create_spare(&inner.storage, &inner.dir, segment_bytes_max, &inner.config).await;
             inner.state.borrow_mut().spare = match prepared {
                 Ok(file) => Spare::Ready { file, allocated_bytes: segment_bytes_max },
                 Err(error) => {
@@ -1334,18 +1335,29 @@ async fn write_and_maybe_sync<S: Storage>(inner: &Inner<S>, job: WriteJob<S::Fil
     inner.observe(FlushStage::Write, started.elapsed());
     inner.mark_written(next, len);
     inner.progress.notify_all();
-    let sync_now = {
-        let state = inner.state.borrow();
-        match inner.config.flush {
-            FlushPolicy::EveryBatch => true,
-            FlushPolicy::Interval { interval_ms } => {
-                state.sync_requested || state.closing || state.last_sync.elapsed() >= Duration::from_millis(interval_ms)
+    // The ack rule: a write is durable once it has completed through a
+    // file opened with O_DSYNC, or once an fdatasync issued after it
+    // completed has completed.
+    let durable = match inner.config.segment_sync() {
+        SyncMethod::Dsync => true,
+        SyncMethod::Fdatasync => {
+            let due = match inner.config.flush {
+                FlushPolicy::EveryBatch => true,
+                FlushPolicy::Interval { interval_ms } => {
+                    let state = inner.state.borrow();
+                    state.sync_requested
+                        || state.closing
+                        || state.last_sync.elapsed() >= Duration::from_millis(interval_ms)
+                }
+            };
+            if due {
+                let synced = inner.timed_fdatasync(&*file).await;
+                synced.map_err(|source| StorageError::io("fdatasync", &path, source))?;
             }
+            due
         }
     };
-    if sync_now {
-        // The ack rule: this fdatasync is issued after the write completed.
-        inner.timed_fdatasync(&*file).await.map_err(|source| StorageError::io("fdatasync", &path, source))?;
+    if durable {
         inner.mark_durable(next, end);
     }
     Ok(())

@@ -116,7 +116,10 @@ pub(crate) async fn recover<S: Storage>(
     let mut expected_base: Option<Offset> = None;
     for &base in &bases {
         let path = log_path(dir, base);
-        let file = storage.open(&path).await.map_err(|source| StorageError::io("opening", &path, source))?;
+        // Every segment the way the log writes to it: only the last is
+        // written to again, but a roll's old segment keeps its handle.
+        let opened = storage.open_with(&path, config.segment_sync()).await;
+        let file = opened.map_err(|source| StorageError::io("opening", &path, source))?;
         if let Some(expected) = expected_base.filter(|expected| *expected != base) {
             let reason = format!("segment starts at offset {base} but the previous one ends at {expected}");
             let error = StorageError::Corrupt { path: path.clone(), pos: FilePos(0), offset: base, reason };

@@ -15,7 +15,7 @@ use crate::protocol::types::{FilePos, Offset, TimestampMs};
 use super::config::LogConfig;
 use super::error::{Result, StorageError};
 use super::index::SegmentIndex;
-use super::io::{align_up, IoBuf, Storage, StorageFile};
+use super::io::{align_up, IoBuf, Storage, StorageFile, SyncMethod};
 
 const LOG_SUFFIX: &str = "log";
 const INDEX_SUFFIX: &str = "index";
@@ -243,16 +243,23 @@ pub(crate) async fn create_segment<S: Storage>(
         (true, Reserve::First) => PREALLOCATE_BYTES_FIRST.min(segment_bytes_max),
         (true, Reserve::Whole) => segment_bytes_max,
     };
-    let file = create_prepared(storage, dir, &path, config.preallocate.then_some(allocated_bytes)).await?;
+    let reserve = config.preallocate.then_some(allocated_bytes);
+    let file = create_prepared(storage, dir, &path, reserve, config.segment_sync()).await?;
     Ok(Segment::empty(file, path, base, config, allocated_bytes))
 }
 
-/// Creates `path`, preallocates `reserve` bytes of it, and makes both
-/// durable. On failure it leaves nothing behind: a full disk must not leave
-/// a half-made file.
-async fn create_prepared<S: Storage>(storage: &S, dir: &Path, path: &Path, reserve: Option<u64>) -> Result<S::File> {
+/// Creates `path` (its writes made durable by `sync`), preallocates
+/// `reserve` bytes of it, and makes both durable. On failure it leaves
+/// nothing behind: a full disk must not leave a half-made file.
+async fn create_prepared<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    path: &Path,
+    reserve: Option<u64>,
+    sync: SyncMethod,
+) -> Result<S::File> {
     let io = |op, source| StorageError::io(op, path, source);
-    let file = storage.create_new(path).await.map_err(|source| io("creating segment", source))?;
+    let file = storage.create_new_with(path, sync).await.map_err(|source| io("creating segment", source))?;
     let prepared = async {
         if let Some(bytes) = reserve {
             file.pre_allocate(bytes).await.map_err(|source| io("preallocating", source))?;
@@ -274,11 +281,16 @@ async fn create_prepared<S: Storage>(storage: &S, dir: &Path, path: &Path, reser
 /// created, `bytes` preallocated, durable, under [`spare_path`]. A roll then
 /// only renames it ([`adopt_spare`]), and appends wait for that instead of
 /// the creation (about 1 ms of a roll on the development VM).
-pub(crate) async fn create_spare<S: Storage>(storage: &S, dir: &Path, bytes: u64) -> Result<S::File> {
+pub(crate) async fn create_spare<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    bytes: u64,
+    config: &LogConfig,
+) -> Result<S::File> {
     let path = spare_path(dir);
     // A leftover of a failed adoption.
     let _ = storage.remove(&path).await;
-    create_prepared(storage, dir, &path, Some(bytes)).await
+    create_prepared(storage, dir, &path, Some(bytes), config.segment_sync()).await
 }
 
 /// Makes the prepared spare the new, empty segment at `base`: a rename and

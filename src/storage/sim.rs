@@ -4,7 +4,9 @@
 //!
 //! The model, stated so tests can rely on it:
 //! - A write is visible to reads at once, but survives a crash only once an
-//!   `fdatasync` of its file, called after the write completed, has completed.
+//!   `fdatasync` of its file, called after the write completed, has completed;
+//!   or, through a file opened with [`SyncMethod::Dsync`], once the write
+//!   itself has completed.
 //! - A write that was not synced survives a crash as a whole, not at all, or
 //!   torn: an arbitrary subset of its 512-byte sectors (sectors themselves are
 //!   atomic, as on real devices).
@@ -21,7 +23,7 @@ use std::rc::Rc;
 
 use futures_lite::future;
 
-use super::io::{IoBuf, Storage, StorageFile, ALIGN};
+use super::io::{IoBuf, Storage, StorageFile, SyncMethod, ALIGN};
 
 /// The unit a torn write is cut into.
 pub const SECTOR_BYTES: usize = 512;
@@ -70,7 +72,8 @@ struct SimDisk {
     faults: Vec<Fault>,
     /// Bytes that may still be allocated; `None` for unlimited.
     space_left_bytes: Option<u64>,
-    /// A disk that lies: `fdatasync` succeeds and makes nothing durable.
+    /// A disk that lies: `fdatasync` and `O_DSYNC` writes succeed and make
+    /// nothing durable.
     syncs_lie: bool,
     /// Bytes returned by reads so far.
     bytes_read: u64,
@@ -82,13 +85,45 @@ struct SimDisk {
 #[derive(Debug, Default, Clone)]
 struct SimFile {
     data: Vec<u8>,
+    /// The contents as of the last `fdatasync` (with the durable writes
+    /// folded in, see [`SimFile::fold_durable`]).
     synced: Vec<u8>,
-    /// Writes since the last sync, oldest first: (position, bytes).
-    unsynced_writes: Vec<(u64, Vec<u8>)>,
+    /// Writes completed since, oldest first. A crash keeps the durable ones
+    /// and decides for each other one; in order, so that a later write
+    /// always lands over an earlier one.
+    unsynced_writes: Vec<PendingWrite>,
+    /// `fdatasync` calls in flight: each drains the writes it covers by
+    /// their count, so none are folded meanwhile.
+    syncs_in_flight: usize,
     /// Blocks written since the file was created or restored (a crash
     /// image or `set_contents` starts with none): the rest of `data`,
     /// preallocated or restored, counts as never written.
     written_blocks: BTreeSet<u64>,
+}
+
+/// A completed write not yet covered by an `fdatasync`.
+#[derive(Debug, Clone)]
+struct PendingWrite {
+    pos: u64,
+    bytes: Vec<u8>,
+    /// Written through an `O_DSYNC` file (to a disk that does not lie):
+    /// it survives a crash.
+    durable: bool,
+}
+
+impl SimFile {
+    /// Moves the durable writes at the front of the list into `synced`: a
+    /// crash image would apply them first, whatever the mode. Keeps the
+    /// list short when nothing calls `fdatasync`.
+    fn fold_durable(&mut self) {
+        if self.syncs_in_flight > 0 {
+            return;
+        }
+        let folded = self.unsynced_writes.iter().take_while(|write| write.durable).count();
+        for write in self.unsynced_writes.drain(..folded) {
+            apply(&mut self.synced, write.pos, &write.bytes, |_| true);
+        }
+    }
 }
 
 impl SimStorage {
@@ -107,9 +142,10 @@ impl SimStorage {
         self.disk.borrow_mut().space_left_bytes = bytes;
     }
 
-    /// Makes `fdatasync` succeed without making anything durable, as a
-    /// disk with a volatile write cache that ignores flushes does. Only the
-    /// negative controls of the simulations use it: they must catch it.
+    /// Makes `fdatasync` and `O_DSYNC` writes succeed without making
+    /// anything durable, as a disk with a volatile write cache that ignores
+    /// flushes does. Only the negative controls of the simulations use it:
+    /// they must catch it.
     pub fn set_syncs_lie(&self, lie: bool) {
         self.disk.borrow_mut().syncs_lie = lie;
     }
@@ -213,7 +249,11 @@ impl SimStorage {
 
 fn surviving_contents(file: &SimFile, mode: CrashMode, rng: &mut SplitMix64) -> Vec<u8> {
     let mut image = file.synced.clone();
-    for (pos, bytes) in &file.unsynced_writes {
+    for PendingWrite { pos, bytes, durable } in &file.unsynced_writes {
+        if *durable {
+            apply(&mut image, *pos, bytes, |_| true);
+            continue;
+        }
         match mode {
             CrashMode::LoseUnsynced => {}
             CrashMode::KeepAll => apply(&mut image, *pos, bytes, |_| true),
@@ -277,6 +317,7 @@ impl IoBuf for SimBuf {
 pub struct SimStorageFile {
     storage: SimStorage,
     file: Rc<RefCell<SimFile>>,
+    sync: SyncMethod,
 }
 
 fn not_found(path: &Path) -> io::Error {
@@ -299,12 +340,12 @@ impl Storage for SimStorage {
         Ok(())
     }
 
-    async fn open(&self, path: &Path) -> io::Result<SimStorageFile> {
+    async fn open_with(&self, path: &Path, sync: SyncMethod) -> io::Result<SimStorageFile> {
         let file = self.disk.borrow().files.get(path).cloned().ok_or_else(|| not_found(path))?;
-        Ok(SimStorageFile { storage: self.clone(), file })
+        Ok(SimStorageFile { storage: self.clone(), file, sync })
     }
 
-    async fn create_new(&self, path: &Path) -> io::Result<SimStorageFile> {
+    async fn create_new_with(&self, path: &Path, sync: SyncMethod) -> io::Result<SimStorageFile> {
         let mut disk = self.disk.borrow_mut();
         let parent = path.parent().unwrap_or(Path::new(""));
         if !disk.dirs.contains(parent) {
@@ -315,7 +356,7 @@ impl Storage for SimStorage {
         }
         let file = Rc::new(RefCell::new(SimFile::default()));
         disk.files.insert(path.to_path_buf(), Rc::clone(&file));
-        Ok(SimStorageFile { storage: self.clone(), file })
+        Ok(SimStorageFile { storage: self.clone(), file, sync })
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
@@ -397,7 +438,8 @@ impl StorageFile for SimStorageFile {
         // Only writes completed before the call become durable: one landing
         // while the sync is in flight stays unsynced, as on a real device.
         let (snapshot, covered) = {
-            let file = self.file.borrow();
+            let mut file = self.file.borrow_mut();
+            file.syncs_in_flight += 1;
             (file.data.clone(), file.unsynced_writes.len())
         };
         // A sync takes longer than a write (several scheduling turns), so
@@ -405,13 +447,14 @@ impl StorageFile for SimStorageFile {
         for _ in 0..SYNC_TURNS {
             future::yield_now().await;
         }
-        self.storage.take_fault(FaultOp::Sync)?;
-        if self.storage.disk.borrow().syncs_lie {
-            return Ok(());
-        }
+        let synced = self.storage.take_fault(FaultOp::Sync).map(|()| !self.storage.disk.borrow().syncs_lie);
         let mut file = self.file.borrow_mut();
-        file.synced = snapshot;
-        file.unsynced_writes.drain(..covered);
+        file.syncs_in_flight -= 1;
+        if synced? {
+            file.synced = snapshot;
+            file.unsynced_writes.drain(..covered);
+        }
+        file.fold_durable();
         Ok(())
     }
 
@@ -460,7 +503,9 @@ impl SimStorageFile {
             file.data.resize(end, 0);
         }
         file.data[start..end].copy_from_slice(bytes);
-        file.unsynced_writes.push((pos, bytes.to_vec()));
+        let durable = self.sync == SyncMethod::Dsync && !self.storage.disk.borrow().syncs_lie;
+        file.unsynced_writes.push(PendingWrite { pos, bytes: bytes.to_vec(), durable });
+        file.fold_durable();
         let blocks = pos / ALIGN..(pos + bytes.len() as u64) / ALIGN;
         let before = blocks.clone().filter(|block| file.written_blocks.contains(block)).count();
         if before > 0 && before < blocks.clone().count() {
@@ -468,5 +513,90 @@ impl SimStorageFile {
         }
         file.written_blocks.extend(blocks);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BLOCK: usize = ALIGN as usize;
+
+    fn block(fill: u8) -> SimBuf {
+        SimBuf(vec![fill; BLOCK])
+    }
+
+    /// A disk with one empty, durable file at `/d/f`.
+    fn disk_with_file() -> (SimStorage, PathBuf) {
+        let storage = SimStorage::new();
+        let path = PathBuf::from("/d/f");
+        future::block_on(async {
+            storage.create_dir_all(Path::new("/d")).await.unwrap();
+            storage.create_new(&path).await.unwrap();
+            storage.sync_dir(Path::new("/d")).await.unwrap();
+        });
+        (storage, path)
+    }
+
+    #[test]
+    fn a_dsync_write_survives_a_power_cut_once_it_completes_and_a_plain_one_does_not() {
+        let (storage, path) = disk_with_file();
+        future::block_on(async {
+            let plain = storage.open(&path).await.unwrap();
+            let dsync = storage.open_with(&path, SyncMethod::Dsync).await.unwrap();
+            plain.write_at(block(1), 0).await.unwrap();
+            dsync.write_at(block(2), ALIGN).await.unwrap();
+            let image = storage.crash_image(CrashMode::LoseUnsynced);
+            let survived = image.contents(&path).unwrap();
+            assert_eq!(survived.len(), 2 * BLOCK);
+            assert!(survived[..BLOCK].iter().all(|&byte| byte == 0), "the plain write is lost");
+            assert!(survived[BLOCK..].iter().all(|&byte| byte == 2), "the dsync write survives");
+        });
+    }
+
+    #[test]
+    fn a_dsync_write_to_a_lying_disk_is_lost() {
+        let (storage, path) = disk_with_file();
+        storage.set_syncs_lie(true);
+        future::block_on(async {
+            let dsync = storage.open_with(&path, SyncMethod::Dsync).await.unwrap();
+            dsync.write_at(block(2), 0).await.unwrap();
+        });
+        assert_eq!(storage.crash_image(CrashMode::LoseUnsynced).contents(&path).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn no_crash_brings_an_older_write_back_over_a_durable_one() {
+        for mode in [CrashMode::KeepAll, CrashMode::Torn { seed: 7 }, CrashMode::Torn { seed: 8 }] {
+            let (storage, path) = disk_with_file();
+            future::block_on(async {
+                let plain = storage.open(&path).await.unwrap();
+                let dsync = storage.open_with(&path, SyncMethod::Dsync).await.unwrap();
+                plain.write_at(block(1), 0).await.unwrap();
+                dsync.write_at(block(2), 0).await.unwrap();
+            });
+            let survived = storage.crash_image(mode).contents(&path).unwrap();
+            assert_eq!(survived, vec![2; BLOCK], "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn a_dsync_write_completing_during_an_fdatasync_stays_durable() {
+        let (storage, path) = disk_with_file();
+        future::block_on(async {
+            let plain = storage.open(&path).await.unwrap();
+            let dsync = storage.open_with(&path, SyncMethod::Dsync).await.unwrap();
+            plain.write_at(block(1), 0).await.unwrap();
+            plain.fdatasync().await.unwrap();
+            // The next sync's snapshot is taken before the dsync write lands,
+            // and set as the synced contents after it.
+            let sync = plain.fdatasync();
+            let write = dsync.write_at(block(2), ALIGN);
+            let (synced, written) = future::zip(sync, write).await;
+            synced.unwrap();
+            written.unwrap();
+        });
+        let survived = storage.crash_image(CrashMode::LoseUnsynced).contents(&path).unwrap();
+        assert_eq!(survived, [vec![1; BLOCK], vec![2; BLOCK]].concat());
     }
 }
