@@ -349,6 +349,9 @@ fn readers_see_nothing_before_it_is_durable_and_long_polls_wake_up() {
     });
 }
 
+/// Both ways of making a write durable, with names for messages and dirs.
+const SYNC_METHODS: [(SyncMethod, &str); 2] = [(SyncMethod::Dsync, "dsync"), (SyncMethod::Fdatasync, "fdatasync")];
+
 /// The open flags (`/proc/self/fdinfo`) of every descriptor this process
 /// holds on `path`.
 fn open_flags(path: &Path) -> Vec<i32> {
@@ -370,7 +373,7 @@ fn segments_are_opened_with_o_dsync_exactly_when_the_sync_method_says_so() {
     let dir = temp_dir();
     let root = dir.path().to_path_buf();
     run(move || async move {
-        for (sync, name) in [(SyncMethod::Dsync, "dsync"), (SyncMethod::Fdatasync, "fdatasync")] {
+        for (sync, name) in SYNC_METHODS {
             let (config, dir) = (LogConfig { sync, ..small_config() }, root.join(name));
             // Created by the log, then opened by recovery.
             for (tag, stage) in [(0, "created"), (1, "recovered")] {
@@ -396,7 +399,7 @@ fn concurrent_appends_are_group_committed() {
     let dir = temp_dir();
     let root = dir.path().to_path_buf();
     run(move || async move {
-        for (sync, name) in [(SyncMethod::Dsync, "dsync"), (SyncMethod::Fdatasync, "fdatasync")] {
+        for (sync, name) in SYNC_METHODS {
             let log = open(&root.join(name), LogConfig { sync, ..small_config() }).await.unwrap();
             let tasks: Vec<_> = (0..200u64)
                 .map(|tag| {

@@ -538,12 +538,17 @@ mod tests {
         (storage, path)
     }
 
+    /// Two handles on `path`: plain, and opened with `O_DSYNC`.
+    async fn handles(storage: &SimStorage, path: &Path) -> (SimStorageFile, SimStorageFile) {
+        let plain = storage.open(path).await.unwrap();
+        (plain, storage.open_with(path, SyncMethod::Dsync).await.unwrap())
+    }
+
     #[test]
     fn a_dsync_write_survives_a_power_cut_once_it_completes_and_a_plain_one_does_not() {
         let (storage, path) = disk_with_file();
         future::block_on(async {
-            let plain = storage.open(&path).await.unwrap();
-            let dsync = storage.open_with(&path, SyncMethod::Dsync).await.unwrap();
+            let (plain, dsync) = handles(&storage, &path).await;
             plain.write_at(block(1), 0).await.unwrap();
             dsync.write_at(block(2), ALIGN).await.unwrap();
             let image = storage.crash_image(CrashMode::LoseUnsynced);
@@ -570,8 +575,7 @@ mod tests {
         for mode in [CrashMode::KeepAll, CrashMode::Torn { seed: 7 }, CrashMode::Torn { seed: 8 }] {
             let (storage, path) = disk_with_file();
             future::block_on(async {
-                let plain = storage.open(&path).await.unwrap();
-                let dsync = storage.open_with(&path, SyncMethod::Dsync).await.unwrap();
+                let (plain, dsync) = handles(&storage, &path).await;
                 plain.write_at(block(1), 0).await.unwrap();
                 dsync.write_at(block(2), 0).await.unwrap();
             });
@@ -584,8 +588,7 @@ mod tests {
     fn a_dsync_write_completing_during_an_fdatasync_stays_durable() {
         let (storage, path) = disk_with_file();
         future::block_on(async {
-            let plain = storage.open(&path).await.unwrap();
-            let dsync = storage.open_with(&path, SyncMethod::Dsync).await.unwrap();
+            let (plain, dsync) = handles(&storage, &path).await;
             plain.write_at(block(1), 0).await.unwrap();
             plain.fdatasync().await.unwrap();
             // The next sync's snapshot is taken before the dsync write lands,
