@@ -6,9 +6,10 @@
 //! cached for tail readers and queued. A flusher task owned by the log then
 //! copies everything queued into aligned buffers, writes them with O_DIRECT
 //! (several requests of `write_request_bytes` in flight at once) and follows
-//! with one fdatasync. Whatever is appended while that write and sync are in
-//! flight goes out in the next one: group commit, so acknowledgements stay
-//! cheap under load.
+//! with one fdatasync, or, with [`SyncMethod::Dsync`], needs none: the
+//! segment files are opened with O_DSYNC. Whatever is appended while a flush
+//! is in flight goes out in the next one: group commit, so acknowledgements
+//! stay cheap under load.
 //!
 //! O_DIRECT writes must cover whole blocks. The last, partially filled block
 //! of the segment is kept in memory and written again, extended, by the next

@@ -116,8 +116,8 @@ pub(crate) async fn recover<S: Storage>(
     let mut expected_base: Option<Offset> = None;
     for &base in &bases {
         let path = log_path(dir, base);
-        // Every segment the way the log writes to it: only the last is
-        // written to again, but a roll's old segment keeps its handle.
+        // Opened the way the log writes (O_DSYNC or not): the last segment
+        // is written to again.
         let opened = storage.open_with(&path, config.segment_sync()).await;
         let file = opened.map_err(|source| StorageError::io("opening", &path, source))?;
         if let Some(expected) = expected_base.filter(|expected| *expected != base) {
