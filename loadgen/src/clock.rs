@@ -28,6 +28,11 @@ impl Clock {
         self.origin.elapsed().as_nanos() as u64
     }
 
+    /// The `now_ns` reading of an earlier or later instant (0 before the start).
+    pub fn ns_of(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
     /// Wall-clock microseconds since the Unix epoch of a `now_ns` reading.
     pub fn unix_us(&self, ns: u64) -> u64 {
         self.origin_unix_us + ns / 1000

@@ -176,6 +176,14 @@ impl GroupMeasurements {
 pub struct Measurements {
     /// Producer send (or intended send) to ack future resolved.
     pub ack: Histogram<u64>,
+    /// The ack's time in four parts, per event, adding up to `ack`: send
+    /// (or intended send) to its batch sealed; sealed to the produce
+    /// request handed to the connection; that to the answer; the answer to
+    /// the ack counted here (loadgen's own lateness in taking it).
+    pub ack_to_seal: Histogram<u64>,
+    pub ack_dispatch: Histogram<u64>,
+    pub ack_round_trip: Histogram<u64>,
+    pub ack_delivery: Histogram<u64>,
     /// Send timestamp in the payload to the consumer holding the event.
     pub e2e: Histogram<u64>,
     /// Actual minus intended send time (open-loop scenarios only).
@@ -219,6 +227,10 @@ impl Measurements {
     pub fn new(start_ns: u64, planned: &[u64], groups: usize) -> Measurements {
         Measurements {
             ack: latency_histogram(),
+            ack_to_seal: latency_histogram(),
+            ack_dispatch: latency_histogram(),
+            ack_round_trip: latency_histogram(),
+            ack_delivery: latency_histogram(),
             e2e: latency_histogram(),
             send_delay: latency_histogram(),
             series: Series::new(start_ns),
@@ -246,6 +258,10 @@ impl Measurements {
     /// Folds in another executor's measurements.
     pub fn merge(&mut self, other: &Measurements) {
         merge_into(&mut self.ack, &other.ack);
+        merge_into(&mut self.ack_to_seal, &other.ack_to_seal);
+        merge_into(&mut self.ack_dispatch, &other.ack_dispatch);
+        merge_into(&mut self.ack_round_trip, &other.ack_round_trip);
+        merge_into(&mut self.ack_delivery, &other.ack_delivery);
         merge_into(&mut self.e2e, &other.e2e);
         merge_into(&mut self.send_delay, &other.send_delay);
         self.series.merge(&other.series);

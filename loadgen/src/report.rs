@@ -161,7 +161,8 @@ pub struct Report {
     pub config: Settings,
     pub totals: Totals,
     pub throughput: Throughput,
-    /// `ack`, `e2e` and (open loop) `send_delay`.
+    /// `ack` and its parts (`ack_to_seal`, `ack_dispatch`,
+    /// `ack_round_trip`, `ack_delivery`), `e2e` and (open loop) `send_delay`.
     pub latency: BTreeMap<&'static str, Percentiles>,
     pub cpu: Vec<ThreadCpu>,
     /// An embedded broker's shards: each one's busy share of its core
@@ -179,13 +180,28 @@ pub struct Report {
 }
 
 /// The names of the latency quantities, in display order, with labels.
-pub const QUANTITIES: [(&str, &str); 3] =
-    [("ack", "producer ack"), ("e2e", "end-to-end"), ("send_delay", "send delay (actual - intended)")];
+pub const QUANTITIES: [(&str, &str); 7] = [
+    ("ack", "producer ack"),
+    ("ack_to_seal", "  send to batch sealed"),
+    ("ack_dispatch", "  sealed to request sent"),
+    ("ack_round_trip", "  request to answer"),
+    ("ack_delivery", "  answer to ack counted"),
+    ("e2e", "end-to-end"),
+    ("send_delay", "send delay (actual - intended)"),
+];
 
 /// The histogram behind each quantity.
-pub fn histograms(outcome: &Outcome) -> [(&'static str, &Histogram<u64>); 3] {
+pub fn histograms(outcome: &Outcome) -> [(&'static str, &Histogram<u64>); 7] {
     let measured = &outcome.measurements;
-    [("ack", &measured.ack), ("e2e", &measured.e2e), ("send_delay", &measured.send_delay)]
+    [
+        ("ack", &measured.ack),
+        ("ack_to_seal", &measured.ack_to_seal),
+        ("ack_dispatch", &measured.ack_dispatch),
+        ("ack_round_trip", &measured.ack_round_trip),
+        ("ack_delivery", &measured.ack_delivery),
+        ("e2e", &measured.e2e),
+        ("send_delay", &measured.send_delay),
+    ]
 }
 
 impl Report {

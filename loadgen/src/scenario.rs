@@ -910,8 +910,22 @@ mod tests {
         assert_eq!(report.exit_code(), 0);
         assert_eq!(report.latency["ack"].count, events);
         assert_eq!(report.latency["e2e"].count, events);
+        assert_ack_parts_add_up(outcome, events);
         assert!(report.throughput.drain_after_last_ack_s.is_some());
         assert!(crate::svg::render(outcome, &report).starts_with("<svg"));
+    }
+
+    /// Every acknowledged event's ack time is split into four parts that add
+    /// up to it: the mean of the sum is the sum of the means, up to the
+    /// histograms' precision (3 significant digits) and the microsecond each
+    /// part is truncated to.
+    fn assert_ack_parts_add_up(outcome: &Outcome, events: u64) {
+        let measured = &outcome.measurements;
+        let parts = [&measured.ack_to_seal, &measured.ack_dispatch, &measured.ack_round_trip, &measured.ack_delivery];
+        assert!(parts.iter().all(|part| part.len() == events), "every event's ack is split");
+        let sum: f64 = parts.iter().map(|part| part.mean()).sum();
+        let ack = measured.ack.mean();
+        assert!((sum - ack).abs() <= ack * 0.005 + 4.0, "parts {sum:.1} us, ack {ack:.1} us");
     }
 
     #[test]

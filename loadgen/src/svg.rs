@@ -230,6 +230,9 @@ fn spectrum(svg: &mut String, outcome: &Outcome) {
         .map(|(plan, group)| (format!("end-to-end, {}", plan.label), &group.e2e));
     let series: Vec<(String, Vec<(f64, f64)>)> = histograms
         .iter()
+        // The ack's parts stay in the table and the hgrm files: the panel
+        // shows what a user waits for.
+        .filter(|(name, _)| !name.starts_with("ack_"))
         .filter(|(name, _)| !(grouped && *name == "e2e"))
         .map(|(name, hist)| (label_of(name).to_string(), *hist))
         .chain(groups)

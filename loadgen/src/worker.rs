@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use ringbroker::client::{
-    ClientError, GroupConfig, GroupRecord, GroupStats, PartitionConsumer, Producer, ProducerConfig, ProducerRecord,
-    SendFuture, SentRun, StartPosition, Transport,
+    BatchStages, ClientError, GroupConfig, GroupRecord, GroupStats, PartitionConsumer, Producer, ProducerConfig,
+    ProducerRecord, SendFuture, SentRun, StartPosition, Transport,
 };
 use ringbroker::protocol::types::{AckLevel, Offset, PartitionId};
 use ringbroker::protocol::wire::OffsetSpec;
@@ -759,26 +759,39 @@ fn record_acks(
     let mut measurements = ctx.measurements.borrow_mut();
     let mut acked = acked.borrow_mut();
     let latency_us = |from_ns: u64| now_ns.saturating_sub(from_ns) / 1000;
-    for (Pending { seq, count, from_ns, .. }, result) in answered {
+    for (Pending { future, seq, count, from_ns }, result) in answered {
         let events = u64::from(count);
         match result {
             Ok(Some(_offset)) => {
                 for seq in seq..seq + events {
                     acked.insert(seq);
                 }
+                let stages = StageTimes::of(&ctx.clock, &future);
                 match (from_ns, &plan.schedule) {
                     (Some(from_ns), _) => {
                         measurements.ack.saturating_record_n(latency_us(from_ns), events);
                         measurements.series.record_ack(now_ns, latency_us(from_ns), count);
+                        if let Some(stages) = &stages {
+                            let to_seal_us = stages.sealed_ns.saturating_sub(from_ns) / 1000;
+                            measurements.ack_to_seal.saturating_record_n(to_seal_us, events);
+                        }
                     }
                     (None, Some(schedule)) => {
                         for seq in seq..seq + events {
-                            let latency_us = latency_us(ctx.start_ns + schedule.intended_ns(seq));
+                            let intended_ns = ctx.start_ns + schedule.intended_ns(seq);
+                            let latency_us = latency_us(intended_ns);
                             measurements.ack.saturating_record(latency_us);
                             measurements.series.record_ack(now_ns, latency_us, 1);
+                            if let Some(stages) = &stages {
+                                let to_seal_us = stages.sealed_ns.saturating_sub(intended_ns) / 1000;
+                                measurements.ack_to_seal.saturating_record(to_seal_us);
+                            }
                         }
                     }
                     (None, None) => unreachable!("a closed-loop producer stamps every run with its send time"),
+                }
+                if let Some(stages) = &stages {
+                    stages.record_after_seal(&mut measurements, now_ns, events);
                 }
                 measurements.acked_count += events;
                 measurements.last_ack_ns = measurements.last_ack_ns.max(Some(now_ns));
@@ -792,6 +805,34 @@ fn record_acks(
                 }
             }
         }
+    }
+}
+
+/// A batch's stages ([`BatchStages`]) as readings of the run's clock.
+struct StageTimes {
+    sealed_ns: u64,
+    sent_ns: u64,
+    answered_ns: u64,
+}
+
+impl StageTimes {
+    /// `None` until the batch has been answered.
+    fn of(clock: &Clock, future: &SendFuture) -> Option<StageTimes> {
+        let BatchStages { sealed, sent, answered, .. } = future.stages();
+        Some(StageTimes {
+            sealed_ns: clock.ns_of(sealed?),
+            sent_ns: clock.ns_of(sent?),
+            answered_ns: clock.ns_of(answered?),
+        })
+    }
+
+    /// Records the ack's parts after the seal, the same for every event of
+    /// the batch; the ack was counted at `now_ns`.
+    fn record_after_seal(&self, measurements: &mut Measurements, now_ns: u64, events: u64) {
+        let us = |from_ns: u64, to_ns: u64| to_ns.saturating_sub(from_ns) / 1000;
+        measurements.ack_dispatch.saturating_record_n(us(self.sealed_ns, self.sent_ns), events);
+        measurements.ack_round_trip.saturating_record_n(us(self.sent_ns, self.answered_ns), events);
+        measurements.ack_delivery.saturating_record_n(us(self.answered_ns, now_ns), events);
     }
 }
 

@@ -40,7 +40,7 @@ pub use connection::{Connection, ConnectionOptions};
 pub use consumer::{decode_records, ConsumedRecord, PartitionConsumer, RecordRef, StartPosition};
 pub use error::ClientError;
 pub use group::{GroupConfig, GroupConsumer, GroupRecord, GroupStats, PartitionsCallback, TopicPartition};
-pub use producer::{Producer, ProducerConfig, ProducerRecord, SendFuture, SentRun};
+pub use producer::{BatchStages, Producer, ProducerConfig, ProducerRecord, SendFuture, SentRun};
 pub use sasl::SaslCredentials;
 pub use tls::ClientTls;
 pub use transport::Transport;

@@ -27,7 +27,7 @@
 //! records fill one partition's batch until it is sealed, then move to the
 //! next partition, so they batch as well as keyed ones.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -308,6 +308,11 @@ impl SendFuture {
     pub fn same_batch(&self, other: &SendFuture) -> bool {
         Rc::ptr_eq(&self.outcome, &other.outcome)
     }
+
+    /// When the record's batch passed each stage so far.
+    pub fn stages(&self) -> BatchStages {
+        self.outcome.stages.get()
+    }
 }
 
 /// Records that [`Producer::try_send_run`] put into one batch, one after
@@ -348,6 +353,23 @@ impl Future for SendFuture {
 /// The result of one batch, shared by the futures of all its records.
 struct BatchOutcome {
     state: RefCell<Outcome>,
+    stages: Cell<BatchStages>,
+}
+
+/// When a batch passed each stage on its way to its answer, so a caller
+/// timing acks can tell the producer's own waits from the request's round
+/// trip ([`SendFuture::stages`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStages {
+    /// Its first record was added.
+    pub opened: Instant,
+    /// Sealed: full, lingered out, or flushed.
+    pub sealed: Option<Instant>,
+    /// Its first produce request was handed to the connection (past the
+    /// in-flight limits).
+    pub sent: Option<Instant>,
+    /// Its answer, or its last failure, arrived.
+    pub answered: Option<Instant>,
 }
 
 enum Outcome {
@@ -357,8 +379,15 @@ enum Outcome {
 }
 
 impl BatchOutcome {
-    fn new() -> BatchOutcome {
-        BatchOutcome { state: RefCell::new(Outcome::Pending(Vec::new())) }
+    fn new(opened: Instant) -> BatchOutcome {
+        let stages = BatchStages { opened, sealed: None, sent: None, answered: None };
+        BatchOutcome { state: RefCell::new(Outcome::Pending(Vec::new())), stages: Cell::new(stages) }
+    }
+
+    fn mark(&self, stage: impl FnOnce(&mut BatchStages)) {
+        let mut stages = self.stages.get();
+        stage(&mut stages);
+        self.stages.set(stages);
     }
 
     fn complete(&self, result: Result<Option<Offset>, ClientError>) {
@@ -627,6 +656,7 @@ impl Ledger {
                 }
             }
         }
+        outcome.mark(|stages| stages.sealed = Some(Instant::now()));
         self.outstanding.insert(id, outcome.clone());
         Some(Sealed { topic, partition: PartitionId(partition), id, batch, outcome })
     }
@@ -640,9 +670,9 @@ impl Ledger {
         self.buffered_bytes += batch.len_bytes();
         let id = self.next_batch_id;
         self.next_batch_id += 1;
-        let at = Instant::now() + config.linger;
-        self.deadlines.push_back(Deadline { at, topic: topic.clone(), partition, id });
-        OpenEntry { batch, outcome: Rc::new(BatchOutcome::new()), id }
+        let opened = Instant::now();
+        self.deadlines.push_back(Deadline { at: opened + config.linger, topic: topic.clone(), partition, id });
+        OpenEntry { batch, outcome: Rc::new(BatchOutcome::new(opened)), id }
     }
 }
 
@@ -1144,7 +1174,9 @@ async fn send_batch<T: Transport>(shared: Rc<Shared<T>>, sealed: Sealed, permit:
     let Sealed { topic, partition, id, batch, outcome } = sealed;
     let acks = shared.config.acks;
     let timeout_ms = shared.config.timeout_ms;
-    let deadline = Instant::now() + shared.config.delivery_timeout;
+    let sent = Instant::now();
+    outcome.mark(|stages| stages.sent = Some(sent));
+    let deadline = sent + shared.config.delivery_timeout;
     let produced = loop {
         let produced = shared.client.produce_batches(&topic, partition, &batch, acks, timeout_ms).await;
         match produced {
@@ -1179,6 +1211,7 @@ async fn send_batch<T: Transport>(shared: Rc<Shared<T>>, sealed: Sealed, permit:
             Err(error)
         }
     };
+    outcome.mark(|stages| stages.answered = Some(Instant::now()));
     outcome.complete(result);
     shared.finished(id, batch);
 }
@@ -1194,6 +1227,25 @@ mod tests {
     async fn producer(broker: &FakeBroker, config: ProducerConfig) -> Producer {
         let client = Client::connect(broker.addr(), ClientOptions::default()).await.unwrap();
         Producer::new(client, config).unwrap()
+    }
+
+    #[test]
+    fn a_batch_tells_when_it_was_sealed_sent_and_answered() {
+        executor().run(async {
+            let broker = FakeBroker::start(&[("orders", 1)]);
+            let config = ProducerConfig { linger: Duration::from_secs(60), ..ProducerConfig::default() };
+            let producer = producer(&broker, config).await;
+            let before = Instant::now();
+            let mut future = producer.send(ProducerRecord::new("orders", b"an order")).await.unwrap();
+            let open = future.stages();
+            assert!(open.opened >= before);
+            assert_eq!((open.sealed, open.sent, open.answered), (None, None, None), "still open");
+            producer.flush().await;
+            (&mut future).await.unwrap();
+            let stages = future.stages();
+            let (sealed, sent, answered) = (stages.sealed.unwrap(), stages.sent.unwrap(), stages.answered.unwrap());
+            assert!(open.opened <= sealed && sealed <= sent && sent <= answered, "{stages:?}");
+        });
     }
 
     #[test]
