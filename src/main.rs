@@ -1317,6 +1317,7 @@ async fn stats(client: Client) -> anyhow::Result<()> {
             ("flush wait", &shard.flush_queue_latency_us),
             ("write", &shard.write_latency_us),
             ("fsync", &shard.fsync_latency_us),
+            ("request", &shard.produce_request_latency_us),
             ("produce", &shard.produce_latency_us),
             ("commit", &shard.commit_latency_us),
         ];

@@ -102,6 +102,8 @@ fn shard_aware_clients_reach_the_owners_directly_and_nothing_is_forwarded() {
         assert!(counter(&stats, "flushes") > 0);
         // Every shard answered durable produce requests and timed them.
         assert!(stats.shards.iter().all(|shard| !shard.produce_latency_us.is_empty()), "{stats:?}");
+        // And timed them from their first bytes read to their answer written.
+        assert!(stats.shards.iter().all(|shard| !shard.produce_request_latency_us.is_empty()), "{stats:?}");
     });
     assert!(broker.terminate().success());
 }

@@ -1027,3 +1027,19 @@ fn topic_configs_and_record_deletion_at_every_version() {
     }
     assert!(broker.terminate().success());
 }
+
+#[test]
+fn kafka_produce_requests_are_timed_until_their_answer_is_written() {
+    let dir = temp_dir();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut connection = KafkaConnection::open(broker.kafka_addr.unwrap());
+    connection.create_topic("timed", 1);
+    let mut owner = KafkaConnection::open(connection.leader_of("timed"));
+    let timed = || broker.stats(broker.addr).shards.iter().any(|shard| !shard.produce_request_latency_us.is_empty());
+    assert!(!timed(), "nothing produced yet");
+    let (code, base) = produce_batch(&mut owner, "timed", batch(&[b"a", b"b"]));
+    assert_eq!((code, base), (0, 0));
+    // Recorded once the answer is written, which the client may see first.
+    broker.wait_until("the produce request is timed", timed);
+    assert!(broker.terminate().success());
+}

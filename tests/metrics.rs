@@ -102,6 +102,9 @@ fn promtool_accepts_a_scrape_and_the_numbers_add_up() {
     assert_eq!(sum_of(&body, "ringbroker_group_committed_offset", "group=\"g\""), 20.0);
     assert_eq!(sum_of(&body, "ringbroker_partition_durable_end_offset", "topic=\"t\""), 50.0);
     assert!(sum_of(&body, "ringbroker_requests_total", "kind=\"produce\",code=\"none\"") >= 1.0);
+    // Timed from their first bytes read to their answer written (recorded
+    // once the answer is out, so the last one may not be in yet).
+    assert!(sum_of(&body, "ringbroker_produce_request_latency_seconds_count", "") >= 1.0);
     // The flush stages: every flush waited (at least briefly), wrote and,
     // with the default sync method, called fdatasync once.
     let flushes = sum_of(&body, "ringbroker_log_flushes_total", "");

@@ -544,8 +544,10 @@ impl Report {
             count("forwarded_out"),
         );
         for (shard, latencies) in shards.iter().enumerate() {
-            // A produce request's time, then the flush stages it waits for.
+            // A produce request's whole time in the broker, from decode
+            // to answer, then the flush stages it waits for.
             let rows = [
+                ("request", &latencies.request_us),
                 ("produce", &latencies.produce_us),
                 ("wait", &latencies.flush_wait_us),
                 ("write", &latencies.write_us),

@@ -200,7 +200,10 @@ pub struct ShardLatencies {
     pub flush_wait_us: Vec<(f64, u64)>,
     pub write_us: Vec<(f64, u64)>,
     pub fsync_us: Vec<(f64, u64)>,
+    /// A produce request's decode to answer.
     pub produce_us: Vec<(f64, u64)>,
+    /// A produce request's first bytes read to its answer written.
+    pub request_us: Vec<(f64, u64)>,
 }
 
 impl Outcome {
@@ -621,6 +624,7 @@ fn broker_stats(addr: SocketAddr, tls: &Option<ClientTls>) -> anyhow::Result<Bro
             write_us: shard.write_latency_us,
             fsync_us: shard.fsync_latency_us,
             produce_us: shard.produce_latency_us,
+            request_us: shard.produce_request_latency_us,
         })
         .collect();
     Ok(BrokerStats { counters, shards })

@@ -810,6 +810,10 @@ pub struct ShardStats {
     /// being decoded to its answer being ready (the broker's share of a
     /// producer's ack latency; socket and queueing time not included).
     pub produce_latency_us: Vec<(f64, u64)>,
+    /// Produce requests with acks: percentiles of the time from the
+    /// request's first bytes read to its answer written to the socket (the
+    /// broker's whole share; the socket buffers and the client excluded).
+    pub produce_request_latency_us: Vec<(f64, u64)>,
     /// The O_DIRECT write of each partition flush: (percentile, microseconds).
     pub write_latency_us: Vec<(f64, u64)>,
     /// Each partition flush's wait before its write, from its first batch

@@ -358,6 +358,7 @@ impl Server {
             presence,
             protocol,
             order: ResponseOrder::default(),
+            counters: self.shard.shared_counters(),
         });
         let writer = glommio::spawn_local(Rc::clone(&connection).write_loop());
         match self.read_loop(&connection, evicted).await {
@@ -406,7 +407,9 @@ impl Server {
                 Some(Err(error)) => return Err(Closed::Idle(error)),
                 Some(Ok(())) => {}
             }
-            connection.presence.touch(Instant::now());
+            // The request's first bytes are here: its time in the broker starts.
+            let arrived = Instant::now();
+            connection.presence.touch(arrived);
             let len = match wire::frame_len(prefix, self.limits.max_frame_bytes) {
                 Ok(len) => len,
                 Err(error) if connection.protocol == Protocol::Kafka => {
@@ -416,8 +419,8 @@ impl Server {
             };
             let (body, permits) = self.read_frame(connection, len).await?;
             match connection.protocol {
-                Protocol::Native => self.start_request(connection, body, permits).await?,
-                Protocol::Kafka => self.start_kafka_request(connection, body, permits)?,
+                Protocol::Native => self.start_request(connection, body, permits, arrived).await?,
+                Protocol::Kafka => self.start_kafka_request(connection, body, permits, arrived)?,
             }
         }
     }
@@ -543,6 +546,7 @@ impl Server {
         connection: &Rc<Connection>,
         body: BytesMut,
         permits: Permits,
+        arrived: Instant,
     ) -> Result<(), Closed> {
         let request_id = wire::peek_request_id(&body).unwrap_or(0);
         let parsed = wire::split_frame(body).and_then(|(head, header, payload)| {
@@ -574,6 +578,8 @@ impl Server {
         let access = connection.login.access();
         // Produce with acks none promises no response, not even a timeout.
         let silent = matches!(&request, Request::Produce(produce) if produce.acks == AckLevel::None);
+        // A produce request is timed until its answer is written.
+        let timed = matches!(&request, Request::Produce(_)).then_some(arrived);
         let (server, connection) = (Rc::clone(self), Rc::clone(connection));
         let task = async move {
             let mut request = request;
@@ -592,7 +598,7 @@ impl Server {
             })
             .await;
             match handled {
-                Ok(Some((response, data))) => connection.respond(request_id, &response, data, Some(held)),
+                Ok(Some((response, data))) => connection.respond_timed(request_id, &response, data, Some(held), timed),
                 Ok(None) => drop(held),
                 Err(_) if silent => drop(held),
                 Err(_) => {
@@ -600,7 +606,7 @@ impl Server {
                         code: ErrorCode::TIMEOUT,
                         message: "request timed out".into(),
                     });
-                    connection.respond(request_id, &response, Chunks::new(), Some(held));
+                    connection.respond_timed(request_id, &response, Chunks::new(), Some(held), timed);
                 }
             }
         };
@@ -682,6 +688,7 @@ impl Server {
         connection: &Rc<Connection>,
         body: BytesMut,
         permits: Permits,
+        arrived: Instant,
     ) -> Result<(), Closed> {
         let Some(endpoints) = self.kafka.clone() else {
             return Err(Closed::KafkaOff);
@@ -706,6 +713,7 @@ impl Server {
         let access = connection.login.access();
         let seq = connection.order.begin();
         let kind = kafka_kind(parsed.api_key);
+        let timed = (parsed.api_key == kafka_protocol::messages::ApiKey::Produce).then_some(arrived);
         let (server, connection) = (Rc::clone(self), Rc::clone(connection));
         let mut fetch = kafka::fetch_to_reserve(&parsed, &self.limits);
         let ticket = fetch.as_ref().map(|_| connection.order.fetch_ticket());
@@ -760,7 +768,7 @@ impl Server {
             permits.shard_bytes.shrink_to(response_bytes);
             let held = (permits, response_permits);
             match outcome {
-                kafka::Outcome::Respond(frame) => connection.finish(seq, Some((frame, held))),
+                kafka::Outcome::Respond(frame) => connection.finish_timed(seq, Some((frame, held)), timed),
                 kafka::Outcome::Silent => connection.finish(seq, None),
                 kafka::Outcome::Close(reason) => {
                     server.warn_client_error(&WireError::Header(reason), "a Kafka request could not be served");
@@ -892,6 +900,8 @@ struct Connection {
     protocol: Protocol,
     /// Kafka answers in request order.
     order: ResponseOrder,
+    /// The shard's counters: the writer times produce requests.
+    counters: Rc<Counters>,
 }
 
 /// Puts Kafka responses back in request order: each request takes a
@@ -964,6 +974,19 @@ impl Drop for FetchTicket<'_> {
 impl Connection {
     /// Encodes a response and queues it for the writer.
     fn respond(&self, request_id: u32, response: &Response, data: Chunks, permits: Option<Held>) {
+        self.respond_timed(request_id, response, data, permits, None);
+    }
+
+    /// [`respond`](Self::respond), and once the answer is written, records
+    /// the produce request's time since `arrived` (its first bytes read).
+    fn respond_timed(
+        &self,
+        request_id: u32,
+        response: &Response,
+        data: Chunks,
+        permits: Option<Held>,
+        arrived: Option<Instant>,
+    ) {
         if self.dead.is_stopped() {
             return;
         }
@@ -972,7 +995,7 @@ impl Connection {
             tracing::error!(%error, "encoding a response");
             return;
         }
-        self.queue.borrow_mut().push_back(Queued { head, data, _held: permits });
+        self.queue.borrow_mut().push_back(Queued { head, data, _held: permits, arrived });
         self.queued.notify_all();
     }
 
@@ -980,7 +1003,13 @@ impl Connection {
     /// closes the connection) to the writer once every earlier one is
     /// there.
     fn finish(&self, seq: u64, response: Option<(Vec<u8>, Held)>) {
-        let queued = response.map(|(head, held)| Queued { head, data: Chunks::new(), _held: Some(held) });
+        self.finish_timed(seq, response, None);
+    }
+
+    /// [`finish`](Self::finish), timing a produce request as
+    /// [`respond_timed`](Self::respond_timed) does.
+    fn finish_timed(&self, seq: u64, response: Option<(Vec<u8>, Held)>, arrived: Option<Instant>) {
+        let queued = response.map(|(head, held)| Queued { head, data: Chunks::new(), _held: Some(held), arrived });
         let mut done = self.order.done.borrow_mut();
         done.insert(seq, queued);
         let mut queue = self.queue.borrow_mut();
@@ -1002,7 +1031,7 @@ impl Connection {
             return;
         }
         let head = notice_frame(code, message);
-        self.queue.borrow_mut().push_back(Queued { head, data: Chunks::new(), _held: None });
+        self.queue.borrow_mut().push_back(Queued { head, data: Chunks::new(), _held: None, arrived: None });
         self.queued.notify_all();
     }
 
@@ -1040,6 +1069,12 @@ impl Connection {
             let result = self.stream.write_all_vectored(&mut slices, self.write_timeout).await;
             // The bytes are on their way: the requests no longer count.
             drop(slices);
+            if result.is_ok() {
+                let written = Instant::now();
+                for arrived in taken.iter().filter_map(|queued| queued.arrived) {
+                    self.counters.record_produce_request(written.saturating_duration_since(arrived));
+                }
+            }
             taken.clear();
             self.presence.touch(Instant::now());
             if let Err(error) = result {
@@ -1060,6 +1095,8 @@ struct Queued {
     head: Vec<u8>,
     data: Chunks,
     _held: Option<Held>,
+    /// A produce request's first bytes read, timed until this is written.
+    arrived: Option<Instant>,
 }
 
 /// The socket, shared by a connection's reader and writer. Borrowed only

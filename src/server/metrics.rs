@@ -496,7 +496,12 @@ impl Exposition {
         encode_gauges(encoder, &open)?;
         encode_gauges(encoder, &inflight)?;
         encode_gauges(encoder, &inflight_max)?;
-        let latencies: [(&'static str, &'static str, PickLatency); 5] = [
+        let latencies: [(&'static str, &'static str, PickLatency); 6] = [
+            (
+                "ringbroker_produce_request_latency_seconds",
+                "Produce requests with acks, from their first bytes read to their answer written.",
+                |s| &s.produce_request_latency,
+            ),
             ("ringbroker_produce_latency_seconds", "Produce requests with acks, from decode to answer.", |s| {
                 &s.produce_latency
             }),
@@ -623,6 +628,7 @@ mod tests {
             inflight_bytes_max: 100,
             busy_seconds: 1.5,
             produce_latency: latency.clone(),
+            produce_request_latency: latency.clone(),
             fsync_latency: latency.clone(),
             write_latency: latency.clone(),
             flush_queue_latency: LatencySnapshot::default(),

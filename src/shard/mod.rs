@@ -360,6 +360,12 @@ impl<S: Storage> Shard<S> {
         &self.counters
     }
 
+    /// The counters, for a task that records into them later (a
+    /// connection's writer).
+    pub fn shared_counters(&self) -> Rc<Counters> {
+        Rc::clone(&self.counters)
+    }
+
     pub fn log_config(&self) -> &LogConfig {
         &self.log_config
     }

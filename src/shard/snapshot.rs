@@ -30,6 +30,7 @@ pub struct ShardSnapshot {
     /// Time the shard's executor spent running tasks and polling I/O.
     pub busy_seconds: f64,
     pub produce_latency: LatencySnapshot,
+    pub produce_request_latency: LatencySnapshot,
     pub fsync_latency: LatencySnapshot,
     pub write_latency: LatencySnapshot,
     pub flush_queue_latency: LatencySnapshot,
@@ -96,6 +97,7 @@ impl<S: Storage> Shard<S> {
             inflight_bytes_max: counters.inflight_bytes_max.get(),
             busy_seconds: counters.busy().as_secs_f64(),
             produce_latency: counters.produce_latency.snapshot(),
+            produce_request_latency: counters.produce_request_latency.snapshot(),
             fsync_latency: counters.fsync_latency.snapshot(),
             write_latency: counters.write_latency.snapshot(),
             flush_queue_latency: counters.flush_queue_latency.snapshot(),

@@ -132,6 +132,9 @@ pub struct Counters {
     pub flush_queue_latency: Latency,
     pub commit_latency: Latency,
     pub produce_latency: Latency,
+    /// Produce requests with acks, from their first bytes read to their
+    /// answer written to the socket.
+    pub produce_request_latency: Latency,
     /// Requests by kind and result code: at most every kind times every
     /// code, a few hundred entries.
     requests: RefCell<BTreeMap<(RequestKind, u16), u64>>,
@@ -178,6 +181,7 @@ impl Counters {
             write_latency: Latency::new(),
             flush_queue_latency: Latency::new(),
             produce_latency: Latency::new(),
+            produce_request_latency: Latency::new(),
             requests: RefCell::new(BTreeMap::new()),
         }
     }
@@ -211,6 +215,13 @@ impl Counters {
     /// being decoded to its answer: the broker's share of ack latency.
     pub fn record_produce(&self, took: Duration) {
         self.produce_latency.record(took);
+    }
+
+    /// Records a produce request's whole time in the broker: from its
+    /// first bytes read to its answer written (reading it, waiting for the
+    /// budgets and the executor, the answer's turn at the socket).
+    pub fn record_produce_request(&self, took: Duration) {
+        self.produce_request_latency.record(took);
     }
 
     /// The time this shard's executor has spent running tasks and polling
@@ -281,6 +292,7 @@ impl Counters {
             failed_partitions: Vec::new(),
             commit_latency_us: self.commit_latency.percentiles(),
             produce_latency_us: self.produce_latency.percentiles(),
+            produce_request_latency_us: self.produce_request_latency.percentiles(),
         }
     }
 }

@@ -108,6 +108,13 @@ impl BrokerProcess {
     /// A counter of one shard, asked over a short connection to `via` (pick
     /// a port whose connection count does not matter to the test).
     pub fn shard_counter(&self, via: SocketAddr, shard: u16, name: &str) -> u64 {
+        let stats = self.stats(via);
+        let shard = stats.shards.iter().find(|s| s.shard.0 == shard).expect("the shard answers");
+        shard.counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v).expect("the counter exists")
+    }
+
+    /// Every shard's stats, asked over a short connection to `via`.
+    pub fn stats(&self, via: SocketAddr) -> ringbroker::protocol::wire::StatsResponse {
         use ringbroker::protocol::wire::{self, FrameKind, Request, Response};
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(via).expect("connecting for stats");
@@ -121,8 +128,7 @@ impl BrokerProcess {
         stream.read_exact(&mut body).expect("stats response");
         let (_, header, _) = wire::split_frame(bytes::BytesMut::from(&body[..])).expect("frame");
         let Ok(Response::Stats(stats)) = wire::decode_header(&header) else { panic!("expected stats") };
-        let shard = stats.shards.iter().find(|s| s.shard.0 == shard).expect("the shard answers");
-        shard.counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v).expect("the counter exists")
+        stats
     }
 
     /// Waits until `condition` holds (the broker acts on its own schedule),
