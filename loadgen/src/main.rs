@@ -252,8 +252,10 @@ struct Options {
     /// Write the report as JSON (scaling: the table).
     #[arg(long, global = true)]
     json: Option<PathBuf>,
-    /// Write ack.hgrm, e2e.hgrm and send_delay.hgrm percentile files here
-    /// (fanout and pipeline: also e2e-group-<k>.hgrm / e2e-stage-<i>.hgrm).
+    /// Write ack.hgrm (and its parts: ack_to_seal, ack_dispatch,
+    /// ack_round_trip, ack_delivery), e2e.hgrm and send_delay.hgrm
+    /// percentile files here (fanout and pipeline: also e2e-group-<k>.hgrm /
+    /// e2e-stage-<i>.hgrm).
     #[arg(long, global = true)]
     hgrm_dir: Option<PathBuf>,
     /// Write the latency spectrum and time series as an SVG picture.
