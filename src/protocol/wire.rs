@@ -807,8 +807,8 @@ pub struct ShardStats {
     /// Durable offset-commit latency percentiles: (percentile, microseconds).
     pub commit_latency_us: Vec<(f64, u64)>,
     /// Produce requests with acks: percentiles of the time from the request
-    /// being decoded to its answer being ready (the broker's share of a
-    /// producer's ack latency; socket and queueing time not included).
+    /// being decoded to its answer being ready (reading the request and
+    /// writing the answer not included: see `produce_request_latency_us`).
     pub produce_latency_us: Vec<(f64, u64)>,
     /// Produce requests with acks: percentiles of the time from the
     /// request's first bytes read to its answer written to the socket (the

@@ -1070,8 +1070,10 @@ impl Connection {
             // The bytes are on their way: the requests no longer count.
             drop(slices);
             if result.is_ok() {
-                let written = Instant::now();
+                // The clock is read only for writes that carried a produce answer.
+                let mut written = None;
                 for arrived in taken.iter().filter_map(|queued| queued.arrived) {
+                    let written = *written.get_or_insert_with(Instant::now);
                     self.counters.record_produce_request(written.saturating_duration_since(arrived));
                 }
             }

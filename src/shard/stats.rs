@@ -212,7 +212,8 @@ impl Counters {
     }
 
     /// Records how long a produce request that waits for acks took, from
-    /// being decoded to its answer: the broker's share of ack latency.
+    /// being decoded to its answer (its flush waits included); see
+    /// [`Counters::record_produce_request`] for the broker's whole share.
     pub fn record_produce(&self, took: Duration) {
         self.produce_latency.record(took);
     }

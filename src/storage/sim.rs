@@ -93,7 +93,9 @@ struct SimFile {
     /// always lands over an earlier one.
     unsynced_writes: Vec<PendingWrite>,
     /// `fdatasync` calls in flight: each drains the writes it covers by
-    /// their count, so none are folded meanwhile.
+    /// their count, so none are folded meanwhile. A sync dropped mid-flight
+    /// leaves it raised: folding stops for the file, which costs memory,
+    /// never durability (unfolded durable writes still survive a crash).
     syncs_in_flight: usize,
     /// Blocks written since the file was created or restored (a crash
     /// image or `set_contents` starts with none): the rest of `data`,
